@@ -1,0 +1,28 @@
+// Where tests find the model files and committed goldens.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace longctx::test {
+
+inline std::string model_dir() {
+  if (const char* d = std::getenv("LONGCTX_MODEL_DIR")) return d;
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : "/root") + "/.cache/longctx";
+}
+
+// The two models of DESIGN.md, installed by scripts/setup.sh.
+inline std::string smollm2_path() { return model_dir() + "/SmolLM2-135M-Instruct.Q4_1.gguf"; }
+inline std::string gemma3_path() { return model_dir() + "/gemma-3-270m-q4_k_m.gguf"; }
+
+inline std::string golden_dir() { return std::string(LONGCTX_SOURCE_DIR) + "/tests/golden"; }
+
+// A missing model is a set-up fault, not a skip: the README's test command installs them.
+#define LONGCTX_REQUIRE_MODEL(path)                                                                  \
+  ASSERT_TRUE(std::filesystem::exists(path)) << "model file " << (path)                              \
+                                             << " is missing: run scripts/setup.sh (README) first"
+
+}  // namespace longctx::test
