@@ -1,1 +1,256 @@
-int main(){return 0;}
+// longctx: the command-line front end. Subcommands: run (answer over a long document), info (what a GGUF holds).
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "core/error.h"
+#include "engine/generator.h"
+#include "kv/policy.h"
+#include "model/model.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace longctx {
+namespace {
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read '{}'", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (b >= 1024 && u < 3) {
+    b /= 1024;
+    ++u;
+  }
+  return fmt::format("{:.{}f} {}", b, u == 0 ? 0 : 2, units[u]);
+}
+
+// A progress bar on stderr, drawn only when stderr is a terminal or when the work is long enough to matter.
+class ProgressBar {
+ public:
+  explicit ProgressBar(const char* label) : label_(label), t0_(std::chrono::steady_clock::now()) {}
+  void update(int32_t done, int32_t total) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const int width = 30;
+    const int fill = total > 0 ? static_cast<int>(static_cast<double>(done) / total * width) : width;
+    const double rate = s > 0 ? done / s : 0;
+    const double eta = rate > 0 ? (total - done) / rate : 0;
+    fmt::print(stderr, "\r{} [{}{}] {}/{} tokens, {:.0f} tok/s, {:.0f}s left ", label_, std::string(fill, '#'),
+               std::string(width - fill, '.'), done, total, rate, eta);
+    if (done >= total) fmt::print(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  const char* label_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+struct RunOptions {
+  std::string model;
+  std::string prompt;
+  std::string file;
+  bool chat = false;
+  std::string system;
+  int32_t n_predict = 256;
+  int32_t n_ctx = 0;
+  int32_t n_batch = 256;
+  int32_t threads = 0;
+  float temp = 0.8f;
+  int32_t top_k = 40;
+  float top_p = 0.95f;
+  float min_p = 0.05f;
+  float repeat_penalty = 1.0f;
+  uint64_t seed = 0;
+  std::string kv = "full";
+  std::vector<std::string> stop;
+  bool quiet = false;
+};
+
+int run_command(const RunOptions& o) {
+  if (o.prompt.empty() && o.file.empty()) fail("give a prompt with -p, or a document with --file (and a question with -p)");
+  const int n_threads = o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+  auto policy = kv::make_kv_policy(o.kv);
+
+  auto t_load = std::chrono::steady_clock::now();
+  auto model = Model::load(o.model);
+  auto tok = Tokenizer::from_gguf(model->file());
+  const ModelConfig& c = model->config();
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+
+  std::string user_text = o.prompt;
+  if (!o.file.empty()) {
+    const std::string doc = read_text_file(o.file);
+    user_text = o.prompt.empty() ? doc : doc + "\n\n" + o.prompt;
+  }
+  std::string text = user_text;
+  if (o.chat) {
+    std::vector<ChatMessage> msgs;
+    if (!o.system.empty()) msgs.push_back({"system", o.system});
+    msgs.push_back({"user", user_text});
+    text = apply_chat_template(chat_template_for(model->file()), msgs, true);
+  }
+  const std::vector<int32_t> prompt = tok->encode(text, tok->add_bos(), /*parse_special=*/o.chat);
+
+  GenerateParams gp;
+  gp.n_predict = o.n_predict;
+  gp.n_ctx = o.n_ctx > 0 ? o.n_ctx : c.n_ctx_train;
+  gp.n_batch = o.n_batch;
+  gp.stop = o.stop;
+  gp.sampling.temperature = o.temp;
+  gp.sampling.top_k = o.top_k;
+  gp.sampling.top_p = o.top_p;
+  gp.sampling.min_p = o.min_p;
+  gp.sampling.repeat_penalty = o.repeat_penalty;
+  gp.sampling.seed = o.seed;
+
+  if (!o.quiet)
+    fmt::print(stderr, "longctx: {} ({}, {} layers, {} weights) loaded in {:.2f}s; prompt {} tokens, ctx {}, {} threads, kv {}\n",
+               o.model, arch_name(c.arch), c.n_layer, human_bytes(static_cast<double>(model->weight_bytes())), load_s,
+               prompt.size(), gp.n_ctx, n_threads, policy->describe());
+
+  ThreadPool pool(n_threads);
+  Generator gen(*model, *tok, pool, *policy, gp);
+  // The bar is worth drawing only for prompts that take a while.
+  ProgressBar bar("prefill");
+  const bool show_bar = !o.quiet && prompt.size() > 2 * static_cast<size_t>(gp.n_batch);
+  GenerateStats st = gen.generate(
+      prompt,
+      [](std::string_view s) {
+        std::fwrite(s.data(), 1, s.size(), stdout);
+        std::fflush(stdout);
+        return true;
+      },
+      show_bar ? ProgressFn([&](int32_t d, int32_t t) { bar.update(d, t); }) : ProgressFn());
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+
+  if (!o.quiet) {
+    const double pp = st.prefill_seconds > 0 ? st.n_prompt / st.prefill_seconds : 0;
+    const double tg = st.decode_seconds > 0 ? st.n_generated / st.decode_seconds : 0;
+    fmt::print(stderr, "\nstopped: {}\n", stop_reason_name(st.stop_reason));
+    fmt::print(stderr, "prefill: {} tokens in {:.2f}s ({:.1f} tok/s)\n", st.n_prompt, st.prefill_seconds, pp);
+    fmt::print(stderr, "decode:  {} tokens in {:.2f}s ({:.1f} tok/s)\n", st.n_generated, st.decode_seconds, tg);
+    const double ratio = st.kv_bytes.total() > 0 ? static_cast<double>(st.kv_full_f16_bytes) / st.kv_bytes.total() : 0;
+    fmt::print(stderr, "kv:      {} held ({} pages + {} metadata) for {} tokens; full f16 cache: {} ({:.2f}x)\n",
+               human_bytes(static_cast<double>(st.kv_bytes.total())), human_bytes(static_cast<double>(st.kv_bytes.payload)),
+               human_bytes(static_cast<double>(st.kv_bytes.metadata)), gen.sequence().n_tokens_max(),
+               human_bytes(static_cast<double>(st.kv_full_f16_bytes)), ratio);
+    fmt::print(stderr, "logits hash: {}\n", st.logits_hash);
+  }
+  return 0;
+}
+
+int info_command(const std::string& path, bool all_metadata) {
+  auto model = Model::load(path);
+  const gguf::File& f = model->file();
+  const ModelConfig& c = model->config();
+  fmt::print("file:          {} (GGUF v{}, {}, {} tensors, {} metadata keys)\n", path, f.version(),
+             human_bytes(static_cast<double>(f.file_size())), f.tensors().size(), f.metadata().size());
+  if (auto name = f.get_string_opt("general.name")) fmt::print("name:          {}\n", *name);
+  fmt::print("architecture:  {}\n", arch_name(c.arch));
+  fmt::print("layers:        {}\nembedding:     {}\nffn:           {}\n", c.n_layer, c.n_embd, c.n_ff);
+  fmt::print("heads:         {} query, {} kv, head dim {}\n", c.n_head, c.n_head_kv, c.head_dim);
+  fmt::print("vocab:         {}\ncontext:       {} (trained)\n", c.n_vocab, c.n_ctx_train);
+  fmt::print("rope:          base {:g}{}, {} dims, {} order\n", c.rope_base,
+             c.sliding_window ? fmt::format(" (local {:g})", c.rope_base_local) : "", c.n_rot,
+             c.rope_order == cpu::RopeOrder::Adjacent ? "adjacent-pair" : "half-split (neox)");
+  if (c.sliding_window) {
+    int n_local = 0;
+    for (bool b : c.layer_is_local) n_local += b;
+    fmt::print("sliding window: {} tokens on {} of {} layers\n", c.sliding_window, n_local, c.n_layer);
+  }
+  fmt::print("rms eps:       {:g}\n", c.rms_eps);
+  fmt::print("tokenizer:     {} (pre: {}), bos {}, eos {}\n", f.get_string_opt("tokenizer.ggml.model").value_or("?"),
+             f.get_string_opt("tokenizer.ggml.pre").value_or("-"), f.get_int_opt("tokenizer.ggml.bos_token_id").value_or(-1),
+             f.get_int_opt("tokenizer.ggml.eos_token_id").value_or(-1));
+  fmt::print("kv per token:  {} (full f16 cache)\n",
+             human_bytes(2.0 * 2 * c.n_layer * c.n_head_kv * c.head_dim));
+
+  std::map<std::string, std::pair<int, size_t>> by_type;
+  for (const auto& t : f.tensors()) {
+    auto& e = by_type[std::string(ggml_traits(t.type).name)];
+    e.first++;
+    e.second += t.n_bytes;
+  }
+  fmt::print("\n{:<8} {:>8} {:>12}\n", "type", "tensors", "bytes");
+  for (const auto& [name, e] : by_type)
+    fmt::print("{:<8} {:>8} {:>12}\n", name, e.first, human_bytes(static_cast<double>(e.second)));
+  if (all_metadata) {
+    fmt::print("\n");
+    for (const auto& [k, v] : f.metadata()) fmt::print("{} = {}\n", k, gguf::value_to_string(v));
+    fmt::print("\n{:<40} {:<6} {}\n", "tensor", "type", "shape");
+    for (const auto& t : f.tensors()) {
+      std::string shape;
+      for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? " x " : "") + std::to_string(t.shape[i]);
+      fmt::print("{:<40} {:<6} {}\n", t.name, ggml_traits(t.type).name, shape);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace longctx
+
+int main(int argc, char** argv) {
+  using namespace longctx;
+  CLI::App app{"longctx: long-context LLM inference with a compressible KV cache.\n"
+               "Example: longctx run -m model.gguf --file book.txt -p \"Who is the mother of Samuel?\" --chat --temp 0"};
+  app.require_subcommand(1);
+
+  RunOptions ro;
+  auto* run = app.add_subcommand("run", "Prefill a prompt or document, then generate an answer; prints what it cost");
+  run->add_option("-m,--model", ro.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  run->add_option("-p,--prompt", ro.prompt, "Prompt text, or the question when --file is given");
+  run->add_option("-f,--file", ro.file, "A document to read before the question (its text, then a blank line, then -p)")
+      ->check(CLI::ExistingFile);
+  run->add_flag("--chat", ro.chat, "Wrap the prompt in the model's chat template (use with instruct models)");
+  run->add_option("--system", ro.system, "System message for --chat");
+  run->add_option("-n,--n-predict", ro.n_predict, "Most tokens to generate")->capture_default_str()->check(CLI::Range(0, 1 << 24));
+  run->add_option("-c,--ctx", ro.n_ctx, "Context length: prompt plus answer (default: the model's trained context)")
+      ->check(CLI::Range(1, 1 << 24));
+  run->add_option("-b,--batch", ro.n_batch, "Prompt tokens per prefill chunk")->capture_default_str()->check(CLI::Range(1, 8192));
+  run->add_option("-t,--threads", ro.threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
+  run->add_option("--temp", ro.temp, "Sampling temperature; 0 is greedy")->capture_default_str()->check(CLI::Range(0.0f, 100.0f));
+  run->add_option("--top-k", ro.top_k, "Keep the k most likely tokens; 0 is off")->capture_default_str()->check(CLI::Range(0, 1 << 30));
+  run->add_option("--top-p", ro.top_p, "Nucleus sampling mass; 1 is off")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
+  run->add_option("--min-p", ro.min_p, "Drop tokens below min-p times the top probability; 0 is off")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
+  run->add_option("--repeat-penalty", ro.repeat_penalty, "Penalty for the last 64 tokens; 1 is off")->capture_default_str()->check(CLI::Range(0.0f, 10.0f));
+  run->add_option("-s,--seed", ro.seed, "Sampling seed")->capture_default_str();
+  run->add_option("--kv", ro.kv, "KV cache policy: full[:type=f16|f32]")->capture_default_str();
+  run->add_option("--stop", ro.stop, "Stop before this string (repeatable)");
+  run->add_flag("-q,--quiet", ro.quiet, "Print only the generated text");
+
+  std::string info_path;
+  bool info_all = false;
+  auto* info = app.add_subcommand("info", "Print a GGUF model's architecture, hyper-parameters, tokenizer and tensor types");
+  info->add_option("model", info_path, "GGUF model file")->required()->check(CLI::ExistingFile);
+  info->add_flag("-a,--all", info_all, "Also list every metadata key and tensor");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (run->parsed()) return run_command(ro);
+    if (info->parsed()) return info_command(info_path, info_all);
+  } catch (const Error& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr, "error: out of memory\n");
+    return 1;
+  }
+  return 0;
+}

@@ -1,1 +1,191 @@
-// placeholder: being written
+#include "engine/generator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace longctx {
+
+const char* stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::Eog: return "end of generation token";
+    case StopReason::StopString: return "stop string";
+    case StopReason::Length: return "length limit (-n)";
+    case StopReason::ContextFull: return "context full (--ctx)";
+    case StopReason::Cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+std::string logits_hash(const float* logits, int64_t n) {
+  // FNV-1a over the bytes: any change in any logit shows.
+  uint64_t h = 1469598103934665603ull;
+  const auto* b = reinterpret_cast<const uint8_t*>(logits);
+  for (int64_t i = 0; i < n * 4; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return std::string(buf, 8);
+}
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Streams text while holding back any tail that might still grow into a stop string.
+class StopFilter {
+ public:
+  explicit StopFilter(const std::vector<std::string>& stop) : stop_(stop) {}
+  // Adds text; emits what is final. Returns true when a stop string was found (text before it is emitted).
+  bool push(std::string_view text, const TextFn& emit, bool& keep_going) {
+    pending_ += text;
+    for (const auto& s : stop_) {
+      const auto at = s.empty() ? std::string::npos : pending_.find(s);
+      if (at != std::string::npos) {
+        if (at > 0) keep_going = emit(std::string_view(pending_).substr(0, at));
+        pending_.clear();
+        return true;
+      }
+    }
+    size_t hold = 0;
+    for (const auto& s : stop_)
+      for (size_t k = std::min(s.size() - 1, pending_.size()); k > hold; --k)
+        if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
+          hold = k;
+          break;
+        }
+    if (pending_.size() > hold) {
+      keep_going = emit(std::string_view(pending_).substr(0, pending_.size() - hold));
+      pending_.erase(0, pending_.size() - hold);
+    }
+    return false;
+  }
+  void flush(const TextFn& emit) {
+    if (!pending_.empty()) emit(pending_);
+    pending_.clear();
+  }
+
+ private:
+  const std::vector<std::string>& stop_;
+  std::string pending_;
+};
+
+}  // namespace
+
+Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool, const kv::KvPolicy& policy,
+                     const GenerateParams& params)
+    : model_(model), tok_(tok), policy_(policy), params_(params), forward_(model, pool, std::max(1, params.n_batch)) {
+  const ModelConfig& c = model.config();
+  if (params.n_ctx <= 0) fail("--ctx must be positive (got {})", params.n_ctx);
+  if (params.n_batch <= 0) fail("--batch must be positive (got {})", params.n_batch);
+  kv::KvGeometry geo;
+  geo.n_layer = c.n_layer;
+  geo.n_head_kv = c.n_head_kv;
+  geo.head_dim = c.head_dim;
+  geo.format = policy.page_format();
+  // The full cache of n_ctx tokens, rounded up to whole slabs of pages per head: the most it may hold.
+  const size_t pages_per_head = (static_cast<size_t>(params.n_ctx) + geo.page_tokens - 1) / geo.page_tokens;
+  const size_t max_bytes = (pages_per_head * c.n_layer * c.n_head_kv + 64) * geo.page_bytes();
+  pages_ = std::make_unique<kv::KvPagePool>(geo.page_bytes(), max_bytes);
+  seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
+}
+
+void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
+                        const std::vector<int32_t>& logit_positions, std::vector<float>& logits) {
+  const int32_t n = static_cast<int32_t>(prompt.size());
+  const int32_t n_vocab = model_.config().n_vocab;
+  if (n == 0) fail("the prompt is empty");
+  if (n > params_.n_ctx)
+    fail("the prompt has {} tokens, more than the context of {} (--ctx); raise --ctx or shorten the prompt", n,
+         params_.n_ctx);
+  seq_->clear();
+  logits.assign(logit_positions.size() * static_cast<size_t>(n_vocab), 0.0f);
+  std::vector<int32_t> positions(static_cast<size_t>(params_.n_batch));
+  std::vector<float> chunk_logits;
+  for (int32_t start = 0; start < n; start += params_.n_batch) {
+    const int32_t len = std::min(params_.n_batch, n - start);
+    for (int32_t i = 0; i < len; ++i) positions[static_cast<size_t>(i)] = start + i;
+    std::vector<int32_t> rows;
+    std::vector<size_t> dest;
+    for (size_t j = 0; j < logit_positions.size(); ++j)
+      if (logit_positions[j] >= start && logit_positions[j] < start + len) {
+        rows.push_back(logit_positions[j] - start);
+        dest.push_back(j);
+      }
+    chunk_logits.resize(rows.size() * static_cast<size_t>(n_vocab));
+    forward_.run(*seq_, prompt.data() + start, positions.data(), len, rows, chunk_logits.data());
+    for (size_t r = 0; r < rows.size(); ++r)
+      std::memcpy(logits.data() + dest[r] * n_vocab, chunk_logits.data() + r * n_vocab, n_vocab * sizeof(float));
+    if (on_progress) on_progress(start + len, n);
+  }
+}
+
+std::vector<float> Generator::prompt_logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& positions) {
+  for (int32_t p : positions)
+    if (p < 0 || p >= static_cast<int32_t>(prompt.size())) fail("logit position {} is outside the prompt", p);
+  std::vector<float> logits;
+  prefill(prompt, nullptr, positions, logits);
+  return logits;
+}
+
+GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const TextFn& on_text,
+                                  const ProgressFn& on_progress) {
+  GenerateStats st;
+  const int32_t n_vocab = model_.config().n_vocab;
+  st.n_prompt = static_cast<int32_t>(prompt.size());
+  std::vector<float> logits;
+  auto t0 = std::chrono::steady_clock::now();
+  prefill(prompt, on_progress, {st.n_prompt - 1}, logits);
+  policy_.after_prefill(*seq_);
+  st.prefill_seconds = seconds_since(t0);
+
+  Sampler sampler(params_.sampling);
+  for (int32_t t : prompt) sampler.accept(t);
+  StopFilter filter(params_.stop);
+  bool keep_going = true;
+  int32_t pos = st.n_prompt;
+  st.stop_reason = StopReason::Length;
+  t0 = std::chrono::steady_clock::now();
+  while (true) {
+    if (st.n_generated >= params_.n_predict) {
+      st.stop_reason = StopReason::Length;
+      break;
+    }
+    const int32_t id = sampler.sample(logits.data(), n_vocab);
+    sampler.accept(id);
+    if (tok_.is_eog(id)) {
+      st.stop_reason = StopReason::Eog;
+      break;
+    }
+    st.tokens.push_back(id);
+    ++st.n_generated;
+    if (filter.push(tok_.token_bytes(id), on_text, keep_going)) {
+      st.stop_reason = StopReason::StopString;
+      break;
+    }
+    if (!keep_going) {
+      st.stop_reason = StopReason::Cancelled;
+      break;
+    }
+    if (st.n_generated >= params_.n_predict) continue;  // no need to run the last token
+    if (pos >= params_.n_ctx) {
+      st.stop_reason = StopReason::ContextFull;
+      break;
+    }
+    forward_.run(*seq_, &id, &pos, 1, {0}, logits.data());
+    policy_.after_decode_step(*seq_);
+    ++pos;
+  }
+  if (st.stop_reason != StopReason::StopString) filter.flush(on_text);
+  st.decode_seconds = seconds_since(t0);
+  st.kv_bytes = seq_->bytes();
+  st.kv_full_f16_bytes = seq_->full_f16_bytes(seq_->n_tokens_max());
+  st.kv_pool_bytes = pages_->bytes_reserved();
+  st.logits_hash = logits_hash(logits.data(), n_vocab);
+  return st;
+}
+
+}  // namespace longctx

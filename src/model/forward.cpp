@@ -1,1 +1,100 @@
-// placeholder: being written
+#include "model/forward.h"
+
+#include <algorithm>
+
+#include "backend/cpu/attention.h"
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/ops.h"
+#include "backend/cpu/quant.h"
+#include "core/error.h"
+
+namespace longctx {
+
+Forward::Forward(const Model& model, ThreadPool& pool, int32_t n_batch)
+    : model_(model), pool_(pool), n_batch_(n_batch) {
+  const ModelConfig& c = model.config();
+  const size_t nb = static_cast<size_t>(n_batch);
+  x_.resize(nb * c.n_embd);
+  xn_.resize(nb * c.n_embd);
+  q_.resize(nb * c.n_head * c.head_dim);
+  k_.resize(nb * c.n_head_kv * c.head_dim);
+  v_.resize(nb * c.n_head_kv * c.head_dim);
+  attn_.resize(nb * c.n_head * c.head_dim);
+  out_.resize(nb * c.n_embd);
+  gate_.resize(nb * c.n_ff);
+  up_.resize(nb * c.n_ff);
+}
+
+void Forward::matmul(const Weight& w, const float* x, int32_t n, float* y) {
+  cpu::matmul(pool_, w.type, w.data, w.n_out, w.n_in, x, n, y);
+}
+
+void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
+                  const std::vector<int32_t>& logit_rows, float* logits) {
+  const ModelConfig& c = model_.config();
+  if (n <= 0 || n > n_batch_) fail("internal: chunk of {} tokens for a batch of {}", n, n_batch_);
+  const int64_t E = c.n_embd, D = c.head_dim;
+  const int64_t q_dim = c.n_head * D, kv_dim = c.n_head_kv * D;
+
+  // Embeddings: one dequantized row per token.
+  const Weight& emb = model_.token_embd();
+  const size_t emb_row_bytes = ggml_row_bytes(emb.type, E);
+  for (int32_t t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) fail("token id {} is outside the vocabulary of {}", tokens[t], c.n_vocab);
+    float* xr = x_.data() + t * E;
+    cpu::dequantize_row(emb.type, emb.data + static_cast<size_t>(tokens[t]) * emb_row_bytes, xr, E);
+    if (c.embd_scale != 1.0f)
+      for (int64_t i = 0; i < E; ++i) xr[i] *= c.embd_scale;
+  }
+
+  cpu::AttentionParams ap;
+  ap.n_head = c.n_head;
+  ap.n_head_kv = c.n_head_kv;
+  ap.head_dim = c.head_dim;
+  ap.scale = c.attn_scale;
+
+  for (int32_t il = 0; il < c.n_layer; ++il) {
+    const LayerWeights& w = model_.layer(il);
+    const bool local = c.layer_is_local[static_cast<size_t>(il)];
+
+    // Attention block.
+    cpu::rmsnorm(x_.data(), w.attn_norm.data(), xn_.data(), n, E, c.rms_eps);
+    matmul(w.wq, xn_.data(), n, q_.data());
+    matmul(w.wk, xn_.data(), n, k_.data());
+    matmul(w.wv, xn_.data(), n, v_.data());
+    if (c.has_qk_norm) {
+      cpu::rmsnorm(q_.data(), w.q_norm.data(), q_.data(), n * c.n_head, D, c.rms_eps);
+      cpu::rmsnorm(k_.data(), w.k_norm.data(), k_.data(), n * c.n_head_kv, D, c.rms_eps);
+    }
+    const float base = local ? c.rope_base_local : c.rope_base;
+    cpu::rope(q_.data(), positions, n, c.n_head, D, c.n_rot, base, c.rope_order);
+    cpu::rope(k_.data(), positions, n, c.n_head_kv, D, c.n_rot, base, c.rope_order);
+    kv.append(il, k_.data(), v_.data(), positions, n);
+    ap.window = local ? c.sliding_window : 0;
+    cpu::attention(pool_, ap, q_.data(), positions, n, kv.layer_view(il), attn_.data());
+    matmul(w.wo, attn_.data(), n, out_.data());
+    if (c.has_post_norms) cpu::rmsnorm(out_.data(), w.post_attn_norm.data(), out_.data(), n, E, c.rms_eps);
+    cpu::add_in_place(x_.data(), out_.data(), n * E);
+
+    // Feed-forward block.
+    cpu::rmsnorm(x_.data(), w.ffn_norm.data(), xn_.data(), n, E, c.rms_eps);
+    matmul(w.w_gate, xn_.data(), n, gate_.data());
+    matmul(w.w_up, xn_.data(), n, up_.data());
+    cpu::gated_activation(gate_.data(), up_.data(), static_cast<int64_t>(n) * c.n_ff, c.ffn_act);
+    matmul(w.w_down, gate_.data(), n, out_.data());
+    if (c.has_post_norms) cpu::rmsnorm(out_.data(), w.post_ffn_norm.data(), out_.data(), n, E, c.rms_eps);
+    cpu::add_in_place(x_.data(), out_.data(), n * E);
+  }
+
+  // Output head, only for the rows asked for (usually just the last).
+  const int32_t n_out = static_cast<int32_t>(logit_rows.size());
+  if (n_out == 0) return;
+  for (int32_t i = 0; i < n_out; ++i) {
+    const int32_t r = logit_rows[static_cast<size_t>(i)];
+    if (r < 0 || r >= n) fail("internal: logit row {} outside a chunk of {}", r, n);
+    cpu::rmsnorm(x_.data() + r * E, model_.output_norm().data(), xn_.data() + i * E, 1, E, c.rms_eps);
+  }
+  matmul(model_.output(), xn_.data(), n_out, logits);
+}
+
+}  // namespace longctx

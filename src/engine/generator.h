@@ -1,0 +1,78 @@
+// One request end to end: prefill a prompt in chunks, then sample token by token, streaming text out, under a
+// KV policy; reports what it cost.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "engine/sampler.h"
+#include "kv/policy.h"
+#include "model/forward.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace longctx {
+
+struct GenerateParams {
+  int32_t n_predict = 256;          // most tokens to generate
+  int32_t n_ctx = 4096;             // prompt + generated tokens may not exceed this
+  int32_t n_batch = 256;            // prefill chunk
+  SamplerParams sampling;
+  std::vector<std::string> stop;    // generation ends before any of these strings; they are not printed
+};
+
+enum class StopReason { Eog, StopString, Length, ContextFull, Cancelled };
+const char* stop_reason_name(StopReason r);
+
+struct GenerateStats {
+  int32_t n_prompt = 0;
+  int32_t n_generated = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  kv::KvBytes kv_bytes;              // held by the sequence at the end
+  size_t kv_full_f16_bytes = 0;      // what a full f16 cache of the same tokens holds
+  size_t kv_pool_bytes = 0;          // what the page allocator has reserved
+  std::string logits_hash;           // short hash of the last logits, for regressions
+  StopReason stop_reason = StopReason::Length;
+  std::vector<int32_t> tokens;       // generated ids
+};
+
+// Progress of prefill: tokens done, tokens in all.
+using ProgressFn = std::function<void(int32_t, int32_t)>;
+// Receives generated text as it becomes final; returns false to stop.
+using TextFn = std::function<bool(std::string_view)>;
+
+class Generator {
+ public:
+  Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool, const kv::KvPolicy& policy,
+            const GenerateParams& params);
+
+  // Throws Error when the prompt is empty or does not fit in n_ctx.
+  GenerateStats generate(const std::vector<int32_t>& prompt, const TextFn& on_text, const ProgressFn& on_progress);
+
+  // Prefill only: returns the logits of every listed prompt position (rows, n_vocab), for tests and eval.
+  std::vector<float> prompt_logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& positions);
+
+  kv::KvSequence& sequence() { return *seq_; }
+
+ private:
+  // Runs prompt tokens [0, n) in chunks; returns the logits of the last one.
+  void prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
+               const std::vector<int32_t>& logit_positions, std::vector<float>& logits);
+
+  const Model& model_;
+  const Tokenizer& tok_;
+  const kv::KvPolicy& policy_;
+  GenerateParams params_;
+  Forward forward_;
+  std::unique_ptr<kv::KvPagePool> pages_;
+  std::unique_ptr<kv::KvSequence> seq_;
+};
+
+std::string logits_hash(const float* logits, int64_t n);
+
+}  // namespace longctx

@@ -1,0 +1,82 @@
+// A model: hyper-parameters read from the GGUF and weights that point into its memory map. One forward
+// description covers every architecture (forward.h); the differences live in ModelConfig.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/ops.h"
+#include "core/ggml_type.h"
+#include "gguf/gguf.h"
+
+namespace longctx {
+
+enum class Arch { Llama, Gemma3 };
+
+const char* arch_name(Arch a);
+
+struct ModelConfig {
+  Arch arch = Arch::Llama;
+  int32_t n_layer = 0;
+  int32_t n_embd = 0;
+  int32_t n_head = 0;
+  int32_t n_head_kv = 0;
+  int32_t head_dim = 0;
+  int32_t n_ff = 0;
+  int32_t n_vocab = 0;
+  int32_t n_ctx_train = 0;
+  int32_t n_rot = 0;
+  float rms_eps = 1e-5f;
+  float rope_base = 10000.0f;        // global-attention layers
+  float rope_base_local = 10000.0f;  // sliding-window layers (gemma3)
+  cpu::RopeOrder rope_order = cpu::RopeOrder::Adjacent;
+  int32_t sliding_window = 0;        // 0: no sliding-window layers
+  std::vector<bool> layer_is_local;  // (n_layer) true where the layer attends within sliding_window
+  float embd_scale = 1.0f;           // gemma multiplies embeddings by sqrt(n_embd)
+  float attn_scale = 1.0f;           // applied to q·k
+  cpu::GatedActivation ffn_act = cpu::GatedActivation::SiLU;
+  bool has_qk_norm = false;          // gemma3: RMSNorm over each head of q and k before RoPE
+  bool has_post_norms = false;       // gemma3: RMSNorm after attention and after the FFN, before the residual
+};
+
+// A weight matrix (n_out, n_in) in a GGUF format, used in place from the mapping.
+struct Weight {
+  GgmlType type = GgmlType::F32;
+  const uint8_t* data = nullptr;
+  int64_t n_out = 0;
+  int64_t n_in = 0;
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm, ffn_norm;              // (n_embd)
+  std::vector<float> q_norm, k_norm;                   // (head_dim), gemma3
+  std::vector<float> post_attn_norm, post_ffn_norm;    // (n_embd), gemma3
+  Weight wq, wk, wv, wo;
+  Weight w_gate, w_up, w_down;
+};
+
+class Model {
+ public:
+  // Throws Error for a file that is not a usable model: unknown architecture, missing or mis-shaped tensors,
+  // unsupported weight types.
+  static std::unique_ptr<Model> load(const std::string& path);
+
+  const ModelConfig& config() const { return config_; }
+  const gguf::File& file() const { return *file_; }
+  const Weight& token_embd() const { return token_embd_; }
+  const Weight& output() const { return output_; }  // token_embd when the embeddings are tied
+  const std::vector<float>& output_norm() const { return output_norm_; }
+  const LayerWeights& layer(int32_t i) const { return layers_[static_cast<size_t>(i)]; }
+  size_t weight_bytes() const;
+
+ private:
+  Model() = default;
+  std::unique_ptr<gguf::File> file_;
+  ModelConfig config_;
+  Weight token_embd_, output_;
+  std::vector<float> output_norm_;
+  std::vector<LayerWeights> layers_;
+};
+
+}  // namespace longctx
