@@ -78,6 +78,7 @@ struct RunOptions {
   std::string kv = "full";
   std::vector<std::string> stop;
   bool quiet = false;
+  bool ignore_eos = false;
 };
 
 int run_command(const RunOptions& o) {
@@ -110,6 +111,7 @@ int run_command(const RunOptions& o) {
   gp.n_ctx = o.n_ctx > 0 ? o.n_ctx : c.n_ctx_train;
   gp.n_batch = o.n_batch;
   gp.stop = o.stop;
+  gp.ignore_eog = o.ignore_eos;
   gp.sampling.temperature = o.temp;
   gp.sampling.top_k = o.top_k;
   gp.sampling.top_p = o.top_p;
@@ -213,10 +215,9 @@ int main(int argc, char** argv) {
 
   RunOptions ro;
   auto* run = app.add_subcommand("run", "Prefill a prompt or document, then generate an answer; prints what it cost");
-  run->add_option("-m,--model", ro.model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  run->add_option("-m,--model", ro.model, "GGUF model file")->required();
   run->add_option("-p,--prompt", ro.prompt, "Prompt text, or the question when --file is given");
-  run->add_option("-f,--file", ro.file, "A document to read before the question (its text, then a blank line, then -p)")
-      ->check(CLI::ExistingFile);
+  run->add_option("-f,--file", ro.file, "A document to read before the question (its text, then a blank line, then -p)");
   run->add_flag("--chat", ro.chat, "Wrap the prompt in the model's chat template (use with instruct models)");
   run->add_option("--system", ro.system, "System message for --chat");
   run->add_option("-n,--n-predict", ro.n_predict, "Most tokens to generate")->capture_default_str()->check(CLI::Range(0, 1 << 24));
@@ -232,12 +233,13 @@ int main(int argc, char** argv) {
   run->add_option("-s,--seed", ro.seed, "Sampling seed")->capture_default_str();
   run->add_option("--kv", ro.kv, "KV cache policy: full[:type=f16|f32]")->capture_default_str();
   run->add_option("--stop", ro.stop, "Stop before this string (repeatable)");
+  run->add_flag("--ignore-eos", ro.ignore_eos, "Generate all -n tokens even past end-of-text (for benchmarks)");
   run->add_flag("-q,--quiet", ro.quiet, "Print only the generated text");
 
   std::string info_path;
   bool info_all = false;
   auto* info = app.add_subcommand("info", "Print a GGUF model's architecture, hyper-parameters, tokenizer and tensor types");
-  info->add_option("model", info_path, "GGUF model file")->required()->check(CLI::ExistingFile);
+  info->add_option("model", info_path, "GGUF model file")->required();
   info->add_flag("-a,--all", info_all, "Also list every metadata key and tensor");
 
   CLI11_PARSE(app, argc, argv);

@@ -156,7 +156,7 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
     }
     const int32_t id = sampler.sample(logits.data(), n_vocab);
     sampler.accept(id);
-    if (tok_.is_eog(id)) {
+    if (!params_.ignore_eog && tok_.is_eog(id)) {
       st.stop_reason = StopReason::Eog;
       break;
     }

@@ -23,6 +23,7 @@ struct GenerateParams {
   int32_t n_batch = 256;            // prefill chunk
   SamplerParams sampling;
   std::vector<std::string> stop;    // generation ends before any of these strings; they are not printed
+  bool ignore_eog = false;          // keep going past end-of-generation tokens (benchmarks)
 };
 
 enum class StopReason { Eog, StopString, Length, ContextFull, Cancelled };

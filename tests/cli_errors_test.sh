@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Bad input to the CLI: each case must end with exit status 1 and a one-line "error: ..." naming the fault, and
+# nothing from the sanitizers (the debug build runs this same script under ASan/UBSan).
+# usage: cli_errors_test.sh LONGCTX_BINARY SOURCE_DIR
+set -u
+bin="$1"; src="$2"
+models="${LONGCTX_MODEL_DIR:-$HOME/.cache/longctx}"
+smol="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
+tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+python3 "$src/tests/make_bad_gguf.py" "$tmp"
+printf 'this is plain text, not a model\n' > "$tmp/text.gguf"
+head -c 3000000 "$smol" > "$tmp/truncated.gguf"
+: > "$tmp/empty.gguf"
+failures=0
+
+expect_error() {  # name, expected substring, command...
+  local name="$1" want="$2"; shift 2
+  "$@" > "$tmp/out" 2> "$tmp/err"
+  local rc=$?
+  local lines; lines=$(grep -c . "$tmp/err")
+  if [ $rc -ne 1 ] || ! grep -q "^error: .*$want" "$tmp/err" || [ "$lines" -ne 1 ]; then
+    echo "FAIL $name: exit $rc, $lines stderr lines, wanted one line 'error: ...$want'"; sed 's/^/    /' "$tmp/err" | head -20
+    failures=$((failures + 1))
+  else
+    echo "ok   $name: $(cat "$tmp/err")"
+  fi
+}
+
+expect_error "missing model"  "cannot open"             "$bin" info "$tmp/nope.gguf"
+expect_error "missing model"  "cannot open"             "$bin" run -m "$tmp/does-not-exist.gguf" -p hi
+expect_error "missing doc"    "cannot read"             "$bin" run -m "$smol" --file "$tmp/no-such-doc.txt" -p hi
+expect_error "not GGUF"       "not a GGUF file"         "$bin" info "$tmp/text.gguf"
+expect_error "empty file"     "not a GGUF file"         "$bin" info "$tmp/empty.gguf"
+expect_error "truncated"      "truncated"               "$bin" info "$tmp/truncated.gguf"
+expect_error "past the end"   "runs past the end"       "$bin" info "$tmp/past_end.gguf"
+expect_error "unknown arch"   "architecture 'mamba9' is not supported" "$bin" info "$tmp/unknown_arch.gguf"
+long_prompt="$(for i in $(seq 1 200); do printf 'word%d ' "$i"; done)"
+expect_error "prompt > ctx"   "more than the context of 64" "$bin" run -m "$smol" -p "$long_prompt" --ctx 64 -n 4
+expect_error "bad kv spec"    "unknown KV policy 'snapkv'" "$bin" run -m "$smol" -p hi --kv snapkv:budget=10 -n 4
+
+[ $failures -eq 0 ] && echo "all bad-input cases handled" || { echo "$failures failures"; exit 1; }
