@@ -188,7 +188,7 @@ void File::parse_all() {
 
   if (auto a = get_int_opt("general.alignment")) {
     if (*a <= 0 || *a > (1 << 20) || (*a & (*a - 1)) != 0)
-      fail("'{}' is corrupt: general.alignment {} is not a power of two", name_, *a);
+      fail("'{}' is corrupt: general.alignment {} is not a power of two of at most 1 MiB", name_, *a);
     alignment_ = static_cast<size_t>(*a);
   }
 
