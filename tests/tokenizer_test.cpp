@@ -215,7 +215,7 @@ TEST(Tokenizer, RandomBytes) {
   std::mt19937 rng(7);
   for (int k = 0; k < 300; ++k) {
     std::string text(rng() % 80, '\0');
-    for (char& c : text) c = static_cast<char>(k % 2 ? rng() % 256 : "<|>_\n \xE2\x96\x81abc\xF0"[rng() % 13]);
+    for (char& c : text) c = static_cast<char>(k % 2 ? rng() % 256 : "<|>_\n \xE2\x96\x81" "abc\xF0"[rng() % 13]);
     for (bool special : {false, true}) {
       const auto ids = gemma.encode(text, true, special);
       if (text.find("\xE2\x96\x81") == std::string::npos) {  // a literal U+2581 decodes as a space

@@ -1,8 +1,9 @@
 // The tokenizer a GGUF file describes, giving the same ids as HF `tokenizers` does for that model:
 //   tokenizer.ggml.model "gpt2":  byte-level BPE (GPT-2 byte alphabet, merges ranked by their order in the
 //                                 file), split first by the regex that tokenizer.ggml.pre names.
-//   tokenizer.ggml.model "llama": SentencePiece-style BPE: spaces as U+2581, no pre-split, merges ranked by the
-//                                 merged piece's place in the vocabulary, <0xNN> byte fallback.
+//   tokenizer.ggml.model "llama": SentencePiece-style BPE: spaces as U+2581, no pre-split, any two pieces that
+//                                 make a piece merge, ranked by that piece's score (Gemma: its place in the
+//                                 file, as transformers ranks it), <0xNN> byte fallback.
 // Added tokens (control: token_type 3, user-defined: 4) are cut out of the text first, leftmost-longest, as
 // HF's AddedVocabulary does; control tokens only when parse_special is asked for.
 #pragma once
@@ -39,7 +40,8 @@ class Tokenizer {
   std::string token_bytes(int32_t id) const;
   std::string decode(const std::vector<int32_t>& ids) const;
 
-  // The vocabulary's spelling of a token (byte-level alphabet, U+2581 for spaces), as in the GGUF.
+  // The vocabulary's spelling of a token (byte-level alphabet, U+2581 for spaces): as in the GGUF, except
+  // where HF respells (Gemma's runs of real spaces as U+2581 runs, raw UTF-8 in a byte-level vocabulary).
   const std::string& token_text(int32_t id) const;
   // The id of a token spelled `text`, or -1.
   int32_t find_token(std::string_view text) const;
