@@ -75,7 +75,7 @@ class StopFilter {
 
 }  // namespace
 
-Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool, const kv::KvPolicy& policy,
+Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool, kv::KvPolicy& policy,
                      const GenerateParams& params)
     : model_(model), tok_(tok), policy_(policy), params_(params), forward_(model, pool, std::max(1, params.n_batch)) {
   const ModelConfig& c = model.config();

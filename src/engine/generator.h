@@ -49,7 +49,7 @@ using TextFn = std::function<bool(std::string_view)>;
 
 class Generator {
  public:
-  Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool, const kv::KvPolicy& policy,
+  Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool, kv::KvPolicy& policy,
             const GenerateParams& params);
 
   // Throws Error when the prompt is empty or does not fit in n_ctx.
@@ -67,7 +67,7 @@ class Generator {
 
   const Model& model_;
   const Tokenizer& tok_;
-  const kv::KvPolicy& policy_;
+  kv::KvPolicy& policy_;
   GenerateParams params_;
   Forward forward_;
   std::unique_ptr<kv::KvPagePool> pages_;
