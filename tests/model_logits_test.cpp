@@ -20,14 +20,17 @@ using nlohmann::json;
 
 // Tolerances, in logit units, for f32 activations and accumulation from the same f32-dequantized weights as the
 // reference. The only difference is summation order (blocked dot products, online softmax) through 18-30 layers:
-// relative differences of ~1e-6 per op grow to ~1e-4 of the logit scale (|logits| ~ 10-30) at the end.
+// relative differences of ~1e-6 per op grow to ~1e-4 of the logit scale (|logits| ~ 10-30) at the end
+// (measured: at most 1.2e-4 on gemma3's 1,243-token prompt, 4e-5 on SmolLM2), so 2e-3 leaves a wide margin
+// while a real fault (a wrong RoPE base, mask or norm) moves logits by whole units.
 // With the KV cache in f16 (the default) each cached key and value is rounded to 11 bits, which moves logits by
-// up to a few hundredths; greedy tokens must still agree wherever the reference margin exceeds that.
+// up to a few hundredths (measured: 1.2e-2); greedy tokens must still agree wherever the reference margin
+// exceeds that.
 struct Tolerance {
   double logit;    // per logit, absolute
   double margin;   // greedy steps whose reference top-1/top-2 margin is below this may differ
 };
-constexpr Tolerance kF32Cache{5e-3, 2e-3};
+constexpr Tolerance kF32Cache{2e-3, 2e-3};
 constexpr Tolerance kF16Cache{6e-2, 6e-2};
 
 json load_golden(const std::string& name) {
