@@ -21,8 +21,8 @@ struct Case {
 void run_case(const Case& c) {
   std::mt19937 rng(1234 + c.n_cached * 7 + c.n_tok);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  kv::KvGeometry geo{1, c.n_head_kv, c.head_dim, 16, c.format};
-  kv::KvPagePool pool(geo.page_bytes(), size_t{1} << 30);
+  kv::KvGeometry geo{1, c.n_head_kv, c.head_dim, 16, c.format, c.format};
+  kv::KvPagePool pool(geo.page_tokens, geo.head_dim, size_t{1} << 30);
   kv::KvSequence seq(geo, pool);
   const int32_t total = c.n_cached + c.n_tok;
   std::vector<int32_t> pos(static_cast<size_t>(total));
@@ -64,8 +64,8 @@ TEST(Attention, MatchesReferenceAcrossShapes) {
 }
 
 TEST(Attention, QueryWithNoVisibleKeyGetsZeros) {
-  kv::KvGeometry geo{1, 1, 8, 16, KvFormat::F32};
-  kv::KvPagePool pool(geo.page_bytes(), size_t{1} << 20);
+  kv::KvGeometry geo{1, 1, 8, 16, KvFormat::F32, KvFormat::F32};
+  kv::KvPagePool pool(geo.page_tokens, geo.head_dim, size_t{1} << 20);
   kv::KvSequence seq(geo, pool);
   std::vector<float> k(8, 1.0f), v(8, 1.0f);
   int32_t kpos = 10;

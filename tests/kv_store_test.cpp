@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "core/error.h"
@@ -14,8 +15,8 @@ namespace {
 
 TEST(KvStore, AppendReadRoundTripAndAccounting) {
   for (KvFormat f : {KvFormat::F32, KvFormat::F16}) {
-    kv::KvGeometry geo{2, 3, 8, 4, f};
-    kv::KvPagePool pool(geo.page_bytes(), size_t{1} << 24);
+    kv::KvGeometry geo{2, 3, 8, 4, f, f};
+    kv::KvPagePool pool(geo.page_tokens, geo.head_dim, size_t{1} << 24);
     kv::KvSequence seq(geo, pool);
     std::mt19937 rng(7);
     std::uniform_real_distribution<float> u(-3, 3);
@@ -47,7 +48,7 @@ TEST(KvStore, AppendReadRoundTripAndAccounting) {
     }
     EXPECT_EQ(seq.head(0, 0).n_tokens(), 0);
     EXPECT_EQ(pool.n_pages_in_use(), 9u);
-    EXPECT_EQ(seq.bytes().payload, 9 * geo.page_bytes());
+    EXPECT_EQ(seq.bytes().payload, 9 * pool.page_bytes(f));
     EXPECT_GT(seq.bytes().metadata, 0u);
     EXPECT_EQ(seq.full_f16_bytes(n), size_t{n} * 2 * 3 * 8 * 2 * 2);
     seq.clear();
@@ -56,9 +57,11 @@ TEST(KvStore, AppendReadRoundTripAndAccounting) {
   }
 }
 
+size_t pool_bytes_for_one_slab(const kv::KvGeometry& geo) { return 64 * 2 * size_t(geo.page_tokens) * geo.head_dim * 4; }
+
 TEST(KvStore, PoolRefusesToGrowPastItsLimit) {
-  kv::KvGeometry geo{1, 1, 8, 4, KvFormat::F32};
-  kv::KvPagePool pool(geo.page_bytes(), geo.page_bytes() * 64);  // exactly one slab
+  kv::KvGeometry geo{1, 1, 8, 4, KvFormat::F32, KvFormat::F32};
+  kv::KvPagePool pool(geo.page_tokens, geo.head_dim, pool_bytes_for_one_slab(geo));
   kv::KvSequence seq(geo, pool);
   std::vector<float> k(8, 1.0f);
   int32_t p = 0;
@@ -81,6 +84,62 @@ TEST(KvPolicy, SpecParsing) {
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("valid"), std::string::npos) << e.what();
     }
+  }
+}
+
+}  // namespace
+}  // namespace longctx
+
+namespace longctx {
+namespace {
+
+// Removal against a plain model of the cache: a list of (position, key, value) rows per head.
+TEST(KvStore, RemoveSlotsKeepsExactlyTheOthersAndFreesPages) {
+  for (KvFormat sealed : {KvFormat::F16, KvFormat::Kivi8}) {
+    kv::KvGeometry geo{1, 1, 32, 8, KvFormat::F32, sealed};
+    kv::KvPagePool pool(8, 32, size_t{1} << 24);
+    kv::KvSequence seq(geo, pool);
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> u(-1, 1);
+    const int32_t n = 45;
+    std::vector<float> k(size_t(n) * 32), v(k.size());
+    for (auto& x : k) x = u(rng);
+    for (auto& x : v) x = u(rng);
+    std::vector<int32_t> pos(n);
+    for (int32_t i = 0; i < n; ++i) pos[size_t(i)] = 1000 + i;
+    seq.append(0, k.data(), v.data(), pos.data(), n);
+    seq.seal_full_pages();
+    const size_t before = seq.bytes().payload;
+    std::vector<int32_t> keep;
+    for (int32_t s = 0; s < n; ++s)
+      if (s % 3 == 0 || s > 40) keep.push_back(s);
+    seq.keep_slots(0, 0, keep);
+    const auto& h = seq.head(0, 0);
+    ASSERT_EQ(h.n_tokens(), static_cast<int32_t>(keep.size()));
+    EXPECT_EQ(h.pages.size(), (keep.size() + 7) / 8);
+    EXPECT_LT(seq.bytes().payload, before);
+    EXPECT_EQ(pool.n_pages_in_use(), h.pages.size());
+    // Every kept position is present once, with its own key and value (up to the sealed format's error).
+    std::vector<int32_t> got(h.positions);
+    std::sort(got.begin(), got.end());
+    for (size_t i = 0; i < keep.size(); ++i) EXPECT_EQ(got[i], 1000 + keep[i]);
+    // f16: rounding of values below 1 (2^-12); 8 bits: a step of a range of 2, the page re-encoded after removal.
+    const float tol = sealed == KvFormat::F16 ? 2.5e-4f : 2.0f / 255.0f;
+    for (int32_t s = 0; s < h.n_tokens(); ++s) {
+      const int32_t src = h.positions[size_t(s)] - 1000;
+      float kr[32], vr[32];
+      seq.read_keys(0, 0, s, 1, kr);
+      seq.read_values(0, 0, s, 1, vr);
+      for (int i = 0; i < 32; ++i) {
+        EXPECT_NEAR(kr[i], k[size_t(src) * 32 + i], tol) << "slot " << s;
+        EXPECT_NEAR(vr[i], v[size_t(src) * 32 + i], tol) << "slot " << s;
+      }
+    }
+    // The last page is open again, so appending works.
+    EXPECT_FALSE(kv_format_is_packed(h.pages.back().format) && h.n_tokens() % 8 != 0);
+    int32_t p = 5000;
+    seq.append(0, k.data(), v.data(), &p, 1);
+    EXPECT_EQ(seq.head(0, 0).positions.back(), 5000);
   }
 }
 

@@ -119,6 +119,9 @@ int run_command(const RunOptions& o) {
   gp.sampling.repeat_penalty = o.repeat_penalty;
   gp.sampling.seed = o.seed;
 
+  if (static_cast<int64_t>(prompt.size()) > gp.n_ctx)
+    fail("the prompt has {} tokens, more than the context of {} (--ctx); raise --ctx or shorten the prompt",
+         prompt.size(), gp.n_ctx);
   if (!o.quiet)
     fmt::print(stderr, "longctx: {} ({}, {} layers, {} weights) loaded in {:.2f}s; prompt {} tokens, ctx {}, {} threads, kv {}\n",
                o.model, arch_name(c.arch), c.n_layer, human_bytes(static_cast<double>(model->weight_bytes())), load_s,

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "backend/cpu/kv_page_codec.h"
 #include "core/error.h"
 
 namespace longctx {
@@ -86,10 +87,13 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
   geo.n_head_kv = c.n_head_kv;
   geo.head_dim = c.head_dim;
   geo.format = policy.page_format();
-  // The full cache of n_ctx tokens, rounded up to whole slabs of pages per head: the most it may hold.
+  geo.sealed_format = policy.sealed_format();
+  // The full cache of n_ctx tokens in the open format, plus a slab of every format per head for the
+  // transitions between them: the most it may hold.
   const size_t pages_per_head = (static_cast<size_t>(params.n_ctx) + geo.page_tokens - 1) / geo.page_tokens;
-  const size_t max_bytes = (pages_per_head * c.n_layer * c.n_head_kv + 64) * geo.page_bytes();
-  pages_ = std::make_unique<kv::KvPagePool>(geo.page_bytes(), max_bytes);
+  const size_t max_bytes = (pages_per_head + 2 * 64) * c.n_layer * c.n_head_kv *
+                           cpu::kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim);
+  pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, max_bytes);
   seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
 }
 

@@ -1,121 +1,221 @@
 #include "kv/kv_store.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
+#include "backend/cpu/kv_page_codec.h"
 #include "core/error.h"
-#include "core/fp16.h"
 
 namespace longctx::kv {
 
 void KvPagePool::FreeDeleter::operator()(uint8_t* p) const { std::free(p); }
 
-KvPagePool::KvPagePool(size_t page_bytes, size_t max_bytes) : page_bytes_(page_bytes), max_bytes_(max_bytes) {}
+KvPagePool::KvPagePool(int32_t page_tokens, int32_t head_dim, size_t max_bytes)
+    : page_tokens_(page_tokens), head_dim_(head_dim), max_bytes_(max_bytes) {
+  if (page_tokens <= 0 || head_dim <= 0 || head_dim > 512) fail("unsupported KV geometry: head size {}", head_dim);
+}
 KvPagePool::~KvPagePool() = default;
 
-int32_t KvPagePool::kv_page_alloc() {
-  if (free_.empty()) {
-    const size_t slab_bytes = kPagesPerSlab * page_bytes_;
+size_t KvPagePool::page_bytes(KvFormat f) const { return cpu::kv_page_bytes(f, page_tokens_, head_dim_); }
+
+size_t KvPagePool::bytes_reserved() const {
+  size_t n = 0;
+  for (int f = 0; f < kNumFormats; ++f)
+    if (!by_format_[f].slabs.empty()) n += by_format_[f].slabs.size() * kPagesPerSlab * page_bytes(static_cast<KvFormat>(f));
+  return n;
+}
+
+KvPage KvPagePool::kv_page_alloc(KvFormat f) {
+  Slabs& s = by_format_[static_cast<int>(f)];
+  const size_t pb = page_bytes(f);
+  if (s.free.empty()) {
+    const size_t slab_bytes = kPagesPerSlab * pb;
     if (bytes_reserved() + slab_bytes > max_bytes_)
-      fail("the KV cache needs more than its limit of {:.1f} MiB: raise --kv-mem or shorten the prompt",
+      fail("the KV cache needs more than its limit of {:.1f} MiB: raise --ctx or shorten the prompt",
            max_bytes_ / 1048576.0);
-    // 64-byte alignment: a page row is read with full-width SIMD loads.
+    // 64-byte alignment: page rows are read with full-width SIMD loads.
     auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, (slab_bytes + 63) / 64 * 64));
     if (p == nullptr) fail("out of memory allocating {} bytes of KV cache", slab_bytes);
-    const int32_t first = static_cast<int32_t>(slabs_.size()) * kPagesPerSlab;
-    slabs_.emplace_back(p);
-    for (int32_t i = kPagesPerSlab - 1; i >= 0; --i) free_.push_back(first + i);
+    const int32_t first = static_cast<int32_t>(s.slabs.size()) * kPagesPerSlab;
+    s.slabs.emplace_back(p);
+    for (int32_t i = kPagesPerSlab - 1; i >= 0; --i) s.free.push_back(first + i);
   }
-  const int32_t page = free_.back();
-  free_.pop_back();
+  KvPage page{s.free.back(), f};
+  s.free.pop_back();
   ++n_in_use_;
   return page;
 }
 
-void KvPagePool::kv_page_free(int32_t page) {
-  free_.push_back(page);
+void KvPagePool::kv_page_free(const KvPage& page) {
+  by_format_[static_cast<int>(page.format)].free.push_back(page.id);
   --n_in_use_;
 }
 
+uint8_t* KvPagePool::page_data(const KvPage& page) {
+  const Slabs& s = by_format_[static_cast<int>(page.format)];
+  return s.slabs[static_cast<size_t>(page.id / kPagesPerSlab)].get() +
+         static_cast<size_t>(page.id % kPagesPerSlab) * page_bytes(page.format);
+}
+
+const uint8_t* KvPagePool::page_data(const KvPage& page) const { return const_cast<KvPagePool*>(this)->page_data(page); }
+
 KvSequence::KvSequence(const KvGeometry& geo, KvPagePool& pool)
     : geo_(geo), pool_(pool), heads_(static_cast<size_t>(geo.n_layer) * geo.n_head_kv) {
-  if (pool.page_bytes() != geo.page_bytes()) fail("internal: KV pool page size does not match the geometry");
+  if (kv_format_is_packed(geo.format)) fail("internal: open KV pages must be f16 or f32");
+  if (pool.page_bytes(geo.format) != cpu::kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim))
+    fail("internal: KV pool geometry does not match the sequence's");
 }
 
 KvSequence::~KvSequence() { clear(); }
 
 void KvSequence::clear() {
   for (auto& h : heads_) {
-    for (int32_t p : h.pages) pool_.kv_page_free(p);
+    for (const KvPage& p : h.pages) pool_.kv_page_free(p);
     h.pages.clear();
     h.positions.clear();
   }
 }
 
-uint8_t* KvSequence::slot_ptr(const KvHeadCache& h, int32_t slot, bool value) const {
-  const int32_t page = h.pages[slot / geo_.page_tokens];
+void KvSequence::write_row(KvHeadCache& h, int32_t slot, const float* k, const float* v) {
+  const size_t pi = static_cast<size_t>(slot / geo_.page_tokens);
   const int32_t row = slot % geo_.page_tokens;
-  const size_t elem = kv_format_bytes(geo_.format);
-  const size_t half = static_cast<size_t>(geo_.page_tokens) * geo_.head_dim * elem;
-  return const_cast<uint8_t*>(pool_.page_data(page)) + (value ? half : 0) + static_cast<size_t>(row) * geo_.head_dim * elem;
-}
-
-namespace {
-
-void store_row(KvFormat f, const float* src, uint8_t* dst, int32_t n) {
-  if (f == KvFormat::F32) {
-    std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-  } else {
-    auto* d = reinterpret_cast<uint16_t*>(dst);
-    for (int32_t i = 0; i < n; ++i) d[i] = f32_to_fp16(src[i]);
+  if (kv_format_is_packed(h.pages[pi].format)) {
+    // A packed page is re-encoded whole: its key scales span all its rows.
+    const int32_t T = geo_.page_tokens, d = geo_.head_dim;
+    std::vector<float> K(static_cast<size_t>(T) * d), V(K.size());
+    const uint8_t* src = pool_.page_data(h.pages[pi]);
+    cpu::kv_page_read_keys(h.pages[pi].format, T, d, src, 0, T, K.data());
+    cpu::kv_page_read_values(h.pages[pi].format, T, d, src, 0, T, V.data());
+    std::memcpy(K.data() + static_cast<size_t>(row) * d, k, static_cast<size_t>(d) * sizeof(float));
+    std::memcpy(V.data() + static_cast<size_t>(row) * d, v, static_cast<size_t>(d) * sizeof(float));
+    cpu::kv_page_write(h.pages[pi].format, T, d, K.data(), V.data(), 0, T, pool_.page_data(h.pages[pi]));
+    return;
   }
+  cpu::kv_page_write(h.pages[pi].format, geo_.page_tokens, geo_.head_dim, k, v, row, 1, pool_.page_data(h.pages[pi]));
 }
-
-void load_rows(KvFormat f, const uint8_t* src, float* dst, size_t n) {
-  if (f == KvFormat::F32) {
-    std::memcpy(dst, src, n * 4);
-  } else {
-    const auto* s = reinterpret_cast<const uint16_t*>(src);
-    for (size_t i = 0; i < n; ++i) dst[i] = fp16_to_f32(s[i]);
-  }
-}
-
-}  // namespace
 
 void KvSequence::append(int32_t layer, const float* k, const float* v, const int32_t* positions, int32_t n) {
   const int32_t d = geo_.head_dim;
   for (int32_t g = 0; g < geo_.n_head_kv; ++g) {
-    KvHeadCache& h = head(layer, g);
+    KvHeadCache& h = heads_[index(layer, g)];
     for (int32_t t = 0; t < n; ++t) {
       const int32_t slot = h.n_tokens();
-      if (slot % geo_.page_tokens == 0) h.pages.push_back(pool_.kv_page_alloc());
+      if (slot % geo_.page_tokens == 0) {
+        h.pages.push_back(pool_.kv_page_alloc(geo_.format));
+      } else if (kv_format_is_packed(h.pages.back().format)) {
+        unseal_page(h, h.pages.size() - 1);  // a partial sealed page (after eviction) takes new rows unpacked
+      }
       h.positions.push_back(positions[t]);
       const size_t off = (static_cast<size_t>(t) * geo_.n_head_kv + g) * d;
-      store_row(geo_.format, k + off, slot_ptr(h, slot, false), d);
-      store_row(geo_.format, v + off, slot_ptr(h, slot, true), d);
+      write_row(h, slot, k + off, v + off);
+      if (auto_seal_ && (slot + 1) % geo_.page_tokens == 0) seal_page(h, h.pages.size() - 1);
     }
   }
 }
 
+void KvSequence::seal_page(KvHeadCache& h, size_t pi) {
+  if (h.pages[pi].format != geo_.format || geo_.sealed_format == geo_.format) return;
+  const int32_t T = geo_.page_tokens, d = geo_.head_dim;
+  std::vector<float> K(static_cast<size_t>(T) * d), V(K.size());
+  const uint8_t* src = pool_.page_data(h.pages[pi]);
+  cpu::kv_page_read_keys(geo_.format, T, d, src, 0, T, K.data());
+  cpu::kv_page_read_values(geo_.format, T, d, src, 0, T, V.data());
+  const KvPage packed = pool_.kv_page_alloc(geo_.sealed_format);
+  cpu::kv_page_write(geo_.sealed_format, T, d, K.data(), V.data(), 0, T, pool_.page_data(packed));
+  pool_.kv_page_free(h.pages[pi]);
+  h.pages[pi] = packed;
+}
+
+void KvSequence::unseal_page(KvHeadCache& h, size_t pi) {
+  const int32_t T = geo_.page_tokens, d = geo_.head_dim;
+  std::vector<float> K(static_cast<size_t>(T) * d), V(K.size());
+  const uint8_t* src = pool_.page_data(h.pages[pi]);
+  cpu::kv_page_read_keys(h.pages[pi].format, T, d, src, 0, T, K.data());
+  cpu::kv_page_read_values(h.pages[pi].format, T, d, src, 0, T, V.data());
+  const KvPage open = pool_.kv_page_alloc(geo_.format);
+  const int32_t rows = std::min(T, h.n_tokens() - static_cast<int32_t>(pi) * T);
+  cpu::kv_page_write(geo_.format, T, d, K.data(), V.data(), 0, rows, pool_.page_data(open));
+  pool_.kv_page_free(h.pages[pi]);
+  h.pages[pi] = open;
+}
+
+void KvSequence::seal_full_pages() {
+  if (geo_.sealed_format == geo_.format) return;
+  for (auto& h : heads_) {
+    const size_t n_full = static_cast<size_t>(h.n_tokens() / geo_.page_tokens);
+    for (size_t pi = 0; pi < n_full; ++pi) seal_page(h, pi);
+  }
+}
+
+void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& slots) {
+  KvHeadCache& h = heads_[index(layer, kv_head)];
+  const int32_t d = geo_.head_dim;
+  std::vector<float> k(static_cast<size_t>(d)), v(static_cast<size_t>(d));
+  // Descending: every removed slot above the current one is already gone, so the last slot is always kept.
+  for (auto it = slots.rbegin(); it != slots.rend(); ++it) {
+    const int32_t s = *it;
+    if (s < 0 || s >= h.n_tokens()) fail("internal: removing slot {} of {}", s, h.n_tokens());
+    const int32_t last = h.n_tokens() - 1;
+    if (s != last) {
+      read_keys(layer, kv_head, last, 1, k.data());
+      read_values(layer, kv_head, last, 1, v.data());
+      write_row(h, s, k.data(), v.data());
+      h.positions[static_cast<size_t>(s)] = h.positions[static_cast<size_t>(last)];
+    }
+    h.positions.pop_back();
+    if (h.n_tokens() % geo_.page_tokens == 0) {  // the last page emptied
+      pool_.kv_page_free(h.pages.back());
+      h.pages.pop_back();
+    }
+  }
+  // New tokens append after the last slot: its page must be open.
+  if (!h.pages.empty() && h.n_tokens() % geo_.page_tokens != 0 && kv_format_is_packed(h.pages.back().format))
+    unseal_page(h, h.pages.size() - 1);
+}
+
+void KvSequence::keep_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& keep) {
+  const int32_t n = heads_[index(layer, kv_head)].n_tokens();
+  std::vector<int32_t> drop;
+  drop.reserve(static_cast<size_t>(n));
+  size_t j = 0;
+  for (int32_t s = 0; s < n; ++s) {
+    if (j < keep.size() && keep[j] == s) {
+      ++j;
+    } else {
+      drop.push_back(s);
+    }
+  }
+  if (j != keep.size()) fail("internal: keep_slots needs sorted, unique slots below {}", n);
+  remove_slots(layer, kv_head, drop);
+}
+
 void KvSequence::read_keys(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const {
-  load_rows(geo_.format, slot_ptr(head(layer, kv_head), slot, false), out, static_cast<size_t>(n) * geo_.head_dim);
+  const KvHeadCache& h = head(layer, kv_head);
+  const KvPage& p = h.pages[static_cast<size_t>(slot / geo_.page_tokens)];
+  cpu::kv_page_read_keys(p.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(p), slot % geo_.page_tokens, n, out);
 }
 
 void KvSequence::read_values(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const {
-  load_rows(geo_.format, slot_ptr(head(layer, kv_head), slot, true), out, static_cast<size_t>(n) * geo_.head_dim);
+  const KvHeadCache& h = head(layer, kv_head);
+  const KvPage& p = h.pages[static_cast<size_t>(slot / geo_.page_tokens)];
+  cpu::kv_page_read_values(p.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(p), slot % geo_.page_tokens, n, out);
 }
 
 cpu::KvLayerView KvSequence::layer_view(int32_t layer) const {
   cpu::KvLayerView view;
   view.page_tokens = geo_.page_tokens;
   view.head_dim = geo_.head_dim;
-  view.format = geo_.format;
   view.heads.resize(static_cast<size_t>(geo_.n_head_kv));
   for (int32_t g = 0; g < geo_.n_head_kv; ++g) {
     const KvHeadCache& h = head(layer, g);
     auto& hv = view.heads[static_cast<size_t>(g)];
     hv.pages.reserve(h.pages.size());
-    for (int32_t p : h.pages) hv.pages.push_back(pool_.page_data(p));
+    hv.formats.reserve(h.pages.size());
+    for (const KvPage& p : h.pages) {
+      hv.pages.push_back(pool_.page_data(p));
+      hv.formats.push_back(p.format);
+    }
     hv.positions = h.positions.data();
     hv.n_tokens = h.n_tokens();
   }
@@ -128,11 +228,17 @@ int32_t KvSequence::n_tokens_max() const {
   return n;
 }
 
+int64_t KvSequence::n_tokens_total() const {
+  int64_t n = 0;
+  for (const auto& h : heads_) n += h.n_tokens();
+  return n;
+}
+
 KvBytes KvSequence::bytes() const {
   KvBytes b;
   for (const auto& h : heads_) {
-    b.payload += h.pages.size() * pool_.page_bytes();
-    b.metadata += h.pages.capacity() * sizeof(int32_t) + h.positions.capacity() * sizeof(int32_t);
+    for (const KvPage& p : h.pages) b.payload += pool_.page_bytes(p.format);
+    b.metadata += h.pages.capacity() * sizeof(KvPage) + h.positions.capacity() * sizeof(int32_t);
   }
   b.metadata += heads_.capacity() * sizeof(KvHeadCache);
   return b;

@@ -18,6 +18,8 @@ class KvPolicy {
   virtual std::string describe() const = 0;
   // The format new pages are written in.
   virtual KvFormat page_format() const = 0;
+  // The format full pages are packed into (the same: never packed).
+  virtual KvFormat sealed_format() const { return page_format(); }
   // Called once the whole prompt is in the cache.
   virtual void after_prefill(KvSequence& seq) {}
   // Called after each generated token has been appended.

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <limits>
 
-#include "core/fp16.h"
+#include "backend/cpu/kv_page_codec.h"
 
 namespace longctx::cpu {
 namespace {
@@ -14,15 +14,6 @@ namespace {
 // so each key row converted from the page format is reused by all of them.
 constexpr int32_t kQueryBlock = 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-void load_rows(KvFormat f, const uint8_t* src, float* dst, size_t n) {
-  if (f == KvFormat::F32) {
-    std::memcpy(dst, src, n * sizeof(float));
-  } else {
-    const auto* s = reinterpret_cast<const uint16_t*>(src);
-    for (size_t i = 0; i < n; ++i) dst[i] = fp16_to_f32(s[i]);
-  }
-}
 
 // Eight independent partial sums, so the compiler vectorizes without reassociating a single f32 chain.
 float dot(const float* a, const float* b, int32_t n) {
@@ -101,8 +92,6 @@ void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const
     const int32_t n_pages = (hv.n_tokens + pt - 1) / pt;
     const int32_t page_begin = static_cast<int32_t>(static_cast<int64_t>(n_pages) * s / n_split);
     const int32_t page_end = static_cast<int32_t>(static_cast<int64_t>(n_pages) * (s + 1) / n_split);
-    const size_t half = static_cast<size_t>(pt) * d * kv_format_bytes(kv.format);
-
     for (int32_t pi = page_begin; pi < page_end; ++pi) {
       const int32_t slot0 = pi * pt;
       const int32_t nv = std::min(pt, hv.n_tokens - slot0);
@@ -111,8 +100,9 @@ void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const
       // Skip a page no query of this tile can see: all in the future, or all behind every window.
       if (*pmin_it > q_max) continue;
       if (p.window > 0 && *pmax_it <= q_min - p.window) continue;
-      load_rows(kv.format, hv.pages[static_cast<size_t>(pi)], K, static_cast<size_t>(nv) * d);
-      load_rows(kv.format, hv.pages[static_cast<size_t>(pi)] + half, V, static_cast<size_t>(nv) * d);
+      const KvFormat fmt = hv.formats[static_cast<size_t>(pi)];
+      kv_page_read_keys(fmt, pt, d, hv.pages[static_cast<size_t>(pi)], 0, nv, K);
+      kv_page_read_values(fmt, pt, d, hv.pages[static_cast<size_t>(pi)], 0, nv, V);
 
       for (int32_t r = 0; r < rows; ++r) {
         const int32_t qp = q_pos[t0 + r / group];
@@ -182,12 +172,59 @@ void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const
   }
 }
 
+void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
+                      int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride) {
+  const int32_t d = p.head_dim;
+  const int32_t group = p.n_head / p.n_head_kv;
+  const int32_t pt = kv.page_tokens;
+  if (first_row >= n_tok) return;
+  // One private row of scores per query head, so heads of a group run in parallel; summed per group at the end.
+  std::vector<float> per_head(static_cast<size_t>(p.n_head) * n_slots_stride, 0.0f);
+  pool.run(p.n_head, [&](int64_t hi) {
+    const int32_t h = static_cast<int32_t>(hi);
+    const KvHeadView& hv = kv.heads[static_cast<size_t>(h / group)];
+    const int32_t n = hv.n_tokens;
+    std::vector<float> K(static_cast<size_t>(pt) * d), logits(static_cast<size_t>(n) * (n_tok - first_row));
+    float* acc = per_head.data() + static_cast<size_t>(h) * n_slots_stride;
+    // Logits of every selected row against every slot, page by page so each page is decoded once.
+    for (int32_t pi = 0; pi * pt < n; ++pi) {
+      const int32_t nv = std::min(pt, n - pi * pt);
+      kv_page_read_keys(hv.formats[static_cast<size_t>(pi)], pt, d, hv.pages[static_cast<size_t>(pi)], 0, nv, K.data());
+      for (int32_t t = first_row; t < n_tok; ++t) {
+        const float* qr = q + (static_cast<size_t>(t) * p.n_head + h) * d;
+        float* lr = logits.data() + static_cast<size_t>(t - first_row) * n;
+        for (int32_t j = 0; j < nv; ++j) {
+          const int32_t slot = pi * pt + j;
+          lr[slot] = key_visible(hv.positions[slot], q_pos[t], p.window)
+                         ? dot(qr, K.data() + static_cast<size_t>(j) * d, d) * p.scale
+                         : kNegInf;
+        }
+      }
+    }
+    for (int32_t t = first_row; t < n_tok; ++t) {
+      const float* lr = logits.data() + static_cast<size_t>(t - first_row) * n;
+      float mx = kNegInf;
+      for (int32_t j = 0; j < n; ++j) mx = std::max(mx, lr[j]);
+      if (mx == kNegInf) continue;
+      double sum = 0;
+      for (int32_t j = 0; j < n; ++j) sum += lr[j] == kNegInf ? 0.0 : std::exp(double(lr[j]) - mx);
+      const double inv = 1.0 / sum;
+      for (int32_t j = 0; j < n; ++j)
+        if (lr[j] != kNegInf) acc[j] += static_cast<float>(std::exp(double(lr[j]) - mx) * inv);
+    }
+  });
+  for (int32_t h = 0; h < p.n_head; ++h) {
+    float* dst = scores + static_cast<size_t>(h / group) * n_slots_stride;
+    const float* src = per_head.data() + static_cast<size_t>(h) * n_slots_stride;
+    for (int32_t j = 0; j < kv.heads[static_cast<size_t>(h / group)].n_tokens; ++j) dst[j] += src[j];
+  }
+}
+
 void attention_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                          const KvLayerView& kv, float* out) {
   const int32_t d = p.head_dim;
   const int32_t group = p.n_head / p.n_head_kv;
   const int32_t pt = kv.page_tokens;
-  const size_t half = static_cast<size_t>(pt) * d * kv_format_bytes(kv.format);
   std::vector<float> krow(static_cast<size_t>(d)), vrow(static_cast<size_t>(d));
   for (int32_t t = 0; t < n_tok; ++t) {
     for (int32_t h = 0; h < p.n_head; ++h) {
@@ -197,8 +234,8 @@ void attention_reference(const AttentionParams& p, const float* q, const int32_t
       double mx = -INFINITY;
       for (int32_t j = 0; j < hv.n_tokens; ++j) {
         if (!key_visible(hv.positions[j], q_pos[t], p.window)) continue;
-        load_rows(kv.format, hv.pages[static_cast<size_t>(j / pt)] + static_cast<size_t>(j % pt) * d * kv_format_bytes(kv.format),
-                  krow.data(), static_cast<size_t>(d));
+        kv_page_read_keys(hv.formats[static_cast<size_t>(j / pt)], pt, d, hv.pages[static_cast<size_t>(j / pt)], j % pt, 1,
+                          krow.data());
         double sc = 0;
         for (int32_t i = 0; i < d; ++i) sc += static_cast<double>(qr[i]) * krow[static_cast<size_t>(i)];
         scores[static_cast<size_t>(j)] = sc * p.scale;
@@ -210,8 +247,8 @@ void attention_reference(const AttentionParams& p, const float* q, const int32_t
         if (scores[static_cast<size_t>(j)] == -INFINITY) continue;
         const double w = std::exp(scores[static_cast<size_t>(j)] - mx);
         sum += w;
-        load_rows(kv.format, hv.pages[static_cast<size_t>(j / pt)] + half + static_cast<size_t>(j % pt) * d * kv_format_bytes(kv.format),
-                  vrow.data(), static_cast<size_t>(d));
+        kv_page_read_values(hv.formats[static_cast<size_t>(j / pt)], pt, d, hv.pages[static_cast<size_t>(j / pt)], j % pt, 1,
+                            vrow.data());
         for (int32_t i = 0; i < d; ++i) acc[static_cast<size_t>(i)] += w * vrow[static_cast<size_t>(i)];
       }
       float* dst = out + (static_cast<size_t>(t) * p.n_head + h) * d;

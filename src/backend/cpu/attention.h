@@ -11,9 +11,10 @@
 
 namespace longctx::cpu {
 
-// One (layer, kv-head): page p holds keys (page_tokens, head_dim) then values (page_tokens, head_dim) in `format`.
+// One (layer, kv-head): page p holds page_tokens tokens of keys and values in formats[p] (kv_page_codec.h).
 struct KvHeadView {
   std::vector<const uint8_t*> pages;  // (n_pages)
+  std::vector<KvFormat> formats;      // (n_pages)
   const int32_t* positions = nullptr;  // (n_tokens) original position of each slot
   int32_t n_tokens = 0;
 };
@@ -22,7 +23,6 @@ struct KvLayerView {
   std::vector<KvHeadView> heads;  // (n_head_kv)
   int32_t page_tokens = 0;
   int32_t head_dim = 0;
-  KvFormat format = KvFormat::F16;
 };
 
 struct AttentionParams {
@@ -38,6 +38,14 @@ struct AttentionParams {
 // Causal by position: a query sees only keys whose position is <= its own. A query that sees no key gets zeros.
 void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                const KvLayerView& kv, float* out);
+
+// The attention that queries paid to cached tokens, for the token policies (SnapKV's observation window, H2O's
+// accumulation, TOVA): for each chunk row t >= first_row and each query head, the softmax probabilities over the
+// head's visible slots, summed over those rows and over the query heads sharing a kv-head (GQA-aware voting).
+// scores: (n_head_kv, n_slots_stride), accumulated into (not cleared); n_slots_stride >= every head's n_tokens.
+// Costs one more pass of q·k over the selected rows only, and nothing when no policy asks.
+void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
+                      int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride);
 
 // The plain reference: for every query and head, softmax over all visible keys in one pass, in double.
 void attention_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,

@@ -1,0 +1,224 @@
+#include "backend/cpu/kv_page_codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/fp16.h"
+
+namespace longctx {
+
+const char* kv_format_name(KvFormat f) {
+  switch (f) {
+    case KvFormat::F32: return "f32";
+    case KvFormat::F16: return "f16";
+    case KvFormat::Kivi8: return "kivi8";
+    case KvFormat::Kivi4: return "kivi4";
+    case KvFormat::Kivi2: return "kivi2";
+  }
+  return "?";
+}
+
+int kv_format_bits(KvFormat f) {
+  switch (f) {
+    case KvFormat::F32: return 32;
+    case KvFormat::F16: return 16;
+    case KvFormat::Kivi8: return 8;
+    case KvFormat::Kivi4: return 4;
+    case KvFormat::Kivi2: return 2;
+  }
+  return 0;
+}
+
+bool kv_format_is_packed(KvFormat f) { return f != KvFormat::F32 && f != KvFormat::F16; }
+
+namespace cpu {
+namespace {
+
+struct KiviLayout {
+  size_t codes;        // bytes of one block of codes (page_tokens, head_dim)
+  size_t k_scale, k_min, v_codes, v_scale, v_min, total;  // offsets
+};
+
+KiviLayout kivi_layout(KvFormat f, int32_t T, int32_t d) {
+  KiviLayout L{};
+  L.codes = static_cast<size_t>(T) * d * kv_format_bits(f) / 8;
+  L.k_scale = L.codes;
+  L.k_min = L.k_scale + static_cast<size_t>(d) * 2;
+  L.v_codes = L.k_min + static_cast<size_t>(d) * 2;
+  const size_t n_groups = static_cast<size_t>(T) * (d / kKiviValueGroup);
+  L.v_scale = L.v_codes + L.codes;
+  L.v_min = L.v_scale + n_groups * 2;
+  L.total = L.v_min + n_groups * 2;
+  return L;
+}
+
+// Codes of row r (head_dim values) start at a whole byte: head_dim * bits is a multiple of 8.
+void put_code(uint8_t* codes, int bits, size_t index, uint32_t q) {
+  const size_t bit = index * bits;
+  codes[bit / 8] |= static_cast<uint8_t>(q << (bit % 8));
+}
+
+uint32_t get_code(const uint8_t* codes, int bits, size_t index) {
+  const size_t bit = index * bits;
+  return (codes[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
+}
+
+// Asymmetric quantization of a set of values to [0, 2^bits - 1] given its min and max. The scale and min are
+// rounded to f16 first, and the codes computed against the rounded values, so decode matches encode exactly.
+struct QParams {
+  uint16_t scale_h, min_h;
+  float scale, min;
+};
+
+QParams qparams(float lo, float hi, int bits) {
+  QParams p;
+  p.min_h = f32_to_fp16(lo);
+  p.min = fp16_to_f32(p.min_h);
+  const float levels = static_cast<float>((1 << bits) - 1);
+  // The f16 min may sit above lo by rounding; widen the range so every value stays representable.
+  const float range = std::max(hi - p.min, 0.0f);
+  p.scale_h = f32_to_fp16(range / levels);
+  p.scale = fp16_to_f32(p.scale_h);
+  if (p.scale > 0 && p.scale * levels < range) {  // rounded down: step one f16 ulp up
+    p.scale_h = static_cast<uint16_t>(p.scale_h + 1);
+    p.scale = fp16_to_f32(p.scale_h);
+  }
+  return p;
+}
+
+uint32_t quantize(float x, const QParams& p, int bits) {
+  if (p.scale <= 0) return 0;
+  const float q = std::nearbyint((x - p.min) / p.scale);
+  return static_cast<uint32_t>(std::clamp(q, 0.0f, static_cast<float>((1 << bits) - 1)));
+}
+
+void write_kivi(KvFormat f, int32_t T, int32_t d, const float* k, const float* v, uint8_t* page) {
+  const int bits = kv_format_bits(f);
+  const KiviLayout L = kivi_layout(f, T, d);
+  std::memset(page, 0, L.total);
+  auto* k_scale = reinterpret_cast<uint16_t*>(page + L.k_scale);
+  auto* k_min = reinterpret_cast<uint16_t*>(page + L.k_min);
+  for (int32_t c = 0; c < d; ++c) {
+    float lo = k[c], hi = k[c];
+    for (int32_t t = 1; t < T; ++t) {
+      lo = std::min(lo, k[static_cast<size_t>(t) * d + c]);
+      hi = std::max(hi, k[static_cast<size_t>(t) * d + c]);
+    }
+    const QParams p = qparams(lo, hi, bits);
+    k_scale[c] = p.scale_h;
+    k_min[c] = p.min_h;
+    for (int32_t t = 0; t < T; ++t)
+      put_code(page, bits, static_cast<size_t>(t) * d + c, quantize(k[static_cast<size_t>(t) * d + c], p, bits));
+  }
+  auto* v_scale = reinterpret_cast<uint16_t*>(page + L.v_scale);
+  auto* v_min = reinterpret_cast<uint16_t*>(page + L.v_min);
+  const int32_t n_groups = d / kKiviValueGroup;
+  for (int32_t t = 0; t < T; ++t)
+    for (int32_t g = 0; g < n_groups; ++g) {
+      const float* x = v + static_cast<size_t>(t) * d + g * kKiviValueGroup;
+      const auto [lo, hi] = std::minmax_element(x, x + kKiviValueGroup);
+      const QParams p = qparams(*lo, *hi, bits);
+      v_scale[t * n_groups + g] = p.scale_h;
+      v_min[t * n_groups + g] = p.min_h;
+      for (int32_t i = 0; i < kKiviValueGroup; ++i)
+        put_code(page + L.v_codes, bits, static_cast<size_t>(t) * d + g * kKiviValueGroup + i, quantize(x[i], p, bits));
+    }
+}
+
+}  // namespace
+
+size_t kv_page_bytes(KvFormat f, int32_t page_tokens, int32_t head_dim) {
+  if (!kv_format_is_packed(f)) return 2 * static_cast<size_t>(page_tokens) * head_dim * (f == KvFormat::F32 ? 4 : 2);
+  if (head_dim % kKiviValueGroup != 0) fail("KIVI formats need a head size that is a multiple of {}", kKiviValueGroup);
+  return kivi_layout(f, page_tokens, head_dim).total;
+}
+
+void kv_page_write(KvFormat f, int32_t T, int32_t d, const float* k, const float* v, int32_t row0, int32_t n_rows,
+                   uint8_t* page) {
+  if (kv_format_is_packed(f)) {
+    if (row0 != 0 || n_rows != T) fail("internal: a packed KV page is written whole");
+    write_kivi(f, T, d, k, v, page);
+    return;
+  }
+  const size_t half = static_cast<size_t>(T) * d * (f == KvFormat::F32 ? 4 : 2);
+  for (int32_t r = 0; r < n_rows; ++r) {
+    const float* kr = k + static_cast<size_t>(r) * d;
+    const float* vr = v + static_cast<size_t>(r) * d;
+    if (f == KvFormat::F32) {
+      std::memcpy(page + static_cast<size_t>(row0 + r) * d * 4, kr, static_cast<size_t>(d) * 4);
+      std::memcpy(page + half + static_cast<size_t>(row0 + r) * d * 4, vr, static_cast<size_t>(d) * 4);
+    } else {
+      auto* kd = reinterpret_cast<uint16_t*>(page) + static_cast<size_t>(row0 + r) * d;
+      auto* vd = reinterpret_cast<uint16_t*>(page + half) + static_cast<size_t>(row0 + r) * d;
+      for (int32_t i = 0; i < d; ++i) {
+        kd[i] = f32_to_fp16(kr[i]);
+        vd[i] = f32_to_fp16(vr[i]);
+      }
+    }
+  }
+}
+
+namespace {
+
+void read_plain(KvFormat f, const uint8_t* src, size_t n, float* out) {
+  if (f == KvFormat::F32) {
+    std::memcpy(out, src, n * 4);
+  } else {
+    const auto* s = reinterpret_cast<const uint16_t*>(src);
+    for (size_t i = 0; i < n; ++i) out[i] = fp16_to_f32(s[i]);
+  }
+}
+
+}  // namespace
+
+void kv_page_read_keys(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t row0, int32_t n, float* out) {
+  if (!kv_format_is_packed(f)) {
+    const size_t elem = f == KvFormat::F32 ? 4 : 2;
+    read_plain(f, page + static_cast<size_t>(row0) * d * elem, static_cast<size_t>(n) * d, out);
+    return;
+  }
+  const int bits = kv_format_bits(f);
+  const KiviLayout L = kivi_layout(f, T, d);
+  const auto* k_scale = reinterpret_cast<const uint16_t*>(page + L.k_scale);
+  const auto* k_min = reinterpret_cast<const uint16_t*>(page + L.k_min);
+  float scale[512], mn[512];  // head_dim <= 512 checked by the store
+  for (int32_t c = 0; c < d; ++c) {
+    scale[c] = fp16_to_f32(k_scale[c]);
+    mn[c] = fp16_to_f32(k_min[c]);
+  }
+  for (int32_t r = 0; r < n; ++r)
+    for (int32_t c = 0; c < d; ++c)
+      out[static_cast<size_t>(r) * d + c] =
+          mn[c] + scale[c] * static_cast<float>(get_code(page, bits, static_cast<size_t>(row0 + r) * d + c));
+}
+
+void kv_page_read_values(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t row0, int32_t n, float* out) {
+  if (!kv_format_is_packed(f)) {
+    const size_t elem = f == KvFormat::F32 ? 4 : 2;
+    const size_t half = static_cast<size_t>(T) * d * elem;
+    read_plain(f, page + half + static_cast<size_t>(row0) * d * elem, static_cast<size_t>(n) * d, out);
+    return;
+  }
+  const int bits = kv_format_bits(f);
+  const KiviLayout L = kivi_layout(f, T, d);
+  const auto* v_scale = reinterpret_cast<const uint16_t*>(page + L.v_scale);
+  const auto* v_min = reinterpret_cast<const uint16_t*>(page + L.v_min);
+  const int32_t n_groups = d / kKiviValueGroup;
+  for (int32_t r = 0; r < n; ++r) {
+    const int32_t t = row0 + r;
+    for (int32_t g = 0; g < n_groups; ++g) {
+      const float scale = fp16_to_f32(v_scale[t * n_groups + g]);
+      const float mn = fp16_to_f32(v_min[t * n_groups + g]);
+      for (int32_t i = 0; i < kKiviValueGroup; ++i) {
+        const int32_t c = g * kKiviValueGroup + i;
+        out[static_cast<size_t>(r) * d + c] =
+            mn + scale * static_cast<float>(get_code(page + L.v_codes, bits, static_cast<size_t>(t) * d + c));
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace longctx

@@ -1,0 +1,32 @@
+// Reading and writing one KV page in any format. A page holds page_tokens tokens of one (layer, kv-head):
+//   F32 / F16: keys (page_tokens, head_dim) then values (page_tokens, head_dim).
+//   Kivi*:     key codes (page_tokens, head_dim) packed little-end first, key scale (head_dim) f16, key min
+//              (head_dim) f16 — one (scale, min) per channel over the page's tokens, since key outliers sit in
+//              fixed channels; then value codes (page_tokens, head_dim), value scale and min f16 per
+//              (token, group of kKiviValueGroup channels), since values have no channel structure.
+// The attention kernel decodes a page tile into f32 with these functions: the cache is never dequantized whole.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "core/kv_format.h"
+
+namespace longctx::cpu {
+
+constexpr int32_t kKiviValueGroup = 32;
+
+// Bytes of one page; head_dim must be a multiple of kKiviValueGroup for the packed formats.
+size_t kv_page_bytes(KvFormat f, int32_t page_tokens, int32_t head_dim);
+
+// Writes a page from f32 rows. k, v: (n_rows, head_dim), n_rows <= page_tokens. Packed formats need a full
+// page (n_rows == page_tokens) since the key scales span all its tokens.
+void kv_page_write(KvFormat f, int32_t page_tokens, int32_t head_dim, const float* k, const float* v, int32_t row0,
+                   int32_t n_rows, uint8_t* page);
+
+// Decodes rows [row0, row0 + n) of a page's keys or values into out (n, head_dim).
+void kv_page_read_keys(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* page, int32_t row0,
+                       int32_t n, float* out);
+void kv_page_read_values(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* page, int32_t row0,
+                         int32_t n, float* out);
+
+}  // namespace longctx::cpu
