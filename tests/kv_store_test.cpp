@@ -123,8 +123,9 @@ TEST(KvStore, RemoveSlotsKeepsExactlyTheOthersAndFreesPages) {
     std::vector<int32_t> got(h.positions);
     std::sort(got.begin(), got.end());
     for (size_t i = 0; i < keep.size(); ++i) EXPECT_EQ(got[i], 1000 + keep[i]);
-    // f16: rounding of values below 1 (2^-12); 8 bits: a step of a range of 2, the page re-encoded after removal.
-    const float tol = sealed == KvFormat::F16 ? 2.5e-4f : 2.0f / 255.0f;
+    // f16: rounding of values below 1 (2^-12). 8 bits: encoded at sealing and once more after the removal, each
+    // within half a step of a range of at most 2, plus f16 rounding of the scales.
+    const float tol = sealed == KvFormat::F16 ? 2.5e-4f : 2.0f / 255.0f + 2e-3f;
     for (int32_t s = 0; s < h.n_tokens(); ++s) {
       const int32_t src = h.positions[size_t(s)] - 1000;
       float kr[32], vr[32];

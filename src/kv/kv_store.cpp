@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 
 #include "backend/cpu/kv_page_codec.h"
 #include "core/error.h"
@@ -150,7 +151,25 @@ void KvSequence::seal_full_pages() {
 
 void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& slots) {
   KvHeadCache& h = heads_[index(layer, kv_head)];
-  const int32_t d = geo_.head_dim;
+  const int32_t T = geo_.page_tokens, d = geo_.head_dim;
+  // Packed pages touched by this call are decoded once, edited in f32 and re-encoded once at the end, so a page
+  // losing many rows is quantized again only once.
+  struct Decoded {
+    std::vector<float> k, v;  // (page_tokens, head_dim)
+  };
+  std::map<size_t, Decoded> decoded;
+  auto packed_page = [&](size_t pi) -> Decoded* {
+    if (!kv_format_is_packed(h.pages[pi].format)) return nullptr;
+    auto it = decoded.find(pi);
+    if (it == decoded.end()) {
+      Decoded dp{std::vector<float>(static_cast<size_t>(T) * d), std::vector<float>(static_cast<size_t>(T) * d)};
+      const uint8_t* src = pool_.page_data(h.pages[pi]);
+      cpu::kv_page_read_keys(h.pages[pi].format, T, d, src, 0, T, dp.k.data());
+      cpu::kv_page_read_values(h.pages[pi].format, T, d, src, 0, T, dp.v.data());
+      it = decoded.emplace(pi, std::move(dp)).first;
+    }
+    return &it->second;
+  };
   std::vector<float> k(static_cast<size_t>(d)), v(static_cast<size_t>(d));
   // Descending: every removed slot above the current one is already gone, so the last slot is always kept.
   for (auto it = slots.rbegin(); it != slots.rend(); ++it) {
@@ -158,19 +177,42 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
     if (s < 0 || s >= h.n_tokens()) fail("internal: removing slot {} of {}", s, h.n_tokens());
     const int32_t last = h.n_tokens() - 1;
     if (s != last) {
-      read_keys(layer, kv_head, last, 1, k.data());
-      read_values(layer, kv_head, last, 1, v.data());
-      write_row(h, s, k.data(), v.data());
+      const size_t lp = static_cast<size_t>(last / T), sp = static_cast<size_t>(s / T);
+      const size_t lrow = static_cast<size_t>(last % T) * d, srow = static_cast<size_t>(s % T) * d;
+      if (Decoded* src = packed_page(lp)) {
+        std::copy_n(src->k.data() + lrow, d, k.data());
+        std::copy_n(src->v.data() + lrow, d, v.data());
+      } else {
+        read_keys(layer, kv_head, last, 1, k.data());
+        read_values(layer, kv_head, last, 1, v.data());
+      }
+      if (Decoded* dst = packed_page(sp)) {
+        std::copy_n(k.data(), d, dst->k.data() + srow);
+        std::copy_n(v.data(), d, dst->v.data() + srow);
+      } else {
+        cpu::kv_page_write(h.pages[sp].format, T, d, k.data(), v.data(), s % T, 1, pool_.page_data(h.pages[sp]));
+      }
       h.positions[static_cast<size_t>(s)] = h.positions[static_cast<size_t>(last)];
     }
     h.positions.pop_back();
-    if (h.n_tokens() % geo_.page_tokens == 0) {  // the last page emptied
+    if (h.n_tokens() % T == 0) {  // the last page emptied
+      decoded.erase(h.pages.size() - 1);
       pool_.kv_page_free(h.pages.back());
       h.pages.pop_back();
     }
   }
-  // New tokens append after the last slot: its page must be open.
-  if (!h.pages.empty() && h.n_tokens() % geo_.page_tokens != 0 && kv_format_is_packed(h.pages.back().format))
+  for (auto& [pi, dp] : decoded) {
+    if (pi + 1 == h.pages.size() && h.n_tokens() % T != 0) {
+      // A partial last page must be open, since new tokens append into it.
+      const KvPage open = pool_.kv_page_alloc(geo_.format);
+      cpu::kv_page_write(geo_.format, T, d, dp.k.data(), dp.v.data(), 0, h.n_tokens() % T, pool_.page_data(open));
+      pool_.kv_page_free(h.pages[pi]);
+      h.pages[pi] = open;
+    } else {
+      cpu::kv_page_write(h.pages[pi].format, T, d, dp.k.data(), dp.v.data(), 0, T, pool_.page_data(h.pages[pi]));
+    }
+  }
+  if (!h.pages.empty() && h.n_tokens() % T != 0 && kv_format_is_packed(h.pages.back().format))
     unseal_page(h, h.pages.size() - 1);
 }
 
