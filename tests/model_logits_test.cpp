@@ -94,7 +94,8 @@ void check_model(const std::string& golden_name, const std::string& path, KvForm
   auto tok = Tokenizer::from_gguf(model->file());
   const int64_t n_vocab = model->config().n_vocab;
   ThreadPool pool(2);
-  kv::FullPolicy policy(format);
+  auto policy = kv::make_kv_policy(format == KvFormat::F32 ? "full:type=f32" : "full", model->config().n_layer,
+                                   model->config().n_head_kv);
 
   for (const auto& p : gold["prompts"]) {
     const std::string name = p["name"];
@@ -108,7 +109,7 @@ void check_model(const std::string& golden_name, const std::string& path, KvForm
     gp.n_predict = p["greedy"]["n"].get<int32_t>();
     gp.sampling.temperature = 0;
     gp.ignore_eog = true;
-    Generator gen(*model, *tok, pool, policy, gp);
+    Generator gen(*model, *tok, pool, *policy, gp);
 
     std::vector<int32_t> positions;
     for (const auto& q : p["positions"]) positions.push_back(q["pos"].get<int32_t>());

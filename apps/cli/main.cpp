@@ -1,4 +1,4 @@
-// longctx: the command-line front end. Subcommands: run (answer over a long document), info (what a GGUF holds).
+// longctx: the command-line front end. Subcommands: run (answer over a long document), info (what a GGUF holds),
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <unistd.h>
@@ -79,17 +79,17 @@ struct RunOptions {
   std::vector<std::string> stop;
   bool quiet = false;
   bool ignore_eos = false;
+  bool prefill_compress = false;
 };
 
 int run_command(const RunOptions& o) {
   if (o.prompt.empty() && o.file.empty()) fail("give a prompt with -p, or a document with --file (and a question with -p)");
   const int n_threads = o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
-  auto policy = kv::make_kv_policy(o.kv);
-
   auto t_load = std::chrono::steady_clock::now();
   auto model = Model::load(o.model);
   auto tok = Tokenizer::from_gguf(model->file());
   const ModelConfig& c = model->config();
+  auto policy = kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
 
   std::string user_text = o.prompt;
@@ -112,6 +112,7 @@ int run_command(const RunOptions& o) {
   gp.n_batch = o.n_batch;
   gp.stop = o.stop;
   gp.ignore_eog = o.ignore_eos;
+  gp.prefill_compress = o.prefill_compress;
   gp.sampling.temperature = o.temp;
   gp.sampling.top_k = o.top_k;
   gp.sampling.top_p = o.top_p;
@@ -154,6 +155,8 @@ int run_command(const RunOptions& o) {
                human_bytes(static_cast<double>(st.kv_bytes.total())), human_bytes(static_cast<double>(st.kv_bytes.payload)),
                human_bytes(static_cast<double>(st.kv_bytes.metadata)), gen.sequence().n_tokens_max(),
                human_bytes(static_cast<double>(st.kv_full_f16_bytes)), ratio);
+    if (o.prefill_compress)
+      fmt::print(stderr, "kv peak: {} during prefill and decode\n", human_bytes(static_cast<double>(st.kv_peak_bytes)));
     fmt::print(stderr, "logits hash: {}\n", st.logits_hash);
   }
   return 0;
@@ -234,7 +237,10 @@ int main(int argc, char** argv) {
   run->add_option("--min-p", ro.min_p, "Drop tokens below min-p times the top probability; 0 is off")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
   run->add_option("--repeat-penalty", ro.repeat_penalty, "Penalty for the last 64 tokens; 1 is off")->capture_default_str()->check(CLI::Range(0.0f, 10.0f));
   run->add_option("-s,--seed", ro.seed, "Sampling seed")->capture_default_str();
-  run->add_option("--kv", ro.kv, "KV cache policy: full[:type=f16|f32]")->capture_default_str();
+  run->add_option("--kv", ro.kv, "KV cache policy. " + kv::kv_policy_help())->capture_default_str();
+  run->add_flag("--kv-prefill-compress", ro.prefill_compress,
+                "Apply the KV policy after every prefill chunk, so a prompt longer than memory is read within the "
+                "budget. Costs quality: tokens are evicted before the end of the prompt (the question) is seen");
   run->add_option("--stop", ro.stop, "Stop before this string (repeatable)");
   run->add_flag("--ignore-eos", ro.ignore_eos, "Generate all -n tokens even past end-of-text (for benchmarks)");
   run->add_flag("-q,--quiet", ro.quiet, "Print only the generated text");
@@ -244,6 +250,7 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "Print a GGUF model's architecture, hyper-parameters, tokenizer and tensor types");
   info->add_option("model", info_path, "GGUF model file")->required();
   info->add_flag("-a,--all", info_all, "Also list every metadata key and tensor");
+
 
   CLI11_PARSE(app, argc, argv);
   try {

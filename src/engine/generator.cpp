@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstring>
 
 #include "backend/cpu/kv_page_codec.h"
@@ -97,15 +98,22 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
   seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
 }
 
+void Generator::note_peak() { peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total()); }
+
 void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
-                        const std::vector<int32_t>& logit_positions, std::vector<float>& logits) {
+                        const std::vector<int32_t>& logit_positions, std::vector<float>& logits, bool apply_policy) {
   const int32_t n = static_cast<int32_t>(prompt.size());
-  const int32_t n_vocab = model_.config().n_vocab;
+  const ModelConfig& c = model_.config();
+  const int32_t n_vocab = c.n_vocab;
   if (n == 0) fail("the prompt is empty");
   if (n > params_.n_ctx)
     fail("the prompt has {} tokens, more than the context of {} (--ctx); raise --ctx or shorten the prompt", n,
          params_.n_ctx);
   seq_->clear();
+  seq_->set_auto_seal(false);  // token selection runs on unpacked pages; packing follows it
+  peak_bytes_ = 0;
+  scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, params_.n_ctx);
+  scores_.first_pos = apply_policy ? policy_.prefill_score_from(n) : INT_MAX;
   logits.assign(logit_positions.size() * static_cast<size_t>(n_vocab), 0.0f);
   std::vector<int32_t> positions(static_cast<size_t>(params_.n_batch));
   std::vector<float> chunk_logits;
@@ -119,19 +127,33 @@ void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on
         rows.push_back(logit_positions[j] - start);
         dest.push_back(j);
       }
+    const bool compress_now = apply_policy && params_.prefill_compress && start + len < n;
+    if (compress_now) {
+      // Each chunk is scored as if the prompt ended with it.
+      scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, seq_->n_tokens_max() + len);
+      scores_.first_pos = policy_.prefill_score_from(start + len);
+    } else if (apply_policy && params_.prefill_compress) {
+      scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, seq_->n_tokens_max() + len);
+      scores_.first_pos = policy_.prefill_score_from(n);
+    }
     chunk_logits.resize(rows.size() * static_cast<size_t>(n_vocab));
-    forward_.run(*seq_, prompt.data() + start, positions.data(), len, rows, chunk_logits.data());
+    forward_.run(*seq_, prompt.data() + start, positions.data(), len, rows, chunk_logits.data(), &scores_);
+    note_peak();
+    if (compress_now) policy_.after_prefill_chunk(*seq_, scores_);
     for (size_t r = 0; r < rows.size(); ++r)
       std::memcpy(logits.data() + dest[r] * n_vocab, chunk_logits.data() + r * n_vocab, n_vocab * sizeof(float));
     if (on_progress) on_progress(start + len, n);
   }
+  if (apply_policy) policy_.after_prefill(*seq_, scores_);
+  seq_->seal_full_pages();
+  seq_->set_auto_seal(true);
 }
 
 std::vector<float> Generator::prompt_logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& positions) {
   for (int32_t p : positions)
     if (p < 0 || p >= static_cast<int32_t>(prompt.size())) fail("logit position {} is outside the prompt", p);
   std::vector<float> logits;
-  prefill(prompt, nullptr, positions, logits);
+  prefill(prompt, nullptr, positions, logits, /*apply_policy=*/false);
   return logits;
 }
 
@@ -142,9 +164,10 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
   st.n_prompt = static_cast<int32_t>(prompt.size());
   std::vector<float> logits;
   auto t0 = std::chrono::steady_clock::now();
-  prefill(prompt, on_progress, {st.n_prompt - 1}, logits);
-  policy_.after_prefill(*seq_);
+  prefill(prompt, on_progress, {st.n_prompt - 1}, logits, /*apply_policy=*/true);
   st.prefill_seconds = seconds_since(t0);
+  const ModelConfig& c = model_.config();
+  const bool decode_scores = policy_.wants_decode_scores();
 
   Sampler sampler(params_.sampling);
   for (int32_t t : prompt) sampler.accept(t);
@@ -179,8 +202,15 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
       st.stop_reason = StopReason::ContextFull;
       break;
     }
-    forward_.run(*seq_, &id, &pos, 1, {0}, logits.data());
-    policy_.after_decode_step(*seq_);
+    if (decode_scores) {
+      scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, seq_->n_tokens_max() + 1);
+      scores_.first_pos = pos;
+    } else {
+      scores_.first_pos = INT_MAX;
+    }
+    forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_);
+    note_peak();
+    policy_.after_decode_step(*seq_, scores_);
     ++pos;
   }
   if (st.stop_reason != StopReason::StopString) filter.flush(on_text);
@@ -188,6 +218,7 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
   st.kv_bytes = seq_->bytes();
   st.kv_full_f16_bytes = seq_->full_f16_bytes(seq_->n_tokens_max());
   st.kv_pool_bytes = pages_->bytes_reserved();
+  st.kv_peak_bytes = peak_bytes_;
   st.logits_hash = logits_hash(logits.data(), n_vocab);
   return st;
 }

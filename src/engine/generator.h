@@ -24,6 +24,10 @@ struct GenerateParams {
   SamplerParams sampling;
   std::vector<std::string> stop;    // generation ends before any of these strings; they are not printed
   bool ignore_eog = false;          // keep going past end-of-generation tokens (benchmarks)
+  // Apply the KV policy after every prefill chunk, not only at the end, so a prompt whose full cache would not
+  // fit is read in memory bounded by the budget. Costs quality: each chunk's eviction is decided by the queries
+  // seen so far, before the question at the end of the prompt is read.
+  bool prefill_compress = false;
 };
 
 enum class StopReason { Eog, StopString, Length, ContextFull, Cancelled };
@@ -37,6 +41,7 @@ struct GenerateStats {
   kv::KvBytes kv_bytes;              // held by the sequence at the end
   size_t kv_full_f16_bytes = 0;      // what a full f16 cache of the same tokens holds
   size_t kv_pool_bytes = 0;          // what the page allocator has reserved
+  size_t kv_peak_bytes = 0;          // the most the sequence held at any point (after a chunk, before eviction)
   std::string logits_hash;           // short hash of the last logits, for regressions
   StopReason stop_reason = StopReason::Length;
   std::vector<int32_t> tokens;       // generated ids
@@ -62,8 +67,11 @@ class Generator {
 
  private:
   // Runs prompt tokens [0, n) in chunks; returns the logits of the last one.
+  // With apply_policy, the policy sees the prompt's attention and cuts the cache (at the end, or after every
+  // chunk with prefill_compress).
   void prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
-               const std::vector<int32_t>& logit_positions, std::vector<float>& logits);
+               const std::vector<int32_t>& logit_positions, std::vector<float>& logits, bool apply_policy);
+  void note_peak();
 
   const Model& model_;
   const Tokenizer& tok_;
@@ -72,6 +80,8 @@ class Generator {
   Forward forward_;
   std::unique_ptr<kv::KvPagePool> pages_;
   std::unique_ptr<kv::KvSequence> seq_;
+  kv::KvScores scores_;
+  size_t peak_bytes_ = 0;
 };
 
 std::string logits_hash(const float* logits, int64_t n);

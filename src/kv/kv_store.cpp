@@ -216,8 +216,7 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
     unseal_page(h, h.pages.size() - 1);
 }
 
-void KvSequence::keep_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& keep) {
-  const int32_t n = heads_[index(layer, kv_head)].n_tokens();
+std::vector<int32_t> complement_slots(const std::vector<int32_t>& keep, int32_t n) {
   std::vector<int32_t> drop;
   drop.reserve(static_cast<size_t>(n));
   size_t j = 0;
@@ -228,8 +227,12 @@ void KvSequence::keep_slots(int32_t layer, int32_t kv_head, const std::vector<in
       drop.push_back(s);
     }
   }
-  if (j != keep.size()) fail("internal: keep_slots needs sorted, unique slots below {}", n);
-  remove_slots(layer, kv_head, drop);
+  if (j != keep.size()) fail("internal: kept slots must be sorted, unique and below {}", n);
+  return drop;
+}
+
+void KvSequence::keep_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& keep) {
+  remove_slots(layer, kv_head, complement_slots(keep, heads_[index(layer, kv_head)].n_tokens()));
 }
 
 void KvSequence::read_keys(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const {

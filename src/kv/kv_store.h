@@ -77,6 +77,19 @@ struct KvBytes {
   size_t total() const { return payload + metadata; }
 };
 
+// The slot order that KvSequence::remove_slots leaves: for each removed slot, highest first, the last element
+// moves into it. Per-slot state kept beside the store (accumulated scores) follows removals with this.
+template <typename T>
+void swap_remove(std::vector<T>& v, const std::vector<int32_t>& sorted_slots) {
+  for (auto it = sorted_slots.rbegin(); it != sorted_slots.rend(); ++it) {
+    v[static_cast<size_t>(*it)] = v.back();
+    v.pop_back();
+  }
+}
+
+// The complement of `keep` (sorted, unique) in [0, n).
+std::vector<int32_t> complement_slots(const std::vector<int32_t>& keep, int32_t n);
+
 // One sequence's cache over all layers and kv-heads.
 class KvSequence {
  public:

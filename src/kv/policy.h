@@ -1,8 +1,11 @@
 // A KV policy decides which tokens each (layer, kv-head) keeps and in which format (DESIGN.md, "The KV cache").
-// It is a small object with hooks the engine calls; the store does the compaction and frees the pages. This
-// issue ships only the full cache; token eviction, head budgets and packed formats plug in here as new files
-// under kv/ with no change to the model code.
+// It is an object with hooks the engine calls; the store does the compaction and frees the pages at once.
+//
+// Policies compose along the axes of DESIGN.md: a token ranker decides which tokens stay (token_ranker.h), a
+// budget decides how many per (layer, head) (uniform, pyramid, head roles), a format decides how sealed pages are
+// stored (f16, KIVI). ComposedPolicy (composed_policy.h) puts one of each together from a --kv spec.
 #pragma once
+#include <climits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,32 +15,48 @@
 
 namespace longctx::kv {
 
+// The attention that queries paid to cached slots, gathered by the forward pass for the policies: per layer,
+// (n_head_kv, stride) probabilities summed over the contributing queries and the query heads of each kv-head.
+// Queries at positions >= first_pos contribute; INT_MAX means no policy asked, and then nothing is computed.
+struct KvScores {
+  int32_t first_pos = INT_MAX;
+  int32_t stride = 0;                     // >= every head's slot count
+  std::vector<std::vector<float>> layers;  // (n_layer) of (n_head_kv, stride)
+
+  bool wanted() const { return first_pos != INT_MAX; }
+  const float* head(int32_t layer, int32_t kv_head) const {
+    return layers[static_cast<size_t>(layer)].data() + static_cast<size_t>(kv_head) * stride;
+  }
+  // Sizes for a cache and zeroes the first n_slots of every head.
+  void reset(int32_t n_layer, int32_t n_head_kv, int32_t n_stride, int32_t n_slots);
+};
+
 class KvPolicy {
  public:
   virtual ~KvPolicy() = default;
   virtual std::string describe() const = 0;
-  // The format new pages are written in.
+  // The format new tokens are written in (f16 or f32).
   virtual KvFormat page_format() const = 0;
-  // The format full pages are packed into (the same: never packed).
+  // The format full pages are packed into; page_format() means never packed.
   virtual KvFormat sealed_format() const { return page_format(); }
-  // Called once the whole prompt is in the cache.
-  virtual void after_prefill(KvSequence& seq) {}
-  // Called after each generated token has been appended.
-  virtual void after_decode_step(KvSequence& seq) {}
+  // Queries at positions >= this vote in the prefill scores (n_prompt: the prompt's length); INT_MAX: none.
+  virtual int32_t prefill_score_from(int32_t n_prompt) const { return INT_MAX; }
+  // Whether each decode step's attention is wanted.
+  virtual bool wants_decode_scores() const { return false; }
+  // Between prefill chunks, for prompts longer than memory (--kv-prefill-compress); scores as at prefill end,
+  // for the queries of the chunks so far.
+  virtual void after_prefill_chunk(KvSequence& seq, const KvScores& scores) {}
+  // Once the whole prompt is in the cache.
+  virtual void after_prefill(KvSequence& seq, const KvScores& scores) {}
+  // After each generated token has been appended.
+  virtual void after_decode_step(KvSequence& seq, const KvScores& scores) {}
 };
 
-// Keeps every token of every head at full precision.
-class FullPolicy final : public KvPolicy {
- public:
-  explicit FullPolicy(KvFormat format) : format_(format) {}
-  std::string describe() const override;
-  KvFormat page_format() const override { return format_; }
+// Parses a --kv spec: components joined by '+', each "name" or "name:key=value,key=value". A bad spec gets an
+// Error naming the bad part and listing what is valid. n_layer and n_head_kv size per-layer and per-head budgets.
+std::unique_ptr<KvPolicy> make_kv_policy(const std::string& spec, int32_t n_layer, int32_t n_head_kv);
 
- private:
-  KvFormat format_;
-};
-
-// Parses a --kv spec ("full", "full:type=f32"); a bad spec gets an Error naming the bad part and what is valid.
-std::unique_ptr<KvPolicy> make_kv_policy(const std::string& spec);
+// What --help prints about the specs.
+std::string kv_policy_help();
 
 }  // namespace longctx::kv

@@ -30,7 +30,7 @@ void Forward::matmul(const Weight& w, const float* x, int32_t n, float* y) {
 }
 
 void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
-                  const std::vector<int32_t>& logit_rows, float* logits) {
+                  const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores) {
   const ModelConfig& c = model_.config();
   if (n <= 0 || n > n_batch_) fail("internal: chunk of {} tokens for a batch of {}", n, n_batch_);
   const int64_t E = c.n_embd, D = c.head_dim;
@@ -71,7 +71,18 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
     cpu::rope(k_.data(), positions, n, c.n_head_kv, D, c.n_rot, base, c.rope_order);
     kv.append(il, k_.data(), v_.data(), positions, n);
     ap.window = local ? c.sliding_window : 0;
-    cpu::attention(pool_, ap, q_.data(), positions, n, kv.layer_view(il), attn_.data());
+    const cpu::KvLayerView view = kv.layer_view(il);
+    cpu::attention(pool_, ap, q_.data(), positions, n, view, attn_.data());
+    if (scores != nullptr && scores->wanted()) {
+      // Chunk rows are in position order: the voters are a suffix of the chunk.
+      int32_t first_row = 0;
+      while (first_row < n && positions[first_row] < scores->first_pos) ++first_row;
+      if (first_row < n) {
+        if (kv.n_tokens_max() > scores->stride) fail("internal: KV scores hold {} slots, the cache {}", scores->stride, kv.n_tokens_max());
+        cpu::attention_scores(pool_, ap, q_.data(), positions, n, first_row, view,
+                              scores->layers[static_cast<size_t>(il)].data(), scores->stride);
+      }
+    }
     matmul(w.wo, attn_.data(), n, out_.data());
     if (c.has_post_norms) cpu::rmsnorm(out_.data(), w.post_attn_norm.data(), out_.data(), n, E, c.rms_eps);
     cpu::add_in_place(x_.data(), out_.data(), n * E);

@@ -6,6 +6,7 @@
 
 #include "core/thread_pool.h"
 #include "kv/kv_store.h"
+#include "kv/policy.h"
 #include "model/model.h"
 
 namespace longctx {
@@ -17,8 +18,10 @@ class Forward {
 
   // Runs n tokens at the given positions, appending their keys and values to `kv`, and writes the logits of the
   // chunk rows listed in logit_rows: logits (logit_rows.size(), n_vocab). n <= n_batch.
+  // When scores is given and wanted, the attention of the queries at positions >= scores->first_pos is added
+  // into it, layer by layer, for the KV policy.
   void run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
-           const std::vector<int32_t>& logit_rows, float* logits);
+           const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores = nullptr);
 
   int32_t n_batch() const { return n_batch_; }
   const Model& model() const { return model_; }

@@ -1,0 +1,69 @@
+// SnapKV ("SnapKV: LLM Knows What You are Looking for Before Generation"): the queries of an observation window
+// at the end of the prompt already attend to what generation will need. Their attention, summed over the window
+// and over the query heads of each kv-head (GQA-aware), is pooled along positions so that neighbours of a chosen
+// token come with it, and each kv-head keeps its top tokens plus the window itself. The cache is cut once, at
+// prefill end, and grows during decode.
+#include <algorithm>
+
+#include "core/error.h"
+#include "kv/token_ranker.h"
+
+namespace longctx::kv {
+namespace {
+
+enum class Pooling { Max, Avg };
+
+class SnapKvRanker final : public TokenRanker {
+ public:
+  SnapKvRanker(int32_t budget, int32_t window, int32_t kernel, Pooling pooling)
+      : budget_(budget), window_(window), kernel_(kernel), pooling_(pooling) {}
+  std::string describe() const override {
+    return "snapkv(budget=" + std::to_string(budget_) + ", window=" + std::to_string(window_) +
+           ", pool=" + std::to_string(kernel_) + (pooling_ == Pooling::Max ? " max" : " avg") + ")";
+  }
+  int32_t budget() const override { return budget_; }
+  int32_t prefill_score_from(int32_t n_prompt) const override { return std::max(0, n_prompt - window_); }
+
+  std::vector<int32_t> select(const std::vector<int32_t>& positions, const float* scores, int32_t budget) const override {
+    const std::vector<int32_t> order = slots_by_position(positions);  // pooling runs along positions
+    const int32_t n = static_cast<int32_t>(order.size());
+    const int32_t n_window = std::min({window_, n, budget});
+    // The window: the n_window most recent tokens.
+    std::vector<int32_t> keep(order.end() - n_window, order.end());
+    const int32_t n_rest = n - n_window;
+    std::vector<float> pooled(static_cast<size_t>(positions.size()), 0.0f);
+    const int32_t half = kernel_ / 2;
+    for (int32_t i = 0; i < n_rest; ++i) {
+      float acc = pooling_ == Pooling::Max ? scores[order[i]] : 0.0f;
+      int32_t count = 0;
+      for (int32_t j = std::max(0, i - half); j <= std::min(n_rest - 1, i + half); ++j) {
+        acc = pooling_ == Pooling::Max ? std::max(acc, scores[order[j]]) : acc + scores[order[j]];
+        ++count;
+      }
+      pooled[order[i]] = pooling_ == Pooling::Max ? acc : acc / count;
+    }
+    const std::vector<int32_t> rest(order.begin(), order.begin() + n_rest);
+    const auto top = top_slots(rest, pooled, budget - n_window, positions);
+    keep.insert(keep.end(), top.begin(), top.end());
+    std::sort(keep.begin(), keep.end());
+    return keep;
+  }
+
+ private:
+  int32_t budget_, window_, kernel_;
+  Pooling pooling_;
+};
+
+}  // namespace
+
+std::unique_ptr<TokenRanker> make_snapkv_ranker(const SpecArgs& args) {
+  const int32_t budget = args.get_int("budget", 1024, 1, 1 << 30);
+  const int32_t window = args.get_int("window", 32, 1, 1 << 20);
+  const int32_t kernel = args.get_int("pool", 7, 1, 1001);
+  const std::string pooling = args.get_string("pooling", "max");
+  if (pooling != "max" && pooling != "avg") fail("snapkv: pooling must be max or avg, not '{}'", pooling);
+  if (kernel % 2 == 0) fail("snapkv: pool={} must be odd (a window centred on each token)", kernel);
+  return std::make_unique<SnapKvRanker>(budget, window, kernel, pooling == "max" ? Pooling::Max : Pooling::Avg);
+}
+
+}  // namespace longctx::kv

@@ -1,0 +1,45 @@
+// Token rankers: which tokens of one (layer, kv-head) stay when it holds more than its budget. One method per
+// file (policy_streaming.cpp, policy_h2o.cpp, policy_snapkv.cpp, policy_tova.cpp); each cites its paper.
+#pragma once
+#include <climits>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kv/spec_args.h"
+
+namespace longctx::kv {
+
+class TokenRanker {
+ public:
+  virtual ~TokenRanker() = default;
+  virtual std::string describe() const = 0;
+  // The budget the spec gave (budget=N), -1 if none; the composed policy may override it per layer and head.
+  virtual int32_t budget() const = 0;
+  // Queries at positions >= this vote at prefill end (n_prompt: the prompt's length); INT_MAX: scores unused.
+  virtual int32_t prefill_score_from(int32_t n_prompt) const { return INT_MAX; }
+  virtual bool wants_decode_scores() const { return false; }
+  // Keeps the cache at its budget as decoding goes on (else the cache is cut once, after prefill, and grows).
+  virtual bool evicts_during_decode() const { return false; }
+  // Scores add up over all steps (H2O) rather than being the latest step's alone (TOVA).
+  virtual bool accumulates_scores() const { return false; }
+  // The slots to keep, sorted ascending, at most `budget` of them. positions: (n_slots); scores: (n_slots),
+  // the attention gathered for this head (null when the ranker asks for none).
+  virtual std::vector<int32_t> select(const std::vector<int32_t>& positions, const float* scores,
+                                      int32_t budget) const = 0;
+};
+
+std::unique_ptr<TokenRanker> make_streaming_ranker(const SpecArgs& args);
+std::unique_ptr<TokenRanker> make_h2o_ranker(const SpecArgs& args);
+std::unique_ptr<TokenRanker> make_snapkv_ranker(const SpecArgs& args);
+std::unique_ptr<TokenRanker> make_tova_ranker(const SpecArgs& args);
+
+// Helpers shared by the rankers.
+// Slots sorted by position, ascending.
+std::vector<int32_t> slots_by_position(const std::vector<int32_t>& positions);
+// The `count` slots with the highest score among `candidates` (ties to the earlier position), sorted ascending.
+std::vector<int32_t> top_slots(const std::vector<int32_t>& candidates, const std::vector<float>& score, int32_t count,
+                               const std::vector<int32_t>& positions);
+
+}  // namespace longctx::kv
