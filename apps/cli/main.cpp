@@ -1,4 +1,5 @@
 // longctx: the command-line front end. Subcommands: run (answer over a long document), info (what a GGUF holds),
+// bench (speed, like llama-bench; bench_command.h).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bench_command.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "kv/policy.h"
@@ -251,11 +253,14 @@ int main(int argc, char** argv) {
   info->add_option("model", info_path, "GGUF model file")->required();
   info->add_flag("-a,--all", info_all, "Also list every metadata key and tensor");
 
+  BenchOptions bench_options;
+  auto* bench = add_bench_subcommand(app, bench_options);
 
   CLI11_PARSE(app, argc, argv);
   try {
     if (run->parsed()) return run_command(ro);
     if (info->parsed()) return info_command(info_path, info_all);
+    if (bench->parsed()) return bench_command(bench_options);
   } catch (const Error& e) {
     std::fflush(stdout);
     fmt::print(stderr, "error: {}\n", e.what());

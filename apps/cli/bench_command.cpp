@@ -1,0 +1,466 @@
+#include "bench_command.h"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <climits>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <thread>
+
+#include "core/error.h"
+#include "core/memory_bandwidth.h"
+#include "core/thread_pool.h"
+#include "kv/kv_store.h"
+#include "kv/policy.h"
+#include "model/forward.h"
+#include "model/model.h"
+
+namespace longctx {
+
+CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o) {
+  auto* b = app.add_subcommand(
+      "bench",
+      "Measure prompt processing (pp) and generation (tg) speed at given context depths, like llama-bench.\n"
+      "For each depth d: 'pp N' times prefilling N tokens on top of a cache already holding d tokens; 'tg N' times\n"
+      "generating N tokens one forward at a time on top of d tokens. The token ids are fixed pseudo-random ids (no\n"
+      "tokenizer, no sampling: the cost is the model's forward alone). Prints the median tokens/s over --reps runs,\n"
+      "its spread, decode's achieved memory bandwidth against the machine's copy bandwidth, and the peak RSS.\n"
+      "Example: longctx bench -m model.gguf -p 512 -n 128 --depth 0,4096 --threads 2");
+  b->add_option("-m,--model", o.model, "GGUF model file")->required();
+  b->add_option("-p,--n-prompt", o.n_prompt, "Tokens of the pp test (0: skip it)")->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  b->add_option("-n,--n-gen", o.n_gen, "Tokens of the tg test (0: skip it)")->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  b->add_option("-d,--depth", o.depths, "Comma-separated context depths: tokens already in the cache before each test")
+      ->capture_default_str();
+  b->add_option("-t,--threads", o.n_threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
+  b->add_option("-r,--reps", o.n_reps, "Repetitions of every test; the median is reported")->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  b->add_option("-b,--batch", o.n_batch, "Most tokens per forward, in pp and when filling the depth")
+      ->capture_default_str()->check(CLI::Range(1, 8192));
+  b->add_option("--kv", o.kv, "KV cache policy. " + kv::kv_policy_help())->capture_default_str();
+  b->add_option("-s,--seed", o.seed, "Seed of the token ids")->capture_default_str();
+  b->add_flag("--json", o.json, "Print one JSON record per test on stdout instead of the table");
+  return b;
+}
+
+std::vector<int32_t> parse_depth_list(const std::string& s) {
+  const auto bad = [&](const std::string& entry) {
+    fail("bad --depth list '{}': entry '{}' is not a whole number of tokens >= 0 (example: --depth 0,2048,8192)", s,
+         entry);
+  };
+  std::vector<int32_t> depths;
+  size_t start = 0;
+  while (true) {
+    const size_t end = std::min(s.find(',', start), s.size());
+    const std::string entry = s.substr(start, end - start);
+    if (entry.empty() || entry.size() > 10 || entry.find_first_not_of("0123456789") != std::string::npos) bad(entry);
+    const long long v = std::stoll(entry);
+    if (v > std::numeric_limits<int32_t>::max()) bad(entry);
+    depths.push_back(static_cast<int32_t>(v));
+    if (end == s.size()) break;
+    start = end + 1;
+  }
+  return depths;
+}
+
+RepStats summarize_reps(const std::vector<double>& samples) {
+  if (samples.empty()) fail("internal: no repetitions to summarize");
+  RepStats r;
+  r.n = static_cast<int32_t>(samples.size());
+  std::vector<double> v = samples;
+  std::sort(v.begin(), v.end());
+  const size_t h = v.size() / 2;
+  r.median = v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+  r.min = v.front();
+  r.max = v.back();
+  r.mean = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  if (v.size() > 1) {
+    double ss = 0;
+    for (double x : v) ss += (x - r.mean) * (x - r.mean);
+    r.stddev = std::sqrt(ss / static_cast<double>(v.size() - 1));
+  }
+  return r;
+}
+
+int32_t bench_token_id(uint64_t seed, int64_t pos, int32_t n_vocab) {
+  uint64_t z = seed + static_cast<uint64_t>(pos) * 0x9e3779b97f4a7c15ull;  // splitmix64, one step per position
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return static_cast<int32_t>(z % static_cast<uint64_t>(n_vocab));
+}
+
+int64_t weight_bytes_per_token(const Model& model) {
+  const ModelConfig& c = model.config();
+  const auto matrix = [](const Weight& w) { return static_cast<int64_t>(ggml_row_bytes(w.type, w.n_in)) * w.n_out; };
+  const auto vec = [](const std::vector<float>& v) { return static_cast<int64_t>(v.size() * sizeof(float)); };
+  int64_t n = 0;
+  for (int32_t il = 0; il < c.n_layer; ++il) {
+    const LayerWeights& w = model.layer(il);
+    n += matrix(w.wq) + matrix(w.wk) + matrix(w.wv) + matrix(w.wo) + matrix(w.w_gate) + matrix(w.w_up) +
+         matrix(w.w_down);
+    n += vec(w.attn_norm) + vec(w.ffn_norm) + vec(w.q_norm) + vec(w.k_norm) + vec(w.post_attn_norm) +
+         vec(w.post_ffn_norm);
+  }
+  // The output head is read whole every step (tied or not); the embedding table only one row.
+  n += matrix(model.output()) + vec(model.output_norm());
+  n += static_cast<int64_t>(ggml_row_bytes(model.token_embd().type, model.token_embd().n_in));
+  return n;
+}
+
+int64_t kv_bytes_read(const kv::KvSequence& seq, const kv::KvPagePool& pool, const ModelConfig& c, int32_t query_pos) {
+  const kv::KvGeometry& geo = seq.geometry();
+  int64_t n = 0;
+  for (int32_t il = 0; il < geo.n_layer; ++il) {
+    const bool local = c.sliding_window > 0 && il < static_cast<int32_t>(c.layer_is_local.size()) &&
+                       c.layer_is_local[static_cast<size_t>(il)];
+    for (int32_t g = 0; g < geo.n_head_kv; ++g) {
+      const kv::KvHeadCache& h = seq.head(il, g);
+      for (int32_t s = 0; s < h.n_tokens(); ++s) {
+        const int32_t p = h.positions[static_cast<size_t>(s)];
+        // The attention kernel's visibility rule (attention.h): positions in (query_pos - window, query_pos].
+        if (p > query_pos || (local && p <= query_pos - c.sliding_window)) continue;
+        const kv::KvPage& page = h.pages[static_cast<size_t>(s / geo.page_tokens)];
+        n += static_cast<int64_t>(pool.page_bytes(page.format) / static_cast<size_t>(geo.page_tokens));
+      }
+    }
+  }
+  return n;
+}
+
+std::string json_quote(std::string_view s) {
+  std::string out = "\"";
+  for (const char ch : s) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (u < 0x20) {
+      out += fmt::format("\\u{:04x}", u);
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+int64_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;  // "VmHWM:  123456 kB"
+  return 0;
+}
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (b >= 1024 && u < 3) {
+    b /= 1024;
+    ++u;
+  }
+  return fmt::format("{:.{}f} {}", b, u == 0 ? 0 : 1, units[u]);
+}
+
+std::string file_name(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+enum class TestKind { Prompt, Generation };
+
+struct CaseResult {
+  TestKind kind = TestKind::Prompt;
+  int32_t n_tokens = 0;
+  int32_t depth = 0;
+  std::vector<double> tokens_per_s;  // (n_reps)
+  int64_t kv_bytes_per_token = 0;    // tg: mean over the generated tokens
+};
+
+// A fingerprint of what the cache holds in its first n_keep[i] slots of every head: positions and page formats.
+// Rewinding by dropping the slots appended since is exact only while this is unchanged, which holds for a policy
+// that only appends (the full cache); one that evicts or repacks old pages is refilled from scratch instead.
+uint64_t prefix_fingerprint(const kv::KvSequence& seq, const std::vector<int32_t>& n_keep) {
+  const kv::KvGeometry& geo = seq.geometry();
+  uint64_t h = 1469598103934665603ull;
+  const auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  for (int32_t il = 0; il < geo.n_layer; ++il)
+    for (int32_t g = 0; g < geo.n_head_kv; ++g) {
+      const kv::KvHeadCache& hc = seq.head(il, g);
+      const int32_t keep = n_keep[static_cast<size_t>(il * geo.n_head_kv + g)];
+      if (hc.n_tokens() < keep) return 0;
+      for (int32_t s = 0; s < keep; ++s) mix(static_cast<uint32_t>(hc.positions[static_cast<size_t>(s)]));
+      const int32_t n_pages = (keep + geo.page_tokens - 1) / geo.page_tokens;
+      for (int32_t p = 0; p < n_pages; ++p) mix(static_cast<uint64_t>(hc.pages[static_cast<size_t>(p)].format) + 7);
+    }
+  return h;
+}
+
+// One model, one pool, one cache, reused by every test.
+class BenchRunner {
+ public:
+  // n_ctx: the most tokens the cache will hold (depth plus the longest test).
+  BenchRunner(const Model& model, ThreadPool& pool, kv::KvPolicy& policy, int32_t n_batch, int32_t n_ctx,
+              uint64_t seed)
+      : model_(model), policy_(policy), seed_(seed), n_ctx_(n_ctx), forward_(model, pool, n_batch) {
+    const ModelConfig& c = model.config();
+    kv::KvGeometry geo;
+    geo.n_layer = c.n_layer;
+    geo.n_head_kv = c.n_head_kv;
+    geo.head_dim = c.head_dim;
+    geo.format = policy.page_format();
+    geo.sealed_format = policy.sealed_format();
+    // No byte limit: the context check in bench_command bounds the tokens, and the pool allocates on demand.
+    pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
+    seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
+    logits_.resize(static_cast<size_t>(c.n_vocab));
+  }
+
+  // Untimed: the cache holds exactly `depth` tokens at positions [0, depth) afterwards (before the policy acts).
+  void fill(int32_t depth) {
+    seq_->clear();
+    prefill(0, depth, /*want_logits=*/false);
+    const kv::KvGeometry& geo = seq_->geometry();
+    depth_ = depth;
+    n_keep_.assign(static_cast<size_t>(geo.n_layer) * geo.n_head_kv, 0);
+    for (int32_t il = 0; il < geo.n_layer; ++il)
+      for (int32_t g = 0; g < geo.n_head_kv; ++g)
+        n_keep_[static_cast<size_t>(il * geo.n_head_kv + g)] = seq_->head(il, g).n_tokens();
+    fingerprint_ = prefix_fingerprint(*seq_, n_keep_);
+  }
+
+  // Back to the state right after fill(depth), by dropping what a test appended, or by refilling when the policy
+  // changed the old part of the cache (prefix_fingerprint).
+  void restore() {
+    if (prefix_fingerprint(*seq_, n_keep_) != fingerprint_) {
+      fill(depth_);
+      return;
+    }
+    const kv::KvGeometry& geo = seq_->geometry();
+    std::vector<int32_t> slots;
+    for (int32_t il = 0; il < geo.n_layer; ++il)
+      for (int32_t g = 0; g < geo.n_head_kv; ++g) {
+        const int32_t keep = n_keep_[static_cast<size_t>(il * geo.n_head_kv + g)];
+        const int32_t n = seq_->head(il, g).n_tokens();
+        if (n <= keep) continue;
+        slots.resize(static_cast<size_t>(n - keep));
+        std::iota(slots.begin(), slots.end(), keep);
+        seq_->remove_slots(il, g, slots);
+      }
+  }
+
+  // pp: n tokens at positions [depth, depth + n) in chunks of n_batch, the last row's logits computed, with the
+  // policy's prefill hooks as Generator runs them (part of what a prompt costs under a compressing policy).
+  // Returns seconds.
+  double time_prompt(int32_t n) {
+    const auto t0 = std::chrono::steady_clock::now();
+    prefill(depth_, n, /*want_logits=*/true);
+    return seconds_since(t0);
+  }
+
+  // tg: n forwards of one token each at positions [depth, depth + n), logits of each computed, with the policy's
+  // per-step hook as Generator runs it; the ids are fixed (no sampling). Returns seconds.
+  double time_generation(int32_t n) {
+    const ModelConfig& c = model_.config();
+    const bool want_scores = policy_.wants_decode_scores();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t pos = depth_ + i;
+      const int32_t id = bench_token_id(seed_, pos, c.n_vocab);
+      if (want_scores) {
+        scores_.reset(c.n_layer, c.n_head_kv, n_ctx_, seq_->n_tokens_max() + 1);
+        scores_.first_pos = pos;
+      }
+      forward_.run(*seq_, &id, &pos, 1, {0}, logits_.data(), want_scores ? &scores_ : nullptr);
+      policy_.after_decode_step(*seq_, scores_);
+    }
+    return seconds_since(t0);
+  }
+
+  const kv::KvSequence& sequence() const { return *seq_; }
+  const kv::KvPagePool& pages() const { return *pages_; }
+
+ private:
+  // Tokens [first_pos, first_pos + n) as one prompt on top of what the cache holds, wired as Generator::prefill:
+  // pages stay unpacked while the policy may still select tokens, then full pages are sealed.
+  void prefill(int32_t first_pos, int32_t n, bool want_logits) {
+    const ModelConfig& c = model_.config();
+    const int32_t n_batch = forward_.n_batch();
+    const int32_t score_from = policy_.prefill_score_from(first_pos + n);
+    const bool want_scores = score_from != INT_MAX;
+    scores_.first_pos = INT_MAX;
+    if (want_scores) {
+      scores_.reset(c.n_layer, c.n_head_kv, n_ctx_, n_ctx_);
+      scores_.first_pos = score_from;
+    }
+    seq_->set_auto_seal(false);
+    std::vector<int32_t> ids(static_cast<size_t>(n_batch)), positions(static_cast<size_t>(n_batch));
+    for (int32_t start = 0; start < n; start += n_batch) {
+      const int32_t len = std::min(n_batch, n - start);
+      for (int32_t i = 0; i < len; ++i) {
+        positions[static_cast<size_t>(i)] = first_pos + start + i;
+        ids[static_cast<size_t>(i)] = bench_token_id(seed_, first_pos + start + i, c.n_vocab);
+      }
+      std::vector<int32_t> rows;
+      if (want_logits && start + len == n) rows.push_back(len - 1);
+      forward_.run(*seq_, ids.data(), positions.data(), len, rows, logits_.data(), want_scores ? &scores_ : nullptr);
+    }
+    if (n > 0) policy_.after_prefill(*seq_, scores_);
+    seq_->seal_full_pages();
+    seq_->set_auto_seal(true);
+  }
+
+  const Model& model_;
+  kv::KvPolicy& policy_;
+  uint64_t seed_;
+  int32_t n_ctx_;
+  Forward forward_;
+  std::unique_ptr<kv::KvPagePool> pages_;
+  std::unique_ptr<kv::KvSequence> seq_;
+  std::vector<float> logits_;  // (n_vocab) the last row asked for
+  kv::KvScores scores_;        // sized only when the policy asks for attention scores
+  int32_t depth_ = 0;
+  std::vector<int32_t> n_keep_;  // (n_layer, n_head_kv) slots held right after fill
+  uint64_t fingerprint_ = 0;
+};
+
+std::string test_name(const CaseResult& r) {
+  return fmt::format("{}{}", r.kind == TestKind::Prompt ? "pp" : "tg", r.n_tokens);
+}
+
+}  // namespace
+
+int bench_command(const BenchOptions& o) {
+  const std::vector<int32_t> depths = parse_depth_list(o.depths);
+  if (o.n_prompt == 0 && o.n_gen == 0) fail("nothing to measure: -p and -n are both 0");
+  const int n_threads = o.n_threads > 0 ? o.n_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  auto model = Model::load(o.model);
+  const ModelConfig& c = model->config();
+  auto policy = kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv);
+  const int32_t n_test_max = std::max(o.n_prompt, o.n_gen);
+  const int32_t depth_max = *std::max_element(depths.begin(), depths.end());
+  for (int32_t d : depths)
+    if (static_cast<int64_t>(d) + n_test_max > c.n_ctx_train)
+      fail("--depth {} plus {} test tokens needs a context of {}, beyond the model's {} tokens", d, n_test_max,
+           static_cast<int64_t>(d) + n_test_max, c.n_ctx_train);
+
+  const int64_t weight_bytes = weight_bytes_per_token(*model);
+  fmt::print(stderr, "bench: {} ({}, {} weights, {} read per decoded token), {} threads, kv {}, {} reps\n",
+             file_name(o.model), arch_name(c.arch), human_bytes(static_cast<double>(model->weight_bytes())),
+             human_bytes(static_cast<double>(weight_bytes)), n_threads, policy->describe(), o.n_reps);
+
+  ThreadPool pool(n_threads);
+  BenchRunner runner(*model, pool, *policy, o.n_batch, depth_max + n_test_max, o.seed);
+  {
+    // Warm-up, untimed: faults the weights' pages in and wakes the workers, as llama-bench does.
+    runner.fill(0);
+    runner.time_prompt(std::min(std::max(o.n_prompt, 1), std::min(o.n_batch, 32)));
+    runner.restore();
+    runner.time_generation(1);
+  }
+
+  std::vector<CaseResult> results;
+  for (int32_t d : depths) {
+    const auto t_fill = std::chrono::steady_clock::now();
+    runner.fill(d);
+    if (d > 0) fmt::print(stderr, "bench: depth {} filled in {:.1f}s (untimed)\n", d, seconds_since(t_fill));
+    CaseResult pp{TestKind::Prompt, o.n_prompt, d, {}, 0};
+    CaseResult tg{TestKind::Generation, o.n_gen, d, {}, 0};
+    // Interleaved, pp then tg in every repetition, so drift from other load on the machine hits both alike.
+    for (int32_t rep = 0; rep < o.n_reps; ++rep) {
+      if (o.n_prompt > 0) {
+        runner.restore();
+        pp.tokens_per_s.push_back(o.n_prompt / runner.time_prompt(o.n_prompt));
+      }
+      if (o.n_gen > 0) {
+        runner.restore();
+        tg.tokens_per_s.push_back(o.n_gen / runner.time_generation(o.n_gen));
+        if (rep == 0) {
+          // The KV read grows linearly with the position (piecewise, with windows): the mean of the first and
+          // last step's reads is the mean over the run.
+          const int64_t first = kv_bytes_read(runner.sequence(), runner.pages(), c, d);
+          const int64_t last = kv_bytes_read(runner.sequence(), runner.pages(), c, d + o.n_gen - 1);
+          tg.kv_bytes_per_token = (first + last) / 2;
+        }
+      }
+    }
+    for (const CaseResult* r : {&pp, &tg}) {
+      if (r->tokens_per_s.empty()) continue;
+      const RepStats s = summarize_reps(r->tokens_per_s);
+      fmt::print(stderr, "bench: {} @ d{}: {:.2f} tok/s (median of {}, stddev {:.2f})\n", test_name(*r), d, s.median,
+                 s.n, s.stddev);
+      results.push_back(*r);
+    }
+  }
+
+  // Peak RSS before the bandwidth test, whose two large buffers are not the engine's.
+  const int64_t rss = peak_rss_bytes();
+  const CopyBandwidth bw = measure_copy_bandwidth(pool);
+  const double copy_gbs = bw.bytes_per_s / 1e9;
+
+  const std::string model_name = file_name(o.model);
+  const std::string kv_name = policy->describe();
+  if (o.json) {
+    for (const CaseResult& r : results) {
+      const RepStats s = summarize_reps(r.tokens_per_s);
+      std::string samples;
+      for (double x : r.tokens_per_s) samples += fmt::format("{}{:.4f}", samples.empty() ? "" : ",", x);
+      std::string rec = fmt::format(
+          "{{\"test\":\"{}\",\"n_prompt\":{},\"n_gen\":{},\"depth\":{},\"tokens_per_s\":{:.4f},\"stddev\":{:.4f},"
+          "\"min\":{:.4f},\"max\":{:.4f},\"samples\":[{}],\"reps\":{},\"threads\":{},\"batch\":{},\"model\":{},"
+          "\"kv\":{},\"peak_rss_bytes\":{}",
+          test_name(r), r.kind == TestKind::Prompt ? r.n_tokens : 0, r.kind == TestKind::Generation ? r.n_tokens : 0,
+          r.depth, s.median, s.stddev, s.min, s.max, samples, s.n, n_threads, o.n_batch, json_quote(model_name),
+          json_quote(kv_name), rss);
+      if (r.kind == TestKind::Generation) {
+        const double bytes = static_cast<double>(weight_bytes + r.kv_bytes_per_token);
+        const double gbs = bytes * s.median / 1e9;
+        rec += fmt::format(
+            ",\"gb_per_s\":{:.3f},\"copy_gb_per_s\":{:.3f},\"pct_of_copy\":{:.1f},\"weight_bytes_per_token\":{},"
+            "\"kv_bytes_per_token\":{}",
+            gbs, copy_gbs, copy_gbs > 0 ? 100 * gbs / copy_gbs : 0.0, weight_bytes, r.kv_bytes_per_token);
+      }
+      fmt::print("{}}}\n", rec);
+    }
+    std::fflush(stdout);
+    return 0;
+  }
+
+  fmt::print("| model | threads | kv | test | depth | tok/s | stddev | min .. max | decode GB/s | % of copy |\n");
+  fmt::print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
+  for (const CaseResult& r : results) {
+    const RepStats s = summarize_reps(r.tokens_per_s);
+    std::string gb = "", pct = "";
+    if (r.kind == TestKind::Generation) {
+      const double gbs = static_cast<double>(weight_bytes + r.kv_bytes_per_token) * s.median / 1e9;
+      gb = fmt::format("{:.2f}", gbs);
+      pct = copy_gbs > 0 ? fmt::format("{:.0f}%", 100 * gbs / copy_gbs) : "";
+    }
+    fmt::print("| {} | {} | {} | {} | {} | {:.2f} | {:.2f} | {:.2f} .. {:.2f} | {} | {} |\n", model_name, n_threads,
+               kv_name, test_name(r), r.depth, s.median, s.stddev, s.min, s.max, gb, pct);
+  }
+  fmt::print("\nmedian of {} reps. pp: {} tokens in forwards of up to {}, last row's logits; tg: one token per forward, "
+             "fixed token ids (seed {}), logits computed, no sampling.\n",
+             o.n_reps, o.n_prompt, o.n_batch, o.seed);
+  fmt::print("decode GB/s = ({} of weights + KV read at that depth) per token x tok/s, against a copy bandwidth of "
+             "{:.2f} GB/s\n(memcpy of 2 x {} with {} threads, read + write bytes, best of {}). peak RSS: {}\n",
+             human_bytes(static_cast<double>(weight_bytes)), copy_gbs, human_bytes(static_cast<double>(bw.buffer_bytes)),
+             bw.n_threads, bw.n_reps, human_bytes(static_cast<double>(rss)));
+  return 0;
+}
+
+}  // namespace longctx
