@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The CUDA backend's one device script (issue 6): builds the tests and benchmarks with nvcc alone (the GPU machine has
+# no fmt/Highway/GoogleTest, and needs none of them for this), checks every kernel against its CPU reference, times
+# the kernels against the device's measured ceilings and torch SDPA in the same call, and prints a table last.
+# Through the device tool, from the repository root:   run command="scripts/cuda_device_run.sh"
+# Logs and JSON lines go to $OUT (the tool's return folder) or build/cuda_device/out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/usr/local/cuda/bin:$PATH"
+B=build/cuda_device
+OUT="${OUT:-$B/out}"
+mkdir -p "$B" "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader || true
+
+ARCH="-gencode=arch=compute_90,code=sm_90"
+NVCC=(nvcc -std=c++17 -O3 -Isrc "$ARCH")  # C++17: what CMake 3.25 can ask nvcc for
+t0=$(date +%s)
+pids=()
+"${NVCC[@]}" -Xptxas -v -c src/backend/cuda/decode_attention.cu -o "$B/decode_attention.o" >"$B/ptxas.log" 2>&1 & pids+=($!)
+"${NVCC[@]}" -c src/backend/cuda/cuda_backend.cu -o "$B/cuda_backend.o" & pids+=($!)
+"${NVCC[@]}" -c tests/cuda/decode_attention_test.cpp -o "$B/decode_attention_test.o" & pids+=($!)
+"${NVCC[@]}" -c tests/cuda/attention_bench.cu -o "$B/attention_bench.o" & pids+=($!)
+build_ok=1
+for p in "${pids[@]}"; do wait "$p" || build_ok=0; done
+grep -E "Compiling entry|registers" "$B/ptxas.log" | sed -E "s/.*entry function '([^']*)'.*/\1/; s/ptxas info *: //" |
+  c++filt | paste - - | sed -E 's/longctx::cuda::\(anonymous namespace\):://g' | cut -c1-150
+if [ "$build_ok" = 1 ]; then
+  "${NVCC[@]}" -o "$B/decode_attention_test" "$B/decode_attention_test.o" "$B/decode_attention.o" "$B/cuda_backend.o" &&
+    "${NVCC[@]}" -o "$B/attention_bench" "$B/attention_bench.o" "$B/decode_attention.o" "$B/cuda_backend.o" || build_ok=0
+fi
+echo "build: $([ $build_ok = 1 ] && echo ok || echo FAILED) in $(( $(date +%s) - t0 )) s"
+[ "$build_ok" = 1 ] || { cat "$B/ptxas.log"; exit 1; }
+echo "SASS of the bf16 d=128 decode kernel (cp.async copies, 16-byte shared reads, tensor-core ops, no local memory):"
+cuobjdump -sass "$B/decode_attention.o" 2>/dev/null |
+  awk '/Function :/{inside = ($3 ~ /decode_attention_kernelI13__nv_bfloat16Li128/)} inside' |
+  grep -oE "LDGSTS[.A-Z0-9_]*|LDS[.A-Z0-9_]*|LDG\.E[.A-Z0-9_]*|HMMA\.[0-9A-Z.]*|MOVM[.A-Z0-9]*|LDL|STL" | sort | uniq -c || true
+
+"$B/decode_attention_test" 2>&1 | tee "$OUT/check.txt"
+check_rc=${PIPESTATUS[0]}
+check=$([ "$check_rc" = 0 ] && echo PASSED || echo "FAILED (rc $check_rc)")
+
+"$B/attention_bench" "$OUT/ours.jsonl" 2>&1 | tee "$OUT/bench.txt"
+PYTHONUNBUFFERED=1 python3 tests/cuda/torch_sdpa_bench.py "$OUT/torch.jsonl" 2>&1 | tee "$OUT/torch.txt"
+python3 tests/cuda/report.py "$OUT/ours.jsonl" "$OUT/torch.jsonl" "$check"
+[ "$check_rc" = 0 ]

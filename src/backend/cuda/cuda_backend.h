@@ -1,0 +1,97 @@
+// The CUDA backend behind a plain C++ interface (DESIGN.md, Layers): no CUDA header is included here, so the layers
+// above (kv, model, engine) and their tests compile without the toolkit. Pointers named "device" are device memory;
+// a stream is passed as an opaque handle (a cudaStream_t, or nullptr for the default stream).
+//
+// Every call returns a Status instead of throwing or aborting: no device, out of memory, an unsupported shape and a
+// failed launch all come back as one line of text, with nothing leaked.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace longctx::cuda {
+
+class Status {
+ public:
+  static Status success() { return Status(); }
+  static Status error(std::string message) { return Status(std::move(message)); }
+  bool ok() const { return message_.empty(); }
+  const std::string& message() const { return message_; }
+
+ private:
+  Status() = default;
+  explicit Status(std::string m) : message_(m.empty() ? std::string("unknown CUDA error") : std::move(m)) {}
+  std::string message_;
+};
+
+struct DeviceInfo {
+  std::string name;
+  int32_t cc_major = 0, cc_minor = 0;
+  int32_t n_sm = 0;
+  size_t global_bytes = 0;
+  size_t l2_bytes = 0;
+};
+
+// Fails with a clear message when the build has no device, the driver is missing, or no GPU is present.
+Status device_query(DeviceInfo* info);
+
+Status device_alloc(void** device_ptr, size_t bytes);  // fails (nothing allocated) when the device is out of memory
+Status device_free(void* device_ptr);
+Status copy_to_device(void* device_dst, const void* host_src, size_t bytes);
+Status copy_to_host(void* host_dst, const void* device_src, size_t bytes);
+Status device_fill_bytes(void* device_ptr, uint8_t value, size_t bytes);  // 0xff poisons f16/bf16 with NaN
+Status device_synchronize();
+
+// ---------------------------------------------------------------------------------------------------------------
+// Decode attention over the paged KV store.
+
+enum class KvDtype { F16, BF16 };
+
+// Device view of one layer's paged KV cache for a batch of sequences, the device twin of cpu::KvLayerView.
+// A page holds one (sequence, layer, kv-head)'s keys (page_tokens, head_dim) then values (page_tokens, head_dim),
+// both in `dtype`; slot i of a head lives in page page_table[i / page_tokens], row i % page_tokens. Heads may hold
+// different numbers of tokens (eviction, per-head budgets) and positions need not be contiguous.
+struct PagedKvView {
+  const void* pool = nullptr;           // device; page p starts at pool + p * page_bytes()
+  const int32_t* page_table = nullptr;  // device (n_seq, n_head_kv, max_pages)
+  const int32_t* positions = nullptr;   // device (n_seq, n_head_kv, max_tokens) original position of each slot
+  const int32_t* n_tokens = nullptr;    // device (n_seq, n_head_kv)
+  int32_t n_seq = 0;
+  int32_t n_head_kv = 0;
+  int32_t head_dim = 0;     // 64 or 128
+  int32_t page_tokens = 0;  // a multiple of 16
+  int32_t max_pages = 0;
+  int32_t max_tokens = 0;
+  KvDtype dtype = KvDtype::BF16;
+  size_t page_bytes() const { return 2 * static_cast<size_t>(page_tokens) * head_dim * 2; }
+};
+
+struct DecodeAttentionParams {
+  int32_t n_head = 0;  // query heads; n_head / n_head_kv (the GQA group) must be 1..8
+  float scale = 1.0f;
+  int32_t window = 0;  // sliding window: a query at p sees keys at (p - window, p]; 0 means unlimited
+};
+
+// How one decode step is cut: the sequence is split into n_splits chunks of split_tokens (Flash-Decoding), so that
+// even one sequence fills every multiprocessor; the partial softmax states are merged by a second small kernel.
+struct DecodeAttentionPlan {
+  int32_t n_splits = 1;
+  int32_t split_tokens = 0;
+  size_t workspace_bytes = 0;  // device scratch the step needs (0 when n_splits == 1)
+};
+
+// n_tokens_max: the most tokens any head of the batch holds (the host knows it; the kernels read n_tokens on the
+// device). n_splits_override > 0 forces the split count (tests use it to cover both paths).
+Status decode_attention_plan(const DecodeAttentionParams& p, const PagedKvView& kv, int32_t n_tokens_max,
+                             DecodeAttentionPlan* plan, int32_t n_splits_override = 0);
+
+// One query token per sequence. q: device (n_seq, n_head, head_dim) in kv.dtype; q_pos: device (n_seq);
+// out: device (n_seq, n_head, head_dim) in kv.dtype. Causal by position: a query sees keys whose position is <= its
+// own (and inside the window); a query that sees no key gets zeros, as on the CPU backend.
+// Scores and the softmax are computed in f32, products on tensor cores with f32 accumulation.
+Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, const void* q,
+                        const int32_t* q_pos, const PagedKvView& kv, void* out, void* workspace,
+                        void* stream = nullptr);
+
+}  // namespace longctx::cuda

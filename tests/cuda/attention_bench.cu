@@ -1,0 +1,273 @@
+// Decode attention timings against the device's own ceilings, measured in the same run (DESIGN.md, Benchmarking):
+//   copy:  cudaMemcpy device to device, bytes read plus bytes written over time;
+//   read:  a kernel that only reads (what decode attention does), bytes read over time;
+//   ours:  decode attention at B = 1, 32 query / 8 kv heads, d = 128, over the paged store (64-token pages scattered
+//          over the pool), bytes of K and V read over time.
+// Every figure is the median of several CUDA-graph replays, each replay many back-to-back steps; inputs rotate over
+// enough copies that they never sit in L2, and hold random values (never zeros).
+// Usage: attention_bench [out.jsonl [context ...]]   (one JSON object per measurement; a table on stdout)
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+
+namespace lc = longctx::cuda;
+
+#define CK(call)                                                                                         \
+  do {                                                                                                   \
+    cudaError_t e_ = (call);                                                                             \
+    if (e_ != cudaSuccess) {                                                                             \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));          \
+      std::exit(1);                                                                                      \
+    }                                                                                                    \
+  } while (0)
+#define CS(expr)                                                                                \
+  do {                                                                                          \
+    const lc::Status s_ = (expr);                                                               \
+    if (!s_.ok()) {                                                                             \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.message().c_str());            \
+      std::exit(1);                                                                             \
+    }                                                                                           \
+  } while (0)
+
+namespace {
+
+FILE* g_json = nullptr;
+
+void record(const char* what, const char* dtype, long ctx, int n_splits, double us, double bytes, double tbps) {
+  if (g_json)
+    std::fprintf(g_json,
+                 "{\"what\":\"%s\",\"dtype\":\"%s\",\"ctx\":%ld,\"n_splits\":%d,\"us\":%.3f,\"bytes\":%.0f,\"tbps\":%.4f}\n",
+                 what, dtype, ctx, n_splits, us, bytes, tbps);
+}
+
+// Random values of unit scale in f16/bf16 (as u16 bits), from a per-element hash: fills gigabytes in microseconds.
+__global__ void fill_random(uint16_t* p, size_t n, uint32_t seed, int is_bf16) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint32_t x = static_cast<uint32_t>(i) * 0x9E3779B1u ^ seed ^ static_cast<uint32_t>(i >> 32) * 0x85EBCA77u;
+    x ^= x >> 15;
+    x *= 0x2C1B3C6Du;
+    x ^= x >> 12;
+    x *= 0x297A2D39u;
+    x ^= x >> 15;
+    const float u = (static_cast<float>(x >> 8) * (1.0f / 16777216.0f) - 0.5f) * 3.4f;
+    p[i] = is_bf16 ? __bfloat16_as_ushort(__float2bfloat16(u)) : __half_as_ushort(__float2half(u));
+  }
+}
+
+// Reads n16 16-byte words, four loads in flight per thread per step; writes only if an impossible value appears,
+// so the reads cannot be optimized away.
+__global__ void read_only(const uint4* __restrict__ p, size_t n16, uint32_t* sink) {
+  uint32_t acc = 0;
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  for (; i + 3 * stride < n16; i += 4 * stride) {
+    const uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride), c = __ldcs(p + i + 2 * stride), d = __ldcs(p + i + 3 * stride);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+  }
+  for (; i < n16; i += stride) {
+    const uint4 a = __ldcs(p + i);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w;
+  }
+  if (acc == 0x7fc00001u) *sink = acc;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Median over `reps` replays of a graph holding `steps` launches; returns microseconds per launch.
+template <typename F>
+double time_graph(cudaStream_t st, int steps, int reps, F&& body) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < steps; ++i) body(i);
+  CK(cudaStreamEndCapture(st, &graph));
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  CK(cudaGraphLaunch(exec, st));  // warm-up
+  CK(cudaStreamSynchronize(st));
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    CK(cudaEventRecord(e0, st));
+    CK(cudaGraphLaunch(exec, st));
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    t.push_back(ms * 1e3 / steps);
+  }
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  return median(t);
+}
+
+struct KvCopy {
+  void* pool = nullptr;
+  int32_t *table = nullptr, *positions = nullptr, *n_tokens = nullptr;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1) g_json = std::fopen(argv[1], "w");
+  std::vector<long> contexts = {4096L, 32768L, 131072L};
+  if (argc > 2) contexts.clear();
+  for (int i = 2; i < argc; ++i) contexts.push_back(std::atol(argv[i]));
+  lc::DeviceInfo info;
+  if (lc::Status s = lc::device_query(&info); !s.ok()) {
+    std::printf("SKIP: %s\n", s.message().c_str());
+    return 77;
+  }
+  std::printf("device: %s, %d SMs, L2 %.0f MB\n", info.name.c_str(), info.n_sm, info.l2_bytes / 1e6);
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+
+  // Ceilings.
+  const size_t big = size_t{1} << 30;
+  void *src, *dst;
+  uint32_t* sink;
+  CK(cudaMalloc(&src, big));
+  CK(cudaMalloc(&dst, big));
+  CK(cudaMalloc(&sink, 4));
+  fill_random<<<4096, 256, 0, st>>>(static_cast<uint16_t*>(src), big / 2, 7, 1);
+  CK(cudaGetLastError());
+  const double copy_us = time_graph(st, 10, 7, [&](int) { CK(cudaMemcpyAsync(dst, src, big, cudaMemcpyDeviceToDevice, st)); });
+  const double copy_tbps = 2.0 * big / (copy_us * 1e-6) / 1e12;
+  record("copy", "-", 0, 0, copy_us, 2.0 * big, copy_tbps);
+  const double read_us = time_graph(st, 10, 7, [&](int) {
+    read_only<<<info.n_sm * 8, 512, 0, st>>>(static_cast<const uint4*>(src), big / 16, sink);
+  });
+  const double read_tbps = big / (read_us * 1e-6) / 1e12;
+  record("read", "-", 0, 0, read_us, static_cast<double>(big), read_tbps);
+  CK(cudaFree(src));
+  CK(cudaFree(dst));
+  std::printf("copy (D2D, read+write): %.3f TB/s    read-only kernel: %.3f TB/s\n", copy_tbps, read_tbps);
+
+  // Decode attention, Llama-3-8B shape.
+  const int32_t n_head = 32, n_head_kv = 8, d = 128, pt = 64;
+  struct Row {
+    const char* dtype;
+    long ctx;
+    int splits;
+    double us, tbps;
+  };
+  std::vector<Row> rows;
+  for (lc::KvDtype dt : {lc::KvDtype::BF16, lc::KvDtype::F16}) {
+    const char* dname = dt == lc::KvDtype::BF16 ? "bf16" : "f16";
+    for (long ctx : contexts) {
+      if (dt == lc::KvDtype::F16 && ctx != 32768) continue;  // f16 reads the same bytes; one size shows it
+      const int32_t n = static_cast<int32_t>(ctx);
+      const int32_t n_pages_head = (n + pt - 1) / pt;
+      const size_t page_bytes = 2 * static_cast<size_t>(pt) * d * 2;
+      const double kv_bytes = 2.0 * n * n_head_kv * d * 2;
+      const int n_copies = std::max(1, static_cast<int>(3.0 * info.l2_bytes / kv_bytes + 0.999));
+      std::vector<KvCopy> copies(static_cast<size_t>(n_copies) + 1);  // the last: pages in order, for comparison
+      std::mt19937 rng(42);
+      for (int ci = 0; ci <= n_copies; ++ci) {
+        KvCopy& kc = copies[static_cast<size_t>(ci)];
+        const int32_t n_pages = n_pages_head * n_head_kv;
+        CK(cudaMalloc(&kc.pool, static_cast<size_t>(n_pages) * page_bytes));
+        fill_random<<<4096, 256, 0, st>>>(static_cast<uint16_t*>(kc.pool), static_cast<size_t>(n_pages) * page_bytes / 2,
+                                          1000u + ci, dt == lc::KvDtype::BF16);
+        CK(cudaGetLastError());
+        std::vector<int32_t> ids(static_cast<size_t>(n_pages));
+        std::iota(ids.begin(), ids.end(), 0);
+        if (ci < n_copies) std::shuffle(ids.begin(), ids.end(), rng);  // pages scattered over the pool
+        std::vector<int32_t> pos(static_cast<size_t>(n) * n_head_kv), ntok(n_head_kv, n);
+        for (int32_t h = 0; h < n_head_kv; ++h)
+          for (int32_t i = 0; i < n; ++i) pos[static_cast<size_t>(h) * n + i] = i;
+        CK(cudaMalloc(&kc.table, ids.size() * 4));
+        CK(cudaMalloc(&kc.positions, pos.size() * 4));
+        CK(cudaMalloc(&kc.n_tokens, ntok.size() * 4));
+        CK(cudaMemcpy(kc.table, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(kc.positions, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(kc.n_tokens, ntok.data(), ntok.size() * 4, cudaMemcpyHostToDevice));
+      }
+      void *q, *out;
+      int32_t* qpos;
+      CK(cudaMalloc(&q, static_cast<size_t>(n_head) * d * 2));
+      CK(cudaMalloc(&out, static_cast<size_t>(n_head) * d * 2));
+      CK(cudaMalloc(&qpos, 4));
+      fill_random<<<16, 256, 0, st>>>(static_cast<uint16_t*>(q), static_cast<size_t>(n_head) * d, 5, dt == lc::KvDtype::BF16);
+      CK(cudaMemcpy(qpos, &n, 4, cudaMemcpyHostToDevice));
+      CK(cudaDeviceSynchronize());
+
+      auto view = [&](int ci) {
+        lc::PagedKvView kv;
+        kv.pool = copies[static_cast<size_t>(ci)].pool;
+        kv.page_table = copies[static_cast<size_t>(ci)].table;
+        kv.positions = copies[static_cast<size_t>(ci)].positions;
+        kv.n_tokens = copies[static_cast<size_t>(ci)].n_tokens;
+        kv.n_seq = 1;
+        kv.n_head_kv = n_head_kv;
+        kv.head_dim = d;
+        kv.page_tokens = pt;
+        kv.max_pages = n_pages_head;
+        kv.max_tokens = n;
+        kv.dtype = dt;
+        return kv;
+      };
+      const lc::DecodeAttentionParams p{n_head, 1.0f / std::sqrt(static_cast<float>(d)), 0};
+      lc::DecodeAttentionPlan auto_plan;
+      CS(lc::decode_attention_plan(p, view(0), n, &auto_plan));
+      // The planner's split count, and two others to show how sensitive the time is to it.
+      std::vector<int> split_options = {0, auto_plan.n_splits * 2, std::max(1, auto_plan.n_splits / 2)};
+      for (int so : split_options) {
+        lc::DecodeAttentionPlan plan;
+        CS(lc::decode_attention_plan(p, view(0), n, &plan, so));
+        void* ws = nullptr;
+        if (plan.workspace_bytes) CK(cudaMalloc(&ws, plan.workspace_bytes));
+        const int steps = std::max(20, n_copies * ((20 + n_copies - 1) / n_copies));
+        const double us = time_graph(st, steps, 9, [&](int i) {
+          CS(lc::decode_attention(p, plan, q, qpos, view(i % n_copies), out, ws, st));
+        });
+        const double tbps = kv_bytes / (us * 1e-6) / 1e12;
+        record(so == 0 ? "ours" : "ours_splits", dname, ctx, plan.n_splits, us, kv_bytes, tbps);
+        if (so == 0) rows.push_back({dname, ctx, plan.n_splits, us, tbps});
+        std::printf("decode %s ctx %6ld splits %4d%s: %8.2f us  %.3f TB/s\n", dname, ctx, plan.n_splits,
+                    so == 0 ? " (plan)" : "       ", us, tbps);
+        if (so == 0 && n_copies == 1) {  // the same step with the pages in pool order: what scattering costs
+          const double us2 = time_graph(st, steps, 9, [&](int) {
+            CS(lc::decode_attention(p, plan, q, qpos, view(n_copies), out, ws, st));
+          });
+          record("ours_pages_in_order", dname, ctx, plan.n_splits, us2, kv_bytes, kv_bytes / (us2 * 1e-6) / 1e12);
+          std::printf("decode %s ctx %6ld splits %4d pages in pool order: %8.2f us  %.3f TB/s\n", dname, ctx,
+                      plan.n_splits, us2, kv_bytes / (us2 * 1e-6) / 1e12);
+        }
+        if (ws) CK(cudaFree(ws));
+      }
+      for (auto& kc : copies) {
+        CK(cudaFree(kc.pool));
+        CK(cudaFree(kc.table));
+        CK(cudaFree(kc.positions));
+        CK(cudaFree(kc.n_tokens));
+      }
+      CK(cudaFree(q));
+      CK(cudaFree(out));
+      CK(cudaFree(qpos));
+    }
+  }
+  CK(cudaStreamDestroy(st));
+  std::printf("\n| kernel | dtype | context | splits | us | TB/s | of copy | of read |\n|---|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows)
+    std::printf("| longctx decode | %s | %ld | %d | %.1f | %.2f | %.2f | %.2f |\n", r.dtype, r.ctx, r.splits, r.us, r.tbps,
+                r.tbps / copy_tbps, r.tbps / read_tbps);
+  if (g_json) std::fclose(g_json);
+  return 0;
+}

@@ -1,0 +1,49 @@
+"""Prints the device run's closing table from attention_bench's and torch_sdpa_bench's JSON lines.
+Usage: report.py ours.jsonl torch.jsonl [check_status]"""
+import json
+import sys
+
+
+def load(path):
+    try:
+        return [json.loads(line) for line in open(path) if line.strip()]
+    except OSError:
+        return []
+
+
+ours, torch_rows = load(sys.argv[1]), load(sys.argv[2])
+check = sys.argv[3] if len(sys.argv) > 3 else "?"
+copy = next((r["tbps"] for r in ours if r["what"] == "copy"), float("nan"))
+read = next((r["tbps"] for r in ours if r["what"] == "read"), float("nan"))
+tcopy = next((r["tbps"] for r in torch_rows if r["what"] == "torch_copy"), float("nan"))
+
+
+def best_torch(backend, ctx):
+    rs = [r for r in torch_rows if r.get("what") == "torch" and r.get("backend") == backend and r.get("ctx") == ctx
+          and "tbps" in r]
+    return max(rs, key=lambda r: r["tbps"]) if rs else None
+
+
+print()
+print(f"ceilings: copy (cudaMemcpy D2D, read+write) {copy:.2f} TB/s; read-only kernel {read:.2f} TB/s; "
+      f"torch copy_ {tcopy:.2f} TB/s")
+print(f"correctness check: {check}")
+print()
+print("| decode, B=1, 32/8 heads, d=128 | context | splits | us | TB/s | of copy | "
+      "torch cudnn TB/s | torch flash TB/s | torch efficient TB/s | ours / best torch |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in ours:
+    if r["what"] != "ours":
+        continue
+    cells = []
+    best = 0.0
+    for b in ("cudnn", "flash", "efficient"):
+        t = best_torch(b, r["ctx"]) if r["dtype"] == "bf16" else None
+        if t:
+            cells.append(f"{t['tbps']:.2f} ({t['form']})")
+            best = max(best, t["tbps"])
+        else:
+            cells.append("-")
+    ratio = f"{r['tbps'] / best:.2f}x" if best else "-"
+    print(f"| longctx {r['dtype']} | {r['ctx'] // 1024}K | {r['n_splits']} | {r['us']:.1f} | {r['tbps']:.2f} | "
+          f"{r['tbps'] / copy:.2f} | {' | '.join(cells)} | {ratio} |")
