@@ -1,13 +1,20 @@
-// matmul against matmul_reference on random weights of every format and every SIMD target, and a small
-// benchmark (printed only).
+// matmul against matmul_reference on random weights of every format, every precision and every SIMD target, and
+// a small benchmark (printed only).
 //
-// Tolerance: |y - y_ref| <= 1e-5 * sum_k |x_k * w_k| per output. Both sides see identical weights (the SIMD
-// dequantizers are exact, see quant.cpp), so they differ only by summation: matmul adds the n_in products in f32
-// (the panel kernel sequentially per output, the rows kernel in N lane-wise partial sums), the reference in
-// double. A sequential f32 sum of n terms errs by at most about n * 2^-24 * sum|terms|, and in practice, the
-// roundings behaving like a random walk, by about sqrt(n) * 2^-24 * sum|terms|: 3e-6 at n_in = 2048, the largest
-// here. 1e-5 leaves margin over that (the worst seen is printed, about 3e-7), while a wrong layout, scale, tail
-// or row is off by a good fraction of sum|x*w|.
+// Tolerance: |y - y_ref| <= 1e-5 * sum_k |x_k * w_k| per output, where for the quantized precisions the
+// reference is given the activations as that path rounds them (quantized per 32 values, then dequantized: the
+// test does it on its own, from the rule in matmul_q8.h). Both sides then see identical values (the SIMD
+// dequantizers are exact, see quant.cpp, and the int8 products and block sums are exact in i32), so they differ
+// only by summation: matmul adds in f32 (the panel kernel sequentially per output, the rows kernels in lane-wise
+// partial sums of products or of block sums), the reference in double. A sequential f32 sum of n terms errs by at
+// most about n * 2^-24 * sum|terms|, and in practice, the roundings behaving like a random walk, by about
+// sqrt(n) * 2^-24 * sum|terms|: 3e-6 at n_in = 2048, the largest here. 1e-5 leaves margin over that (the worst
+// seen is printed, about 3e-7), while a wrong layout, scale, tail or row is off by a good fraction of sum|x*w|,
+// and one activation rounded differently by about 1e-3 of it.
+//
+// The quantized paths against the exact product: rounding x to the nearest multiple of d moves it by at most
+// d / 2 (two planes: d, where q2 is clamped), so |y - y_exact| <= sum_k |w_k| * d_k (/ 2) (d_k the scale of
+// x_k's block), plus the f32 slack above; checked too.
 #include <gtest/gtest.h>
 #include <hwy/targets.h>
 
@@ -16,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -96,49 +104,132 @@ const Shape kShapes[] = {{1, 32, 1},   {37, 576, 1},   {5, 100, 2},    {33, 256,
                          {70, 320, 29}, {17, 1024, 37}, {3, 64, 64},   {32, 128, 16}};
 
 // Runs body once for each SIMD target matmul was built for that this CPU has (the fallback always), so the
-// AVX2 and scalar code is checked on an AVX-512 machine too.
+// AVX2 and scalar code is checked on an AVX-512 machine too. AVX3_DL runs the int8 kernels with VNNI (the f32
+// ones as AVX3), AVX3 without; the fallback has no int8 kernels and dequantizes the activations.
 template <typename F>
 void for_each_target(F body) {
   const int64_t supported = hwy::SupportedTargets();  // before the mock below changes what it returns
-  for (int64_t target : {int64_t{HWY_AVX3}, int64_t{HWY_AVX2}, int64_t{HWY_SCALAR}}) {
+  for (int64_t target : {int64_t{HWY_AVX3_DL}, int64_t{HWY_AVX3}, int64_t{HWY_AVX2}, int64_t{HWY_SCALAR}}) {
     if (target != HWY_SCALAR && (supported & target) == 0) continue;
-    hwy::SetSupportedTargetsForTest(target);
-    body(cpu::matmul_target_name());
+    // The target and every lesser one (larger bits): each file then picks its best up to the target.
+    hwy::SetSupportedTargetsForTest((supported & ~(target - 1)) | HWY_SCALAR);
+    const std::string name = std::string(cpu::matmul_target_name()) + "/" + cpu::matmul_q8_target_name();
+    body(name.c_str());
   }
   hwy::SetSupportedTargetsForTest(0);
 }
 
+bool is_float_format(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
+
+// The activations as the quantized precisions round them (matmul_q8.h): per block of 32, m = max|x|, y = x *
+// (127 / m) and q = round-half-even(y) in f32; with two planes also q2 = round((y - q) * 256) clamped to +-127.
+// Returns d * Q in double (Q = q or 256 q + q2, d = m / 127 or m / 127 / 256), and each value's d in scale.
+std::vector<double> quantized_round_trip(const std::vector<float>& x, int n_planes, std::vector<double>* scale) {
+  std::vector<double> out(x.size());
+  scale->resize(x.size());
+  for (size_t b = 0; b < x.size(); b += 32) {
+    float mx = 0.0f;
+    for (size_t k = b; k < b + 32; ++k) mx = std::max(mx, std::fabs(x[k]));
+    const float id = mx > 0.0f ? 127.0f / mx : 0.0f;
+    const float d = n_planes == 2 ? mx / 127.0f / 256.0f : mx / 127.0f;
+    for (size_t k = b; k < b + 32; ++k) {
+      const float y = x[k] * id;
+      const float q = std::nearbyint(y);
+      double qq = q;
+      if (n_planes == 2) qq = 256.0 * q + std::clamp(std::nearbyint((y - q) * 256.0f), -127.0f, 127.0f);
+      out[k] = static_cast<double>(d) * qq;
+      (*scale)[k] = d;
+    }
+  }
+  return out;
+}
+
+// y (n_tok, n_out) = x * W^T in double from dequantized weights and double activations.
+std::vector<double> reference_double(GgmlType t, const std::vector<uint8_t>& w, int64_t n_out, int64_t n_in,
+                                     const std::vector<double>& x, int64_t n_tok) {
+  std::vector<double> y(static_cast<size_t>(n_tok * n_out));
+  std::vector<float> row(static_cast<size_t>(n_in));
+  for (int64_t r = 0; r < n_out; ++r) {
+    cpu::dequantize_row(t, w.data() + static_cast<size_t>(r) * ggml_row_bytes(t, n_in), row.data(), n_in);
+    for (int64_t i = 0; i < n_tok; ++i) {
+      double s = 0.0;
+      for (int64_t k = 0; k < n_in; ++k) s += row[k] * x[i * n_in + k];
+      y[i * n_out + r] = s;
+    }
+  }
+  return y;
+}
+
 void check_against_reference(const char* target) {
+  using cpu::MatmulPrecision;
+  const MatmulPrecision kPrecisions[] = {MatmulPrecision::F32, MatmulPrecision::Q16Activations,
+                                         MatmulPrecision::Q8Activations};
+  const char* kNames[] = {"F32", "Q16", "Q8"};
   std::mt19937 rng(1234);
   ThreadPool pool1(1), pool3(3);
   for (GgmlType t : kFormats) {
     const auto tr = ggml_traits(t);
-    double worst = 0.0;  // largest |y - y_ref| / sum|x*w| seen for this format
+    double worst[3] = {0, 0, 0};        // per precision: largest |y - y_ref| / sum|x*w| where it applied
+    double worst_exact[3] = {0, 0, 0};  // per quantized precision: largest |y - y_exact| / its bound
     for (const Shape& s : kShapes) {
       const int64_t n_in = (s.n_in + tr.block_values - 1) / tr.block_values * tr.block_values;
       const auto w = random_weights(t, s.n_out, n_in, rng);
       std::vector<float> x(static_cast<size_t>(s.n_tok * n_in));  // (n_tok, n_in)
       std::normal_distribution<float> normal(0.0f, 1.0f);
       for (auto& v : x) v = normal(rng);
-      std::vector<float> ref(static_cast<size_t>(s.n_tok * s.n_out));  // (n_tok, n_out)
-      cpu::matmul_reference(t, w.data(), s.n_out, n_in, x.data(), s.n_tok, ref.data());
       const auto scale = abs_dot(t, w, s.n_out, n_in, x, s.n_tok);
-      for (ThreadPool* pool : {&pool1, &pool3}) {
-        std::vector<float> y(ref.size(), std::nanf(""));  // NaN: an output never written fails
-        cpu::matmul(*pool, t, w.data(), s.n_out, n_in, x.data(), s.n_tok, y.data());
-        int n_bad = 0;
-        for (size_t i = 0; i < y.size(); ++i) {
-          const double err = std::fabs(static_cast<double>(y[i]) - ref[i]);
-          const double tol = 1e-5 * scale[i] + 1e-30;
-          if (scale[i] > 0) worst = std::max(worst, err / scale[i]);
-          if (!(err <= tol) && ++n_bad <= 3)
-            ADD_FAILURE() << target << " " << tr.name << " n_out " << s.n_out << " n_in " << n_in << " n_tok " << s.n_tok
-                          << " threads " << pool->n_threads() << ": y[" << i / s.n_out << ", " << i % s.n_out
-                          << "] = " << y[i] << ", reference " << ref[i] << ", tolerance " << tol;
+      const std::vector<double> xd(x.begin(), x.end());
+      const auto exact = reference_double(t, w, s.n_out, n_in, xd, s.n_tok);
+      {  // matmul_reference is the double product of the f32 activations
+        std::vector<float> ref(exact.size());
+        cpu::matmul_reference(t, w.data(), s.n_out, n_in, x.data(), s.n_tok, ref.data());
+        for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(ref[i], static_cast<float>(exact[i]));
+      }
+      for (int p = 0; p < 3; ++p) {
+        // The quantized precisions apply below 8 tokens, to quantized weights; elsewhere they are F32.
+        const bool quantized = p > 0 && s.n_tok < 8 && !is_float_format(t);
+        std::vector<double> xs;  // (n_tok, n_in): the scale of each activation's block
+        const auto ref = quantized ? reference_double(t, w, s.n_out, n_in, quantized_round_trip(x, 3 - p, &xs), s.n_tok)
+                                   : exact;
+        std::vector<double> bound;  // (n_tok, n_out): sum_k |w_k| d_k (/ 2), the rounding's worst effect
+        if (quantized) {
+          bound.assign(exact.size(), 0.0);
+          std::vector<float> row(static_cast<size_t>(n_in));
+          for (int64_t r = 0; r < s.n_out; ++r) {
+            cpu::dequantize_row(t, w.data() + static_cast<size_t>(r) * ggml_row_bytes(t, n_in), row.data(), n_in);
+            for (int64_t i = 0; i < s.n_tok; ++i)
+              for (int64_t k = 0; k < n_in; ++k)
+                bound[i * s.n_out + r] += std::fabs(row[k]) * xs[i * n_in + k] * (p == 1 ? 1.0 : 0.5);
+          }
+        }
+        for (ThreadPool* pool : {&pool1, &pool3}) {
+          std::vector<float> y(ref.size(), std::nanf(""));  // NaN: an output never written fails
+          cpu::matmul(*pool, t, w.data(), s.n_out, n_in, x.data(), s.n_tok, y.data(), kPrecisions[p]);
+          int n_bad = 0;
+          auto report = [&](size_t i, const char* what, double got, double want, double tol) {
+            if (++n_bad <= 3)
+              ADD_FAILURE() << target << " " << tr.name << " " << kNames[p] << " n_out " << s.n_out << " n_in " << n_in
+                            << " n_tok " << s.n_tok << " threads " << pool->n_threads() << ": y[" << i / s.n_out << ", "
+                            << i % s.n_out << "] = " << got << ", " << what << " " << want << ", tolerance " << tol;
+          };
+          for (size_t i = 0; i < y.size(); ++i) {
+            const double err = std::fabs(static_cast<double>(y[i]) - ref[i]);
+            const double tol = 1e-5 * scale[i] + 1e-30;
+            if (scale[i] > 0 && (p == 0 || quantized)) worst[p] = std::max(worst[p], err / scale[i]);
+            if (!(err <= tol)) report(i, "reference", y[i], ref[i], tol);
+            if (quantized) {
+              const double err_exact = std::fabs(static_cast<double>(y[i]) - exact[i]);
+              const double tol_exact = bound[i] + 1e-5 * scale[i];
+              if (bound[i] > 0) worst_exact[p] = std::max(worst_exact[p], err_exact / bound[i]);
+              if (!(err_exact <= tol_exact)) report(i, "exact product", y[i], exact[i], tol_exact);
+            }
+          }
         }
       }
     }
-    std::printf("%-6s %-5s worst |y - y_ref| / sum|x*w| = %.2e\n", target, std::string(tr.name).c_str(), worst);
+    std::printf("%-14s %-5s |y - y_ref| / sum|x*w|: F32 %.1e, Q16 %.1e, Q8 %.1e; |y - y_exact| / bound: Q16 %.2f, "
+                "Q8 %.2f\n", target, std::string(tr.name).c_str(), worst[0], worst[1], worst[2], worst_exact[1],
+                worst_exact[2]);
   }
 }
 
@@ -156,7 +247,8 @@ TEST(Matmul, RejectsBadInput) {
 // Rates on the shapes of the real models, printed for the record (no assertion: shared machines drift).
 // GFLOP/s counts 2 * n_out * n_in * n_tok; weight GB/s the bytes of W read per call. "hot" repeats one matrix,
 // which then sits in L2/L3 (the compute rate); "cold" cycles through copies filling 4x a 32 MiB L3, as decode
-// streams a whole model from DRAM (the bandwidth a token actually gets).
+// streams a whole model from DRAM (the bandwidth a token actually gets). Decode (n_tok 1) is timed in every
+// precision; prefill (n_tok 256) is F32 in all.
 TEST(MatmulBench, Rates) {
 #ifndef NDEBUG
   GTEST_SKIP() << "timings of a debug build mean nothing";
@@ -168,10 +260,12 @@ TEST(MatmulBench, Rates) {
   };
   const Case cases[] = {{GgmlType::Q4_1, 1536, 576, "SmolLM2 ffn_up/gate"},
                         {GgmlType::Q4_1, 576, 1536, "SmolLM2 ffn_down"},
+                        {GgmlType::Q8_0, 49152, 576, "SmolLM2 output"},
                         {GgmlType::Q4_K, 640, 2048, "gemma3 attn_output/ffn_down shape"},
                         {GgmlType::Q6_K, 640, 2048, "gemma3 ffn_down"},
-                        {GgmlType::Q5_0, 2048, 640, "gemma3 ffn_up/gate"}};
-  std::printf("SIMD target %s\n", cpu::matmul_target_name());
+                        {GgmlType::Q5_0, 2048, 640, "gemma3 ffn_up/gate"},
+                        {GgmlType::Q8_0, 262144, 640, "gemma3 output"}};
+  std::printf("SIMD target %s, int8 kernels %s\n", cpu::matmul_target_name(), cpu::matmul_q8_target_name());
   std::mt19937 rng(7);
   const int n_hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   auto seconds = [](auto&& f) {
@@ -182,13 +276,22 @@ TEST(MatmulBench, Rates) {
   for (const Case& c : cases) {
     const auto w = random_weights(c.t, c.n_out, c.n_in, rng);
     const size_t n_copies = (128u << 20) / w.size() + 1;
-    std::vector<uint8_t> copies(w.size() * n_copies);  // (n_copies, n_out, row bytes)
-    for (size_t i = 0; i < n_copies; ++i) std::memcpy(copies.data() + i * w.size(), w.data(), w.size());
+    std::vector<uint8_t> copies(n_copies > 1 ? w.size() * n_copies : 0);  // (n_copies, n_out, row bytes)
+    for (size_t i = 0; i < n_copies && n_copies > 1; ++i) std::memcpy(copies.data() + i * w.size(), w.data(), w.size());
+    const uint8_t* cold = n_copies > 1 ? copies.data() : w.data();  // a matrix past 128 MiB is cold by itself
     for (int n_threads : {1, n_hw}) {
       ThreadPool pool(n_threads);
-      for (int64_t n_tok : {int64_t{1}, int64_t{256}}) {
-        std::vector<float> x(static_cast<size_t>(n_tok * c.n_in), 0.5f), y(static_cast<size_t>(n_tok * c.n_out));
-        auto call = [&](const uint8_t* wi) { cpu::matmul(pool, c.t, wi, c.n_out, c.n_in, x.data(), n_tok, y.data()); };
+      for (auto [n_tok, precision] : {std::pair{int64_t{1}, cpu::MatmulPrecision::Q8Activations},
+                                      std::pair{int64_t{1}, cpu::MatmulPrecision::Q16Activations},
+                                      std::pair{int64_t{1}, cpu::MatmulPrecision::F32},
+                                      std::pair{int64_t{256}, cpu::MatmulPrecision::F32}}) {
+        if (n_tok > 1 && c.n_out > 100000) continue;  // prefill never sees the whole vocabulary
+        std::vector<float> x(static_cast<size_t>(n_tok * c.n_in)), y(static_cast<size_t>(n_tok * c.n_out));
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        for (auto& v : x) v = normal(rng);
+        auto call = [&](const uint8_t* wi) {
+          cpu::matmul(pool, c.t, wi, c.n_out, c.n_in, x.data(), n_tok, y.data(), precision);
+        };
         call(w.data());  // warm up
         double best = 1e30, total = 0.0;
         for (int rep = 0; rep < 1000 && total < 0.2; ++rep) {
@@ -197,17 +300,21 @@ TEST(MatmulBench, Rates) {
           total += dt;
         }
         const double flop = 2.0 * static_cast<double>(c.n_out * c.n_in * n_tok);
-        std::printf("%-5s n_out %5lld n_in %5lld n_tok %3lld threads %d: hot %8.1f us %6.1f GFLOP/s %6.2f GB/s",
+        std::printf("%-5s n_out %6lld n_in %5lld n_tok %3lld threads %d %-3s: hot %8.1f us %6.1f GFLOP/s %6.2f GB/s",
                     std::string(ggml_traits(c.t).name).c_str(), static_cast<long long>(c.n_out),
-                    static_cast<long long>(c.n_in), static_cast<long long>(n_tok), n_threads, best * 1e6,
-                    flop / best * 1e-9, static_cast<double>(w.size()) / best * 1e-9);
+                    static_cast<long long>(c.n_in), static_cast<long long>(n_tok), n_threads,
+                    precision == cpu::MatmulPrecision::F32   ? "F32"
+                    : precision == cpu::MatmulPrecision::Q8Activations ? "Q8"
+                                                                         : "Q16",
+                    best * 1e6, flop / best * 1e-9,
+                    static_cast<double>(w.size()) / best * 1e-9);
         if (n_tok == 1) {
           double dt = 1e30;  // best of 5 passes: a pass is one timing, exposed to other work on the machine
           for (int pass = 0; pass < 5; ++pass)
             dt = std::min(dt, seconds([&] {
-                                for (size_t i = 0; i < n_copies; ++i) call(copies.data() + i * w.size());
+                                for (size_t i = 0; i < n_copies; ++i) call(cold + (n_copies > 1 ? i * w.size() : 0));
                               }) / static_cast<double>(n_copies));
-          std::printf(" | cold %6.1f us %6.2f GB/s", dt * 1e6, static_cast<double>(w.size()) / dt * 1e-9);
+          std::printf(" | cold %7.1f us %6.2f GB/s", dt * 1e6, static_cast<double>(w.size()) / dt * 1e-9);
         }
         std::printf("  (%s)\n", c.what);
       }

@@ -1,45 +1,76 @@
 #include "core/thread_pool.h"
 
+#include <algorithm>
+
 namespace longctx {
+
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Pauses a worker spins before it sleeps (~0.5 ms): decode's next region usually follows within microseconds,
+// a new request after milliseconds.
+constexpr int kSpinsBeforeSleep = 20000;
+// Pauses the caller spins on unfinished tasks before it yields its core to them.
+constexpr int kSpinsBeforeYield = 2000;
+
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
+  stop_.store(true);
+  generation_.fetch_add(1);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-    generation_.fetch_add(1);
+    cv_.notify_all();
   }
-  cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::worker_loop(int /*index*/) {
-  uint64_t seen = 0;
+void ThreadPool::work(uint32_t generation) {
   for (;;) {
-    // Spin a little: the next parallel region usually follows within microseconds.
-    for (int spin = 0; spin < 20000 && generation_.load(std::memory_order_acquire) == seen; ++spin) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
-    }
-    const std::function<void(int64_t)>* job;
-    int64_t n;
-    {
+    uint64_t c = claim_.load();
+    if (static_cast<uint32_t>(c >> 32) != generation) return;
+    // fn_ and n_ are this generation's while claim_ still carries it: run writes claim_ first and starts a
+    // new generation only when every task of this one is done, so the exchange below fails on a stale read.
+    const auto* fn = fn_.load();
+    const int64_t n = n_.load();
+    const int64_t i = static_cast<int64_t>(c & 0xffffffffu);
+    if (i >= n) return;
+    if (!claim_.compare_exchange_weak(c, c + 1)) continue;
+    (*fn)(i);
+    done_.fetch_add(1, std::memory_order_release);
+  }
+}
+
+void ThreadPool::worker_loop(int /*index*/) {
+  uint32_t seen = 0;
+  for (;;) {
+    uint32_t g;
+    int spins = 0;
+    while ((g = generation_.load(std::memory_order_acquire)) == seen) {
+      if (++spins < kSpinsBeforeSleep) {
+        cpu_relax();
+        continue;
+      }
+      // Registered as sleeping before the last look at generation_ (both seq_cst, as run's store and load):
+      // either this look sees the new generation or run sees the sleeper and notifies under the mutex.
       std::unique_lock<std::mutex> lock(mu_);
+      n_sleeping_.fetch_add(1);
       cv_.wait(lock, [&] { return generation_.load() != seen; });
-      seen = generation_.load();
-      if (stop_) return;
-      job = job_;
-      n = job_n_;
+      n_sleeping_.fetch_sub(1);
+      spins = 0;
     }
-    for (int64_t i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) (*job)(i);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (++n_done_ == static_cast<int>(workers_.size())) done_cv_.notify_one();
-    }
+    seen = g;
+    if (stop_.load()) return;
+    work(g);
   }
 }
 
@@ -49,21 +80,32 @@ void ThreadPool::run(int64_t n, const std::function<void(int64_t)>& fn) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_ = &fn;
-    job_n_ = n;
-    n_done_ = 0;
-    next_.store(0);
-    generation_.fetch_add(1, std::memory_order_release);
+  constexpr int64_t kMaxTasks = int64_t{1} << 31;  // task indices live in 32 bits of claim_
+  if (n > kMaxTasks) {
+    for (int64_t base = 0; base < n; base += kMaxTasks)
+      run(std::min(kMaxTasks, n - base), [&](int64_t i) { fn(base + i); });
+    return;
   }
-  cv_.notify_all();
-  for (int64_t i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) fn(i);
-  // Every worker checks in once per generation, so none can still hold fn, or take a task of the
-  // next run with this run's fn, after we return.
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return n_done_ == static_cast<int>(workers_.size()); });
-  job_ = nullptr;
+  const uint32_t g = generation_.load() + 1;  // only run (one caller at a time) advances it
+  claim_.store(static_cast<uint64_t>(g) << 32);
+  fn_.store(&fn);
+  n_.store(n);
+  done_.store(0);
+  generation_.store(g);
+  if (n_sleeping_.load() > 0) {
+    std::lock_guard<std::mutex> lock(mu_);
+    cv_.notify_all();
+  }
+  work(g);
+  // Every task is claimed; wait for those still running elsewhere. After this no worker calls fn: a late one
+  // fails to claim, its generation being over once claim_ runs out.
+  for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
+    if (spins < kSpinsBeforeYield) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 void ThreadPool::split(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {

@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "backend/cpu/matmul_q8.h"
 #include "backend/cpu/quant.h"
 #include "core/error.h"
 #include "core/fp16.h"
@@ -282,6 +283,7 @@ struct DotSink {
 // ---- rows path (decode) ----
 
 // From this many tokens on, packing a panel costs less than dequantizing once per group of 4 tokens (measured).
+// matmul's kQuantizedMaxTok is the same bound.
 constexpr int64_t kPanelMinTok = 8;
 
 // y (n_valid, n_out) at rows r0 .. r0 + 4 for tokens x (n_valid, n_in), dequantization fused with the dot
@@ -554,15 +556,29 @@ HWY_EXPORT(MatmulImpl);
 HWY_EXPORT(TargetName);
 
 const char* matmul_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
+const char* matmul_q8_target_name() { return q8::target_name(); }
 
 void matmul(ThreadPool& pool, GgmlType t, const void* w, int64_t n_out, int64_t n_in, const float* x,
-            int64_t n_tok, float* y) {
+            int64_t n_tok, float* y, MatmulPrecision precision) {
   if (!quant_supported(t)) fail("matmul: unsupported weight format {}", static_cast<uint32_t>(t));
   const auto tr = ggml_traits(t);
   if (n_out < 0 || n_in < 0 || n_tok < 0 || n_in % tr.block_values != 0)
     fail("matmul: bad shape n_out {} n_in {} n_tok {} for {} (blocks of {})", n_out, n_in, n_tok, tr.name,
          tr.block_values);
   if (n_out == 0 || n_tok == 0) return;
+  constexpr int64_t kQuantizedMaxTok = 8;  // below it the rows path runs, where reading the weights dominates
+  const bool float_weights = t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16;
+  if (precision != MatmulPrecision::F32 && n_tok < kQuantizedMaxTok && !float_weights) {
+    // The calling thread's buffers: quantizing costs about a microsecond, the workers only read it.
+    thread_local q8::Activations xq;
+    q8::quantize(x, n_tok, n_in, precision == MatmulPrecision::Q16Activations ? 2 : 1, xq);
+    if (q8::matmul(pool, t, w, n_out, xq, y)) return;
+    // No int8 kernels on this CPU: the same product from the dequantized activations.
+    thread_local std::vector<float> xd;  // (n_tok, n_in)
+    xd.resize(static_cast<size_t>(n_tok * n_in));
+    for (int64_t i = 0; i < n_tok * n_in; ++i) xd[static_cast<size_t>(i)] = xq.value(i);
+    x = xd.data();
+  }
   HWY_DYNAMIC_DISPATCH(MatmulImpl)(pool, t, w, n_out, n_in, x, n_tok, y);
 }
 

@@ -1,5 +1,5 @@
 // The CPU matrix product of activations with GGUF weights: y = x * W^T, with W in any weight format of quant.h.
-// f32 activations and f32 accumulation: the weights are dequantized on the fly, the activations never quantized.
+// f32 accumulation; the activations stay f32, or for small batches are quantized to 8 bits (MatmulPrecision).
 #pragma once
 #include <cstdint>
 
@@ -8,15 +8,34 @@
 
 namespace longctx::cpu {
 
+// What the activations are multiplied as. The quantized precisions apply to calls of fewer than 8 tokens
+// (decode, small batches) with a quantized weight format: the activations are quantized per 32 values (as
+// llama.cpp's Q8_0: d = max|x| / 127) and multiplied in integer dot products, a fraction of the work per weight
+// byte, so decode runs at memory bandwidth. Larger calls (prefill, compute-bound, where f32 is faster than
+// packing twice) and float weight formats are computed as F32.
+enum class MatmulPrecision {
+  // f32 activations times dequantized weights: the exact product up to the order of the f32 sums.
+  F32,
+  // 16-bit activations, as two int8 planes (x ~ d (256 q + q2)): each value off by at most d / 512, two integer
+  // dot products per block. End to end within 1e-3 of F32 on the logits goldens (model_logits_test).
+  Q16Activations,
+  // 8-bit activations (x ~ d q), llama.cpp's numerics: each value off by at most d / 2. The fastest; logits
+  // move by up to ~1 (measured on the goldens with every matmul quantized).
+  Q8Activations,
+};
+
 // y (n_tok, n_out) = x (n_tok, n_in) * W^T. W (n_out, n_in) is row-major, each row ggml_row_bytes(t, n_in) bytes
 // in format t (n_in a multiple of its block size). y must not overlap x or W. Threads split the output rows.
-// Every weight is dequantized once per call (decode, n_tok < 4: once per row into a small buffer; prefill: once
-// per panel of rows, transposed for an outer-product kernel). Throws Error for an unsupported format or shape.
+// Every weight is read once per call (n_tok < 8: once per group of 4 tokens, fused with the dot products;
+// prefill: dequantized once per panel of rows, transposed for an outer-product kernel). Throws Error for an
+// unsupported format or shape.
 void matmul(ThreadPool& pool, GgmlType t, const void* w, int64_t n_out, int64_t n_in, const float* x,
-            int64_t n_tok, float* y);
+            int64_t n_tok, float* y, MatmulPrecision precision = MatmulPrecision::Q16Activations);
 
-// The SIMD target matmul dispatches to on this CPU, as Highway names it ("AVX3", "AVX2", "SCALAR"): for logs.
+// The SIMD target matmul dispatches to on this CPU, as Highway names it ("AVX3", "AVX2", "SCALAR"), and the one
+// of the quantized-activation kernels ("AVX3_DL" with VNNI): for logs.
 const char* matmul_target_name();
+const char* matmul_q8_target_name();
 
 // The straightforward reference of the same: dequantize_row, then a dot product accumulated in double.
 void matmul_reference(GgmlType t, const void* w, int64_t n_out, int64_t n_in, const float* x, int64_t n_tok,
