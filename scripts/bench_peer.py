@@ -17,9 +17,10 @@ pp and for every tg token, and no sampling.
 Interleaving: for every (depth, round) one `longctx bench --json` process runs the round's repetitions of pp and tg,
 then one child Python process runs the same on llama.cpp (the order alternates between rounds, so drift on a
 shared machine hits both alike). Figures are medians over all rounds x reps; "best / best" is the ratio of the two
-fastest runs, the steadier figure when other work shares the cores (other load only ever slows a run down). Each side runs in its own process, so
-its peak RSS (VmHWM) is its own; the llama.cpp child's figure is shown less the Python interpreter's resident
-memory measured before the model is loaded (llama-cpp-python's imports, numpy included).
+fastest runs, the steadier figure when other work shares the cores (other load only ever slows a run down). Each
+side runs in its own process, so its peak RSS (VmHWM) is its own; the llama.cpp child's figure is shown less the
+Python interpreter's resident memory measured before the model is loaded (llama-cpp-python's imports, numpy
+included).
 
 llama.cpp settings: flash_attn=True, n_batch = n_ubatch = 512, n_threads = n_threads_batch = --threads,
 type_k = type_v = f16, n_ctx = depth + max(N_pp, N_tg), mmap on (as longctx). Gemma 3's sliding-window layers use
@@ -261,7 +262,8 @@ def main() -> None:
     copies = [r["copy"] for r in rows if r["copy"] is not None]
     print()
     if copies:
-        print(f"copy bandwidth (longctx bench, memcpy read + write bytes, best of 5): {statistics.median(copies):.2f} GB/s")
+        print(f"copy bandwidth (measured by longctx bench: memcpy over {a.threads} threads, read + write bytes, "
+              f"best of 10; median over rounds): {statistics.median(copies):.2f} GB/s")
     if rows:
         print(f"llama.cpp peak RSS is the child's VmHWM less its Python baseline of {mib(rows[0]['r_base'])} "
               f"(interpreter and imports, measured before the model loads); "

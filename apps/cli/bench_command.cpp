@@ -347,7 +347,8 @@ std::string test_name(const CaseResult& r) {
 int bench_command(const BenchOptions& o) {
   const std::vector<int32_t> depths = parse_depth_list(o.depths);
   if (o.n_prompt == 0 && o.n_gen == 0) fail("nothing to measure: -p and -n are both 0");
-  const int n_threads = o.n_threads > 0 ? o.n_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int n_threads =
+      o.n_threads > 0 ? o.n_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   auto model = Model::load(o.model);
   const ModelConfig& c = model->config();
   auto policy = kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv);
@@ -453,13 +454,14 @@ int bench_command(const BenchOptions& o) {
     fmt::print("| {} | {} | {} | {} | {} | {:.2f} | {:.2f} | {:.2f} .. {:.2f} | {} | {} |\n", model_name, n_threads,
                kv_name, test_name(r), r.depth, s.median, s.stddev, s.min, s.max, gb, pct);
   }
-  fmt::print("\nmedian of {} reps. pp: {} tokens in forwards of up to {}, last row's logits; tg: one token per forward, "
-             "fixed token ids (seed {}), logits computed, no sampling.\n",
+  fmt::print("\nmedian of {} reps. pp: {} tokens in forwards of up to {}, last row's logits; tg: one token per "
+             "forward, fixed token ids (seed {}), logits computed, no sampling.\n",
              o.n_reps, o.n_prompt, o.n_batch, o.seed);
   fmt::print("decode GB/s = ({} of weights + KV read at that depth) per token x tok/s, against a copy bandwidth of "
              "{:.2f} GB/s\n(memcpy of 2 x {} with {} threads, read + write bytes, best of {}). peak RSS: {}\n",
-             human_bytes(static_cast<double>(weight_bytes)), copy_gbs, human_bytes(static_cast<double>(bw.buffer_bytes)),
-             bw.n_threads, bw.n_reps, human_bytes(static_cast<double>(rss)));
+             human_bytes(static_cast<double>(weight_bytes)), copy_gbs,
+             human_bytes(static_cast<double>(bw.buffer_bytes)), bw.n_threads, bw.n_reps,
+             human_bytes(static_cast<double>(rss)));
   return 0;
 }
 
