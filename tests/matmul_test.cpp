@@ -235,6 +235,41 @@ void check_against_reference(const char* target) {
 
 TEST(Matmul, MatchesReference) { for_each_target(check_against_reference); }
 
+// matmul_multi computes each product as matmul does: the same rows by the same kernels, so the same bits, whatever
+// the split of the concatenated rows between threads (row counts not multiples of 4 included).
+TEST(Matmul, MultiEqualsSeparateCalls) {
+  std::mt19937 rng(99);
+  const int64_t n_in = 512;
+  const std::pair<GgmlType, int64_t> weights[] = {
+      {GgmlType::Q5_0, 37}, {GgmlType::Q8_0, 64}, {GgmlType::F16, 5}, {GgmlType::Q4_K, 130}, {GgmlType::Q6_K, 3}};
+  std::vector<std::vector<uint8_t>> w;
+  for (const auto& [t, n_out] : weights) w.push_back(random_weights(t, n_out, n_in, rng));
+  ThreadPool pool1(1), pool3(3);
+  for (int64_t n_tok : {1, 3, 9}) {
+    std::vector<float> x(static_cast<size_t>(n_tok * n_in));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (auto& v : x) v = normal(rng);
+    for (auto precision : {cpu::MatmulPrecision::F32, cpu::MatmulPrecision::Q16Activations,
+                           cpu::MatmulPrecision::Q8Activations})
+      for (ThreadPool* pool : {&pool1, &pool3}) {
+        std::vector<std::vector<float>> y_multi, y_single;
+        std::vector<cpu::MatmulOutput> outs;
+        for (size_t i = 0; i < w.size(); ++i) {
+          const auto [t, n_out] = weights[i];
+          y_multi.emplace_back(static_cast<size_t>(n_tok * n_out), std::nanf(""));
+          y_single.emplace_back(static_cast<size_t>(n_tok * n_out), std::nanf(""));
+          cpu::matmul(*pool, t, w[i].data(), n_out, n_in, x.data(), n_tok, y_single[i].data(), precision);
+          outs.push_back({t, w[i].data(), n_out, y_multi[i].data()});
+        }
+        cpu::matmul_multi(*pool, outs.data(), static_cast<int>(outs.size()), n_in, x.data(), n_tok, precision);
+        for (size_t i = 0; i < w.size(); ++i)
+          for (size_t j = 0; j < y_multi[i].size(); ++j)
+            ASSERT_EQ(y_multi[i][j], y_single[i][j]) << "weight " << i << " n_tok " << n_tok << " output " << j
+                                                     << " threads " << pool->n_threads();
+      }
+  }
+}
+
 TEST(Matmul, RejectsBadInput) {
   ThreadPool pool(1);
   std::vector<uint8_t> w(4096);

@@ -558,28 +558,53 @@ HWY_EXPORT(TargetName);
 const char* matmul_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
 const char* matmul_q8_target_name() { return q8::target_name(); }
 
+void matmul_multi(ThreadPool& pool, const MatmulOutput* outputs, int n_outputs, int64_t n_in, const float* x,
+                  int64_t n_tok, MatmulPrecision precision) {
+  for (int i = 0; i < n_outputs; ++i) {
+    const MatmulOutput& o = outputs[i];
+    if (!quant_supported(o.t)) fail("matmul: unsupported weight format {}", static_cast<uint32_t>(o.t));
+    const auto tr = ggml_traits(o.t);
+    if (o.n_out < 0 || n_in < 0 || n_tok < 0 || n_in % tr.block_values != 0)
+      fail("matmul: bad shape n_out {} n_in {} n_tok {} for {} (blocks of {})", o.n_out, n_in, n_tok, tr.name,
+           tr.block_values);
+  }
+  if (n_tok == 0) return;
+  auto f32_product = [&](const MatmulOutput& o, const float* xs) {
+    if (o.n_out > 0)
+      HWY_DYNAMIC_DISPATCH(MatmulImpl)(pool, o.t, static_cast<const uint8_t*>(o.w), o.n_out, n_in, xs, n_tok, o.y);
+  };
+  constexpr int64_t kQuantizedMaxTok = 8;  // below it the rows path runs, where reading the weights dominates
+  auto float_weights = [](GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; };
+  if (precision == MatmulPrecision::F32 || n_tok >= kQuantizedMaxTok) {
+    for (int i = 0; i < n_outputs; ++i) f32_product(outputs[i], x);
+    return;
+  }
+  // The calling thread's buffers: quantizing costs about a microsecond, the workers only read it.
+  thread_local q8::Activations xq;
+  thread_local std::vector<q8::Product> products;
+  products.clear();
+  for (int i = 0; i < n_outputs; ++i) {
+    const MatmulOutput& o = outputs[i];
+    if (float_weights(o.t)) {
+      f32_product(o, x);  // float weights stay exact
+    } else if (o.n_out > 0) {
+      products.push_back({o.t, static_cast<const uint8_t*>(o.w), o.n_out, o.y});
+    }
+  }
+  if (products.empty()) return;
+  q8::quantize(x, n_tok, n_in, precision == MatmulPrecision::Q16Activations ? 2 : 1, xq);
+  if (q8::matmul(pool, products.data(), static_cast<int>(products.size()), xq)) return;
+  // No int8 kernels on this CPU: the same products from the dequantized activations.
+  thread_local std::vector<float> xd;  // (n_tok, n_in)
+  xd.resize(static_cast<size_t>(n_tok * n_in));
+  for (int64_t i = 0; i < n_tok * n_in; ++i) xd[static_cast<size_t>(i)] = xq.value(i);
+  for (const q8::Product& p : products) f32_product({p.t, p.w, p.n_out, p.y}, xd.data());
+}
+
 void matmul(ThreadPool& pool, GgmlType t, const void* w, int64_t n_out, int64_t n_in, const float* x,
             int64_t n_tok, float* y, MatmulPrecision precision) {
-  if (!quant_supported(t)) fail("matmul: unsupported weight format {}", static_cast<uint32_t>(t));
-  const auto tr = ggml_traits(t);
-  if (n_out < 0 || n_in < 0 || n_tok < 0 || n_in % tr.block_values != 0)
-    fail("matmul: bad shape n_out {} n_in {} n_tok {} for {} (blocks of {})", n_out, n_in, n_tok, tr.name,
-         tr.block_values);
-  if (n_out == 0 || n_tok == 0) return;
-  constexpr int64_t kQuantizedMaxTok = 8;  // below it the rows path runs, where reading the weights dominates
-  const bool float_weights = t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16;
-  if (precision != MatmulPrecision::F32 && n_tok < kQuantizedMaxTok && !float_weights) {
-    // The calling thread's buffers: quantizing costs about a microsecond, the workers only read it.
-    thread_local q8::Activations xq;
-    q8::quantize(x, n_tok, n_in, precision == MatmulPrecision::Q16Activations ? 2 : 1, xq);
-    if (q8::matmul(pool, t, w, n_out, xq, y)) return;
-    // No int8 kernels on this CPU: the same product from the dequantized activations.
-    thread_local std::vector<float> xd;  // (n_tok, n_in)
-    xd.resize(static_cast<size_t>(n_tok * n_in));
-    for (int64_t i = 0; i < n_tok * n_in; ++i) xd[static_cast<size_t>(i)] = xq.value(i);
-    x = xd.data();
-  }
-  HWY_DYNAMIC_DISPATCH(MatmulImpl)(pool, t, w, n_out, n_in, x, n_tok, y);
+  const MatmulOutput o{t, w, n_out, y};
+  matmul_multi(pool, &o, 1, n_in, x, n_tok, precision);
 }
 
 void matmul_reference(GgmlType t, const void* w, int64_t n_out, int64_t n_in, const float* x, int64_t n_tok,

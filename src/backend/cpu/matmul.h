@@ -32,6 +32,20 @@ enum class MatmulPrecision {
 void matmul(ThreadPool& pool, GgmlType t, const void* w, int64_t n_out, int64_t n_in, const float* x,
             int64_t n_tok, float* y, MatmulPrecision precision = MatmulPrecision::Q16Activations);
 
+// One product of matmul_multi: y (n_tok, n_out) = x W^T, W (n_out, n_in) row-major in format t.
+struct MatmulOutput {
+  GgmlType t;
+  const void* w;
+  int64_t n_out;
+  float* y;  // (n_tok, n_out), overlapping no other output, x or W
+};
+
+// The products of the same activations x (n_tok, n_in) with several weights, as matmul computes each (same
+// values), in one parallel region: attention's q, k and v, or the feed-forward's gate and up. Decode pays per
+// region (threads meet, and each starts a new prefetch stream), and the activations are quantized once.
+void matmul_multi(ThreadPool& pool, const MatmulOutput* outputs, int n_outputs, int64_t n_in, const float* x,
+                  int64_t n_tok, MatmulPrecision precision = MatmulPrecision::Q16Activations);
+
 // The SIMD target matmul dispatches to on this CPU, as Highway names it ("AVX3", "AVX2", "SCALAR"), and the one
 // of the quantized-activation kernels ("AVX3_DL" with VNNI): for logs.
 const char* matmul_target_name();

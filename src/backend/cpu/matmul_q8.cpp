@@ -540,27 +540,6 @@ void RowsKernel(const uint8_t* w, int64_t r0, int64_t r1, int64_t n_out, const A
   }
 }
 
-template <class Fmt>
-void MatmulFormat(ThreadPool& pool, const uint8_t* w, int64_t n_out, const Activations& a, float* y) {
-  // -C * sum(x) per i32 lane, the start of every dot product of centred codes (the calling thread's buffer,
-  // the workers only read it).
-  thread_local std::vector<int32_t> corr;  // (n_tok, n_in / 4) + pad
-  corr.assign(a.sum4.size(), 0);
-  if constexpr (Fmt::kCentre != 0)
-    for (size_t i = 0; i < a.sum4.size(); ++i) corr[i] = -Fmt::kCentre * a.sum4[i];
-  const int32_t* c = corr.data();  // not corr in the lambda: on a worker that names the worker's own buffer
-  // One contiguous range of rows per thread, one prefetch stream each: every task boundary restarts a stream at
-  // a new place, and finer tasks cost decode (SmolLM2 tg128 on 2 cores, tasks per thread 1 / 2 / 4 / 8: 289 /
-  // 266 / 242 / 218 tok/s). Still claimed dynamically: a descheduled worker's range is run by the caller.
-  const int64_t n_threads = pool.n_threads();
-  const int64_t rows_per_task = std::max<int64_t>(4, (n_out + 4 * n_threads - 1) / (4 * n_threads) * 4);
-  const int64_t n_tasks = (n_out + rows_per_task - 1) / rows_per_task;
-  pool.run(n_tasks, [&](int64_t i) {
-    const int64_t r0 = i * rows_per_task;
-    RowsKernel<Fmt>(w, r0, std::min(n_out, r0 + rows_per_task), n_out, a, c, y);
-  });
-}
-
 // i32 (32) to bytes, saturating: packs interleave the 128-bit halves, the permute puts the values back in order.
 HWY_INLINE __m256i PackBytes(const __m256i* qi) {
   return _mm256_permutevar8x32_epi32(
@@ -612,23 +591,42 @@ HWY_INLINE void QuantizeBlock(const float* x, int n_planes, int8_t* q, int8_t* q
 
 }  // namespace
 
-bool MatmulImpl(ThreadPool& pool, GgmlType t, const void* w_, int64_t n_out, const Activations* a, float* y) {
+// The formats with int8 kernels on this target, each called with its type's code: Fmt f(...) for every format.
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-  const auto* w = static_cast<const uint8_t*>(w_);
+template <class F>
+bool WithFormat(GgmlType t, F&& f) {
   switch (t) {
-    case GgmlType::Q4_0: MatmulFormat<Block32Format<Offset::kCentred, HighBit::kNone>>(pool, w, n_out, *a, y); return true;
-    case GgmlType::Q4_1: MatmulFormat<Block32Format<Offset::kMin, HighBit::kNone>>(pool, w, n_out, *a, y); return true;
-    case GgmlType::Q5_0: MatmulFormat<Block32Format<Offset::kCentred, HighBit::kStored>>(pool, w, n_out, *a, y); return true;
-    case GgmlType::Q5_1: MatmulFormat<Block32Format<Offset::kMin, HighBit::kStored>>(pool, w, n_out, *a, y); return true;
-    case GgmlType::Q8_0: MatmulFormat<Q8_0Format>(pool, w, n_out, *a, y); return true;
-    case GgmlType::Q4_K: MatmulFormat<Q45KFormat<HighBit::kNone>>(pool, w, n_out, *a, y); return true;
-    case GgmlType::Q5_K: MatmulFormat<Q45KFormat<HighBit::kStored>>(pool, w, n_out, *a, y); return true;
-    case GgmlType::Q6_K: MatmulFormat<Q6KFormat>(pool, w, n_out, *a, y); return true;
+    case GgmlType::Q4_0: f(Block32Format<Offset::kCentred, HighBit::kNone>()); return true;
+    case GgmlType::Q4_1: f(Block32Format<Offset::kMin, HighBit::kNone>()); return true;
+    case GgmlType::Q5_0: f(Block32Format<Offset::kCentred, HighBit::kStored>()); return true;
+    case GgmlType::Q5_1: f(Block32Format<Offset::kMin, HighBit::kStored>()); return true;
+    case GgmlType::Q8_0: f(Q8_0Format()); return true;
+    case GgmlType::Q4_K: f(Q45KFormat<HighBit::kNone>()); return true;
+    case GgmlType::Q5_K: f(Q45KFormat<HighBit::kStored>()); return true;
+    case GgmlType::Q6_K: f(Q6KFormat()); return true;
     default: return false;
   }
+}
+#endif
+
+// The C of format t's centred codes (0 for formats with a min), or -1 where this target has no int8 kernel for it.
+int CentreImpl(GgmlType t) {
+  int centre = -1;
+#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  WithFormat(t, [&](auto fmt) { centre = decltype(fmt)::kCentre; });
 #else
-  (void)pool, (void)t, (void)w_, (void)n_out, (void)a, (void)y;
-  return false;
+  (void)t;
+#endif
+  return centre;
+}
+
+// Rows [r0, r1) of one product; corr is -C * Activations::sum4 for the format's C.
+void RowsImpl(GgmlType t, const uint8_t* w, int64_t r0, int64_t r1, int64_t n_out, const Activations* a,
+              const int32_t* corr, float* y) {
+#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  WithFormat(t, [&](auto fmt) { RowsKernel<decltype(fmt)>(w, r0, r1, n_out, *a, corr, y); });
+#else
+  (void)t, (void)w, (void)r0, (void)r1, (void)n_out, (void)a, (void)corr, (void)y;
 #endif
 }
 
@@ -687,7 +685,8 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace longctx::cpu::q8 {
 
-HWY_EXPORT(MatmulImpl);
+HWY_EXPORT(CentreImpl);
+HWY_EXPORT(RowsImpl);
 HWY_EXPORT(QuantizeImpl);
 HWY_EXPORT(TargetName);
 
@@ -706,8 +705,46 @@ void quantize(const float* x, int64_t n_tok, int64_t n_in, int n_planes, Activat
   HWY_DYNAMIC_DISPATCH(QuantizeImpl)(x, n_tok, n_in, &a);
 }
 
-bool matmul(ThreadPool& pool, GgmlType t, const void* w, int64_t n_out, const Activations& a, float* y) {
-  return HWY_DYNAMIC_DISPATCH(MatmulImpl)(pool, t, w, n_out, &a, y);
+bool matmul(ThreadPool& pool, const Product* products, int n_products, const Activations& a) {
+  // -C * sum(Q) per i32 lane for each distinct centre C, the start of every dot product of centred codes (the
+  // calling thread's buffers; the workers only read them).
+  thread_local std::vector<int32_t> corr[4];  // (n_tok, n_in / 4) + pad each
+  thread_local int corr_centre[4];
+  int n_corr = 0;
+  std::vector<const int32_t*> corr_of(static_cast<size_t>(n_products));
+  int64_t n_rows = 0;
+  for (int i = 0; i < n_products; ++i) {
+    const int centre = HWY_DYNAMIC_DISPATCH(CentreImpl)(products[i].t);
+    if (centre < 0) return false;
+    int k = 0;
+    while (k < n_corr && corr_centre[k] != centre) ++k;
+    if (k == n_corr) {
+      if (n_corr == 4) return false;  // never: the formats have at most 4 centres (0, 8, 16, 32 or 128)
+      corr[k].resize(a.sum4.size());
+      for (size_t j = 0; j < a.sum4.size(); ++j) corr[k][j] = -centre * a.sum4[j];
+      corr_centre[k] = centre;
+      ++n_corr;
+    }
+    corr_of[static_cast<size_t>(i)] = corr[k].data();
+    n_rows += products[i].n_out;
+  }
+  // One contiguous range of the products' rows (in order) per thread, cut at multiples of 4, each a prefetch
+  // stream: every task boundary restarts a stream at a new place, and finer tasks cost decode (SmolLM2 tg128 on
+  // 2 cores, tasks per thread 1 / 2 / 4 / 8: 289 / 266 / 242 / 218 tok/s). Still claimed dynamically: a
+  // descheduled worker's range is run by the caller.
+  const int64_t n_tasks = std::min<int64_t>(pool.n_threads(), (n_rows + 3) / 4);
+  pool.run(n_tasks, [&](int64_t task) {
+    const int64_t g0 = n_rows * task / n_tasks / 4 * 4;
+    const int64_t g1 = task + 1 == n_tasks ? n_rows : n_rows * (task + 1) / n_tasks / 4 * 4;
+    int64_t base = 0;  // the first row of product i in the concatenation
+    for (int i = 0; i < n_products && base < g1; base += products[i].n_out, ++i) {
+      const int64_t r0 = std::max<int64_t>(g0 - base, 0), r1 = std::min(g1 - base, products[i].n_out);
+      if (r0 < r1)
+        HWY_DYNAMIC_DISPATCH(RowsImpl)(products[i].t, products[i].w, r0, r1, products[i].n_out, &a,
+                                       corr_of[static_cast<size_t>(i)], products[i].y);
+    }
+  });
+  return true;
 }
 
 const char* target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }

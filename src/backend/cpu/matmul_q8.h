@@ -48,11 +48,19 @@ struct Activations {
 // Quantizes x as Activations describes into n_planes (1 or 2) planes; n_in must be a multiple of kBlock.
 void quantize(const float* x, int64_t n_tok, int64_t n_in, int n_planes, Activations& a);
 
-// y (a.n_tok, n_out) = dequantized a * W^T for a quantized weight format (not F32/F16/BF16), in integer dot
-// products per block. Returns false, computing nothing, where this CPU has no int8 kernels (they need AVX2);
-// the caller then runs the f32 kernels on the dequantized activations, which gives the same values up to the
-// order of the f32 sums.
-bool matmul(ThreadPool& pool, GgmlType t, const void* w, int64_t n_out, const Activations& a, float* y);
+// One product: y (n_tok, n_out) = dequantized activations * W^T, W (n_out, n_in) row-major in a quantized format.
+struct Product {
+  GgmlType t;
+  const uint8_t* w;
+  int64_t n_out;
+  float* y;
+};
+
+// The products of the same activations a with several weights, in integer dot products per block, in one
+// parallel region. Returns false, computing nothing, where this CPU has no int8 kernels for one of the formats
+// (they need AVX2; float formats never have them); the caller then runs the f32 kernels on the dequantized
+// activations, which gives the same values up to the order of the f32 sums.
+bool matmul(ThreadPool& pool, const Product* products, int n_products, const Activations& a);
 
 // The SIMD target the int8 kernels dispatch to ("AVX3_DL" uses VNNI), as Highway names it.
 const char* target_name();
