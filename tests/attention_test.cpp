@@ -5,8 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <hwy/targets.h>
 #include <random>
+#include <string>
 
+#include "core/kv_format.h"
 #include "kv/kv_store.h"
 
 namespace longctx {
@@ -14,14 +17,29 @@ namespace {
 
 struct Case {
   int32_t n_head, n_head_kv, head_dim, n_cached, n_tok, window, threads;
-  KvFormat format;
+  KvFormat format;  // sealed format: full pages are packed into it, the open page stays f16
   bool gaps;  // positions with holes, as after eviction
+  int32_t page_tokens = 16;
 };
+
+// Runs body once for each SIMD target this CPU has (the fallback always), so the AVX2 and scalar code paths are
+// checked on an AVX-512 machine too.
+template <typename F>
+void for_each_target(F body) {
+  const int64_t supported = hwy::SupportedTargets();  // before the mock below changes what it returns
+  for (int64_t target : {int64_t{HWY_AVX3}, int64_t{HWY_AVX2}, int64_t{HWY_SCALAR}}) {
+    if (target != HWY_SCALAR && (supported & target) == 0) continue;
+    hwy::SetSupportedTargetsForTest((supported & ~(target - 1)) | HWY_SCALAR);
+    body(hwy::TargetName(target));
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
 
 void run_case(const Case& c) {
   std::mt19937 rng(1234 + c.n_cached * 7 + c.n_tok);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  kv::KvGeometry geo{1, c.n_head_kv, c.head_dim, 16, c.format, c.format};
+  const KvFormat open = kv_format_is_packed(c.format) ? KvFormat::F16 : c.format;
+  kv::KvGeometry geo{1, c.n_head_kv, c.head_dim, c.page_tokens, open, c.format};
   kv::KvPagePool pool(geo.page_tokens, geo.head_dim, size_t{1} << 30);
   kv::KvSequence seq(geo, pool);
   const int32_t total = c.n_cached + c.n_tok;
@@ -35,6 +53,7 @@ void run_case(const Case& c) {
   for (auto& x : k) x = nd(rng) * 2.0f;  // scores spread enough that the softmax is far from uniform
   for (auto& x : v) x = nd(rng);
   seq.append(0, k.data(), v.data(), pos.data(), total);
+  seq.seal_full_pages();  // packed formats: every full page packed, the partial last one stays f16
   std::vector<float> q(static_cast<size_t>(c.n_tok) * c.n_head * c.head_dim);
   for (auto& x : q) x = nd(rng);
   cpu::AttentionParams ap{c.n_head, c.n_head_kv, c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), c.window};
@@ -44,12 +63,18 @@ void run_case(const Case& c) {
   const auto view = seq.layer_view(0);
   cpu::attention(tp, ap, q.data(), q_pos, c.n_tok, view, out.data());
   cpu::attention_reference(ap, q.data(), q_pos, c.n_tok, view, ref.data());
-  // Tolerance: f32 accumulation over at most a few hundred keys of unit-scale values, against double: the
-  // error is a few ulps of the largest term, far below 1e-5 absolute for outputs of order 1.
-  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 1e-5f) << "element " << i;
+  // Tolerance: f32 accumulation over at most a few hundred keys of unit-scale values, against double, and
+  // Highway's Exp (within a few ulps): the error is a few ulps of the largest term, far below 1e-5 absolute for
+  // outputs of order 1. The reference reads packed pages through the same decoder, so this is also the check
+  // that attention over a packed format equals attention over its dequantized values.
+  for (size_t i = 0; i < out.size(); ++i)
+    ASSERT_NEAR(out[i], ref[i], 1e-5f) << "element " << i << ", format " << kv_format_name(c.format) << ", d "
+                                       << c.head_dim << ", pages of " << c.page_tokens;
 }
 
 TEST(Attention, MatchesReferenceAcrossShapes) {
+  for_each_target([](const char* target) {
+  SCOPED_TRACE(target);
   for (KvFormat f : {KvFormat::F32, KvFormat::F16})
     for (int32_t threads : {1, 3})
       for (bool gaps : {false, true}) {
@@ -60,7 +85,23 @@ TEST(Attention, MatchesReferenceAcrossShapes) {
         run_case({4, 1, 32, 200, 33, 24, threads, f, gaps});  // sliding window, pages skipped
         run_case({4, 1, 32, 200, 1, 24, threads, f, gaps});   // sliding window decode
         run_case({8, 8, 16, 5, 3, 0, threads, f, gaps});      // no GQA
+        run_case({9, 3, 64, 300, 40, 0, threads, f, gaps, 64});   // the store's default pages
+        run_case({9, 3, 64, 1500, 1, 0, threads, f, gaps, 64});   // decode at depth, many splits
+        run_case({4, 1, 256, 700, 1, 512, threads, f, gaps, 64}); // gemma local layer at depth
       }
+  });
+}
+
+TEST(Attention, PackedPagesMatchTheirDequantizedValues) {
+  for_each_target([](const char* target) {
+    SCOPED_TRACE(target);
+    for (KvFormat f : {KvFormat::Kivi8, KvFormat::Kivi4, KvFormat::Kivi2})
+      for (int32_t threads : {1, 2}) {
+        run_case({9, 3, 64, 200, 17, 0, threads, f, false, 64});  // prefill over sealed pages + an open one
+        run_case({9, 3, 64, 500, 1, 0, threads, f, true, 64});    // decode
+        run_case({4, 1, 256, 100, 1, 48, threads, f, false, 32}); // gemma shape, sliding window
+      }
+  });
 }
 
 TEST(Attention, QueryWithNoVisibleKeyGetsZeros) {

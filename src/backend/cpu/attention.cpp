@@ -1,19 +1,403 @@
+// Grouped-query attention over the paged KV store as tiled online-softmax attention ("FlashAttention: Fast and
+// Memory-Efficient Exact Attention with IO-Awareness"), one KV page per tile; for decode the pages are split
+// across threads and the partial softmax states merged (the Flash-Decoding split-K scheme). Highway dynamic
+// dispatch picks the widest SIMD target the CPU has.
+//
+// A work item is (kv-head, block of kQueryBlock query tokens, split of the pages). Its rows are every query head
+// of the group for every token of the block, so each key and value read from a page serves all of them. Per page:
+//   S = Q K^T    broadcast one q element, FMA it into a row of keys: plain pages store keys channel-major
+//                (kv_page_codec.h), so a key row of page_tokens lanes is one load, and no horizontal sums occur;
+//   softmax      online: running max m and sum l per row, probabilities written over S;
+//   O += P V     broadcast one probability, FMA it into a value row (values are token-major).
+// Both products keep a register tile of up to kRowTile rows by a few vectors, so each loaded key or value vector
+// feeds kRowTile FMAs. F16 pages are read in place (converted in registers); packed pages (KIVI) are decoded to
+// f32 once per tile into the same layout and go through the same code.
 #include "backend/cpu/attention.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "backend/cpu/kv_page_codec.h"
 
+// Same targets as matmul.cpp, for the same reasons (compile time; arrays of vectors).
+#ifndef HWY_DISABLED_TARGETS
+#define HWY_DISABLED_TARGETS (HWY_SSSE3 | HWY_SSE4 | HWY_SVE | HWY_SVE2 | HWY_SVE_256 | HWY_SVE2_128 | HWY_RVV)
+#endif
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "backend/cpu/attention.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+// foreach_target.h re-includes this file once per target; the code between here and HWY_ONCE is per target.
+#include <hwy/contrib/math/math-inl.h>
+#include <hwy/highway.h>
+
+#ifndef LONGCTX_ATTENTION_SHARED
+#define LONGCTX_ATTENTION_SHARED
 namespace longctx::cpu {
 namespace {
 
-// Query tokens per tile: with GQA the tile holds kQueryBlock * group query rows against one page of keys,
-// so each key row converted from the page format is reused by all of them.
+// Query tokens per work item: with GQA the item holds kQueryBlock * group query rows against one page of keys.
 constexpr int32_t kQueryBlock = 16;
+constexpr int32_t kRowTile = 4;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+bool key_visible(int32_t k_pos, int32_t q_pos, int32_t window) {
+  return k_pos <= q_pos && (window <= 0 || k_pos > q_pos - window);
+}
+
+}  // namespace
+}  // namespace longctx::cpu
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace longctx::cpu {
+namespace HWY_NAMESPACE {
+namespace {
+
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Vectors per register tile row: 4 with 32 registers (kRowTile x 4 accumulators + 4 loads), 2 with 16.
+#if HWY_TARGET <= HWY_AVX3
+constexpr int kTileVecs = 4;
+#else
+constexpr int kTileVecs = 2;
+#endif
+
+template <class D, typename T>
+HWY_INLINE hn::Vec<D> LoadAs(D d, const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return hn::LoadU(d, p);
+  } else {
+    return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::float16_t, D>(), p));
+  }
+}
+
+// S[r, j0 + j] = sum_c Q[r, c] * Kt[c, j0 + j] for r < NR, j < NV lanes-vectors.
+// Q: (NR, dim); Kt: (dim, T); S: (NR, T).
+template <int NR, int NV, class D, typename TK>
+HWY_INLINE void ScoreTile(D d, const float* HWY_RESTRICT Q, int32_t dim, const TK* HWY_RESTRICT Kt, int32_t T,
+                          int32_t j0, float* HWY_RESTRICT S) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(d));
+  hn::Vec<D> acc[NR][NV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = hn::Zero(d);
+  for (int32_t c = 0; c < dim; ++c) {
+    hn::Vec<D> k[NV];
+    for (int v = 0; v < NV; ++v) k[v] = LoadAs(d, Kt + static_cast<size_t>(c) * T + j0 + v * N);
+    for (int r = 0; r < NR; ++r) {
+      const auto q = hn::Set(d, Q[static_cast<size_t>(r) * dim + c]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = hn::MulAdd(q, k[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) hn::StoreU(acc[r][v], d, S + static_cast<size_t>(r) * T + j0 + v * N);
+}
+
+template <int NR, class D, typename TK>
+void ScoreRows(D d, const float* Q, int32_t dim, const TK* Kt, int32_t T, float* S) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(d));
+  const int32_t n_vec = T / N;
+  int32_t v = 0;
+  for (; v + kTileVecs <= n_vec; v += kTileVecs) ScoreTile<NR, kTileVecs>(d, Q, dim, Kt, T, v * N, S);
+  for (; v < n_vec; ++v) ScoreTile<NR, 1>(d, Q, dim, Kt, T, v * N, S);
+}
+
+// S (R, T) = Q (R, dim) Kt (dim, T).
+template <class D, typename TK>
+void Scores(D d, const float* Q, int32_t R, int32_t dim, const TK* Kt, int32_t T, float* S) {
+  int32_t r = 0;
+  for (; r + kRowTile <= R; r += kRowTile)
+    ScoreRows<kRowTile>(d, Q + static_cast<size_t>(r) * dim, dim, Kt, T, S + static_cast<size_t>(r) * T);
+  const float* Qr = Q + static_cast<size_t>(r) * dim;
+  float* Sr = S + static_cast<size_t>(r) * T;
+  switch (R - r) {
+    case 3: ScoreRows<3>(d, Qr, dim, Kt, T, Sr); break;
+    case 2: ScoreRows<2>(d, Qr, dim, Kt, T, Sr); break;
+    case 1: ScoreRows<1>(d, Qr, dim, Kt, T, Sr); break;
+    default: break;
+  }
+}
+
+// O[r, c0 + c] = O[r, c0 + c] * corr[r] + sum_{j < nv} P[r, j] V[j, c0 + c] for r < NR, c < NV lane-vectors.
+// P: (NR, T); V: (nv, dim); O: (NR, dim).
+template <int NR, int NV, class D, typename TV>
+HWY_INLINE void PvTile(D d, const float* HWY_RESTRICT P, int32_t T, const TV* HWY_RESTRICT V, int32_t dim,
+                       int32_t nv, const float* corr, float* HWY_RESTRICT O, int32_t c0) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(d));
+  hn::Vec<D> acc[NR][NV];
+  for (int r = 0; r < NR; ++r) {
+    const auto cr = hn::Set(d, corr[r]);
+    for (int v = 0; v < NV; ++v) acc[r][v] = hn::Mul(hn::LoadU(d, O + static_cast<size_t>(r) * dim + c0 + v * N), cr);
+  }
+  for (int32_t j = 0; j < nv; ++j) {
+    hn::Vec<D> x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = LoadAs(d, V + static_cast<size_t>(j) * dim + c0 + v * N);
+    for (int r = 0; r < NR; ++r) {
+      const auto p = hn::Set(d, P[static_cast<size_t>(r) * T + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = hn::MulAdd(p, x[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) hn::StoreU(acc[r][v], d, O + static_cast<size_t>(r) * dim + c0 + v * N);
+}
+
+template <int NR, class D, typename TV>
+void PvRows(D d, const float* P, int32_t T, const TV* V, int32_t dim, int32_t nv, const float* corr, float* O) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(d));
+  const int32_t n_vec = dim / N;
+  int32_t v = 0;
+  for (; v + kTileVecs <= n_vec; v += kTileVecs) PvTile<NR, kTileVecs>(d, P, T, V, dim, nv, corr, O, v * N);
+  for (; v < n_vec; ++v) PvTile<NR, 1>(d, P, T, V, dim, nv, corr, O, v * N);
+}
+
+// O (R, dim) = O * corr + P (R, T) V (nv, dim), over the first nv keys only (rows past nv may hold anything).
+template <class D, typename TV>
+void AccumulateValues(D d, const float* P, int32_t R, int32_t T, const TV* V, int32_t dim, int32_t nv,
+                      const float* corr, float* O) {
+  int32_t r = 0;
+  for (; r + kRowTile <= R; r += kRowTile)
+    PvRows<kRowTile>(d, P + static_cast<size_t>(r) * T, T, V, dim, nv, corr + r, O + static_cast<size_t>(r) * dim);
+  const float* Pr = P + static_cast<size_t>(r) * T;
+  float* Or = O + static_cast<size_t>(r) * dim;
+  switch (R - r) {
+    case 3: PvRows<3>(d, Pr, T, V, dim, nv, corr + r, Or); break;
+    case 2: PvRows<2>(d, Pr, T, V, dim, nv, corr + r, Or); break;
+    case 1: PvRows<1>(d, Pr, T, V, dim, nv, corr + r, Or); break;
+    default: break;
+  }
+}
+
+// One page of the online softmax for rows [0, R): S (R, T) holds logits, -inf where masked; they become
+// probabilities relative to the new running max m, l gains their sum, and corr[r] = exp(m_old - m_new) is the
+// factor for what O has accumulated. A row that sees nothing in this page keeps its state (corr 1, P 0).
+template <class D>
+void SoftmaxPage(D d, float* S, int32_t R, int32_t T, float* m, float* l, float* corr) {
+  const int32_t N = static_cast<int32_t>(hn::Lanes(d));
+  // exp(x) is 0 in f32 below about -104; clamping there first keeps -inf (masked) out of Exp's integer part.
+  const auto lo = hn::Set(d, -200.0f);
+  for (int32_t r = 0; r < R; ++r) {
+    float* Sr = S + static_cast<size_t>(r) * T;
+    auto vmax = hn::Set(d, kNegInf);
+    for (int32_t j = 0; j < T; j += N) vmax = hn::Max(vmax, hn::LoadU(d, Sr + j));
+    const float row_max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+    if (row_max == kNegInf) {
+      std::fill(Sr, Sr + T, 0.0f);
+      corr[r] = 1.0f;
+      continue;
+    }
+    const float m_new = std::max(m[r], row_max);
+    corr[r] = std::exp(m[r] - m_new);  // exp(-inf) = 0 on a row's first visible page
+    const auto vm = hn::Set(d, m_new);
+    auto vsum = hn::Zero(d);
+    for (int32_t j = 0; j < T; j += N) {
+      const auto e = hn::Exp(d, hn::Max(hn::Sub(hn::LoadU(d, Sr + j), vm), lo));
+      hn::StoreU(e, d, Sr + j);
+      vsum = hn::Add(vsum, e);
+    }
+    l[r] = l[r] * corr[r] + hn::GetLane(hn::SumOfLanes(d, vsum));
+    m[r] = m_new;
+  }
+}
+
+struct Scratch {
+  float *Q, *O, *m, *l, *corr, *S, *K, *V;
+};
+
+// The pages [page_begin, page_end) of one kv-head against rows [0, R) of a query block; O, m, l accumulate.
+template <class D>
+void AttendPages(D d, const AttentionParams& p, const KvHeadView& hv, int32_t pt, const int32_t* row_pos, int32_t R,
+                 int32_t page_begin, int32_t page_end, const Scratch& w) {
+  const int32_t dim = p.head_dim;
+  int32_t q_min = std::numeric_limits<int32_t>::max(), q_max = std::numeric_limits<int32_t>::min();
+  for (int32_t r = 0; r < R; ++r) {
+    q_min = std::min(q_min, row_pos[r]);
+    q_max = std::max(q_max, row_pos[r]);
+  }
+  for (int32_t pi = page_begin; pi < page_end; ++pi) {
+    const int32_t slot0 = pi * pt;
+    const int32_t nv = std::min(pt, hv.n_tokens - slot0);
+    const int32_t* kp = hv.positions + slot0;
+    const auto [pmin_it, pmax_it] = std::minmax_element(kp, kp + nv);
+    const int32_t pmin = *pmin_it, pmax = *pmax_it;
+    // Skip a page no row can see: all in the future, or all behind every window.
+    if (pmin > q_max) continue;
+    if (p.window > 0 && pmax <= q_min - p.window) continue;
+    const KvFormat fmt = hv.formats[static_cast<size_t>(pi)];
+    const uint8_t* page = hv.pages[static_cast<size_t>(pi)];
+    if (fmt == KvFormat::F16) {
+      const auto* Kt = reinterpret_cast<const hwy::float16_t*>(page);
+      Scores(d, w.Q, R, dim, Kt, pt, w.S);
+    } else if (fmt == KvFormat::F32) {
+      Scores(d, w.Q, R, dim, reinterpret_cast<const float*>(page), pt, w.S);
+    } else {
+      kv_page_read_keys_t(fmt, pt, dim, page, nv, w.K);
+      kv_page_read_values(fmt, pt, dim, page, 0, nv, w.V);
+      Scores(d, w.Q, R, dim, static_cast<const float*>(w.K), pt, w.S);
+    }
+    // Mask: slots past the page's fill (whatever they hold), then keys a row may not see, unless all may.
+    for (int32_t r = 0; r < R; ++r) std::fill(w.S + static_cast<size_t>(r) * pt + nv, w.S + static_cast<size_t>(r + 1) * pt, kNegInf);
+    const bool all_visible = pmax <= q_min && (p.window <= 0 || pmin > q_max - p.window);
+    if (!all_visible) {
+      for (int32_t r = 0; r < R; ++r) {
+        float* Sr = w.S + static_cast<size_t>(r) * pt;
+        for (int32_t j = 0; j < nv; ++j)
+          if (!key_visible(kp[j], row_pos[r], p.window)) Sr[j] = kNegInf;
+      }
+    }
+    SoftmaxPage(d, w.S, R, pt, w.m, w.l, w.corr);
+    if (fmt == KvFormat::F16) {
+      const auto* V = reinterpret_cast<const hwy::float16_t*>(page) + static_cast<size_t>(pt) * dim;
+      AccumulateValues(d, w.S, R, pt, V, dim, nv, w.corr, w.O);
+    } else if (fmt == KvFormat::F32) {
+      const auto* V = reinterpret_cast<const float*>(page) + static_cast<size_t>(pt) * dim;
+      AccumulateValues(d, w.S, R, pt, V, dim, nv, w.corr, w.O);
+    } else {
+      AccumulateValues(d, w.S, R, pt, static_cast<const float*>(w.V), dim, nv, w.corr, w.O);
+    }
+  }
+}
+
+template <class D>
+void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos,
+                   int32_t n_tok, const KvLayerView& kv, float* out) {
+  const int32_t dim = p.head_dim;
+  const int32_t group = p.n_head / p.n_head_kv;
+  const int32_t pt = kv.page_tokens;
+  const int32_t n_qblocks = (n_tok + kQueryBlock - 1) / kQueryBlock;
+  const int32_t rows_max = kQueryBlock * group;
+  int32_t n_pages_max = 0;
+  for (const auto& h : kv.heads) n_pages_max = std::max(n_pages_max, (h.n_tokens + pt - 1) / pt);
+
+  // Split the pages when heads and query blocks alone give too few items for the pool to balance (decode):
+  // about four items per thread, each of at least one page.
+  int32_t n_split = 1;
+  const int64_t n_base = static_cast<int64_t>(p.n_head_kv) * n_qblocks;
+  const int64_t n_want = 4 * static_cast<int64_t>(pool.n_threads());
+  if (pool.n_threads() > 1 && n_base < n_want)
+    n_split = static_cast<int32_t>(std::clamp<int64_t>((n_want + n_base - 1) / n_base, 1, std::max(1, n_pages_max)));
+  const int64_t n_items = n_base * n_split;
+
+  // Partial softmax states of split work items: O (n_items, rows_max, dim), m and l (n_items, rows_max).
+  std::vector<float> part_o, part_m, part_l;
+  if (n_split > 1) {
+    part_o.resize(static_cast<size_t>(n_items) * rows_max * dim);
+    part_m.resize(static_cast<size_t>(n_items) * rows_max);
+    part_l.resize(static_cast<size_t>(n_items) * rows_max);
+  }
+
+  pool.run(n_items, [&](int64_t item) {
+    const int32_t s = static_cast<int32_t>(item % n_split);
+    const int32_t qb = static_cast<int32_t>((item / n_split) % n_qblocks);
+    const int32_t g = static_cast<int32_t>(item / (static_cast<int64_t>(n_split) * n_qblocks));
+    const int32_t t0 = qb * kQueryBlock;
+    const int32_t nt = std::min(kQueryBlock, n_tok - t0);
+    const int32_t R = nt * group;  // row r is query token t0 + r / group, head g * group + r % group
+
+    thread_local std::vector<float> buf;
+    thread_local std::vector<int32_t> row_pos;
+    const size_t rd = static_cast<size_t>(rows_max) * dim, td = static_cast<size_t>(pt) * dim;
+    const size_t need = 2 * rd + 3 * static_cast<size_t>(rows_max) + static_cast<size_t>(rows_max) * pt + 2 * td;
+    if (buf.size() < need) buf.resize(need);
+    if (row_pos.size() < static_cast<size_t>(rows_max)) row_pos.resize(static_cast<size_t>(rows_max));
+    Scratch w;
+    w.Q = buf.data();                // (R, dim), pre-scaled
+    w.O = w.Q + rd;                  // (R, dim)
+    w.m = w.O + rd;                  // (R) running max
+    w.l = w.m + rows_max;            // (R) running sum
+    w.corr = w.l + rows_max;         // (R) rescale factor of the current page
+    w.S = w.corr + rows_max;         // (R, pt) logits, then probabilities, of the current page
+    w.K = w.S + static_cast<size_t>(rows_max) * pt;  // (dim, pt) keys of a packed page
+    w.V = w.K + td;                                  // (pt, dim) values of a packed page
+
+    for (int32_t r = 0; r < R; ++r) {
+      const float* src = q + (static_cast<size_t>(t0 + r / group) * p.n_head + g * group + r % group) * dim;
+      for (int32_t i = 0; i < dim; ++i) w.Q[static_cast<size_t>(r) * dim + i] = src[i] * p.scale;
+      w.m[r] = kNegInf;
+      w.l[r] = 0.0f;
+      row_pos[static_cast<size_t>(r)] = q_pos[t0 + r / group];
+    }
+    std::fill(w.O, w.O + static_cast<size_t>(R) * dim, 0.0f);
+
+    const KvHeadView& hv = kv.heads[static_cast<size_t>(g)];
+    const int32_t n_pages = (hv.n_tokens + pt - 1) / pt;
+    const int32_t page_begin = static_cast<int32_t>(static_cast<int64_t>(n_pages) * s / n_split);
+    const int32_t page_end = static_cast<int32_t>(static_cast<int64_t>(n_pages) * (s + 1) / n_split);
+    AttendPages(d, p, hv, pt, row_pos.data(), R, page_begin, page_end, w);
+
+    if (n_split == 1) {
+      for (int32_t r = 0; r < R; ++r) {
+        float* dst = out + (static_cast<size_t>(t0 + r / group) * p.n_head + g * group + r % group) * dim;
+        const float inv = w.l[r] > 0.0f ? 1.0f / w.l[r] : 0.0f;
+        for (int32_t i = 0; i < dim; ++i) dst[i] = w.O[static_cast<size_t>(r) * dim + i] * inv;
+      }
+    } else {
+      std::memcpy(part_o.data() + static_cast<size_t>(item) * rd, w.O, static_cast<size_t>(R) * dim * sizeof(float));
+      std::memcpy(part_m.data() + static_cast<size_t>(item) * rows_max, w.m, static_cast<size_t>(R) * sizeof(float));
+      std::memcpy(part_l.data() + static_cast<size_t>(item) * rows_max, w.l, static_cast<size_t>(R) * sizeof(float));
+    }
+  });
+
+  if (n_split == 1) return;
+  // Merge the split states: O = sum_s O_s * exp(m_s - M) / sum_s l_s * exp(m_s - M).
+  for (int32_t g = 0; g < p.n_head_kv; ++g) {
+    for (int32_t qb = 0; qb < n_qblocks; ++qb) {
+      const int32_t t0 = qb * kQueryBlock;
+      const int32_t R = std::min(kQueryBlock, n_tok - t0) * group;
+      const int64_t item0 = (static_cast<int64_t>(g) * n_qblocks + qb) * n_split;
+      for (int32_t r = 0; r < R; ++r) {
+        float M = kNegInf;
+        for (int32_t s = 0; s < n_split; ++s) M = std::max(M, part_m[static_cast<size_t>(item0 + s) * rows_max + r]);
+        float* dst = out + (static_cast<size_t>(t0 + r / group) * p.n_head + g * group + r % group) * dim;
+        std::fill(dst, dst + dim, 0.0f);
+        if (M == kNegInf) continue;
+        float L = 0.0f;
+        for (int32_t s = 0; s < n_split; ++s) {
+          const size_t idx = static_cast<size_t>(item0 + s) * rows_max + r;
+          if (part_m[idx] == kNegInf) continue;
+          const float wgt = std::exp(part_m[idx] - M);
+          L += part_l[idx] * wgt;
+          const float* Os = part_o.data() + static_cast<size_t>(item0 + s) * rows_max * dim + static_cast<size_t>(r) * dim;
+          for (int32_t i = 0; i < dim; ++i) dst[i] += Os[i] * wgt;
+        }
+        for (int32_t i = 0; i < dim; ++i) dst[i] /= L;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void AttentionImpl(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
+                   const KvLayerView& kv, float* out) {
+  // Vectors of up to 16 lanes where the head size and the page size allow them; one lane otherwise (test shapes).
+  const hn::CappedTag<float, 16> d16;
+  const int32_t N = static_cast<int32_t>(hn::Lanes(d16));
+  if (p.head_dim % N == 0 && kv.page_tokens % N == 0) {
+    AttentionWith(d16, pool, p, q, q_pos, n_tok, kv, out);
+  } else {
+    AttentionWith(hn::CappedTag<float, 1>(), pool, p, q, q_pos, n_tok, kv, out);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace longctx::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace longctx::cpu {
+
+HWY_EXPORT(AttentionImpl);
+
+void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
+               const KvLayerView& kv, float* out) {
+  HWY_DYNAMIC_DISPATCH(AttentionImpl)(pool, p, q, q_pos, n_tok, kv, out);
+}
+
+namespace {
 
 // Eight independent partial sums, so the compiler vectorizes without reassociating a single f32 chain.
 float dot(const float* a, const float* b, int32_t n) {
@@ -26,151 +410,7 @@ float dot(const float* a, const float* b, int32_t n) {
   return s;
 }
 
-bool key_visible(int32_t k_pos, int32_t q_pos, int32_t window) {
-  return k_pos <= q_pos && (window <= 0 || k_pos > q_pos - window);
-}
-
 }  // namespace
-
-void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
-               const KvLayerView& kv, float* out) {
-  const int32_t d = p.head_dim;
-  const int32_t group = p.n_head / p.n_head_kv;
-  const int32_t pt = kv.page_tokens;
-  const int32_t n_qblocks = (n_tok + kQueryBlock - 1) / kQueryBlock;
-  const int32_t rows_max = kQueryBlock * group;
-  int32_t n_pages_max = 0;
-  for (const auto& h : kv.heads) n_pages_max = std::max(n_pages_max, (h.n_tokens + pt - 1) / pt);
-
-  // Split the pages across threads only when heads and query blocks alone cannot keep every thread busy.
-  int32_t n_split = 1;
-  if (p.n_head_kv * n_qblocks < pool.n_threads()) n_split = std::max(1, std::min(pool.n_threads(), n_pages_max));
-  const int64_t n_items = static_cast<int64_t>(p.n_head_kv) * n_qblocks * n_split;
-
-  // Partial softmax states of split work items: O (n_items, rows_max, d), m and l (n_items, rows_max).
-  std::vector<float> part_o, part_m, part_l;
-  if (n_split > 1) {
-    part_o.resize(static_cast<size_t>(n_items) * rows_max * d);
-    part_m.resize(static_cast<size_t>(n_items) * rows_max);
-    part_l.resize(static_cast<size_t>(n_items) * rows_max);
-  }
-
-  pool.run(n_items, [&](int64_t item) {
-    const int32_t s = static_cast<int32_t>(item % n_split);
-    const int32_t qb = static_cast<int32_t>((item / n_split) % n_qblocks);
-    const int32_t g = static_cast<int32_t>(item / (static_cast<int64_t>(n_split) * n_qblocks));
-    const int32_t t0 = qb * kQueryBlock;
-    const int32_t nt = std::min(kQueryBlock, n_tok - t0);
-    const int32_t rows = nt * group;  // row r is query token t0 + r / group, head g * group + r % group
-
-    thread_local std::vector<float> scratch;
-    const size_t need = static_cast<size_t>(rows_max) * d * 2 + static_cast<size_t>(rows_max) * (2 + pt) +
-                        static_cast<size_t>(pt) * d * 2;
-    if (scratch.size() < need) scratch.resize(need);
-    float* Q = scratch.data();                      // (rows, d), pre-scaled
-    float* O = Q + static_cast<size_t>(rows_max) * d;  // (rows, d)
-    float* m = O + static_cast<size_t>(rows_max) * d;  // (rows) running max
-    float* l = m + rows_max;                        // (rows) running sum
-    float* S = l + rows_max;                        // (rows, pt) scores of the current page
-    float* K = S + static_cast<size_t>(rows_max) * pt;  // (pt, d)
-    float* V = K + static_cast<size_t>(pt) * d;         // (pt, d)
-
-    int32_t q_min = std::numeric_limits<int32_t>::max(), q_max = std::numeric_limits<int32_t>::min();
-    for (int32_t t = 0; t < nt; ++t) {
-      q_min = std::min(q_min, q_pos[t0 + t]);
-      q_max = std::max(q_max, q_pos[t0 + t]);
-    }
-    for (int32_t r = 0; r < rows; ++r) {
-      const float* src = q + (static_cast<size_t>(t0 + r / group) * p.n_head + g * group + r % group) * d;
-      for (int32_t i = 0; i < d; ++i) Q[static_cast<size_t>(r) * d + i] = src[i] * p.scale;
-      m[r] = kNegInf;
-      l[r] = 0.0f;
-    }
-    std::fill(O, O + static_cast<size_t>(rows) * d, 0.0f);
-
-    const KvHeadView& hv = kv.heads[static_cast<size_t>(g)];
-    const int32_t n_pages = (hv.n_tokens + pt - 1) / pt;
-    const int32_t page_begin = static_cast<int32_t>(static_cast<int64_t>(n_pages) * s / n_split);
-    const int32_t page_end = static_cast<int32_t>(static_cast<int64_t>(n_pages) * (s + 1) / n_split);
-    for (int32_t pi = page_begin; pi < page_end; ++pi) {
-      const int32_t slot0 = pi * pt;
-      const int32_t nv = std::min(pt, hv.n_tokens - slot0);
-      const int32_t* kp = hv.positions + slot0;
-      const auto [pmin_it, pmax_it] = std::minmax_element(kp, kp + nv);
-      // Skip a page no query of this tile can see: all in the future, or all behind every window.
-      if (*pmin_it > q_max) continue;
-      if (p.window > 0 && *pmax_it <= q_min - p.window) continue;
-      const KvFormat fmt = hv.formats[static_cast<size_t>(pi)];
-      kv_page_read_keys(fmt, pt, d, hv.pages[static_cast<size_t>(pi)], 0, nv, K);
-      kv_page_read_values(fmt, pt, d, hv.pages[static_cast<size_t>(pi)], 0, nv, V);
-
-      for (int32_t r = 0; r < rows; ++r) {
-        const int32_t qp = q_pos[t0 + r / group];
-        float* Sr = S + static_cast<size_t>(r) * pt;
-        float row_max = kNegInf;
-        for (int32_t j = 0; j < nv; ++j) {
-          Sr[j] = key_visible(kp[j], qp, p.window) ? dot(Q + static_cast<size_t>(r) * d, K + static_cast<size_t>(j) * d, d)
-                                                   : kNegInf;
-          row_max = std::max(row_max, Sr[j]);
-        }
-        if (row_max == kNegInf) continue;
-        // Online softmax: rescale what has been accumulated to the new running max.
-        const float m_new = std::max(m[r], row_max);
-        const float corr = std::exp(m[r] - m_new);  // exp(-inf) = 0 on the first visible page
-        float* Or = O + static_cast<size_t>(r) * d;
-        l[r] *= corr;
-        for (int32_t i = 0; i < d; ++i) Or[i] *= corr;
-        for (int32_t j = 0; j < nv; ++j) {
-          if (Sr[j] == kNegInf) continue;
-          const float pj = std::exp(Sr[j] - m_new);
-          l[r] += pj;
-          const float* Vj = V + static_cast<size_t>(j) * d;
-          for (int32_t i = 0; i < d; ++i) Or[i] += pj * Vj[i];
-        }
-        m[r] = m_new;
-      }
-    }
-
-    if (n_split == 1) {
-      for (int32_t r = 0; r < rows; ++r) {
-        float* dst = out + (static_cast<size_t>(t0 + r / group) * p.n_head + g * group + r % group) * d;
-        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-        for (int32_t i = 0; i < d; ++i) dst[i] = O[static_cast<size_t>(r) * d + i] * inv;
-      }
-    } else {
-      std::memcpy(part_o.data() + static_cast<size_t>(item) * rows_max * d, O, static_cast<size_t>(rows) * d * sizeof(float));
-      std::memcpy(part_m.data() + static_cast<size_t>(item) * rows_max, m, static_cast<size_t>(rows) * sizeof(float));
-      std::memcpy(part_l.data() + static_cast<size_t>(item) * rows_max, l, static_cast<size_t>(rows) * sizeof(float));
-    }
-  });
-
-  if (n_split == 1) return;
-  // Merge the split states: O = sum_s O_s * exp(m_s - M) / sum_s l_s * exp(m_s - M).
-  for (int32_t g = 0; g < p.n_head_kv; ++g) {
-    for (int32_t qb = 0; qb < n_qblocks; ++qb) {
-      const int32_t t0 = qb * kQueryBlock;
-      const int32_t rows = std::min(kQueryBlock, n_tok - t0) * group;
-      const int64_t item0 = (static_cast<int64_t>(g) * n_qblocks + qb) * n_split;
-      for (int32_t r = 0; r < rows; ++r) {
-        float M = kNegInf;
-        for (int32_t s = 0; s < n_split; ++s) M = std::max(M, part_m[static_cast<size_t>(item0 + s) * rows_max + r]);
-        float* dst = out + (static_cast<size_t>(t0 + r / group) * p.n_head + g * group + r % group) * d;
-        std::fill(dst, dst + d, 0.0f);
-        if (M == kNegInf) continue;
-        float L = 0.0f;
-        for (int32_t s = 0; s < n_split; ++s) {
-          const size_t idx = static_cast<size_t>(item0 + s) * rows_max + r;
-          if (part_m[idx] == kNegInf) continue;
-          const float w = std::exp(part_m[idx] - M);
-          L += part_l[idx] * w;
-          const float* Os = part_o.data() + idx * d;
-          for (int32_t i = 0; i < d; ++i) dst[i] += Os[i] * w;
-        }
-        for (int32_t i = 0; i < d; ++i) dst[i] /= L;
-      }
-    }
-  }
-}
 
 void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                       int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride) {
@@ -258,3 +498,4 @@ void attention_reference(const AttentionParams& p, const float* q, const int32_t
 }
 
 }  // namespace longctx::cpu
+#endif  // HWY_ONCE

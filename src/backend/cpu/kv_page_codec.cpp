@@ -144,17 +144,19 @@ void kv_page_write(KvFormat f, int32_t T, int32_t d, const float* k, const float
   }
   const size_t half = static_cast<size_t>(T) * d * (f == KvFormat::F32 ? 4 : 2);
   for (int32_t r = 0; r < n_rows; ++r) {
+    const int32_t row = row0 + r;
     const float* kr = k + static_cast<size_t>(r) * d;
     const float* vr = v + static_cast<size_t>(r) * d;
     if (f == KvFormat::F32) {
-      std::memcpy(page + static_cast<size_t>(row0 + r) * d * 4, kr, static_cast<size_t>(d) * 4);
-      std::memcpy(page + half + static_cast<size_t>(row0 + r) * d * 4, vr, static_cast<size_t>(d) * 4);
+      auto* kd = reinterpret_cast<float*>(page);
+      for (int32_t c = 0; c < d; ++c) kd[static_cast<size_t>(c) * T + row] = kr[c];
+      std::memcpy(page + half + static_cast<size_t>(row) * d * 4, vr, static_cast<size_t>(d) * 4);
     } else {
-      auto* kd = reinterpret_cast<uint16_t*>(page) + static_cast<size_t>(row0 + r) * d;
-      auto* vd = reinterpret_cast<uint16_t*>(page + half) + static_cast<size_t>(row0 + r) * d;
-      for (int32_t i = 0; i < d; ++i) {
-        kd[i] = f32_to_fp16(kr[i]);
-        vd[i] = f32_to_fp16(vr[i]);
+      auto* kd = reinterpret_cast<uint16_t*>(page);
+      auto* vd = reinterpret_cast<uint16_t*>(page + half) + static_cast<size_t>(row) * d;
+      for (int32_t c = 0; c < d; ++c) {
+        kd[static_cast<size_t>(c) * T + row] = f32_to_fp16(kr[c]);
+        vd[c] = f32_to_fp16(vr[c]);
       }
     }
   }
@@ -171,27 +173,38 @@ void read_plain(KvFormat f, const uint8_t* src, size_t n, float* out) {
   }
 }
 
-}  // namespace
+float plain_value(KvFormat f, const uint8_t* src, size_t i) {
+  if (f == KvFormat::F32) return reinterpret_cast<const float*>(src)[i];
+  return fp16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
+}
 
-void kv_page_read_keys(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t row0, int32_t n, float* out) {
+// Calls put(r, c, value) for every key of rows [row0, row0 + n) of a page, whatever its format.
+template <class Put>
+void for_each_key(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t row0, int32_t n, Put put) {
   if (!kv_format_is_packed(f)) {
-    const size_t elem = f == KvFormat::F32 ? 4 : 2;
-    read_plain(f, page + static_cast<size_t>(row0) * d * elem, static_cast<size_t>(n) * d, out);
+    for (int32_t c = 0; c < d; ++c)
+      for (int32_t r = 0; r < n; ++r) put(r, c, plain_value(f, page, static_cast<size_t>(c) * T + row0 + r));
     return;
   }
   const int bits = kv_format_bits(f);
   const KiviLayout L = kivi_layout(f, T, d);
   const auto* k_scale = reinterpret_cast<const uint16_t*>(page + L.k_scale);
   const auto* k_min = reinterpret_cast<const uint16_t*>(page + L.k_min);
-  float scale[512], mn[512];  // head_dim <= 512 checked by the store
   for (int32_t c = 0; c < d; ++c) {
-    scale[c] = fp16_to_f32(k_scale[c]);
-    mn[c] = fp16_to_f32(k_min[c]);
+    const float scale = fp16_to_f32(k_scale[c]), mn = fp16_to_f32(k_min[c]);
+    for (int32_t r = 0; r < n; ++r)
+      put(r, c, mn + scale * static_cast<float>(get_code(page, bits, static_cast<size_t>(row0 + r) * d + c)));
   }
-  for (int32_t r = 0; r < n; ++r)
-    for (int32_t c = 0; c < d; ++c)
-      out[static_cast<size_t>(r) * d + c] =
-          mn[c] + scale[c] * static_cast<float>(get_code(page, bits, static_cast<size_t>(row0 + r) * d + c));
+}
+
+}  // namespace
+
+void kv_page_read_keys(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t row0, int32_t n, float* out) {
+  for_each_key(f, T, d, page, row0, n, [&](int32_t r, int32_t c, float x) { out[static_cast<size_t>(r) * d + c] = x; });
+}
+
+void kv_page_read_keys_t(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t n, float* out) {
+  for_each_key(f, T, d, page, 0, n, [&](int32_t r, int32_t c, float x) { out[static_cast<size_t>(c) * T + r] = x; });
 }
 
 void kv_page_read_values(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t row0, int32_t n, float* out) {

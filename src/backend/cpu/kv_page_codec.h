@@ -1,5 +1,7 @@
 // Reading and writing one KV page in any format. A page holds page_tokens tokens of one (layer, kv-head):
-//   F32 / F16: keys (page_tokens, head_dim) then values (page_tokens, head_dim).
+//   F32 / F16: keys channel-major (head_dim, page_tokens), then values (page_tokens, head_dim). Keys are stored
+//              transposed so that the attention kernel's q·k products are broadcast-FMAs over a row of
+//              page_tokens keys (no horizontal sums), and its p·v products broadcast-FMAs over a value row.
 //   Kivi*:     key codes (page_tokens, head_dim) packed little-end first, key scale (head_dim) f16, key min
 //              (head_dim) f16 — one (scale, min) per channel over the page's tokens, since key outliers sit in
 //              fixed channels; then value codes (page_tokens, head_dim), value scale and min f16 per
@@ -28,5 +30,9 @@ void kv_page_read_keys(KvFormat f, int32_t page_tokens, int32_t head_dim, const 
                        int32_t n, float* out);
 void kv_page_read_values(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* page, int32_t row0,
                          int32_t n, float* out);
+// Decodes the keys of rows [0, n) channel-major into out (head_dim, page_tokens); columns >= n are left as they
+// are. The attention kernel's view of a packed page (plain pages it reads in place).
+void kv_page_read_keys_t(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* page, int32_t n,
+                         float* out);
 
 }  // namespace longctx::cpu
