@@ -233,7 +233,7 @@ class BenchRunner {
   // Untimed: the cache holds exactly `depth` tokens at positions [0, depth) afterwards (before the policy acts).
   void fill(int32_t depth) {
     seq_->clear();
-    prefill(0, depth, /*want_logits=*/false);
+    prefill(0, depth, /*want_logits=*/false, WindowExpiry::kOn);
     const kv::KvGeometry& geo = seq_->geometry();
     depth_ = depth;
     n_keep_.assign(static_cast<size_t>(geo.n_layer) * geo.n_head_kv, 0);
@@ -268,7 +268,7 @@ class BenchRunner {
   // Returns seconds.
   double time_prompt(int32_t n) {
     const auto t0 = std::chrono::steady_clock::now();
-    prefill(depth_, n, /*want_logits=*/true);
+    prefill(depth_, n, /*want_logits=*/true, WindowExpiry::kOff);
     return seconds_since(t0);
   }
 
@@ -296,8 +296,12 @@ class BenchRunner {
 
  private:
   // Tokens [first_pos, first_pos + n) as one prompt on top of what the cache holds, wired as Generator::prefill:
-  // pages stay unpacked while the policy may still select tokens, then full pages are sealed.
-  void prefill(int32_t first_pos, int32_t n, bool want_logits) {
+  // pages stay unpacked while the policy may still select tokens, then full pages are sealed. With expiry on
+  // (the untimed fill), sliding-window layers free the tokens that left their window after every chunk, as
+  // Generator does, so the depth is held in the memory a real run holds; the timed tests leave it off, so that
+  // restore() can rewind by dropping what they appended (they then hold at most window + test tokens there).
+  enum class WindowExpiry { kOff, kOn };
+  void prefill(int32_t first_pos, int32_t n, bool want_logits, WindowExpiry expiry) {
     const ModelConfig& c = model_.config();
     const int32_t n_batch = forward_.n_batch();
     const int32_t score_from = policy_.prefill_score_from(first_pos + n);
@@ -318,8 +322,11 @@ class BenchRunner {
       std::vector<int32_t> rows;
       if (want_logits && start + len == n) rows.push_back(len - 1);
       forward_.run(*seq_, ids.data(), positions.data(), len, rows, logits_.data(), want_scores ? &scores_ : nullptr);
+      const bool scores_pending = want_scores && first_pos + start + len > score_from;
+      if (expiry == WindowExpiry::kOn && !scores_pending) kv_expire_window(c, *seq_, policy_, first_pos + start + len);
     }
     if (n > 0) policy_.after_prefill(*seq_, scores_);
+    if (expiry == WindowExpiry::kOn) kv_expire_window(c, *seq_, policy_, first_pos + n);
     seq_->seal_full_pages();
     seq_->set_auto_seal(true);
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <cstring>
 
 #include "backend/cpu/kv_page_codec.h"
@@ -140,11 +141,15 @@ void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on
     forward_.run(*seq_, prompt.data() + start, positions.data(), len, rows, chunk_logits.data(), &scores_);
     note_peak();
     if (compress_now) policy_.after_prefill_chunk(*seq_, scores_);
+    // Sliding-window expiry renumbers slots, so it waits while scores for the policy are still being gathered.
+    const bool scores_pending = scores_.wanted() && start + len > scores_.first_pos && !compress_now;
+    if (!scores_pending) kv_expire_window(c, *seq_, policy_, start + len);
     for (size_t r = 0; r < rows.size(); ++r)
       std::memcpy(logits.data() + dest[r] * n_vocab, chunk_logits.data() + r * n_vocab, n_vocab * sizeof(float));
     if (on_progress) on_progress(start + len, n);
   }
   if (apply_policy) policy_.after_prefill(*seq_, scores_);
+  kv_expire_window(c, *seq_, policy_, n);
   seq_->seal_full_pages();
   seq_->set_auto_seal(true);
 }
@@ -155,6 +160,50 @@ std::vector<float> Generator::prompt_logits(const std::vector<int32_t>& prompt, 
   std::vector<float> logits;
   prefill(prompt, nullptr, positions, logits, /*apply_policy=*/false);
   return logits;
+}
+
+ScoreStats Generator::score_continuation(const std::vector<int32_t>& prefix, const std::vector<int32_t>& continuation,
+                                         const ProgressFn& on_progress) {
+  ScoreStats st;
+  const ModelConfig& c = model_.config();
+  const int32_t n_vocab = c.n_vocab;
+  const int32_t n_prefix = static_cast<int32_t>(prefix.size());
+  if (n_prefix + static_cast<int64_t>(continuation.size()) > params_.n_ctx)
+    fail("prefix and continuation have {} tokens, more than the context of {}", n_prefix + continuation.size(),
+         params_.n_ctx);
+  std::vector<float> logits;  // (n_vocab): the prediction of the next token
+  auto t0 = std::chrono::steady_clock::now();
+  prefill(prefix, on_progress, {n_prefix - 1}, logits, /*apply_policy=*/true);
+  st.prefill_seconds = seconds_since(t0);
+  const bool decode_scores = policy_.wants_decode_scores();
+  t0 = std::chrono::steady_clock::now();
+  int32_t pos = n_prefix;
+  for (size_t i = 0; i < continuation.size(); ++i) {
+    const int32_t id = continuation[i];
+    if (id < 0 || id >= n_vocab) fail("continuation token {} is outside the vocabulary", id);
+    // log softmax in double: a sum over thousands of tokens must not drift.
+    const float mx = *std::max_element(logits.begin(), logits.end());
+    double z = 0;
+    for (float l : logits) z += std::exp(static_cast<double>(l - mx));
+    st.nll_sum += std::log(z) - static_cast<double>(logits[static_cast<size_t>(id)] - mx);
+    ++st.n_scored;
+    if (i + 1 == continuation.size()) break;  // the last token's prediction is not needed
+    if (decode_scores) {
+      scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, seq_->n_tokens_max() + 1);
+      scores_.first_pos = pos;
+    } else {
+      scores_.first_pos = INT_MAX;
+    }
+    forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_);
+    note_peak();
+    policy_.after_decode_step(*seq_, scores_);
+    kv_expire_window(c, *seq_, policy_, pos + 1);
+    ++pos;
+  }
+  st.decode_seconds = seconds_since(t0);
+  st.kv_bytes = seq_->bytes();
+  st.kv_full_f16_bytes = seq_->full_f16_bytes(seq_->n_tokens_max());
+  return st;
 }
 
 GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const TextFn& on_text,
@@ -211,6 +260,7 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
     forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_);
     note_peak();
     policy_.after_decode_step(*seq_, scores_);
+    kv_expire_window(c, *seq_, policy_, pos + 1);
     ++pos;
   }
   if (st.stop_reason != StopReason::StopString) filter.flush(on_text);

@@ -47,6 +47,15 @@ struct GenerateStats {
   std::vector<int32_t> tokens;       // generated ids
 };
 
+struct ScoreStats {
+  double nll_sum = 0;                // natural log, summed over the scored tokens
+  int32_t n_scored = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;         // the teacher-forced steps
+  kv::KvBytes kv_bytes;              // held by the sequence at the end
+  size_t kv_full_f16_bytes = 0;
+};
+
 // Progress of prefill: tokens done, tokens in all.
 using ProgressFn = std::function<void(int32_t, int32_t)>;
 // Receives generated text as it becomes final; returns false to stop.
@@ -62,6 +71,12 @@ class Generator {
 
   // Prefill only: returns the logits of every listed prompt position (rows, n_vocab), for tests and eval.
   std::vector<float> prompt_logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& positions);
+
+  // Teacher-forced scoring (perplexity under a policy): prefills prefix with the policy applied as generate() does,
+  // then feeds continuation one token at a time, policy hooks running after each step, and sums the negative log
+  // likelihood of every continuation token. The cache then holds what a reader of prefix + continuation holds.
+  ScoreStats score_continuation(const std::vector<int32_t>& prefix, const std::vector<int32_t>& continuation,
+                                const ProgressFn& on_progress);
 
   kv::KvSequence& sequence() { return *seq_; }
 

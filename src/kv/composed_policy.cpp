@@ -71,6 +71,14 @@ void ComposedPolicy::after_prefill_chunk(KvSequence& seq, const KvScores& scores
 void ComposedPolicy::after_prefill(KvSequence& seq, const KvScores& scores) { compress(seq, scores, false); }
 void ComposedPolicy::after_decode_step(KvSequence& seq, const KvScores& scores) { compress(seq, scores, true); }
 
+void ComposedPolicy::on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before,
+                                      const std::vector<int32_t>& slots) {
+  std::vector<float>& acc = accumulated_[index(layer, kv_head)];
+  if (acc.empty()) return;  // nothing accumulated for this head
+  acc.resize(static_cast<size_t>(n_before), 0.0f);  // slots appended since the last scores start at zero
+  swap_remove(acc, slots);
+}
+
 std::vector<int32_t> pyramid_budgets(int32_t budget, double beta, int32_t n_layer) {
   std::vector<int32_t> b(static_cast<size_t>(n_layer));
   const double last = budget / beta, first = 2.0 * budget - last;

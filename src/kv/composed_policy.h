@@ -32,6 +32,7 @@ class ComposedPolicy final : public KvPolicy {
   void after_prefill_chunk(KvSequence& seq, const KvScores& scores) override;
   void after_prefill(KvSequence& seq, const KvScores& scores) override;
   void after_decode_step(KvSequence& seq, const KvScores& scores) override;
+  void on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before, const std::vector<int32_t>& slots) override;
 
   const HeadPlan& plan(int32_t layer, int32_t kv_head) const { return plans_[index(layer, kv_head)]; }
 

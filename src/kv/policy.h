@@ -50,6 +50,9 @@ class KvPolicy {
   virtual void after_prefill(KvSequence& seq, const KvScores& scores) {}
   // After each generated token has been appended.
   virtual void after_decode_step(KvSequence& seq, const KvScores& scores) {}
+  // Someone else removed these slots (sorted ascending) of a head that held n_before, in KvSequence::remove_slots
+  // order (sliding-window expiry): per-slot state kept beside the store must follow.
+  virtual void on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before, const std::vector<int32_t>& slots) {}
 };
 
 // Parses a --kv spec: components joined by '+', each "name" or "name:key=value,key=value". A bad spec gets an

@@ -10,6 +10,25 @@
 
 namespace longctx {
 
+void kv_expire_window(const ModelConfig& c, kv::KvSequence& kv, kv::KvPolicy& policy, int32_t next_pos) {
+  if (c.sliding_window <= 0) return;
+  const int32_t last_expired = next_pos - c.sliding_window;
+  std::vector<int32_t> slots;
+  for (int32_t il = 0; il < c.n_layer; ++il) {
+    if (!c.layer_is_local[static_cast<size_t>(il)]) continue;
+    for (int32_t g = 0; g < c.n_head_kv; ++g) {
+      const kv::KvHeadCache& h = kv.head(il, g);
+      slots.clear();
+      for (int32_t s = 0; s < h.n_tokens(); ++s)
+        if (h.positions[static_cast<size_t>(s)] <= last_expired) slots.push_back(s);
+      if (slots.empty()) continue;
+      const int32_t n_before = h.n_tokens();
+      kv.remove_slots(il, g, slots);
+      policy.on_slots_removed(il, g, n_before, slots);
+    }
+  }
+}
+
 Forward::Forward(const Model& model, ThreadPool& pool, int32_t n_batch)
     : model_(model), pool_(pool), n_batch_(n_batch) {
   const ModelConfig& c = model.config();

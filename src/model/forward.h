@@ -11,6 +11,12 @@
 
 namespace longctx {
 
+// Sliding-window layers: a query at position q sees keys in (q - window, q], and every later query has a larger
+// position, so a key at or before next_pos - window is never read again. Frees those slots on every local layer,
+// exactly (no output changes), and tells the policy which slots went so its per-slot state follows. Call it only
+// between forwards whose gathered attention scores the policy has already consumed (slots are renumbered).
+void kv_expire_window(const ModelConfig& c, kv::KvSequence& kv, kv::KvPolicy& policy, int32_t next_pos);
+
 class Forward {
  public:
   // n_batch: the most tokens one call to run() takes; activation buffers are sized for it.

@@ -1,0 +1,101 @@
+// Sliding-window expiry (kv_expire_window): the tokens no future query of a local layer can see are freed, the
+// global layers keep everything, attention is unchanged bit for bit, and the policy hears of every removed slot.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/attention.h"
+#include "model/forward.h"
+
+namespace longctx {
+namespace {
+
+struct RecordingPolicy final : kv::KvPolicy {
+  std::string describe() const override { return "recording"; }
+  KvFormat page_format() const override { return KvFormat::F32; }
+  void on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before, const std::vector<int32_t>& slots) override {
+    calls.push_back({layer, kv_head, n_before, slots});
+  }
+  struct Call {
+    int32_t layer, kv_head, n_before;
+    std::vector<int32_t> slots;
+  };
+  std::vector<Call> calls;
+};
+
+TEST(WindowExpiry, FreesOnlyWhatNoLaterQuerySeesAndChangesNoOutput) {
+  constexpr int32_t kWindow = 20, kTokens = 100, kDim = 32, kHeadsKv = 2, kHeads = 4;
+  ModelConfig c;
+  c.n_layer = 2;
+  c.n_head_kv = kHeadsKv;
+  c.sliding_window = kWindow;
+  c.layer_is_local = {true, false};
+  kv::KvGeometry geo{c.n_layer, kHeadsKv, kDim, 16, KvFormat::F32, KvFormat::F32};
+  kv::KvPagePool pool(geo.page_tokens, kDim, size_t{1} << 26);
+  kv::KvSequence seq(geo, pool);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  std::vector<float> k(static_cast<size_t>(kTokens) * kHeadsKv * kDim), v(k.size());
+  for (auto& x : k) x = nd(rng);
+  for (auto& x : v) x = nd(rng);
+  std::vector<int32_t> pos(kTokens);
+  for (int32_t i = 0; i < kTokens; ++i) pos[static_cast<size_t>(i)] = i;
+  for (int32_t il = 0; il < c.n_layer; ++il) seq.append(il, k.data(), v.data(), pos.data(), kTokens);
+
+  // The next query, at position kTokens, on the local layer, before and after expiry.
+  std::vector<float> q(static_cast<size_t>(kHeads) * kDim), before(q.size()), after(q.size());
+  for (auto& x : q) x = nd(rng);
+  const int32_t q_pos = kTokens;
+  const cpu::AttentionParams ap{kHeads, kHeadsKv, kDim, 0.2f, kWindow};
+  ThreadPool tp(2);
+  cpu::attention(tp, ap, q.data(), &q_pos, 1, seq.layer_view(0), before.data());
+
+  RecordingPolicy policy;
+  kv_expire_window(c, seq, policy, kTokens);
+  for (int32_t g = 0; g < kHeadsKv; ++g) {
+    const kv::KvHeadCache& local = seq.head(0, g);
+    EXPECT_EQ(local.n_tokens(), kWindow - 1);  // positions (kTokens - kWindow, kTokens)
+    for (int32_t p : local.positions) EXPECT_GT(p, kTokens - kWindow);
+    EXPECT_EQ(seq.head(1, g).n_tokens(), kTokens);  // the global layer keeps all
+  }
+  ASSERT_EQ(policy.calls.size(), static_cast<size_t>(kHeadsKv));
+  for (const auto& call : policy.calls) {
+    EXPECT_EQ(call.layer, 0);
+    EXPECT_EQ(call.n_before, kTokens);
+    std::vector<int32_t> expected;
+    for (int32_t s = 0; s <= kTokens - kWindow; ++s) expected.push_back(s);  // slots were positions
+    EXPECT_EQ(call.slots, expected);
+  }
+  cpu::attention(tp, ap, q.data(), &q_pos, 1, seq.layer_view(0), after.data());
+  // Same keys, same values, same order of pages visited is not guaranteed (slots moved), so equal to rounding.
+  for (size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(before[i], after[i], 1e-6f) << i;
+
+  // Nothing more to free at the same position; freed pages went back to the pool.
+  policy.calls.clear();
+  kv_expire_window(c, seq, policy, kTokens);
+  EXPECT_TRUE(policy.calls.empty());
+  EXPECT_LT(seq.bytes().payload, 2 * static_cast<size_t>(kHeadsKv) * (kTokens + 16) * kDim * 2 * 4);
+}
+
+TEST(WindowExpiry, ModelsWithoutWindowsKeepEverything) {
+  ModelConfig c;
+  c.n_layer = 1;
+  c.n_head_kv = 1;
+  c.layer_is_local = {false};
+  kv::KvGeometry geo{1, 1, 8, 16, KvFormat::F32, KvFormat::F32};
+  kv::KvPagePool pool(geo.page_tokens, 8, size_t{1} << 20);
+  kv::KvSequence seq(geo, pool);
+  std::vector<float> k(8 * 40, 0.5f);
+  std::vector<int32_t> pos(40);
+  for (int32_t i = 0; i < 40; ++i) pos[static_cast<size_t>(i)] = i;
+  seq.append(0, k.data(), k.data(), pos.data(), 40);
+  RecordingPolicy policy;
+  kv_expire_window(c, seq, policy, 1000);
+  EXPECT_EQ(seq.head(0, 0).n_tokens(), 40);
+  EXPECT_TRUE(policy.calls.empty());
+}
+
+}  // namespace
+}  // namespace longctx
