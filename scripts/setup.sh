@@ -53,4 +53,8 @@ fetch_model gemma-3-270m-q4_k_m.gguf \
 if [ ! -s data/1samuel-1-7.txt ]; then
   bible -f -l10000 "1sa1:1-1sa7:17" > data/1samuel-1-7.txt
 fi
+# The eval haystack (longctx eval): the whole King James Bible, verse references dropped (public domain).
+if [ ! -s data/kjv.txt ]; then
+  bible -f -l10000 "gen1:1-rev22:21" | sed -E 's/^[^ ]*[0-9]+:[0-9]+ //' > data/kjv.txt.tmp && mv data/kjv.txt.tmp data/kjv.txt
+fi
 echo "setup: ok (models in $CACHE)"

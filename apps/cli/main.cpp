@@ -1,5 +1,5 @@
 // longctx: the command-line front end. Subcommands: run (answer over a long document), info (what a GGUF holds),
-// bench (speed, like llama-bench; bench_command.h).
+// bench (speed, like llama-bench; bench_command.h), eval (quality against KV memory; eval_command.h).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <unistd.h>
@@ -12,6 +12,8 @@
 #include <thread>
 
 #include "bench_command.h"
+#include "calibrate_heads_command.h"
+#include "eval_command.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "kv/policy.h"
@@ -256,11 +258,19 @@ int main(int argc, char** argv) {
   BenchOptions bench_options;
   auto* bench = add_bench_subcommand(app, bench_options);
 
+  CalibrateHeadsOptions calibrate_options;
+  auto* calibrate = add_calibrate_heads_subcommand(app, calibrate_options);
+
+  eval::EvalOptions eval_options;
+  auto* eval = add_eval_subcommand(app, eval_options);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (run->parsed()) return run_command(ro);
     if (info->parsed()) return info_command(info_path, info_all);
     if (bench->parsed()) return bench_command(bench_options);
+    if (calibrate->parsed()) return calibrate_heads_command(calibrate_options);
+    if (eval->parsed()) return eval_command(eval_options);
   } catch (const Error& e) {
     std::fflush(stdout);
     fmt::print(stderr, "error: {}\n", e.what());

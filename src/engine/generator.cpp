@@ -202,7 +202,7 @@ ScoreStats Generator::score_continuation(const std::vector<int32_t>& prefix, con
   }
   st.decode_seconds = seconds_since(t0);
   st.kv_bytes = seq_->bytes();
-  st.kv_full_f16_bytes = seq_->full_f16_bytes(seq_->n_tokens_max());
+  st.kv_full_f16_bytes = seq_->full_f16_bytes(pos);  // every token seen, kept or evicted: the uncompressed cache
   return st;
 }
 
@@ -266,7 +266,7 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
   if (st.stop_reason != StopReason::StopString) filter.flush(on_text);
   st.decode_seconds = seconds_since(t0);
   st.kv_bytes = seq_->bytes();
-  st.kv_full_f16_bytes = seq_->full_f16_bytes(seq_->n_tokens_max());
+  st.kv_full_f16_bytes = seq_->full_f16_bytes(pos);  // every token seen, kept or evicted: the uncompressed cache
   st.kv_pool_bytes = pages_->bytes_reserved();
   st.kv_peak_bytes = peak_bytes_;
   st.logits_hash = logits_hash(logits.data(), n_vocab);

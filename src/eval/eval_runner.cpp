@@ -1,0 +1,402 @@
+#include "eval/eval_runner.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "core/error.h"
+#include "engine/generator.h"
+#include "kv/policy.h"
+#include "model/model.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace longctx::eval {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    fail("cannot read the haystack '{}'{}", path,
+         path == "data/kjv.txt" ? " (scripts/setup.sh makes it; or give --haystack FILE)" : "");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Total work is counted in context tokens, each (case, policy) run weighing its length: a rough but steady
+// estimate, since prefill dominates and every policy prefills the same prompt.
+class Progress {
+ public:
+  Progress(ProgressMode mode, int64_t n_work) : mode_(mode), n_work_(n_work), t0_(Clock::now()) {}
+  void update(int64_t done, int32_t run, int32_t n_runs, const std::string& what) {
+    if (mode_ == ProgressMode::Off) return;
+    const double s = seconds_since(t0_);
+    const int width = 24;
+    const int fill = n_work_ > 0 ? static_cast<int>(static_cast<double>(done) / n_work_ * width) : width;
+    std::string eta = "?";
+    if (done > 0) {
+      const double left = s / static_cast<double>(done) * static_cast<double>(n_work_ - done);
+      eta = left >= 90 ? fmt::format("{:.1f} min", left / 60) : fmt::format("{:.0f}s", left);
+    }
+    fmt::print(stderr, "\reval [{}{}] {}/{} {:<44.44} {:.0f}s, {} left ", std::string(std::min(fill, width), '#'),
+               std::string(width - std::min(fill, width), '.'), run, n_runs, what, s, eta);
+    std::fflush(stderr);
+  }
+  void finish() {
+    if (mode_ != ProgressMode::Off) fmt::print(stderr, "\n");
+  }
+
+ private:
+  ProgressMode mode_;
+  int64_t n_work_;
+  Clock::time_point t0_;
+};
+
+struct Prompt {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> continuation;  // ppl only
+};
+
+struct CaseResult {
+  std::string policy, policy_resolved;
+  Task task;
+  int32_t length;
+  double depth, depth_placed;
+  uint64_t seed;
+  std::vector<std::string> expected;
+  std::string got;
+  bool correct = false;
+  int32_t n_prompt = 0, n_generated = 0;
+  size_t kv_bytes = 0, kv_full_f16_bytes = 0;
+  double kv_bytes_per_token = 0;
+  double prefill_s = 0, decode_s = 0;
+  double nll_sum = 0;
+  int32_t n_scored = 0;
+};
+
+nlohmann::json to_json(const CaseResult& r) {
+  nlohmann::json j;
+  j["policy"] = r.policy;
+  j["policy_resolved"] = r.policy_resolved;
+  j["task"] = task_name(r.task);
+  j["length"] = r.length;
+  j["depth"] = r.depth;
+  j["depth_placed"] = r.depth_placed;
+  j["seed"] = r.seed;
+  j["n_prompt"] = r.n_prompt;
+  j["n_generated"] = r.n_generated;
+  j["kv_bytes"] = r.kv_bytes;
+  j["kv_full_f16_bytes"] = r.kv_full_f16_bytes;
+  j["kv_bytes_per_token"] = r.kv_bytes_per_token;
+  j["prefill_seconds"] = r.prefill_s;
+  j["decode_seconds"] = r.decode_s;
+  if (r.task == Task::Perplexity) {
+    j["nll_sum"] = r.nll_sum;
+    j["n_scored"] = r.n_scored;
+    j["perplexity"] = r.n_scored > 0 ? std::exp(r.nll_sum / r.n_scored) : 0.0;
+    j["expected"] = nullptr;
+    j["got"] = nullptr;
+    j["correct"] = nullptr;
+  } else {
+    j["expected"] = r.expected;
+    j["got"] = r.got;
+    j["correct"] = r.correct;
+  }
+  return j;
+}
+
+std::vector<PolicySummary> summarize(const std::vector<CaseResult>& rs, const std::vector<std::string>& policies,
+                                     const std::vector<Task>& tasks, int32_t only_length) {
+  std::vector<PolicySummary> out;
+  for (const std::string& p : policies) {
+    PolicySummary s;
+    s.policy = p;
+    double bpt = 0, nll = 0, dec_s = 0;
+    int64_t n = 0, n_scored = 0, n_gen = 0;
+    std::map<Task, std::pair<int, int>> acc;
+    for (const CaseResult& r : rs) {
+      if (r.policy != p || (only_length > 0 && r.length != only_length)) continue;
+      bpt += r.kv_bytes_per_token;
+      ++n;
+      dec_s += r.decode_s;
+      if (r.task == Task::Perplexity) {
+        nll += r.nll_sum;
+        n_scored += r.n_scored;
+        n_gen += std::max(0, r.n_scored - 1);
+      } else {
+        auto& a = acc[r.task];
+        a.first += r.correct;
+        a.second += 1;
+        n_gen += std::max(0, r.n_generated - 1);  // the first token comes from prefill's logits
+      }
+    }
+    if (n == 0) continue;
+    s.kv_bytes_per_token = bpt / n;
+    for (Task t : tasks)
+      if (t != Task::Perplexity && acc.count(t))
+        s.accuracy.emplace_back(task_name(t), static_cast<double>(acc[t].first) / acc[t].second);
+    s.perplexity = n_scored > 0 ? std::exp(nll / n_scored) : 0;
+    s.decode_tok_s = dec_s > 0 ? n_gen / dec_s : 0;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::string table_of(const std::vector<PolicySummary>& ss, const std::vector<Task>& tasks) {
+  std::string t = "| policy | KV bytes/token |";
+  std::string rule = "|---|---:|";
+  for (Task k : tasks) {
+    t += k == Task::Perplexity ? " perplexity |" : fmt::format(" {} acc |", task_name(k));
+    rule += "---:|";
+  }
+  t += " decode tok/s |\n" + rule + "---:|\n";
+  for (const PolicySummary& s : ss) {
+    t += fmt::format("| {} | {:.0f} |", s.policy, s.kv_bytes_per_token);
+    for (Task k : tasks) {
+      if (k == Task::Perplexity) {
+        t += s.perplexity > 0 ? fmt::format(" {:.2f} |", s.perplexity) : " - |";
+        continue;
+      }
+      auto it = std::find_if(s.accuracy.begin(), s.accuracy.end(), [&](const auto& a) { return a.first == task_name(k); });
+      t += it == s.accuracy.end() ? " - |" : fmt::format(" {:.2f} |", it->second);
+    }
+    t += fmt::format(" {:.1f} |\n", s.decode_tok_s);
+  }
+  return t;
+}
+
+void write_results(const std::string& path, const nlohmann::json& meta, const std::vector<CaseResult>& rs,
+                   const std::vector<PolicySummary>& summary) {
+  nlohmann::json j = meta;
+  j["cases"] = nlohmann::json::array();
+  for (const CaseResult& r : rs) j["cases"].push_back(to_json(r));
+  j["summary"] = nlohmann::json::array();
+  for (const PolicySummary& s : summary) {
+    nlohmann::json e;
+    e["policy"] = s.policy;
+    e["kv_bytes_per_token"] = s.kv_bytes_per_token;
+    for (const auto& [task, a] : s.accuracy) e["accuracy"][task] = a;
+    e["perplexity"] = s.perplexity > 0 ? nlohmann::json(s.perplexity) : nlohmann::json(nullptr);
+    e["decode_tok_s"] = s.decode_tok_s;
+    j["summary"].push_back(e);
+  }
+  // Written whole after every case, through a rename, so a long run killed midway leaves a valid file.
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (!out) fail("cannot write the results file '{}'", tmp);
+    out << j.dump(1) << "\n";
+    if (!out) fail("cannot write the results file '{}'", tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) fail("cannot write the results file '{}': {}", path, ec.message());
+}
+
+}  // namespace
+
+EvalReport run_eval(const EvalOptions& o) {
+  // ---- every check before any work ----
+  if (o.out.empty()) fail("give the results file with -o FILE");
+  const std::vector<Task> tasks = parse_task_list(o.tasks);
+  const std::vector<int32_t> lengths = parse_length_list(o.lengths);
+  const std::vector<double> depths = parse_depth_list(o.depths);
+  if (o.kv_specs.empty()) fail("give at least one --kv SPEC");
+  if (o.n_seeds < 1) fail("--seeds must be at least 1");
+  {
+    // Opening for append creates the file if need be and keeps what is there: only a path that cannot be written
+    // fails here. The directory must also take the temporary file beside it.
+    std::ofstream probe(o.out, std::ios::app);
+    if (!probe) fail("cannot write the results file '{}'", o.out);
+    std::ofstream probe_tmp(o.out + ".tmp", std::ios::app);
+    if (!probe_tmp) fail("cannot write beside the results file '{}'", o.out);
+    probe_tmp.close();
+    std::filesystem::remove(o.out + ".tmp");
+  }
+  const std::vector<std::string> haystack = [&] {
+    const std::string text = read_text(o.haystack);
+    bool blank = std::all_of(text.begin(), text.end(), [](char ch) { return std::isspace(static_cast<unsigned char>(ch)) != 0; });
+    if (blank) fail("the haystack '{}' is empty", o.haystack);
+    return split_sentences(text);
+  }();
+
+  auto model = Model::load(o.model);
+  auto tok = Tokenizer::from_gguf(model->file());
+  const ModelConfig& mc = model->config();
+  for (int32_t len : lengths) {
+    if (len > mc.n_ctx_train)
+      fail("length {} is beyond the model's context of {} tokens", len, mc.n_ctx_train);
+    const bool asks = std::any_of(tasks.begin(), tasks.end(), [](Task t) { return t != Task::Perplexity; });
+    const bool scores = std::find(tasks.begin(), tasks.end(), Task::Perplexity) != tasks.end();
+    if (asks && len < o.n_predict + 128) fail("length {} is too short for a question and a {}-token answer", len, o.n_predict);
+    if (scores && len < o.n_score + 16) fail("length {} is too short to score {} tokens after a prefix (--ppl-tokens)", len, o.n_score);
+  }
+  for (const std::string& spec : o.kv_specs)
+    for (int32_t len : lengths) (void)kv::make_kv_policy(resolve_budget(spec, len), mc.n_layer, mc.n_head_kv);
+
+  const bool chat = o.style == PromptStyle::Chat ||
+                    (o.style == PromptStyle::Auto && model->file().has("tokenizer.chat_template"));
+  const ChatTemplate chat_tpl = chat ? chat_template_for(model->file()) : ChatTemplate{};
+  const TokenCounter count = [&](std::string_view s) {
+    return static_cast<int32_t>(tok->encode(s, /*add_bos=*/false, /*parse_special=*/false).size());
+  };
+  auto wrap = [&](const Case& c) {
+    if (!chat) return c.context + "\n\nQuestion: " + c.question + "\nAnswer: " + c.answer_prefix;
+    std::vector<ChatMessage> msgs{{"user", c.context + "\n\n" + c.question}};
+    return apply_chat_template(chat_tpl, msgs, true) + c.answer_prefix;
+  };
+
+  // ---- the cases, built once and shared by every policy ----
+  struct Built {
+    Case c;
+    Prompt p;
+  };
+  std::vector<Built> built;
+  for (int32_t len : lengths)
+    for (Task t : tasks)
+      for (double d : (t == Task::Perplexity ? std::vector<double>{0} : depths))
+        for (int32_t s = 0; s < o.n_seeds; ++s) {
+          const uint64_t seed = o.seed + static_cast<uint64_t>(s);
+          CaseParams cp;
+          Built b;
+          if (t == Task::Perplexity) {
+            // Slack of 10% in sentences, then cut exactly in tokens.
+            cp.n_context_tokens = len - o.n_score + len / 10 + 64;
+            cp.n_score_tokens = o.n_score;
+            b.c = make_case(t, len, d, seed, haystack, count, cp);
+            std::vector<int32_t> ids = tok->encode(b.c.context, tok->add_bos(), false);
+            if (static_cast<int32_t>(ids.size()) < len)
+              fail("the haystack '{}' is too short for a ppl case of {} tokens", o.haystack, len);
+            const size_t n_prefix = static_cast<size_t>(len - o.n_score);
+            b.p.tokens.assign(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(n_prefix));
+            b.p.continuation.assign(ids.begin() + static_cast<std::ptrdiff_t>(n_prefix), ids.begin() + len);
+          } else {
+            // The wrapping's cost is measured on a first build, then the context is shrunk until prompt and
+            // answer fit in the length (the per-sentence count differs slightly from the whole text's).
+            int32_t budget = len - o.n_predict - 96;
+            for (int iter = 0; iter < 6; ++iter) {
+              cp.n_context_tokens = budget;
+              b.c = make_case(t, len, d, seed, haystack, count, cp);
+              b.p.tokens = tok->encode(wrap(b.c), tok->add_bos(), /*parse_special=*/chat);
+              const int32_t excess = static_cast<int32_t>(b.p.tokens.size()) + o.n_predict - len;
+              if (excess <= 0 && (excess > -16 || iter >= 3)) break;
+              budget -= excess > 0 ? excess + 4 : excess + 2;
+            }
+            if (static_cast<int32_t>(b.p.tokens.size()) + o.n_predict > len)
+              fail("could not fit a {} case in {} tokens", task_name(t), len);
+          }
+          built.push_back(std::move(b));
+        }
+
+  const int32_t n_threads = o.n_threads > 0 ? o.n_threads : static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+  ThreadPool pool(n_threads);
+  nlohmann::json meta;
+  meta["model"] = o.model;
+  meta["model_name"] = model->file().get_string_opt("general.name").value_or("");
+  meta["n_ctx_train"] = mc.n_ctx_train;
+  meta["prompt_style"] = chat ? "chat" : "completion";
+  meta["tasks"] = nlohmann::json::array();
+  for (Task t : tasks) meta["tasks"].push_back(task_name(t));
+  meta["policies"] = o.kv_specs;
+  meta["lengths"] = lengths;
+  meta["depths"] = depths;
+  meta["seed"] = o.seed;
+  meta["n_seeds"] = o.n_seeds;
+  meta["haystack"] = o.haystack;
+  meta["n_predict"] = o.n_predict;
+  meta["n_score"] = o.n_score;
+  meta["n_threads"] = n_threads;
+
+  const int32_t n_runs = static_cast<int32_t>(built.size() * o.kv_specs.size());
+  int64_t n_work = 0;
+  for (const Built& b : built) n_work += static_cast<int64_t>(b.c.length) * static_cast<int64_t>(o.kv_specs.size());
+  Progress progress(o.progress, n_work);
+  std::vector<CaseResult> results;
+  int64_t done = 0;
+  int32_t run = 0;
+  for (const Built& b : built) {
+    for (const std::string& spec : o.kv_specs) {
+      ++run;
+      CaseResult r;
+      r.policy = spec;
+      r.policy_resolved = resolve_budget(spec, b.c.length);
+      r.task = b.c.task;
+      r.length = b.c.length;
+      r.depth = b.c.depth;
+      r.depth_placed = b.c.depth_placed;
+      r.seed = b.c.seed;
+      r.expected = b.c.expected;
+      const std::string what = fmt::format("{} {} d={:.2f} {}", task_name(b.c.task), b.c.length, b.c.depth, spec);
+      progress.update(done, run, n_runs, what);
+      auto policy = kv::make_kv_policy(r.policy_resolved, mc.n_layer, mc.n_head_kv);
+      GenerateParams gp;
+      gp.n_predict = o.n_predict;
+      gp.n_batch = o.n_batch;
+      gp.n_ctx = std::min(mc.n_ctx_train,
+                          std::max(b.c.length, static_cast<int32_t>(b.p.tokens.size() + b.p.continuation.size()) + o.n_predict));
+      gp.sampling.temperature = 0;  // greedy: the answer is a function of the prompt and the policy
+      if (!chat) gp.stop = {"\n"};  // a base model runs on past its answer
+      Generator gen(*model, *tok, pool, *policy, gp);
+      const int32_t n_prompt = static_cast<int32_t>(b.p.tokens.size());
+      const int64_t done0 = done;
+      ProgressFn on_progress = [&](int32_t d, int32_t total) {
+        progress.update(done0 + static_cast<int64_t>(b.c.length) * d / std::max(1, total), run, n_runs, what);
+      };
+      if (b.c.task == Task::Perplexity) {
+        ScoreStats st = gen.score_continuation(b.p.tokens, b.p.continuation, on_progress);
+        r.n_prompt = n_prompt;
+        r.nll_sum = st.nll_sum;
+        r.n_scored = st.n_scored;
+        r.prefill_s = st.prefill_seconds;
+        r.decode_s = st.decode_seconds;
+        r.kv_bytes = st.kv_bytes.total();
+        r.kv_full_f16_bytes = st.kv_full_f16_bytes;
+        r.kv_bytes_per_token = static_cast<double>(r.kv_bytes) / std::max(1, n_prompt + st.n_scored - 1);
+      } else {
+        std::string answer;
+        GenerateStats st = gen.generate(b.p.tokens, [&](std::string_view s) { answer += s; return true; }, on_progress);
+        r.got = answer;
+        r.correct = score_answer(b.c.expected, answer);
+        r.n_prompt = st.n_prompt;
+        r.n_generated = st.n_generated;
+        r.prefill_s = st.prefill_seconds;
+        r.decode_s = st.decode_seconds;
+        r.kv_bytes = st.kv_bytes.total();
+        r.kv_full_f16_bytes = st.kv_full_f16_bytes;
+        r.kv_bytes_per_token = static_cast<double>(r.kv_bytes) / std::max(1, st.n_prompt + std::max(0, st.n_generated - 1));
+      }
+      results.push_back(std::move(r));
+      done += b.c.length;
+      write_results(o.out, meta, results, summarize(results, o.kv_specs, tasks, 0));
+    }
+  }
+  progress.update(done, run, n_runs, "done");
+  progress.finish();
+
+  EvalReport rep;
+  rep.n_cases = n_runs;
+  rep.summary = summarize(results, o.kv_specs, tasks, 0);
+  rep.table = table_of(rep.summary, tasks);
+  if (lengths.size() > 1)
+    for (int32_t len : lengths)
+      rep.table += fmt::format("\nlength {}:\n\n{}", len, table_of(summarize(results, o.kv_specs, tasks, len), tasks));
+  return rep;
+}
+
+}  // namespace longctx::eval

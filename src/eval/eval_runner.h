@@ -1,0 +1,57 @@
+// `longctx eval`: runs every case of the listed tasks, lengths, depths and seeds under every listed KV policy, on
+// exactly the same prompts, and writes one JSON file of results plus a summary table.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "eval/eval_tasks.h"
+
+namespace longctx::eval {
+
+enum class PromptStyle {
+  Auto,        // chat when the GGUF carries a chat template (instruct models), completion otherwise (base models)
+  Chat,        // the question in a user turn, the answer's start written into the assistant turn
+  Completion,  // "context\n\nQuestion: ...\nAnswer: <answer start>"
+};
+
+enum class ProgressMode { Bar, Off };
+
+struct EvalOptions {
+  std::string model;
+  std::string tasks = "needle";
+  std::vector<std::string> kv_specs{"full"};  // budget=1/4 style fractions are taken of each case's length
+  std::string lengths = "1k";
+  std::string depths = "0,0.25,0.5,0.75,1";
+  int32_t n_seeds = 1;           // seeds seed, seed+1, ...
+  uint64_t seed = 1;
+  std::string haystack = "data/kjv.txt";
+  std::string out;               // results JSON; required
+  int32_t n_predict = 24;        // answer tokens
+  int32_t n_score = 128;         // ppl: teacher-forced tokens after the prefix
+  int32_t n_threads = 0;         // 0: every core
+  int32_t n_batch = 256;
+  PromptStyle style = PromptStyle::Auto;
+  ProgressMode progress = ProgressMode::Bar;
+};
+
+// One line of the summary: a policy over all lengths (or one length).
+struct PolicySummary {
+  std::string policy;
+  double kv_bytes_per_token = 0;  // mean over the cases
+  std::vector<std::pair<std::string, double>> accuracy;  // (task, fraction correct); ppl excluded
+  double perplexity = 0;          // 0: no ppl case
+  double decode_tok_s = 0;
+};
+
+struct EvalReport {
+  int32_t n_cases = 0;            // (case, policy) runs
+  std::vector<PolicySummary> summary;
+  std::string table;              // the summary as Markdown, printed by the CLI
+};
+
+// Checks everything (model, tasks, lengths against the model's context, haystack, policies, the output path)
+// before any case runs; throws Error with a clear message on bad input.
+EvalReport run_eval(const EvalOptions& o);
+
+}  // namespace longctx::eval
