@@ -214,6 +214,13 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
   }
   if (!h.pages.empty() && h.n_tokens() % T != 0 && kv_format_is_packed(h.pages.back().format))
     unseal_page(h, h.pages.size() - 1);
+  // Accounting counts what is allocated, so a head cut from thousands of tokens to its budget gives back the
+  // capacity of its tables too (otherwise they are a third of a 2-bit cache's bytes). The slack of one page
+  // keeps a decode step's append and eviction from reallocating each time.
+  if (h.positions.capacity() > 2 * h.positions.size() + static_cast<size_t>(T)) {
+    h.positions.shrink_to_fit();
+    h.pages.shrink_to_fit();
+  }
 }
 
 std::vector<int32_t> complement_slots(const std::vector<int32_t>& keep, int32_t n) {
