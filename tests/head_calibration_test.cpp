@@ -58,13 +58,13 @@ TEST(HeadCalibration, ScoresMatchThePlainLoop) {
         cal.add_query(l, g, q, by_slot.data(), positions, n_group);
         // Query q holds the token at q - length; the echo head looks there, the induction head one further.
         const size_t i = static_cast<size_t>(l * n_head_kv + g);
-        ref_echo[i] += p[static_cast<size_t>(q - length)] / n_group / length;
-        ref_ind[i] += p[static_cast<size_t>(q - length + 1)] / n_group / length;
+        ref_echo[i] += static_cast<double>(p[static_cast<size_t>(q - length)]) / n_group / length;
+        ref_ind[i] += static_cast<double>(p[static_cast<size_t>(q - length + 1)]) / n_group / length;
       }
   const auto echo = cal.echo_scores(), ind = cal.induction_scores();
   for (size_t i = 0; i < echo.size(); ++i) {
-    EXPECT_NEAR(echo[i], ref_echo[i], 1e-9) << i;
-    EXPECT_NEAR(ind[i], ref_ind[i], 1e-9) << i;
+    EXPECT_NEAR(echo[i], ref_echo[i], 1e-12) << i;
+    EXPECT_NEAR(ind[i], ref_ind[i], 1e-12) << i;
     EXPECT_GE(echo[i], 0.0);
     EXPECT_LE(ind[i], 1.0);
   }
