@@ -104,6 +104,53 @@ TEST(Attention, PackedPagesMatchTheirDequantizedValues) {
   });
 }
 
+// The attention paid to each slot (for the token policies) against the one-pass double reference: summed
+// probabilities of the selected rows and the query heads of each kv-head. Tolerance: probabilities in [0, 1]
+// summed over at most 3 heads x 12 rows, f32 logits and Highway's Exp against double: 2e-5 absolute.
+TEST(Attention, ScoresMatchReference) {
+  for_each_target([](const char* target) {
+    SCOPED_TRACE(target);
+    struct S { int32_t n_head, n_head_kv, head_dim, n_cached, n_tok, first_row, window, page_tokens; KvFormat f; };
+    for (const S c : {S{9, 3, 64, 300, 12, 4, 0, 64, KvFormat::F16},   // SnapKV's observation window at prefill end
+                      S{9, 3, 64, 700, 1, 0, 0, 64, KvFormat::F16},    // H2O / TOVA: one decode query
+                      S{4, 1, 256, 200, 5, 0, 48, 32, KvFormat::F32},  // sliding window
+                      S{9, 3, 64, 256, 3, 1, 0, 64, KvFormat::Kivi2},  // packed pages
+                      S{4, 2, 8, 40, 6, 2, 0, 16, KvFormat::F32}}) {   // one-lane path
+      std::mt19937 rng(99 + c.n_cached);
+      std::normal_distribution<float> nd;
+      const KvFormat open = kv_format_is_packed(c.f) ? KvFormat::F16 : c.f;
+      kv::KvGeometry geo{1, c.n_head_kv, c.head_dim, c.page_tokens, open, c.f};
+      kv::KvPagePool pool(geo.page_tokens, geo.head_dim, size_t{1} << 28);
+      kv::KvSequence seq(geo, pool);
+      const int32_t total = c.n_cached + c.n_tok;
+      std::vector<int32_t> pos(static_cast<size_t>(total));
+      for (int32_t i = 0; i < total; ++i) pos[static_cast<size_t>(i)] = 2 * i;  // gaps
+      std::vector<float> k(static_cast<size_t>(total) * c.n_head_kv * c.head_dim), v(k.size());
+      for (auto& x : k) x = nd(rng) * 2.0f;
+      for (auto& x : v) x = nd(rng);
+      seq.append(0, k.data(), v.data(), pos.data(), total);
+      seq.seal_full_pages();
+      std::vector<float> q(static_cast<size_t>(c.n_tok) * c.n_head * c.head_dim);
+      for (auto& x : q) x = nd(rng);
+      const cpu::AttentionParams ap{c.n_head, c.n_head_kv, c.head_dim, 1.0f / std::sqrt(float(c.head_dim)), c.window};
+      const int32_t stride = total + 5;
+      std::vector<float> got(static_cast<size_t>(c.n_head_kv) * stride, 0.25f), want = got;  // accumulated into
+      ThreadPool tp(2);
+      const auto view = seq.layer_view(0);
+      const int32_t* q_pos = pos.data() + c.n_cached;
+      cpu::attention_scores(tp, ap, q.data(), q_pos, c.n_tok, c.first_row, view, got.data(), stride);
+      cpu::attention_scores_reference(ap, q.data(), q_pos, c.n_tok, c.first_row, view, want.data(), stride);
+      double mass = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_NEAR(got[i], want[i], 2e-5f) << "slot " << i << ", d " << c.head_dim;
+        mass += want[i] - 0.25;
+      }
+      // Each selected row of each query head contributes probability 1 in all (every row sees some key here).
+      EXPECT_NEAR(mass, double(c.n_head) * (c.n_tok - c.first_row), 1e-3);
+    }
+  });
+}
+
 TEST(Attention, QueryWithNoVisibleKeyGetsZeros) {
   kv::KvGeometry geo{1, 1, 8, 16, KvFormat::F32, KvFormat::F32};
   kv::KvPagePool pool(geo.page_tokens, geo.head_dim, size_t{1} << 20);

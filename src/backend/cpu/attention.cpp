@@ -77,10 +77,10 @@ HWY_INLINE hn::Vec<D> LoadAs(D d, const T* p) {
 }
 
 // S[r, j0 + j] = sum_c Q[r, c] * Kt[c, j0 + j] for r < NR, j < NV lanes-vectors.
-// Q: (NR, dim); Kt: (dim, T); S: (NR, T).
+// Q: (NR, dim); Kt: (dim, T); S: (NR, lds).
 template <int NR, int NV, class D, typename TK>
 HWY_INLINE void ScoreTile(D d, const float* HWY_RESTRICT Q, int32_t dim, const TK* HWY_RESTRICT Kt, int32_t T,
-                          int32_t j0, float* HWY_RESTRICT S) {
+                          int32_t j0, float* HWY_RESTRICT S, size_t lds) {
   const int32_t N = static_cast<int32_t>(hn::Lanes(d));
   hn::Vec<D> acc[NR][NV];
   for (int r = 0; r < NR; ++r)
@@ -94,31 +94,45 @@ HWY_INLINE void ScoreTile(D d, const float* HWY_RESTRICT Q, int32_t dim, const T
     }
   }
   for (int r = 0; r < NR; ++r)
-    for (int v = 0; v < NV; ++v) hn::StoreU(acc[r][v], d, S + static_cast<size_t>(r) * T + j0 + v * N);
+    for (int v = 0; v < NV; ++v) hn::StoreU(acc[r][v], d, S + static_cast<size_t>(r) * lds + j0 + v * N);
 }
 
 template <int NR, class D, typename TK>
-void ScoreRows(D d, const float* Q, int32_t dim, const TK* Kt, int32_t T, float* S) {
+void ScoreRows(D d, const float* Q, int32_t dim, const TK* Kt, int32_t T, float* S, size_t lds) {
   const int32_t N = static_cast<int32_t>(hn::Lanes(d));
   const int32_t n_vec = T / N;
   int32_t v = 0;
-  for (; v + kTileVecs <= n_vec; v += kTileVecs) ScoreTile<NR, kTileVecs>(d, Q, dim, Kt, T, v * N, S);
-  for (; v < n_vec; ++v) ScoreTile<NR, 1>(d, Q, dim, Kt, T, v * N, S);
+  for (; v + kTileVecs <= n_vec; v += kTileVecs) ScoreTile<NR, kTileVecs>(d, Q, dim, Kt, T, v * N, S, lds);
+  for (; v < n_vec; ++v) ScoreTile<NR, 1>(d, Q, dim, Kt, T, v * N, S, lds);
 }
 
-// S (R, T) = Q (R, dim) Kt (dim, T).
+// S (R, lds) = Q (R, dim) Kt (dim, T), in the first T columns.
 template <class D, typename TK>
-void Scores(D d, const float* Q, int32_t R, int32_t dim, const TK* Kt, int32_t T, float* S) {
+void Scores(D d, const float* Q, int32_t R, int32_t dim, const TK* Kt, int32_t T, float* S, size_t lds) {
   int32_t r = 0;
   for (; r + kRowTile <= R; r += kRowTile)
-    ScoreRows<kRowTile>(d, Q + static_cast<size_t>(r) * dim, dim, Kt, T, S + static_cast<size_t>(r) * T);
+    ScoreRows<kRowTile>(d, Q + static_cast<size_t>(r) * dim, dim, Kt, T, S + static_cast<size_t>(r) * lds, lds);
   const float* Qr = Q + static_cast<size_t>(r) * dim;
-  float* Sr = S + static_cast<size_t>(r) * T;
+  float* Sr = S + static_cast<size_t>(r) * lds;
   switch (R - r) {
-    case 3: ScoreRows<3>(d, Qr, dim, Kt, T, Sr); break;
-    case 2: ScoreRows<2>(d, Qr, dim, Kt, T, Sr); break;
-    case 1: ScoreRows<1>(d, Qr, dim, Kt, T, Sr); break;
+    case 3: ScoreRows<3>(d, Qr, dim, Kt, T, Sr, lds); break;
+    case 2: ScoreRows<2>(d, Qr, dim, Kt, T, Sr, lds); break;
+    case 1: ScoreRows<1>(d, Qr, dim, Kt, T, Sr, lds); break;
     default: break;
+  }
+}
+
+// Logits of one page's keys: F16 and F32 read in place, packed pages decoded into K (dim, T) first.
+template <class D>
+void PageScores(D d, KvFormat fmt, const uint8_t* page, int32_t nv, const float* Q, int32_t R, int32_t dim, int32_t T,
+                float* K, float* S, size_t lds) {
+  if (fmt == KvFormat::F16) {
+    Scores(d, Q, R, dim, reinterpret_cast<const hwy::float16_t*>(page), T, S, lds);
+  } else if (fmt == KvFormat::F32) {
+    Scores(d, Q, R, dim, reinterpret_cast<const float*>(page), T, S, lds);
+  } else {
+    kv_page_read_keys_t(fmt, T, dim, page, nv, K);
+    Scores(d, Q, R, dim, static_cast<const float*>(K), T, S, lds);
   }
 }
 
@@ -228,16 +242,8 @@ void AttendPages(D d, const AttentionParams& p, const KvHeadView& hv, int32_t pt
     if (p.window > 0 && pmax <= q_min - p.window) continue;
     const KvFormat fmt = hv.formats[static_cast<size_t>(pi)];
     const uint8_t* page = hv.pages[static_cast<size_t>(pi)];
-    if (fmt == KvFormat::F16) {
-      const auto* Kt = reinterpret_cast<const hwy::float16_t*>(page);
-      Scores(d, w.Q, R, dim, Kt, pt, w.S);
-    } else if (fmt == KvFormat::F32) {
-      Scores(d, w.Q, R, dim, reinterpret_cast<const float*>(page), pt, w.S);
-    } else {
-      kv_page_read_keys_t(fmt, pt, dim, page, nv, w.K);
-      kv_page_read_values(fmt, pt, dim, page, 0, nv, w.V);
-      Scores(d, w.Q, R, dim, static_cast<const float*>(w.K), pt, w.S);
-    }
+    PageScores(d, fmt, page, nv, w.Q, R, dim, pt, w.K, w.S, static_cast<size_t>(pt));
+    if (kv_format_is_packed(fmt)) kv_page_read_values(fmt, pt, dim, page, 0, nv, w.V);
     // Mask: slots past the page's fill (whatever they hold), then keys a row may not see, unless all may.
     for (int32_t r = 0; r < R; ++r) std::fill(w.S + static_cast<size_t>(r) * pt + nv, w.S + static_cast<size_t>(r + 1) * pt, kNegInf);
     const bool all_visible = pmax <= q_min && (p.window <= 0 || pmin > q_max - p.window);
@@ -369,17 +375,94 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
   }
 }
 
+// attention_scores (attention.h) for one query head h: acc (n_tokens of h's kv-head) gains, for every chunk row
+// t >= first_row, the softmax probabilities of the row over the head's visible slots. All the row's logits are
+// computed first (page by page, with the attention kernel's tiles), then normalized in two vector passes.
+template <class D>
+void HeadScores(D d, const AttentionParams& p, int32_t h, const float* q, const int32_t* q_pos, int32_t n_tok,
+                int32_t first_row, const KvLayerView& kv, float* acc) {
+  const int32_t dim = p.head_dim, group = p.n_head / p.n_head_kv, pt = kv.page_tokens;
+  const KvHeadView& hv = kv.heads[static_cast<size_t>(h / group)];
+  const int32_t n = hv.n_tokens;
+  const int32_t R = n_tok - first_row;
+  if (n == 0 || R <= 0) return;
+  const int32_t n_pages = (n + pt - 1) / pt;
+  const size_t ld = static_cast<size_t>(n_pages) * pt;
+  thread_local std::vector<float> buf;
+  const size_t need = static_cast<size_t>(R) * dim + static_cast<size_t>(R) * ld + static_cast<size_t>(dim) * pt;
+  if (buf.size() < need) buf.resize(need);
+  float* Q = buf.data();                         // (R, dim), pre-scaled
+  float* L = Q + static_cast<size_t>(R) * dim;   // (R, ld) logits, then probabilities
+  float* K = L + static_cast<size_t>(R) * ld;    // (dim, pt) keys of a packed page
+  for (int32_t r = 0; r < R; ++r) {
+    const float* src = q + (static_cast<size_t>(first_row + r) * p.n_head + h) * dim;
+    for (int32_t i = 0; i < dim; ++i) Q[static_cast<size_t>(r) * dim + i] = src[i] * p.scale;
+  }
+  for (int32_t pi = 0; pi < n_pages; ++pi) {
+    const int32_t nv = std::min(pt, n - pi * pt);
+    PageScores(d, hv.formats[static_cast<size_t>(pi)], hv.pages[static_cast<size_t>(pi)], nv, Q, R, dim, pt, K,
+               L + static_cast<size_t>(pi) * pt, ld);
+  }
+  const int32_t N = static_cast<int32_t>(hn::Lanes(d));
+  const auto lo = hn::Set(d, -200.0f);  // as in SoftmaxPage: keeps -inf out of Exp
+  for (int32_t r = 0; r < R; ++r) {
+    float* Lr = L + static_cast<size_t>(r) * ld;
+    const int32_t qp = q_pos[first_row + r];
+    for (int32_t j = 0; j < n; ++j)
+      if (!key_visible(hv.positions[j], qp, p.window)) Lr[j] = kNegInf;
+    std::fill(Lr + n, Lr + ld, kNegInf);
+    auto vmax = hn::Set(d, kNegInf);
+    for (size_t j = 0; j < ld; j += static_cast<size_t>(N)) vmax = hn::Max(vmax, hn::LoadU(d, Lr + j));
+    const float mx = hn::GetLane(hn::MaxOfLanes(d, vmax));
+    if (mx == kNegInf) continue;  // the row sees nothing
+    const auto vm = hn::Set(d, mx);
+    auto vsum = hn::Zero(d);
+    for (size_t j = 0; j < ld; j += static_cast<size_t>(N)) {
+      const auto e = hn::Exp(d, hn::Max(hn::Sub(hn::LoadU(d, Lr + j), vm), lo));
+      hn::StoreU(e, d, Lr + j);
+      vsum = hn::Add(vsum, e);
+    }
+    const float inv = 1.0f / hn::GetLane(hn::SumOfLanes(d, vsum));
+    for (int32_t j = 0; j < n; ++j) acc[j] += Lr[j] * inv;
+  }
+}
+
+// Vectors of up to 16 lanes where the head size and the page size allow them; one lane otherwise (test shapes).
+template <class F>
+void WithLanes(const AttentionParams& p, const KvLayerView& kv, const F& f) {
+  const hn::CappedTag<float, 16> d16;
+  const int32_t N = static_cast<int32_t>(hn::Lanes(d16));
+  if (p.head_dim % N == 0 && kv.page_tokens % N == 0) {
+    f(d16);
+  } else {
+    f(hn::CappedTag<float, 1>());
+  }
+}
+
 }  // namespace
 
 void AttentionImpl(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                    const KvLayerView& kv, float* out) {
-  // Vectors of up to 16 lanes where the head size and the page size allow them; one lane otherwise (test shapes).
-  const hn::CappedTag<float, 16> d16;
-  const int32_t N = static_cast<int32_t>(hn::Lanes(d16));
-  if (p.head_dim % N == 0 && kv.page_tokens % N == 0) {
-    AttentionWith(d16, pool, p, q, q_pos, n_tok, kv, out);
-  } else {
-    AttentionWith(hn::CappedTag<float, 1>(), pool, p, q, q_pos, n_tok, kv, out);
+  WithLanes(p, kv, [&](auto d) { AttentionWith(d, pool, p, q, q_pos, n_tok, kv, out); });
+}
+
+void AttentionScoresImpl(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos,
+                         int32_t n_tok, int32_t first_row, const KvLayerView& kv, float* scores,
+                         int32_t n_slots_stride) {
+  if (first_row >= n_tok) return;
+  const int32_t group = p.n_head / p.n_head_kv;
+  // One private row of scores per query head, so heads of a group run in parallel; summed per group at the end.
+  std::vector<float> per_head(static_cast<size_t>(p.n_head) * n_slots_stride, 0.0f);
+  WithLanes(p, kv, [&](auto d) {
+    pool.run(p.n_head, [&](int64_t h) {
+      HeadScores(d, p, static_cast<int32_t>(h), q, q_pos, n_tok, first_row, kv,
+                 per_head.data() + static_cast<size_t>(h) * n_slots_stride);
+    });
+  });
+  for (int32_t h = 0; h < p.n_head; ++h) {
+    float* dst = scores + static_cast<size_t>(h / group) * n_slots_stride;
+    const float* src = per_head.data() + static_cast<size_t>(h) * n_slots_stride;
+    for (int32_t j = 0; j < kv.heads[static_cast<size_t>(h / group)].n_tokens; ++j) dst[j] += src[j];
   }
 }
 
@@ -391,72 +474,47 @@ HWY_AFTER_NAMESPACE();
 namespace longctx::cpu {
 
 HWY_EXPORT(AttentionImpl);
+HWY_EXPORT(AttentionScoresImpl);
 
 void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                const KvLayerView& kv, float* out) {
   HWY_DYNAMIC_DISPATCH(AttentionImpl)(pool, p, q, q_pos, n_tok, kv, out);
 }
 
-namespace {
-
-// Eight independent partial sums, so the compiler vectorizes without reassociating a single f32 chain.
-float dot(const float* a, const float* b, int32_t n) {
-  float acc[8] = {};
-  int32_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int32_t k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-}  // namespace
-
 void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                       int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride) {
+  HWY_DYNAMIC_DISPATCH(AttentionScoresImpl)(pool, p, q, q_pos, n_tok, first_row, kv, scores, n_slots_stride);
+}
+
+
+void attention_scores_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
+                                int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride) {
   const int32_t d = p.head_dim;
   const int32_t group = p.n_head / p.n_head_kv;
   const int32_t pt = kv.page_tokens;
-  if (first_row >= n_tok) return;
-  // One private row of scores per query head, so heads of a group run in parallel; summed per group at the end.
-  std::vector<float> per_head(static_cast<size_t>(p.n_head) * n_slots_stride, 0.0f);
-  pool.run(p.n_head, [&](int64_t hi) {
-    const int32_t h = static_cast<int32_t>(hi);
-    const KvHeadView& hv = kv.heads[static_cast<size_t>(h / group)];
-    const int32_t n = hv.n_tokens;
-    std::vector<float> K(static_cast<size_t>(pt) * d), logits(static_cast<size_t>(n) * (n_tok - first_row));
-    float* acc = per_head.data() + static_cast<size_t>(h) * n_slots_stride;
-    // Logits of every selected row against every slot, page by page so each page is decoded once.
-    for (int32_t pi = 0; pi * pt < n; ++pi) {
-      const int32_t nv = std::min(pt, n - pi * pt);
-      kv_page_read_keys(hv.formats[static_cast<size_t>(pi)], pt, d, hv.pages[static_cast<size_t>(pi)], 0, nv, K.data());
-      for (int32_t t = first_row; t < n_tok; ++t) {
-        const float* qr = q + (static_cast<size_t>(t) * p.n_head + h) * d;
-        float* lr = logits.data() + static_cast<size_t>(t - first_row) * n;
-        for (int32_t j = 0; j < nv; ++j) {
-          const int32_t slot = pi * pt + j;
-          lr[slot] = key_visible(hv.positions[slot], q_pos[t], p.window)
-                         ? dot(qr, K.data() + static_cast<size_t>(j) * d, d) * p.scale
-                         : kNegInf;
-        }
-      }
-    }
-    for (int32_t t = first_row; t < n_tok; ++t) {
-      const float* lr = logits.data() + static_cast<size_t>(t - first_row) * n;
-      float mx = kNegInf;
-      for (int32_t j = 0; j < n; ++j) mx = std::max(mx, lr[j]);
-      if (mx == kNegInf) continue;
-      double sum = 0;
-      for (int32_t j = 0; j < n; ++j) sum += lr[j] == kNegInf ? 0.0 : std::exp(double(lr[j]) - mx);
-      const double inv = 1.0 / sum;
-      for (int32_t j = 0; j < n; ++j)
-        if (lr[j] != kNegInf) acc[j] += static_cast<float>(std::exp(double(lr[j]) - mx) * inv);
-    }
-  });
+  std::vector<float> krow(static_cast<size_t>(d));
   for (int32_t h = 0; h < p.n_head; ++h) {
-    float* dst = scores + static_cast<size_t>(h / group) * n_slots_stride;
-    const float* src = per_head.data() + static_cast<size_t>(h) * n_slots_stride;
-    for (int32_t j = 0; j < kv.heads[static_cast<size_t>(h / group)].n_tokens; ++j) dst[j] += src[j];
+    const KvHeadView& hv = kv.heads[static_cast<size_t>(h / group)];
+    float* acc = scores + static_cast<size_t>(h / group) * n_slots_stride;
+    for (int32_t t = first_row; t < n_tok; ++t) {
+      const float* qr = q + (static_cast<size_t>(t) * p.n_head + h) * d;
+      std::vector<double> logit(static_cast<size_t>(hv.n_tokens), -INFINITY);
+      double mx = -INFINITY;
+      for (int32_t j = 0; j < hv.n_tokens; ++j) {
+        if (!key_visible(hv.positions[j], q_pos[t], p.window)) continue;
+        kv_page_read_keys(hv.formats[static_cast<size_t>(j / pt)], pt, d, hv.pages[static_cast<size_t>(j / pt)], j % pt, 1,
+                          krow.data());
+        double sc = 0;
+        for (int32_t i = 0; i < d; ++i) sc += static_cast<double>(qr[i]) * krow[static_cast<size_t>(i)];
+        logit[static_cast<size_t>(j)] = sc * p.scale;
+        mx = std::max(mx, logit[static_cast<size_t>(j)]);
+      }
+      if (mx == -INFINITY) continue;
+      double sum = 0;
+      for (double l : logit) sum += std::exp(l - mx);
+      for (int32_t j = 0; j < hv.n_tokens; ++j)
+        acc[j] += static_cast<float>(std::exp(logit[static_cast<size_t>(j)] - mx) / sum);
+    }
   }
 }
 

@@ -47,6 +47,10 @@ void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const
 void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                       int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride);
 
+// The plain reference of attention_scores: one query head and row at a time, in double.
+void attention_scores_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
+                                int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride);
+
 // The plain reference: for every query and head, softmax over all visible keys in one pass, in double.
 void attention_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                          const KvLayerView& kv, float* out);
