@@ -38,5 +38,12 @@ long_prompt="$(for i in $(seq 1 200); do printf 'word%d ' "$i"; done)"
 expect_error "prompt > ctx"   "more than the context of 64" "$bin" run -m "$smol" -p "$long_prompt" --ctx 64 -n 4
 expect_error "bad kv spec"    "unknown KV policy 'snapkvv'" "$bin" run -m "$smol" -p hi --kv snapkvv:budget=10 -n 4
 expect_error "bad kv key"     "unknown key 'budgit'"   "$bin" run -m "$smol" -p hi --kv snapkv:budgit=10 -n 4
+# eval: each refused before any case runs.
+printf 'Some text. More text.\n' > "$tmp/hay.txt"; printf ' \n\n' > "$tmp/blank.txt"
+expect_error "eval task"      "unknown eval task 'needles'" "$bin" eval needles -m "$smol" --haystack "$tmp/hay.txt" -o "$tmp/r.json"
+expect_error "eval length"    "beyond the model's context of 8192" "$bin" eval needle -m "$smol" --lengths 16k --haystack "$tmp/hay.txt" -o "$tmp/r.json"
+expect_error "eval haystack"  "haystack '$tmp/blank.txt' is empty" "$bin" eval needle -m "$smol" --haystack "$tmp/blank.txt" -o "$tmp/r.json"
+expect_error "eval output"    "cannot write the results file" "$bin" eval needle -m "$smol" --haystack "$tmp/hay.txt" -o "$tmp/no-such-dir/r.json"
+expect_error "eval kv spec"   "unknown KV policy 'snapkvv'" "$bin" eval needle -m "$smol" --haystack "$tmp/hay.txt" --kv snapkvv:budget=1/4 -o "$tmp/r.json"
 
 [ $failures -eq 0 ] && echo "all bad-input cases handled" || { echo "$failures failures"; exit 1; }
