@@ -131,11 +131,38 @@ def ppl_vs_budget(cases, out, prefix):
     return path
 
 
+def table(cases, length=None):
+    """The engine's summary table (policy | KV bytes/token | accuracy per task | perplexity | decode tok/s) as
+    Markdown, over one length or all, so a partial file gets one too."""
+    cs = [c for c in cases if length is None or c["length"] == length]
+    tasks = list(dict.fromkeys(c["task"] for c in cs))
+    head = "| policy | KV bytes/token | " + " | ".join(
+        "perplexity" if t == "ppl" else f"{t} acc" for t in tasks) + " | decode tok/s |"
+    lines = [head, "|---|---:|" + "---:|" * len(tasks) + "---:|"]
+    for pol in dict.fromkeys(c["policy"] for c in cs):
+        pc = [c for c in cs if c["policy"] == pol]
+        row = [pol, f"{sum(c['kv_bytes_per_token'] for c in pc) / len(pc):.0f}"]
+        for t in tasks:
+            tc = [c for c in pc if c["task"] == t]
+            if not tc:
+                row.append("-")
+            elif t == "ppl":
+                row.append(f"{math.exp(sum(c['nll_sum'] for c in tc) / sum(c['n_scored'] for c in tc)):.2f}")
+            else:
+                row.append(f"{sum(1 for c in tc if c['correct'])}/{len(tc)}")
+        gen = sum(max(0, (c["n_scored"] if c["task"] == "ppl" else c["n_generated"]) - 1) for c in pc)
+        dec = sum(c["decode_seconds"] for c in pc)
+        row.append(f"{gen / dec:.1f}" if dec > 0 else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+")
     ap.add_argument("-o", "--out", required=True)
     ap.add_argument("--prefix", default="", help="file name prefix, e.g. the model's")
+    ap.add_argument("--table", action="store_true", help="also print the summary table per length (Markdown)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     _, cases = load(a.results)
@@ -143,6 +170,9 @@ def main():
               ppl_vs_budget(cases, a.out, a.prefix)):
         if p:
             print(p)
+    if a.table:
+        for length in sorted({c["length"] for c in cases}):
+            print(f"\nlength {length}:\n\n" + table(cases, length))
 
 
 if __name__ == "__main__":
