@@ -127,7 +127,7 @@ def table(args):
     rows = {n: rows[kv] for n, kv in policies}
     n_prompt = next(iter(rows.values()))["n_prompt"]
     print(f"Passkey {KEY} at depth {args.depth:.0%} of a {n_prompt}-token prompt, budget {b} tokens, "
-          f"{args.reps} repetitions (decode: best of them).\n")
+          f"up to {max(r['n_runs'] for r in rows.values())} runs per policy (decode: the best).\n")
     print("| policy | --kv | KV bytes | bytes per token | answer correct | decode tok/s | runs |")
     print("|---|---|---:|---:|---|---:|---:|")
     for name, kv in policies:
