@@ -99,6 +99,20 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
   seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
 }
 
+void Generator::decode_step(int32_t id, int32_t pos, std::vector<float>& logits) {
+  const ModelConfig& c = model_.config();
+  if (policy_.wants_decode_scores()) {
+    scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, seq_->n_tokens_max() + 1);
+    scores_.first_pos = pos;
+  } else {
+    scores_.first_pos = INT_MAX;
+  }
+  forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_);
+  note_peak();
+  policy_.after_decode_step(*seq_, scores_);
+  kv_expire_window(c, *seq_, policy_, pos + 1);
+}
+
 void Generator::note_peak() { peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total()); }
 
 void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
@@ -175,7 +189,6 @@ ScoreStats Generator::score_continuation(const std::vector<int32_t>& prefix, con
   auto t0 = std::chrono::steady_clock::now();
   prefill(prefix, on_progress, {n_prefix - 1}, logits, /*apply_policy=*/true);
   st.prefill_seconds = seconds_since(t0);
-  const bool decode_scores = policy_.wants_decode_scores();
   t0 = std::chrono::steady_clock::now();
   int32_t pos = n_prefix;
   for (size_t i = 0; i < continuation.size(); ++i) {
@@ -188,16 +201,7 @@ ScoreStats Generator::score_continuation(const std::vector<int32_t>& prefix, con
     st.nll_sum += std::log(z) - static_cast<double>(logits[static_cast<size_t>(id)] - mx);
     ++st.n_scored;
     if (i + 1 == continuation.size()) break;  // the last token's prediction is not needed
-    if (decode_scores) {
-      scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, seq_->n_tokens_max() + 1);
-      scores_.first_pos = pos;
-    } else {
-      scores_.first_pos = INT_MAX;
-    }
-    forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_);
-    note_peak();
-    policy_.after_decode_step(*seq_, scores_);
-    kv_expire_window(c, *seq_, policy_, pos + 1);
+    decode_step(id, pos, logits);
     ++pos;
   }
   st.decode_seconds = seconds_since(t0);
@@ -215,8 +219,6 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
   auto t0 = std::chrono::steady_clock::now();
   prefill(prompt, on_progress, {st.n_prompt - 1}, logits, /*apply_policy=*/true);
   st.prefill_seconds = seconds_since(t0);
-  const ModelConfig& c = model_.config();
-  const bool decode_scores = policy_.wants_decode_scores();
 
   Sampler sampler(params_.sampling);
   for (int32_t t : prompt) sampler.accept(t);
@@ -251,16 +253,7 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
       st.stop_reason = StopReason::ContextFull;
       break;
     }
-    if (decode_scores) {
-      scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, seq_->n_tokens_max() + 1);
-      scores_.first_pos = pos;
-    } else {
-      scores_.first_pos = INT_MAX;
-    }
-    forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_);
-    note_peak();
-    policy_.after_decode_step(*seq_, scores_);
-    kv_expire_window(c, *seq_, policy_, pos + 1);
+    decode_step(id, pos, logits);
     ++pos;
   }
   if (st.stop_reason != StopReason::StopString) filter.flush(on_text);

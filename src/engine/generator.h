@@ -87,6 +87,9 @@ class Generator {
   void prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
                const std::vector<int32_t>& logit_positions, std::vector<float>& logits, bool apply_policy);
   void note_peak();
+  // One generated (or teacher-forced) token at pos: forward, logits (n_vocab), then the policy's decode hook and
+  // sliding-window expiry.
+  void decode_step(int32_t id, int32_t pos, std::vector<float>& logits);
 
   const Model& model_;
   const Tokenizer& tok_;
