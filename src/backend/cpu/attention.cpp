@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "backend/cpu/kv_page_codec.h"
+#include "core/fp16.h"
 
 // Same targets as matmul.cpp, for the same reasons (compile time; arrays of vectors).
 #ifndef HWY_DISABLED_TARGETS
@@ -122,16 +123,71 @@ void Scores(D d, const float* Q, int32_t R, int32_t dim, const TK* Kt, int32_t T
   }
 }
 
+// Codes [i0, i0 + lanes) of a packed KIVI row (kv_page_codec.h) as floats. They share one run of the row when
+// row_bytes is a multiple of the lane count: then it is one load of a byte per lane and one shift for all.
+template <class D>
+HWY_INLINE hn::Vec<D> UnpackCodes(D d, const uint8_t* HWY_RESTRICT row, int bits, size_t row_bytes, size_t i0) {
+  const hn::Rebind<uint8_t, D> d8;
+  const hn::Rebind<int32_t, D> di;
+  const auto bytes = hn::PromoteTo(di, hn::LoadU(d8, row + i0 % row_bytes));
+  const auto codes = hn::And(hn::ShiftRightSame(bytes, bits * static_cast<int>(i0 / row_bytes)), hn::Set(di, (1 << bits) - 1));
+  return hn::ConvertTo(d, codes);
+}
+
+// A packed page's keys decoded channel-major into K (dim, T), all T columns (a packed page is sealed full).
+template <class D>
+void DecodeKeysT(D d, KvFormat fmt, const uint8_t* page, int32_t T, int32_t dim, float* HWY_RESTRICT K) {
+  const size_t N = hn::Lanes(d);
+  const KiviPageLayout L = kivi_page_layout(fmt, T, dim);
+  if (L.k_row_bytes % N != 0) {
+    kv_page_read_keys_t(fmt, T, dim, page, T, K);
+    return;
+  }
+  const auto* scale = reinterpret_cast<const uint16_t*>(page + L.k_scale);
+  const auto* mn = reinterpret_cast<const uint16_t*>(page + L.k_min);
+  for (int32_t c = 0; c < dim; ++c) {
+    const auto vs = hn::Set(d, fp16_to_f32(scale[c])), vm = hn::Set(d, fp16_to_f32(mn[c]));
+    const uint8_t* row = page + L.k_codes + c * L.k_row_bytes;
+    float* out = K + static_cast<size_t>(c) * T;
+    for (size_t j = 0; j < static_cast<size_t>(T); j += N)
+      hn::StoreU(hn::MulAdd(UnpackCodes(d, row, L.bits, L.k_row_bytes, j), vs, vm), d, out + j);
+  }
+}
+
+// Rows [0, nv) of a packed page's values decoded into V (nv, dim).
+template <class D>
+void DecodeValues(D d, KvFormat fmt, const uint8_t* page, int32_t T, int32_t dim, int32_t nv, float* HWY_RESTRICT V) {
+  const size_t N = hn::Lanes(d);
+  const KiviPageLayout L = kivi_page_layout(fmt, T, dim);
+  if (L.v_row_bytes % N != 0 || kKiviValueGroup % N != 0) {
+    kv_page_read_values(fmt, T, dim, page, 0, nv, V);
+    return;
+  }
+  const int32_t n_groups = dim / kKiviValueGroup;
+  const auto* scale = reinterpret_cast<const uint16_t*>(page + L.v_scale);
+  const auto* mn = reinterpret_cast<const uint16_t*>(page + L.v_min);
+  for (int32_t t = 0; t < nv; ++t) {
+    const uint8_t* row = page + L.v_codes + t * L.v_row_bytes;
+    float* out = V + static_cast<size_t>(t) * dim;
+    for (int32_t g = 0; g < n_groups; ++g) {
+      const auto vs = hn::Set(d, fp16_to_f32(scale[t * n_groups + g]));
+      const auto vm = hn::Set(d, fp16_to_f32(mn[t * n_groups + g]));
+      for (size_t i = static_cast<size_t>(g) * kKiviValueGroup; i < static_cast<size_t>(g + 1) * kKiviValueGroup; i += N)
+        hn::StoreU(hn::MulAdd(UnpackCodes(d, row, L.bits, L.v_row_bytes, i), vs, vm), d, out + i);
+    }
+  }
+}
+
 // Logits of one page's keys: F16 and F32 read in place, packed pages decoded into K (dim, T) first.
 template <class D>
-void PageScores(D d, KvFormat fmt, const uint8_t* page, int32_t nv, const float* Q, int32_t R, int32_t dim, int32_t T,
-                float* K, float* S, size_t lds) {
+void PageScores(D d, KvFormat fmt, const uint8_t* page, const float* Q, int32_t R, int32_t dim, int32_t T, float* K,
+                float* S, size_t lds) {
   if (fmt == KvFormat::F16) {
     Scores(d, Q, R, dim, reinterpret_cast<const hwy::float16_t*>(page), T, S, lds);
   } else if (fmt == KvFormat::F32) {
     Scores(d, Q, R, dim, reinterpret_cast<const float*>(page), T, S, lds);
   } else {
-    kv_page_read_keys_t(fmt, T, dim, page, nv, K);
+    DecodeKeysT(d, fmt, page, T, dim, K);
     Scores(d, Q, R, dim, static_cast<const float*>(K), T, S, lds);
   }
 }
@@ -242,8 +298,8 @@ void AttendPages(D d, const AttentionParams& p, const KvHeadView& hv, int32_t pt
     if (p.window > 0 && pmax <= q_min - p.window) continue;
     const KvFormat fmt = hv.formats[static_cast<size_t>(pi)];
     const uint8_t* page = hv.pages[static_cast<size_t>(pi)];
-    PageScores(d, fmt, page, nv, w.Q, R, dim, pt, w.K, w.S, static_cast<size_t>(pt));
-    if (kv_format_is_packed(fmt)) kv_page_read_values(fmt, pt, dim, page, 0, nv, w.V);
+    PageScores(d, fmt, page, w.Q, R, dim, pt, w.K, w.S, static_cast<size_t>(pt));
+    if (kv_format_is_packed(fmt)) DecodeValues(d, fmt, page, pt, dim, nv, w.V);
     // Mask: slots past the page's fill (whatever they hold), then keys a row may not see, unless all may.
     for (int32_t r = 0; r < R; ++r) std::fill(w.S + static_cast<size_t>(r) * pt + nv, w.S + static_cast<size_t>(r + 1) * pt, kNegInf);
     const bool all_visible = pmax <= q_min && (p.window <= 0 || pmin > q_max - p.window);
@@ -399,8 +455,7 @@ void HeadScores(D d, const AttentionParams& p, int32_t h, const float* q, const 
     for (int32_t i = 0; i < dim; ++i) Q[static_cast<size_t>(r) * dim + i] = src[i] * p.scale;
   }
   for (int32_t pi = 0; pi < n_pages; ++pi) {
-    const int32_t nv = std::min(pt, n - pi * pt);
-    PageScores(d, hv.formats[static_cast<size_t>(pi)], hv.pages[static_cast<size_t>(pi)], nv, Q, R, dim, pt, K,
+    PageScores(d, hv.formats[static_cast<size_t>(pi)], hv.pages[static_cast<size_t>(pi)], Q, R, dim, pt, K,
                L + static_cast<size_t>(pi) * pt, ld);
   }
   const int32_t N = static_cast<int32_t>(hn::Lanes(d));

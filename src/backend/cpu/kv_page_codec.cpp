@@ -36,33 +36,8 @@ bool kv_format_is_packed(KvFormat f) { return f != KvFormat::F32 && f != KvForma
 namespace cpu {
 namespace {
 
-struct KiviLayout {
-  size_t codes;        // bytes of one block of codes (page_tokens, head_dim)
-  size_t k_scale, k_min, v_codes, v_scale, v_min, total;  // offsets
-};
-
-KiviLayout kivi_layout(KvFormat f, int32_t T, int32_t d) {
-  KiviLayout L{};
-  L.codes = static_cast<size_t>(T) * d * kv_format_bits(f) / 8;
-  L.k_scale = L.codes;
-  L.k_min = L.k_scale + static_cast<size_t>(d) * 2;
-  L.v_codes = L.k_min + static_cast<size_t>(d) * 2;
-  const size_t n_groups = static_cast<size_t>(T) * (d / kKiviValueGroup);
-  L.v_scale = L.v_codes + L.codes;
-  L.v_min = L.v_scale + n_groups * 2;
-  L.total = L.v_min + n_groups * 2;
-  return L;
-}
-
-// Codes of row r (head_dim values) start at a whole byte: head_dim * bits is a multiple of 8.
-void put_code(uint8_t* codes, int bits, size_t index, uint32_t q) {
-  const size_t bit = index * bits;
-  codes[bit / 8] |= static_cast<uint8_t>(q << (bit % 8));
-}
-
-uint32_t get_code(const uint8_t* codes, int bits, size_t index) {
-  const size_t bit = index * bits;
-  return (codes[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
+void put_code(uint8_t* row, int bits, size_t row_bytes, size_t i, uint32_t q) {
+  row[i % row_bytes] |= static_cast<uint8_t>(q << (bits * (i / row_bytes)));
 }
 
 // Asymmetric quantization of a set of values to [0, 2^bits - 1] given its min and max. The scale and min are
@@ -95,8 +70,8 @@ uint32_t quantize(float x, const QParams& p, int bits) {
 }
 
 void write_kivi(KvFormat f, int32_t T, int32_t d, const float* k, const float* v, uint8_t* page) {
-  const int bits = kv_format_bits(f);
-  const KiviLayout L = kivi_layout(f, T, d);
+  const KiviPageLayout L = kivi_page_layout(f, T, d);
+  const int bits = L.bits;
   std::memset(page, 0, L.total);
   auto* k_scale = reinterpret_cast<uint16_t*>(page + L.k_scale);
   auto* k_min = reinterpret_cast<uint16_t*>(page + L.k_min);
@@ -109,8 +84,9 @@ void write_kivi(KvFormat f, int32_t T, int32_t d, const float* k, const float* v
     const QParams p = qparams(lo, hi, bits);
     k_scale[c] = p.scale_h;
     k_min[c] = p.min_h;
+    uint8_t* row = page + L.k_codes + c * L.k_row_bytes;
     for (int32_t t = 0; t < T; ++t)
-      put_code(page, bits, static_cast<size_t>(t) * d + c, quantize(k[static_cast<size_t>(t) * d + c], p, bits));
+      put_code(row, bits, L.k_row_bytes, static_cast<size_t>(t), quantize(k[static_cast<size_t>(t) * d + c], p, bits));
   }
   auto* v_scale = reinterpret_cast<uint16_t*>(page + L.v_scale);
   auto* v_min = reinterpret_cast<uint16_t*>(page + L.v_min);
@@ -122,17 +98,36 @@ void write_kivi(KvFormat f, int32_t T, int32_t d, const float* k, const float* v
       const QParams p = qparams(*lo, *hi, bits);
       v_scale[t * n_groups + g] = p.scale_h;
       v_min[t * n_groups + g] = p.min_h;
+      uint8_t* row = page + L.v_codes + t * L.v_row_bytes;
       for (int32_t i = 0; i < kKiviValueGroup; ++i)
-        put_code(page + L.v_codes, bits, static_cast<size_t>(t) * d + g * kKiviValueGroup + i, quantize(x[i], p, bits));
+        put_code(row, bits, L.v_row_bytes, static_cast<size_t>(g * kKiviValueGroup + i), quantize(x[i], p, bits));
     }
 }
 
 }  // namespace
 
+KiviPageLayout kivi_page_layout(KvFormat f, int32_t T, int32_t d) {
+  KiviPageLayout L{};
+  L.bits = kv_format_bits(f);
+  L.k_row_bytes = static_cast<size_t>(T) * L.bits / 8;
+  L.v_row_bytes = static_cast<size_t>(d) * L.bits / 8;
+  const size_t codes = static_cast<size_t>(T) * d * L.bits / 8;
+  L.k_codes = 0;
+  L.k_scale = codes;
+  L.k_min = L.k_scale + static_cast<size_t>(d) * 2;
+  L.v_codes = L.k_min + static_cast<size_t>(d) * 2;
+  const size_t n_groups = static_cast<size_t>(T) * (d / kKiviValueGroup);
+  L.v_scale = L.v_codes + codes;
+  L.v_min = L.v_scale + n_groups * 2;
+  L.total = L.v_min + n_groups * 2;
+  return L;
+}
+
 size_t kv_page_bytes(KvFormat f, int32_t page_tokens, int32_t head_dim) {
   if (!kv_format_is_packed(f)) return 2 * static_cast<size_t>(page_tokens) * head_dim * (f == KvFormat::F32 ? 4 : 2);
   if (head_dim % kKiviValueGroup != 0) fail("KIVI formats need a head size that is a multiple of {}", kKiviValueGroup);
-  return kivi_layout(f, page_tokens, head_dim).total;
+  if (page_tokens % 4 != 0) fail("KIVI formats need a page size that is a multiple of 4 tokens");
+  return kivi_page_layout(f, page_tokens, head_dim).total;
 }
 
 void kv_page_write(KvFormat f, int32_t T, int32_t d, const float* k, const float* v, int32_t row0, int32_t n_rows,
@@ -186,14 +181,14 @@ void for_each_key(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t
       for (int32_t r = 0; r < n; ++r) put(r, c, plain_value(f, page, static_cast<size_t>(c) * T + row0 + r));
     return;
   }
-  const int bits = kv_format_bits(f);
-  const KiviLayout L = kivi_layout(f, T, d);
+  const KiviPageLayout L = kivi_page_layout(f, T, d);
   const auto* k_scale = reinterpret_cast<const uint16_t*>(page + L.k_scale);
   const auto* k_min = reinterpret_cast<const uint16_t*>(page + L.k_min);
   for (int32_t c = 0; c < d; ++c) {
     const float scale = fp16_to_f32(k_scale[c]), mn = fp16_to_f32(k_min[c]);
+    const uint8_t* row = page + L.k_codes + c * L.k_row_bytes;
     for (int32_t r = 0; r < n; ++r)
-      put(r, c, mn + scale * static_cast<float>(get_code(page, bits, static_cast<size_t>(row0 + r) * d + c)));
+      put(r, c, mn + scale * static_cast<float>(kivi_code(row, L.bits, L.k_row_bytes, static_cast<size_t>(row0 + r))));
   }
 }
 
@@ -214,20 +209,20 @@ void kv_page_read_values(KvFormat f, int32_t T, int32_t d, const uint8_t* page, 
     read_plain(f, page + half + static_cast<size_t>(row0) * d * elem, static_cast<size_t>(n) * d, out);
     return;
   }
-  const int bits = kv_format_bits(f);
-  const KiviLayout L = kivi_layout(f, T, d);
+  const KiviPageLayout L = kivi_page_layout(f, T, d);
   const auto* v_scale = reinterpret_cast<const uint16_t*>(page + L.v_scale);
   const auto* v_min = reinterpret_cast<const uint16_t*>(page + L.v_min);
   const int32_t n_groups = d / kKiviValueGroup;
   for (int32_t r = 0; r < n; ++r) {
     const int32_t t = row0 + r;
+    const uint8_t* row = page + L.v_codes + t * L.v_row_bytes;
     for (int32_t g = 0; g < n_groups; ++g) {
       const float scale = fp16_to_f32(v_scale[t * n_groups + g]);
       const float mn = fp16_to_f32(v_min[t * n_groups + g]);
       for (int32_t i = 0; i < kKiviValueGroup; ++i) {
         const int32_t c = g * kKiviValueGroup + i;
         out[static_cast<size_t>(r) * d + c] =
-            mn + scale * static_cast<float>(get_code(page + L.v_codes, bits, static_cast<size_t>(t) * d + c));
+            mn + scale * static_cast<float>(kivi_code(row, L.bits, L.v_row_bytes, static_cast<size_t>(c)));
       }
     }
   }

@@ -2,10 +2,13 @@
 //   F32 / F16: keys channel-major (head_dim, page_tokens), then values (page_tokens, head_dim). Keys are stored
 //              transposed so that the attention kernel's q·k products are broadcast-FMAs over a row of
 //              page_tokens keys (no horizontal sums), and its p·v products broadcast-FMAs over a value row.
-//   Kivi*:     key codes (page_tokens, head_dim) packed little-end first, key scale (head_dim) f16, key min
+//   Kivi*:     key codes channel-major (head_dim rows of page_tokens codes), key scale (head_dim) f16, key min
 //              (head_dim) f16 — one (scale, min) per channel over the page's tokens, since key outliers sit in
-//              fixed channels; then value codes (page_tokens, head_dim), value scale and min f16 per
-//              (token, group of kKiviValueGroup channels), since values have no channel structure.
+//              fixed channels; then value codes token-major (page_tokens rows of head_dim codes), value scale and
+//              min f16 per (token, group of kKiviValueGroup channels), since values have no channel structure.
+//              A row of n b-bit codes takes s = n * b / 8 bytes, and code i sits in byte i % s at bit b * (i / s):
+//              the row is cut into 8 / b runs that share bytes, so that consecutive codes unpack as one vector
+//              of bytes shifted by one amount (kivi_code is the plain rule).
 // The attention kernel decodes a page tile into f32 with these functions: the cache is never dequantized whole.
 #pragma once
 #include <cstddef>
@@ -17,7 +20,21 @@ namespace longctx::cpu {
 
 constexpr int32_t kKiviValueGroup = 32;
 
-// Bytes of one page; head_dim must be a multiple of kKiviValueGroup for the packed formats.
+// Where the parts of a packed page start (bytes from the page's start).
+struct KiviPageLayout {
+  int bits;
+  size_t k_codes, k_scale, k_min, v_codes, v_scale, v_min, total;
+  size_t k_row_bytes, v_row_bytes;  // one channel's key codes, one token's value codes
+};
+KiviPageLayout kivi_page_layout(KvFormat f, int32_t page_tokens, int32_t head_dim);
+
+// Code i of a packed row of n codes (the layout above).
+inline uint32_t kivi_code(const uint8_t* row, int bits, size_t row_bytes, size_t i) {
+  return (static_cast<uint32_t>(row[i % row_bytes]) >> (bits * (i / row_bytes))) & ((1u << bits) - 1);
+}
+
+// Bytes of one page; for the packed formats head_dim must be a multiple of kKiviValueGroup and page_tokens a
+// multiple of 4.
 size_t kv_page_bytes(KvFormat f, int32_t page_tokens, int32_t head_dim);
 
 // Writes a page from f32 rows. k, v: (n_rows, head_dim), n_rows <= page_tokens. Packed formats need a full
