@@ -1,0 +1,52 @@
+// The element-wise and row-wise ops of a llama decode step on the device (issue 6, item 2), behind the plain
+// interface of cuda_backend.h: no CUDA header, device pointers as void* / typed pointers, streams as opaque handles,
+// every call returns a Status (a bad shape is refused before anything is launched).
+//
+// Dtypes follow one rule: the residual stream and everything a GEMM writes are f32 (cuBLASLt accumulates in f32 and
+// the residual adds its output in place), everything a GEMM or the attention kernel reads is bf16. Scalars that change
+// every step (the token id, the position) are read from device memory, so a CUDA graph captured once replays for
+// every step. One kernel per op, each in its own file beside its launcher (DESIGN.md, Style 3).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "backend/cuda/cuda_backend.h"
+
+namespace longctx::cuda {
+
+// x (n_embd) f32 = table[*token], table: (n_vocab, n_embd) bf16. A token outside [0, n_vocab) gives a row of NaN,
+// so a bad id shows in the logits (a graph replay cannot return an error).
+Status embedding_lookup(const void* table, const int32_t* token, int32_t n_vocab, int32_t n_embd, float* x,
+                        void* stream = nullptr);
+
+// y[r] (bf16) = x[r] / sqrt(mean(x[r]^2) + eps) * w (bf16), for n_rows rows of n f32 values. Sum of squares in f32.
+Status rmsnorm(const float* x, const void* w, void* y, int32_t n_rows, int32_t n, float eps, void* stream = nullptr);
+
+// RoPE ("RoFormer: Enhanced Transformer with Rotary Position Embedding") of one token's q and k, and the append of
+// its k and v into one layer of the paged KV store, in one launch: the new k must be rotated before it is stored,
+// and all three come out of one fused QKV product.
+//   qkv: (n_head + 2 n_head_kv, head_dim) f32: q heads, then k heads, then v heads (the fused product's rows).
+//   q_out: (n_head, head_dim) bf16, rotated: the query of decode_attention.
+//   Rotation in adjacent pairs (x[2i], x[2i+1]) by angle pos * base^(-2i/head_dim), angles in double, as the CPU
+//   backend's llama forward does (cpu::RopeOrder::Adjacent: the GGUF converter permutes Q and K to this order).
+//   kv: the layer's view (bf16 pages, n_seq = 1); head h's new slot is n_tokens[h]: k and v go to page
+//   page_table[h][slot / page_tokens], row slot % page_tokens, positions[h][slot] = *pos, then n_tokens[h] += 1.
+//   The caller guarantees the pages exist (n_tokens[h] < max_tokens and its page in the table).
+Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, float rope_base, void* q_out,
+                      const PagedKvView& kv, void* stream = nullptr);
+
+// h (n_ff) bf16 = silu(gate) * up, gate_up: (2, n_ff) f32 (the fused gate/up product: gate rows, then up rows).
+Status swiglu(const float* gate_up, void* h, int32_t n_ff, void* stream = nullptr);
+
+// x += y over n f32 values. The decode step folds its residual adds into the GEMMs (beta = 1); this op is for
+// architectures whose residual branch ends in a norm (gemma3's post-norms), where the add cannot fold.
+Status add_in_place(float* x, const float* y, int64_t n, void* stream = nullptr);
+
+// *index = argmax(logits[0..n)), the smallest index among equal maxima (as std::max_element); a NaN logit wins, so
+// a broken forward is not hidden. One launch: blocks reduce their share and the last block to finish publishes the
+// result and resets the workspace. workspace: argmax_workspace_bytes() of device memory, zeroed once before the first
+// call (device_fill_bytes(ws, 0, ...)); it is left zeroed after every call, so a graph can replay it.
+size_t argmax_workspace_bytes();
+Status argmax(const float* logits, int32_t n, int32_t* index, void* workspace, void* stream = nullptr);
+
+}  // namespace longctx::cuda

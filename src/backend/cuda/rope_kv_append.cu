@@ -1,0 +1,116 @@
+// RoPE of one token's q and k, and the append of its k and v into one layer of the paged KV store (ops.h).
+//
+// One block per kv-head: it rotates the group's query heads and its key head and writes the key and value rows into
+// the head's next slot. One block owns one head's slot counter, so it reads n_tokens[h], writes, and bumps the
+// counter after a barrier: no other block touches that head, and the attention kernel that reads the counter comes
+// after this launch in stream order.
+#include <cuda_bf16.h>
+
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/ops.h"
+
+namespace longctx::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kMaxHalf = 64;  // head_dim / 2 for head_dim <= 128
+
+struct RopeAppendArgs {
+  const float* qkv;  // (n_head + 2 n_head_kv, D)
+  const int32_t* pos;
+  __nv_bfloat16* q_out;  // (n_head, D)
+  uint8_t* pool;
+  size_t page_bytes;
+  const int32_t* page_table;  // (n_head_kv, max_pages)
+  int32_t* positions;         // (n_head_kv, max_tokens)
+  int32_t* n_tokens;          // (n_head_kv)
+  int32_t n_head, n_head_kv, head_dim, page_tokens, max_pages, max_tokens;
+  double rope_base;
+};
+
+__global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppendArgs a) {
+  const int32_t g = blockIdx.x;  // kv-head
+  const int32_t D = a.head_dim, half = D / 2, group = a.n_head / a.n_head_kv;
+  const int32_t p = *a.pos;
+  const int32_t slot = a.n_tokens[g];
+  if (slot >= a.max_tokens) return;  // a full head: drop the token rather than write past the store (uniform exit)
+  __shared__ float cos_t[kMaxHalf], sin_t[kMaxHalf];
+  // Angles in double, as the CPU backend: positions reach 10^5 and more, where an f32 angle is off by whole
+  // fractions of a radian. 64 sin/cos pairs per block: nothing next to the GEMMs.
+  for (int32_t i = threadIdx.x; i < half; i += kThreads) {
+    const double inv_freq = pow(a.rope_base, -2.0 * static_cast<double>(i) / static_cast<double>(D));
+    double s, c;
+    sincos(static_cast<double>(p) * inv_freq, &s, &c);
+    cos_t[i] = static_cast<float>(c);
+    sin_t[i] = static_cast<float>(s);
+  }
+  __syncthreads();
+
+  const int32_t page = a.page_table[static_cast<size_t>(g) * a.max_pages + slot / a.page_tokens];
+  const int32_t row = slot % a.page_tokens;
+  __nv_bfloat16* k_dst =
+      reinterpret_cast<__nv_bfloat16*>(a.pool + static_cast<size_t>(page) * a.page_bytes) + static_cast<size_t>(row) * D;
+  __nv_bfloat16* v_dst = k_dst + static_cast<size_t>(a.page_tokens) * D;
+
+  // Work items: (head, pair) over the group's query heads and the key head, then the value row's pairs.
+  const int32_t n_rot_items = (group + 1) * half;
+  for (int32_t w = threadIdx.x; w < n_rot_items + half; w += kThreads) {
+    if (w < n_rot_items) {
+      const int32_t j = w / half, i = w % half;  // j < group: query head g*group + j; j == group: the key head
+      const int32_t src_head = j < group ? g * group + j : a.n_head + g;
+      const float2 x = *reinterpret_cast<const float2*>(a.qkv + static_cast<size_t>(src_head) * D + 2 * i);
+      const float c = cos_t[i], s = sin_t[i];
+      const __nv_bfloat162 r = __floats2bfloat162_rn(x.x * c - x.y * s, x.x * s + x.y * c);
+      __nv_bfloat16* dst = j < group ? a.q_out + static_cast<size_t>(src_head) * D : k_dst;
+      *reinterpret_cast<__nv_bfloat162*>(dst + 2 * i) = r;
+    } else {
+      const int32_t i = w - n_rot_items;
+      const float2 x =
+          *reinterpret_cast<const float2*>(a.qkv + static_cast<size_t>(a.n_head + a.n_head_kv + g) * D + 2 * i);
+      *reinterpret_cast<__nv_bfloat162*>(v_dst + 2 * i) = __floats2bfloat162_rn(x.x, x.y);
+    }
+  }
+  __syncthreads();  // every thread has read n_tokens[g] before it moves
+  if (threadIdx.x == 0) {
+    a.positions[static_cast<size_t>(g) * a.max_tokens + slot] = p;
+    a.n_tokens[g] = slot + 1;
+  }
+}
+
+}  // namespace
+
+Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, float rope_base, void* q_out,
+                      const PagedKvView& kv, void* stream) {
+  if (kv.dtype != KvDtype::BF16) return Status::error("rope_kv_append: only bf16 pages");
+  if (kv.n_seq != 1) return Status::error("rope_kv_append: one sequence (batch 1)");
+  if (kv.head_dim <= 0 || kv.head_dim % 2 != 0 || kv.head_dim / 2 > kMaxHalf)
+    return Status::error("rope_kv_append: head_dim must be even and at most 128");
+  if (kv.n_head_kv <= 0 || n_head <= 0 || n_head % kv.n_head_kv != 0)
+    return Status::error("rope_kv_append: n_head must be a positive multiple of n_head_kv");
+  if (kv.page_tokens <= 0 || kv.max_pages <= 0 || kv.max_tokens <= 0)
+    return Status::error("rope_kv_append: empty page table");
+  if (!qkv || !pos || !q_out || !kv.pool || !kv.page_table || !kv.positions || !kv.n_tokens)
+    return Status::error("rope_kv_append: null pointer");
+  RopeAppendArgs a{};
+  a.qkv = qkv;
+  a.pos = pos;
+  a.q_out = static_cast<__nv_bfloat16*>(q_out);
+  // The view's pointers are const because attention only reads them; the store that owns them is device memory
+  // this op is documented to write (the new slot's K/V row, its position, the head's count).
+  a.pool = static_cast<uint8_t*>(const_cast<void*>(kv.pool));
+  a.page_bytes = kv.page_bytes();
+  a.page_table = kv.page_table;
+  a.positions = const_cast<int32_t*>(kv.positions);
+  a.n_tokens = const_cast<int32_t*>(kv.n_tokens);
+  a.n_head = n_head;
+  a.n_head_kv = kv.n_head_kv;
+  a.head_dim = kv.head_dim;
+  a.page_tokens = kv.page_tokens;
+  a.max_pages = kv.max_pages;
+  a.max_tokens = kv.max_tokens;
+  a.rope_base = rope_base;
+  rope_kv_append_kernel<<<kv.n_head_kv, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a);
+  return cuda_status(cudaGetLastError(), "rope_kv_append launch");
+}
+
+}  // namespace longctx::cuda
