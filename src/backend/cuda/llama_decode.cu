@@ -1,0 +1,463 @@
+// The llama decode step as one CUDA graph (llama_decode.h).
+#include "backend/cuda/llama_decode.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/ops.h"
+
+namespace longctx::cuda {
+namespace {
+
+constexpr size_t kAlign = 256;  // every buffer starts on a 256-byte boundary (cuBLASLt and 16-byte vector loads)
+constexpr size_t kGemmWorkspace = size_t{32} << 20;
+
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Lays buffers out in one allocation: first record the sizes, then allocate once and hand out the pointers.
+// One allocation per arena keeps the pool simple and the accounting exact (what is allocated is what is reported).
+class Arena {
+ public:
+  size_t reserve(size_t bytes) {
+    const size_t off = used_;
+    used_ += align_up(std::max<size_t>(bytes, 1));
+    return off;
+  }
+  Status allocate() { return device_alloc(&base_, used_); }
+  template <typename T = void>
+  T* at(size_t off) const {
+    return reinterpret_cast<T*>(static_cast<uint8_t*>(base_) + off);
+  }
+  size_t bytes() const { return used_; }
+  ~Arena() {
+    if (base_) cudaFree(base_);
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t used_ = 0;
+};
+
+// Ends a step: the argmax becomes the next input (already in `token`), is kept in the history, and the position moves.
+__global__ void advance_kernel(const int32_t* token, int32_t* pos, int32_t* n_generated, int32_t* history,
+                               int32_t capacity) {
+  const int32_t n = *n_generated;
+  if (n < capacity) history[n] = *token;
+  *n_generated = n + 1;
+  *pos += 1;
+}
+
+// Pretend prefill: every (layer, head) holds slots 0..n_ctx-1 at positions 0..n_ctx-1.
+__global__ void fill_positions_kernel(int32_t* positions, int32_t* n_tokens, int32_t n_heads_total, int32_t max_tokens,
+                                      int32_t n_ctx) {
+  const size_t total = static_cast<size_t>(n_heads_total) * max_tokens;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int32_t slot = static_cast<int32_t>(i % max_tokens);
+    positions[i] = slot < n_ctx ? slot : 0;
+    if (slot == 0) n_tokens[i / max_tokens] = n_ctx;
+  }
+}
+
+struct LayerWeights {
+  size_t attn_norm, wqkv, wo, ffn_norm, w_gate_up, w_down;  // offsets in the weight arena
+};
+
+}  // namespace
+
+struct LlamaDecoder::Impl {
+  ModelShape shape;
+  uint64_t seed = 0;
+  LlamaDecodeOptions opt;
+  cudaStream_t stream = nullptr;
+
+  Arena weights;  // bf16
+  std::vector<LayerWeights> layers;
+  size_t tok_embd = 0, output_norm = 0, output = 0;
+
+  Arena act;
+  size_t x = 0, xn = 0, qkv = 0, q = 0, attn = 0, gate_up = 0, h = 0, logits = 0;
+  size_t token = 0, pos = 0, n_generated = 0, argmax_ws = 0, history = 0, attn_ws = 0;
+
+  Arena kv;
+  size_t pool = 0, page_table = 0, positions = 0, n_tokens = 0;
+  int32_t max_pages = 0;
+  std::vector<PagedKvView> views;  // per layer
+  DecodeAttentionParams attn_params;
+  DecodeAttentionPlan plan;
+
+  std::unique_ptr<GemmRunner> gemm;
+  int32_t g_qkv = -1, g_wo = -1, g_gate_up = -1, g_down = -1, g_head = -1;
+  std::vector<LlamaGemmReport> report;
+
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  int32_t host_pos = 0;
+
+  ~Impl() {
+    if (stream) cudaStreamSynchronize(stream);
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    gemm.reset();
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  Status fill(size_t off, size_t n, TensorKind kind, int32_t layer) {
+    return synthetic_fill_bf16(weights.at(off), n, seed, tensor_id(kind, layer), synthetic_tensor_init(shape, kind), 0,
+                               stream);
+  }
+
+  // The forward of one token, enqueued on the stream (captured into the graph).
+  Status enqueue_step() {
+    const ModelShape& m = shape;
+    const size_t E = static_cast<size_t>(m.n_embd);
+    float* px = act.at<float>(x);
+    void* pxn = act.at(xn);
+    int32_t* ptok = act.at<int32_t>(token);
+    int32_t* ppos = act.at<int32_t>(pos);
+    Status s = embedding_lookup(weights.at(tok_embd), ptok, m.n_vocab, m.n_embd, px, stream);
+    for (int32_t il = 0; il < m.n_layer && s.ok(); ++il) {
+      const LayerWeights& w = layers[static_cast<size_t>(il)];
+      if (s.ok()) s = rmsnorm(px, weights.at(w.attn_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
+      if (s.ok()) s = gemm->run(g_qkv, weights.at(w.wqkv), pxn, act.at<float>(qkv), stream);
+      if (s.ok()) s = rope_kv_append(act.at<float>(qkv), ppos, m.n_head, m.rope_base, act.at(q), views[static_cast<size_t>(il)], stream);
+      if (s.ok())
+        s = decode_attention(attn_params, plan, act.at(q), ppos, views[static_cast<size_t>(il)], act.at(attn),
+                             plan.workspace_bytes ? act.at(attn_ws) : nullptr, stream);
+      if (s.ok()) s = gemm->run(g_wo, weights.at(w.wo), act.at(attn), px, stream);  // x += attn Wo^T
+      if (s.ok()) s = rmsnorm(px, weights.at(w.ffn_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
+      if (s.ok()) s = gemm->run(g_gate_up, weights.at(w.w_gate_up), pxn, act.at<float>(gate_up), stream);
+      if (s.ok()) s = swiglu(act.at<float>(gate_up), act.at(h), m.n_ff, stream);
+      if (s.ok()) s = gemm->run(g_down, weights.at(w.w_down), act.at(h), px, stream);  // x += h Wdown^T
+    }
+    (void)E;
+    if (s.ok()) s = rmsnorm(px, weights.at(output_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
+    if (s.ok()) s = gemm->run(g_head, weights.at(output), pxn, act.at<float>(logits), stream);
+    if (s.ok()) s = argmax(act.at<float>(logits), m.n_vocab, ptok, act.at(argmax_ws), stream);
+    if (s.ok()) {
+      advance_kernel<<<1, 1, 0, stream>>>(ptok, ppos, act.at<int32_t>(n_generated), act.at<int32_t>(history),
+                                          opt.max_context);
+      s = cuda_status(cudaGetLastError(), "advance launch");
+    }
+    return s;
+  }
+
+  Status capture() {
+    LONGCTX_CUDA_TRY(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    const Status s = enqueue_step();
+    cudaGraph_t g = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(stream, &g);  // always end the capture, also after a failed op
+    if (!s.ok()) {
+      if (g) cudaGraphDestroy(g);
+      return s;
+    }
+    LONGCTX_CUDA_TRY(e);
+    graph = g;
+    return cuda_status(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  }
+};
+
+LlamaDecoder::LlamaDecoder() : impl_(std::make_unique<Impl>()) {}
+LlamaDecoder::~LlamaDecoder() = default;
+
+Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaDecodeOptions& opt,
+                            std::unique_ptr<LlamaDecoder>* out) {
+  out->reset();
+  DeviceInfo info;
+  if (Status s = device_query(&info); !s.ok()) return s;
+  const ModelShape& m = shape;
+  if (m.n_layer <= 0 || m.n_embd <= 0 || m.n_head <= 0 || m.n_head_kv <= 0 || m.n_ff <= 0 || m.n_vocab <= 0)
+    return Status::error("llama decode: empty shape");
+  if (m.n_embd % 8 != 0 || m.n_ff % 8 != 0) return Status::error("llama decode: n_embd and n_ff must be multiples of 8");
+  if (opt.max_context <= 0 || opt.page_tokens <= 0 || opt.page_tokens % 16 != 0)
+    return Status::error("llama decode: max_context must be positive and page_tokens a multiple of 16");
+
+  std::unique_ptr<LlamaDecoder> d(new LlamaDecoder());
+  Impl& I = *d->impl_;
+  I.shape = shape;
+  I.seed = seed;
+  I.opt = opt;
+  LONGCTX_CUDA_TRY(cudaStreamCreateWithFlags(&I.stream, cudaStreamNonBlocking));
+
+  // Weights: the fused QKV and gate/up matrices are the logical tensors stacked by rows, each element generated under
+  // its own tensor's id and index, so a reference that builds Wq, Wk, Wv separately gets the same values.
+  const size_t E = static_cast<size_t>(m.n_embd), Q = static_cast<size_t>(m.q_dim()), KV = static_cast<size_t>(m.kv_dim()),
+               F = static_cast<size_t>(m.n_ff), V = static_cast<size_t>(m.n_vocab);
+  I.tok_embd = I.weights.reserve(V * E * 2);
+  I.output_norm = I.weights.reserve(E * 2);
+  I.output = I.weights.reserve(V * E * 2);
+  for (int32_t il = 0; il < m.n_layer; ++il) {
+    LayerWeights w{};
+    w.attn_norm = I.weights.reserve(E * 2);
+    w.wqkv = I.weights.reserve((Q + 2 * KV) * E * 2);
+    w.wo = I.weights.reserve(E * Q * 2);
+    w.ffn_norm = I.weights.reserve(E * 2);
+    w.w_gate_up = I.weights.reserve(2 * F * E * 2);
+    w.w_down = I.weights.reserve(E * F * 2);
+    I.layers.push_back(w);
+  }
+  if (Status s = I.weights.allocate(); !s.ok()) return Status::error("llama decode: weights: " + s.message());
+
+  // KV store.
+  const int32_t pt = opt.page_tokens;
+  I.max_pages = (opt.max_context + pt - 1) / pt;
+  const size_t n_heads_total = static_cast<size_t>(m.n_layer) * m.n_head_kv;
+  const size_t page_bytes = 2 * static_cast<size_t>(pt) * m.head_dim * 2;
+  const size_t n_pages = n_heads_total * static_cast<size_t>(I.max_pages);
+  I.pool = I.kv.reserve(n_pages * page_bytes);
+  I.page_table = I.kv.reserve(n_pages * 4);
+  I.positions = I.kv.reserve(n_heads_total * static_cast<size_t>(opt.max_context) * 4);
+  I.n_tokens = I.kv.reserve(n_heads_total * 4);
+  if (Status s = I.kv.allocate(); !s.ok()) return Status::error("llama decode: KV store: " + s.message());
+  {
+    std::vector<int32_t> ids(n_pages);
+    std::iota(ids.begin(), ids.end(), 0);
+    if (opt.page_order == PageOrder::Scattered) {
+      std::mt19937 rng(12345);
+      std::shuffle(ids.begin(), ids.end(), rng);
+    }
+    if (Status s = copy_to_device(I.kv.at(I.page_table), ids.data(), ids.size() * 4); !s.ok()) return s;
+  }
+  for (int32_t il = 0; il < m.n_layer; ++il) {
+    PagedKvView v;
+    v.pool = I.kv.at(I.pool);
+    v.page_table = I.kv.at<int32_t>(I.page_table) + static_cast<size_t>(il) * m.n_head_kv * I.max_pages;
+    v.positions = I.kv.at<int32_t>(I.positions) + static_cast<size_t>(il) * m.n_head_kv * opt.max_context;
+    v.n_tokens = I.kv.at<int32_t>(I.n_tokens) + static_cast<size_t>(il) * m.n_head_kv;
+    v.n_seq = 1;
+    v.n_head_kv = m.n_head_kv;
+    v.head_dim = m.head_dim;
+    v.page_tokens = pt;
+    v.max_pages = I.max_pages;
+    v.max_tokens = opt.max_context;
+    v.dtype = KvDtype::BF16;
+    I.views.push_back(v);
+  }
+  I.attn_params.n_head = m.n_head;
+  I.attn_params.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.head_dim)));
+  I.attn_params.window = 0;
+  if (Status s = decode_attention_plan(I.attn_params, I.views[0], opt.max_context, &I.plan); !s.ok()) return s;
+
+  // Activations.
+  I.x = I.act.reserve(E * 4);
+  I.xn = I.act.reserve(E * 2);
+  I.qkv = I.act.reserve((Q + 2 * KV) * 4);
+  I.q = I.act.reserve(Q * 2);
+  I.attn = I.act.reserve(Q * 2);
+  I.gate_up = I.act.reserve(2 * F * 4);
+  I.h = I.act.reserve(F * 2);
+  I.logits = I.act.reserve(V * 4);
+  I.token = I.act.reserve(4);
+  I.pos = I.act.reserve(4);
+  I.n_generated = I.act.reserve(4);
+  I.argmax_ws = I.act.reserve(argmax_workspace_bytes());
+  I.history = I.act.reserve(static_cast<size_t>(opt.max_context) * 4);
+  I.attn_ws = I.act.reserve(I.plan.workspace_bytes);
+  if (Status s = I.act.allocate(); !s.ok()) return Status::error("llama decode: activations: " + s.message());
+  if (Status s = device_fill_bytes(I.act.at(0), 0, I.act.bytes()); !s.ok()) return s;
+
+  // Fill the weights from the seed.
+  Status s = I.fill(I.tok_embd, V * E, TensorKind::TokenEmbd, -1);
+  if (s.ok()) s = I.fill(I.output_norm, E, TensorKind::OutputNorm, -1);
+  if (s.ok()) s = I.fill(I.output, V * E, TensorKind::Output, -1);
+  for (int32_t il = 0; il < m.n_layer && s.ok(); ++il) {
+    const LayerWeights& w = I.layers[static_cast<size_t>(il)];
+    s = I.fill(w.attn_norm, E, TensorKind::AttnNorm, il);
+    if (s.ok()) s = I.fill(w.wqkv, Q * E, TensorKind::Wq, il);
+    if (s.ok()) s = I.fill(w.wqkv + Q * E * 2, KV * E, TensorKind::Wk, il);
+    if (s.ok()) s = I.fill(w.wqkv + (Q + KV) * E * 2, KV * E, TensorKind::Wv, il);
+    if (s.ok()) s = I.fill(w.wo, E * Q, TensorKind::Wo, il);
+    if (s.ok()) s = I.fill(w.ffn_norm, E, TensorKind::FfnNorm, il);
+    if (s.ok()) s = I.fill(w.w_gate_up, F * E, TensorKind::WGate, il);
+    if (s.ok()) s = I.fill(w.w_gate_up + F * E * 2, F * E, TensorKind::WUp, il);
+    if (s.ok()) s = I.fill(w.w_down, E * F, TensorKind::WDown, il);
+  }
+  if (!s.ok()) return s;
+
+  // GEMM plans, tuned on the weights just made (inputs: synthetic values, never zeros).
+  if (s = GemmRunner::create(kGemmWorkspace, &I.gemm); !s.ok()) return s;
+  const int32_t nE = m.n_embd, nQKV = m.q_dim() + 2 * m.kv_dim();
+  if (s.ok()) s = I.gemm->add_shape(nQKV, nE, 1, GemmAccumulate::Overwrite, &I.g_qkv);
+  if (s.ok()) s = I.gemm->add_shape(nE, m.q_dim(), 1, GemmAccumulate::Add, &I.g_wo);
+  if (s.ok()) s = I.gemm->add_shape(2 * m.n_ff, nE, 1, GemmAccumulate::Overwrite, &I.g_gate_up);
+  if (s.ok()) s = I.gemm->add_shape(nE, m.n_ff, 1, GemmAccumulate::Add, &I.g_down);
+  if (s.ok()) s = I.gemm->add_shape(m.n_vocab, nE, 1, GemmAccumulate::Overwrite, &I.g_head);
+  if (!s.ok()) return s;
+  const TensorInit unit = tensor_init(0.0f, 1.0f);
+  s = synthetic_fill_bf16(I.act.at(I.xn), E, seed, 0xffff0001u, unit, 0, I.stream);
+  if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.attn), Q, seed, 0xffff0002u, unit, 0, I.stream);
+  if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.h), F, seed, 0xffff0003u, unit, 0, I.stream);
+  if (!s.ok()) return s;
+  // Each product's weights over the layers, in the order a forward reads them.
+  auto per_layer = [&](size_t (*field)(const LayerWeights&)) {
+    std::vector<const void*> ws;
+    for (const LayerWeights& w : I.layers) ws.push_back(I.weights.at(field(w)));
+    return ws;
+  };
+  struct Plan {
+    const char* name;
+    int32_t id, n_out, n_in;
+    std::vector<const void*> ws;
+    size_t in, out;
+  };
+  const Plan plans[] = {
+      {"qkv", I.g_qkv, nQKV, nE, per_layer([](const LayerWeights& w) { return w.wqkv; }), I.xn, I.qkv},
+      {"wo", I.g_wo, nE, m.q_dim(), per_layer([](const LayerWeights& w) { return w.wo; }), I.attn, I.x},
+      {"gate_up", I.g_gate_up, 2 * m.n_ff, nE, per_layer([](const LayerWeights& w) { return w.w_gate_up; }), I.xn,
+       I.gate_up},
+      {"down", I.g_down, nE, m.n_ff, per_layer([](const LayerWeights& w) { return w.w_down; }), I.h, I.x},
+      {"output", I.g_head, m.n_vocab, nE, {I.weights.at(I.output)}, I.xn, I.logits}};
+  for (const Plan& p : plans) {
+    const std::vector<const void*>& ws = p.ws;
+    LlamaGemmReport r;
+    r.name = p.name;
+    r.n_out = p.n_out;
+    r.n_in = p.n_in;
+    r.n_per_token = p.id == I.g_head ? 1 : m.n_layer;
+    if (opt.tune_gemms) {
+      s = I.gemm->tune(p.id, ws.data(), static_cast<int32_t>(ws.size()), I.act.at(p.in), I.act.at<float>(p.out),
+                       I.stream, 8, &r.tune);
+      if (!s.ok()) return s;
+    }
+    I.report.push_back(r);
+  }
+  if (s = d->reset(); !s.ok()) return s;
+  if (s = d->synchronize(); !s.ok()) return s;
+  *out = std::move(d);
+  return Status::success();
+}
+
+Status LlamaDecoder::reset() {
+  Impl& I = *impl_;
+  const size_t n_heads_total = static_cast<size_t>(I.shape.n_layer) * I.shape.n_head_kv;
+  LONGCTX_CUDA_TRY(cudaMemsetAsync(I.kv.at(I.n_tokens), 0, n_heads_total * 4, I.stream));
+  LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(I.pos), 0, 4, I.stream));
+  LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(I.n_generated), 0, 4, I.stream));
+  LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(I.token), 0, 4, I.stream));
+  LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(I.argmax_ws), 0, argmax_workspace_bytes(), I.stream));
+  I.host_pos = 0;
+  return Status::success();
+}
+
+Status LlamaDecoder::fill_kv_synthetic(int32_t n_ctx) {
+  Impl& I = *impl_;
+  if (n_ctx < 0 || n_ctx >= I.opt.max_context)
+    return Status::error("fill_kv_synthetic: " + std::to_string(n_ctx) + " tokens leave no room in a context of " +
+                         std::to_string(I.opt.max_context));
+  if (Status s = reset(); !s.ok()) return s;
+  const size_t pool_bytes = I.page_table - I.pool;  // the pool is the first reservation of the KV arena
+  if (Status s = synthetic_fill_bf16(I.kv.at(I.pool), pool_bytes / 2, I.seed, tensor_id(TensorKind::KvCache),
+                                     synthetic_tensor_init(I.shape, TensorKind::KvCache), 0, I.stream);
+      !s.ok())
+    return s;
+  const int32_t n_heads_total = I.shape.n_layer * I.shape.n_head_kv;
+  fill_positions_kernel<<<1024, 256, 0, I.stream>>>(I.kv.at<int32_t>(I.positions), I.kv.at<int32_t>(I.n_tokens),
+                                                     n_heads_total, I.opt.max_context, n_ctx);
+  LONGCTX_CUDA_TRY(cudaGetLastError());
+  LONGCTX_CUDA_TRY(cudaMemcpyAsync(I.act.at(I.pos), &n_ctx, 4, cudaMemcpyHostToDevice, I.stream));
+  LONGCTX_CUDA_TRY(cudaStreamSynchronize(I.stream));  // n_ctx lives on this frame
+  I.host_pos = n_ctx;
+  return Status::success();
+}
+
+Status LlamaDecoder::set_token(int32_t token) {
+  Impl& I = *impl_;
+  if (token < 0 || token >= I.shape.n_vocab)
+    return Status::error("token id " + std::to_string(token) + " is outside the vocabulary of " +
+                         std::to_string(I.shape.n_vocab));
+  // Synchronous: the source is a host stack value and the graph replays that follow read it on the same stream.
+  LONGCTX_CUDA_TRY(cudaMemcpyAsync(I.act.at(I.token), &token, 4, cudaMemcpyHostToDevice, I.stream));
+  return cuda_status(cudaStreamSynchronize(I.stream), "set_token");
+}
+
+Status LlamaDecoder::step(int32_t n_steps) {
+  Impl& I = *impl_;
+  if (n_steps < 0) return Status::error("step: negative count");
+  if (I.host_pos + n_steps > I.opt.max_context)
+    return Status::error("step: the context of " + std::to_string(I.opt.max_context) + " tokens is full");
+  if (!I.exec)
+    if (Status s = I.capture(); !s.ok()) return s;
+  for (int32_t i = 0; i < n_steps; ++i) LONGCTX_CUDA_TRY(cudaGraphLaunch(I.exec, I.stream));
+  I.host_pos += n_steps;
+  return Status::success();
+}
+
+Status LlamaDecoder::synchronize() { return cuda_status(cudaStreamSynchronize(impl_->stream), "decode step"); }
+
+Status LlamaDecoder::read_logits(std::vector<float>* logits) {
+  Impl& I = *impl_;
+  logits->resize(static_cast<size_t>(I.shape.n_vocab));
+  return copy_to_host(logits->data(), I.act.at(I.logits), logits->size() * 4);
+}
+
+Status LlamaDecoder::read_last_token(int32_t* token) { return copy_to_host(token, impl_->act.at(impl_->token), 4); }
+
+Status LlamaDecoder::read_generated(std::vector<int32_t>* tokens) {
+  Impl& I = *impl_;
+  int32_t n = 0;
+  if (Status s = copy_to_host(&n, I.act.at(I.n_generated), 4); !s.ok()) return s;
+  tokens->resize(static_cast<size_t>(std::min(n, I.opt.max_context)));
+  return tokens->empty() ? Status::success() : copy_to_host(tokens->data(), I.act.at(I.history), tokens->size() * 4);
+}
+
+int32_t LlamaDecoder::position() const { return impl_->host_pos; }
+const ModelShape& LlamaDecoder::shape() const { return impl_->shape; }
+const std::vector<LlamaGemmReport>& LlamaDecoder::gemm_report() const { return impl_->report; }
+void* LlamaDecoder::stream() const { return impl_->stream; }
+
+LlamaDecodeBytes LlamaDecoder::bytes() const {
+  const Impl& I = *impl_;
+  const ModelShape& m = I.shape;
+  const size_t E = static_cast<size_t>(m.n_embd);
+  const size_t per_layer = (2 * E + (static_cast<size_t>(m.q_dim()) + 2 * m.kv_dim()) * E +
+                            E * static_cast<size_t>(m.q_dim()) + 3 * static_cast<size_t>(m.n_ff) * E) *
+                           2;
+  LlamaDecodeBytes b;
+  b.weights_total = I.weights.bytes();
+  b.weights_per_token = per_layer * m.n_layer + (E + static_cast<size_t>(m.n_vocab) * E + E) * 2;
+  b.kv_per_token_per_ctx = static_cast<size_t>(m.n_layer) * m.kv_dim() * 2 * 2;
+  b.kv_store = I.kv.bytes();
+  return b;
+}
+
+Status LlamaDecoder::time_attention(int32_t n_reps, float* us) {
+  Impl& I = *impl_;
+  cudaGraph_t g = nullptr;
+  cudaGraphExec_t ex = nullptr;
+  LONGCTX_CUDA_TRY(cudaStreamBeginCapture(I.stream, cudaStreamCaptureModeThreadLocal));
+  Status s = Status::success();
+  for (int32_t il = 0; il < I.shape.n_layer && s.ok(); ++il)
+    s = decode_attention(I.attn_params, I.plan, I.act.at(I.q), I.act.at<int32_t>(I.pos), I.views[static_cast<size_t>(il)],
+                         I.act.at(I.attn), I.plan.workspace_bytes ? I.act.at(I.attn_ws) : nullptr, I.stream);
+  const cudaError_t e = cudaStreamEndCapture(I.stream, &g);
+  if (s.ok()) s = cuda_status(e, "cudaStreamEndCapture");
+  if (s.ok()) s = cuda_status(cudaGraphInstantiate(&ex, g, 0), "cudaGraphInstantiate");
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  if (s.ok()) s = cuda_status(cudaEventCreate(&e0), "cudaEventCreate");
+  if (s.ok()) s = cuda_status(cudaEventCreate(&e1), "cudaEventCreate");
+  std::vector<float> t;
+  if (s.ok()) s = cuda_status(cudaGraphLaunch(ex, I.stream), "cudaGraphLaunch");  // warm-up
+  for (int32_t r = 0; r < n_reps && s.ok(); ++r) {
+    s = cuda_status(cudaEventRecord(e0, I.stream), "cudaEventRecord");
+    if (s.ok()) s = cuda_status(cudaGraphLaunch(ex, I.stream), "cudaGraphLaunch");
+    if (s.ok()) s = cuda_status(cudaEventRecord(e1, I.stream), "cudaEventRecord");
+    if (s.ok()) s = cuda_status(cudaEventSynchronize(e1), "cudaEventSynchronize");
+    float ms = 0;
+    if (s.ok()) s = cuda_status(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+    t.push_back(ms * 1e3f);
+  }
+  if (e0) cudaEventDestroy(e0);
+  if (e1) cudaEventDestroy(e1);
+  if (ex) cudaGraphExecDestroy(ex);
+  if (g) cudaGraphDestroy(g);
+  if (!s.ok()) return s;
+  std::sort(t.begin(), t.end());
+  *us = t.empty() ? 0.0f : t[t.size() / 2];
+  return Status::success();
+}
+
+}  // namespace longctx::cuda

@@ -1,0 +1,89 @@
+// A llama decode step on the device (issue 6, item 1): the whole forward of one token at batch 1, captured once into
+// a CUDA graph and replayed for every token.
+//
+// The graph is reusable because nothing that changes between steps is baked into it: the input token, the position
+// and every head's KV length live in device memory. Each replay reads the token, runs the forward (appending the
+// token's K/V to the paged store), writes the logits, takes the greedy argmax as the next input token and advances the
+// position, so generating n tokens is n graph launches and no host round trip. A host write of the token (set_token)
+// before a replay feeds a given prompt instead.
+//
+// The weights are synthetic (synthetic.h), built on the device from a seed: a llama3-8b needs no file. The KV store
+// is the paged layout decode_attention reads (cuda_backend.h), bf16, pages scattered over one pool as a long-running
+// allocator would leave them, sized for max_context tokens per head.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/synthetic.h"
+
+namespace longctx::cuda {
+
+enum class PageOrder { Scattered, InOrder };
+
+struct LlamaDecodeOptions {
+  int32_t max_context = 4096;  // tokens per head the KV store holds; the attention plan is made for this length
+  int32_t page_tokens = 64;
+  PageOrder page_order = PageOrder::Scattered;
+  bool tune_gemms = true;  // time cuBLASLt's candidates on the weights at create (a second or so for llama3-8b)
+};
+
+// Where the bytes of one token's forward go, for the roofline.
+struct LlamaDecodeBytes {
+  size_t weights_total = 0;     // every weight held on the device
+  size_t weights_per_token = 0;  // what a step reads: every layer matrix and norm, the output head, one embedding row
+  size_t kv_per_token_per_ctx = 0;  // K and V bytes a step reads per cached token (all layers and heads)
+  size_t kv_store = 0;              // the paged store as allocated
+};
+
+// One product of the forward, as tuned (GEMV alone, rotating over its layers' weights).
+struct LlamaGemmReport {
+  const char* name = "";
+  int32_t n_out = 0, n_in = 0, n_per_token = 0;  // n_per_token: how many such products one step runs
+  GemmTuneResult tune;
+};
+
+class LlamaDecoder {
+ public:
+  // Allocates and fills the weights from the seed, the KV store, the activations and the GEMM plans. Fails with a
+  // clear message (and holds nothing) when there is no device or the device cannot hold the model.
+  static Status create(const ModelShape& shape, uint64_t seed, const LlamaDecodeOptions& options,
+                       std::unique_ptr<LlamaDecoder>* out);
+  ~LlamaDecoder();
+  LlamaDecoder(const LlamaDecoder&) = delete;
+  LlamaDecoder& operator=(const LlamaDecoder&) = delete;
+
+  // Empties the cache: position 0, every head 0 tokens.
+  Status reset();
+  // Pretends n_ctx tokens were prefilled: every head holds n_ctx slots at positions 0..n_ctx-1 with synthetic K/V
+  // values (benchmarks that skip prefill); the next step is at position n_ctx.
+  Status fill_kv_synthetic(int32_t n_ctx);
+  // The input token of the next step (otherwise the previous step's argmax).
+  Status set_token(int32_t token);
+  // n_steps replays of the step graph (captured on first use), queued on the decoder's stream; no synchronization.
+  Status step(int32_t n_steps = 1);
+  Status synchronize();
+  // After synchronize(): the last step's logits (n_vocab) and greedy token, and every token generated since reset.
+  Status read_logits(std::vector<float>* logits);
+  Status read_last_token(int32_t* token);
+  Status read_generated(std::vector<int32_t>* tokens);
+
+  int32_t position() const;  // the next step's position (host mirror)
+  const ModelShape& shape() const;
+  LlamaDecodeBytes bytes() const;
+  const std::vector<LlamaGemmReport>& gemm_report() const;
+  void* stream() const;  // the decoder's cudaStream_t, for timing with events
+
+  // Times decode_attention alone over every layer at the current cache length, us per step (all layers).
+  Status time_attention(int32_t n_reps, float* us);
+
+ private:
+  LlamaDecoder();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace longctx::cuda
