@@ -1,0 +1,497 @@
+// The CUDA decode-step ops (src/backend/cuda/ops.h, gemm.h, synthetic.h) against plain host references on fresh
+// random inputs. Outputs are poisoned with NaN (bytes 0xff) before every run, so an unwritten element fails; where an
+// op writes into a larger buffer (the KV append), every byte it must not touch is checked to be still poison.
+// Exit code 77 (CTest's skip) when no GPU is present.
+//
+// Tolerances, per output dtype (elementwise |out - ref| <= atol + rtol |ref|):
+//   exact (bit-identical): the synthetic generator (host vs device), embedding (a bf16 -> f32 shift), the residual add
+//     (one f32 add on both sides), argmax (an index), the V rows of the KV append (one f32 -> bf16 rounding).
+//   bf16 outputs of f32 math (rmsnorm, RoPE'd q and k, swiglu): the device computes in f32, the reference in double,
+//     and both round to bf16, so they may land one bf16 step apart: rtol = 2^-7 (one step at the bottom of a binade),
+//     atol = 1e-5 (cancellation near zero in the rotation, f32 flush of silu's far tail).
+//   f32 GEMM outputs (cuBLASLt, bf16 operands exact in both, f32 accumulation vs double): |out - ref| <= 1e-5 times
+//     sum_k |w_k x_k| (f32 rounding of partial sums, whatever the kernel's summation order), and relative L2 <= 1e-4.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/ops.h"
+#include "backend/cuda/synthetic.h"
+#include "core/fp16.h"
+
+namespace {
+
+using namespace longctx;
+namespace lc = longctx::cuda;
+
+int g_failures = 0;
+
+#define CHECK_OK(expr)                                                                                     \
+  do {                                                                                                     \
+    const lc::Status s_ = (expr);                                                                          \
+    if (!s_.ok()) {                                                                                        \
+      std::fprintf(stderr, "FAIL %s:%d: %s -> %s\n", __FILE__, __LINE__, #expr, s_.message().c_str());     \
+      std::exit(1);                                                                                        \
+    }                                                                                                      \
+  } while (0)
+
+void report(bool ok, const std::string& what) {
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  if (!ok) ++g_failures;
+}
+
+uint16_t bf16_bits(float x) { return lc::f32_to_bf16_bits_rne(x); }
+float bf16_round(double x) { return bf16_to_f32(bf16_bits(static_cast<float>(x))); }
+
+struct DevBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit DevBuf(size_t n) : bytes(n) {
+    if (n) CHECK_OK(lc::device_alloc(&p, n));
+  }
+  ~DevBuf() {
+    if (p) lc::device_free(p);
+  }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+  void poison() { CHECK_OK(lc::device_fill_bytes(p, 0xff, bytes)); }
+  template <typename T>
+  void upload(const std::vector<T>& v) {
+    CHECK_OK(lc::copy_to_device(p, v.data(), v.size() * sizeof(T)));
+  }
+  template <typename T>
+  std::vector<T> download(size_t n) const {
+    std::vector<T> v(n);
+    CHECK_OK(lc::device_synchronize());
+    CHECK_OK(lc::copy_to_host(v.data(), p, n * sizeof(T)));
+    return v;
+  }
+};
+
+// Compares n values; returns the number outside atol + rtol |ref| (NaN counts) and prints the first.
+size_t compare(const char* what, const float* out, const float* ref, size_t n, double atol, double rtol,
+               double* max_err = nullptr) {
+  size_t bad = 0;
+  double mx = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double e = std::fabs(static_cast<double>(out[i]) - ref[i]);
+    if (!(e <= atol + rtol * std::fabs(ref[i]))) {
+      if (bad++ == 0) std::printf("     %s: first bad element %zu: got %.8g want %.8g\n", what, i, out[i], ref[i]);
+    }
+    if (std::isfinite(e)) mx = std::max(mx, e);
+  }
+  if (max_err) *max_err = mx;
+  return bad;
+}
+
+std::vector<float> bf16_vec_to_f32(const std::vector<uint16_t>& v) {
+  std::vector<float> f(v.size());
+  for (size_t i = 0; i < v.size(); ++i) f[i] = bf16_to_f32(v[i]);
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+void test_synthetic() {
+  lc::ModelShape m;
+  uint64_t seed = 0;
+  CHECK_OK(lc::synthetic_shape("llama3-8b:42", &m, &seed));
+  report(seed == 42 && m.n_layer == 32 && m.n_embd == 4096 && m.n_vocab == 128256 && m.rope_base == 500000.0f,
+         "synthetic_shape llama3-8b:42");
+  lc::ModelShape bad;
+  report(!lc::synthetic_shape("llama9", &bad, &seed).ok(), "synthetic_shape refuses an unknown name");
+  report(!lc::synthetic_shape("tiny:x1", &bad, &seed).ok(), "synthetic_shape refuses a bad seed");
+
+  struct Case {
+    lc::TensorKind kind;
+    int32_t layer;
+    size_t n;
+    uint64_t first;
+    size_t dst_offset;  // elements: 1 makes the destination unaligned, exercising the scalar path
+  };
+  const Case cases[] = {{lc::TensorKind::Wq, 0, 100003, 0, 0},
+                        {lc::TensorKind::WDown, 31, 65536, 58720256 - 65536, 1},  // the end of a 4096 x 14336 matrix
+                        {lc::TensorKind::AttnNorm, 5, 4096, 0, 0},
+                        {lc::TensorKind::Output, -1, 4097, (uint64_t{1} << 33) + 5, 3},  // 64-bit indices
+                        {lc::TensorKind::KvCache, -1, 777, 12345, 0}};
+  for (const Case& c : cases) {
+    const lc::TensorInit init = lc::synthetic_tensor_init(m, c.kind);
+    const uint32_t id = lc::tensor_id(c.kind, c.layer);
+    DevBuf d((c.n + c.dst_offset) * 2);
+    d.poison();
+    CHECK_OK(lc::synthetic_fill_bf16(d.as<uint16_t>() + c.dst_offset, c.n, seed, id, init, c.first));
+    const std::vector<uint16_t> got = d.download<uint16_t>(c.n + c.dst_offset);
+    size_t n_diff = 0;
+    double sum = 0, sum2 = 0;
+    for (size_t i = 0; i < c.n; ++i) {
+      const uint16_t want = lc::synthetic_bf16(seed, id, c.first + i, init);
+      n_diff += got[c.dst_offset + i] != want;
+      const double v = bf16_to_f32(want);
+      sum += v;
+      sum2 += v * v;
+    }
+    for (size_t i = 0; i < c.dst_offset; ++i) n_diff += got[i] != 0xffffu;  // nothing written before the start
+    const double mean = sum / c.n, sd = std::sqrt(sum2 / c.n - mean * mean);
+    // The uniform's standard deviation is amplitude / sqrt(3) = unit * 2^23 / sqrt(3).
+    const double want_sd = init.unit * 8388608.0 / std::sqrt(3.0), want_mean = init.offset_units * double(init.unit);
+    const bool stats = std::fabs(sd - want_sd) < 0.05 * want_sd + 1e-9 && std::fabs(mean - want_mean) < 0.05 * want_sd + 1e-3;
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "synthetic tensor %u: %zu elements host == device bits (%zu differ), mean %.4f sd %.5f (want %.4f, %.5f)",
+                  id, c.n, n_diff, mean, sd, want_mean, want_sd);
+    report(n_diff == 0 && stats, buf);
+  }
+  // Different seeds and tensors give different streams.
+  const lc::TensorInit init = lc::synthetic_tensor_init(m, lc::TensorKind::Wq);
+  int same_seed = 0, same_tensor = 0;
+  for (uint64_t i = 0; i < 1000; ++i) {
+    same_seed += lc::synthetic_bf16(1, 4, i, init) == lc::synthetic_bf16(2, 4, i, init);
+    same_tensor += lc::synthetic_bf16(1, 4, i, init) == lc::synthetic_bf16(1, 5, i, init);
+  }
+  report(same_seed < 50 && same_tensor < 50, "synthetic streams differ across seeds and tensors");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+void test_embedding(std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int32_t n_embd : {256, 4096}) {
+    const int32_t n_vocab = 1000;
+    std::vector<uint16_t> table(static_cast<size_t>(n_vocab) * n_embd);
+    for (auto& t : table) t = bf16_bits(nd(rng));
+    DevBuf d_table(table.size() * 2), d_tok(4), d_x(static_cast<size_t>(n_embd) * 4);
+    d_table.upload(table);
+    for (int32_t tok : {0, static_cast<int32_t>(rng() % n_vocab), n_vocab - 1, n_vocab, -1}) {
+      d_tok.upload(std::vector<int32_t>{tok});
+      d_x.poison();
+      CHECK_OK(lc::embedding_lookup(d_table.p, d_tok.as<int32_t>(), n_vocab, n_embd, d_x.as<float>()));
+      const std::vector<float> x = d_x.download<float>(static_cast<size_t>(n_embd));
+      bool ok = true;
+      for (int32_t i = 0; i < n_embd; ++i) {
+        if (tok < 0 || tok >= n_vocab)
+          ok &= std::isnan(x[static_cast<size_t>(i)]);
+        else
+          ok &= x[static_cast<size_t>(i)] == bf16_to_f32(table[static_cast<size_t>(tok) * n_embd + i]);
+      }
+      report(ok, "embedding n_embd " + std::to_string(n_embd) + " token " + std::to_string(tok) +
+                     (tok < 0 || tok >= n_vocab ? " (out of range -> NaN row)" : " (exact)"));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+void test_rmsnorm(std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int32_t n : {256, 4096}) {
+    const int32_t n_rows = 3;
+    const float eps = 1e-5f;
+    std::vector<float> x(static_cast<size_t>(n_rows) * n);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng) * (1.0f + 3.0f * static_cast<float>(i / n));  // rows of scale 1, 4, 7
+    std::vector<uint16_t> w(static_cast<size_t>(n));
+    for (auto& v : w) v = bf16_bits(1.0f + 0.1f * nd(rng));
+    DevBuf d_x(x.size() * 4), d_w(w.size() * 2), d_y(x.size() * 2);
+    d_x.upload(x);
+    d_w.upload(w);
+    d_y.poison();
+    CHECK_OK(lc::rmsnorm(d_x.as<float>(), d_w.p, d_y.p, n_rows, n, eps));
+    const std::vector<float> y = bf16_vec_to_f32(d_y.download<uint16_t>(x.size()));
+    std::vector<float> ref(x.size());
+    for (int32_t r = 0; r < n_rows; ++r) {
+      double ss = 0;
+      for (int32_t i = 0; i < n; ++i) ss += double(x[static_cast<size_t>(r) * n + i]) * x[static_cast<size_t>(r) * n + i];
+      const double scale = 1.0 / std::sqrt(ss / n + eps);
+      for (int32_t i = 0; i < n; ++i)
+        ref[static_cast<size_t>(r) * n + i] = bf16_round(x[static_cast<size_t>(r) * n + i] * scale * bf16_to_f32(w[static_cast<size_t>(i)]));
+    }
+    double mx = 0;
+    const size_t bad = compare("rmsnorm", y.data(), ref.data(), y.size(), 1e-5, 1.0 / 128, &mx);
+    report(bad == 0, "rmsnorm " + std::to_string(n_rows) + " x " + std::to_string(n) + " bf16 out, max abs err " + std::to_string(mx));
+  }
+  report(!lc::rmsnorm(nullptr, nullptr, nullptr, 1, 10, 1e-5f).ok(), "rmsnorm refuses n % 4 != 0");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+void test_swiglu(std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (int32_t n_ff : {512, 14336}) {
+    std::vector<float> gu(2 * static_cast<size_t>(n_ff));
+    for (auto& v : gu) v = nd(rng);
+    gu[0] = -100.0f;  // silu's far tails
+    gu[1] = 100.0f;
+    gu[2] = -1e4f;
+    DevBuf d_gu(gu.size() * 4), d_h(static_cast<size_t>(n_ff) * 2);
+    d_gu.upload(gu);
+    d_h.poison();
+    CHECK_OK(lc::swiglu(d_gu.as<float>(), d_h.p, n_ff));
+    const std::vector<float> h = bf16_vec_to_f32(d_h.download<uint16_t>(static_cast<size_t>(n_ff)));
+    std::vector<float> ref(static_cast<size_t>(n_ff));
+    for (int32_t i = 0; i < n_ff; ++i) {
+      const double g = gu[static_cast<size_t>(i)], u = gu[static_cast<size_t>(n_ff + i)];
+      ref[static_cast<size_t>(i)] = bf16_round(g / (1.0 + std::exp(-g)) * u);
+    }
+    double mx = 0;
+    const size_t bad = compare("swiglu", h.data(), ref.data(), h.size(), 1e-5, 1.0 / 128, &mx);
+    report(bad == 0, "swiglu n_ff " + std::to_string(n_ff) + " bf16 out, max abs err " + std::to_string(mx));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+void test_add(std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t n = 100003;
+  std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+  for (auto& v : x) v = nd(rng);
+  for (auto& v : y) v = nd(rng);
+  DevBuf d_x(x.size() * 4), d_y(y.size() * 4);
+  d_x.upload(x);
+  d_y.upload(y);
+  CHECK_OK(lc::add_in_place(d_x.as<float>(), d_y.as<float>(), n));
+  const std::vector<float> out = d_x.download<float>(x.size());
+  size_t bad = 0;
+  for (size_t i = 0; i < x.size(); ++i) bad += out[i] != x[i] + y[i];
+  report(bad == 0, "add_in_place " + std::to_string(n) + " f32 (exact)");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+void test_argmax(std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  DevBuf ws(lc::argmax_workspace_bytes()), d_idx(4);
+  CHECK_OK(lc::device_fill_bytes(ws.p, 0, ws.bytes));
+  for (int32_t n : {1, 7, 4097, 128256}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      std::vector<float> l(static_cast<size_t>(n));
+      for (auto& v : l) v = nd(rng) - 5.0f;  // mostly negative: the key's sign handling matters
+      std::string what;
+      if (variant == 1 && n > 3) {  // a tie: the smaller index wins
+        const size_t a = rng() % (n / 2), b = n / 2 + rng() % (n / 2);
+        l[a] = l[b] = 10.0f;
+        what = " tie";
+      } else if (variant == 2) {
+        std::fill(l.begin(), l.end(), -3.0f);
+        what = " all equal";
+      } else if (variant == 3 && n > 3) {
+        l[static_cast<size_t>(n / 3)] = std::nanf("");
+        l[static_cast<size_t>(n / 2)] = 1e30f;
+        what = " NaN wins";
+      }
+      size_t want = static_cast<size_t>(std::max_element(l.begin(), l.end()) - l.begin());
+      if (variant == 3 && n > 3) want = static_cast<size_t>(n / 3);
+      DevBuf d_l(l.size() * 4);
+      d_l.upload(l);
+      d_idx.poison();
+      CHECK_OK(lc::argmax(d_l.as<float>(), n, d_idx.as<int32_t>(), ws.p));
+      const int32_t got = d_idx.download<int32_t>(1)[0];
+      const std::vector<uint32_t> w = ws.download<uint32_t>(lc::argmax_workspace_bytes() / 4);
+      const bool ws_clean = std::all_of(w.begin(), w.end(), [](uint32_t v) { return v == 0; });
+      report(got == static_cast<int32_t>(want) && ws_clean,
+             "argmax n " + std::to_string(n) + what + ": got " + std::to_string(got) + " want " + std::to_string(want) +
+                 (ws_clean ? "" : " (workspace not reset)"));
+    }
+  }
+  report(!lc::argmax(nullptr, 0, nullptr, nullptr).ok(), "argmax refuses n = 0");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// RoPE in adjacent pairs, as cpu::rope with RopeOrder::Adjacent: angles in double, rounded to f32 cos/sin.
+void rope_ref(const float* x, int32_t pos, int32_t D, double base, float* y) {
+  for (int32_t i = 0; i < D / 2; ++i) {
+    const double a = pos * std::pow(base, -2.0 * i / D);
+    const double c = static_cast<float>(std::cos(a)), s = static_cast<float>(std::sin(a));
+    y[2 * i] = bf16_round(x[2 * i] * c - x[2 * i + 1] * s);
+    y[2 * i + 1] = bf16_round(x[2 * i] * s + x[2 * i + 1] * c);
+  }
+}
+
+void test_rope_kv_append(std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Case {
+    int32_t n_head, n_head_kv, d, pt, max_tokens;
+    float base;
+  };
+  for (const Case& c : {Case{32, 8, 128, 64, 300, 500000.0f}, Case{4, 2, 64, 16, 40, 10000.0f}}) {
+    const int32_t hkv = c.n_head_kv, D = c.d, pt = c.pt, max_pages = (c.max_tokens + pt - 1) / pt;
+    const int32_t n_pages = hkv * max_pages;
+    std::vector<int32_t> table(static_cast<size_t>(n_pages));
+    for (int32_t i = 0; i < n_pages; ++i) table[static_cast<size_t>(i)] = i;
+    std::shuffle(table.begin(), table.end(), rng);
+    std::vector<int32_t> n_tok(static_cast<size_t>(hkv));
+    for (int32_t h = 0; h < hkv; ++h) n_tok[static_cast<size_t>(h)] = static_cast<int32_t>(rng() % (c.max_tokens - 2));
+    n_tok[0] = pt - 1;  // the second append crosses into the next page
+    n_tok[static_cast<size_t>(hkv - 1)] = 0;
+    const size_t page_elems = 2 * static_cast<size_t>(pt) * D;
+    DevBuf d_pool(static_cast<size_t>(n_pages) * page_elems * 2), d_table(table.size() * 4),
+        d_positions(static_cast<size_t>(hkv) * c.max_tokens * 4), d_ntok(static_cast<size_t>(hkv) * 4), d_pos(4),
+        d_qkv(static_cast<size_t>(c.n_head + 2 * hkv) * D * 4), d_q(static_cast<size_t>(c.n_head) * D * 2);
+    d_pool.poison();
+    d_positions.poison();  // -1
+    d_table.upload(table);
+    d_ntok.upload(n_tok);
+    lc::PagedKvView kv;
+    kv.pool = d_pool.p;
+    kv.page_table = d_table.as<int32_t>();
+    kv.positions = d_positions.as<int32_t>();
+    kv.n_tokens = d_ntok.as<int32_t>();
+    kv.n_seq = 1;
+    kv.n_head_kv = hkv;
+    kv.head_dim = D;
+    kv.page_tokens = pt;
+    kv.max_pages = max_pages;
+    kv.max_tokens = c.max_tokens;
+    kv.dtype = lc::KvDtype::BF16;
+
+    // Expected store contents, updated after each append: the pool as bf16 bits (poison elsewhere).
+    std::vector<uint16_t> want_pool(static_cast<size_t>(n_pages) * page_elems, 0xffffu);
+    std::vector<int32_t> want_positions(static_cast<size_t>(hkv) * c.max_tokens, -1);
+    std::vector<float> k_ref_f(want_pool.size(), 0.0f);  // rounded reference values where K rows are written
+    std::vector<char> is_k(want_pool.size(), 0);
+    size_t q_bad = 0, k_bad = 0, v_bad = 0, other_bad = 0, meta_bad = 0;
+    double q_max = 0;
+    for (int step = 0; step < 2; ++step) {
+      const int32_t pos = step == 0 ? static_cast<int32_t>(rng() % 200000) : 131071;
+      std::vector<float> qkv(static_cast<size_t>(c.n_head + 2 * hkv) * D);
+      for (auto& v : qkv) v = nd(rng) * 2.0f;
+      d_qkv.upload(qkv);
+      d_pos.upload(std::vector<int32_t>{pos});
+      d_q.poison();
+      CHECK_OK(lc::rope_kv_append(d_qkv.as<float>(), d_pos.as<int32_t>(), c.n_head, c.base, d_q.p, kv));
+      const std::vector<float> q = bf16_vec_to_f32(d_q.download<uint16_t>(static_cast<size_t>(c.n_head) * D));
+      std::vector<float> q_ref(q.size());
+      for (int32_t h = 0; h < c.n_head; ++h) rope_ref(qkv.data() + static_cast<size_t>(h) * D, pos, D, c.base, q_ref.data() + static_cast<size_t>(h) * D);
+      double mx = 0;
+      q_bad += compare("q", q.data(), q_ref.data(), q.size(), 1e-5, 1.0 / 128, &mx);
+      q_max = std::max(q_max, mx);
+      for (int32_t h = 0; h < hkv; ++h) {
+        const int32_t slot = n_tok[static_cast<size_t>(h)]++;
+        const size_t page = static_cast<size_t>(table[static_cast<size_t>(h) * max_pages + slot / pt]);
+        const size_t k_off = page * page_elems + static_cast<size_t>(slot % pt) * D;
+        const size_t v_off = k_off + static_cast<size_t>(pt) * D;
+        std::vector<float> k_rot(static_cast<size_t>(D));
+        rope_ref(qkv.data() + static_cast<size_t>(c.n_head + h) * D, pos, D, c.base, k_rot.data());
+        for (int32_t i = 0; i < D; ++i) {
+          is_k[k_off + i] = 1;
+          k_ref_f[k_off + i] = k_rot[static_cast<size_t>(i)];
+          want_pool[k_off + i] = 0;  // checked by tolerance, not bits
+          want_pool[v_off + i] = bf16_bits(qkv[static_cast<size_t>(c.n_head + hkv + h) * D + i]);
+        }
+        want_positions[static_cast<size_t>(h) * c.max_tokens + slot] = pos;
+      }
+    }
+    const std::vector<uint16_t> pool = d_pool.download<uint16_t>(want_pool.size());
+    for (size_t i = 0; i < pool.size(); ++i) {
+      if (is_k[i]) {
+        const double e = std::fabs(double(bf16_to_f32(pool[i])) - k_ref_f[i]);
+        k_bad += !(e <= 1e-5 + std::fabs(k_ref_f[i]) / 128);
+      } else if (want_pool[i] != 0xffffu) {
+        v_bad += pool[i] != want_pool[i];
+      } else {
+        other_bad += pool[i] != 0xffffu;
+      }
+    }
+    const std::vector<int32_t> positions = d_positions.download<int32_t>(want_positions.size());
+    const std::vector<int32_t> ntok = d_ntok.download<int32_t>(static_cast<size_t>(hkv));
+    for (size_t i = 0; i < positions.size(); ++i) meta_bad += positions[i] != want_positions[i];
+    for (int32_t h = 0; h < hkv; ++h) meta_bad += ntok[static_cast<size_t>(h)] != n_tok[static_cast<size_t>(h)];
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "rope_kv_append %d/%d d%d pages of %d, 2 appends: q bad %zu (max abs %.2e), k bad %zu, v bad %zu, "
+                  "untouched bytes changed %zu, positions/counts bad %zu",
+                  c.n_head, hkv, D, pt, q_bad, q_max, k_bad, v_bad, other_bad, meta_bad);
+    report(q_bad + k_bad + v_bad + other_bad + meta_bad == 0, buf);
+  }
+  lc::PagedKvView kv;
+  kv.head_dim = 256;
+  kv.n_seq = 1;
+  kv.n_head_kv = 1;
+  report(!lc::rope_kv_append(nullptr, nullptr, 1, 1e4f, nullptr, kv).ok(), "rope_kv_append refuses head_dim 256");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+void test_gemm(std::mt19937& rng) {
+  std::unique_ptr<lc::GemmRunner> g;
+  CHECK_OK(lc::GemmRunner::create(size_t{32} << 20, &g));
+  std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
+  struct Case {
+    int32_t n_out, n_in, n_cols;
+    lc::GemmAccumulate acc;
+  };
+  for (const Case& c : {Case{6144, 4096, 1, lc::GemmAccumulate::Overwrite}, Case{4096, 14336, 1, lc::GemmAccumulate::Add},
+                        Case{512, 256, 1, lc::GemmAccumulate::Overwrite}, Case{1000, 256, 3, lc::GemmAccumulate::Add}}) {
+    int32_t id = -1;
+    CHECK_OK(g->add_shape(c.n_out, c.n_in, c.n_cols, c.acc, &id));
+    const size_t nw = static_cast<size_t>(c.n_out) * c.n_in, nx = static_cast<size_t>(c.n_cols) * c.n_in,
+                 ny = static_cast<size_t>(c.n_cols) * c.n_out;
+    std::vector<uint16_t> w(nw), x(nx);
+    for (auto& v : w) v = bf16_bits(ud(rng) * 0.05f);
+    for (auto& v : x) v = bf16_bits(ud(rng));
+    std::vector<float> y0(ny);
+    for (auto& v : y0) v = ud(rng);
+    DevBuf d_w(nw * 2), d_w2(nw * 2), d_x(nx * 2), d_y(ny * 4);
+    d_w.upload(w);
+    CHECK_OK(lc::device_fill_bytes(d_w2.p, 0x3c, d_w2.bytes));  // a second finite matrix to rotate over
+    d_x.upload(x);
+    d_y.upload(y0);
+    const void* ws[2] = {d_w.p, d_w2.p};
+    lc::GemmTuneResult tr;
+    CHECK_OK(g->tune(id, ws, 2, d_x.p, d_y.as<float>(), nullptr, 4, &tr));
+    if (c.acc == lc::GemmAccumulate::Add)
+      d_y.upload(y0);
+    else
+      d_y.poison();
+    CHECK_OK(g->run(id, d_w.p, d_x.p, d_y.as<float>(), nullptr));
+    const std::vector<float> y = d_y.download<float>(ny);
+    size_t bad = 0;
+    double e2 = 0, r2 = 0;
+    for (int32_t col = 0; col < c.n_cols; ++col)
+      for (int32_t o = 0; o < c.n_out; ++o) {
+        double acc = 0, mag = 0;
+        for (int32_t k = 0; k < c.n_in; ++k) {
+          const double t = double(bf16_to_f32(w[static_cast<size_t>(o) * c.n_in + k])) * bf16_to_f32(x[static_cast<size_t>(col) * c.n_in + k]);
+          acc += t;
+          mag += std::fabs(t);
+        }
+        const size_t i = static_cast<size_t>(col) * c.n_out + o;
+        const double ref = (c.acc == lc::GemmAccumulate::Add ? y0[i] : 0.0) + acc;
+        const double e = std::fabs(y[i] - ref);
+        bad += !(e <= 1e-5 * (mag + 1.0));
+        e2 += std::isfinite(e) ? e * e : 1e30;
+        r2 += ref * ref;
+      }
+    const double rel = std::sqrt(e2 / r2);
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "gemm %d x %d, %d col%s, %s: rel L2 %.2e, %zu bad; tuned %d candidates (%.1f -> %.1f us)",
+                  c.n_out, c.n_in, c.n_cols, c.n_cols > 1 ? "s" : "", c.acc == lc::GemmAccumulate::Add ? "y += x W^T" : "y = x W^T",
+                  rel, bad, tr.n_candidates, tr.first_us, tr.best_us);
+    report(bad == 0 && rel <= 1e-4, buf);
+  }
+}
+
+}  // namespace
+
+int main() {
+  lc::DeviceInfo info;
+  if (lc::Status s = lc::device_query(&info); !s.ok()) {
+    std::printf("SKIP: %s\n", s.message().c_str());
+    return 77;
+  }
+  std::printf("device: %s (sm_%d%d, %d SMs)\n", info.name.c_str(), info.cc_major, info.cc_minor, info.n_sm);
+  std::mt19937 rng(20261202);
+  test_synthetic();
+  test_embedding(rng);
+  test_rmsnorm(rng);
+  test_swiglu(rng);
+  test_add(rng);
+  test_argmax(rng);
+  test_rope_kv_append(rng);
+  test_gemm(rng);
+  std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "PASSED", g_failures);
+  return g_failures ? 1 : 0;
+}
