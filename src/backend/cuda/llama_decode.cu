@@ -258,7 +258,9 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   I.history = I.act.reserve(static_cast<size_t>(opt.max_context) * 4);
   I.attn_ws = I.act.reserve(I.plan.workspace_bytes);
   if (Status s = I.act.allocate(); !s.ok()) return Status::error("llama decode: activations: " + s.message());
-  if (Status s = device_fill_bytes(I.act.at(0), 0, I.act.bytes()); !s.ok()) return s;
+  // On the decoder's stream, like everything after it: a legacy-stream memset would not be ordered with a
+  // non-blocking stream.
+  LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(0), 0, I.act.bytes(), I.stream));
 
   // Fill the weights from the seed.
   Status s = I.fill(I.tok_embd, V * E, TensorKind::TokenEmbd, -1);
@@ -428,6 +430,11 @@ Status LlamaDecoder::time_attention(int32_t n_reps, float* us) {
   Impl& I = *impl_;
   cudaGraph_t g = nullptr;
   cudaGraphExec_t ex = nullptr;
+  // A query of synthetic values (never zeros), as a forward would give.
+  if (Status s = synthetic_fill_bf16(I.act.at(I.q), static_cast<size_t>(I.shape.q_dim()), I.seed, 0xffff0004u,
+                                     tensor_init(0.0f, 1.0f), 0, I.stream);
+      !s.ok())
+    return s;
   LONGCTX_CUDA_TRY(cudaStreamBeginCapture(I.stream, cudaStreamCaptureModeThreadLocal));
   Status s = Status::success();
   for (int32_t il = 0; il < I.shape.n_layer && s.ok(); ++il)

@@ -1,0 +1,227 @@
+// End-to-end decode of the synthetic Llama-3-8B (bf16 weights and KV, batch 1) against the memory roofline, all
+// measured in one run (DESIGN.md, Benchmarking; issue 6's target: >= 85% of the roofline at 4K and 32K):
+//   copy:   cudaMemcpy device to device, bytes read plus written over time (the roofline of the issue);
+//   read:   a kernel that only reads, bytes over time (what a decode step does: the stricter ceiling);
+//   decode: tokens/s of the CUDA-graph step with the KV filled with synthetic values at each context;
+//           roofline tokens/s = bandwidth / (weight bytes + KV bytes read per token);
+//   parts:  cuBLASLt GEMV alone per product (tuned, rotating over the 32 layers' weights) against the read-only
+//           kernel over the same bytes, and decode attention alone over all layers, so the step's time is placed.
+// Usage: e2e_bench [out.jsonl [context ...]]   (default contexts 4096 32768; a table on stdout, printed last)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/llama_decode.h"
+#include "backend/cuda/synthetic.h"
+
+namespace lc = longctx::cuda;
+
+#define CK(call)                                                                                  \
+  do {                                                                                            \
+    cudaError_t e_ = (call);                                                                      \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));  \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+#define CS(expr)                                                                     \
+  do {                                                                               \
+    const lc::Status s_ = (expr);                                                    \
+    if (!s_.ok()) {                                                                  \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.message().c_str()); \
+      std::exit(1);                                                                  \
+    }                                                                                \
+  } while (0)
+
+namespace {
+
+FILE* g_json = nullptr;
+
+// Streams n16 16-byte words, four independent loads in flight per thread; the xor of everything is stored only if
+// it hits an impossible value, so the compiler keeps the loads.
+__global__ void read_kernel(const uint4* __restrict__ p, size_t n16, uint32_t* sink) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  uint32_t acc = 0;
+  size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (; i + 3 * stride < n16; i += 4 * stride) {
+    uint4 v[4];
+    for (int j = 0; j < 4; ++j) v[j] = __ldcs(p + i + j * stride);
+    for (int j = 0; j < 4; ++j) acc ^= v[j].x ^ v[j].y ^ v[j].z ^ v[j].w;
+  }
+  for (; i < n16; i += stride) {
+    const uint4 v = __ldcs(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Median microseconds per launch of `body`, over reps events-timed runs of `inner` launches.
+template <typename F>
+double time_us(cudaStream_t st, int reps, int inner, F&& body) {
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  body();  // warm-up
+  CK(cudaStreamSynchronize(st));
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    CK(cudaEventRecord(e0, st));
+    for (int i = 0; i < inner; ++i) body();
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    t.push_back(ms * 1e3 / inner);
+  }
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+  return median(t);
+}
+
+struct Row {
+  long ctx;
+  double us_token, tok_s, bytes_token, gbs, roof_copy_tok_s, roof_read_tok_s, gemm_us, attn_us;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1) g_json = std::fopen(argv[1], "w");
+  std::vector<long> contexts = {4096, 32768};
+  if (argc > 2) contexts.clear();
+  for (int i = 2; i < argc; ++i) contexts.push_back(std::atol(argv[i]));
+  lc::DeviceInfo info;
+  if (lc::Status s = lc::device_query(&info); !s.ok()) {
+    std::printf("SKIP: %s\n", s.message().c_str());
+    return 77;
+  }
+  std::printf("device: %s, %d SMs, L2 %.0f MB, %.1f GB\n", info.name.c_str(), info.n_sm, info.l2_bytes / 1e6,
+              info.global_bytes / 1e9);
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+
+  // Ceilings, on 2 GiB buffers of synthetic (never zero) data.
+  const size_t big = size_t{2} << 30;
+  void *src, *dst;
+  uint32_t* sink;
+  CK(cudaMalloc(&src, big));
+  CK(cudaMalloc(&dst, big));
+  CK(cudaMalloc(&sink, 4));
+  CS(lc::synthetic_fill_bf16(src, big / 2, 99, 0xfff0u, lc::tensor_init(0.0f, 1.0f), 0, st));
+  const double copy_us = time_us(st, 7, 5, [&] { CK(cudaMemcpyAsync(dst, src, big, cudaMemcpyDeviceToDevice, st)); });
+  const double copy_tbps = 2.0 * big / copy_us / 1e6;
+  const double read_us = time_us(st, 7, 5, [&] {
+    read_kernel<<<info.n_sm * 8, 512, 0, st>>>(static_cast<const uint4*>(src), big / 16, sink);
+  });
+  const double read_tbps = big / read_us / 1e6;
+  CK(cudaGetLastError());
+  CK(cudaFree(src));
+  CK(cudaFree(dst));
+  std::printf("copy (D2D, read + write): %.3f TB/s   read-only kernel: %.3f TB/s\n", copy_tbps, read_tbps);
+  if (g_json) std::fprintf(g_json, "{\"what\":\"ceilings\",\"copy_tbps\":%.4f,\"read_tbps\":%.4f}\n", copy_tbps, read_tbps);
+
+  lc::ModelShape m;
+  uint64_t seed = 0;
+  CS(lc::synthetic_shape("llama3-8b:1", &m, &seed));
+  std::vector<Row> rows;
+  std::vector<lc::LlamaGemmReport> gemms;
+  const int n_inner = 32, n_reps = 5;
+  for (long ctx : contexts) {
+    lc::LlamaDecodeOptions opt;
+    opt.max_context = static_cast<int32_t>(ctx) + (n_reps + 2) * n_inner + 16;
+    std::unique_ptr<lc::LlamaDecoder> dec;
+    CS(lc::LlamaDecoder::create(m, seed, opt, &dec));
+    const lc::LlamaDecodeBytes b = dec->bytes();
+    if (gemms.empty()) gemms = dec->gemm_report();
+    CS(dec->fill_kv_synthetic(static_cast<int32_t>(ctx)));
+    float attn_us = 0;
+    CS(dec->time_attention(20, &attn_us));
+    CS(dec->set_token(128000));
+    CS(dec->step(n_inner));  // warm-up: captures the graph, then replays
+    CS(dec->synchronize());
+    auto dstream = static_cast<cudaStream_t>(dec->stream());
+    std::vector<double> t;
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int r = 0; r < n_reps; ++r) {
+      CK(cudaEventRecord(e0, dstream));
+      CS(dec->step(n_inner));
+      CK(cudaEventRecord(e1, dstream));
+      CK(cudaEventSynchronize(e1));
+      float ms = 0;
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      t.push_back(ms * 1e3 / n_inner);
+    }
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    std::vector<float> logits;
+    CS(dec->read_logits(&logits));
+    std::vector<int32_t> toks;
+    CS(dec->read_generated(&toks));
+    bool finite = true;
+    for (float v : logits) finite &= std::isfinite(v);
+    uint64_t h = 1469598103934665603ull;  // FNV-1a of the generated tokens: a regression hash (DESIGN.md, Style 7)
+    for (int32_t tk : toks) h = (h ^ static_cast<uint32_t>(tk)) * 1099511628211ull;
+    double gemm_us = 0;
+    for (const auto& g : dec->gemm_report()) gemm_us += g.n_per_token * g.tune.best_us;
+
+    Row row;
+    row.ctx = ctx;
+    row.us_token = median(t);
+    row.tok_s = 1e6 / row.us_token;
+    const double ctx_mid = ctx + n_inner * (1 + n_reps / 2.0);  // the cache grows by one token a step
+    row.bytes_token = static_cast<double>(b.weights_per_token) + static_cast<double>(b.kv_per_token_per_ctx) * ctx_mid;
+    row.gbs = row.bytes_token / row.us_token / 1e3;
+    row.roof_copy_tok_s = copy_tbps * 1e12 / row.bytes_token;
+    row.roof_read_tok_s = read_tbps * 1e12 / row.bytes_token;
+    row.gemm_us = gemm_us;
+    row.attn_us = attn_us;
+    rows.push_back(row);
+    std::printf("ctx %ld: %.1f us/token (%.1f tok/s), %.2f GB/token (weights %.2f GB held %.2f, KV store %.2f GB), "
+                "%.0f GB/s; attention alone %.1f us, GEMMs alone %.1f us; logits %s; %zu tokens, hash %016llx\n",
+                ctx, row.us_token, row.tok_s, row.bytes_token / 1e9, b.weights_per_token / 1e9, b.weights_total / 1e9,
+                b.kv_store / 1e9, row.gbs, attn_us, gemm_us, finite ? "finite" : "NOT FINITE", toks.size(),
+                static_cast<unsigned long long>(h));
+    if (g_json)
+      std::fprintf(g_json,
+                   "{\"what\":\"decode\",\"ctx\":%ld,\"us_token\":%.2f,\"tok_s\":%.2f,\"bytes_token\":%.0f,\"gbs\":%.1f,"
+                   "\"roof_copy_tok_s\":%.2f,\"roof_read_tok_s\":%.2f,\"attn_us\":%.2f,\"gemm_us\":%.2f,\"finite\":%d}\n",
+                   ctx, row.us_token, row.tok_s, row.bytes_token, row.gbs, row.roof_copy_tok_s, row.roof_read_tok_s,
+                   attn_us, gemm_us, finite ? 1 : 0);
+    if (!finite) return 1;
+  }
+
+  std::printf("\n| GEMV (cuBLASLt, bf16 -> f32) | n_out x n_in | MB | per token | heuristic's first us | tuned us | TB/s | of read-only |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  for (const auto& g : gemms) {
+    const double mb = 2.0 * g.n_out * g.n_in / 1e6;
+    const double tbps = mb * 1e6 / g.tune.best_us / 1e6;
+    std::printf("| %s | %d x %d | %.1f | %d | %.2f | %.2f | %.2f | %.2f |\n", g.name, g.n_out, g.n_in, mb, g.n_per_token,
+                g.tune.first_us, g.tune.best_us, tbps, tbps / read_tbps);
+    if (g_json)
+      std::fprintf(g_json, "{\"what\":\"gemv\",\"name\":\"%s\",\"n_out\":%d,\"n_in\":%d,\"first_us\":%.3f,\"best_us\":%.3f,\"tbps\":%.4f}\n",
+                   g.name, g.n_out, g.n_in, g.tune.first_us, g.tune.best_us, tbps);
+  }
+  std::printf("\nceilings: copy %.3f TB/s (read + write), read-only %.3f TB/s\n", copy_tbps, read_tbps);
+  std::printf("| decode, llama3-8b bf16, B=1 | context | us/token | tok/s | GB/s | roofline tok/s (copy) | of copy roofline | roofline tok/s (read) | of read roofline | GEMMs alone us | attention alone us | rest us |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows)
+    std::printf("| longctx | %ldK | %.1f | %.1f | %.0f | %.1f | %.0f%% | %.1f | %.0f%% | %.0f | %.0f | %.0f |\n", r.ctx / 1024,
+                r.us_token, r.tok_s, r.gbs, r.roof_copy_tok_s, 100.0 * r.tok_s / r.roof_copy_tok_s, r.roof_read_tok_s,
+                100.0 * r.tok_s / r.roof_read_tok_s, r.gemm_us, r.attn_us, r.us_token - r.gemm_us - r.attn_us);
+  if (g_json) std::fclose(g_json);
+  return 0;
+}
