@@ -18,6 +18,7 @@ t0=$(date +%s)
 pids=()
 "${NVCC[@]}" -Xptxas -v -c src/backend/cuda/decode_attention.cu -o "$B/decode_attention.o" >"$B/ptxas.log" 2>&1 & pids+=($!)
 "${NVCC[@]}" -c src/backend/cuda/cuda_backend.cu -o "$B/cuda_backend.o" & pids+=($!)
+"${NVCC[@]}" -c src/backend/cuda/kivi_page.cpp -o "$B/kivi_page.o" & pids+=($!)
 "${NVCC[@]}" -c tests/cuda/decode_attention_test.cpp -o "$B/decode_attention_test.o" & pids+=($!)
 "${NVCC[@]}" -c tests/cuda/attention_bench.cu -o "$B/attention_bench.o" & pids+=($!)
 build_ok=1
@@ -25,15 +26,21 @@ for p in "${pids[@]}"; do wait "$p" || build_ok=0; done
 grep -E "Compiling entry|registers" "$B/ptxas.log" | sed -E "s/.*entry function '([^']*)'.*/\1/; s/ptxas info *: //" |
   c++filt | paste - - | sed -E 's/longctx::cuda::\(anonymous namespace\):://g' | cut -c1-150
 if [ "$build_ok" = 1 ]; then
-  "${NVCC[@]}" -o "$B/decode_attention_test" "$B/decode_attention_test.o" "$B/decode_attention.o" "$B/cuda_backend.o" &&
-    "${NVCC[@]}" -o "$B/attention_bench" "$B/attention_bench.o" "$B/decode_attention.o" "$B/cuda_backend.o" || build_ok=0
+  LIB=("$B/decode_attention.o" "$B/cuda_backend.o" "$B/kivi_page.o")
+  "${NVCC[@]}" -o "$B/decode_attention_test" "$B/decode_attention_test.o" "${LIB[@]}" &&
+    "${NVCC[@]}" -o "$B/attention_bench" "$B/attention_bench.o" "${LIB[@]}" || build_ok=0
 fi
 echo "build: $([ $build_ok = 1 ] && echo ok || echo FAILED) in $(( $(date +%s) - t0 )) s"
 [ "$build_ok" = 1 ] || { cat "$B/ptxas.log"; exit 1; }
-echo "SASS of the bf16 d=128 decode kernel (cp.async copies, 16-byte shared reads, tensor-core ops, no local memory):"
-cuobjdump -sass "$B/decode_attention.o" 2>/dev/null |
-  awk '/Function :/{inside = ($3 ~ /decode_attention_kernelI13__nv_bfloat16Li128/)} inside' |
-  grep -oE "LDGSTS[.A-Z0-9_]*|LDS[.A-Z0-9_]*|LDG\.E[.A-Z0-9_]*|HMMA\.[0-9A-Z.]*|MOVM[.A-Z0-9]*|LDL|STL" | sort | uniq -c || true
+# Instances: decode_attention_kernel<T, D, Bits>, Bits 0 = plain pages only, 2/4/8 = KIVI pages too.
+for inst in "Li128ELi0E:bf16 d=128 plain" "Li128ELi2E:bf16 d=128 kivi2"; do
+  echo "SASS of the ${inst#*:} decode kernel (cp.async copies, shared reads, tensor-core ops, f16x2 math, no local memory):"
+  cuobjdump -sass "$B/decode_attention.o" 2>/dev/null |
+    awk -v pat="decode_attention_kernelI13__nv_bfloat16${inst%%:*}" '/Function :/{inside = index($3, pat) > 0} inside' |
+    grep -oE "LDGSTS[.A-Z0-9_]*|LDS[.A-Z0-9_]*|LDG\.E[.A-Z0-9_]*|HMMA\.[0-9A-Z.]*|MOVM[.A-Z0-9]*|HFMA2[.A-Z0-9]*|HADD2[.A-Z0-9]*|LOP3[.A-Z0-9]*|LDL|STL" |
+    sort | uniq -c | tr '\n' ' ' || true
+  echo
+done
 
 "$B/decode_attention_test" 2>&1 | tee "$OUT/check.txt"
 check_rc=${PIPESTATUS[0]}

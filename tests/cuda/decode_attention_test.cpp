@@ -4,11 +4,21 @@
 // before every run, and the rows past each head's last token hold NaN, so an unwritten output or a read past the end
 // fails. Exit code 77 (CTest's skip) when no GPU is present.
 //
+// KIVI pages (2, 4 and 8 bits): every full page of a head is quantized on the host by the CPU codec's rule
+// (kv_page_codec.cpp: per-channel keys over the page, per-token values in groups of 32, f16 scale and min, the
+// scale stepped up one f16 ulp where rounding shrank the range), laid out for the device by lc::kivi_page_pack, and
+// the reference sees the dequantized values min + scale * code in f32, as the CPU decodes them; the partial last
+// page stays plain, as KIVI's full-precision tail (one case also leaves every third full page plain). Keys get
+// per-channel offsets and spreads, KIVI's outlier channels.
+//
 // Tolerance (elementwise |out - ref| <= atol + rtol |ref|, plus the relative L2 error): the inputs are rounded to the
 // KV dtype before both sides see them, so what differs is the kernel's own rounding: P is rounded to the dtype for
 // the P V product and the output is stored in the dtype. bf16 has an 8-bit significand (rounding 2^-9 = 2e-3),
 // f16 an 11-bit one (2^-12 = 2.4e-4); we allow about four roundings of an order-one output:
 //   bf16: atol = rtol = 1e-2, relative L2 <= 5e-3;   f16: atol = rtol = 2e-3, relative L2 <= 1e-3.
+// A packed tile is computed in f16 whatever the dtype, after rounding each dequantized key and value to f16 once
+// (2^-12 relative): two more roundings of the inputs than a plain f16 tile, so KIVI views with f16 plain pages allow
+// atol = rtol = 3e-3, relative L2 <= 1.5e-3; with bf16 plain pages the bf16 bounds above hold.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -96,10 +106,87 @@ struct Case {
   bool gaps;         // positions with holes, as after eviction
   bool mid_query;    // the query sits among the keys, so later keys are masked by causality
   int32_t n_splits;  // 0: the planner's choice
+  int32_t plain_every = 0;  // KIVI views: every plain_every-th full page stays plain too (0: none)
 };
 
-void run_case(const Case& c, lc::KvDtype dt, uint32_t seed) {
+// The CPU codec's quantization rule (kv_page_codec.cpp), restated: asymmetric, min and scale rounded to f16 first
+// and the codes computed against the rounded values.
+struct KiviQuant {
+  uint16_t scale_h, min_h;
+  float scale, min;
+};
+
+KiviQuant kivi_qparams(float lo, float hi, int bits) {
+  KiviQuant p;
+  p.min_h = f32_to_fp16(lo);
+  p.min = fp16_to_f32(p.min_h);
+  const float levels = static_cast<float>((1 << bits) - 1);
+  const float range = std::max(hi - p.min, 0.0f);  // the f16 min may sit above lo
+  p.scale_h = f32_to_fp16(range / levels);
+  p.scale = fp16_to_f32(p.scale_h);
+  if (p.scale > 0 && p.scale * levels < range) {
+    p.scale_h = static_cast<uint16_t>(p.scale_h + 1);
+    p.scale = fp16_to_f32(p.scale_h);
+  }
+  return p;
+}
+
+uint8_t kivi_code(float x, const KiviQuant& p, int bits) {
+  if (p.scale <= 0) return 0;
+  const float q = std::nearbyint((x - p.min) / p.scale);
+  return static_cast<uint8_t>(std::clamp(q, 0.0f, static_cast<float>((1 << bits) - 1)));
+}
+
+// Quantizes one full page: k, v (pt, d) f32 in; the device page out; k, v overwritten with the dequantized values.
+void kivi_page(lc::KvPacking f, int32_t pt, int32_t d, std::vector<float>& k, std::vector<float>& v, uint8_t* dst) {
+  const int bits = lc::kv_packing_bits(f);
+  const int32_t n_groups = d / 32;
+  std::vector<uint8_t> kc(k.size()), vc(v.size());
+  std::vector<uint16_t> ks(d), km(d), vs(static_cast<size_t>(pt) * n_groups), vm(vs.size());
+  for (int32_t ch = 0; ch < d; ++ch) {
+    float lo = k[ch], hi = k[ch];
+    for (int32_t t = 1; t < pt; ++t) {
+      lo = std::min(lo, k[static_cast<size_t>(t) * d + ch]);
+      hi = std::max(hi, k[static_cast<size_t>(t) * d + ch]);
+    }
+    const KiviQuant p = kivi_qparams(lo, hi, bits);
+    ks[ch] = p.scale_h;
+    km[ch] = p.min_h;
+    for (int32_t t = 0; t < pt; ++t) {
+      float& x = k[static_cast<size_t>(t) * d + ch];
+      kc[static_cast<size_t>(t) * d + ch] = kivi_code(x, p, bits);
+      x = p.min + p.scale * static_cast<float>(kc[static_cast<size_t>(t) * d + ch]);
+    }
+  }
+  for (int32_t t = 0; t < pt; ++t)
+    for (int32_t gi = 0; gi < n_groups; ++gi) {
+      float* x = v.data() + static_cast<size_t>(t) * d + gi * 32;
+      const auto [lo, hi] = std::minmax_element(x, x + 32);
+      const KiviQuant p = kivi_qparams(*lo, *hi, bits);
+      vs[static_cast<size_t>(t) * n_groups + gi] = p.scale_h;
+      vm[static_cast<size_t>(t) * n_groups + gi] = p.min_h;
+      for (int32_t i = 0; i < 32; ++i) {
+        uint8_t& code = vc[static_cast<size_t>(t) * d + gi * 32 + i];
+        code = kivi_code(x[i], p, bits);
+        x[i] = p.min + p.scale * static_cast<float>(code);
+      }
+    }
+  lc::KiviPageCodes codes;
+  codes.k_codes = kc.data();
+  codes.k_scale = ks.data();
+  codes.k_min = km.data();
+  codes.v_codes = vc.data();
+  codes.v_scale = vs.data();
+  codes.v_min = vm.data();
+  CHECK_OK(lc::kivi_page_pack(f, pt, d, codes, dst));
+}
+
+void run_case(const Case& c, lc::KvDtype dt, lc::KvPacking packing, uint32_t seed) {
   const char* dname = dt == lc::KvDtype::F16 ? "f16" : "bf16";
+  const char* pname = packing == lc::KvPacking::Kivi2   ? " kivi2"
+                      : packing == lc::KvPacking::Kivi4 ? " kivi4"
+                      : packing == lc::KvPacking::Kivi8 ? " kivi8"
+                                                        : "";
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const int32_t n_seq = static_cast<int32_t>(c.n_tokens.size());
@@ -120,6 +207,16 @@ void run_case(const Case& c, lc::KvDtype dt, uint32_t seed) {
 
   const size_t page_elems = 2 * static_cast<size_t>(pt) * d;
   std::vector<uint16_t> pool(std::max<size_t>(1, static_cast<size_t>(total_pages)) * page_elems, 0xffffu);  // NaN
+  // KIVI pages share the ids' space (each id is plain or packed, never both); unused bytes are NaN too.
+  const bool kivi = packing != lc::KvPacking::None;
+  lc::PagedKvView kv;
+  kv.head_dim = d;
+  kv.page_tokens = pt;
+  kv.packing = packing;
+  const size_t packed_bytes = kv.packed_page_bytes();
+  std::vector<uint8_t> packed_pool(kivi ? std::max<size_t>(1, static_cast<size_t>(total_pages)) * packed_bytes : 0, 0xff);
+  std::vector<uint8_t> page_packed(static_cast<size_t>(n_seq) * hkv * max_pages, 0);
+  std::vector<float> kd(static_cast<size_t>(pt) * d), vd(static_cast<size_t>(pt) * d);
   std::vector<int32_t> table(static_cast<size_t>(n_seq) * hkv * max_pages, -1);
   std::vector<int32_t> positions(static_cast<size_t>(n_seq) * hkv * max_tokens, 0);
   std::vector<int32_t> n_tok(static_cast<size_t>(n_seq) * hkv);
@@ -133,6 +230,16 @@ void run_case(const Case& c, lc::KvDtype dt, uint32_t seed) {
 
   // The reference's view: f32 pages holding exactly the rounded values the device sees.
   std::vector<std::vector<std::vector<float>>> ref_pages(static_cast<size_t>(n_seq) * hkv);
+  // KIVI pages' keys: fixed outlier channels (an offset and a spread per channel), as KIVI observes in real models.
+  std::vector<float> chan_offset(static_cast<size_t>(d)), chan_spread(static_cast<size_t>(d));
+  for (int32_t i = 0; i < d && kivi; ++i) {
+    chan_offset[static_cast<size_t>(i)] = (i % 17 == 3) ? 6.0f * nd(rng) : 0.5f * nd(rng);
+    chan_spread[static_cast<size_t>(i)] = 0.25f + 0.75f * static_cast<float>(rng() % 1000) / 1000.0f;
+  }
+  auto key_value = [&](int32_t i) {  // keys spread the softmax
+    return kivi ? nd(rng) * 2.0f * chan_spread[static_cast<size_t>(i)] + chan_offset[static_cast<size_t>(i)]
+                : nd(rng) * 2.0f;
+  };
   int32_t next_page = 0;
   for (int32_t s = 0; s < n_seq; ++s) {
     int32_t last_pos = 0;
@@ -151,12 +258,25 @@ void run_case(const Case& c, lc::KvDtype dt, uint32_t seed) {
         const int32_t id = page_ids[static_cast<size_t>(next_page++)];
         table[sh * max_pages + pi] = id;
         rp.emplace_back(page_elems, 0.0f);
+        const int32_t n_full_pages = n / pt;
+        if (kivi && pi < n_full_pages && !(c.plain_every > 0 && pi % c.plain_every == c.plain_every - 1)) {
+          page_packed[sh * max_pages + pi] = 1;
+          for (int32_t r = 0; r < pt; ++r)
+            for (int32_t i = 0; i < d; ++i) {
+              kd[static_cast<size_t>(r) * d + i] = key_value(i);
+              vd[static_cast<size_t>(r) * d + i] = nd(rng);
+            }
+          kivi_page(packing, pt, d, kd, vd, packed_pool.data() + static_cast<size_t>(id) * packed_bytes);
+          std::copy(kd.begin(), kd.end(), rp.back().begin());
+          std::copy(vd.begin(), vd.end(), rp.back().begin() + static_cast<ptrdiff_t>(pt) * d);
+          continue;
+        }
         uint16_t* dev_page = pool.data() + static_cast<size_t>(id) * page_elems;
         for (int32_t r = 0; r < std::min(pt, n - pi * pt); ++r)
           for (int32_t half = 0; half < 2; ++half)  // keys, then values
             for (int32_t i = 0; i < d; ++i) {
               const size_t e = static_cast<size_t>(half) * pt * d + static_cast<size_t>(r) * d + i;
-              const float x = nd(rng) * (half == 0 ? 2.0f : 1.0f);  // keys spread the softmax
+              const float x = half == 0 ? key_value(i) : nd(rng);
               dev_page[e] = to_bits(x, dt);
               rp.back()[e] = from_bits(dev_page[e], dt);
             }
@@ -177,6 +297,11 @@ void run_case(const Case& c, lc::KvDtype dt, uint32_t seed) {
     }
 
   // Device.
+  DevBuf d_packed(packed_pool.size()), d_flags(page_packed.size());
+  if (kivi) {
+    CHECK_OK(lc::copy_to_device(d_packed.p, packed_pool.data(), d_packed.bytes));
+    CHECK_OK(lc::copy_to_device(d_flags.p, page_packed.data(), d_flags.bytes));
+  }
   DevBuf d_pool(pool.size() * 2), d_table(table.size() * 4), d_pos(positions.size() * 4), d_ntok(n_tok.size() * 4),
       d_qpos(q_pos.size() * 4), d_q(q_bits.size() * 2), d_out(q_bits.size() * 2);
   CHECK_OK(lc::copy_to_device(d_pool.p, pool.data(), d_pool.bytes));
@@ -186,7 +311,8 @@ void run_case(const Case& c, lc::KvDtype dt, uint32_t seed) {
   CHECK_OK(lc::copy_to_device(d_qpos.p, q_pos.data(), d_qpos.bytes));
   CHECK_OK(lc::copy_to_device(d_q.p, q_bits.data(), d_q.bytes));
 
-  lc::PagedKvView kv;
+  kv.packed_pool = d_packed.p;
+  kv.page_packed = static_cast<const uint8_t*>(d_flags.p);
   kv.pool = d_pool.p;
   kv.page_table = static_cast<const int32_t*>(d_table.p);
   kv.positions = static_cast<const int32_t*>(d_pos.p);
@@ -210,7 +336,7 @@ void run_case(const Case& c, lc::KvDtype dt, uint32_t seed) {
   CHECK_OK(lc::copy_to_host(out_bits.data(), d_out.p, d_out.bytes));
 
   const bool f16 = dt == lc::KvDtype::F16;
-  const double atol = f16 ? 2e-3 : 1e-2, rtol = atol, l2_tol = f16 ? 1e-3 : 5e-3;
+  const double atol = f16 ? (kivi ? 3e-3 : 2e-3) : 1e-2, rtol = atol, l2_tol = f16 ? (kivi ? 1.5e-3 : 1e-3) : 5e-3;
   double err2 = 0, ref2 = 0, max_err = 0;
   size_t n_bad = 0, first_bad = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
@@ -225,8 +351,10 @@ void run_case(const Case& c, lc::KvDtype dt, uint32_t seed) {
   }
   const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
   const bool ok = n_bad == 0 && rel <= l2_tol;
-  std::printf("%s %-28s %-4s splits=%-3d rel_l2=%.2e max_abs=%.2e%s\n", ok ? "ok  " : "FAIL", c.name, dname,
-              plan.n_splits, rel, max_err, ok ? "" : "");
+  int32_t n_packed = 0;
+  for (uint8_t f : page_packed) n_packed += f;
+  std::printf("%s %-28s %-4s%-6s splits=%-3d packed pages=%-4d rel_l2=%.2e max_abs=%.2e\n", ok ? "ok  " : "FAIL",
+              c.name, dname, pname, plan.n_splits, n_packed, rel, max_err);
   if (!ok) {
     ++g_failures;
     const size_t row = first_bad / static_cast<size_t>(d);
@@ -264,7 +392,27 @@ int main() {
   };
   uint32_t seed = 1;
   for (const auto& c : cases)
-    for (lc::KvDtype dt : {lc::KvDtype::BF16, lc::KvDtype::F16}) run_case(c, dt, seed++);
+    for (lc::KvDtype dt : {lc::KvDtype::BF16, lc::KvDtype::F16}) run_case(c, dt, lc::KvPacking::None, seed++);
+
+  // KIVI views: packed full pages, plain tails, at 2, 4 and 8 bits.
+  const std::vector<Case> kivi_cases = {
+      {"kivi llama3 32/8 d128 1000", 32, 8, 128, 64, {std::vector<int32_t>(8, 1000)}, 0, false, false, 0},
+      {"kivi one split", 32, 8, 128, 64, {std::vector<int32_t>(8, 1000)}, 0, false, false, 1},
+      {"kivi 5 splits, plain pages", 32, 8, 128, 64, {std::vector<int32_t>(8, 1000)}, 0, false, false, 5, 3},
+      {"kivi per-head lengths, gaps", 32, 8, 128, 16, {{0, 1, 15, 16, 17, 63, 65, 333}}, 0, true, false, 3},
+      {"kivi causal mid query", 32, 8, 128, 64, {std::vector<int32_t>(8, 700)}, 0, true, true, 0},
+      {"kivi window 50", 32, 8, 128, 16, {std::vector<int32_t>(8, 500)}, 50, true, false, 0},
+      {"kivi window 37 mid query", 32, 8, 128, 32, {std::vector<int32_t>(8, 400)}, 37, false, true, 4},
+      {"kivi smollm 9/3 d64", 9, 3, 64, 64, {{200, 130, 77}}, 0, true, false, 0},
+      {"kivi d64 pages 16, 3 splits", 8, 8, 64, 16, {{5, 40, 1, 0, 99, 16, 31, 48}}, 0, false, false, 3, 2},
+      {"kivi group 8, 16/2 d128", 16, 2, 128, 64, {{300, 129}}, 0, false, false, 0},
+      {"kivi group 7, 14/2 d64", 14, 2, 64, 48, {{250, 251}}, 0, true, false, 2},
+      {"kivi 2 sequences", 32, 8, 128, 64, {std::vector<int32_t>(8, 900), std::vector<int32_t>(8, 35)}, 0, true, false, 0},
+      {"kivi long 20000", 32, 8, 128, 64, {std::vector<int32_t>(8, 20000)}, 0, false, false, 0},
+  };
+  for (const auto& c : kivi_cases)
+    for (lc::KvPacking f : {lc::KvPacking::Kivi2, lc::KvPacking::Kivi4, lc::KvPacking::Kivi8})
+      for (lc::KvDtype dt : {lc::KvDtype::BF16, lc::KvDtype::F16}) run_case(c, dt, f, seed++);
 
   // Clear errors, nothing crashes: an unsupported shape and an allocation the device cannot hold.
   {

@@ -47,3 +47,23 @@ for r in ours:
     ratio = f"{r['tbps'] / best:.2f}x" if best else "-"
     print(f"| longctx {r['dtype']} | {r['ctx'] // 1024}K | {r['n_splits']} | {r['us']:.1f} | {r['tbps']:.2f} | "
           f"{r['tbps'] / copy:.2f} | {' | '.join(cells)} | {ratio} |")
+
+kivi = [r for r in ours if r["what"] == "kivi"]
+if kivi:
+    bf16_us = {r["ctx"]: r["us"] for r in ours if r["what"] == "ours" and r["dtype"] == "bf16"}
+    print()
+    print("KIVI pages (all packed but each head's last page, bf16): read = bytes actually read (packed pages, the plain "
+          "page, positions) / time; effective = bf16-equivalent bytes 2 * n_ctx * 8 * 128 * 2 / time (target: above "
+          "copy)")
+    print()
+    print("| decode, B=1, 32/8 heads, d=128 | context | splits | us | MB read | read TB/s | effective TB/s | "
+          "effective / copy | bf16 us | bf16 / kivi time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in kivi:
+        b = bf16_us.get(r["ctx"])
+        flag = "" if r.get("finite", True) else " (NON-FINITE OUTPUT)"
+        bf = f"{b:.1f}" if b else "-"
+        ratio = f"{b / r['us']:.2f}x" if b else "-"
+        print(f"| longctx {r['dtype']}{flag} | {r['ctx'] // 1024}K | {r['n_splits']} | {r['us']:.1f} | "
+              f"{r['bytes'] / 1e6:.1f} | {r['tbps']:.2f} | {r['eff_tbps']:.2f} | {r['eff_tbps'] / copy:.2f} | "
+              f"{bf} | {ratio} |")

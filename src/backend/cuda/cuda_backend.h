@@ -48,6 +48,11 @@ Status device_synchronize();
 
 enum class KvDtype { F16, BF16 };
 
+// Packed pages a view may hold beside its plain ones: KIVI ("KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV
+// Cache"), the CPU's quantization (cpu::kv_page_codec.h) in the device layout of kivi_layout.h.
+enum class KvPacking { None, Kivi2, Kivi4, Kivi8 };
+int kv_packing_bits(KvPacking f);  // 0 for None
+
 // Device view of one layer's paged KV cache for a batch of sequences, the device twin of cpu::KvLayerView.
 // A page holds one (sequence, layer, kv-head)'s keys (page_tokens, head_dim) then values (page_tokens, head_dim),
 // both in `dtype`; slot i of a head lives in page page_table[i / page_tokens], row i % page_tokens. Heads may hold
@@ -64,8 +69,29 @@ struct PagedKvView {
   int32_t max_pages = 0;
   int32_t max_tokens = 0;
   KvDtype dtype = KvDtype::BF16;
+  // KIVI keeps a head's recent tokens at full precision until a page fills (then seals it packed), so a head holds
+  // packed pages and plain ones: page i of head (s, h) is packed when page_packed[(s, h, i)] != 0, and its id then
+  // indexes packed_pool (pages of packed_page_bytes()) instead of pool. Any mix is read; all plain when None.
+  KvPacking packing = KvPacking::None;
+  const void* packed_pool = nullptr;      // device; packed page p starts at packed_pool + p * packed_page_bytes()
+  const uint8_t* page_packed = nullptr;   // device (n_seq, n_head_kv, max_pages)
   size_t page_bytes() const { return 2 * static_cast<size_t>(page_tokens) * head_dim * 2; }
+  size_t packed_page_bytes() const;
 };
+
+// Lays out one KIVI page for the device from its quantization: the codes and f16 scales and mins the CPU codec
+// stores (one code a byte here, < 2^bits). Host memory in and out; dst holds packed_page_bytes() of a view of this
+// packing, page_tokens and head_dim (a multiple of 16, and 64 or 128). A page's value = min + scale * code, the
+// same on both backends; the kernel rounds it to f16 once (fma) before its tensor-core products.
+struct KiviPageCodes {
+  const uint8_t* k_codes = nullptr;   // (page_tokens, head_dim)
+  const uint16_t* k_scale = nullptr;  // (head_dim) f16 bits: one (scale, min) per channel over the page's tokens
+  const uint16_t* k_min = nullptr;    // (head_dim)
+  const uint8_t* v_codes = nullptr;   // (page_tokens, head_dim)
+  const uint16_t* v_scale = nullptr;  // (page_tokens, head_dim / 32) f16 bits: per token and group of 32 channels
+  const uint16_t* v_min = nullptr;    // (page_tokens, head_dim / 32)
+};
+Status kivi_page_pack(KvPacking f, int32_t page_tokens, int32_t head_dim, const KiviPageCodes& page, uint8_t* dst);
 
 struct DecodeAttentionParams {
   int32_t n_head = 0;  // query heads; n_head / n_head_kv (the GQA group) must be 1..8

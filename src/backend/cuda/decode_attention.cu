@@ -21,15 +21,25 @@
 // permuted likewise, and its k (token) pairs are packed with byte permutes from four token rows. P goes from S^T's
 // accumulator layout to P^T's operand layout with movmatrix (an 8x8 transpose in registers). The stages are stored
 // with an XOR swizzle of the 16-byte chunks so that these reads are free of bank conflicts.
+//
+// KIVI pages ("KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache"; layout in kivi_layout.h) go through
+// the same ring, the same softmax and the same products: a packed tile's stage holds its page's key (scale, min)
+// block and the tile's codes and value scales (1.8 KB at 2 bits, d = 128, against 8 KB for a bf16 tile), and each
+// lane expands its own fragment's codes to f16 (value = min + scale * code, one fma), so that the products of a
+// packed tile run as f16 mma.sync whatever the plain pages' dtype. Nothing is dequantized outside registers. A head
+// may mix packed and plain pages in any order (KIVI's plain tail is the usual case); the instance for plain pages
+// alone (Bits = 0) compiles to the same code as before the packed path existed.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/kivi_layout.h"
 
 namespace longctx::cuda {
 namespace {
@@ -66,6 +76,9 @@ struct DecodeArgs {
   const int32_t* page_table;  // (n_seq, n_head_kv, max_pages)
   const int32_t* positions;   // (n_seq, n_head_kv, max_tokens)
   const int32_t* n_tokens;    // (n_seq, n_head_kv)
+  const uint8_t* packed_pool;  // KIVI pages (kivi_layout.h), or null
+  size_t packed_page_bytes;
+  const uint8_t* page_packed;  // (n_seq, n_head_kv, max_pages): 1 = the page id indexes packed_pool
   int32_t n_head_kv, n_head, group, page_tokens, max_pages, max_tokens;
   const void* q;         // (n_seq, n_head, D)
   const int32_t* q_pos;  // (n_seq)
@@ -80,6 +93,11 @@ struct DecodeArgs {
 
 template <typename T>
 struct Elem;
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
 
 template <>
 struct Elem<__nv_bfloat16> {
@@ -146,9 +164,123 @@ __device__ __forceinline__ bool key_visible(int32_t k_pos, int32_t q_pos, int32_
 
 constexpr float kNegInf = -INFINITY;
 
-template <typename T, int D>
+// Tile flags set by the prologue.
+constexpr uint8_t kTileVisible = 1;  // some query sees some key of the tile: read it
+constexpr uint8_t kTilePacked = 2;   // the tile's page is a KIVI page
+
+__device__ __forceinline__ void set_word(uint4& v, int i, uint32_t x) {  // i is a compile-time constant
+  if (i == 0) v.x = x;
+  else if (i == 1) v.y = x;
+  else if (i == 2) v.z = x;
+  else v.w = x;
+}
+
+template <int V>
+__device__ __forceinline__ void load_words(uint32_t* w, const uint8_t* p) {  // one shared load of V words
+  if constexpr (V == 4) {
+    const uint4 x = *reinterpret_cast<const uint4*>(p);
+    w[0] = x.x, w[1] = x.y, w[2] = x.z, w[3] = x.w;
+  } else if constexpr (V == 2) {
+    const uint2 x = *reinterpret_cast<const uint2*>(p);
+    w[0] = x.x, w[1] = x.y;
+  } else {
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  }
+}
+
+// Two codes of a word (kivi_layout.h) to the f16 pair min + scale * code: OR-ing a code under the exponent of 1024
+// gives 1024 + code exactly, subtracting 1024 gives the code exactly, and one fma rounds the value once.
+__device__ __forceinline__ uint32_t kivi_pair(uint32_t word, int shift, uint32_t mask, uint32_t scale2, uint32_t min2) {
+  const uint32_t x = ((word >> shift) & mask) | 0x64006400u;
+  uint32_t y;
+  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(y) : "r"(x), "r"(0x64006400u));
+  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(y) : "r"(y), "r"(scale2), "r"(min2));
+  return y;
+}
+
+// A packed tile's stage (its page's key block, then the tile) to the same fragment registers as a plain tile's:
+// klo/khi[j] word i = key rows g / g + 8, channels 32 j + 8 c + 2 i (+1); v[r][s] word i = value token
+// 2 c + (r & 1) + 8 (r >> 1), channels 64 s + 8 g + 2 i (+1); all f16 pairs.
+template <int D, int Bits>
+__device__ __forceinline__ void kivi_fragments(const uint8_t* st, int g, int c, uint4 (&klo)[D / 32],
+                                               uint4 (&khi)[D / 32], uint4 (&v)[4][D / 64]) {
+  constexpr int W = kivi::code_words(D, Bits), V = kivi::vec_words(D, Bits), PPW = kivi::pairs_per_word(Bits);
+  constexpr uint32_t mask = ((1u << Bits) - 1) * 0x10001u;
+  const uint8_t* kc = st + kivi::k_scale_bytes(D);
+  const uint8_t* vc = kc + kivi::code_bytes(D, Bits);
+  const uint32_t* vsm = reinterpret_cast<const uint32_t*>(vc + kivi::code_bytes(D, Bits));
+  uint32_t wlo[W], whi[W];
+#pragma unroll
+  for (int q = 0; q < W / V; ++q) {
+    load_words<V>(wlo + q * V, kc + ((q * kTile + g) * 4 + c) * V * 4);
+    load_words<V>(whi + q * V, kc + ((q * kTile + g + 8) * 4 + c) * V * 4);
+  }
+#pragma unroll
+  for (int p2 = 0; p2 < D / 16; ++p2) {  // one 16-byte load: (scale, min) of pairs 2 p2 and 2 p2 + 1
+    const uint4 sm = *reinterpret_cast<const uint4*>(st + (p2 * 4 + c) * 16);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int pr = 2 * p2 + e, wi = pr / PPW, sh = Bits * (pr % PPW);
+      set_word(klo[pr / 4], pr % 4, kivi_pair(wlo[wi], sh, mask, e ? sm.z : sm.x, e ? sm.w : sm.y));
+      set_word(khi[pr / 4], pr % 4, kivi_pair(whi[wi], sh, mask, e ? sm.z : sm.x, e ? sm.w : sm.y));
+    }
+  }
+#pragma unroll
+  for (int hv = 0; hv < 2; ++hv) {  // token pairs c and 4 + c
+    uint32_t w[W];
+#pragma unroll
+    for (int q = 0; q < W / V; ++q) load_words<V>(w + q * V, vc + ((q * (kTile / 2) + c + 4 * hv) * 8 + g) * V * 4);
+#pragma unroll
+    for (int tok = 0; tok < 2; ++tok) {
+      const int r = 2 * hv + tok, tk = 2 * c + tok + 8 * hv;
+#pragma unroll
+      for (int s = 0; s < D / 64; ++s) {
+        const uint32_t sm = vsm[tk * (D / kivi::kGroup) + 2 * s + (g >> 2)];  // group of channels 64 s + 8 g ..
+        const uint32_t s2 = __byte_perm(sm, 0, 0x1010), m2 = __byte_perm(sm, 0, 0x3232);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int pr = tok * (D / 16) + 4 * s + i;
+          set_word(v[r][s], i, kivi_pair(w[pr / PPW], Bits * (pr % PPW), mask, s2, m2));
+        }
+      }
+    }
+  }
+}
+
+// S^T += K Q^T over the tile's channels (klo/khi: key rows g / g + 8; qf: Q^T, both with the channel permutation).
+template <typename E, int kChunks>
+__device__ __forceinline__ void score_products(float (&sc)[4], const uint4 (&klo)[kChunks], const uint4 (&khi)[kChunks],
+                                               const uint4 (&qf)[kChunks]) {
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    E::mma(sc, klo[j].x, khi[j].x, klo[j].y, khi[j].y, qf[j].x, qf[j].y);
+    E::mma(sc, klo[j].z, khi[j].z, klo[j].w, khi[j].w, qf[j].z, qf[j].w);
+  }
+}
+
+// O^T += V^T P^T: pb0 / pb1 = P^T for tokens 2c, 2c+1 / +8, +9 (the k pairs), head g.
+template <typename E, int kSets>
+__device__ __forceinline__ void value_products(float (&o)[4 * kSets][4], const uint4 (&v)[4][kSets], uint32_t pb0,
+                                               uint32_t pb1) {
+#pragma unroll
+  for (int s = 0; s < kSets; ++s)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // V^T rows: channel 64s + 8g + 2i (low halves) and +1 (high halves); columns: tokens 2c, 2c+1 | +8, +9.
+      const uint32_t a0 = __byte_perm(word(v[0][s], i), word(v[1][s], i), 0x5410);
+      const uint32_t a1 = __byte_perm(word(v[0][s], i), word(v[1][s], i), 0x7632);
+      const uint32_t a2 = __byte_perm(word(v[2][s], i), word(v[3][s], i), 0x5410);
+      const uint32_t a3 = __byte_perm(word(v[2][s], i), word(v[3][s], i), 0x7632);
+      E::mma(o[4 * s + i], a0, a1, a2, a3, pb0, pb1);
+    }
+}
+
+// Bits: 0 for views of plain pages alone; 2, 4 or 8 when pages may be KIVI-packed.
+template <typename T, int D, int Bits>
 __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const DecodeArgs a) {
   static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
+  static_assert(Bits == 0 || kivi::k_scale_bytes(D) + kivi::tile_bytes(D, Bits) <= 2 * Smem<D>::kTileBytes,
+                "a packed tile must fit the stage of a plain one");
   using L = Smem<D>;
   constexpr int kChunks = D / 32;     // 16-byte key reads per lane per row
   constexpr int kSets = D / 64;       // 64-channel sets of V^T rows
@@ -179,6 +311,20 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
 #pragma unroll
   for (int j = 0; j < kChunks; ++j)
     qf[j] = g < a.group ? *reinterpret_cast<const uint4*>(q + g * D + 32 * j + 8 * c) : make_uint4(0, 0, 0, 0);
+  // Q^T in f16 for the products of packed tiles (a bf16 query of ordinary size converts exactly).
+  uint4 qh[kChunks];
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    if constexpr (Bits > 0 && !std::is_same_v<T, __half>) {
+      auto cv = [](uint32_t x) {
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x));
+        return Elem<__half>::pack(f.x, f.y);
+      };
+      qh[j] = make_uint4(cv(qf[j].x), cv(qf[j].y), cv(qf[j].z), cv(qf[j].w));
+    } else {
+      qh[j] = qf[j];
+    }
+  }
   for (int i = threadIdx.x; i < a.chunk_pages && first_page + i < a.max_pages; i += blockDim.x)
     sm_page[i] = page_ids[first_page + i];
   const int n_chunk_tiles = t_lim > t_begin ? (t_lim - t_begin + kTile - 1) / kTile : 0;
@@ -190,7 +336,10 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
     bool any = false;
 #pragma unroll
     for (int j = 0; j < kTile; ++j) any |= t + j < n_tok && key_visible(pv[j], qp, a.window);
-    sm_flag[i] = any;
+    uint8_t f = any ? kTileVisible : 0;
+    if constexpr (Bits > 0)
+      if (any && a.page_packed[static_cast<size_t>(sh) * a.max_pages + t / pt]) f |= kTilePacked;
+    sm_flag[i] = f;
   }
   __syncthreads();
   const int t_end = min(n_tok, t_begin + a.split_tokens);
@@ -203,16 +352,33 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
   auto issue = [&](int k) {
     if (k < n_k) {
       const int t = t_warp + k * kStride;
-      if (sm_flag[(t - t_begin) / kTile]) {
-        const uint8_t* src = a.pool + static_cast<size_t>(sm_page[t / pt - first_page]) * a.page_bytes +
-                             static_cast<size_t>(t % pt) * D * 2;
+      const uint8_t flag = sm_flag[(t - t_begin) / kTile];
+      if (flag & kTileVisible) {
         const uint32_t dst = ring_s + (k % kStages) * L::kStageBytes;
+        const size_t page = static_cast<size_t>(sm_page[t / pt - first_page]);
+        bool packed_tile = false;
+        if constexpr (Bits > 0) packed_tile = flag & kTilePacked;
+        if (packed_tile) {
+          if constexpr (Bits > 0) {
+            // The page's key block, then the tile: both copied as they lie (the layout is the reading order).
+            constexpr int kKeyBlock = static_cast<int>(kivi::k_scale_bytes(D) / 16);
+            constexpr int kTileChunks = static_cast<int>(kivi::tile_bytes(D, Bits) / 16);
+            const uint8_t* src = a.packed_pool + page * a.packed_page_bytes;
+            const uint8_t* ts = src + kivi::k_scale_bytes(D) + static_cast<size_t>((t % pt) / kTile) * kivi::tile_bytes(D, Bits);
 #pragma unroll
-        for (int i = 0; i < kCopies; ++i) {
-          const int qd = lane + 32 * i, row = qd / kRowChunks, ch = qd % kRowChunks;
-          cp_async16(dst + row * D * 2 + ((ch ^ ((row & 1) << 2)) * 16), src + qd * 16);
-          cp_async16(dst + L::kTileBytes + row * D * 2 + ((ch ^ (((row >> 1) & 3) << 1)) * 16),
-                     src + static_cast<size_t>(pt) * D * 2 + qd * 16);
+            for (int i = lane; i < kKeyBlock; i += 32) cp_async16(dst + i * 16, src + i * 16);
+#pragma unroll
+            for (int i = lane; i < kTileChunks; i += 32) cp_async16(dst + (kKeyBlock + i) * 16, ts + i * 16);
+          }
+        } else {
+          const uint8_t* src = a.pool + page * a.page_bytes + static_cast<size_t>(t % pt) * D * 2;
+#pragma unroll
+          for (int i = 0; i < kCopies; ++i) {
+            const int qd = lane + 32 * i, row = qd / kRowChunks, ch = qd % kRowChunks;
+            cp_async16(dst + row * D * 2 + ((ch ^ ((row & 1) << 2)) * 16), src + qd * 16);
+            cp_async16(dst + L::kTileBytes + row * D * 2 + ((ch ^ (((row >> 1) & 3) << 1)) * 16),
+                       src + static_cast<size_t>(pt) * D * 2 + qd * 16);
+          }
         }
         if (lane < kTile) cp_async4(dst + 2 * L::kTileBytes + lane * 4, pos + min(t + lane, a.max_tokens - 1));
       }
@@ -236,10 +402,20 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
     cp_async_wait<kStages - 1>();  // tile k has landed
     __syncwarp();                  // ... including the chunks other lanes copied
     const int t0 = t_warp + k * kStride;
-    const bool tile_visible = sm_flag[(t0 - t_begin) / kTile];  // warp-uniform
+    const uint8_t flag = sm_flag[(t0 - t_begin) / kTile];  // warp-uniform
+    const bool tile_visible = flag & kTileVisible;
+    const bool packed_tile = Bits > 0 && (flag & kTilePacked);
     uint4 klo[kChunks], khi[kChunks], v[4][kSets];  // v[r]: token 2c + (r & 1) + 8 (r >> 1)
     bool vis_lo = false, vis_hi = false;
-    if (tile_visible) {
+    if (tile_visible && packed_tile) {
+      if constexpr (Bits > 0) {
+        const uint8_t* st = ring + (k % kStages) * L::kStageBytes;
+        const int32_t* ps = reinterpret_cast<const int32_t*>(st + 2 * L::kTileBytes);
+        vis_lo = t0 + g < t_end && key_visible(ps[g], qp, a.window);
+        vis_hi = t0 + g + 8 < t_end && key_visible(ps[g + 8], qp, a.window);
+        kivi_fragments<D, Bits>(st, g, c, klo, khi, v);
+      }
+    } else if (tile_visible) {
       const uint8_t* st = ring + (k % kStages) * L::kStageBytes;
       const uint4* ks = reinterpret_cast<const uint4*>(st);
       const uint4* vs = reinterpret_cast<const uint4*>(st + L::kTileBytes);
@@ -270,11 +446,10 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
 
     // S^T: sc[0] token g head 2c, sc[1] token g head 2c+1, sc[2] token g+8 head 2c, sc[3] token g+8 head 2c+1.
     float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < kChunks; ++j) {
-      Elem<T>::mma(sc, klo[j].x, khi[j].x, klo[j].y, khi[j].y, qf[j].x, qf[j].y);
-      Elem<T>::mma(sc, klo[j].z, khi[j].z, klo[j].w, khi[j].w, qf[j].z, qf[j].w);
-    }
+    if (packed_tile)
+      score_products<Elem<__half>>(sc, klo, khi, qh);
+    else
+      score_products<Elem<T>>(sc, klo, khi, qf);
     const float s0 = vis_lo ? sc[0] * a.scale_log2 : kNegInf;
     const float s1 = vis_lo ? sc[1] * a.scale_log2 : kNegInf;
     const float s2 = vis_hi ? sc[2] * a.scale_log2 : kNegInf;
@@ -304,19 +479,12 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
       }
     }
     // P (tokens x heads, accumulator layout) -> P^T operand: k = tokens 2c, 2c+1 (and +8), n = head g.
-    const uint32_t pb0 = transpose8x8(Elem<T>::pack(p0, p1));
-    const uint32_t pb1 = transpose8x8(Elem<T>::pack(p2, p3));
-#pragma unroll
-    for (int s = 0; s < kSets; ++s)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        // V^T rows: channel 64s + 8g + 2i (low halves) and +1 (high halves); columns: tokens 2c, 2c+1 | +8, +9.
-        const uint32_t a0 = __byte_perm(word(v[0][s], i), word(v[1][s], i), 0x5410);
-        const uint32_t a1 = __byte_perm(word(v[0][s], i), word(v[1][s], i), 0x7632);
-        const uint32_t a2 = __byte_perm(word(v[2][s], i), word(v[3][s], i), 0x5410);
-        const uint32_t a3 = __byte_perm(word(v[2][s], i), word(v[3][s], i), 0x7632);
-        Elem<T>::mma(o[4 * s + i], a0, a1, a2, a3, pb0, pb1);
-      }
+    if (packed_tile) {
+      value_products<Elem<__half>>(o, v, transpose8x8(Elem<__half>::pack(p0, p1)),
+                                   transpose8x8(Elem<__half>::pack(p2, p3)));
+    } else {
+      value_products<Elem<T>>(o, v, transpose8x8(Elem<T>::pack(p0, p1)), transpose8x8(Elem<T>::pack(p2, p3)));
+    }
   }
   cp_async_wait<0>();
 #pragma unroll
@@ -444,9 +612,9 @@ __global__ void __launch_bounds__(kMergeThreads) decode_attention_merge_kernel(c
 }
 
 // The kernel may use more than the default 48 KB of shared memory: raise its limit once per instance.
-template <typename T, int D>
+template <typename T, int D, int Bits>
 Status prepare_instance() {
-  static const cudaError_t e = cudaFuncSetAttribute(decode_attention_kernel<T, D>,
+  static const cudaError_t e = cudaFuncSetAttribute(decode_attention_kernel<T, D, Bits>,
                                                     cudaFuncAttributeMaxDynamicSharedMemorySize, Smem<D>::kMaxBytes);
   return cuda_status(e, "cudaFuncSetAttribute(decode_attention_kernel)");
 }
@@ -456,12 +624,11 @@ size_t dynamic_smem_bytes(int head_dim, const DecodeArgs& a) {
   return rings + static_cast<size_t>(a.chunk_pages) * 4 + static_cast<size_t>(a.split_tokens / kTile);
 }
 
-// The instances, listed (DESIGN.md, Style 6): {bf16, f16} x head_dim {64, 128}.
-template <typename T, int D>
+template <typename T, int D, int Bits>
 Status launch(const DecodeArgs& a, int32_t n_seq, cudaStream_t stream) {
-  if (Status s = prepare_instance<T, D>(); !s.ok()) return s;
+  if (Status s = prepare_instance<T, D, Bits>(); !s.ok()) return s;
   const dim3 grid(static_cast<unsigned>(a.n_splits), static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(n_seq));
-  decode_attention_kernel<T, D><<<grid, kWarps * 32, dynamic_smem_bytes(D, a), stream>>>(a);
+  decode_attention_kernel<T, D, Bits><<<grid, kWarps * 32, dynamic_smem_bytes(D, a), stream>>>(a);
   LONGCTX_CUDA_TRY(cudaGetLastError());
   if (a.n_splits > 1) {
     // (Programmatic dependent launch of this kernel measured no gain here.)
@@ -472,18 +639,52 @@ Status launch(const DecodeArgs& a, int32_t n_seq, cudaStream_t stream) {
   return Status::success();
 }
 
-template <typename T, int D>
+template <typename T, int D, int Bits>
 Status blocks_per_sm(int* n) {
   static int cached = 0;  // the occupancy of an instance never changes within a process
   if (cached == 0) {
-    if (Status s = prepare_instance<T, D>(); !s.ok()) return s;
+    if (Status s = prepare_instance<T, D, Bits>(); !s.ok()) return s;
     int v = 0;
-    LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_attention_kernel<T, D>, kWarps * 32,
-                                                                   Smem<D>::kMaxBytes));
+    LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_attention_kernel<T, D, Bits>,
+                                                                   kWarps * 32, Smem<D>::kMaxBytes));
     cached = std::max(v, 1);
   }
   *n = cached;
   return Status::success();
+}
+
+// The instances, listed (DESIGN.md, Style 6): {bf16, f16} x head_dim {64, 128} x packing {none, kivi 2, 4, 8}.
+// fn is called with a value of Instance<T, D, Bits> for the view's instance.
+template <typename T, int D, int Bits>
+struct Instance {};
+
+template <typename T, int D, int Bits>
+Status occupancy(Instance<T, D, Bits>, int* n) {
+  return blocks_per_sm<T, D, Bits>(n);
+}
+template <typename T, int D, int Bits>
+Status launch_instance(Instance<T, D, Bits>, const DecodeArgs& a, int32_t n_seq, cudaStream_t stream) {
+  return launch<T, D, Bits>(a, n_seq, stream);
+}
+
+template <typename Fn>
+Status with_instance(const PagedKvView& kv, Fn&& fn) {
+  const int bits = kv_packing_bits(kv.packing);
+  auto by_bits = [&](auto t, auto d) -> Status {
+    using TT = typename decltype(t)::type;
+    constexpr int DD = decltype(d)::value;
+    switch (bits) {
+      case 2: return fn(Instance<TT, DD, 2>{});
+      case 4: return fn(Instance<TT, DD, 4>{});
+      case 8: return fn(Instance<TT, DD, 8>{});
+      default: return fn(Instance<TT, DD, 0>{});
+    }
+  };
+  auto by_dim = [&](auto t) -> Status {
+    return kv.head_dim == 64 ? by_bits(t, std::integral_constant<int, 64>{})
+                             : by_bits(t, std::integral_constant<int, 128>{});
+  };
+  return kv.dtype == KvDtype::BF16 ? by_dim(TypeTag<__nv_bfloat16>{}) : by_dim(TypeTag<__half>{});
 }
 
 Status check_shape(const DecodeAttentionParams& p, const PagedKvView& kv) {
@@ -496,6 +697,8 @@ Status check_shape(const DecodeAttentionParams& p, const PagedKvView& kv) {
   const int32_t group = p.n_head / kv.n_head_kv;
   if (group < 1 || group > kMaxGroup)
     return Status::error("decode attention: GQA group of " + std::to_string(group) + " heads not supported (1..8)");
+  if (kv.packing != KvPacking::None && (!kv.packed_pool || !kv.page_packed))
+    return Status::error("decode attention: a packed view needs packed_pool and page_packed");
   return Status::success();
 }
 
@@ -507,9 +710,7 @@ Status decode_attention_plan(const DecodeAttentionParams& p, const PagedKvView& 
   int dev = 0, n_sm = 0, per_sm = 1;
   LONGCTX_CUDA_TRY(cudaGetDevice(&dev));
   LONGCTX_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
-  const bool bf = kv.dtype == KvDtype::BF16;
-  Status s = kv.head_dim == 64 ? (bf ? blocks_per_sm<__nv_bfloat16, 64>(&per_sm) : blocks_per_sm<__half, 64>(&per_sm))
-                               : (bf ? blocks_per_sm<__nv_bfloat16, 128>(&per_sm) : blocks_per_sm<__half, 128>(&per_sm));
+  Status s = with_instance(kv, [&](auto inst) { return occupancy(inst, &per_sm); });
   if (!s.ok()) return s;
 
   const int32_t n_tiles = std::max<int32_t>(1, (n_tokens_max + kTile - 1) / kTile);
@@ -531,14 +732,16 @@ Status decode_attention_plan(const DecodeAttentionParams& p, const PagedKvView& 
 Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, const void* q,
                         const int32_t* q_pos, const PagedKvView& kv, void* out, void* workspace, void* stream) {
   if (Status s = check_shape(p, kv); !s.ok()) return s;
-  if (!q || !q_pos || !out || !kv.pool || !kv.page_table || !kv.positions || !kv.n_tokens)
+  if (!q || !q_pos || !out || (!kv.pool && kv.packing == KvPacking::None) || !kv.page_table || !kv.positions ||
+      !kv.n_tokens)
     return Status::error("decode attention: null pointer");
   if (plan.n_splits < 1 || plan.split_tokens <= 0 || plan.split_tokens % kTile != 0 ||
       plan.split_tokens > kMaxSplitTokens)
     return Status::error("decode attention: invalid plan");
   if (plan.n_splits > 1 && !workspace) return Status::error("decode attention: the plan needs a workspace");
-  if ((reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(kv.pool)) % 16 != 0)
-    return Status::error("decode attention: q and the page pool must be 16-byte aligned");
+  if ((reinterpret_cast<uintptr_t>(q) | reinterpret_cast<uintptr_t>(kv.pool) |
+       reinterpret_cast<uintptr_t>(kv.packed_pool)) % 16 != 0)
+    return Status::error("decode attention: q and the page pools must be 16-byte aligned");
 
   DecodeArgs a{};
   a.pool = static_cast<const uint8_t*>(kv.pool);
@@ -546,6 +749,9 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   a.page_table = kv.page_table;
   a.positions = kv.positions;
   a.n_tokens = kv.n_tokens;
+  a.packed_pool = static_cast<const uint8_t*>(kv.packed_pool);
+  a.packed_page_bytes = kv.packed_page_bytes();
+  a.page_packed = kv.page_packed;
   a.n_head_kv = kv.n_head_kv;
   a.n_head = p.n_head;
   a.group = p.n_head / kv.n_head_kv;
@@ -566,9 +772,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   a.window = p.window;
 
   auto st = static_cast<cudaStream_t>(stream);
-  const bool bf = kv.dtype == KvDtype::BF16;
-  if (kv.head_dim == 64) return bf ? launch<__nv_bfloat16, 64>(a, kv.n_seq, st) : launch<__half, 64>(a, kv.n_seq, st);
-  return bf ? launch<__nv_bfloat16, 128>(a, kv.n_seq, st) : launch<__half, 128>(a, kv.n_seq, st);
+  return with_instance(kv, [&](auto inst) { return launch_instance(inst, a, kv.n_seq, st); });
 }
 
 }  // namespace longctx::cuda
