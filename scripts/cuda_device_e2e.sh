@@ -36,8 +36,8 @@ fi
 echo "build: $([ $build_ok = 1 ] && echo ok || echo FAILED) in $(( $(date +%s) - t0 )) s"
 if [ "$build_ok" != 1 ]; then grep -h -B2 -A6 -i "error" "$B"/*.o.log | head -80; exit 1; fi
 echo "registers / spills of the decode-step kernels:"
-for k in embedding rmsnorm rope_kv_append swiglu argmax synthetic; do
-  grep -E "registers|spill" "$B/$k.o.log" | sed "s/^/  $k: /; s/ptxas info *: //" | grep -v " 0 bytes spill" | head -2
+for k in embedding rmsnorm rope_kv_append swiglu argmax synthetic gemv; do
+  grep -E "registers|spill" "$B/$k.o.log" | sed "s/^/  $k: /; s/ptxas info *: //" | grep -v " 0 bytes spill" | head -3
 done
 
 "$B/ops_test" 2>&1 | tee "$OUT/ops_check.txt"
@@ -46,9 +46,13 @@ ops_rc=${PIPESTATUS[0]}
 e2e_rc=${PIPESTATUS[0]}
 "$B/e2e_bench" "$OUT/e2e.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench.txt"
 bench_rc=${PIPESTATUS[0]}
+if [ -n "${E2E_SWEEP:-}" ]; then  # the fused GEMV with 4 loads in flight per row instead of 8 (NOTES.md)
+  LONGCTX_GEMV_UNROLL=4 "$B/e2e_bench" "$OUT/e2e_unroll4.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_unroll4.txt"
+fi
 
 echo
 echo "checks: ops $([ "$ops_rc" = 0 ] && echo PASSED || echo "FAILED (rc $ops_rc)"), end to end $([ "$e2e_rc" = 0 ] && echo PASSED || echo "FAILED (rc $e2e_rc)"), bench rc $bench_rc"
 grep -E "^(FAIL|ok   tiny|ok   gemm)" "$OUT/ops_check.txt" "$OUT/e2e_check.txt" | cut -c1-220
+[ -n "${E2E_SWEEP:-}" ] && { echo "--- LONGCTX_GEMV_UNROLL=4:"; sed -n '/^| GEMV/,$p' "$OUT/e2e_bench_unroll4.txt"; echo "--- default (8):"; }
 sed -n '/^| GEMV/,$p' "$OUT/e2e_bench.txt"
 [ "$ops_rc" = 0 ] && [ "$e2e_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -91,6 +91,7 @@ double time_us(cudaStream_t st, int reps, int inner, F&& body) {
 }
 
 struct Row {
+  const char* path;
   long ctx;
   double us_token, tok_s, bytes_token, gbs, roof_copy_tok_s, roof_read_tok_s, gemm_us, attn_us;
 };
@@ -148,78 +149,87 @@ int main(int argc, char** argv) {
     CS(dec->fill_kv_synthetic(static_cast<int32_t>(ctx)));
     float attn_us = 0;
     CS(dec->time_attention(20, &attn_us));
-    CS(dec->set_token(128000));
-    CS(dec->step(n_inner));  // warm-up: captures the graph, then replays
-    CS(dec->synchronize());
-    auto dstream = static_cast<cudaStream_t>(dec->stream());
-    std::vector<double> t;
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    for (int r = 0; r < n_reps; ++r) {
-      CK(cudaEventRecord(e0, dstream));
-      CS(dec->step(n_inner));
-      CK(cudaEventRecord(e1, dstream));
-      CK(cudaEventSynchronize(e1));
-      float ms = 0;
-      CK(cudaEventElapsedTime(&ms, e0, e1));
-      t.push_back(ms * 1e3 / n_inner);
-    }
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
-    std::vector<float> logits;
-    CS(dec->read_logits(&logits));
-    std::vector<int32_t> toks;
-    CS(dec->read_generated(&toks));
-    bool finite = true;
-    for (float v : logits) finite &= std::isfinite(v);
-    uint64_t h = 1469598103934665603ull;  // FNV-1a of the generated tokens: a regression hash (DESIGN.md, Style 7)
-    for (int32_t tk : toks) h = (h ^ static_cast<uint32_t>(tk)) * 1099511628211ull;
-    double gemm_us = 0;
-    for (const auto& g : dec->gemm_report()) gemm_us += g.n_per_token * g.tune.best_us;
+    for (lc::MatvecPath path : {lc::MatvecPath::CublasLt, lc::MatvecPath::Fused}) {
+      const bool fused = path == lc::MatvecPath::Fused;
+      CS(dec->set_matvec(path));
+      CS(dec->fill_kv_synthetic(static_cast<int32_t>(ctx)));
+      CS(dec->set_token(128000));
+      CS(dec->step(n_inner));  // warm-up: captures the graph, then replays
+      CS(dec->synchronize());
+      auto dstream = static_cast<cudaStream_t>(dec->stream());
+      std::vector<double> t;
+      cudaEvent_t e0, e1;
+      CK(cudaEventCreate(&e0));
+      CK(cudaEventCreate(&e1));
+      for (int r = 0; r < n_reps; ++r) {
+        CK(cudaEventRecord(e0, dstream));
+        CS(dec->step(n_inner));
+        CK(cudaEventRecord(e1, dstream));
+        CK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        t.push_back(ms * 1e3 / n_inner);
+      }
+      CK(cudaEventDestroy(e0));
+      CK(cudaEventDestroy(e1));
+      std::vector<float> logits;
+      CS(dec->read_logits(&logits));
+      std::vector<int32_t> toks;
+      CS(dec->read_generated(&toks));
+      bool finite = true;
+      for (float v : logits) finite &= std::isfinite(v);
+      uint64_t h = 1469598103934665603ull;  // FNV-1a of the generated tokens: a regression hash (DESIGN.md, Style 7)
+      for (int32_t tk : toks) h = (h ^ static_cast<uint32_t>(tk)) * 1099511628211ull;
+      double gemm_us = 0;
+      for (const auto& g : dec->gemm_report()) gemm_us += g.n_per_token * (fused ? g.fused_us : g.tune.best_us);
 
-    Row row;
-    row.ctx = ctx;
-    row.us_token = median(t);
-    row.tok_s = 1e6 / row.us_token;
-    const double ctx_mid = ctx + n_inner * (1 + n_reps / 2.0);  // the cache grows by one token a step
-    row.bytes_token = static_cast<double>(b.weights_per_token) + static_cast<double>(b.kv_per_token_per_ctx) * ctx_mid;
-    row.gbs = row.bytes_token / row.us_token / 1e3;
-    row.roof_copy_tok_s = copy_tbps * 1e12 / row.bytes_token;
-    row.roof_read_tok_s = read_tbps * 1e12 / row.bytes_token;
-    row.gemm_us = gemm_us;
-    row.attn_us = attn_us;
-    rows.push_back(row);
-    std::printf("ctx %ld: %.1f us/token (%.1f tok/s), %.2f GB/token (weights %.2f GB held %.2f, KV store %.2f GB), "
-                "%.0f GB/s; attention alone %.1f us, GEMMs alone %.1f us; logits %s; %zu tokens, hash %016llx\n",
-                ctx, row.us_token, row.tok_s, row.bytes_token / 1e9, b.weights_per_token / 1e9, b.weights_total / 1e9,
-                b.kv_store / 1e9, row.gbs, attn_us, gemm_us, finite ? "finite" : "NOT FINITE", toks.size(),
-                static_cast<unsigned long long>(h));
-    if (g_json)
-      std::fprintf(g_json,
-                   "{\"what\":\"decode\",\"ctx\":%ld,\"us_token\":%.2f,\"tok_s\":%.2f,\"bytes_token\":%.0f,\"gbs\":%.1f,"
-                   "\"roof_copy_tok_s\":%.2f,\"roof_read_tok_s\":%.2f,\"attn_us\":%.2f,\"gemm_us\":%.2f,\"finite\":%d}\n",
-                   ctx, row.us_token, row.tok_s, row.bytes_token, row.gbs, row.roof_copy_tok_s, row.roof_read_tok_s,
-                   attn_us, gemm_us, finite ? 1 : 0);
-    if (!finite) return 1;
+      Row row;
+      row.path = fused ? "fused GEMV" : "cuBLASLt";
+      row.ctx = ctx;
+      row.us_token = median(t);
+      row.tok_s = 1e6 / row.us_token;
+      const double ctx_mid = ctx + n_inner * (1 + n_reps / 2.0);  // the cache grows by one token a step
+      row.bytes_token = static_cast<double>(b.weights_per_token) + static_cast<double>(b.kv_per_token_per_ctx) * ctx_mid;
+      row.gbs = row.bytes_token / row.us_token / 1e3;
+      row.roof_copy_tok_s = copy_tbps * 1e12 / row.bytes_token;
+      row.roof_read_tok_s = read_tbps * 1e12 / row.bytes_token;
+      row.gemm_us = gemm_us;
+      row.attn_us = attn_us;
+      rows.push_back(row);
+      std::printf("ctx %ld, %s: %.1f us/token (%.1f tok/s), %.2f GB/token (weights %.2f GB held %.2f, KV store %.2f GB), "
+                  "%.0f GB/s; attention alone %.1f us, products alone %.1f us; logits %s; %zu tokens, hash %016llx\n",
+                  ctx, row.path, row.us_token, row.tok_s, row.bytes_token / 1e9, b.weights_per_token / 1e9,
+                  b.weights_total / 1e9, b.kv_store / 1e9, row.gbs, attn_us, gemm_us, finite ? "finite" : "NOT FINITE",
+                  toks.size(), static_cast<unsigned long long>(h));
+      if (g_json)
+        std::fprintf(g_json,
+                     "{\"what\":\"decode\",\"path\":\"%s\",\"ctx\":%ld,\"us_token\":%.2f,\"tok_s\":%.2f,\"bytes_token\":%.0f,"
+                     "\"gbs\":%.1f,\"roof_copy_tok_s\":%.2f,\"roof_read_tok_s\":%.2f,\"attn_us\":%.2f,\"gemm_us\":%.2f,"
+                     "\"finite\":%d}\n",
+                     row.path, ctx, row.us_token, row.tok_s, row.bytes_token, row.gbs, row.roof_copy_tok_s,
+                     row.roof_read_tok_s, attn_us, gemm_us, finite ? 1 : 0);
+      if (!finite) return 1;
+    }
   }
 
-  std::printf("\n| GEMV (cuBLASLt, bf16 -> f32) | n_out x n_in | MB | per token | heuristic's first us | tuned us | TB/s | of read-only |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("\n| GEMV alone | n_out x n_in | MB | per token | cuBLASLt first us | cuBLASLt tuned us | TB/s | fused GEMV us | TB/s | fused of read-only |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& g : gemms) {
     const double mb = 2.0 * g.n_out * g.n_in / 1e6;
-    const double tbps = mb * 1e6 / g.tune.best_us / 1e6;
-    std::printf("| %s | %d x %d | %.1f | %d | %.2f | %.2f | %.2f | %.2f |\n", g.name, g.n_out, g.n_in, mb, g.n_per_token,
-                g.tune.first_us, g.tune.best_us, tbps, tbps / read_tbps);
+    const double tbps = mb / g.tune.best_us, fused_tbps = mb / g.fused_us;
+    std::printf("| %s | %d x %d | %.1f | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", g.name, g.n_out, g.n_in, mb,
+                g.n_per_token, g.tune.first_us, g.tune.best_us, tbps, g.fused_us, fused_tbps, fused_tbps / read_tbps);
     if (g_json)
-      std::fprintf(g_json, "{\"what\":\"gemv\",\"name\":\"%s\",\"n_out\":%d,\"n_in\":%d,\"first_us\":%.3f,\"best_us\":%.3f,\"tbps\":%.4f}\n",
-                   g.name, g.n_out, g.n_in, g.tune.first_us, g.tune.best_us, tbps);
+      std::fprintf(g_json,
+                   "{\"what\":\"gemv\",\"name\":\"%s\",\"n_out\":%d,\"n_in\":%d,\"first_us\":%.3f,\"best_us\":%.3f,"
+                   "\"fused_us\":%.3f}\n",
+                   g.name, g.n_out, g.n_in, g.tune.first_us, g.tune.best_us, g.fused_us);
   }
   std::printf("\nceilings: copy %.3f TB/s (read + write), read-only %.3f TB/s\n", copy_tbps, read_tbps);
-  std::printf("| decode, llama3-8b bf16, B=1 | context | us/token | tok/s | GB/s | roofline tok/s (copy) | of copy roofline | roofline tok/s (read) | of read roofline | GEMMs alone us | attention alone us | rest us |\n");
+  std::printf("| decode, llama3-8b bf16, B=1 | context | us/token | tok/s | GB/s | roofline tok/s (copy) | of copy roofline | roofline tok/s (read) | of read roofline | products alone us | attention alone us | rest us |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows)
-    std::printf("| longctx | %ldK | %.1f | %.1f | %.0f | %.1f | %.0f%% | %.1f | %.0f%% | %.0f | %.0f | %.0f |\n", r.ctx / 1024,
+    std::printf("| longctx, %s | %ldK | %.1f | %.1f | %.0f | %.1f | %.0f%% | %.1f | %.0f%% | %.0f | %.0f | %.0f |\n", r.path, r.ctx / 1024,
                 r.us_token, r.tok_s, r.gbs, r.roof_copy_tok_s, 100.0 * r.tok_s / r.roof_copy_tok_s, r.roof_read_tok_s,
                 100.0 * r.tok_s / r.roof_read_tok_s, r.gemm_us, r.attn_us, r.us_token - r.gemm_us - r.attn_us);
   if (g_json) std::fclose(g_json);

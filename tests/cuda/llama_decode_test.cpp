@@ -171,13 +171,15 @@ struct RefModel {
   }
 };
 
-void test_end_to_end() {
+void test_end_to_end(lc::MatvecPath path) {
+  const std::string pname = path == lc::MatvecPath::Fused ? "fused GEMV" : "cuBLASLt";
   lc::ModelShape m;
   uint64_t seed = 0;
   CHECK_OK(lc::synthetic_shape("tiny:7", &m, &seed));
   lc::LlamaDecodeOptions opt;
   opt.max_context = 64;
   opt.page_tokens = 16;  // 25 tokens cross page boundaries
+  opt.matvec = path;
   std::unique_ptr<lc::LlamaDecoder> dec;
   CHECK_OK(lc::LlamaDecoder::create(m, seed, opt, &dec));
   RefModel ref(m, seed);
@@ -228,9 +230,9 @@ void test_end_to_end() {
   CHECK_OK(dec->read_generated(&history));
   char buf[300];
   std::snprintf(buf, sizeof buf,
-                "tiny llama: %zu prompt + %d greedy steps vs host reference: worst logits rel L2 %.2e, max abs %.2e, "
+                "tiny llama, %s: %zu prompt + %d greedy steps vs host reference: worst logits rel L2 %.2e, max abs %.2e, "
                 "%d near-tie token(s)",
-                prompt.size(), n_gen, worst_rel, worst_abs, n_ties);
+                pname.c_str(), prompt.size(), n_gen, worst_rel, worst_abs, n_ties);
   report(ok, buf);
   report(history == dev_tokens, "the device's token history matches the per-step argmax");
   std::printf("     greedy tokens:");
@@ -303,7 +305,8 @@ int main() {
     return 77;
   }
   std::printf("device: %s (sm_%d%d, %d SMs)\n", info.name.c_str(), info.cc_major, info.cc_minor, info.n_sm);
-  test_end_to_end();
+  test_end_to_end(lc::MatvecPath::CublasLt);
+  test_end_to_end(lc::MatvecPath::Fused);
   test_errors();
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "PASSED", g_failures);
   return g_failures ? 1 : 0;

@@ -10,7 +10,9 @@
 //     and both round to bf16, so they may land one bf16 step apart: rtol = 2^-7 (one step at the bottom of a binade),
 //     atol = 1e-5 (cancellation near zero in the rotation, f32 flush of silu's far tail).
 //   f32 GEMM outputs (cuBLASLt, bf16 operands exact in both, f32 accumulation vs double): |out - ref| <= 1e-5 times
-//     sum_k |w_k x_k| (f32 rounding of partial sums, whatever the kernel's summation order), and relative L2 <= 1e-4.
+//     sum_k |w_k x_k| (f32 rounding of partial sums, whatever the kernel's summation order), and relative L2 <= 1e-4;
+//     the same for the fused GEMV's f32 outputs; its SwiGLU output (bf16) within one bf16 step plus 1e-3 of its rms
+//     (the gate's f32 error is relative to the sum's magnitude, not to a small gate), relative L2 <= 5e-3.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -474,6 +476,124 @@ void test_gemm(std::mt19937& rng) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The fused GEMV (ops.h, gemv): every prologue and epilogue, shapes of llama3-8b and of the tiny model, and an output
+// larger than one wave of warps (the warps loop). W comes from the synthetic generator under a fresh seed (host and
+// device bits are identical, checked above), x from the test's generator.
+void test_gemv(std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Case {
+    int32_t n_out, n_in;
+    bool norm;
+    lc::GemvEpilogue epi;
+  };
+  const Case cases[] = {{6144, 4096, true, lc::GemvEpilogue::Store},   {4096, 4096, false, lc::GemvEpilogue::Add},
+                        {28672, 4096, true, lc::GemvEpilogue::SwiGLU}, {4096, 14336, false, lc::GemvEpilogue::Add},
+                        {40000, 4096, true, lc::GemvEpilogue::Store},  {512, 256, true, lc::GemvEpilogue::Store},
+                        {1024, 256, true, lc::GemvEpilogue::SwiGLU},   {256, 512, false, lc::GemvEpilogue::Add}};
+  for (const Case& c : cases) {
+    const uint64_t seed = rng();
+    const lc::TensorInit init = lc::tensor_init(0.0f, static_cast<float>(std::sqrt(3.0 / c.n_in)));
+    const size_t nw = static_cast<size_t>(c.n_out) * c.n_in;
+    DevBuf d_w(nw * 2);
+    CHECK_OK(lc::synthetic_fill_bf16(d_w.p, nw, seed, 77, init));
+    std::vector<float> w(nw);
+    for (size_t i = 0; i < nw; ++i) w[i] = bf16_to_f32(lc::synthetic_bf16(seed, 77, i, init));
+    // The input as the kernel sees it: bf16 x, or f32 x normed with bf16 weights and rounded to bf16.
+    std::vector<float> x32(static_cast<size_t>(c.n_in)), xn(static_cast<size_t>(c.n_in));
+    std::vector<uint16_t> xb(static_cast<size_t>(c.n_in)), nwb(static_cast<size_t>(c.n_in));
+    for (auto& v : x32) v = nd(rng) * 3.0f;
+    for (auto& v : nwb) v = bf16_bits(1.0f + 0.1f * nd(rng));
+    if (c.norm) {
+      double ss = 0;
+      for (float v : x32) ss += double(v) * v;
+      const double scale = 1.0 / std::sqrt(ss / c.n_in + 1e-5);
+      for (int32_t i = 0; i < c.n_in; ++i)
+        xn[static_cast<size_t>(i)] = bf16_round(x32[static_cast<size_t>(i)] * scale * bf16_to_f32(nwb[static_cast<size_t>(i)]));
+    } else {
+      for (int32_t i = 0; i < c.n_in; ++i) {
+        xb[static_cast<size_t>(i)] = bf16_bits(x32[static_cast<size_t>(i)]);
+        xn[static_cast<size_t>(i)] = bf16_to_f32(xb[static_cast<size_t>(i)]);
+      }
+    }
+    std::vector<double> ref(static_cast<size_t>(c.n_out)), mag(static_cast<size_t>(c.n_out));
+    for (int32_t o = 0; o < c.n_out; ++o) {
+      double acc = 0, m = 0;
+      const float* wr = w.data() + static_cast<size_t>(o) * c.n_in;
+      for (int32_t k = 0; k < c.n_in; ++k) {
+        const double t = double(wr[k]) * xn[static_cast<size_t>(k)];
+        acc += t;
+        m += std::fabs(t);
+      }
+      ref[static_cast<size_t>(o)] = acc;
+      mag[static_cast<size_t>(o)] = m;
+    }
+    std::vector<float> y0(static_cast<size_t>(c.n_out));
+    for (auto& v : y0) v = nd(rng);
+    DevBuf d_x32(x32.size() * 4), d_xb(xb.size() * 2), d_nw(nwb.size() * 2), d_y(y0.size() * 4),
+        d_h(static_cast<size_t>(c.n_out / 2) * 2);
+    d_x32.upload(x32);
+    d_xb.upload(xb);
+    d_nw.upload(nwb);
+    if (c.epi == lc::GemvEpilogue::Add) d_y.upload(y0); else d_y.poison();
+    d_h.poison();
+    lc::GemvArgs a;
+    a.w = d_w.p;
+    a.n_out = c.n_out;
+    a.n_in = c.n_in;
+    if (c.norm) {
+      a.x_f32 = d_x32.as<float>();
+      a.norm_w = d_nw.p;
+    } else {
+      a.x_bf16 = d_xb.p;
+    }
+    a.epilogue = c.epi;
+    a.y = d_y.as<float>();
+    a.h = d_h.p;
+    CHECK_OK(lc::gemv(a));
+    size_t bad = 0;
+    double e2 = 0, r2 = 0;
+    if (c.epi == lc::GemvEpilogue::SwiGLU) {
+      const int32_t n = c.n_out / 2;
+      const std::vector<float> h = bf16_vec_to_f32(d_h.download<uint16_t>(static_cast<size_t>(n)));
+      std::vector<double> hr(static_cast<size_t>(n));
+      double rms = 0;
+      for (int32_t i = 0; i < n; ++i) {
+        const double g = ref[static_cast<size_t>(i)], u = ref[static_cast<size_t>(n + i)];
+        hr[static_cast<size_t>(i)] = bf16_round(g / (1.0 + std::exp(-g)) * u);
+        rms += hr[static_cast<size_t>(i)] * hr[static_cast<size_t>(i)];
+      }
+      rms = std::sqrt(rms / n);
+      for (int32_t i = 0; i < n; ++i) {
+        const double e = std::fabs(h[static_cast<size_t>(i)] - hr[static_cast<size_t>(i)]);
+        bad += !(e <= std::fabs(hr[static_cast<size_t>(i)]) / 128 + 1e-3 * rms);
+        e2 += std::isfinite(e) ? e * e : 1e30;
+        r2 += hr[static_cast<size_t>(i)] * hr[static_cast<size_t>(i)];
+      }
+    } else {
+      const std::vector<float> y = d_y.download<float>(static_cast<size_t>(c.n_out));
+      for (int32_t o = 0; o < c.n_out; ++o) {
+        const double r = (c.epi == lc::GemvEpilogue::Add ? y0[static_cast<size_t>(o)] : 0.0) + ref[static_cast<size_t>(o)];
+        const double e = std::fabs(y[static_cast<size_t>(o)] - r);
+        // f32 accumulation, plus an input element that the f32 norm may round one bf16 step from the double one.
+        bad += !(e <= 1e-5 * mag[static_cast<size_t>(o)] + 1e-6);
+        e2 += std::isfinite(e) ? e * e : 1e30;
+        r2 += r * r;
+      }
+    }
+    const double rel = std::sqrt(e2 / r2);
+    const char* epi = c.epi == lc::GemvEpilogue::Store ? "store" : c.epi == lc::GemvEpilogue::Add ? "add" : "swiglu";
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "gemv %d x %d, %s in, %s out: rel L2 %.2e, %zu bad", c.n_out, c.n_in,
+                  c.norm ? "rmsnorm(f32)" : "bf16", epi, rel, bad);
+    report(bad == 0 && rel <= (c.epi == lc::GemvEpilogue::SwiGLU ? 5e-3 : 1e-4), buf);
+  }
+  lc::GemvArgs a;
+  a.n_out = 3;
+  a.n_in = 8;
+  report(!lc::gemv(a).ok(), "gemv refuses an odd n_out");
+}
+
 }  // namespace
 
 int main() {
@@ -492,6 +612,7 @@ int main() {
   test_argmax(rng);
   test_rope_kv_append(rng);
   test_gemm(rng);
+  test_gemv(rng);
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "PASSED", g_failures);
   return g_failures ? 1 : 0;
 }

@@ -63,6 +63,8 @@ __global__ void fill_positions_kernel(int32_t* positions, int32_t* n_tokens, int
   }
 }
 
+enum class Product { Qkv, Wo, GateUp, Down, Head };
+
 struct LayerWeights {
   size_t attn_norm, wqkv, wo, ffn_norm, w_gate_up, w_down;  // offsets in the weight arena
 };
@@ -111,38 +113,125 @@ struct LlamaDecoder::Impl {
                                stream);
   }
 
+  // The arguments of one fused product of the step (MatvecPath::Fused), for layer il (-1: the output head).
+  GemvArgs gemv_args(Product p, int32_t il) {
+    const ModelShape& m = shape;
+    const LayerWeights* w = il >= 0 ? &layers[static_cast<size_t>(il)] : nullptr;
+    GemvArgs a;
+    a.eps = m.rms_eps;
+    switch (p) {
+      case Product::Qkv:
+        a.w = weights.at(w->wqkv);
+        a.n_out = m.q_dim() + 2 * m.kv_dim();
+        a.n_in = m.n_embd;
+        a.x_f32 = act.at<float>(x);
+        a.norm_w = weights.at(w->attn_norm);
+        a.y = act.at<float>(qkv);
+        break;
+      case Product::Wo:
+        a.w = weights.at(w->wo);
+        a.n_out = m.n_embd;
+        a.n_in = m.q_dim();
+        a.x_bf16 = act.at(attn);
+        a.epilogue = GemvEpilogue::Add;
+        a.y = act.at<float>(x);
+        break;
+      case Product::GateUp:
+        a.w = weights.at(w->w_gate_up);
+        a.n_out = 2 * m.n_ff;
+        a.n_in = m.n_embd;
+        a.x_f32 = act.at<float>(x);
+        a.norm_w = weights.at(w->ffn_norm);
+        a.epilogue = GemvEpilogue::SwiGLU;
+        a.h = act.at(h);
+        break;
+      case Product::Down:
+        a.w = weights.at(w->w_down);
+        a.n_out = m.n_embd;
+        a.n_in = m.n_ff;
+        a.x_bf16 = act.at(h);
+        a.epilogue = GemvEpilogue::Add;
+        a.y = act.at<float>(x);
+        break;
+      case Product::Head:
+        a.w = weights.at(output);
+        a.n_out = m.n_vocab;
+        a.n_in = m.n_embd;
+        a.x_f32 = act.at<float>(x);
+        a.norm_w = weights.at(output_norm);
+        a.y = act.at<float>(logits);
+        break;
+    }
+    return a;
+  }
+
   // The forward of one token, enqueued on the stream (captured into the graph).
   Status enqueue_step() {
     const ModelShape& m = shape;
-    const size_t E = static_cast<size_t>(m.n_embd);
     float* px = act.at<float>(x);
     void* pxn = act.at(xn);
     int32_t* ptok = act.at<int32_t>(token);
     int32_t* ppos = act.at<int32_t>(pos);
     Status s = embedding_lookup(weights.at(tok_embd), ptok, m.n_vocab, m.n_embd, px, stream);
+    const bool fused = opt.matvec == MatvecPath::Fused;
     for (int32_t il = 0; il < m.n_layer && s.ok(); ++il) {
       const LayerWeights& w = layers[static_cast<size_t>(il)];
-      if (s.ok()) s = rmsnorm(px, weights.at(w.attn_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
-      if (s.ok()) s = gemm->run(g_qkv, weights.at(w.wqkv), pxn, act.at<float>(qkv), stream);
+      if (fused) {
+        s = gemv(gemv_args(Product::Qkv, il), stream);  // RMSNorm fused in
+      } else {
+        s = rmsnorm(px, weights.at(w.attn_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
+        if (s.ok()) s = gemm->run(g_qkv, weights.at(w.wqkv), pxn, act.at<float>(qkv), stream);
+      }
       if (s.ok()) s = rope_kv_append(act.at<float>(qkv), ppos, m.n_head, m.rope_base, act.at(q), views[static_cast<size_t>(il)], stream);
       if (s.ok())
         s = decode_attention(attn_params, plan, act.at(q), ppos, views[static_cast<size_t>(il)], act.at(attn),
                              plan.workspace_bytes ? act.at(attn_ws) : nullptr, stream);
-      if (s.ok()) s = gemm->run(g_wo, weights.at(w.wo), act.at(attn), px, stream);  // x += attn Wo^T
-      if (s.ok()) s = rmsnorm(px, weights.at(w.ffn_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
-      if (s.ok()) s = gemm->run(g_gate_up, weights.at(w.w_gate_up), pxn, act.at<float>(gate_up), stream);
-      if (s.ok()) s = swiglu(act.at<float>(gate_up), act.at(h), m.n_ff, stream);
-      if (s.ok()) s = gemm->run(g_down, weights.at(w.w_down), act.at(h), px, stream);  // x += h Wdown^T
+      if (fused) {
+        if (s.ok()) s = gemv(gemv_args(Product::Wo, il), stream);      // x += Wo attn
+        if (s.ok()) s = gemv(gemv_args(Product::GateUp, il), stream);  // RMSNorm and SwiGLU fused in
+        if (s.ok()) s = gemv(gemv_args(Product::Down, il), stream);    // x += Wdown h
+      } else {
+        if (s.ok()) s = gemm->run(g_wo, weights.at(w.wo), act.at(attn), px, stream);  // x += attn Wo^T
+        if (s.ok()) s = rmsnorm(px, weights.at(w.ffn_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
+        if (s.ok()) s = gemm->run(g_gate_up, weights.at(w.w_gate_up), pxn, act.at<float>(gate_up), stream);
+        if (s.ok()) s = swiglu(act.at<float>(gate_up), act.at(h), m.n_ff, stream);
+        if (s.ok()) s = gemm->run(g_down, weights.at(w.w_down), act.at(h), px, stream);  // x += h Wdown^T
+      }
     }
-    (void)E;
-    if (s.ok()) s = rmsnorm(px, weights.at(output_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
-    if (s.ok()) s = gemm->run(g_head, weights.at(output), pxn, act.at<float>(logits), stream);
+    if (fused) {
+      if (s.ok()) s = gemv(gemv_args(Product::Head, -1), stream);
+    } else {
+      if (s.ok()) s = rmsnorm(px, weights.at(output_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
+      if (s.ok()) s = gemm->run(g_head, weights.at(output), pxn, act.at<float>(logits), stream);
+    }
     if (s.ok()) s = argmax(act.at<float>(logits), m.n_vocab, ptok, act.at(argmax_ws), stream);
     if (s.ok()) {
       advance_kernel<<<1, 1, 0, stream>>>(ptok, ppos, act.at<int32_t>(n_generated), act.at<int32_t>(history),
                                           opt.max_context);
       s = cuda_status(cudaGetLastError(), "advance launch");
     }
+    return s;
+  }
+
+  // The fused GEMV of one product alone, rotating over the layers' weights as a forward does; us per product.
+  Status time_fused(Product p, float* us) {
+    const int32_t n_w = p == Product::Head ? 1 : shape.n_layer, n_runs = std::max<int32_t>(n_w, 32);
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    LONGCTX_CUDA_TRY(cudaEventCreate(&e0));
+    Status s = cuda_status(cudaEventCreate(&e1), "cudaEventCreate");
+    float best = 1e30f;
+    for (int rep = 0; rep < 4 && s.ok(); ++rep) {  // the first is the warm-up
+      s = cuda_status(cudaEventRecord(e0, stream), "cudaEventRecord");
+      for (int32_t r = 0; r < n_runs && s.ok(); ++r) s = gemv(gemv_args(p, p == Product::Head ? -1 : r % n_w), stream);
+      if (s.ok()) s = cuda_status(cudaEventRecord(e1, stream), "cudaEventRecord");
+      if (s.ok()) s = cuda_status(cudaEventSynchronize(e1), "cudaEventSynchronize");
+      float ms = 0;
+      if (s.ok()) s = cuda_status(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+      if (rep > 0) best = std::min(best, ms * 1e3f / static_cast<float>(n_runs));
+    }
+    cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    *us = best;
     return s;
   }
 
@@ -290,7 +379,9 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   if (s.ok()) s = I.gemm->add_shape(m.n_vocab, nE, 1, GemmAccumulate::Overwrite, &I.g_head);
   if (!s.ok()) return s;
   const TensorInit unit = tensor_init(0.0f, 1.0f);
-  s = synthetic_fill_bf16(I.act.at(I.xn), E, seed, 0xffff0001u, unit, 0, I.stream);
+  s = embedding_lookup(I.weights.at(I.tok_embd), I.act.at<int32_t>(I.token), m.n_vocab, m.n_embd, I.act.at<float>(I.x),
+                       I.stream);  // a real residual stream (token 0's row) for the fused products' RMSNorm
+  if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.xn), E, seed, 0xffff0001u, unit, 0, I.stream);
   if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.attn), Q, seed, 0xffff0002u, unit, 0, I.stream);
   if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.h), F, seed, 0xffff0003u, unit, 0, I.stream);
   if (!s.ok()) return s;
@@ -302,17 +393,18 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   };
   struct Plan {
     const char* name;
+    Product product;
     int32_t id, n_out, n_in;
     std::vector<const void*> ws;
     size_t in, out;
   };
   const Plan plans[] = {
-      {"qkv", I.g_qkv, nQKV, nE, per_layer([](const LayerWeights& w) { return w.wqkv; }), I.xn, I.qkv},
-      {"wo", I.g_wo, nE, m.q_dim(), per_layer([](const LayerWeights& w) { return w.wo; }), I.attn, I.x},
-      {"gate_up", I.g_gate_up, 2 * m.n_ff, nE, per_layer([](const LayerWeights& w) { return w.w_gate_up; }), I.xn,
+      {"qkv", Product::Qkv, I.g_qkv, nQKV, nE, per_layer([](const LayerWeights& w) { return w.wqkv; }), I.xn, I.qkv},
+      {"wo", Product::Wo, I.g_wo, nE, m.q_dim(), per_layer([](const LayerWeights& w) { return w.wo; }), I.attn, I.x},
+      {"gate_up", Product::GateUp, I.g_gate_up, 2 * m.n_ff, nE, per_layer([](const LayerWeights& w) { return w.w_gate_up; }), I.xn,
        I.gate_up},
-      {"down", I.g_down, nE, m.n_ff, per_layer([](const LayerWeights& w) { return w.w_down; }), I.h, I.x},
-      {"output", I.g_head, m.n_vocab, nE, {I.weights.at(I.output)}, I.xn, I.logits}};
+      {"down", Product::Down, I.g_down, nE, m.n_ff, per_layer([](const LayerWeights& w) { return w.w_down; }), I.h, I.x},
+      {"output", Product::Head, I.g_head, m.n_vocab, nE, {I.weights.at(I.output)}, I.xn, I.logits}};
   for (const Plan& p : plans) {
     const std::vector<const void*>& ws = p.ws;
     LlamaGemmReport r;
@@ -323,6 +415,7 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
     if (opt.tune_gemms) {
       s = I.gemm->tune(p.id, ws.data(), static_cast<int32_t>(ws.size()), I.act.at(p.in), I.act.at<float>(p.out),
                        I.stream, 8, &r.tune);
+      if (s.ok()) s = I.time_fused(p.product, &r.fused_us);
       if (!s.ok()) return s;
     }
     I.report.push_back(r);
@@ -330,6 +423,18 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   if (s = d->reset(); !s.ok()) return s;
   if (s = d->synchronize(); !s.ok()) return s;
   *out = std::move(d);
+  return Status::success();
+}
+
+Status LlamaDecoder::set_matvec(MatvecPath path) {
+  Impl& I = *impl_;
+  if (I.opt.matvec == path) return Status::success();
+  LONGCTX_CUDA_TRY(cudaStreamSynchronize(I.stream));
+  if (I.exec) cudaGraphExecDestroy(I.exec);
+  if (I.graph) cudaGraphDestroy(I.graph);
+  I.exec = nullptr;
+  I.graph = nullptr;
+  I.opt.matvec = path;
   return Status::success();
 }
 

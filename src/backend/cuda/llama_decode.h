@@ -24,11 +24,16 @@ namespace longctx::cuda {
 
 enum class PageOrder { Scattered, InOrder };
 
+// How the step's matrix-vector products run: cuBLASLt (tuned; RMSNorm and SwiGLU as their own kernels), or the
+// step's own GEMV with RMSNorm, SwiGLU and the residual add fused in (ops.h, gemv). Same function, same roundings.
+enum class MatvecPath { CublasLt, Fused };
+
 struct LlamaDecodeOptions {
   int32_t max_context = 4096;  // tokens per head the KV store holds; the attention plan is made for this length
   int32_t page_tokens = 64;
   PageOrder page_order = PageOrder::Scattered;
-  bool tune_gemms = true;  // time cuBLASLt's candidates on the weights at create (a second or so for llama3-8b)
+  bool tune_gemms = true;  // time cuBLASLt's candidates (and the fused GEMV) on the weights at create
+  MatvecPath matvec = MatvecPath::Fused;
 };
 
 // Where the bytes of one token's forward go, for the roofline.
@@ -43,7 +48,8 @@ struct LlamaDecodeBytes {
 struct LlamaGemmReport {
   const char* name = "";
   int32_t n_out = 0, n_in = 0, n_per_token = 0;  // n_per_token: how many such products one step runs
-  GemmTuneResult tune;
+  GemmTuneResult tune;  // cuBLASLt alone (the product only)
+  float fused_us = 0;   // the fused GEMV of the same product (with its fused neighbours), per product
 };
 
 class LlamaDecoder {
@@ -56,6 +62,8 @@ class LlamaDecoder {
   LlamaDecoder(const LlamaDecoder&) = delete;
   LlamaDecoder& operator=(const LlamaDecoder&) = delete;
 
+  // Switches the matrix-vector path; the step graph is captured again at the next step.
+  Status set_matvec(MatvecPath path);
   // Empties the cache: position 0, every head 0 tokens.
   Status reset();
   // Pretends n_ctx tokens were prefilled: every head holds n_ctx slots at positions 0..n_ctx-1 with synthetic K/V

@@ -49,4 +49,24 @@ Status add_in_place(float* x, const float* y, int64_t n, void* stream = nullptr)
 size_t argmax_workspace_bytes();
 Status argmax(const float* logits, int32_t n, int32_t* index, void* workspace, void* stream = nullptr);
 
+// y = W x at batch 1, bf16 W (n_out, n_in) row-major, f32 accumulation, with the step's neighbours fused in
+// (gemv.cu says why this exists beside cuBLASLt). Input: x_bf16 (n_in), or x_f32 (n_in) with norm_w (n_in) bf16,
+// which applies RMSNorm first, rounded to bf16 exactly as the rmsnorm op. Output by epilogue:
+//   Store:  y (n_out) f32 = W x;   Add: y += W x (the residual add);
+//   SwiGLU: rows [0, n_out/2) are gate rows and [n_out/2, n_out) their up rows: h (n_out/2) bf16 = silu(g) * u.
+// n_out even, n_in a multiple of 8 and at most 16384; W and x 16-byte aligned.
+enum class GemvEpilogue { Store, Add, SwiGLU };
+struct GemvArgs {
+  const void* w = nullptr;
+  int32_t n_out = 0, n_in = 0;
+  const void* x_bf16 = nullptr;
+  const float* x_f32 = nullptr;
+  const void* norm_w = nullptr;
+  float eps = 1e-5f;
+  GemvEpilogue epilogue = GemvEpilogue::Store;
+  float* y = nullptr;
+  void* h = nullptr;
+};
+Status gemv(const GemvArgs& a, void* stream = nullptr);
+
 }  // namespace longctx::cuda

@@ -1,0 +1,163 @@
+// The decode step's matrix-vector products (batch 1) with their neighbours fused in (ops.h, gemv).
+//
+// Why not cuBLASLt alone: at n_cols = 1 its kernels read the small matrices of a llama layer well under the
+// bandwidth (measured on the H200, NOTES.md: 2.45 TB/s for 4096 x 4096, 2.84 for 6144 x 4096, 3.6 for
+// 4096 x 14336, against 4.54 for a read-only kernel), and every product is flanked by a norm or an activation that
+// costs a launch of its own. Here each warp streams rows of W with 16-byte loads, many in flight (kUnroll per row,
+// two rows at once), against x held in shared memory; the block's prologue builds that x (a bf16 copy, or the RMSNorm
+// of the f32 residual stream), and the epilogue writes f32, adds into the residual stream, or applies SwiGLU to a
+// (gate, up) row pair. The grid is sized to the rows, so every warp owns one or a few row pairs.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/ops.h"
+
+namespace longctx::cuda {
+namespace {
+
+constexpr int kWarps = 8;    // warps per block
+constexpr int kMaxIn = 16384;  // x in shared memory as bf16: 32 KB, inside the default 48 KB
+
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  // Weights are read once per token and are far larger than L2: do not keep them in L1.
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Dot product of 8 bf16 weights and 8 bf16 inputs, both packed in pairs; bf16 -> f32 is a shift or a mask.
+__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
+  const uint32_t ws[4] = {w.x, w.y, w.z, w.w}, xs[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    acc = fmaf(__uint_as_float(ws[j] << 16), __uint_as_float(xs[j] << 16), acc);
+    acc = fmaf(__uint_as_float(ws[j] & 0xffff0000u), __uint_as_float(xs[j] & 0xffff0000u), acc);
+  }
+  return acc;
+}
+
+// kUnroll: 16-byte loads in flight per row per lane. Two instances (4, 8): more bytes in flight against more
+// registers, hence fewer resident blocks; LONGCTX_GEMV_UNROLL picks one for the measurements in NOTES.md.
+template <int kUnroll>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
+  __shared__ __align__(16) __nv_bfloat16 xs[kMaxIn];
+  __shared__ float red[kWarps];
+  const int32_t n_in = a.n_in;
+
+  // Prologue: x into shared memory as bf16.
+  if (a.x_f32 == nullptr) {
+    const uint4* src = static_cast<const uint4*>(a.x_bf16);
+    for (int32_t i = threadIdx.x; i < n_in / 8; i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = src[i];
+  } else {
+    // RMSNorm of the f32 stream, exactly as the rmsnorm op rounds it: y = bf16(x * rsqrt(mean(x^2) + eps) * w).
+    float ss = 0.0f;
+    for (int32_t i = threadIdx.x * 4; i < n_in; i += blockDim.x * 4) {
+      const float4 v = *reinterpret_cast<const float4*>(a.x_f32 + i);
+      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = ss;
+    __syncthreads();
+    float total = 0.0f;
+    for (int i = 0; i < kWarps; ++i) total += red[i];
+    const float scale = rsqrtf(total / static_cast<float>(n_in) + a.eps);
+    const __nv_bfloat16* nw = static_cast<const __nv_bfloat16*>(a.norm_w);
+    for (int32_t i = threadIdx.x * 2; i < n_in; i += blockDim.x * 2) {
+      const float2 v = *reinterpret_cast<const float2*>(a.x_f32 + i);
+      const float2 w = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(nw + i));
+      *reinterpret_cast<__nv_bfloat162*>(xs + i) = __floats2bfloat162_rn(v.x * scale * w.x, v.y * scale * w.y);
+    }
+  }
+  __syncthreads();
+
+  const int32_t lane = threadIdx.x % 32;
+  const int32_t n_chunks = n_in / 8;  // 16-byte chunks per row
+  const int32_t n_units = a.n_out / 2;  // row pairs
+  const uint4* x4 = reinterpret_cast<const uint4*>(xs);
+  for (int32_t u = blockIdx.x * kWarps + threadIdx.x / 32; u < n_units; u += gridDim.x * kWarps) {
+    // A unit is two rows: (2u, 2u + 1), or for SwiGLU the gate row u and its up row n_out / 2 + u.
+    const int32_t r0 = a.epilogue == GemvEpilogue::SwiGLU ? u : 2 * u;
+    const int32_t r1 = a.epilogue == GemvEpilogue::SwiGLU ? u + n_units : 2 * u + 1;
+    const uint4* w0 = static_cast<const uint4*>(a.w) + static_cast<size_t>(r0) * n_chunks;
+    const uint4* w1 = static_cast<const uint4*>(a.w) + static_cast<size_t>(r1) * n_chunks;
+    float acc0 = 0.0f, acc1 = 0.0f;
+    for (int32_t c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
+      uint4 b0[kUnroll], b1[kUnroll];
+#pragma unroll
+      for (int j = 0; j < kUnroll; ++j) {  // every load of the batch is issued before the first is used
+        const int32_t c = c0 + 32 * j;
+        if (c < n_chunks) {
+          b0[j] = load_stream(w0 + c);
+          b1[j] = load_stream(w1 + c);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kUnroll; ++j) {
+        const int32_t c = c0 + 32 * j;
+        if (c < n_chunks) {
+          const uint4 xv = x4[c];
+          acc0 = dot8(b0[j], xv, acc0);
+          acc1 = dot8(b1[j], xv, acc1);
+        }
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
+      acc1 += __shfl_xor_sync(0xffffffffu, acc1, o);
+    }
+    if (lane == 0) {
+      switch (a.epilogue) {
+        case GemvEpilogue::Store:
+          a.y[r0] = acc0;
+          a.y[r1] = acc1;
+          break;
+        case GemvEpilogue::Add:
+          a.y[r0] += acc0;
+          a.y[r1] += acc1;
+          break;
+        case GemvEpilogue::SwiGLU: {
+          const float silu = acc0 / (1.0f + expf(fminf(-acc0, 88.0f)));  // as the swiglu op
+          static_cast<__nv_bfloat16*>(a.h)[u] = __float2bfloat16_rn(silu * acc1);
+          break;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Status gemv(const GemvArgs& a, void* stream) {
+  if (a.n_out <= 0 || a.n_out % 2 != 0) return Status::error("gemv: n_out must be positive and even");
+  if (a.n_in <= 0 || a.n_in % 8 != 0 || a.n_in > kMaxIn)
+    return Status::error("gemv: n_in must be a positive multiple of 8, at most " + std::to_string(kMaxIn));
+  if (!a.w || (!a.x_bf16 && !a.x_f32)) return Status::error("gemv: null pointer");
+  if (a.x_f32 && !a.norm_w) return Status::error("gemv: an f32 input needs its norm weights (the fused RMSNorm)");
+  if (a.epilogue == GemvEpilogue::SwiGLU ? !a.h : !a.y) return Status::error("gemv: null output");
+  const uintptr_t align = reinterpret_cast<uintptr_t>(a.w) | reinterpret_cast<uintptr_t>(a.x_bf16) |
+                          reinterpret_cast<uintptr_t>(a.x_f32) | reinterpret_cast<uintptr_t>(a.norm_w);
+  if (align % 16 != 0) return Status::error("gemv: W and x must be 16-byte aligned");
+  const int32_t n_units = a.n_out / 2;
+  // One wave: as many blocks as fit at once, and the warps loop over row pairs, so no second, partial wave idles
+  // half the machine and the output head does its prologue ~300 times, not 8000.
+  static const int unroll = [] {
+    const char* e = std::getenv("LONGCTX_GEMV_UNROLL");
+    return e && std::atoi(e) == 4 ? 4 : 8;
+  }();
+  int dev = 0, n_sm = 0, per_sm = 0;
+  LONGCTX_CUDA_TRY(cudaGetDevice(&dev));
+  LONGCTX_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+  auto kernel = unroll == 4 ? gemv_kernel<4> : gemv_kernel<8>;
+  LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0));
+  const int32_t blocks = std::max(1, std::min((n_units + kWarps - 1) / kWarps, n_sm * std::max(per_sm, 1)));
+  kernel<<<blocks, kWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
+  return cuda_status(cudaGetLastError(), "gemv launch");
+}
+
+}  // namespace longctx::cuda
