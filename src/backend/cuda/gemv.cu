@@ -42,13 +42,48 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc)
   return acc;
 }
 
-// kUnroll: 16-byte loads in flight per row per lane. Two instances (4, 8): more bytes in flight against more
-// registers, hence fewer resident blocks; LONGCTX_GEMV_UNROLL picks one for the measurements in NOTES.md.
+// kUnroll: 16-byte loads in flight per row per lane. Two instances (4, the default, and 8): more bytes in flight
+// against more registers, hence fewer resident blocks; LONGCTX_GEMV_UNROLL=8 picks the other (NOTES.md has both).
 template <int kUnroll>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   __shared__ __align__(16) __nv_bfloat16 xs[kMaxIn];
   __shared__ float red[kWarps];
   const int32_t n_in = a.n_in;
+  const int32_t lane = threadIdx.x % 32;
+  const int32_t n_chunks = n_in / 8;    // 16-byte chunks per row
+  const int32_t n_units = a.n_out / 2;  // row pairs
+  // A unit is two rows: (2u, 2u + 1), or for SwiGLU the gate row u and its up row n_out / 2 + u.
+  auto row_pair = [&](int32_t u, const uint4** w0, const uint4** w1, int32_t* r0, int32_t* r1) {
+    *r0 = a.epilogue == GemvEpilogue::SwiGLU ? u : 2 * u;
+    *r1 = a.epilogue == GemvEpilogue::SwiGLU ? u + n_units : 2 * u + 1;
+    *w0 = static_cast<const uint4*>(a.w) + static_cast<size_t>(*r0) * n_chunks;
+    *w1 = static_cast<const uint4*>(a.w) + static_cast<size_t>(*r1) * n_chunks;
+  };
+  auto load_batch = [&](const uint4* w0, const uint4* w1, int32_t c0, uint4 (&b0)[kUnroll], uint4 (&b1)[kUnroll]) {
+#pragma unroll
+    for (int j = 0; j < kUnroll; ++j) {  // every load of the batch is issued before the first is used
+      const int32_t c = c0 + 32 * j;
+      if (c < n_chunks) {
+        b0[j] = load_stream(w0 + c);
+        b1[j] = load_stream(w1 + c);
+      }
+    }
+  };
+
+  // The weights depend on nothing the previous kernel writes, so the first batch is loaded before waiting for it:
+  // launched with programmatic dependent launch, this kernel starts streaming W while the previous one drains
+  // (griddepcontrol: "wait" blocks until the previous grid has finished and its writes are visible; without the
+  // launch attribute both instructions do nothing).
+  const int32_t u_first = blockIdx.x * kWarps + threadIdx.x / 32;
+  uint4 b0[kUnroll], b1[kUnroll];
+  if (u_first < n_units) {
+    const uint4 *w0, *w1;
+    int32_t r0, r1;
+    row_pair(u_first, &w0, &w1, &r0, &r1);
+    load_batch(w0, w1, lane, b0, b1);
+  }
+  asm volatile("griddepcontrol.launch_dependents;");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
 
   // Prologue: x into shared memory as bf16.
   if (a.x_f32 == nullptr) {
@@ -76,27 +111,16 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   }
   __syncthreads();
 
-  const int32_t lane = threadIdx.x % 32;
-  const int32_t n_chunks = n_in / 8;  // 16-byte chunks per row
-  const int32_t n_units = a.n_out / 2;  // row pairs
   const uint4* x4 = reinterpret_cast<const uint4*>(xs);
-  for (int32_t u = blockIdx.x * kWarps + threadIdx.x / 32; u < n_units; u += gridDim.x * kWarps) {
-    // A unit is two rows: (2u, 2u + 1), or for SwiGLU the gate row u and its up row n_out / 2 + u.
-    const int32_t r0 = a.epilogue == GemvEpilogue::SwiGLU ? u : 2 * u;
-    const int32_t r1 = a.epilogue == GemvEpilogue::SwiGLU ? u + n_units : 2 * u + 1;
-    const uint4* w0 = static_cast<const uint4*>(a.w) + static_cast<size_t>(r0) * n_chunks;
-    const uint4* w1 = static_cast<const uint4*>(a.w) + static_cast<size_t>(r1) * n_chunks;
+  bool prefetched = true;  // the first batch of the first unit is already in b0, b1
+  for (int32_t u = u_first; u < n_units; u += gridDim.x * kWarps) {
+    const uint4 *w0, *w1;
+    int32_t r0, r1;
+    row_pair(u, &w0, &w1, &r0, &r1);
     float acc0 = 0.0f, acc1 = 0.0f;
     for (int32_t c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
-      uint4 b0[kUnroll], b1[kUnroll];
-#pragma unroll
-      for (int j = 0; j < kUnroll; ++j) {  // every load of the batch is issued before the first is used
-        const int32_t c = c0 + 32 * j;
-        if (c < n_chunks) {
-          b0[j] = load_stream(w0 + c);
-          b1[j] = load_stream(w1 + c);
-        }
-      }
+      if (!prefetched) load_batch(w0, w1, c0, b0, b1);
+      prefetched = false;
 #pragma unroll
       for (int j = 0; j < kUnroll; ++j) {
         const int32_t c = c0 + 32 * j;
@@ -148,7 +172,7 @@ Status gemv(const GemvArgs& a, void* stream) {
   // half the machine and the output head does its prologue ~300 times, not 8000.
   static const int unroll = [] {
     const char* e = std::getenv("LONGCTX_GEMV_UNROLL");
-    return e && std::atoi(e) == 4 ? 4 : 8;
+    return e && std::atoi(e) == 8 ? 8 : 4;
   }();
   int dev = 0, n_sm = 0, per_sm = 0;
   LONGCTX_CUDA_TRY(cudaGetDevice(&dev));
@@ -156,7 +180,20 @@ Status gemv(const GemvArgs& a, void* stream) {
   auto kernel = unroll == 4 ? gemv_kernel<4> : gemv_kernel<8>;
   LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0));
   const int32_t blocks = std::max(1, std::min((n_units + kWarps - 1) / kWarps, n_sm * std::max(per_sm, 1)));
-  kernel<<<blocks, kWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
+  static const bool pdl = [] {
+    const char* e = std::getenv("LONGCTX_GEMV_PDL");
+    return !(e && std::atoi(e) == 0);
+  }();
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+  cfg.blockDim = dim3(kWarps * 32);
+  cfg.stream = static_cast<cudaStream_t>(stream);
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  LONGCTX_CUDA_TRY(cudaLaunchKernelEx(&cfg, kernel, a));
   return cuda_status(cudaGetLastError(), "gemv launch");
 }
 
