@@ -19,6 +19,8 @@ pids=()
 "${NVCC[@]}" -Xptxas -v -c src/backend/cuda/decode_attention.cu -o "$B/decode_attention.o" >"$B/ptxas.log" 2>&1 & pids+=($!)
 "${NVCC[@]}" -c src/backend/cuda/cuda_backend.cu -o "$B/cuda_backend.o" & pids+=($!)
 "${NVCC[@]}" -c src/backend/cuda/kivi_page.cpp -o "$B/kivi_page.o" & pids+=($!)
+"${NVCC[@]}" -c src/backend/cuda/attention_scores.cu -o "$B/attention_scores.o" & pids+=($!)
+"${NVCC[@]}" -c tests/cuda/attention_scores_test.cpp -o "$B/attention_scores_test.o" & pids+=($!)
 "${NVCC[@]}" -c tests/cuda/decode_attention_test.cpp -o "$B/decode_attention_test.o" & pids+=($!)
 "${NVCC[@]}" -c tests/cuda/attention_bench.cu -o "$B/attention_bench.o" & pids+=($!)
 build_ok=1
@@ -26,8 +28,9 @@ for p in "${pids[@]}"; do wait "$p" || build_ok=0; done
 grep -E "Compiling entry|registers" "$B/ptxas.log" | sed -E "s/.*entry function '([^']*)'.*/\1/; s/ptxas info *: //" |
   c++filt | paste - - | sed -E 's/longctx::cuda::\(anonymous namespace\):://g' | cut -c1-150
 if [ "$build_ok" = 1 ]; then
-  LIB=("$B/decode_attention.o" "$B/cuda_backend.o" "$B/kivi_page.o")
+  LIB=("$B/decode_attention.o" "$B/cuda_backend.o" "$B/kivi_page.o" "$B/attention_scores.o")
   "${NVCC[@]}" -o "$B/decode_attention_test" "$B/decode_attention_test.o" "${LIB[@]}" &&
+    "${NVCC[@]}" -o "$B/attention_scores_test" "$B/attention_scores_test.o" "${LIB[@]}" &&
     "${NVCC[@]}" -o "$B/attention_bench" "$B/attention_bench.o" "${LIB[@]}" || build_ok=0
 fi
 echo "build: $([ $build_ok = 1 ] && echo ok || echo FAILED) in $(( $(date +%s) - t0 )) s"
@@ -44,9 +47,12 @@ done
 
 "$B/decode_attention_test" 2>&1 | tee "$OUT/check.txt"
 check_rc=${PIPESTATUS[0]}
-check=$([ "$check_rc" = 0 ] && echo PASSED || echo "FAILED (rc $check_rc)")
+"$B/attention_scores_test" 2>&1 | tee "$OUT/check_scores.txt"
+scores_rc=${PIPESTATUS[0]}
+check="decode attention $([ "$check_rc" = 0 ] && echo PASSED || echo "FAILED (rc $check_rc)") ($(grep -c '^ok' "$OUT/check.txt") cases)"
+check="$check; attention scores $([ "$scores_rc" = 0 ] && echo PASSED || echo "FAILED (rc $scores_rc)") ($(grep -c '^ok' "$OUT/check_scores.txt") cases)"
 
 "$B/attention_bench" "$OUT/ours.jsonl" 2>&1 | tee "$OUT/bench.txt"
 PYTHONUNBUFFERED=1 python3 tests/cuda/torch_sdpa_bench.py "$OUT/torch.jsonl" 2>&1 | tee "$OUT/torch.txt"
 python3 tests/cuda/report.py "$OUT/ours.jsonl" "$OUT/torch.jsonl" "$check"
-[ "$check_rc" = 0 ]
+[ "$check_rc" = 0 ] && [ "$scores_rc" = 0 ]

@@ -207,7 +207,9 @@ int main(int argc, char** argv) {
     double us, tbps;
   };
   std::vector<Row> rows;
+  const bool kivi_only = std::getenv("LONGCTX_BENCH_KIVI_ONLY") != nullptr;  // for A/B runs of the packed path
   for (lc::KvDtype dt : {lc::KvDtype::BF16, lc::KvDtype::F16}) {
+    if (kivi_only) break;
     const char* dname = dt == lc::KvDtype::BF16 ? "bf16" : "f16";
     for (long ctx : contexts) {
       if (dt == lc::KvDtype::F16 && ctx != 32768) continue;  // f16 reads the same bytes; one size shows it
@@ -415,6 +417,37 @@ int main(int argc, char** argv) {
       std::printf("decode %s ctx %6ld splits %4d: %8.2f us  read %.1f MB at %.3f TB/s  effective %.3f TB/s\n", fname,
                   ctx, plan.n_splits, us, read_bytes / 1e6, tbps, eff);
       if (ws) CK(cudaFree(ws));
+      // The token policies' scores over the same view (attention_scores.cu): an H2O step (1 row) and a SnapKV
+      // window (32 rows), timed once per run at 32K on 2-bit pages; not the product's hot path, a cost to know.
+      if (bits == 2 && ctx == 32768) {
+        for (int n_q : {1, 32}) {
+          void *sq, *sws;
+          int32_t* sqpos;
+          float* sc;
+          CK(cudaMalloc(&sq, static_cast<size_t>(n_q) * n_head * d * 2));
+          CK(cudaMalloc(&sqpos, static_cast<size_t>(n_q) * 4));
+          CK(cudaMalloc(&sc, static_cast<size_t>(n_head_kv) * n * 4));
+          fill_random<<<64, 256, 0, st>>>(static_cast<uint16_t*>(sq), static_cast<size_t>(n_q) * n_head * d, 9, 1);
+          std::vector<int32_t> qp(static_cast<size_t>(n_q));
+          for (int r = 0; r < n_q; ++r) qp[static_cast<size_t>(r)] = n - n_q + r;
+          CK(cudaMemcpy(sqpos, qp.data(), qp.size() * 4, cudaMemcpyHostToDevice));
+          CK(cudaMemset(sc, 0, static_cast<size_t>(n_head_kv) * n * 4));
+          lc::AttentionScoresPlan splan;
+          CS(lc::attention_scores_plan(p, view(0), n_q, n, &splan));
+          CK(cudaMalloc(&sws, splan.workspace_bytes));
+          const double sus = time_graph(st, steps, 5, [&](int i) {
+            CS(lc::attention_scores(p, splan, n_q, sq, sqpos, view(i % n_copies), sc, n, sws, st));
+          });
+          if (g_json)
+            std::fprintf(g_json, "{\"what\":\"scores\",\"dtype\":\"%s\",\"ctx\":%ld,\"n_q\":%d,\"us\":%.3f}\n", fname,
+                         ctx, n_q, sus);
+          std::printf("attention scores %s ctx %6ld rows %2d: %8.2f us\n", fname, ctx, n_q, sus);
+          CK(cudaFree(sq));
+          CK(cudaFree(sqpos));
+          CK(cudaFree(sc));
+          CK(cudaFree(sws));
+        }
+      }
       for (auto& kc : copies) {
         CK(cudaFree(kc.pool));
         CK(cudaFree(kc.packed));

@@ -67,3 +67,8 @@ if kivi:
         print(f"| longctx {r['dtype']}{flag} | {r['ctx'] // 1024}K | {r['n_splits']} | {r['us']:.1f} | "
               f"{r['bytes'] / 1e6:.1f} | {r['tbps']:.2f} | {r['eff_tbps']:.2f} | {r['eff_tbps'] / copy:.2f} | "
               f"{bf} | {ratio} |")
+
+for r in ours:
+    if r["what"] == "scores":
+        print(f"attention scores (token policies' votes) over {r['dtype']} pages at {r['ctx'] // 1024}K, "
+              f"{r['n_q']} query row(s): {r['us']:.1f} us")

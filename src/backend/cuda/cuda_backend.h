@@ -120,4 +120,26 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
                         const int32_t* q_pos, const PagedKvView& kv, void* out, void* workspace,
                         void* stream = nullptr);
 
+// ---------------------------------------------------------------------------------------------------------------
+// The attention that queries paid to cached slots, for the token policies (the device twin of
+// cpu::attention_scores): SnapKV's observation window (n_q = the window's rows at prefill end) and H2O's
+// accumulation (n_q = 1, each decode step). For each sequence's n_q query rows and each query head, the softmax
+// probabilities over the head's visible slots (causal by position, inside the window), summed over the rows and
+// over the query heads sharing a kv-head, are added to scores. Plain and KIVI pages alike; f32 throughout.
+
+struct AttentionScoresPlan {
+  int32_t n_chunks = 1;
+  size_t workspace_bytes = 0;  // device scratch the call needs
+};
+
+Status attention_scores_plan(const DecodeAttentionParams& p, const PagedKvView& kv, int32_t n_q, int32_t n_tokens_max,
+                             AttentionScoresPlan* plan);
+
+// q: device (n_seq, n_q, n_head, head_dim) in kv.dtype; q_pos: device (n_seq, n_q); scores: device
+// (n_seq, n_head_kv, stride) f32, accumulated into (not cleared), stride >= kv.max_tokens; slots at or past a
+// head's n_tokens are left as they are.
+Status attention_scores(const DecodeAttentionParams& p, const AttentionScoresPlan& plan, int32_t n_q, const void* q,
+                        const int32_t* q_pos, const PagedKvView& kv, float* scores, int32_t stride, void* workspace,
+                        void* stream = nullptr);
+
 }  // namespace longctx::cuda

@@ -198,64 +198,88 @@ __device__ __forceinline__ uint32_t kivi_pair(uint32_t word, int shift, uint32_t
   return y;
 }
 
-// A packed tile's stage (its page's key block, then the tile) to the same fragment registers as a plain tile's:
-// klo/khi[j] word i = key rows g / g + 8, channels 32 j + 8 c + 2 i (+1); v[r][s] word i = value token
-// 2 c + (r & 1) + 8 (r >> 1), channels 64 s + 8 g + 2 i (+1); all f16 pairs.
+// A packed tile in registers, as read from its stage (kivi_layout.h): the lane's code words and its scales and mins.
 template <int D, int Bits>
-__device__ __forceinline__ void kivi_fragments(const uint8_t* st, int g, int c, uint4 (&klo)[D / 32],
-                                               uint4 (&khi)[D / 32], uint4 (&v)[4][D / 64]) {
-  constexpr int W = kivi::code_words(D, Bits), V = kivi::vec_words(D, Bits), PPW = kivi::pairs_per_word(Bits);
-  constexpr uint32_t mask = ((1u << Bits) - 1) * 0x10001u;
+struct KiviRaw {
+  static constexpr int W = kivi::code_words(D, Bits);
+  uint32_t klo[W], khi[W];  // key rows g and g + 8
+  uint32_t v[2][W];         // value token pairs c and 4 + c
+  uint4 ks[D / 16];         // key (scale, min) of channel pairs 2 i, 2 i + 1
+  uint32_t vs[4][D / 64];   // value (scale, min) of token 2 c + (r & 1) + 8 (r >> 1), group 2 s + g / 4
+};
+
+// The shared-memory reads of a packed tile.
+template <int D, int Bits>
+__device__ __forceinline__ void kivi_load(const uint8_t* st, int g, int c, KiviRaw<D, Bits>& r) {
+  constexpr int W = KiviRaw<D, Bits>::W, V = kivi::vec_words(D, Bits);
   const uint8_t* kc = st + kivi::k_scale_bytes(D);
   const uint8_t* vc = kc + kivi::code_bytes(D, Bits);
   const uint32_t* vsm = reinterpret_cast<const uint32_t*>(vc + kivi::code_bytes(D, Bits));
-  uint32_t wlo[W], whi[W];
 #pragma unroll
   for (int q = 0; q < W / V; ++q) {
-    load_words<V>(wlo + q * V, kc + ((q * kTile + g) * 4 + c) * V * 4);
-    load_words<V>(whi + q * V, kc + ((q * kTile + g + 8) * 4 + c) * V * 4);
+    load_words<V>(r.klo + q * V, kc + ((q * kTile + g) * 4 + c) * V * 4);
+    load_words<V>(r.khi + q * V, kc + ((q * kTile + g + 8) * 4 + c) * V * 4);
+#pragma unroll
+    for (int hv = 0; hv < 2; ++hv)
+      load_words<V>(r.v[hv] + q * V, vc + ((q * (kTile / 2) + c + 4 * hv) * 8 + g) * V * 4);
   }
 #pragma unroll
-  for (int p2 = 0; p2 < D / 16; ++p2) {  // one 16-byte load: (scale, min) of pairs 2 p2 and 2 p2 + 1
-    const uint4 sm = *reinterpret_cast<const uint4*>(st + (p2 * 4 + c) * 16);
+  for (int p2 = 0; p2 < D / 16; ++p2) r.ks[p2] = *reinterpret_cast<const uint4*>(st + (p2 * 4 + c) * 16);
+#pragma unroll
+  for (int rr = 0; rr < 4; ++rr)
+#pragma unroll
+    for (int s = 0; s < D / 64; ++s)
+      r.vs[rr][s] = vsm[(2 * c + (rr & 1) + 8 * (rr >> 1)) * (D / kivi::kGroup) + 2 * s + (g >> 2)];
+}
+
+// The codes to the same fragment registers as a plain tile's: klo/khi[j] word i = key rows g / g + 8, channels
+// 32 j + 8 c + 2 i (+1); v[r][s] word i = value token 2 c + (r & 1) + 8 (r >> 1), channels 64 s + 8 g + 2 i (+1);
+// all f16 pairs.
+template <int D, int Bits>
+__device__ __forceinline__ void kivi_expand(const KiviRaw<D, Bits>& r, uint4 (&klo)[D / 32], uint4 (&khi)[D / 32],
+                                            uint4 (&v)[4][D / 64]) {
+  constexpr int PPW = kivi::pairs_per_word(Bits);
+  constexpr uint32_t mask = ((1u << Bits) - 1) * 0x10001u;
+#pragma unroll
+  for (int p2 = 0; p2 < D / 16; ++p2)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int pr = 2 * p2 + e, wi = pr / PPW, sh = Bits * (pr % PPW);
-      set_word(klo[pr / 4], pr % 4, kivi_pair(wlo[wi], sh, mask, e ? sm.z : sm.x, e ? sm.w : sm.y));
-      set_word(khi[pr / 4], pr % 4, kivi_pair(whi[wi], sh, mask, e ? sm.z : sm.x, e ? sm.w : sm.y));
+      const uint32_t s2 = e ? r.ks[p2].z : r.ks[p2].x, m2 = e ? r.ks[p2].w : r.ks[p2].y;
+      set_word(klo[pr / 4], pr % 4, kivi_pair(r.klo[wi], sh, mask, s2, m2));
+      set_word(khi[pr / 4], pr % 4, kivi_pair(r.khi[wi], sh, mask, s2, m2));
     }
-  }
 #pragma unroll
-  for (int hv = 0; hv < 2; ++hv) {  // token pairs c and 4 + c
-    uint32_t w[W];
-#pragma unroll
-    for (int q = 0; q < W / V; ++q) load_words<V>(w + q * V, vc + ((q * (kTile / 2) + c + 4 * hv) * 8 + g) * V * 4);
+  for (int hv = 0; hv < 2; ++hv)
 #pragma unroll
     for (int tok = 0; tok < 2; ++tok) {
-      const int r = 2 * hv + tok, tk = 2 * c + tok + 8 * hv;
+      const int rr = 2 * hv + tok;
 #pragma unroll
       for (int s = 0; s < D / 64; ++s) {
-        const uint32_t sm = vsm[tk * (D / kivi::kGroup) + 2 * s + (g >> 2)];  // group of channels 64 s + 8 g ..
-        const uint32_t s2 = __byte_perm(sm, 0, 0x1010), m2 = __byte_perm(sm, 0, 0x3232);
+        const uint32_t s2 = __byte_perm(r.vs[rr][s], 0, 0x1010), m2 = __byte_perm(r.vs[rr][s], 0, 0x3232);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int pr = tok * (D / 16) + 4 * s + i;
-          set_word(v[r][s], i, kivi_pair(w[pr / PPW], Bits * (pr % PPW), mask, s2, m2));
+          set_word(v[rr][s], i, kivi_pair(r.v[hv][pr / PPW], Bits * (pr % PPW), mask, s2, m2));
         }
       }
     }
-  }
 }
 
 // S^T += K Q^T over the tile's channels (klo/khi: key rows g / g + 8; qf: Q^T, both with the channel permutation).
 template <typename E, int kChunks>
 __device__ __forceinline__ void score_products(float (&sc)[4], const uint4 (&klo)[kChunks], const uint4 (&khi)[kChunks],
                                                const uint4 (&qf)[kChunks]) {
+  // Two independent chains of mma, added at the end: the tile's math is a latency chain at 2 warps per scheduler,
+  // and this halves its longest link (measured 1-3% faster, bf16 and KIVI alike; NOTES.md).
+  float sb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
   for (int j = 0; j < kChunks; ++j) {
     E::mma(sc, klo[j].x, khi[j].x, klo[j].y, khi[j].y, qf[j].x, qf[j].y);
-    E::mma(sc, klo[j].z, khi[j].z, klo[j].w, khi[j].w, qf[j].z, qf[j].w);
+    E::mma(sb, klo[j].z, khi[j].z, klo[j].w, khi[j].w, qf[j].z, qf[j].w);
   }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) sc[i] += sb[i];
 }
 
 // O^T += V^T P^T: pb0 / pb1 = P^T for tokens 2c, 2c+1 / +8, +9 (the k pairs), head g.
@@ -413,7 +437,11 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
         const int32_t* ps = reinterpret_cast<const int32_t*>(st + 2 * L::kTileBytes);
         vis_lo = t0 + g < t_end && key_visible(ps[g], qp, a.window);
         vis_hi = t0 + g + 8 < t_end && key_visible(ps[g + 8], qp, a.window);
-        kivi_fragments<D, Bits>(st, g, c, klo, khi, v);
+        // Expanded before the stage is refilled: expanding after it (the raw words held across the refill) measured
+        // the same time with 248 registers instead of 176.
+        KiviRaw<D, Bits> raw;
+        kivi_load<D, Bits>(st, g, c, raw);
+        kivi_expand<D, Bits>(raw, klo, khi, v);
       }
     } else if (tile_visible) {
       const uint8_t* st = ring + (k % kStages) * L::kStageBytes;
