@@ -36,7 +36,7 @@ fi
 echo "build: $([ $build_ok = 1 ] && echo ok || echo FAILED) in $(( $(date +%s) - t0 )) s"
 if [ "$build_ok" != 1 ]; then grep -h -B2 -A6 -i "error" "$B"/*.o.log | head -80; exit 1; fi
 echo "registers / spills of the decode-step kernels:"
-for k in embedding rmsnorm rope_kv_append swiglu argmax synthetic gemv; do
+for k in embedding rmsnorm rope_kv_append swiglu argmax synthetic gemv l2_prefetch; do
   grep -E "registers|spill" "$B/$k.o.log" | sed "s/^/  $k: /; s/ptxas info *: //" | grep -v " 0 bytes spill" | head -3
 done
 

@@ -149,9 +149,19 @@ int main(int argc, char** argv) {
     CS(dec->fill_kv_synthetic(static_cast<int32_t>(ctx)));
     float attn_us = 0;
     CS(dec->time_attention(20, &attn_us));
-    for (lc::MatvecPath path : {lc::MatvecPath::CublasLt, lc::MatvecPath::Fused}) {
-      const bool fused = path == lc::MatvecPath::Fused;
-      CS(dec->set_matvec(path));
+    struct Variant {
+      const char* name;
+      lc::MatvecPath path;
+      lc::WeightPrefetch prefetch;
+    };
+    const Variant variants[] = {{"cuBLASLt", lc::MatvecPath::CublasLt, lc::WeightPrefetch::None},
+                                {"fused GEMV", lc::MatvecPath::Fused, lc::WeightPrefetch::None},
+                                {"fused, Wo to L2", lc::MatvecPath::Fused, lc::WeightPrefetch::Wo},
+                                {"fused, Wo to L2 evict_last", lc::MatvecPath::Fused, lc::WeightPrefetch::WoEvictLast}};
+    for (const Variant& v : variants) {
+      const bool fused = v.path == lc::MatvecPath::Fused;
+      CS(dec->set_matvec(v.path));
+      CS(dec->set_prefetch(v.prefetch));
       CS(dec->fill_kv_synthetic(static_cast<int32_t>(ctx)));
       CS(dec->set_token(128000));
       CS(dec->step(n_inner));  // warm-up: captures the graph, then replays
@@ -184,7 +194,7 @@ int main(int argc, char** argv) {
       for (const auto& g : dec->gemm_report()) gemm_us += g.n_per_token * (fused ? g.fused_us : g.tune.best_us);
 
       Row row;
-      row.path = fused ? "fused GEMV" : "cuBLASLt";
+      row.path = v.name;
       row.ctx = ctx;
       row.us_token = median(t);
       row.tok_s = 1e6 / row.us_token;

@@ -171,8 +171,9 @@ struct RefModel {
   }
 };
 
-void test_end_to_end(lc::MatvecPath path) {
-  const std::string pname = path == lc::MatvecPath::Fused ? "fused GEMV" : "cuBLASLt";
+void test_end_to_end(lc::MatvecPath path, lc::WeightPrefetch prefetch = lc::WeightPrefetch::None) {
+  const std::string pname = std::string(path == lc::MatvecPath::Fused ? "fused GEMV" : "cuBLASLt") +
+                            (prefetch == lc::WeightPrefetch::None ? "" : " + L2 prefetch of Wo");
   lc::ModelShape m;
   uint64_t seed = 0;
   CHECK_OK(lc::synthetic_shape("tiny:7", &m, &seed));
@@ -180,6 +181,7 @@ void test_end_to_end(lc::MatvecPath path) {
   opt.max_context = 64;
   opt.page_tokens = 16;  // 25 tokens cross page boundaries
   opt.matvec = path;
+  opt.prefetch = prefetch;
   std::unique_ptr<lc::LlamaDecoder> dec;
   CHECK_OK(lc::LlamaDecoder::create(m, seed, opt, &dec));
   RefModel ref(m, seed);
@@ -307,6 +309,7 @@ int main() {
   std::printf("device: %s (sm_%d%d, %d SMs)\n", info.name.c_str(), info.cc_major, info.cc_minor, info.n_sm);
   test_end_to_end(lc::MatvecPath::CublasLt);
   test_end_to_end(lc::MatvecPath::Fused);
+  test_end_to_end(lc::MatvecPath::Fused, lc::WeightPrefetch::WoEvictLast);
   test_errors();
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "PASSED", g_failures);
   return g_failures ? 1 : 0;

@@ -182,6 +182,9 @@ struct LlamaDecoder::Impl {
         s = rmsnorm(px, weights.at(w.attn_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
         if (s.ok()) s = gemm->run(g_qkv, weights.at(w.wqkv), pxn, act.at<float>(qkv), stream);
       }
+      if (s.ok() && opt.prefetch != WeightPrefetch::None)  // Wo comes into L2 while RoPE and attention run
+        s = l2_prefetch(weights.at(w.wo), static_cast<size_t>(m.n_embd) * m.q_dim() * 2,
+                        opt.prefetch == WeightPrefetch::WoEvictLast ? L2Priority::EvictLast : L2Priority::Normal, stream);
       if (s.ok()) s = rope_kv_append(act.at<float>(qkv), ppos, m.n_head, m.rope_base, act.at(q), views[static_cast<size_t>(il)], stream);
       if (s.ok())
         s = decode_attention(attn_params, plan, act.at(q), ppos, views[static_cast<size_t>(il)], act.at(attn),
@@ -233,6 +236,16 @@ struct LlamaDecoder::Impl {
     if (e1) cudaEventDestroy(e1);
     *us = best;
     return s;
+  }
+
+  // The next step captures the graph again (after a change of path or prefetch).
+  Status drop_graph() {
+    LONGCTX_CUDA_TRY(cudaStreamSynchronize(stream));
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    exec = nullptr;
+    graph = nullptr;
+    return Status::success();
   }
 
   Status capture() {
@@ -429,12 +442,16 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
 Status LlamaDecoder::set_matvec(MatvecPath path) {
   Impl& I = *impl_;
   if (I.opt.matvec == path) return Status::success();
-  LONGCTX_CUDA_TRY(cudaStreamSynchronize(I.stream));
-  if (I.exec) cudaGraphExecDestroy(I.exec);
-  if (I.graph) cudaGraphDestroy(I.graph);
-  I.exec = nullptr;
-  I.graph = nullptr;
+  if (Status s = I.drop_graph(); !s.ok()) return s;
   I.opt.matvec = path;
+  return Status::success();
+}
+
+Status LlamaDecoder::set_prefetch(WeightPrefetch prefetch) {
+  Impl& I = *impl_;
+  if (I.opt.prefetch == prefetch) return Status::success();
+  if (Status s = I.drop_graph(); !s.ok()) return s;
+  I.opt.prefetch = prefetch;
   return Status::success();
 }
 

@@ -28,12 +28,17 @@ enum class PageOrder { Scattered, InOrder };
 // step's own GEMV with RMSNorm, SwiGLU and the residual add fused in (ops.h, gemv). Same function, same roundings.
 enum class MatvecPath { CublasLt, Fused };
 
+// Whether the step warms L2 with each layer's Wo before its attention runs (ops.h, l2_prefetch), and with which
+// priority. A hint: the logits are the same either way.
+enum class WeightPrefetch { None, Wo, WoEvictLast };
+
 struct LlamaDecodeOptions {
   int32_t max_context = 4096;  // tokens per head the KV store holds; the attention plan is made for this length
   int32_t page_tokens = 64;
   PageOrder page_order = PageOrder::Scattered;
   bool tune_gemms = true;  // time cuBLASLt's candidates (and the fused GEMV) on the weights at create
   MatvecPath matvec = MatvecPath::Fused;
+  WeightPrefetch prefetch = WeightPrefetch::None;
 };
 
 // Where the bytes of one token's forward go, for the roofline.
@@ -64,6 +69,7 @@ class LlamaDecoder {
 
   // Switches the matrix-vector path; the step graph is captured again at the next step.
   Status set_matvec(MatvecPath path);
+  Status set_prefetch(WeightPrefetch prefetch);  // likewise
   // Empties the cache: position 0, every head 0 tokens.
   Status reset();
   // Pretends n_ctx tokens were prefilled: every head holds n_ctx slots at positions 0..n_ctx-1 with synthetic K/V

@@ -69,4 +69,10 @@ struct GemvArgs {
 };
 Status gemv(const GemvArgs& a, void* stream = nullptr);
 
+// Asks L2 to fetch [device_ptr, device_ptr + bytes) (16-byte aligned and sized) and returns at once: the transfer
+// runs beside whatever the stream does next. A hint only (l2_prefetch.cu says when it pays). EvictLast marks the
+// lines to be kept ahead of others, so that a stream of other data through L2 does not push them out first.
+enum class L2Priority { Normal, EvictLast };
+Status l2_prefetch(const void* device_ptr, size_t bytes, L2Priority priority, void* stream = nullptr);
+
 }  // namespace longctx::cuda
