@@ -156,7 +156,6 @@ int main(int argc, char** argv) {
     };
     const Variant variants[] = {{"cuBLASLt", lc::MatvecPath::CublasLt, lc::WeightPrefetch::None},
                                 {"fused GEMV", lc::MatvecPath::Fused, lc::WeightPrefetch::None},
-                                {"fused, Wo to L2", lc::MatvecPath::Fused, lc::WeightPrefetch::Wo},
                                 {"fused, Wo to L2 evict_last", lc::MatvecPath::Fused, lc::WeightPrefetch::WoEvictLast}};
     for (const Variant& v : variants) {
       const bool fused = v.path == lc::MatvecPath::Fused;

@@ -85,16 +85,35 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   asm volatile("griddepcontrol.launch_dependents;");
   asm volatile("griddepcontrol.wait;" ::: "memory");
 
-  // Prologue: x into shared memory as bf16.
+  // Prologue: x into shared memory as bf16. Its loads go in batches of kBatch per thread, all issued before the
+  // first use: x sits in L2, and a chain of dependent round trips here is time in which no weight streams (a loop
+  // of one load per iteration measured ~2.5 us for the RMSNorm prologue; NOTES.md).
+  constexpr int kBatch = 4;
+  const int32_t stride = blockDim.x * kBatch;
   if (a.x_f32 == nullptr) {
     const uint4* src = static_cast<const uint4*>(a.x_bf16);
-    for (int32_t i = threadIdx.x; i < n_in / 8; i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = src[i];
+    for (int32_t i0 = threadIdx.x; i0 < n_in / 8; i0 += stride) {
+      uint4 v[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j)
+        if (i0 + j * static_cast<int32_t>(blockDim.x) < n_in / 8) v[j] = src[i0 + j * blockDim.x];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j)
+        if (i0 + j * static_cast<int32_t>(blockDim.x) < n_in / 8) reinterpret_cast<uint4*>(xs)[i0 + j * blockDim.x] = v[j];
+    }
   } else {
-    // RMSNorm of the f32 stream, exactly as the rmsnorm op rounds it: y = bf16(x * rsqrt(mean(x^2) + eps) * w).
+    // RMSNorm of the f32 stream, rounded as the rmsnorm op: y = bf16(x * rsqrt(mean(x^2) + eps) * w).
+    const float4* x4f = reinterpret_cast<const float4*>(a.x_f32);
+    const uint2* nw = static_cast<const uint2*>(a.norm_w);  // 4 bf16 weights per 8 bytes
+    const int32_t n4 = n_in / 4;
     float ss = 0.0f;
-    for (int32_t i = threadIdx.x * 4; i < n_in; i += blockDim.x * 4) {
-      const float4 v = *reinterpret_cast<const float4*>(a.x_f32 + i);
-      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    for (int32_t i0 = threadIdx.x; i0 < n4; i0 += stride) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j)
+        v[j] = i0 + j * static_cast<int32_t>(blockDim.x) < n4 ? x4f[i0 + j * blockDim.x] : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
     }
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = ss;
@@ -102,11 +121,26 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
     float total = 0.0f;
     for (int i = 0; i < kWarps; ++i) total += red[i];
     const float scale = rsqrtf(total / static_cast<float>(n_in) + a.eps);
-    const __nv_bfloat16* nw = static_cast<const __nv_bfloat16*>(a.norm_w);
-    for (int32_t i = threadIdx.x * 2; i < n_in; i += blockDim.x * 2) {
-      const float2 v = *reinterpret_cast<const float2*>(a.x_f32 + i);
-      const float2 w = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(nw + i));
-      *reinterpret_cast<__nv_bfloat162*>(xs + i) = __floats2bfloat162_rn(v.x * scale * w.x, v.y * scale * w.y);
+    for (int32_t i0 = threadIdx.x; i0 < n4; i0 += stride) {
+      float4 v[kBatch];
+      uint2 w[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j)
+        if (i0 + j * static_cast<int32_t>(blockDim.x) < n4) {
+          v[j] = x4f[i0 + j * blockDim.x];
+          w[j] = nw[i0 + j * blockDim.x];
+        }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int32_t i = i0 + j * blockDim.x;
+        if (i < n4) {
+          const float w0 = __uint_as_float(w[j].x << 16), w1 = __uint_as_float(w[j].x & 0xffff0000u);
+          const float w2 = __uint_as_float(w[j].y << 16), w3 = __uint_as_float(w[j].y & 0xffff0000u);
+          __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(xs + 4 * i);
+          dst[0] = __floats2bfloat162_rn(v[j].x * scale * w0, v[j].y * scale * w1);
+          dst[1] = __floats2bfloat162_rn(v[j].z * scale * w2, v[j].w * scale * w3);
+        }
+      }
     }
   }
   __syncthreads();
