@@ -287,19 +287,29 @@ EvalReport run_eval(const EvalOptions& o) {
             b.p.tokens.assign(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(n_prefix));
             b.p.continuation.assign(ids.begin() + static_cast<std::ptrdiff_t>(n_prefix), ids.begin() + len);
           } else {
-            // The wrapping's cost is measured on a first build, then the context is shrunk until prompt and
-            // answer fit in the length (the per-sentence count differs slightly from the whole text's).
+            // The wrapping's cost is measured on a first build, then the context is resized until prompt and
+            // answer fit in the length (the per-sentence count differs slightly from the whole text's): the
+            // largest build that fits is kept; too long shrinks by the excess, too short grows by half the gap,
+            // so the search closes in from both sides instead of jumping over the target.
             int32_t budget = len - o.n_predict - 96;
-            for (int iter = 0; iter < 6; ++iter) {
+            bool fits = false;
+            Built best;
+            for (int iter = 0; iter < 12; ++iter) {
               cp.n_context_tokens = budget;
               b.c = make_case(t, len, d, seed, haystack, count, cp);
               b.p.tokens = tok->encode(wrap(b.c), tok->add_bos(), /*parse_special=*/chat);
               const int32_t excess = static_cast<int32_t>(b.p.tokens.size()) + o.n_predict - len;
-              if (excess <= 0 && (excess > -16 || iter >= 3)) break;
-              budget -= excess > 0 ? excess + 4 : excess + 2;
+              if (excess <= 0) {
+                if (!fits || b.p.tokens.size() > best.p.tokens.size()) best = b;
+                fits = true;
+                if (excess > -16) break;
+                budget += std::max(1, -excess / 2);
+              } else {
+                budget -= excess + 4;
+              }
             }
-            if (static_cast<int32_t>(b.p.tokens.size()) + o.n_predict > len)
-              fail("could not fit a {} case in {} tokens", task_name(t), len);
+            if (!fits) fail("could not fit a {} case in {} tokens", task_name(t), len);
+            b = std::move(best);
           }
           built.push_back(std::move(b));
         }
