@@ -46,17 +46,17 @@ ops_rc=${PIPESTATUS[0]}
 e2e_rc=${PIPESTATUS[0]}
 "$B/e2e_bench" "$OUT/e2e.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench.txt"
 bench_rc=${PIPESTATUS[0]}
-if [ -n "${E2E_SWEEP:-}" ]; then  # variants of the fused GEMV (NOTES.md): no programmatic dependent launch; unbatched copy prologue
+if [ -n "${E2E_SWEEP:-}" ]; then  # variants of the fused GEMV (NOTES.md): no programmatic dependent launch; 8 loads in flight
   LONGCTX_GEMV_PDL=0 "$B/e2e_bench" "$OUT/e2e_nopdl.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_nopdl.txt"
-  LONGCTX_GEMV_COPY_BATCH=1 "$B/e2e_bench" "$OUT/e2e_copy1.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_copy1.txt"
+  LONGCTX_GEMV_UNROLL=8 "$B/e2e_bench" "$OUT/e2e_unroll8.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_unroll8.txt"
 fi
 
 echo
 echo "checks: ops $([ "$ops_rc" = 0 ] && echo PASSED || echo "FAILED (rc $ops_rc)"), end to end $([ "$e2e_rc" = 0 ] && echo PASSED || echo "FAILED (rc $e2e_rc)"), bench rc $bench_rc"
 grep -E "^(FAIL|ok   tiny|ok   gemm)" "$OUT/ops_check.txt" "$OUT/e2e_check.txt" | cut -c1-220
 if [ -n "${E2E_SWEEP:-}" ]; then
-  for v in nopdl copy1; do echo "--- variant $v:"; sed -n '/^| GEMV/,$p' "$OUT/e2e_bench_$v.txt" | grep -E "^\| (wo|down|qkv) |fused"; done
-  echo "--- default (PDL on, 4 loads in flight per row, batched prologues):"
+  for v in nopdl unroll8; do echo "--- variant $v:"; sed -n '/^| decode/,$p' "$OUT/e2e_bench_$v.txt" | grep fused; done
+  echo "--- default (PDL on, 4 loads in flight per row):"
 fi
 sed -n '/^| GEMV/,$p' "$OUT/e2e_bench.txt"
 [ "$ops_rc" = 0 ] && [ "$e2e_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -42,11 +42,9 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc)
   return acc;
 }
 
-// kUnroll: 16-byte loads in flight per row per lane (4, the default, or 8: more bytes in flight against more
-// registers, hence fewer resident blocks). kCopyBatch: loads in flight per thread in the bf16 copy prologue (4, the
-// default, or 1). Three instances: <4, 4>, and <8, 4> and <4, 1> for the measurements in NOTES.md, picked by
-// LONGCTX_GEMV_UNROLL=8 and LONGCTX_GEMV_COPY_BATCH=1.
-template <int kUnroll, int kCopyBatch>
+// kUnroll: 16-byte loads in flight per row per lane. Two instances (4, the default, and 8): more bytes in flight
+// against more registers, hence fewer resident blocks; LONGCTX_GEMV_UNROLL=8 picks the other (NOTES.md has both).
+template <int kUnroll>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   __shared__ __align__(16) __nv_bfloat16 xs[kMaxIn];
   __shared__ float red[kWarps];
@@ -94,13 +92,13 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   const int32_t stride = blockDim.x * kBatch;
   if (a.x_f32 == nullptr) {
     const uint4* src = static_cast<const uint4*>(a.x_bf16);
-    for (int32_t i0 = threadIdx.x; i0 < n_in / 8; i0 += blockDim.x * kCopyBatch) {
-      uint4 v[kCopyBatch];
+    for (int32_t i0 = threadIdx.x; i0 < n_in / 8; i0 += stride) {
+      uint4 v[kBatch];
 #pragma unroll
-      for (int j = 0; j < kCopyBatch; ++j)
+      for (int j = 0; j < kBatch; ++j)
         if (i0 + j * static_cast<int32_t>(blockDim.x) < n_in / 8) v[j] = src[i0 + j * blockDim.x];
 #pragma unroll
-      for (int j = 0; j < kCopyBatch; ++j)
+      for (int j = 0; j < kBatch; ++j)
         if (i0 + j * static_cast<int32_t>(blockDim.x) < n_in / 8) reinterpret_cast<uint4*>(xs)[i0 + j * blockDim.x] = v[j];
     }
   } else {
@@ -213,11 +211,7 @@ Status gemv(const GemvArgs& a, void* stream) {
   int dev = 0, n_sm = 0, per_sm = 0;
   LONGCTX_CUDA_TRY(cudaGetDevice(&dev));
   LONGCTX_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
-  static const int copy_batch = [] {
-    const char* e = std::getenv("LONGCTX_GEMV_COPY_BATCH");
-    return e && std::atoi(e) == 1 ? 1 : 4;
-  }();
-  auto kernel = unroll == 8 ? gemv_kernel<8, 4> : copy_batch == 1 ? gemv_kernel<4, 1> : gemv_kernel<4, 4>;
+  auto kernel = unroll == 4 ? gemv_kernel<4> : gemv_kernel<8>;
   LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0));
   const int32_t blocks = std::max(1, std::min((n_units + kWarps - 1) / kWarps, n_sm * std::max(per_sm, 1)));
   static const bool pdl = [] {
