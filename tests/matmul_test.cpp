@@ -96,12 +96,15 @@ struct Shape {
   int64_t n_out, n_in, n_tok;  // n_in is rounded up to the format's block size
 };
 
-// n_tok 1..7 take the rows path (groups of 4, 2, 1 tokens; 3 padded to 4), 8 and up the panels (12 or 6, 4 and
-// 1 tokens per kernel call); n_out below, at and past a panel of 32 rows (16 on AVX2) and a group of 4 rows;
+// n_tok 1..7 take the rows path (groups of 4, 2, 1 tokens; 3 padded to 4), 8 and up the panels (f32: 12 or 6, 4
+// and 1 tokens per kernel call; int8: 6 tokens, the last pass padded); n_out below, at and past a panel of 32 rows (16 on AVX2) and a group of 4 rows;
 // n_in not a multiple of 256 (32-blocks) or of a vector (float formats, both paths).
 const Shape kShapes[] = {{1, 32, 1},   {37, 576, 1},   {5, 100, 2},    {33, 256, 3},  {64, 512, 4},
                          {96, 2048, 5}, {9, 64, 7},    {40, 96, 8},    {20, 100, 9},  {45, 768, 13},
-                         {70, 320, 29}, {17, 1024, 37}, {3, 64, 64},   {32, 128, 16}};
+                         {70, 320, 29}, {17, 1024, 37}, {3, 64, 64},   {32, 128, 16},
+                         // prefill's int8 panels: 32 rows, 6 tokens per pass (n_tok % 6 = 0 .. 5 below), groups of
+                         // 32 (16 for Q6_K); n_out one past, one short of and half a panel
+                         {33, 640, 600}, {31, 96, 8},  {16, 256, 11},  {65, 160, 100}, {48, 2048, 10}};
 
 // Runs body once for each SIMD target matmul was built for that this CPU has (the fallback always), so the
 // AVX2 and scalar code is checked on an AVX-512 machine too. AVX3_DL runs the int8 kernels with VNNI (the f32
@@ -186,8 +189,12 @@ void check_against_reference(const char* target) {
         for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(ref[i], static_cast<float>(exact[i]));
       }
       for (int p = 0; p < 3; ++p) {
-        // The quantized precisions apply below 8 tokens, to quantized weights; elsewhere they are F32.
-        const bool quantized = p > 0 && s.n_tok < 8 && !is_float_format(t);
+        // The quantized precisions apply to quantized weights below 8 tokens, and from 8 on where the int8 panels
+        // exist (AVX-512 VNNI); elsewhere they are F32.
+        const bool quantized = cpu::matmul_quantizes(t, s.n_tok, kPrecisions[p]);
+        if (p > 0 && !is_float_format(t) && s.n_tok < 8) {
+          EXPECT_TRUE(quantized);
+        }
         std::vector<double> xs;  // (n_tok, n_in): the scale of each activation's block
         const auto ref = quantized ? reference_double(t, w, s.n_out, n_in, quantized_round_trip(x, 3 - p, &xs), s.n_tok)
                                    : exact;

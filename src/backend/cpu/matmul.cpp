@@ -567,6 +567,15 @@ HWY_EXPORT(TargetName);
 const char* matmul_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
 const char* matmul_q8_target_name() { return q8::target_name(); }
 
+namespace {
+constexpr int64_t kQuantizedMaxTok = 8;  // below it the rows path runs, where reading the weights dominates
+}  // namespace
+
+bool matmul_quantizes(GgmlType t, int64_t n_tok, MatmulPrecision precision) {
+  if (precision == MatmulPrecision::F32 || t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16) return false;
+  return n_tok < kQuantizedMaxTok || q8::gemm_supported(t);
+}
+
 void matmul_multi(ThreadPool& pool, const MatmulOutput* outputs, int n_outputs, int64_t n_in, const float* x,
                   int64_t n_tok, MatmulPrecision precision) {
   for (int i = 0; i < n_outputs; ++i) {
@@ -582,26 +591,26 @@ void matmul_multi(ThreadPool& pool, const MatmulOutput* outputs, int n_outputs, 
     if (o.n_out > 0)
       HWY_DYNAMIC_DISPATCH(MatmulImpl)(pool, o.t, static_cast<const uint8_t*>(o.w), o.n_out, n_in, xs, n_tok, o.y);
   };
-  constexpr int64_t kQuantizedMaxTok = 8;  // below it the rows path runs, where reading the weights dominates
-  auto float_weights = [](GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; };
-  if (precision == MatmulPrecision::F32 || n_tok >= kQuantizedMaxTok) {
+  if (precision == MatmulPrecision::F32) {
     for (int i = 0; i < n_outputs; ++i) f32_product(outputs[i], x);
     return;
   }
-  // The calling thread's buffers: quantizing costs about a microsecond, the workers only read it.
+  const bool prefill = n_tok >= kQuantizedMaxTok;
+  // The calling thread's buffers: the workers only read them.
   thread_local q8::Activations xq;
   thread_local std::vector<q8::Product> products;
   products.clear();
   for (int i = 0; i < n_outputs; ++i) {
     const MatmulOutput& o = outputs[i];
-    if (float_weights(o.t)) {
-      f32_product(o, x);  // float weights stay exact
+    if (!matmul_quantizes(o.t, n_tok, precision)) {
+      f32_product(o, x);  // float weights stay exact; prefill without int8 panels for t runs the f32 panels
     } else if (o.n_out > 0) {
       products.push_back({o.t, static_cast<const uint8_t*>(o.w), o.n_out, o.y});
     }
   }
   if (products.empty()) return;
-  q8::quantize(x, n_tok, n_in, precision == MatmulPrecision::Q16Activations ? 2 : 1, xq);
+  q8::quantize(prefill ? &pool : nullptr, x, n_tok, n_in, precision == MatmulPrecision::Q16Activations ? 2 : 1, xq);
+  if (prefill) return q8::gemm(pool, products.data(), static_cast<int>(products.size()), xq);
   if (q8::matmul(pool, products.data(), static_cast<int>(products.size()), xq)) return;
   // No int8 kernels on this CPU: the same products from the dequantized activations.
   thread_local std::vector<float> xd;  // (n_tok, n_in)

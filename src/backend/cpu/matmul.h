@@ -8,11 +8,12 @@
 
 namespace longctx::cpu {
 
-// What the activations are multiplied as. The quantized precisions apply to calls of fewer than 8 tokens
-// (decode, small batches) with a quantized weight format: the activations are quantized per 32 values (as
-// llama.cpp's Q8_0: d = max|x| / 127) and multiplied in integer dot products, a fraction of the work per weight
-// byte, so decode runs at memory bandwidth. Larger calls (prefill, compute-bound, where f32 is faster than
-// packing twice) and float weight formats are computed as F32.
+// What the activations are multiplied as. The quantized precisions apply to quantized weight formats: the
+// activations are quantized per 32 values (as llama.cpp's Q8_0: d = max|x| / 127) and multiplied in integer dot
+// products, a fraction of the work per weight byte, so decode runs at memory bandwidth. Calls of 8 tokens or more
+// (prefill) take them only where this CPU has the int8 panels for the format (AVX-512 VNNI: 4 times the MACs per
+// instruction of f32 FMA), else they are computed as F32 (the f32 panels); float weight formats are always F32.
+// matmul_quantizes says which.
 enum class MatmulPrecision {
   // f32 activations times dequantized weights: the exact product up to the order of the f32 sums.
   F32,
@@ -27,7 +28,8 @@ enum class MatmulPrecision {
 // y (n_tok, n_out) = x (n_tok, n_in) * W^T. W (n_out, n_in) is row-major, each row ggml_row_bytes(t, n_in) bytes
 // in format t (n_in a multiple of its block size). y must not overlap x or W. Threads split the output rows.
 // Every weight is read once per call (n_tok < 8: once per group of 4 tokens, fused with the dot products;
-// prefill: dequantized once per panel of rows, transposed for an outer-product kernel). Throws Error for an
+// prefill: unpacked once per panel of rows, to int8 codes for the VNNI kernel or dequantized and transposed for
+// the f32 outer-product kernel). Throws Error for an
 // unsupported format or shape.
 void matmul(ThreadPool& pool, GgmlType t, const void* w, int64_t n_out, int64_t n_in, const float* x,
             int64_t n_tok, float* y, MatmulPrecision precision = MatmulPrecision::Q16Activations);
@@ -45,6 +47,10 @@ struct MatmulOutput {
 // region (threads meet, and each starts a new prefetch stream), and the activations are quantized once.
 void matmul_multi(ThreadPool& pool, const MatmulOutput* outputs, int n_outputs, int64_t n_in, const float* x,
                   int64_t n_tok, MatmulPrecision precision = MatmulPrecision::Q16Activations);
+
+// Whether matmul rounds the activations as `precision` says for this format and token count on this CPU (else the
+// product is F32's).
+bool matmul_quantizes(GgmlType t, int64_t n_tok, MatmulPrecision precision);
 
 // The SIMD target matmul dispatches to on this CPU, as Highway names it ("AVX3", "AVX2", "SCALAR"), and the one
 // of the quantized-activation kernels ("AVX3_DL" with VNNI): for logs.

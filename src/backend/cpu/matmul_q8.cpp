@@ -356,6 +356,25 @@ struct Block32Format {
     const uint8_t* src[2] = {row + static_cast<size_t>(b) * kBlockBytes, row + static_cast<size_t>(b) * kBlockBytes};
     Vector(src, nullptr, b, x, acc);
   }
+  // For prefill's panels: one block as 32 codes in value order, with w = a * code + b (the centre or the min).
+  static constexpr int kGroup = 32;
+  HWY_INLINE static void Unpack(const uint8_t* src, uint8_t* codes, float* a, float* b) {  // codes (32), a, b (1)
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + kQs));
+    __m128i lo = _mm_and_si128(v, _mm_set1_epi8(0x0f));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0f));
+    if constexpr (kHigh == HighBit::kStored) {  // bit j of qh to bit 4 of code j
+      const uint64_t qh = LoadU32(src + kQs - 4), bit4 = 0x1010101010101010ull;
+      lo = _mm_or_si128(lo, _mm_set_epi64x(static_cast<int64_t>(_pdep_u64(qh >> 8, bit4)),
+                                           static_cast<int64_t>(_pdep_u64(qh, bit4))));
+      hi = _mm_or_si128(hi, _mm_set_epi64x(static_cast<int64_t>(_pdep_u64(qh >> 24, bit4)),
+                                           static_cast<int64_t>(_pdep_u64(qh >> 16, bit4))));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), lo);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 16), hi);
+    const float d = LoadF16(src);
+    a[0] = d;
+    b[0] = kOffset == Offset::kMin ? LoadF16(src + 2) : -static_cast<float>(kCentre) * d;
+  }
 };
 
 struct Q8_0Format {
@@ -386,6 +405,15 @@ struct Q8_0Format {
   HWY_INLINE static void Tail(const uint8_t* row, int64_t b, const Tokens<T>& x, Acc<T>& acc) {
     const uint8_t* src[2] = {row + static_cast<size_t>(b) * kBlockBytes, row + static_cast<size_t>(b) * kBlockBytes};
     Vector(src, nullptr, b, x, acc);
+  }
+  // Prefill's panels: the code is w + 128 (VNNI multiplies unsigned codes), the centre -128 d.
+  static constexpr int kGroup = 32;
+  HWY_INLINE static void Unpack(const uint8_t* src, uint8_t* codes, float* a, float* b) {  // codes (32), a, b (1)
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes), _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80))));
+    const float d = LoadF16(src);
+    a[0] = d;
+    b[0] = -128.0f * d;
   }
 };
 
@@ -434,6 +462,32 @@ struct Q45KFormat {
       }
     }
   }
+  // Prefill's panels: 256 codes in value order, a and b per sub-block (d * scale, -dmin * min).
+  static constexpr int kGroup = 32;
+  HWY_INLINE static void Unpack(const uint8_t* src, uint8_t* codes, float* a, float* b) {  // codes (256), a, b (8)
+    const uint8_t* qs = src + (kHigh == HighBit::kStored ? 48 : 16);  // (128)
+    alignas(16) uint8_t sc[8], mn[8];
+    KScalesMins(src + 4, sc, mn);
+    const float d = LoadF16(src), dmin = LoadF16(src + 2);
+    for (int s = 0; s < 8; ++s) {
+      a[s] = d * static_cast<float>(sc[s]);
+      b[s] = -(dmin * static_cast<float>(mn[s]));
+    }
+    const __m256i m4 = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
+    [[maybe_unused]] __m256i qh;
+    if constexpr (kHigh == HighBit::kStored) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 16));
+    for (int g = 0; g < 4; ++g) {  // sub-blocks 2g (low nibbles) and 2g + 1 (high nibbles)
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * g));
+      __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+      if constexpr (kHigh == HighBit::kStored) {  // bits 2g, 2g + 1 of each byte to bits 0, 1 (none cross a byte)
+        const __m256i h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g));
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 64 * g), lo);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 64 * g + 32), hi);
+    }
+  }
 };
 
 // Q6_K: in half h, value r has its low 4 bits in nibble r / 64 of ql[64h + r % 64] and its top 2 bits at bit
@@ -457,6 +511,30 @@ struct Q6KFormat {
         const VI low = And(k < 2 ? l : Shr16(l, 4), SetI8(0x0f));
         x.FromTable(acc, 8 * b + 4 * h + k, Or(low, HighBits<2>(qh, 2 * k, 2)), 2 * k, 2, 4);
       }
+    }
+  }
+  // Prefill's panels: 256 codes (0..63) in value order, a and b per 16-value group (d * scale, -32 a).
+  static constexpr int kGroup = 16;
+  HWY_INLINE static void Unpack(const uint8_t* src, uint8_t* codes, float* a, float* b) {  // codes (256), a, b (16)
+    const float d = LoadF16(src + 208);
+    const auto* scales = reinterpret_cast<const int8_t*>(src + 192);
+    for (int j = 0; j < 16; ++j) {
+      a[j] = d * static_cast<float>(scales[j]);
+      b[j] = -32.0f * a[j];
+    }
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 64 * h));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 64 * h + 32));
+      const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 128 + 32 * h));
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4))};
+      for (int k = 0; k < 4; ++k) _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 128 * h + 32 * k), q[k]);
     }
   }
 };
@@ -539,6 +617,145 @@ void RowsKernel(const uint8_t* w, int64_t r0, int64_t r1, int64_t n_out, const A
     t += n;
   }
 }
+
+// ---- prefill (n_tok >= 8): int8 panels and a register-tiled VNNI kernel ----
+//
+// The rows kernel above unpacks every weight block once per group of 4 tokens, which prefill cannot afford
+// (measured: pp512 halved). Here kGemmRows rows are unpacked once into a panel of codes laid out as dpbusd's
+// operand, 4 consecutive k of 16 rows per 64-byte vector (two vectors per step of 4 k), with each row's a and b per
+// group of G values (w = a * code + b; G = 32, 16 for Q6_K's scale groups). The kernel then keeps kGemmTok tokens x
+// 2 vectors of i32 accumulators for one group (G / 4 dpbusd each, a broadcast of 4 activation bytes against a
+// panel vector), and per group converts them once and adds a * d_x * dot + b * (d_x sum Q) into f32 accumulators.
+// The integer dot of a group is exact (|code| <= 255, |Q| <= 32767, G <= 32: below 2^29), so the values are the
+// decode path's up to the order of the f32 sums. The panel (n_in 2048: 64 KB of codes, 16 KB of scales) stays in
+// L2 while every token passes over it.
+#if HWY_TARGET == HWY_AVX3_DL
+// Tokens per pass: 2 T i32 + 2 T f32 accumulators, 2 panel vectors and a broadcast within 32 registers.
+constexpr int kGemmTok = 6;
+static_assert(kGemmRows == 32, "the kernel holds a panel step as two vectors of 16 rows");
+
+struct GemmScratch {
+  std::vector<uint8_t> codes;  // (n_in / 4, kGemmRows, 4): step k4 is 128 bytes, rows 0-15 then 16-31
+  std::vector<float> ab;       // (n_in / G, 2, kGemmRows): a of each row, then b
+  std::vector<uint8_t> row;    // (n_in): one row's codes in value order
+  std::vector<float> ra, rb;   // (n_in / G): one row's a and b
+};
+
+// The panel of rows p0 .. p0 + kGemmRows of W; rows at or past n_out get zero codes and scales.
+template <class Fmt>
+void GemmPack(const uint8_t* w, int64_t p0, int64_t n_out, int64_t n_in, GemmScratch& s) {
+  constexpr int G = Fmt::kGroup;
+  constexpr int64_t kGroupsPerBlock = Fmt::kBlockValues / G;
+  const int64_t n_groups = n_in / G, n_blocks = n_in / Fmt::kBlockValues;
+  const size_t row_bytes = static_cast<size_t>(n_blocks) * Fmt::kBlockBytes;
+  s.codes.resize(static_cast<size_t>(n_in * kGemmRows));
+  s.ab.resize(static_cast<size_t>(n_groups * 2 * kGemmRows));
+  s.row.resize(static_cast<size_t>(n_in));
+  s.ra.resize(static_cast<size_t>(n_groups));
+  s.rb.resize(static_cast<size_t>(n_groups));
+  for (int r = 0; r < kGemmRows; ++r) {
+    if (p0 + r < n_out) {
+      const uint8_t* src = w + static_cast<size_t>(p0 + r) * row_bytes;
+      for (int64_t blk = 0; blk < n_blocks; ++blk)
+        Fmt::Unpack(src + static_cast<size_t>(blk) * Fmt::kBlockBytes, s.row.data() + blk * Fmt::kBlockValues,
+                    s.ra.data() + blk * kGroupsPerBlock, s.rb.data() + blk * kGroupsPerBlock);
+    } else {
+      std::fill(s.row.begin(), s.row.end(), uint8_t{0});
+      std::fill(s.ra.begin(), s.ra.end(), 0.0f);
+      std::fill(s.rb.begin(), s.rb.end(), 0.0f);
+    }
+    uint8_t* dst = s.codes.data() + (r / 16) * 64 + (r % 16) * 4;
+    for (int64_t k4 = 0; k4 < n_in / 4; ++k4) std::memcpy(dst + k4 * 128, s.row.data() + 4 * k4, 4);
+    for (int64_t g = 0; g < n_groups; ++g) {
+      s.ab[static_cast<size_t>(g * 2 * kGemmRows + r)] = s.ra[static_cast<size_t>(g)];
+      s.ab[static_cast<size_t>(g * 2 * kGemmRows + kGemmRows + r)] = s.rb[static_cast<size_t>(g)];
+    }
+  }
+}
+
+// acc[t][v] += the dot of one group's panel codes cg (G / 4 steps) with plane q[t] at column k0.
+template <int G>
+HWY_INLINE void GemmPlane(__m512i (&acc)[kGemmTok][2], const uint8_t* HWY_RESTRICT cg, const int8_t* const* q,
+                          int64_t k0) {
+  HWY_UNROLL(8)
+  for (int st = 0; st < G / 4; ++st) {
+    const __m512i w0 = _mm512_loadu_si512(cg + 128 * st), w1 = _mm512_loadu_si512(cg + 128 * st + 64);
+    for (int t = 0; t < kGemmTok; ++t) {
+      const __m512i x = _mm512_set1_epi32(static_cast<int>(LoadU32(reinterpret_cast<const uint8_t*>(q[t] + k0 + 4 * st))));
+      acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], w0, x);
+      acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], w1, x);
+    }
+  }
+}
+
+// y (n_tok, n_out) at rows p0 .. p0 + kGemmRows (those below n_out) for tokens t0 .. t0 + n_valid, from the packed
+// panel; tokens past n_valid - 1 repeat the last one and are dropped. sg (n_tok, n_in / G): d_x sum Q per group.
+template <int G, int kPlanes>
+void GemmTokens(const GemmScratch& s, const Activations& a, const float* sg, int64_t t0, int64_t n_valid,
+                int64_t p0, int64_t n_out, float* y) {
+  constexpr int T = kGemmTok;
+  const int64_t n_in = a.n_in, n_groups = n_in / G;
+  const int8_t* q[T];
+  const int8_t* q2[T];
+  const float* d[T];
+  const float* sx[T];
+  for (int t = 0; t < T; ++t) {
+    const int64_t tok = t0 + std::min<int64_t>(t, n_valid - 1);
+    q[t] = a.q.data() + tok * n_in;
+    q2[t] = kPlanes == 2 ? a.q2.data() + tok * n_in : nullptr;
+    d[t] = a.d.data() + tok * (n_in / 32);
+    sx[t] = sg + tok * n_groups;
+  }
+  __m512 f[T][2];
+  for (int t = 0; t < T; ++t) f[t][0] = f[t][1] = _mm512_setzero_ps();
+  const uint8_t* codes = s.codes.data();
+  const float* ab = s.ab.data();
+  for (int64_t g = 0; g < n_groups; ++g) {
+    __m512i acc[T][2];
+    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_si512();
+    const uint8_t* cg = codes + g * G * kGemmRows;
+    GemmPlane<G>(acc, cg, q, g * G);
+    if constexpr (kPlanes == 2) {  // Q = 256 q + q2; |dot of q| < 2^20, so the shift stays in i32
+      for (int t = 0; t < T; ++t) acc[t][0] = _mm512_slli_epi32(acc[t][0], 8), acc[t][1] = _mm512_slli_epi32(acc[t][1], 8);
+      GemmPlane<G>(acc, cg, q2, g * G);
+    }
+    const float* abg = ab + g * 2 * kGemmRows;
+    const __m512 a0 = _mm512_loadu_ps(abg), a1 = _mm512_loadu_ps(abg + 16);
+    const __m512 b0 = _mm512_loadu_ps(abg + 32), b1 = _mm512_loadu_ps(abg + 48);
+    for (int t = 0; t < T; ++t) {
+      const __m512 dt = _mm512_set1_ps(d[t][g * G / 32]), st = _mm512_set1_ps(sx[t][g]);
+      f[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][0]), _mm512_mul_ps(a0, dt), f[t][0]);
+      f[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][1]), _mm512_mul_ps(a1, dt), f[t][1]);
+      f[t][0] = _mm512_fmadd_ps(b0, st, f[t][0]);
+      f[t][1] = _mm512_fmadd_ps(b1, st, f[t][1]);
+    }
+  }
+  const int64_t n_rows = std::min<int64_t>(kGemmRows, n_out - p0);
+  const __mmask16 m0 = n_rows >= 16 ? 0xffff : static_cast<__mmask16>((1u << n_rows) - 1);
+  const __mmask16 m1 = n_rows >= 32 ? 0xffff : n_rows > 16 ? static_cast<__mmask16>((1u << (n_rows - 16)) - 1) : 0;
+  for (int t = 0; t < T && t < n_valid; ++t) {
+    float* dst = y + (t0 + t) * n_out + p0;
+    _mm512_mask_storeu_ps(dst, m0, f[t][0]);
+    _mm512_mask_storeu_ps(dst + 16, m1, f[t][1]);
+  }
+}
+
+template <class Fmt>
+void GemmPanel(const uint8_t* w, int64_t p0, int64_t n_out, const Activations& a, const float* s16, float* y) {
+  thread_local GemmScratch s;  // per thread, kept across calls (the pool's threads are persistent)
+  GemmPack<Fmt>(w, p0, n_out, a.n_in, s);
+  constexpr int G = Fmt::kGroup;
+  const float* sg = G == 32 ? a.s32.data() : s16;
+  for (int64_t t = 0; t < a.n_tok; t += kGemmTok) {
+    const int64_t n = std::min<int64_t>(kGemmTok, a.n_tok - t);
+    if (a.n_planes == 2) {
+      GemmTokens<G, 2>(s, a, sg, t, n, p0, n_out, y);
+    } else {
+      GemmTokens<G, 1>(s, a, sg, t, n, p0, n_out, y);
+    }
+  }
+}
+#endif  // AVX3_DL
 
 // i32 (32) to bytes, saturating: packs interleave the 128-bit halves, the permute puts the values back in order.
 HWY_INLINE __m256i PackBytes(const __m256i* qi) {
@@ -630,9 +847,31 @@ void RowsImpl(GgmlType t, const uint8_t* w, int64_t r0, int64_t r1, int64_t n_ou
 #endif
 }
 
-void QuantizeImpl(const float* x, int64_t n_tok, int64_t n_in, Activations* a) {
+// Whether prefill's int8 panels serve format t on this target (VNNI only: without it, the f32 panels are faster
+// than maddubs, and maddubs saturates on Q8_0's codes).
+bool GemmSupportedImpl(GgmlType t) {
+#if HWY_TARGET == HWY_AVX3_DL
+  return WithFormat(t, [](auto) {});
+#else
+  (void)t;
+  return false;
+#endif
+}
+
+// Rows p0 .. p0 + kGemmRows of one product for all tokens; s16 (n_tok, n_in / 16) as gemm describes.
+void GemmPanelImpl(GgmlType t, const uint8_t* w, int64_t p0, int64_t n_out, const Activations* a, const float* s16,
+                   float* y) {
+#if HWY_TARGET == HWY_AVX3_DL
+  WithFormat(t, [&](auto fmt) { GemmPanel<decltype(fmt)>(w, p0, n_out, *a, s16, y); });
+#else
+  (void)t, (void)w, (void)p0, (void)n_out, (void)a, (void)s16, (void)y;
+#endif
+}
+
+// Tokens [t0, t1) of x into a.
+void QuantizeImpl(const float* x, int64_t t0, int64_t t1, int64_t n_in, Activations* a) {
   const int64_t nb = n_in / kBlock;
-  for (int64_t t = 0; t < n_tok; ++t) {
+  for (int64_t t = t0; t < t1; ++t) {
     for (int64_t b = 0; b < nb; ++b) {
       const float* xb = x + t * n_in + b * kBlock;
       const int64_t i = t * nb + b;
@@ -689,8 +928,14 @@ HWY_EXPORT(CentreImpl);
 HWY_EXPORT(RowsImpl);
 HWY_EXPORT(QuantizeImpl);
 HWY_EXPORT(TargetName);
+HWY_EXPORT(GemmSupportedImpl);
+HWY_EXPORT(GemmPanelImpl);
 
 void quantize(const float* x, int64_t n_tok, int64_t n_in, int n_planes, Activations& a) {
+  quantize(nullptr, x, n_tok, n_in, n_planes, a);
+}
+
+void quantize(ThreadPool* pool, const float* x, int64_t n_tok, int64_t n_in, int n_planes, Activations& a) {
   a.n_planes = n_planes;
   a.n_tok = n_tok;
   a.n_in = n_in;
@@ -702,7 +947,46 @@ void quantize(const float* x, int64_t n_tok, int64_t n_in, int n_planes, Activat
   a.d.assign(n / kBlock + pad, 0.0f);
   a.s32.assign(n / kBlock + pad, 0.0f);
   a.ds.assign(2 * (n / kBlock) + pad, 0.0f);
-  HWY_DYNAMIC_DISPATCH(QuantizeImpl)(x, n_tok, n_in, &a);
+  // Prefill's activations are worth splitting (512 x 2048 values take about 0.3 ms on one core).
+  constexpr int64_t kTokPerTask = 32;
+  if (pool == nullptr || n_tok <= kTokPerTask) {
+    HWY_DYNAMIC_DISPATCH(QuantizeImpl)(x, 0, n_tok, n_in, &a);
+  } else {
+    pool->run((n_tok + kTokPerTask - 1) / kTokPerTask, [&](int64_t i) {
+      HWY_DYNAMIC_DISPATCH(QuantizeImpl)(x, i * kTokPerTask, std::min(n_tok, (i + 1) * kTokPerTask), n_in, &a);
+    });
+  }
+}
+
+bool gemm_supported(GgmlType t) { return HWY_DYNAMIC_DISPATCH(GemmSupportedImpl)(t); }
+
+void gemm(ThreadPool& pool, const Product* products, int n_products, const Activations& a) {
+  const int64_t n_in = a.n_in, n_tok = a.n_tok;
+  // Q6_K's 16-value groups need d_x sum Q per 16 values: from the sums of 4 (the calling thread's buffer).
+  thread_local std::vector<float> s16;  // (n_tok, n_in / 16)
+  bool need16 = false;
+  for (int i = 0; i < n_products; ++i) need16 |= products[i].t == GgmlType::Q6_K;
+  if (need16) {
+    s16.resize(static_cast<size_t>(n_tok * (n_in / 16)));
+    for (int64_t t = 0; t < n_tok; ++t)
+      for (int64_t j = 0; j < n_in / 16; ++j) {
+        const int32_t* s4 = a.sum4.data() + t * (n_in / 4) + 4 * j;
+        s16[static_cast<size_t>(t * (n_in / 16) + j)] =
+            a.d[static_cast<size_t>(t * (n_in / 32) + j / 2)] * static_cast<float>(s4[0] + s4[1] + s4[2] + s4[3]);
+      }
+  }
+  // One task per panel of kGemmRows rows, over all products: the panels of a product are independent.
+  std::vector<int64_t> first(static_cast<size_t>(n_products) + 1, 0);  // the first task of each product
+  for (int i = 0; i < n_products; ++i)
+    first[static_cast<size_t>(i) + 1] = first[static_cast<size_t>(i)] + (products[i].n_out + kGemmRows - 1) / kGemmRows;
+  const float* s16_data = s16.data();  // the calling thread's: in the workers, s16 names their own
+  pool.run(first.back(), [&](int64_t task) {
+    int i = 0;
+    while (first[static_cast<size_t>(i) + 1] <= task) ++i;
+    const Product& p = products[i];
+    HWY_DYNAMIC_DISPATCH(GemmPanelImpl)(p.t, p.w, (task - first[static_cast<size_t>(i)]) * kGemmRows, p.n_out, &a,
+                                        s16_data, p.y);
+  });
 }
 
 bool matmul(ThreadPool& pool, const Product* products, int n_products, const Activations& a) {

@@ -45,8 +45,10 @@ struct Activations {
   }
 };
 
-// Quantizes x as Activations describes into n_planes (1 or 2) planes; n_in must be a multiple of kBlock.
+// Quantizes x as Activations describes into n_planes (1 or 2) planes; n_in must be a multiple of kBlock. With a
+// pool, tokens are split between its threads (same bytes).
 void quantize(const float* x, int64_t n_tok, int64_t n_in, int n_planes, Activations& a);
+void quantize(ThreadPool* pool, const float* x, int64_t n_tok, int64_t n_in, int n_planes, Activations& a);
 
 // One product: y (n_tok, n_out) = dequantized activations * W^T, W (n_out, n_in) row-major in a quantized format.
 struct Product {
@@ -61,6 +63,13 @@ struct Product {
 // (they need AVX2; float formats never have them); the caller then runs the f32 kernels on the dequantized
 // activations, which gives the same values up to the order of the f32 sums.
 bool matmul(ThreadPool& pool, const Product* products, int n_products, const Activations& a);
+
+// Prefill (n_tok >= 8): the same products by packed int8 panels of kGemmRows rows, each unpacked once per call,
+// and a register-tiled dpbusd kernel over all tokens. gemm_supported(t) says whether this CPU and format have it
+// (AVX-512 VNNI; the quantized formats measured faster than the f32 panels); gemm must only be given those.
+constexpr int64_t kGemmRows = 32;
+bool gemm_supported(GgmlType t);
+void gemm(ThreadPool& pool, const Product* products, int n_products, const Activations& a);
 
 // The SIMD target the int8 kernels dispatch to ("AVX3_DL" uses VNNI), as Highway names it.
 const char* target_name();
