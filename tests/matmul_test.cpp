@@ -289,8 +289,8 @@ TEST(Matmul, RejectsBadInput) {
 // Rates on the shapes of the real models, printed for the record (no assertion: shared machines drift).
 // GFLOP/s counts 2 * n_out * n_in * n_tok; weight GB/s the bytes of W read per call. "hot" repeats one matrix,
 // which then sits in L2/L3 (the compute rate); "cold" cycles through copies filling 4x a 32 MiB L3, as decode
-// streams a whole model from DRAM (the bandwidth a token actually gets). Decode (n_tok 1) is timed in every
-// precision; prefill (n_tok 256) is F32 in all.
+// streams a whole model from DRAM (the bandwidth a token actually gets). Decode (n_tok 1) and prefill (n_tok 256:
+// the f32 panels, and the int8 panels where matmul_quantizes) are timed in every precision.
 TEST(MatmulBench, Rates) {
 #ifndef NDEBUG
   GTEST_SKIP() << "timings of a debug build mean nothing";
@@ -326,7 +326,9 @@ TEST(MatmulBench, Rates) {
       for (auto [n_tok, precision] : {std::pair{int64_t{1}, cpu::MatmulPrecision::Q8Activations},
                                       std::pair{int64_t{1}, cpu::MatmulPrecision::Q16Activations},
                                       std::pair{int64_t{1}, cpu::MatmulPrecision::F32},
-                                      std::pair{int64_t{256}, cpu::MatmulPrecision::F32}}) {
+                                      std::pair{int64_t{256}, cpu::MatmulPrecision::F32},
+                                      std::pair{int64_t{256}, cpu::MatmulPrecision::Q16Activations},
+                                      std::pair{int64_t{256}, cpu::MatmulPrecision::Q8Activations}}) {
         if (n_tok > 1 && c.n_out > 100000) continue;  // prefill never sees the whole vocabulary
         std::vector<float> x(static_cast<size_t>(n_tok * c.n_in)), y(static_cast<size_t>(n_tok * c.n_out));
         std::normal_distribution<float> normal(0.0f, 1.0f);
