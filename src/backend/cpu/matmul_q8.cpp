@@ -637,38 +637,78 @@ static_assert(kGemmRows == 32, "the kernel holds a panel step as two vectors of 
 struct GemmScratch {
   std::vector<uint8_t> codes;  // (n_in / 4, kGemmRows, 4): step k4 is 128 bytes, rows 0-15 then 16-31
   std::vector<float> ab;       // (n_in / G, 2, kGemmRows): a of each row, then b
-  std::vector<uint8_t> row;    // (n_in): one row's codes in value order
+  std::vector<uint8_t> rows;   // (16, n_in rounded up to 64): 16 rows' codes in value order, zero padded
   std::vector<float> ra, rb;   // (n_in / G): one row's a and b
 };
 
-// The panel of rows p0 .. p0 + kGemmRows of W; rows at or past n_out get zero codes and scales.
+// Transposes 16 x 16 u32: lane c of v[r] goes to lane r of v[c]. 4 k of a row are one u32, so this turns 16
+// rows x 64 k into the 16 panel vectors of 4 k x 16 rows. Pairs of u32 and u64 within 128-bit lanes, then the
+// 4 x 4 transpose of the lanes themselves.
+HWY_INLINE void Transpose16x16(__m512i* v) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 16; i += 2) {
+    a[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+    a[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // lane L of b[i + m]: lane 4L + m of rows i .. i + 4
+    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
+    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
+    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
+    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512i y0 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0x44), y1 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0xEE);
+    const __m512i y2 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0x44);
+    const __m512i y3 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0xEE);
+    v[m] = _mm512_shuffle_i32x4(y0, y2, 0x88);
+    v[4 + m] = _mm512_shuffle_i32x4(y0, y2, 0xDD);
+    v[8 + m] = _mm512_shuffle_i32x4(y1, y3, 0x88);
+    v[12 + m] = _mm512_shuffle_i32x4(y1, y3, 0xDD);
+  }
+}
+
+// The panel of rows p0 .. p0 + kGemmRows of W; rows at or past n_out get zero codes and scales. Each half of 16
+// rows is unpacked into rows (value order), then moved to the panel 64 k at a time through Transpose16x16 (a
+// store of 4 bytes per row and step instead cost about a cycle per weight, as much as 8 tokens of the kernel).
 template <class Fmt>
 void GemmPack(const uint8_t* w, int64_t p0, int64_t n_out, int64_t n_in, GemmScratch& s) {
   constexpr int G = Fmt::kGroup;
   constexpr int64_t kGroupsPerBlock = Fmt::kBlockValues / G;
-  const int64_t n_groups = n_in / G, n_blocks = n_in / Fmt::kBlockValues;
+  const int64_t n_groups = n_in / G, n_blocks = n_in / Fmt::kBlockValues, n_k4 = n_in / 4;
+  const int64_t stride = (n_in + 63) / 64 * 64;  // of rows
   const size_t row_bytes = static_cast<size_t>(n_blocks) * Fmt::kBlockBytes;
   s.codes.resize(static_cast<size_t>(n_in * kGemmRows));
   s.ab.resize(static_cast<size_t>(n_groups * 2 * kGemmRows));
-  s.row.resize(static_cast<size_t>(n_in));
+  if (s.rows.size() < static_cast<size_t>(16 * stride)) s.rows.assign(static_cast<size_t>(16 * stride), 0);
   s.ra.resize(static_cast<size_t>(n_groups));
   s.rb.resize(static_cast<size_t>(n_groups));
-  for (int r = 0; r < kGemmRows; ++r) {
-    if (p0 + r < n_out) {
-      const uint8_t* src = w + static_cast<size_t>(p0 + r) * row_bytes;
-      for (int64_t blk = 0; blk < n_blocks; ++blk)
-        Fmt::Unpack(src + static_cast<size_t>(blk) * Fmt::kBlockBytes, s.row.data() + blk * Fmt::kBlockValues,
-                    s.ra.data() + blk * kGroupsPerBlock, s.rb.data() + blk * kGroupsPerBlock);
-    } else {
-      std::fill(s.row.begin(), s.row.end(), uint8_t{0});
-      std::fill(s.ra.begin(), s.ra.end(), 0.0f);
-      std::fill(s.rb.begin(), s.rb.end(), 0.0f);
+  for (int h = 0; h < 2; ++h) {
+    for (int r = 0; r < 16; ++r) {
+      const int64_t row = p0 + 16 * h + r;
+      uint8_t* dst = s.rows.data() + r * stride;
+      if (row < n_out) {
+        const uint8_t* src = w + static_cast<size_t>(row) * row_bytes;
+        for (int64_t blk = 0; blk < n_blocks; ++blk)
+          Fmt::Unpack(src + static_cast<size_t>(blk) * Fmt::kBlockBytes, dst + blk * Fmt::kBlockValues,
+                      s.ra.data() + blk * kGroupsPerBlock, s.rb.data() + blk * kGroupsPerBlock);
+      } else {
+        std::fill(dst, dst + n_in, uint8_t{0});
+        std::fill(s.ra.begin(), s.ra.end(), 0.0f);
+        std::fill(s.rb.begin(), s.rb.end(), 0.0f);
+      }
+      std::fill(dst + n_in, dst + stride, uint8_t{0});  // the pad of the last 64 k
+      const int rr = 16 * h + r;
+      for (int64_t g = 0; g < n_groups; ++g) {
+        s.ab[static_cast<size_t>(g * 2 * kGemmRows + rr)] = s.ra[static_cast<size_t>(g)];
+        s.ab[static_cast<size_t>(g * 2 * kGemmRows + kGemmRows + rr)] = s.rb[static_cast<size_t>(g)];
+      }
     }
-    uint8_t* dst = s.codes.data() + (r / 16) * 64 + (r % 16) * 4;
-    for (int64_t k4 = 0; k4 < n_in / 4; ++k4) std::memcpy(dst + k4 * 128, s.row.data() + 4 * k4, 4);
-    for (int64_t g = 0; g < n_groups; ++g) {
-      s.ab[static_cast<size_t>(g * 2 * kGemmRows + r)] = s.ra[static_cast<size_t>(g)];
-      s.ab[static_cast<size_t>(g * 2 * kGemmRows + kGemmRows + r)] = s.rb[static_cast<size_t>(g)];
+    for (int64_t k0 = 0; k0 < n_in; k0 += 64) {
+      __m512i v[16];
+      for (int r = 0; r < 16; ++r) v[r] = _mm512_loadu_si512(s.rows.data() + r * stride + k0);
+      Transpose16x16(v);
+      const int64_t n_c = std::min<int64_t>(16, n_k4 - k0 / 4);  // steps of 4 k left (n_in a multiple of 32)
+      for (int64_t c = 0; c < n_c; ++c) _mm512_storeu_si512(s.codes.data() + (k0 / 4 + c) * 128 + 64 * h, v[c]);
     }
   }
 }
