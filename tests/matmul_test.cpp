@@ -6,7 +6,8 @@
 // test does it on its own, from the rule in matmul_q8.h). Both sides then see identical values (the SIMD
 // dequantizers are exact, see quant.cpp, and the int8 products and block sums are exact in i32), so they differ
 // only by summation: matmul adds in f32 (the panel kernel sequentially per output, the rows kernels in lane-wise
-// partial sums of products or of block sums), the reference in double. A sequential f32 sum of n terms errs by at
+// partial sums of products or of block sums, the int8 panels of prefill group by group after an exact i32 dot of
+// the group), the reference in double. A sequential f32 sum of n terms errs by at
 // most about n * 2^-24 * sum|terms|, and in practice, the roundings behaving like a random walk, by about
 // sqrt(n) * 2^-24 * sum|terms|: 3e-6 at n_in = 2048, the largest here. 1e-5 leaves margin over that (the worst
 // seen is printed, about 3e-7), while a wrong layout, scale, tail or row is off by a good fraction of sum|x*w|,
@@ -97,14 +98,15 @@ struct Shape {
 };
 
 // n_tok 1..7 take the rows path (groups of 4, 2, 1 tokens; 3 padded to 4), 8 and up the panels (f32: 12 or 6, 4
-// and 1 tokens per kernel call; int8: 6 tokens, the last pass padded); n_out below, at and past a panel of 32 rows (16 on AVX2) and a group of 4 rows;
-// n_in not a multiple of 256 (32-blocks) or of a vector (float formats, both paths).
+// and 1 tokens per kernel call; int8: 6 tokens per pass, the last padded, every n_tok % 6 below); n_out below, at
+// and past a panel of 32 rows (16 on AVX2) and a group of 4 rows; n_in not a multiple of 256 (32-blocks), of 64
+// (the int8 packing's transpose) or of a vector (float formats, both paths).
 const Shape kShapes[] = {{1, 32, 1},   {37, 576, 1},   {5, 100, 2},    {33, 256, 3},  {64, 512, 4},
                          {96, 2048, 5}, {9, 64, 7},    {40, 96, 8},    {20, 100, 9},  {45, 768, 13},
                          {70, 320, 29}, {17, 1024, 37}, {3, 64, 64},   {32, 128, 16},
-                         // prefill's int8 panels: 32 rows, 6 tokens per pass (n_tok % 6 = 0 .. 5 below), groups of
-                         // 32 (16 for Q6_K); n_out one past, one short of and half a panel
-                         {33, 640, 600}, {31, 96, 8},  {16, 256, 11},  {65, 160, 100}, {48, 2048, 10}};
+                         // prefill's int8 panels (32 rows, groups of 32 or Q6_K's 16): n_out half a panel and one
+                         // more, one short, half, two and one more, one and a half; up to 600 tokens
+                         {17, 256, 600}, {31, 96, 8},  {16, 256, 11},  {65, 160, 100}, {48, 2048, 10}};
 
 // Runs body once for each SIMD target matmul was built for that this CPU has (the fallback always), so the
 // AVX2 and scalar code is checked on an AVX-512 machine too. AVX3_DL runs the int8 kernels with VNNI (the f32
