@@ -78,9 +78,11 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
 
     // Attention block.
     cpu::rmsnorm(x_.data(), w.attn_norm.data(), xn_.data(), n, E, c.rms_eps);
-    matmul(w.wq, xn_.data(), n, q_.data());
-    matmul(w.wk, xn_.data(), n, k_.data());
-    matmul(w.wv, xn_.data(), n, v_.data());
+    // q, k and v in one parallel region, the activations quantized once (matmul_multi: the same values).
+    const cpu::MatmulOutput qkv[] = {{w.wq.type, w.wq.data, w.wq.n_out, q_.data()},
+                                     {w.wk.type, w.wk.data, w.wk.n_out, k_.data()},
+                                     {w.wv.type, w.wv.data, w.wv.n_out, v_.data()}};
+    cpu::matmul_multi(pool_, qkv, 3, w.wq.n_in, xn_.data(), n);
     if (c.has_qk_norm) {
       cpu::rmsnorm(q_.data(), w.q_norm.data(), q_.data(), n * c.n_head, D, c.rms_eps);
       cpu::rmsnorm(k_.data(), w.k_norm.data(), k_.data(), n * c.n_head_kv, D, c.rms_eps);
@@ -108,8 +110,9 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
 
     // Feed-forward block.
     cpu::rmsnorm(x_.data(), w.ffn_norm.data(), xn_.data(), n, E, c.rms_eps);
-    matmul(w.w_gate, xn_.data(), n, gate_.data());
-    matmul(w.w_up, xn_.data(), n, up_.data());
+    const cpu::MatmulOutput gate_up[] = {{w.w_gate.type, w.w_gate.data, w.w_gate.n_out, gate_.data()},
+                                         {w.w_up.type, w.w_up.data, w.w_up.n_out, up_.data()}};
+    cpu::matmul_multi(pool_, gate_up, 2, w.w_gate.n_in, xn_.data(), n);
     cpu::gated_activation(gate_.data(), up_.data(), static_cast<int64_t>(n) * c.n_ff, c.ffn_act);
     matmul(w.w_down, gate_.data(), n, out_.data());
     if (c.has_post_norms) cpu::rmsnorm(out_.data(), w.post_ffn_norm.data(), out_.data(), n, E, c.rms_eps);
