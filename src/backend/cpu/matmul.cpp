@@ -12,6 +12,11 @@
 //
 // The SIMD dequantizers give the same values as quant.cpp's scalar reference (the products are exact, see there),
 // so matmul differs from matmul_reference only by the order of the f32 sums.
+//
+// With a quantized precision (the default) and a quantized format, the int8 kernels of matmul_q8.cpp take over:
+// below kPanelMinTok on every CPU with AVX2 (without, the rows path here runs on the dequantized activations), and
+// from it on where the CPU has VNNI (int8 panels; matmul_quantizes). The paths here serve the float formats, F32
+// precision, and prefill on CPUs without VNNI.
 #include "backend/cpu/matmul.h"
 
 #include <algorithm>

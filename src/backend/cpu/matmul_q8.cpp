@@ -1,5 +1,5 @@
-// Integer dot products of GGUF weight blocks with quantized activations (matmul_q8.h), for decode and small
-// batches.
+// Integer dot products of GGUF weight blocks with quantized activations (matmul_q8.h): the rows kernels for decode
+// and small batches (below), and for prefill int8 panels with a VNNI micro-kernel ("prefill", further down).
 //
 // Per 32 weights of one row: the format unpacks its codes to 32 unsigned bytes in value order (nibbles, fifth or
 // sixth bits merged in); one dpbusd (VNNI) or maddubs + madd (AVX2) per activation plane dots them with the 32
