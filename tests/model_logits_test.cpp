@@ -89,8 +89,9 @@ void check_position(const json& g, const json& probe_ids, const float* logits, i
   EXPECT_NEAR(s.lse, g["logsumexp"].get<double>(), tol) << where;
   // The argmax must agree unless the reference itself has a near-tie at the top.
   const auto top = std::max_element(logits, logits + n_vocab) - logits;
-  if (ids.size() > 1 && ref[0].get<double>() - ref[1].get<double>() > 2 * tol)
+  if (ids.size() > 1 && ref[0].get<double>() - ref[1].get<double>() > 2 * tol) {
     EXPECT_EQ(top, ids[0].get<int64_t>()) << where;
+  }
   std::printf("  %-40s max |diff| %.2e\n", where.c_str(), worst);
 }
 

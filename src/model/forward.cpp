@@ -53,7 +53,6 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
   const ModelConfig& c = model_.config();
   if (n <= 0 || n > n_batch_) fail("internal: chunk of {} tokens for a batch of {}", n, n_batch_);
   const int64_t E = c.n_embd, D = c.head_dim;
-  const int64_t q_dim = c.n_head * D, kv_dim = c.n_head_kv * D;
 
   // Embeddings: one dequantized row per token.
   const Weight& emb = model_.token_embd();
