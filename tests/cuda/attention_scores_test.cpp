@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "cuda_test_util.h"
 #include "core/fp16.h"
 #include "kivi_test_pages.h"
 
@@ -24,39 +25,7 @@ namespace {
 
 using namespace longctx;
 namespace lc = longctx::cuda;
-
-int g_failures = 0;
-
-#define CHECK_OK(expr)                                                                                 \
-  do {                                                                                                 \
-    const lc::Status s_ = (expr);                                                                      \
-    if (!s_.ok()) {                                                                                    \
-      std::fprintf(stderr, "FAIL %s:%d: %s -> %s\n", __FILE__, __LINE__, #expr, s_.message().c_str()); \
-      std::exit(1);                                                                                    \
-    }                                                                                                  \
-  } while (0)
-
-struct DevBuf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit DevBuf(size_t n) : bytes(n) {
-    if (n) CHECK_OK(lc::device_alloc(&p, n));
-  }
-  ~DevBuf() {
-    if (p) lc::device_free(p);
-  }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-};
-
-uint16_t to_bits(float x, lc::KvDtype dt) {
-  if (dt == lc::KvDtype::F16) return f32_to_fp16(x);
-  uint32_t b;
-  std::memcpy(&b, &x, 4);
-  b += 0x7fffu + ((b >> 16) & 1u);
-  return static_cast<uint16_t>(b >> 16);
-}
-float from_bits(uint16_t h, lc::KvDtype dt) { return dt == lc::KvDtype::F16 ? fp16_to_f32(h) : bf16_to_f32(h); }
+using namespace longctx::cuda_test;
 
 struct Case {
   const char* name;

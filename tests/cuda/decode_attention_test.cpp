@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "cuda_test_util.h"
 #include "core/fp16.h"
 #include "kivi_test_pages.h"
 
@@ -36,40 +37,7 @@ namespace {
 
 using namespace longctx;
 namespace lc = longctx::cuda;
-
-int g_failures = 0;
-
-#define CHECK_OK(expr)                                                                        \
-  do {                                                                                        \
-    const lc::Status s_ = (expr);                                                             \
-    if (!s_.ok()) {                                                                           \
-      std::fprintf(stderr, "FAIL %s:%d: %s -> %s\n", __FILE__, __LINE__, #expr, s_.message().c_str()); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
-
-uint16_t to_bits(float x, lc::KvDtype dt) {
-  if (dt == lc::KvDtype::F16) return f32_to_fp16(x);
-  uint32_t b;
-  std::memcpy(&b, &x, 4);
-  b += 0x7fffu + ((b >> 16) & 1u);  // round to nearest even (inputs are finite)
-  return static_cast<uint16_t>(b >> 16);
-}
-float from_bits(uint16_t h, lc::KvDtype dt) { return dt == lc::KvDtype::F16 ? fp16_to_f32(h) : bf16_to_f32(h); }
-
-// A device buffer that frees itself.
-struct DevBuf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit DevBuf(size_t n) : bytes(n) {
-    if (n) CHECK_OK(lc::device_alloc(&p, n));
-  }
-  ~DevBuf() {
-    if (p) lc::device_free(p);
-  }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-};
+using namespace longctx::cuda_test;
 
 // The math of cpu::attention_reference (src/backend/cpu/attention.cpp) for one query row, ported so that the device
 // script can build this test with nvcc alone: softmax over every visible key in one pass, in double.

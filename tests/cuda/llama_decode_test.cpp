@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "cuda_test_util.h"
 #include "backend/cuda/llama_decode.h"
 #include "backend/cuda/synthetic.h"
 #include "core/fp16.h"
@@ -27,22 +28,7 @@ namespace {
 
 using namespace longctx;
 namespace lc = longctx::cuda;
-
-int g_failures = 0;
-
-#define CHECK_OK(expr)                                                                                     \
-  do {                                                                                                     \
-    const lc::Status s_ = (expr);                                                                          \
-    if (!s_.ok()) {                                                                                        \
-      std::fprintf(stderr, "FAIL %s:%d: %s -> %s\n", __FILE__, __LINE__, #expr, s_.message().c_str());     \
-      std::exit(1);                                                                                        \
-    }                                                                                                      \
-  } while (0)
-
-void report(bool ok, const std::string& what) {
-  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
-  if (!ok) ++g_failures;
-}
+using namespace longctx::cuda_test;
 
 float bf16r(double x) { return bf16_to_f32(lc::f32_to_bf16_bits_rne(static_cast<float>(x))); }
 

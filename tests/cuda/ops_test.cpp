@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "cuda_test_util.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/synthetic.h"
@@ -33,54 +34,10 @@ namespace {
 
 using namespace longctx;
 namespace lc = longctx::cuda;
-
-int g_failures = 0;
-
-#define CHECK_OK(expr)                                                                                     \
-  do {                                                                                                     \
-    const lc::Status s_ = (expr);                                                                          \
-    if (!s_.ok()) {                                                                                        \
-      std::fprintf(stderr, "FAIL %s:%d: %s -> %s\n", __FILE__, __LINE__, #expr, s_.message().c_str());     \
-      std::exit(1);                                                                                        \
-    }                                                                                                      \
-  } while (0)
-
-void report(bool ok, const std::string& what) {
-  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
-  if (!ok) ++g_failures;
-}
+using namespace longctx::cuda_test;
 
 uint16_t bf16_bits(float x) { return lc::f32_to_bf16_bits_rne(x); }
 float bf16_round(double x) { return bf16_to_f32(bf16_bits(static_cast<float>(x))); }
-
-struct DevBuf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit DevBuf(size_t n) : bytes(n) {
-    if (n) CHECK_OK(lc::device_alloc(&p, n));
-  }
-  ~DevBuf() {
-    if (p) lc::device_free(p);
-  }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(p);
-  }
-  void poison() { CHECK_OK(lc::device_fill_bytes(p, 0xff, bytes)); }
-  template <typename T>
-  void upload(const std::vector<T>& v) {
-    CHECK_OK(lc::copy_to_device(p, v.data(), v.size() * sizeof(T)));
-  }
-  template <typename T>
-  std::vector<T> download(size_t n) const {
-    std::vector<T> v(n);
-    CHECK_OK(lc::device_synchronize());
-    CHECK_OK(lc::copy_to_host(v.data(), p, n * sizeof(T)));
-    return v;
-  }
-};
 
 // Compares n values; returns the number outside atol + rtol |ref| (NaN counts) and prints the first.
 size_t compare(const char* what, const float* out, const float* ref, size_t n, double atol, double rtol,
