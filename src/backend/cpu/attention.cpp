@@ -107,20 +107,26 @@ void ScoreRows(D d, const float* Q, int32_t dim, const TK* Kt, int32_t T, float*
   for (; v < n_vec; ++v) ScoreTile<NR, 1>(d, Q, dim, Kt, T, v * N, S, lds);
 }
 
+// Calls f(std::integral_constant<int, NR>(), r) for consecutive row tiles [r, r + NR) covering [0, R): full tiles
+// of kRowTile rows, then one tile of the 1 to 3 rows left.
+template <class F>
+HWY_INLINE void ForRowTiles(int32_t R, F f) {
+  int32_t r = 0;
+  for (; r + kRowTile <= R; r += kRowTile) f(std::integral_constant<int, kRowTile>(), r);
+  switch (R - r) {
+    case 3: f(std::integral_constant<int, 3>(), r); break;
+    case 2: f(std::integral_constant<int, 2>(), r); break;
+    case 1: f(std::integral_constant<int, 1>(), r); break;
+    default: break;
+  }
+}
+
 // S (R, lds) = Q (R, dim) Kt (dim, T), in the first T columns.
 template <class D, typename TK>
 void Scores(D d, const float* Q, int32_t R, int32_t dim, const TK* Kt, int32_t T, float* S, size_t lds) {
-  int32_t r = 0;
-  for (; r + kRowTile <= R; r += kRowTile)
-    ScoreRows<kRowTile>(d, Q + static_cast<size_t>(r) * dim, dim, Kt, T, S + static_cast<size_t>(r) * lds, lds);
-  const float* Qr = Q + static_cast<size_t>(r) * dim;
-  float* Sr = S + static_cast<size_t>(r) * lds;
-  switch (R - r) {
-    case 3: ScoreRows<3>(d, Qr, dim, Kt, T, Sr, lds); break;
-    case 2: ScoreRows<2>(d, Qr, dim, Kt, T, Sr, lds); break;
-    case 1: ScoreRows<1>(d, Qr, dim, Kt, T, Sr, lds); break;
-    default: break;
-  }
+  ForRowTiles(R, [&](auto nr, int32_t r) {
+    ScoreRows<decltype(nr)::value>(d, Q + static_cast<size_t>(r) * dim, dim, Kt, T, S + static_cast<size_t>(r) * lds, lds);
+  });
 }
 
 // Codes [i0, i0 + lanes) of a packed KIVI row (kv_page_codec.h) as floats. They share one run of the row when
@@ -228,17 +234,9 @@ void PvRows(D d, const float* P, int32_t T, const TV* V, int32_t dim, int32_t nv
 template <class D, typename TV>
 void AccumulateValues(D d, const float* P, int32_t R, int32_t T, const TV* V, int32_t dim, int32_t nv,
                       const float* corr, float* O) {
-  int32_t r = 0;
-  for (; r + kRowTile <= R; r += kRowTile)
-    PvRows<kRowTile>(d, P + static_cast<size_t>(r) * T, T, V, dim, nv, corr + r, O + static_cast<size_t>(r) * dim);
-  const float* Pr = P + static_cast<size_t>(r) * T;
-  float* Or = O + static_cast<size_t>(r) * dim;
-  switch (R - r) {
-    case 3: PvRows<3>(d, Pr, T, V, dim, nv, corr + r, Or); break;
-    case 2: PvRows<2>(d, Pr, T, V, dim, nv, corr + r, Or); break;
-    case 1: PvRows<1>(d, Pr, T, V, dim, nv, corr + r, Or); break;
-    default: break;
-  }
+  ForRowTiles(R, [&](auto nr, int32_t r) {
+    PvRows<decltype(nr)::value>(d, P + static_cast<size_t>(r) * T, T, V, dim, nv, corr + r, O + static_cast<size_t>(r) * dim);
+  });
 }
 
 // One page of the online softmax for rows [0, R): S (R, T) holds logits, -inf where masked; they become
