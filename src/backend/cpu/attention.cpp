@@ -540,28 +540,42 @@ void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q
 }
 
 
+namespace {
+
+// The plain references' shared first step: one query row's logits against every slot of a head, in double
+// (scaled; -inf where the key is not visible), and their maximum (-inf when the row sees nothing).
+std::vector<double> reference_logits(const AttentionParams& p, const float* qr, int32_t q_pos, const KvHeadView& hv,
+                                     int32_t pt, double* max_logit) {
+  const int32_t d = p.head_dim;
+  std::vector<float> krow(static_cast<size_t>(d));
+  std::vector<double> logit(static_cast<size_t>(hv.n_tokens), -INFINITY);
+  double mx = -INFINITY;
+  for (int32_t j = 0; j < hv.n_tokens; ++j) {
+    if (!key_visible(hv.positions[j], q_pos, p.window)) continue;
+    kv_page_read_keys(hv.formats[static_cast<size_t>(j / pt)], pt, d, hv.pages[static_cast<size_t>(j / pt)], j % pt, 1,
+                      krow.data());
+    double sc = 0;
+    for (int32_t i = 0; i < d; ++i) sc += static_cast<double>(qr[i]) * krow[static_cast<size_t>(i)];
+    logit[static_cast<size_t>(j)] = sc * p.scale;
+    mx = std::max(mx, logit[static_cast<size_t>(j)]);
+  }
+  *max_logit = mx;
+  return logit;
+}
+
+}  // namespace
+
 void attention_scores_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                                 int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride) {
   const int32_t d = p.head_dim;
   const int32_t group = p.n_head / p.n_head_kv;
-  const int32_t pt = kv.page_tokens;
-  std::vector<float> krow(static_cast<size_t>(d));
   for (int32_t h = 0; h < p.n_head; ++h) {
     const KvHeadView& hv = kv.heads[static_cast<size_t>(h / group)];
     float* acc = scores + static_cast<size_t>(h / group) * n_slots_stride;
     for (int32_t t = first_row; t < n_tok; ++t) {
-      const float* qr = q + (static_cast<size_t>(t) * p.n_head + h) * d;
-      std::vector<double> logit(static_cast<size_t>(hv.n_tokens), -INFINITY);
-      double mx = -INFINITY;
-      for (int32_t j = 0; j < hv.n_tokens; ++j) {
-        if (!key_visible(hv.positions[j], q_pos[t], p.window)) continue;
-        kv_page_read_keys(hv.formats[static_cast<size_t>(j / pt)], pt, d, hv.pages[static_cast<size_t>(j / pt)], j % pt, 1,
-                          krow.data());
-        double sc = 0;
-        for (int32_t i = 0; i < d; ++i) sc += static_cast<double>(qr[i]) * krow[static_cast<size_t>(i)];
-        logit[static_cast<size_t>(j)] = sc * p.scale;
-        mx = std::max(mx, logit[static_cast<size_t>(j)]);
-      }
+      double mx;
+      const std::vector<double> logit =
+          reference_logits(p, q + (static_cast<size_t>(t) * p.n_head + h) * d, q_pos[t], hv, kv.page_tokens, &mx);
       if (mx == -INFINITY) continue;
       double sum = 0;
       for (double l : logit) sum += std::exp(l - mx);
@@ -576,22 +590,13 @@ void attention_reference(const AttentionParams& p, const float* q, const int32_t
   const int32_t d = p.head_dim;
   const int32_t group = p.n_head / p.n_head_kv;
   const int32_t pt = kv.page_tokens;
-  std::vector<float> krow(static_cast<size_t>(d)), vrow(static_cast<size_t>(d));
+  std::vector<float> vrow(static_cast<size_t>(d));
   for (int32_t t = 0; t < n_tok; ++t) {
     for (int32_t h = 0; h < p.n_head; ++h) {
       const KvHeadView& hv = kv.heads[static_cast<size_t>(h / group)];
-      const float* qr = q + (static_cast<size_t>(t) * p.n_head + h) * d;
-      std::vector<double> scores(static_cast<size_t>(hv.n_tokens), -INFINITY);
-      double mx = -INFINITY;
-      for (int32_t j = 0; j < hv.n_tokens; ++j) {
-        if (!key_visible(hv.positions[j], q_pos[t], p.window)) continue;
-        kv_page_read_keys(hv.formats[static_cast<size_t>(j / pt)], pt, d, hv.pages[static_cast<size_t>(j / pt)], j % pt, 1,
-                          krow.data());
-        double sc = 0;
-        for (int32_t i = 0; i < d; ++i) sc += static_cast<double>(qr[i]) * krow[static_cast<size_t>(i)];
-        scores[static_cast<size_t>(j)] = sc * p.scale;
-        mx = std::max(mx, scores[static_cast<size_t>(j)]);
-      }
+      double mx;
+      const std::vector<double> scores =
+          reference_logits(p, q + (static_cast<size_t>(t) * p.n_head + h) * d, q_pos[t], hv, pt, &mx);
       std::vector<double> acc(static_cast<size_t>(d), 0.0);
       double sum = 0;
       for (int32_t j = 0; j < hv.n_tokens && mx != -INFINITY; ++j) {
