@@ -25,25 +25,10 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/kivi_layout.h"
+#include "bench_util.cuh"
 
 namespace lc = longctx::cuda;
-
-#define CK(call)                                                                                         \
-  do {                                                                                                   \
-    cudaError_t e_ = (call);                                                                             \
-    if (e_ != cudaSuccess) {                                                                             \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));          \
-      std::exit(1);                                                                                      \
-    }                                                                                                    \
-  } while (0)
-#define CS(expr)                                                                                \
-  do {                                                                                          \
-    const lc::Status s_ = (expr);                                                               \
-    if (!s_.ok()) {                                                                             \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.message().c_str());            \
-      std::exit(1);                                                                             \
-    }                                                                                           \
-  } while (0)
+using namespace longctx::cuda_bench;
 
 namespace {
 
@@ -54,20 +39,6 @@ void record(const char* what, const char* dtype, long ctx, int n_splits, double 
     std::fprintf(g_json,
                  "{\"what\":\"%s\",\"dtype\":\"%s\",\"ctx\":%ld,\"n_splits\":%d,\"us\":%.3f,\"bytes\":%.0f,\"tbps\":%.4f}\n",
                  what, dtype, ctx, n_splits, us, bytes, tbps);
-}
-
-// Random values of unit scale in f16/bf16 (as u16 bits), from a per-element hash: fills gigabytes in microseconds.
-__global__ void fill_random(uint16_t* p, size_t n, uint32_t seed, int is_bf16) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    uint32_t x = static_cast<uint32_t>(i) * 0x9E3779B1u ^ seed ^ static_cast<uint32_t>(i >> 32) * 0x85EBCA77u;
-    x ^= x >> 15;
-    x *= 0x2C1B3C6Du;
-    x ^= x >> 12;
-    x *= 0x297A2D39u;
-    x ^= x >> 15;
-    const float u = (static_cast<float>(x >> 8) * (1.0f / 16777216.0f) - 0.5f) * 3.4f;
-    p[i] = is_bf16 ? __bfloat16_as_ushort(__float2bfloat16(u)) : __half_as_ushort(__float2half(u));
-  }
 }
 
 // Reads n16 16-byte words, four loads in flight per thread per step; writes only if an impossible value appears,
@@ -116,42 +87,6 @@ __global__ void fix_kivi_scales(uint8_t* pool, size_t n_pages, int d, int bits, 
     }
     *dst = *reinterpret_cast<uint32_t*>(&val);
   }
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Median over `reps` replays of a graph holding `steps` launches; returns microseconds per launch.
-template <typename F>
-double time_graph(cudaStream_t st, int steps, int reps, F&& body) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < steps; ++i) body(i);
-  CK(cudaStreamEndCapture(st, &graph));
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  CK(cudaGraphLaunch(exec, st));  // warm-up
-  CK(cudaStreamSynchronize(st));
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    CK(cudaEventRecord(e0, st));
-    CK(cudaGraphLaunch(exec, st));
-    CK(cudaEventRecord(e1, st));
-    CK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    t.push_back(ms * 1e3 / steps);
-  }
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
-  CK(cudaGraphExecDestroy(exec));
-  CK(cudaGraphDestroy(graph));
-  return median(t);
 }
 
 struct KvCopy {

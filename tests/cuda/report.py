@@ -1,5 +1,5 @@
 """Prints the device run's closing table from attention_bench's and torch_sdpa_bench's JSON lines.
-Usage: report.py ours.jsonl torch.jsonl [check_status]"""
+Usage: report.py ours.jsonl torch.jsonl [check_status]   (ours.jsonl: attention_bench's and prefill_bench's lines)"""
 import json
 import sys
 
@@ -72,3 +72,24 @@ for r in ours:
     if r["what"] == "scores":
         print(f"attention scores (token policies' votes) over {r['dtype']} pages at {r['ctx'] // 1024}K, "
               f"{r['n_q']} query row(s): {r['us']:.1f} us")
+
+prefill = [r for r in ours if r["what"] == "prefill"]
+if prefill:
+    print()
+    print("| prefill, causal, B=1, d=128, bf16 | context | heads q/kv | us | TFLOP/s | torch cudnn | torch flash | "
+          "torch efficient | ours / cudnn | ours / best torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in prefill:
+        cells, best, cudnn = [], 0.0, 0.0
+        for b in ("cudnn", "flash", "efficient"):
+            t = next((x for x in torch_rows if x.get("what") == "torch_prefill" and x.get("backend") == b and
+                      x.get("ctx") == r["ctx"] and x.get("n_head_kv") == r["n_head_kv"] and "tflops" in x), None)
+            cells.append(f"{t['tflops']:.1f}" if t else "-")
+            if t:
+                best = max(best, t["tflops"])
+                cudnn = t["tflops"] if b == "cudnn" else cudnn
+        print(f"| longctx | {r['ctx'] // 1024}K | {r['n_head']}/{r['n_head_kv']} | {r['us']:.0f} | {r['tflops']:.1f} | "
+              f"{' | '.join(cells)} | {r['tflops'] / cudnn:.2f}x | {r['tflops'] / best:.2f}x |"
+              if cudnn and best else
+              f"| longctx | {r['ctx'] // 1024}K | {r['n_head']}/{r['n_head_kv']} | {r['us']:.0f} | {r['tflops']:.1f} | "
+              f"{' | '.join(cells)} | - | - |")

@@ -4,7 +4,10 @@ B = 1, 32 query / 8 kv heads, d = 128, bf16, contexts 4K/32K/128K; backends cuDN
 each in two forms: enable_gqa=True (q (1, 32, 1, d) against k, v (1, 8, S, d)), and "packed" (the 4 query heads of a
 kv-head as 4 query rows, q (1, 8, 4, d), not causal: the same function for decode, and the form FlashAttention's
 decode path uses). Median of CUDA-graph replays of many steps over enough K/V copies to miss L2; bytes = K + V.
-Usage: torch_sdpa_bench.py out.jsonl
+
+Prefill (the shapes of tests/cuda/prefill_bench.cu): B = 1, 32 query heads against 32 or 8 kv heads, d = 128, bf16,
+causal, 4K/16K/32K tokens, q, k, v (1, heads, n, d); FLOPs 4 n^2 d heads / 2, as FlashAttention counts them.
+Usage: torch_sdpa_bench.py out.jsonl [decode] [prefill]   (both when neither is named)
 """
 import json
 import math
@@ -62,6 +65,7 @@ def time_plain(fn, steps, reps=9):
 
 def main():
     out = open(sys.argv[1], "w") if len(sys.argv) > 1 else None
+    modes = set(sys.argv[2:]) or {"decode", "prefill"}
 
     def record(**kw):
         print(json.dumps(kw), flush=True)
@@ -80,6 +84,10 @@ def main():
     record(what="torch_copy", us=us, tbps=2 * a.numel() * 2 / (us * 1e-6) / 1e12)
     del a, b
 
+    if "prefill" in modes:
+        prefill(record)
+    if "decode" not in modes:
+        return
     for ctx in (4096, 32768, 131072):
         kv_bytes = 2 * ctx * HKV * D * 2
         n_copies = max(1, math.ceil(3 * l2 / kv_bytes))
@@ -112,6 +120,28 @@ def main():
                     record(what="torch", backend=bname, form=form, ctx=ctx, error=str(e).splitlines()[0][:160])
         del ks, vs
         torch.cuda.empty_cache()
+
+
+def prefill(record):
+    for hkv in (32, 8):
+        for n in (4096, 16384, 32768):
+            q = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+            k = torch.randn(1, hkv, n, D, device="cuda", dtype=torch.bfloat16)
+            v = torch.randn(1, hkv, n, D, device="cuda", dtype=torch.bfloat16)
+            flops = 4 * n * n * D * H / 2
+            for bname, backend in BACKENDS.items():
+                fn = lambda i: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=hkv != H)
+                try:
+                    with sdpa_kernel([backend]):
+                        us = time_plain(fn, 2 if n >= 16384 else 8, 5)
+                    record(what="torch_prefill", backend=bname, ctx=n, n_head=H, n_head_kv=hkv, us=us,
+                           tflops=flops / (us * 1e-6) / 1e12)
+                except Exception as e:  # a backend that refuses a shape is reported, not fatal
+                    torch.cuda.synchronize()
+                    record(what="torch_prefill", backend=bname, ctx=n, n_head=H, n_head_kv=hkv,
+                           error=str(e).splitlines()[0][:160])
+            del q, k, v
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -121,6 +121,31 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
                         void* stream = nullptr);
 
 // ---------------------------------------------------------------------------------------------------------------
+// Prefill attention: n_q query rows per head against n_kv keys and values held densely (the current chunk's K and V,
+// or a prefix gathered ahead of it), on tensor cores (prefill_attention.cu). Query row i is at position q_offset + i,
+// key j at position j: causal means row i sees keys j <= q_offset + i, and a window w > 0 further only j > position
+// - w. Heads: query head h reads kv-head h / (n_head / n_head_kv) (GQA). Every tensor is (rows, heads, head_dim)
+// with the given strides in elements (0: the packed (token, head, dim) layout of the QKV product), in `dtype`, the
+// output too. Scores and the softmax in f32; P is rounded to `dtype` for its product with V, as FlashAttention does.
+// A row that sees no key gets zeros.
+struct PrefillAttentionParams {
+  int32_t n_q = 0, n_kv = 0;
+  int32_t n_head = 0, n_head_kv = 0;
+  int32_t head_dim = 0;  // 64 or 128
+  int32_t q_offset = 0;
+  bool causal = true;
+  int32_t window = 0;  // needs causal
+  float scale = 1.0f;
+  KvDtype dtype = KvDtype::BF16;
+  int64_t q_row_stride = 0, q_head_stride = 0, k_row_stride = 0, k_head_stride = 0;
+  int64_t v_row_stride = 0, v_head_stride = 0, o_row_stride = 0, o_head_stride = 0;
+};
+
+// Pointers 16-byte aligned, strides multiples of 8 elements.
+Status prefill_attention(const PrefillAttentionParams& p, const void* q, const void* k, const void* v, void* out,
+                         void* stream = nullptr);
+
+// ---------------------------------------------------------------------------------------------------------------
 // The attention that queries paid to cached slots, for the token policies (the device twin of
 // cpu::attention_scores): SnapKV's observation window (n_q = the window's rows at prefill end) and H2O's
 // accumulation (n_q = 1, each decode step). For each sequence's n_q query rows and each query head, the softmax
