@@ -17,7 +17,7 @@ ARCH="-gencode=arch=compute_90,code=sm_90"
 NVCC=(nvcc -std=c++17 -O3 -Isrc "$ARCH")  # C++17: what CMake 3.25 can ask nvcc for
 t0=$(date +%s)
 # Every backend source, so that whatever else the backend holds links too; one nvcc per file, in parallel.
-srcs=(src/backend/cuda/*.cu src/backend/cuda/*.cpp tests/cuda/ops_test.cpp tests/cuda/llama_decode_test.cpp tests/cuda/e2e_bench.cu)
+srcs=(src/backend/cuda/*.cu src/backend/cuda/*.cpp src/core/synthetic_weights.cpp tests/cuda/ops_test.cpp tests/cuda/llama_decode_test.cpp tests/cuda/e2e_bench.cu)
 pids=()
 for f in "${srcs[@]}"; do
   [ -e "$f" ] || continue
@@ -27,7 +27,7 @@ done
 build_ok=1
 for p in "${pids[@]}"; do wait "$p" || build_ok=0; done
 lib=()
-for f in src/backend/cuda/*.cu src/backend/cuda/*.cpp; do [ -e "$f" ] && lib+=("$B/$(basename "${f%.*}").o"); done
+for f in src/backend/cuda/*.cu src/backend/cuda/*.cpp src/core/synthetic_weights.cpp; do [ -e "$f" ] && lib+=("$B/$(basename "${f%.*}").o"); done
 if [ "$build_ok" = 1 ]; then
   for t in ops_test llama_decode_test e2e_bench; do
     "${NVCC[@]}" -o "$B/$t" "$B/$t.o" "${lib[@]}" -lcublasLt || build_ok=0

@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&src, big));
   CK(cudaMalloc(&dst, big));
   CK(cudaMalloc(&sink, 4));
-  CS(lc::synthetic_fill_bf16(src, big / 2, 99, 0xfff0u, lc::tensor_init(0.0f, 1.0f), 0, st));
+  CS(lc::synthetic_fill_bf16(src, big / 2, 99, 0xfff0u, longctx::tensor_init(0.0f, 1.0f), 0, st));
   const double copy_us = time_us(st, 7, 5, [&] { CK(cudaMemcpyAsync(dst, src, big, cudaMemcpyDeviceToDevice, st)); });
   const double copy_tbps = 2.0 * big / copy_us / 1e6;
   const double read_us = time_us(st, 7, 5, [&] {
@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
   std::printf("copy (D2D, read + write): %.3f TB/s   read-only kernel: %.3f TB/s\n", copy_tbps, read_tbps);
   if (g_json) std::fprintf(g_json, "{\"what\":\"ceilings\",\"copy_tbps\":%.4f,\"read_tbps\":%.4f}\n", copy_tbps, read_tbps);
 
-  lc::ModelShape m;
+  longctx::ModelShape m;
   uint64_t seed = 0;
   CS(lc::synthetic_shape("llama3-8b:1", &m, &seed));
   std::vector<Row> rows;

@@ -1,6 +1,7 @@
 // End to end: the CUDA decode step of the tiny synthetic llama (2 layers, d 256, 4 q / 2 kv heads of 64, FFN 512,
-// vocab 512) against an independent plain host forward built from the same seed (straightforward loops, double
-// accumulation), for a prompt fed token by token and then greedy continuation. Exit code 77 when no GPU is present.
+// vocab 512) against an independent plain host forward built from the same seed (tests/synthetic_llama_reference.h:
+// straightforward loops, double accumulation; the CPU model is checked against the same code), for a prompt fed
+// token by token and then greedy continuation. Exit code 77 when no GPU is present.
 //
 // What the reference mirrors, and why: the device rounds to bf16 where its kernels read bf16 (the normed GEMM inputs,
 // q, the stored K and V, the attention output, the SwiGLU output), so the reference rounds at the same points; what
@@ -23,6 +24,7 @@
 #include "backend/cuda/llama_decode.h"
 #include "backend/cuda/synthetic.h"
 #include "core/fp16.h"
+#include "../synthetic_llama_reference.h"
 
 namespace {
 
@@ -30,137 +32,10 @@ using namespace longctx;
 namespace lc = longctx::cuda;
 using namespace longctx::cuda_test;
 
-float bf16r(double x) { return bf16_to_f32(lc::f32_to_bf16_bits_rne(static_cast<float>(x))); }
-
-// The reference model: weights as f32 (exactly the bf16 values), a KV cache as f32 (exactly the stored bf16 values).
-struct RefModel {
-  lc::ModelShape m;
-  std::vector<float> tok_embd, output_norm, output;
-  struct Layer {
-    std::vector<float> attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
-    std::vector<float> k_cache, v_cache;  // (n_tokens, kv_dim)
-  };
-  std::vector<Layer> layers;
-  int32_t n_tokens = 0;
-
-  static std::vector<float> make(const lc::ModelShape& m, uint64_t seed, lc::TensorKind kind, int32_t layer, size_t n) {
-    const lc::TensorInit init = lc::synthetic_tensor_init(m, kind);
-    const uint32_t id = lc::tensor_id(kind, layer);
-    std::vector<float> v(n);
-    for (size_t i = 0; i < n; ++i) v[i] = bf16_to_f32(lc::synthetic_bf16(seed, id, i, init));
-    return v;
-  }
-
-  RefModel(const lc::ModelShape& shape, uint64_t seed) : m(shape) {
-    const size_t E = m.n_embd, Q = m.q_dim(), KV = m.kv_dim(), F = m.n_ff, V = m.n_vocab;
-    tok_embd = make(m, seed, lc::TensorKind::TokenEmbd, -1, V * E);
-    output_norm = make(m, seed, lc::TensorKind::OutputNorm, -1, E);
-    output = make(m, seed, lc::TensorKind::Output, -1, V * E);
-    for (int32_t il = 0; il < m.n_layer; ++il) {
-      Layer L;
-      L.attn_norm = make(m, seed, lc::TensorKind::AttnNorm, il, E);
-      L.wq = make(m, seed, lc::TensorKind::Wq, il, Q * E);
-      L.wk = make(m, seed, lc::TensorKind::Wk, il, KV * E);
-      L.wv = make(m, seed, lc::TensorKind::Wv, il, KV * E);
-      L.wo = make(m, seed, lc::TensorKind::Wo, il, E * Q);
-      L.ffn_norm = make(m, seed, lc::TensorKind::FfnNorm, il, E);
-      L.w_gate = make(m, seed, lc::TensorKind::WGate, il, F * E);
-      L.w_up = make(m, seed, lc::TensorKind::WUp, il, F * E);
-      L.w_down = make(m, seed, lc::TensorKind::WDown, il, E * F);
-      layers.push_back(std::move(L));
-    }
-  }
-
-  // y (n_out) = W (n_out, n_in) x, in double.
-  static std::vector<double> matvec(const std::vector<float>& w, const std::vector<float>& x, size_t n_out) {
-    const size_t n_in = x.size();
-    std::vector<double> y(n_out);
-    for (size_t o = 0; o < n_out; ++o) {
-      double acc = 0;
-      for (size_t k = 0; k < n_in; ++k) acc += static_cast<double>(w[o * n_in + k]) * x[k];
-      y[o] = acc;
-    }
-    return y;
-  }
-
-  std::vector<float> rmsnorm_bf16(const std::vector<float>& x, const std::vector<float>& w) const {
-    double ss = 0;
-    for (float v : x) ss += static_cast<double>(v) * v;
-    const double scale = 1.0 / std::sqrt(ss / static_cast<double>(x.size()) + m.rms_eps);
-    std::vector<float> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = bf16r(x[i] * scale * w[i]);
-    return y;
-  }
-
-  // RoPE in adjacent pairs by angle pos * base^(-2i/D) (cpu::rope, RopeOrder::Adjacent), then bf16.
-  void rope_bf16(std::vector<double>& v, size_t first, int32_t n_heads, int32_t pos) const {
-    const int32_t D = m.head_dim;
-    for (int32_t h = 0; h < n_heads; ++h)
-      for (int32_t i = 0; i < D / 2; ++i) {
-        const double a = pos * std::pow(static_cast<double>(m.rope_base), -2.0 * i / D);
-        const double c = static_cast<float>(std::cos(a)), s = static_cast<float>(std::sin(a));
-        double& x0 = v[first + static_cast<size_t>(h) * D + 2 * i];
-        double& x1 = v[first + static_cast<size_t>(h) * D + 2 * i + 1];
-        const double r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
-        x0 = bf16r(r0);
-        x1 = bf16r(r1);
-      }
-  }
-
-  std::vector<float> forward(int32_t token) {
-    const size_t E = m.n_embd, Q = m.q_dim(), KV = m.kv_dim(), F = m.n_ff, D = m.head_dim;
-    const int32_t pos = n_tokens;
-    std::vector<float> x(tok_embd.begin() + static_cast<std::ptrdiff_t>(token * E),
-                         tok_embd.begin() + static_cast<std::ptrdiff_t>((token + 1) * E));
-    for (Layer& L : layers) {
-      const std::vector<float> xn = rmsnorm_bf16(x, L.attn_norm);
-      std::vector<double> q = matvec(L.wq, xn, Q), k = matvec(L.wk, xn, KV), v = matvec(L.wv, xn, KV);
-      rope_bf16(q, 0, m.n_head, pos);
-      rope_bf16(k, 0, m.n_head_kv, pos);
-      for (size_t i = 0; i < KV; ++i) {
-        L.k_cache.push_back(static_cast<float>(k[i]));
-        L.v_cache.push_back(bf16r(v[i]));
-      }
-      const int32_t n = pos + 1, group = m.n_head / m.n_head_kv;
-      std::vector<float> attn(Q);
-      for (int32_t h = 0; h < m.n_head; ++h) {
-        const size_t kvh = static_cast<size_t>(h / group);
-        std::vector<double> sc(static_cast<size_t>(n));
-        double mx = -INFINITY;
-        for (int32_t t = 0; t < n; ++t) {
-          double dot = 0;
-          for (size_t i = 0; i < D; ++i) dot += q[h * D + i] * L.k_cache[static_cast<size_t>(t) * KV + kvh * D + i];
-          sc[static_cast<size_t>(t)] = dot / std::sqrt(static_cast<double>(D));
-          mx = std::max(mx, sc[static_cast<size_t>(t)]);
-        }
-        double sum = 0;
-        for (double& s : sc) sum += (s = std::exp(s - mx));
-        for (size_t i = 0; i < D; ++i) {
-          double acc = 0;
-          for (int32_t t = 0; t < n; ++t) acc += sc[static_cast<size_t>(t)] * L.v_cache[static_cast<size_t>(t) * KV + kvh * D + i];
-          attn[h * D + i] = bf16r(acc / sum);
-        }
-      }
-      const std::vector<double> o = matvec(L.wo, attn, E);
-      for (size_t i = 0; i < E; ++i) x[i] = static_cast<float>(x[i] + o[i]);
-      const std::vector<float> xn2 = rmsnorm_bf16(x, L.ffn_norm);
-      const std::vector<double> g = matvec(L.w_gate, xn2, F), u = matvec(L.w_up, xn2, F);
-      std::vector<float> hh(F);
-      for (size_t i = 0; i < F; ++i) hh[i] = bf16r(g[i] / (1.0 + std::exp(-g[i])) * u[i]);
-      const std::vector<double> dn = matvec(L.w_down, hh, E);
-      for (size_t i = 0; i < E; ++i) x[i] = static_cast<float>(x[i] + dn[i]);
-    }
-    ++n_tokens;
-    const std::vector<float> xn = rmsnorm_bf16(x, output_norm);
-    const std::vector<double> l = matvec(output, xn, static_cast<size_t>(m.n_vocab));
-    return std::vector<float>(l.begin(), l.end());
-  }
-};
-
 void test_end_to_end(lc::MatvecPath path, lc::WeightPrefetch prefetch = lc::WeightPrefetch::None) {
   const std::string pname = std::string(path == lc::MatvecPath::Fused ? "fused GEMV" : "cuBLASLt") +
                             (prefetch == lc::WeightPrefetch::None ? "" : " + L2 prefetch of Wo");
-  lc::ModelShape m;
+  longctx::ModelShape m;
   uint64_t seed = 0;
   CHECK_OK(lc::synthetic_shape("tiny:7", &m, &seed));
   lc::LlamaDecodeOptions opt;
@@ -170,7 +45,7 @@ void test_end_to_end(lc::MatvecPath path, lc::WeightPrefetch prefetch = lc::Weig
   opt.prefetch = prefetch;
   std::unique_ptr<lc::LlamaDecoder> dec;
   CHECK_OK(lc::LlamaDecoder::create(m, seed, opt, &dec));
-  RefModel ref(m, seed);
+  test::SyntheticLlamaReference ref(m, seed, test::RefRounding::DeviceBf16);
 
   const std::vector<int32_t> prompt = {3, 141, 59, 265, 35, 89, 7};
   const int32_t n_gen = 18;
@@ -260,7 +135,7 @@ void test_end_to_end(lc::MatvecPath path, lc::WeightPrefetch prefetch = lc::Weig
 }
 
 void test_errors() {
-  lc::ModelShape m;
+  longctx::ModelShape m;
   uint64_t seed = 0;
   const lc::Status unknown = lc::synthetic_shape("llama3-70b", &m, &seed);
   report(!unknown.ok(), "unknown synthetic shape -> \"" + unknown.message() + "\"");

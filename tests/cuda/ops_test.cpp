@@ -36,7 +36,7 @@ using namespace longctx;
 namespace lc = longctx::cuda;
 using namespace longctx::cuda_test;
 
-uint16_t bf16_bits(float x) { return lc::f32_to_bf16_bits_rne(x); }
+uint16_t bf16_bits(float x) { return longctx::f32_to_bf16_bits_rne(x); }
 float bf16_round(double x) { return bf16_to_f32(bf16_bits(static_cast<float>(x))); }
 
 // Compares n values; returns the number outside atol + rtol |ref| (NaN counts) and prints the first.
@@ -63,30 +63,30 @@ std::vector<float> bf16_vec_to_f32(const std::vector<uint16_t>& v) {
 
 // ---------------------------------------------------------------------------------------------------------------
 void test_synthetic() {
-  lc::ModelShape m;
+  longctx::ModelShape m;
   uint64_t seed = 0;
   CHECK_OK(lc::synthetic_shape("llama3-8b:42", &m, &seed));
   report(seed == 42 && m.n_layer == 32 && m.n_embd == 4096 && m.n_vocab == 128256 && m.rope_base == 500000.0f,
          "synthetic_shape llama3-8b:42");
-  lc::ModelShape bad;
+  longctx::ModelShape bad;
   report(!lc::synthetic_shape("llama9", &bad, &seed).ok(), "synthetic_shape refuses an unknown name");
   report(!lc::synthetic_shape("tiny:x1", &bad, &seed).ok(), "synthetic_shape refuses a bad seed");
 
   struct Case {
-    lc::TensorKind kind;
+    longctx::TensorKind kind;
     int32_t layer;
     size_t n;
     uint64_t first;
     size_t dst_offset;  // elements: 1 makes the destination unaligned, exercising the scalar path
   };
-  const Case cases[] = {{lc::TensorKind::Wq, 0, 100003, 0, 0},
-                        {lc::TensorKind::WDown, 31, 65536, 58720256 - 65536, 1},  // the end of a 4096 x 14336 matrix
-                        {lc::TensorKind::AttnNorm, 5, 4096, 0, 0},
-                        {lc::TensorKind::Output, -1, 4097, (uint64_t{1} << 33) + 5, 3},  // 64-bit indices
-                        {lc::TensorKind::KvCache, -1, 777, 12345, 0}};
+  const Case cases[] = {{longctx::TensorKind::Wq, 0, 100003, 0, 0},
+                        {longctx::TensorKind::WDown, 31, 65536, 58720256 - 65536, 1},  // the end of a 4096 x 14336 matrix
+                        {longctx::TensorKind::AttnNorm, 5, 4096, 0, 0},
+                        {longctx::TensorKind::Output, -1, 4097, (uint64_t{1} << 33) + 5, 3},  // 64-bit indices
+                        {longctx::TensorKind::KvCache, -1, 777, 12345, 0}};
   for (const Case& c : cases) {
-    const lc::TensorInit init = lc::synthetic_tensor_init(m, c.kind);
-    const uint32_t id = lc::tensor_id(c.kind, c.layer);
+    const longctx::TensorInit init = longctx::synthetic_tensor_init(m, c.kind);
+    const uint32_t id = longctx::tensor_id(c.kind, c.layer);
     DevBuf d((c.n + c.dst_offset) * 2);
     d.poison();
     CHECK_OK(lc::synthetic_fill_bf16(d.as<uint16_t>() + c.dst_offset, c.n, seed, id, init, c.first));
@@ -94,7 +94,7 @@ void test_synthetic() {
     size_t n_diff = 0;
     double sum = 0, sum2 = 0;
     for (size_t i = 0; i < c.n; ++i) {
-      const uint16_t want = lc::synthetic_bf16(seed, id, c.first + i, init);
+      const uint16_t want = longctx::synthetic_bf16(seed, id, c.first + i, init);
       n_diff += got[c.dst_offset + i] != want;
       const double v = bf16_to_f32(want);
       sum += v;
@@ -111,11 +111,11 @@ void test_synthetic() {
     report(n_diff == 0 && stats, buf);
   }
   // Different seeds and tensors give different streams.
-  const lc::TensorInit init = lc::synthetic_tensor_init(m, lc::TensorKind::Wq);
+  const longctx::TensorInit init = longctx::synthetic_tensor_init(m, longctx::TensorKind::Wq);
   int same_seed = 0, same_tensor = 0;
   for (uint64_t i = 0; i < 1000; ++i) {
-    same_seed += lc::synthetic_bf16(1, 4, i, init) == lc::synthetic_bf16(2, 4, i, init);
-    same_tensor += lc::synthetic_bf16(1, 4, i, init) == lc::synthetic_bf16(1, 5, i, init);
+    same_seed += longctx::synthetic_bf16(1, 4, i, init) == longctx::synthetic_bf16(2, 4, i, init);
+    same_tensor += longctx::synthetic_bf16(1, 4, i, init) == longctx::synthetic_bf16(1, 5, i, init);
   }
   report(same_seed < 50 && same_tensor < 50, "synthetic streams differ across seeds and tensors");
 }
@@ -450,12 +450,12 @@ void test_gemv(std::mt19937& rng) {
                         {1024, 256, true, lc::GemvEpilogue::SwiGLU},   {256, 512, false, lc::GemvEpilogue::Add}};
   for (const Case& c : cases) {
     const uint64_t seed = rng();
-    const lc::TensorInit init = lc::tensor_init(0.0f, static_cast<float>(std::sqrt(3.0 / c.n_in)));
+    const longctx::TensorInit init = longctx::tensor_init(0.0f, static_cast<float>(std::sqrt(3.0 / c.n_in)));
     const size_t nw = static_cast<size_t>(c.n_out) * c.n_in;
     DevBuf d_w(nw * 2);
     CHECK_OK(lc::synthetic_fill_bf16(d_w.p, nw, seed, 77, init));
     std::vector<float> w(nw);
-    for (size_t i = 0; i < nw; ++i) w[i] = bf16_to_f32(lc::synthetic_bf16(seed, 77, i, init));
+    for (size_t i = 0; i < nw; ++i) w[i] = bf16_to_f32(longctx::synthetic_bf16(seed, 77, i, init));
     // The input as the kernel sees it: bf16 x, or f32 x normed with bf16 weights and rounded to bf16.
     std::vector<float> x32(static_cast<size_t>(c.n_in)), xn(static_cast<size_t>(c.n_in));
     std::vector<uint16_t> xb(static_cast<size_t>(c.n_in)), nwb(static_cast<size_t>(c.n_in));

@@ -1,8 +1,7 @@
-// Synthetic shapes and the device side of the counter-based generator (synthetic.h has the generator itself).
+// The device fill of the synthetic weights (core/synthetic_weights.h has the generator, the shapes and the scales).
 #include "backend/cuda/synthetic.h"
 
-#include <cmath>
-#include <cstdlib>
+#include <algorithm>
 
 #include "backend/cuda/cuda_check.cuh"
 
@@ -32,78 +31,9 @@ __global__ void synthetic_fill_kernel(uint16_t* __restrict__ dst, size_t n, uint
 }  // namespace
 
 Status synthetic_shape(const std::string& spec, ModelShape* shape, uint64_t* seed) {
-  const size_t colon = spec.find(':');
-  const std::string name = spec.substr(0, colon);
-  *seed = 1;
-  if (colon != std::string::npos) {
-    const std::string s = spec.substr(colon + 1);
-    char* end = nullptr;
-    const unsigned long long v = s.empty() ? 0 : std::strtoull(s.c_str(), &end, 10);
-    if (s.empty() || end == nullptr || *end != '\0' || s[0] == '-')
-      return Status::error("synthetic model '" + spec + "': the seed must be a non-negative integer");
-    *seed = v;
-  }
-  ModelShape m;
-  m.name = name;
-  if (name == "llama3-8b") {
-    m.n_layer = 32;
-    m.n_embd = 4096;
-    m.n_head = 32;
-    m.n_head_kv = 8;
-    m.head_dim = 128;
-    m.n_ff = 14336;
-    m.n_vocab = 128256;
-    m.rope_base = 500000.0f;
-    m.rms_eps = 1e-5f;
-  } else if (name == "tiny") {
-    m.n_layer = 2;
-    m.n_embd = 256;
-    m.n_head = 4;
-    m.n_head_kv = 2;
-    m.head_dim = 64;
-    m.n_ff = 512;
-    m.n_vocab = 512;
-    m.rope_base = 10000.0f;
-    m.rms_eps = 1e-5f;
-  } else {
-    return Status::error("unknown synthetic model '" + name + "' (llama3-8b, tiny)");
-  }
-  *shape = m;
+  std::string error;
+  if (!longctx::synthetic_shape(spec, shape, seed, &error)) return Status::error(error);
   return Status::success();
-}
-
-TensorInit tensor_init(float offset, float amplitude) {
-  TensorInit t;
-  t.unit = static_cast<float>(static_cast<double>(amplitude) / (1 << 23));
-  t.offset_units = static_cast<int32_t>(std::lround(static_cast<double>(offset) / t.unit));
-  return t;
-}
-
-TensorInit synthetic_tensor_init(const ModelShape& m, TensorKind kind) {
-  const double sqrt3 = std::sqrt(3.0);  // a uniform on +-a has standard deviation a / sqrt(3)
-  const double residual = 1.0 / std::sqrt(2.0 * m.n_layer);
-  auto uniform_std = [&](double std) { return tensor_init(0.0f, static_cast<float>(std * sqrt3)); };
-  switch (kind) {
-    case TensorKind::TokenEmbd:
-    case TensorKind::KvCache:
-      return uniform_std(1.0);
-    case TensorKind::OutputNorm:
-    case TensorKind::AttnNorm:
-    case TensorKind::FfnNorm:
-      return tensor_init(1.0f, 0.1f);
-    case TensorKind::Output:
-    case TensorKind::Wq:
-    case TensorKind::Wk:
-    case TensorKind::Wv:
-    case TensorKind::WGate:
-    case TensorKind::WUp:
-      return uniform_std(1.0 / std::sqrt(static_cast<double>(m.n_embd)));
-    case TensorKind::Wo:
-      return uniform_std(residual / std::sqrt(static_cast<double>(m.q_dim())));
-    case TensorKind::WDown:
-      return uniform_std(residual / std::sqrt(static_cast<double>(m.n_ff)));
-  }
-  return TensorInit{};
 }
 
 Status synthetic_fill_bf16(void* device_dst, size_t n, uint64_t seed, uint32_t tensor, TensorInit init,
