@@ -45,5 +45,18 @@ expect_error "eval length"    "beyond the model's context of 8192" "$bin" eval n
 expect_error "eval haystack"  "haystack '$tmp/blank.txt' is empty" "$bin" eval needle -m "$smol" --haystack "$tmp/blank.txt" -o "$tmp/r.json"
 expect_error "eval output"    "cannot write the results file" "$bin" eval needle -m "$smol" --haystack "$tmp/hay.txt" -o "$tmp/no-such-dir/r.json"
 expect_error "eval kv spec"   "unknown KV policy 'snapkvv'" "$bin" eval needle -m "$smol" --haystack "$tmp/hay.txt" --kv snapkvv:budget=1/4 -o "$tmp/r.json"
+# bench: exactly one of -m and --synthetic, and a synthetic shape it knows.
+expect_error "bench no model" "bench needs exactly one model" "$bin" bench -p 4 -n 4
+expect_error "bench two models" "not both"              "$bin" bench -m "$smol" --synthetic tiny -p 4 -n 4
+expect_error "bench bad shape" "unknown synthetic model 'llama9' (accepted: llama3-8b, tiny" "$bin" bench --synthetic llama9
+expect_error "bench bad seed" "the seed must be a whole number" "$bin" bench --synthetic tiny:x1
+# ... and the tiny synthetic model benchmarks with no file (well under a second).
+if "$bin" bench --synthetic tiny:3 -p 16 -n 4 -r 1 -t 1 --json > "$tmp/out" 2> "$tmp/err" &&
+   grep -q '"model":"synthetic tiny:3"' "$tmp/out" && [ "$(grep -c '"test":' "$tmp/out")" -eq 2 ]; then
+  echo "ok   bench --synthetic tiny:3 runs"
+else
+  echo "FAIL bench --synthetic tiny:3: exit status or output"; sed 's/^/    /' "$tmp/err" "$tmp/out" | head -20
+  failures=$((failures + 1))
+fi
 
 [ $failures -eq 0 ] && echo "all bad-input cases handled" || { echo "$failures failures"; exit 1; }

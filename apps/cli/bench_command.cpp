@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/memory_bandwidth.h"
+#include "core/synthetic_weights.h"
 #include "core/thread_pool.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"
@@ -32,8 +33,13 @@ CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o) {
       "generating N tokens one forward at a time on top of d tokens. The token ids are fixed pseudo-random ids (no\n"
       "tokenizer, no sampling: the cost is the model's forward alone). Prints the median tokens/s over --reps runs,\n"
       "its spread, decode's achieved memory bandwidth against the machine's copy bandwidth, and the peak RSS.\n"
-      "Example: longctx bench -m model.gguf -p 512 -n 128 --depth 0,4096 --threads 2");
-  b->add_option("-m,--model", o.model, "GGUF model file")->required();
+      "--synthetic SHAPE[:SEED] benchmarks random bf16 weights of a real model's shape instead of a file (llama3-8b:\n"
+      "15 GiB of memory; tiny: for tests); the same seed gives the same weights as the CUDA backend's.\n"
+      "Example: longctx bench -m model.gguf -p 512 -n 128 --depth 0,4096 --threads 2\n"
+      "         longctx bench --synthetic llama3-8b:1 -p 64 -n 16 -r 2");
+  b->add_option("-m,--model", o.model, "GGUF model file (or --synthetic)");
+  b->add_option("--synthetic", o.synthetic,
+                "Synthetic weights instead of -m: llama3-8b[:SEED] (Llama-3-8B's shapes, bf16, 15 GiB) or tiny[:SEED]");
   b->add_option("-p,--n-prompt", o.n_prompt, "Tokens of the pp test (0: skip it)")->capture_default_str()
       ->check(CLI::Range(0, 1 << 20));
   b->add_option("-n,--n-gen", o.n_gen, "Tokens of the tg test (0: skip it)")->capture_default_str()
@@ -352,11 +358,31 @@ std::string test_name(const CaseResult& r) {
 }  // namespace
 
 int bench_command(const BenchOptions& o) {
+  if (o.model.empty() == o.synthetic.empty())
+    fail("bench needs exactly one model: -m MODEL.gguf or --synthetic SHAPE[:SEED] (shapes: {}){}",
+         synthetic_shape_names(), o.model.empty() ? "" : ", not both");
+  ModelShape shape;
+  uint64_t weight_seed = 0;
+  std::string shape_error;
+  if (!o.synthetic.empty() && !synthetic_shape(o.synthetic, &shape, &weight_seed, &shape_error))
+    fail("--synthetic: {}", shape_error);
   const std::vector<int32_t> depths = parse_depth_list(o.depths);
   if (o.n_prompt == 0 && o.n_gen == 0) fail("nothing to measure: -p and -n are both 0");
   const int n_threads =
       o.n_threads > 0 ? o.n_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  auto model = Model::load(o.model);
+  ThreadPool pool(n_threads);
+  std::unique_ptr<Model> model;
+  if (o.synthetic.empty()) {
+    model = Model::load(o.model);
+  } else {
+    const auto t_build = std::chrono::steady_clock::now();
+    const double n_params = static_cast<double>(synthetic_n_params(shape));
+    fmt::print(stderr, "bench: building synthetic {} (seed {}): {:.2f} {} parameters, {} of bf16 weights in memory\n",
+               shape.name, weight_seed, n_params >= 1e9 ? n_params / 1e9 : n_params / 1e6, n_params >= 1e9 ? "G" : "M",
+               human_bytes(2.0 * n_params));
+    model = Model::synthetic(o.synthetic, &pool);
+    fmt::print(stderr, "bench: built in {:.1f}s\n", seconds_since(t_build));
+  }
   const ModelConfig& c = model->config();
   auto policy = kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv);
   const int32_t n_test_max = std::max(o.n_prompt, o.n_gen);
@@ -366,12 +392,12 @@ int bench_command(const BenchOptions& o) {
       fail("--depth {} plus {} test tokens needs a context of {}, beyond the model's {} tokens", d, n_test_max,
            static_cast<int64_t>(d) + n_test_max, c.n_ctx_train);
 
+  const std::string model_name = o.synthetic.empty() ? file_name(o.model) : "synthetic " + o.synthetic;
   const int64_t weight_bytes = weight_bytes_per_token(*model);
   fmt::print(stderr, "bench: {} ({}, {} weights, {} read per decoded token), {} threads, kv {}, {} reps\n",
-             file_name(o.model), arch_name(c.arch), human_bytes(static_cast<double>(model->weight_bytes())),
+             model_name, arch_name(c.arch), human_bytes(static_cast<double>(model->weight_bytes())),
              human_bytes(static_cast<double>(weight_bytes)), n_threads, policy->describe(), o.n_reps);
 
-  ThreadPool pool(n_threads);
   BenchRunner runner(*model, pool, *policy, o.n_batch, depth_max + n_test_max, o.seed);
   {
     // Warm-up, untimed: faults the weights' pages in and wakes the workers, as llama-bench does.
@@ -420,7 +446,6 @@ int bench_command(const BenchOptions& o) {
   const CopyBandwidth bw = measure_copy_bandwidth(pool);
   const double copy_gbs = bw.bytes_per_s / 1e9;
 
-  const std::string model_name = file_name(o.model);
   const std::string kv_name = policy->describe();
   if (o.json) {
     for (const CaseResult& r : results) {

@@ -20,7 +20,8 @@ class KvSequence;
 }  // namespace kv
 
 struct BenchOptions {
-  std::string model;
+  std::string model;          // a GGUF file, or
+  std::string synthetic;      // a synthetic model, "llama3-8b[:SEED]" or "tiny[:SEED]" (Model::synthetic); one of the two
   int32_t n_prompt = 512;     // pp N: tokens prefilled in one timed run; 0 skips the pp test
   int32_t n_gen = 128;        // tg N: tokens generated one at a time in one timed run; 0 skips the tg test
   std::string depths = "0";   // comma-separated tokens already in the cache before each test
@@ -34,7 +35,8 @@ struct BenchOptions {
 
 // Adds the `bench` subcommand to the app, its options bound to o (which must outlive parsing).
 CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o);
-// Runs it; throws Error for bad input (missing model, bad --depth, a depth beyond the model's context).
+// Runs it; throws Error for bad input (missing model, both or neither of -m and --synthetic, a bad synthetic shape,
+// bad --depth, a depth beyond the model's context).
 int bench_command(const BenchOptions& o);
 
 // ---- pieces of bench, exposed for tests ----

@@ -1,9 +1,12 @@
 #include "model/model.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "backend/cpu/quant.h"
 #include "core/error.h"
+#include "core/fp16.h"
+#include "core/synthetic_weights.h"
 
 namespace longctx {
 
@@ -149,7 +152,96 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   return m;
 }
 
+void Model::FreeDeleter::operator()(void* p) const { std::free(p); }
+
+const gguf::File& Model::file() const {
+  if (!file_) fail("internal: a synthetic model has no GGUF file (no tokenizer, no metadata)");
+  return *file_;
+}
+
+std::unique_ptr<Model> Model::synthetic(const std::string& spec, ThreadPool* pool) {
+  ModelShape shape;
+  uint64_t seed = 0;
+  std::string error;
+  if (!synthetic_shape(spec, &shape, &seed, &error)) fail("{}", error);
+
+  std::unique_ptr<Model> m(new Model());
+  ModelConfig& c = m->config_;
+  c.arch = Arch::Llama;
+  c.n_layer = shape.n_layer;
+  c.n_embd = shape.n_embd;
+  c.n_head = shape.n_head;
+  c.n_head_kv = shape.n_head_kv;
+  c.head_dim = shape.head_dim;
+  c.n_ff = shape.n_ff;
+  c.n_vocab = shape.n_vocab;
+  c.n_ctx_train = shape.n_ctx_train;
+  c.n_rot = shape.head_dim;
+  c.rms_eps = shape.rms_eps;
+  c.rope_base = c.rope_base_local = shape.rope_base;
+  c.rope_order = cpu::RopeOrder::Adjacent;
+  c.layer_is_local.assign(static_cast<size_t>(c.n_layer), false);
+  c.attn_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+  // One allocation for every matrix, each starting on a 64-byte line (every row length here is a multiple of 32).
+  const int64_t E = c.n_embd, Q = shape.q_dim(), KV = shape.kv_dim(), F = c.n_ff, V = c.n_vocab;
+  const int64_t per_layer = Q * E + 2 * KV * E + E * Q + 3 * F * E;
+  const int64_t n_elems = 2 * V * E + c.n_layer * per_layer;
+  const size_t bytes = static_cast<size_t>(n_elems) * 2;
+  m->synthetic_bf16_.reset(static_cast<uint16_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  if (!m->synthetic_bf16_)
+    fail("synthetic model '{}': cannot allocate {:.1f} GiB for its bf16 weights", spec,
+         static_cast<double>(bytes) / (1u << 30));
+  uint16_t* next = m->synthetic_bf16_.get();
+
+  const auto fill = [&](uint16_t* dst, int64_t n, TensorKind kind, int32_t layer) {
+    const uint32_t id = tensor_id(kind, layer);
+    const TensorInit init = synthetic_tensor_init(shape, kind);
+    const auto range = [&](int64_t begin, int64_t end, int) {
+      for (int64_t i = begin; i < end; ++i) dst[i] = synthetic_bf16(seed, id, static_cast<uint64_t>(i), init);
+    };
+    if (pool != nullptr && n >= (int64_t{1} << 16)) {
+      pool->split(n, range);
+    } else {
+      range(0, n, 0);
+    }
+  };
+  const auto matrix = [&](TensorKind kind, int32_t layer, int64_t n_out, int64_t n_in) {
+    uint16_t* dst = next;
+    next += n_out * n_in;
+    fill(dst, n_out * n_in, kind, layer);
+    return Weight{GgmlType::BF16, reinterpret_cast<const uint8_t*>(dst), n_out, n_in};
+  };
+  std::vector<uint16_t> norm_bits(static_cast<size_t>(E));
+  const auto norm = [&](TensorKind kind, int32_t layer) {
+    fill(norm_bits.data(), E, kind, layer);
+    std::vector<float> v(static_cast<size_t>(E));
+    for (int64_t i = 0; i < E; ++i) v[static_cast<size_t>(i)] = bf16_to_f32(norm_bits[static_cast<size_t>(i)]);
+    return v;
+  };
+
+  m->token_embd_ = matrix(TensorKind::TokenEmbd, -1, V, E);
+  m->output_ = matrix(TensorKind::Output, -1, V, E);
+  m->output_norm_ = norm(TensorKind::OutputNorm, -1);
+  m->layers_.resize(static_cast<size_t>(c.n_layer));
+  for (int32_t il = 0; il < c.n_layer; ++il) {
+    LayerWeights& w = m->layers_[static_cast<size_t>(il)];
+    w.attn_norm = norm(TensorKind::AttnNorm, il);
+    w.wq = matrix(TensorKind::Wq, il, Q, E);
+    w.wk = matrix(TensorKind::Wk, il, KV, E);
+    w.wv = matrix(TensorKind::Wv, il, KV, E);
+    w.wo = matrix(TensorKind::Wo, il, E, Q);
+    w.ffn_norm = norm(TensorKind::FfnNorm, il);
+    w.w_gate = matrix(TensorKind::WGate, il, F, E);
+    w.w_up = matrix(TensorKind::WUp, il, F, E);
+    w.w_down = matrix(TensorKind::WDown, il, E, F);
+  }
+  m->synthetic_bytes_ = bytes + static_cast<size_t>(1 + 2 * c.n_layer) * static_cast<size_t>(E) * sizeof(float);
+  return m;
+}
+
 size_t Model::weight_bytes() const {
+  if (!file_) return synthetic_bytes_;
   size_t n = 0;
   for (const auto& t : file_->tensors()) n += t.n_bytes;
   return n;

@@ -1,4 +1,5 @@
-// A model: hyper-parameters read from the GGUF and weights that point into its memory map. One forward
+// A model: hyper-parameters read from the GGUF and weights that point into its memory map, or synthetic weights of a
+// real model's shape built from a seed (core/synthetic_weights.h) and held in memory of its own. One forward
 // description covers every architecture (forward.h); the differences live in ModelConfig.
 #pragma once
 #include <cstdint>
@@ -8,6 +9,7 @@
 
 #include "backend/cpu/ops.h"
 #include "core/ggml_type.h"
+#include "core/thread_pool.h"
 #include "gguf/gguf.h"
 
 namespace longctx {
@@ -62,17 +64,32 @@ class Model {
   // unsupported weight types.
   static std::unique_ptr<Model> load(const std::string& path);
 
+  // A llama of synthetic weights, no file: spec is "llama3-8b[:SEED]" or "tiny[:SEED]" (synthetic_shape). Every
+  // matrix is BF16 holding exactly synthetic_bf16's bits, the norms are f32 of the same bf16 values, the output head
+  // is untied, RoPE rotates adjacent pairs, so the weights equal the CUDA decode step's under the same seed.
+  // Memory: 2 bytes per parameter, allocated here (llama3-8b: 8.03 G parameters, 15 GiB; tiny: 1.4 M, 2.8 MiB). The fill
+  // runs on pool's threads when one is given. Throws Error for a bad spec (naming the accepted shapes) or when the
+  // memory cannot be had.
+  static std::unique_ptr<Model> synthetic(const std::string& spec, ThreadPool* pool = nullptr);
+
   const ModelConfig& config() const { return config_; }
-  const gguf::File& file() const { return *file_; }
+  // The GGUF file the model was loaded from; throws Error for a synthetic model (has_file() is false).
+  const gguf::File& file() const;
+  bool has_file() const { return file_ != nullptr; }
   const Weight& token_embd() const { return token_embd_; }
   const Weight& output() const { return output_; }  // token_embd when the embeddings are tied
   const std::vector<float>& output_norm() const { return output_norm_; }
   const LayerWeights& layer(int32_t i) const { return layers_[static_cast<size_t>(i)]; }
-  size_t weight_bytes() const;
+  size_t weight_bytes() const;  // of the file's tensors, or of the synthetic weights as held
 
  private:
+  struct FreeDeleter {
+    void operator()(void* p) const;
+  };
   Model() = default;
   std::unique_ptr<gguf::File> file_;
+  std::unique_ptr<uint16_t, FreeDeleter> synthetic_bf16_;  // every synthetic matrix, one after the other
+  size_t synthetic_bytes_ = 0;                             // of synthetic_bf16_ and the f32 norms
   ModelConfig config_;
   Weight token_embd_, output_;
   std::vector<float> output_norm_;
