@@ -15,7 +15,7 @@ SECTIONS="${*:-decode prefill}"
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader || true
 
-ARCH="-gencode=arch=compute_90,code=sm_90"
+ARCH="-gencode=arch=compute_90a,code=sm_90a"  # 90a: wgmma (the Hopper prefill kernel) is an sm_90a feature
 NVCC=(nvcc -std=c++17 -O3 -Isrc "$ARCH")  # C++17: what CMake 3.25 can ask nvcc for
 t0=$(date +%s)
 pids=()
@@ -27,14 +27,16 @@ pids=()
 "${NVCC[@]}" -c tests/cuda/decode_attention_test.cpp -o "$B/decode_attention_test.o" & pids+=($!)
 "${NVCC[@]}" -c tests/cuda/attention_bench.cu -o "$B/attention_bench.o" & pids+=($!)
 "${NVCC[@]}" -Xptxas -v -c src/backend/cuda/prefill_attention.cu -o "$B/prefill_attention.o" >"$B/ptxas_prefill.log" 2>&1 & pids+=($!)
+"${NVCC[@]}" -Xptxas -v -c src/backend/cuda/prefill_attention_wgmma.cu -o "$B/prefill_attention_wgmma.o" >"$B/ptxas_wgmma.log" 2>&1 & pids+=($!)
 "${NVCC[@]}" -c tests/cuda/prefill_attention_test.cpp -o "$B/prefill_attention_test.o" & pids+=($!)
 "${NVCC[@]}" -c tests/cuda/prefill_bench.cu -o "$B/prefill_bench.o" & pids+=($!)
 build_ok=1
 for p in "${pids[@]}"; do wait "$p" || build_ok=0; done
-cat "$B/ptxas.log" "$B/ptxas_prefill.log" | grep -E "Compiling entry|registers" | sed -E "s/.*entry function '([^']*)'.*/\1/; s/ptxas info *: //" |
+cat "$B/ptxas.log" "$B/ptxas_prefill.log" "$B/ptxas_wgmma.log" | grep -E "Compiling entry|registers" | sed -E "s/.*entry function '([^']*)'.*/\1/; s/ptxas info *: //" |
   c++filt | paste - - | sed -E 's/longctx::cuda::\(anonymous namespace\):://g' | cut -c1-150
 if [ "$build_ok" = 1 ]; then
-  LIB=("$B/decode_attention.o" "$B/cuda_backend.o" "$B/kivi_page.o" "$B/attention_scores.o" "$B/prefill_attention.o")
+  LIB=("$B/decode_attention.o" "$B/cuda_backend.o" "$B/kivi_page.o" "$B/attention_scores.o" "$B/prefill_attention.o"
+       "$B/prefill_attention_wgmma.o")
   "${NVCC[@]}" -o "$B/decode_attention_test" "$B/decode_attention_test.o" "${LIB[@]}" &&
     "${NVCC[@]}" -o "$B/attention_scores_test" "$B/attention_scores_test.o" "${LIB[@]}" &&
     "${NVCC[@]}" -o "$B/attention_bench" "$B/attention_bench.o" "${LIB[@]}" &&
@@ -42,7 +44,7 @@ if [ "$build_ok" = 1 ]; then
     "${NVCC[@]}" -o "$B/prefill_bench" "$B/prefill_bench.o" "${LIB[@]}" || build_ok=0
 fi
 echo "build: $([ $build_ok = 1 ] && echo ok || echo FAILED) in $(( $(date +%s) - t0 )) s"
-[ "$build_ok" = 1 ] || { cat "$B/ptxas.log" "$B/ptxas_prefill.log"; exit 1; }
+[ "$build_ok" = 1 ] || { cat "$B/ptxas.log" "$B/ptxas_prefill.log" "$B/ptxas_wgmma.log"; exit 1; }
 check="" ours=()
 check_rc=0 scores_rc=0 prefill_rc=0
 if has decode; then

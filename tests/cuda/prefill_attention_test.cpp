@@ -1,8 +1,9 @@
 // Prefill attention (prefill_attention.cu) against a plain double-precision reference on the same rounded inputs,
 // over shapes that reach every branch: d 64 and 128, GQA groups 1-8, causal with and without an offset (a chunk
 // after a cached prefix), sliding windows (narrower than a tile, wider than a block), not causal, lengths that are not
-// multiples of the tiles, a single row, no keys at all, and strided (head-major) layouts. Outputs are poisoned with
-// NaN before each call, so a row left unwritten fails.
+// multiples of the tiles, a single row, no keys at all, and strided (head-major) layouts; each through both kernels
+// (mma.sync everywhere, wgmma on Hopper). Outputs are poisoned with NaN before each call, so a row left unwritten
+// fails.
 //
 // Tolerances: the kernel rounds P to the element type before its product with V (FlashAttention's choice), and
 // writes the output in that type, so the error is a few units of its last place: bf16 relative L2 <= 5e-3 and
@@ -37,7 +38,7 @@ size_t at(bool head_major, int rows, int heads, int D, int r, int h, int d) {
   return head_major ? (static_cast<size_t>(h) * rows + r) * D + d : (static_cast<size_t>(r) * heads + h) * D + d;
 }
 
-void run_case(const Case& cs, lc::KvDtype dt, uint32_t seed) {
+void run_case(const Case& cs, lc::KvDtype dt, lc::PrefillKernel kernel, uint32_t seed) {
   const int D = cs.d, Hq = cs.n_head, Hk = cs.n_head_kv, group = Hq / Hk;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.7f, 1.7f);  // logits of a few units after the 1/sqrt(d) scale
@@ -58,6 +59,7 @@ void run_case(const Case& cs, lc::KvDtype dt, uint32_t seed) {
   lc::PrefillAttentionParams p;
   p.n_q = cs.n_q, p.n_kv = cs.n_kv, p.n_head = Hq, p.n_head_kv = Hk, p.head_dim = D, p.q_offset = cs.q_offset;
   p.causal = cs.causal, p.window = cs.window, p.scale = 1.0f / std::sqrt(static_cast<float>(D)), p.dtype = dt;
+  p.kernel = kernel;
   if (cs.head_major) {
     p.q_row_stride = D, p.q_head_stride = static_cast<int64_t>(cs.n_q) * D;
     p.k_row_stride = p.v_row_stride = D, p.k_head_stride = p.v_head_stride = static_cast<int64_t>(cs.n_kv) * D;
@@ -103,8 +105,9 @@ void run_case(const Case& cs, lc::KvDtype dt, uint32_t seed) {
   const double tol_rel = bf ? 5e-3 : 1e-3, tol_abs = bf ? 2e-2 : 4e-3;
   const bool ok = n_bad == 0 && rel <= tol_rel && max_abs <= tol_abs;
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%-28s %s: rel L2 %.2e, max abs %.2e, non-finite %zu", cs.name, bf ? "bf16" : "f16 ",
-                rel, max_abs, n_bad);
+  std::snprintf(buf, sizeof buf, "%-8s %-28s %s: rel L2 %.2e, max abs %.2e, non-finite %zu",
+                kernel == lc::PrefillKernel::Wgmma ? "wgmma" : "mma.sync", cs.name, bf ? "bf16" : "f16 ", rel, max_abs,
+                n_bad);
   report(ok, buf);
 }
 
@@ -148,9 +151,13 @@ int main() {
       {"head-major strides", 150, 150, 4, 2, 128, 0, true, 0, true},
       {"long causal d128 g4", 1100, 1100, 4, 1, 128, 0, true, 0, false},
   };
+  // Both kernels on every case; the Hopper one only where the device is one (elsewhere it must refuse).
+  std::vector<lc::PrefillKernel> kernels = {lc::PrefillKernel::MmaSync};
+  if (info.cc_major == 9) kernels.push_back(lc::PrefillKernel::Wgmma);
   uint32_t seed = 1;
-  for (const Case& cs : cases)
-    for (lc::KvDtype dt : {lc::KvDtype::BF16, lc::KvDtype::F16}) run_case(cs, dt, seed++);
+  for (lc::PrefillKernel kernel : kernels)
+    for (const Case& cs : cases)
+      for (lc::KvDtype dt : {lc::KvDtype::BF16, lc::KvDtype::F16}) run_case(cs, dt, kernel, seed++);
   check_refusals();
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "PASSED", g_failures);
   return g_failures ? 1 : 0;

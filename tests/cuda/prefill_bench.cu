@@ -1,4 +1,4 @@
-// Prefill attention timings (prefill_attention.cu): B = 1, 32 query heads, d = 128, bf16, causal, at 4K / 16K / 32K
+// Prefill attention timings (both kernels: prefill_attention.cu's mma.sync, prefill_attention_wgmma.cu's): B = 1, 32 query heads, d = 128, bf16, causal, at 4K / 16K / 32K
 // tokens, with 32 kv heads (the shape of the torch figure issue 6 quotes) and 8 (Llama-3-8B's GQA); tests/cuda/
 // torch_sdpa_bench.py times torch SDPA on the same shapes in the same call. FLOPs counted as FlashAttention counts
 // them: 4 * n^2 * d * heads for the two products, halved for the causal mask. Median of CUDA-graph replays; inputs of
@@ -44,15 +44,22 @@ int main(int argc, char** argv) {
       lc::PrefillAttentionParams p;
       p.n_q = p.n_kv = static_cast<int32_t>(n);
       p.n_head = H, p.n_head_kv = hkv, p.head_dim = D, p.causal = true, p.scale = 1.0f / std::sqrt(128.0f);
-      CS(lc::prefill_attention(p, q, k, v, o, st));  // outside the graph: sets the kernel's shared-memory attribute
-      const int steps = n >= 16384 ? 2 : 8;
-      const double us = time_graph(st, steps, 5, [&](int) { CS(lc::prefill_attention(p, q, k, v, o, st)); });
-      const double flops = 4.0 * n * n * D * H / 2;
-      const double tflops = flops / (us * 1e-6) / 1e12;
-      std::printf("prefill causal ctx %6ld heads %d/%d: %10.1f us  %6.1f TFLOP/s\n", n, H, hkv, us, tflops);
-      if (json)
-        std::fprintf(json, "{\"what\":\"prefill\",\"ctx\":%ld,\"n_head\":%d,\"n_head_kv\":%d,\"us\":%.2f,\"tflops\":%.2f}\n",
-                     n, H, hkv, us, tflops);
+      for (const lc::PrefillKernel kernel : {lc::PrefillKernel::MmaSync, lc::PrefillKernel::Wgmma}) {
+        if (kernel == lc::PrefillKernel::Wgmma && info.cc_major != 9) continue;
+        const char* kname = kernel == lc::PrefillKernel::Wgmma ? "wgmma" : "mma.sync";
+        p.kernel = kernel;
+        CS(lc::prefill_attention(p, q, k, v, o, st));  // outside the graph: sets the kernel's shared-memory attribute
+        const int steps = n >= 16384 ? 2 : 8;
+        const double us = time_graph(st, steps, 5, [&](int) { CS(lc::prefill_attention(p, q, k, v, o, st)); });
+        const double flops = 4.0 * n * n * D * H / 2;
+        const double tflops = flops / (us * 1e-6) / 1e12;
+        std::printf("prefill %-8s causal ctx %6ld heads %d/%d: %10.1f us  %6.1f TFLOP/s\n", kname, n, H, hkv, us, tflops);
+        if (json)
+          std::fprintf(json,
+                       "{\"what\":\"prefill\",\"kernel\":\"%s\",\"ctx\":%ld,\"n_head\":%d,\"n_head_kv\":%d,\"us\":%.2f,"
+                       "\"tflops\":%.2f}\n",
+                       kname, n, H, hkv, us, tflops);
+      }
       CK(cudaFree(q));
       CK(cudaFree(k));
       CK(cudaFree(v));

@@ -76,9 +76,9 @@ for r in ours:
 prefill = [r for r in ours if r["what"] == "prefill"]
 if prefill:
     print()
-    print("| prefill, causal, B=1, d=128, bf16 | context | heads q/kv | us | TFLOP/s | torch cudnn | torch flash | "
+    print("| prefill, causal, B=1, d=128, bf16 | kernel | context | heads q/kv | us | TFLOP/s | torch cudnn | torch flash | "
           "torch efficient | ours / cudnn | ours / best torch |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in prefill:
         cells, best, cudnn = [], 0.0, 0.0
         for b in ("cudnn", "flash", "efficient"):
@@ -88,8 +88,8 @@ if prefill:
             if t:
                 best = max(best, t["tflops"])
                 cudnn = t["tflops"] if b == "cudnn" else cudnn
-        print(f"| longctx | {r['ctx'] // 1024}K | {r['n_head']}/{r['n_head_kv']} | {r['us']:.0f} | {r['tflops']:.1f} | "
+        print(f"| longctx | {r.get('kernel', '-')} | {r['ctx'] // 1024}K | {r['n_head']}/{r['n_head_kv']} | {r['us']:.0f} | {r['tflops']:.1f} | "
               f"{' | '.join(cells)} | {r['tflops'] / cudnn:.2f}x | {r['tflops'] / best:.2f}x |"
               if cudnn and best else
-              f"| longctx | {r['ctx'] // 1024}K | {r['n_head']}/{r['n_head_kv']} | {r['us']:.0f} | {r['tflops']:.1f} | "
+              f"| longctx | {r.get('kernel', '-')} | {r['ctx'] // 1024}K | {r['n_head']}/{r['n_head_kv']} | {r['us']:.0f} | {r['tflops']:.1f} | "
               f"{' | '.join(cells)} | - | - |")

@@ -128,6 +128,11 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
 // with the given strides in elements (0: the packed (token, head, dim) layout of the QKV product), in `dtype`, the
 // output too. Scores and the softmax in f32; P is rounded to `dtype` for its product with V, as FlashAttention does.
 // A row that sees no key gets zeros.
+enum class PrefillKernel {
+  Auto,     // wgmma on Hopper (sm_90), mma.sync elsewhere
+  MmaSync,  // FlashAttention-2's design, any device from sm_80
+  Wgmma,    // FlashAttention-3's products (sm_90 only; refused elsewhere)
+};
 struct PrefillAttentionParams {
   int32_t n_q = 0, n_kv = 0;
   int32_t n_head = 0, n_head_kv = 0;
@@ -139,6 +144,7 @@ struct PrefillAttentionParams {
   KvDtype dtype = KvDtype::BF16;
   int64_t q_row_stride = 0, q_head_stride = 0, k_row_stride = 0, k_head_stride = 0;
   int64_t v_row_stride = 0, v_head_stride = 0, o_row_stride = 0, o_head_stride = 0;
+  PrefillKernel kernel = PrefillKernel::Auto;
 };
 
 // Pointers 16-byte aligned, strides multiples of 8 elements.

@@ -25,6 +25,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/mma_primitives.cuh"
+#include "backend/cuda/prefill_attention.cuh"
 
 namespace longctx::cuda {
 namespace {
@@ -35,16 +36,6 @@ namespace {
 constexpr int kWarps = LONGCTX_PREFILL_WARPS;  // warps per block (overridable at compile time for tuning sweeps)
 constexpr int kBr = 16 * kWarps;               // query rows per block
 constexpr int kBc = 64;                        // keys per tile
-
-struct PrefillArgs {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* out;
-  int64_t q_row, q_head, k_row, k_head, v_row, v_head, o_row, o_head;  // strides in elements
-  int32_t n_q, n_kv, group, q_offset, window, causal;
-  float scale_log2;
-};
 
 template <int D>
 constexpr int smem_bytes() {
@@ -265,6 +256,16 @@ Status prefill_attention(const PrefillAttentionParams& p, const void* q, const v
                       p.causal ? 1 : 0, p.scale * 1.4426950408889634f};
   auto st = static_cast<cudaStream_t>(stream);
   const bool bf16 = p.dtype == KvDtype::BF16;
+  if (p.kernel != PrefillKernel::MmaSync) {
+    static const int cc = [] {  // the device of the first call; one device per process in this backend
+      int dev = 0, major = 0;
+      cudaGetDevice(&dev);
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+      return major;
+    }();
+    if (cc == 9) return prefill_attention_wgmma(a, p.n_head, p.head_dim, bf16, st);
+    if (p.kernel == PrefillKernel::Wgmma) return Status::error("prefill attention: the wgmma kernel needs an sm_90 device");
+  }
   if (p.head_dim == 64) return bf16 ? launch<__nv_bfloat16, 64>(a, p.n_head, st) : launch<__half, 64>(a, p.n_head, st);
   return bf16 ? launch<__nv_bfloat16, 128>(a, p.n_head, st) : launch<__half, 128>(a, p.n_head, st);
 }

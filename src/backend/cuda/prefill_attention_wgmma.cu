@@ -1,0 +1,286 @@
+// Prefill attention on Hopper's warpgroup tensor cores (wgmma, sm_90a): the same tiling and online softmax as the
+// mma.sync kernel (prefill_attention.cu), with the products of "FlashAttention-3: Fast and Accurate Attention with
+// Asynchrony and Low-precision" (Shah et al., 2024): S = Q K^T reads both operands straight from shared memory,
+// and O += P V takes P from registers (the accumulator layout of S is the register A layout of wgmma, as with
+// mma.sync) and V from shared memory in its natural (key, dim) order as a transposed ("MN-major") operand.
+//
+// Block = 2 warpgroups x 64 query rows; 64-key tiles, K and V double-buffered by cp.async as in the mma.sync kernel.
+// Shared memory holds every operand in the canonical 128-byte-swizzled layout wgmma's descriptors describe: a
+// (rows x D) tile is D / 64 panels of (rows x 64) elements, rows of 128 bytes, and the 16-byte chunk c of row r
+// stored at chunk c ^ (r % 8) inside 1024-byte atoms of 8 rows.
+//
+// What is not here yet (FlashAttention-3's other two ideas): loads by a producer warpgroup through TMA, and
+// overlapping one warpgroup's softmax with the other's products ("ping-pong") or with its own next S.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/mma_primitives.cuh"
+#include "backend/cuda/prefill_attention.cuh"
+
+// wgmma exists only in the arch-specific sm_90a target: a plain sm_90 build of this file would launch an empty kernel.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "prefill_attention_wgmma.cu must be compiled for sm_90a (CMAKE_CUDA_ARCHITECTURES 90a), not sm_90"
+#endif
+
+namespace longctx::cuda {
+namespace {
+
+constexpr int kGroups = 2;          // warpgroups per block
+constexpr int kBr = 64 * kGroups;   // query rows per block
+constexpr int kBc = 64;             // keys per tile
+
+template <int D>
+constexpr int smem_bytes() {
+  return (kBr + 4 * kBc) * D * 2 + 1024;  // Q, K and V in two stages each, and room to align to an atom
+}
+
+// The wgmma products, one function per shape. ss: both operands in shared memory (K-major); rs: A in registers,
+// B in shared memory transposed (MN-major). accumulate = 0 overwrites the accumulators.
+template <typename T>
+struct Wgmma;
+
+template <>
+struct Wgmma<__nv_bfloat16> {
+  static __device__ __forceinline__ void ss_n64(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "r"(accumulate));
+  }
+  static __device__ __forceinline__ void rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+  }
+  static __device__ __forceinline__ void rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<__half> {
+  static __device__ __forceinline__ void ss_n64(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "r"(accumulate));
+  }
+  static __device__ __forceinline__ void rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+  }
+  static __device__ __forceinline__ void rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+  }
+};
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// cp.async writes through the generic proxy, wgmma reads through the async proxy: the fence orders the two.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// A shared-memory matrix descriptor: start address, leading and stride byte offsets (16-byte units), 128-byte swizzle.
+__device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3ffff) >> 4) | static_cast<uint64_t>(lbo >> 4) << 16 |
+         static_cast<uint64_t>(sbo >> 4) << 32 | 1ull << 62;
+}
+
+// Byte offset of row r, 16-byte chunk c (of D / 8) in a (R x D) tile in the canonical layout.
+template <int R>
+__device__ __forceinline__ uint32_t canonical(int r, int c) {
+  return (c >> 3) * (R * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+}
+
+template <int R, int D>
+__device__ __forceinline__ void load_rows(uint32_t base, const uint16_t* src, int64_t stride, int r0, int n_rows) {
+  constexpr int kChunks = D / 8, kThreads = kGroups * 128;
+  static_assert(R * kChunks % kThreads == 0, "every thread copies the same number of chunks");
+#pragma unroll
+  for (int n = 0; n < R * kChunks / kThreads; ++n) {
+    const int i = n * kThreads + threadIdx.x;
+    const int r = i / kChunks, c = i % kChunks;
+    const int gr = min(r0 + r, n_rows - 1);  // rows past the end repeat the last (finite; masked)
+    cp_async16(base + canonical<R>(r, c), src + gr * stride + c * 8);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kGroups * 128) prefill_attention_wgmma_kernel(const PrefillArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using E = Elem<T>;
+  using W = Wgmma<T>;
+  extern __shared__ uint8_t smem_raw[];
+  const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7;
+  const int g = lane >> 2, c = lane & 3;
+  const int head = blockIdx.x;
+  const int q_tile = gridDim.y - 1 - blockIdx.y;
+  const int kvh = head / a.group;
+  const uint16_t* Q = static_cast<const uint16_t*>(a.q) + head * a.q_head;
+  const uint16_t* K = static_cast<const uint16_t*>(a.k) + kvh * a.k_head;
+  const uint16_t* V = static_cast<const uint16_t*>(a.v) + kvh * a.v_head;
+  const uint32_t sQ = (smem_address(smem_raw) + 1023) & ~1023u;
+  const uint32_t sK = sQ + kBr * D * 2, sV = sK + 2 * kBc * D * 2;
+
+  const int q0 = q_tile * kBr;
+  const int pos_lo = a.q_offset + q0, pos_hi = a.q_offset + min(q0 + kBr, a.n_q) - 1;
+  const int k_end = a.causal ? min(a.n_kv, pos_hi + 1) : a.n_kv;
+  const int k_begin = a.window > 0 ? max(0, pos_lo - a.window + 1) : 0;
+  const int t_begin = k_begin / kBc, t_end = k_end > k_begin ? (k_end + kBc - 1) / kBc : t_begin;
+
+  load_rows<kBr, D>(sQ, Q, a.q_row, q0, a.n_q);
+  if (t_begin < t_end) {
+    load_rows<kBc, D>(sK, K, a.k_row, t_begin * kBc, a.n_kv);
+    load_rows<kBc, D>(sV, V, a.v_row, t_begin * kBc, a.n_kv);
+  }
+  cp_async_commit();
+
+  // This warpgroup's 64 rows (decisions to skip a tile or mask it are per warpgroup: wgmma runs all 128 threads).
+  const int w0 = q0 + wg * 64;
+  const int wpos_lo = a.q_offset + w0, wpos_hi = a.q_offset + min(w0 + 64, a.n_q) - 1;
+  const int row_pos0 = a.q_offset + w0 + warp * 16 + g, row_pos1 = row_pos0 + 8;
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+  float m0 = kNegInf, m1 = kNegInf, l0 = 0.0f, l1 = 0.0f;
+
+  for (int t = t_begin; t < t_end; ++t) {
+    const int stage = (t - t_begin) & 1;
+    if (t + 1 < t_end) {
+      load_rows<kBc, D>(sK + (stage ^ 1) * kBc * D * 2, K, a.k_row, (t + 1) * kBc, a.n_kv);
+      load_rows<kBc, D>(sV + (stage ^ 1) * kBc * D * 2, V, a.v_row, (t + 1) * kBc, a.n_kv);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    fence_proxy_async();
+    __syncthreads();
+
+    const int ks = t * kBc;
+    const bool skip = w0 >= a.n_q || (a.causal && ks > wpos_hi) || (a.window > 0 && ks + kBc - 1 <= wpos_lo - a.window);
+    if (!skip) {
+      const uint32_t sKt = sK + stage * kBc * D * 2, sVt = sV + stage * kBc * D * 2;
+      float s[kBc / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        // k-step kk: panel kk / 4, 32 bytes per step inside the swizzled 128-byte rows.
+        const uint64_t da = descriptor(sQ + (kk >> 2) * (kBr * 128) + wg * 64 * 128 + (kk & 3) * 32, 16, 1024);
+        const uint64_t db = descriptor(sKt + (kk >> 2) * (kBc * 128) + (kk & 3) * 32, 16, 1024);
+        W::ss_n64(s, da, db, kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait_all();
+
+      const bool edge = ks + kBc > a.n_kv || (a.causal && ks + kBc - 1 > wpos_lo) ||
+                        (a.window > 0 && ks <= wpos_hi - a.window);
+      if (edge) {
+#pragma unroll
+        for (int i = 0; i < kBc / 2; ++i) {
+          const int key = ks + (i >> 2) * 8 + 2 * c + (i & 1);
+          const int qp = (i & 2) ? row_pos1 : row_pos0;
+          const bool visible = key < a.n_kv && (!a.causal || key <= qp) && (a.window <= 0 || key > qp - a.window);
+          if (!visible) s[i] = kNegInf;
+        }
+      }
+      float mx0 = kNegInf, mx1 = kNegInf;
+#pragma unroll
+      for (int j = 0; j < kBc / 8; ++j) {
+        mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+      }
+#pragma unroll
+      for (int d = 1; d <= 2; d <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, d));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, d));
+      }
+      const float mn0 = fmaxf(m0, mx0 * a.scale_log2), mn1 = fmaxf(m1, mx1 * a.scale_log2);
+      const float b0 = mn0 == kNegInf ? 0.0f : mn0, b1 = mn1 == kNegInf ? 0.0f : mn1;
+      const float corr0 = fast_exp2(m0 - b0), corr1 = fast_exp2(m1 - b1);
+      m0 = mn0, m1 = mn1;
+      l0 *= corr0, l1 *= corr1;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) o[4 * j] *= corr0, o[4 * j + 1] *= corr0, o[4 * j + 2] *= corr1, o[4 * j + 3] *= corr1;
+
+      uint32_t p[kBc / 16][4];
+#pragma unroll
+      for (int j = 0; j < kBc / 8; ++j) {
+        const float p0 = fast_exp2(fmaf(s[4 * j], a.scale_log2, -b0));
+        const float p1 = fast_exp2(fmaf(s[4 * j + 1], a.scale_log2, -b0));
+        const float p2 = fast_exp2(fmaf(s[4 * j + 2], a.scale_log2, -b1));
+        const float p3 = fast_exp2(fmaf(s[4 * j + 3], a.scale_log2, -b1));
+        l0 += p0 + p1, l1 += p2 + p3;
+        p[j / 2][(j & 1) * 2] = E::pack(p0, p1);
+        p[j / 2][(j & 1) * 2 + 1] = E::pack(p2, p3);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBc / 16; ++kk) {
+        // V as the MN-major B operand: 16 keys (two 8-row groups, 1024 bytes apart) per step, dims in panels of 64.
+        const uint64_t dv = descriptor(sVt + kk * 16 * 128, kBc * 128, 1024);
+        if constexpr (D == 128) W::rs_n128(o, p[kk], dv);
+        else W::rs_n64(o, p[kk], dv);
+      }
+      wgmma_commit();
+      wgmma_wait_all();
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int d = 1; d <= 2; d <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, d);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, d);
+  }
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  const int r0 = w0 + warp * 16 + g, r1 = r0 + 8;
+  uint32_t* O0 = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.out) + head * a.o_head + r0 * a.o_row);
+  uint32_t* O1 = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.out) + head * a.o_head + r1 * a.o_row);
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    if (r0 < a.n_q) O0[j * 4 + c] = E::pack(o[4 * j] * inv0, o[4 * j + 1] * inv0);
+    if (r1 < a.n_q) O1[j * 4 + c] = E::pack(o[4 * j + 2] * inv1, o[4 * j + 3] * inv1);
+  }
+#endif
+}
+
+template <typename T, int D>
+Status launch(const PrefillArgs& a, int32_t n_head, cudaStream_t stream) {
+  constexpr int bytes = smem_bytes<D>();
+  static bool configured = false;
+  if (!configured) {
+    LONGCTX_CUDA_TRY(cudaFuncSetAttribute(prefill_attention_wgmma_kernel<T, D>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    configured = true;
+  }
+  const dim3 grid(static_cast<unsigned>(n_head), static_cast<unsigned>((a.n_q + kBr - 1) / kBr));
+  prefill_attention_wgmma_kernel<T, D><<<grid, kGroups * 128, bytes, stream>>>(a);
+  return cuda_status(cudaGetLastError(), "prefill attention (wgmma) launch");
+}
+
+}  // namespace
+
+Status prefill_attention_wgmma(const PrefillArgs& a, int32_t n_head, int32_t head_dim, bool bf16, cudaStream_t st) {
+  if (head_dim == 64) return bf16 ? launch<__nv_bfloat16, 64>(a, n_head, st) : launch<__half, 64>(a, n_head, st);
+  return bf16 ? launch<__nv_bfloat16, 128>(a, n_head, st) : launch<__half, 128>(a, n_head, st);
+}
+
+}  // namespace longctx::cuda
