@@ -150,7 +150,8 @@ TEST(SyntheticModel, BadSpecsAreRefusedClearly) {
       << spec_error("llama3-70b");
   EXPECT_NE(spec_error("").find("unknown synthetic model ''"), std::string::npos);
   for (const char* bad : {"tiny:", "tiny:x1", "tiny:-1", "tiny:1.5", "tiny:18446744073709551616", "tiny: 3"})
-    EXPECT_NE(spec_error(bad).find("the seed must be a whole number"), std::string::npos) << bad << ": " << spec_error(bad);
+    EXPECT_NE(spec_error(bad).find("the seed must be a whole number"), std::string::npos)
+        << bad << ": " << spec_error(bad);
   ModelShape s;
   uint64_t seed = 0;
   std::string error;
@@ -203,7 +204,8 @@ LogitsDiff run_against_reference(uint64_t ref_seed, const std::vector<int32_t>& 
     const LogitsDiff d = diff(ours, rl);
     worst.rel_l2 = std::max(worst.rel_l2, d.rel_l2);
     worst.max_abs = std::max(worst.max_abs, d.max_abs);
-    *n_argmax_differ += std::max_element(ours, ours + c.n_vocab) - ours != std::max_element(rl.begin(), rl.end()) - rl.begin();
+    const int64_t ours_best = std::max_element(ours, ours + c.n_vocab) - ours;
+    *n_argmax_differ += ours_best != std::max_element(rl.begin(), rl.end()) - rl.begin();
     std::printf("  pos %2d token %3d: rel L2 %.2e, max abs %.2e\n", pos, token, d.rel_l2, d.max_abs);
   };
   const int32_t n_prompt = static_cast<int32_t>(prompt.size());
@@ -212,7 +214,8 @@ LogitsDiff run_against_reference(uint64_t ref_seed, const std::vector<int32_t>& 
     std::vector<int32_t> pos(static_cast<size_t>(len)), rows(static_cast<size_t>(len));
     for (int32_t i = 0; i < len; ++i) pos[static_cast<size_t>(i)] = start + i, rows[static_cast<size_t>(i)] = i;
     fwd.run(seq, prompt.data() + start, pos.data(), len, rows, logits.data());
-    for (int32_t i = 0; i < len; ++i) compare(logits.data() + static_cast<size_t>(i) * c.n_vocab, prompt[static_cast<size_t>(start + i)], start + i);
+    for (int32_t i = 0; i < len; ++i)
+      compare(logits.data() + static_cast<size_t>(i) * c.n_vocab, prompt[static_cast<size_t>(start + i)], start + i);
   }
   // Greedy: the CPU's argmax is fed to both, so the two stay in lockstep.
   const float* last = logits.data() + static_cast<size_t>((n_prompt - 1) % n_batch) * c.n_vocab;

@@ -20,8 +20,8 @@ class KvSequence;
 }  // namespace kv
 
 struct BenchOptions {
-  std::string model;          // a GGUF file, or
-  std::string synthetic;      // a synthetic model, "llama3-8b[:SEED]" or "tiny[:SEED]" (Model::synthetic); one of the two
+  std::string model;          // a GGUF file, or (exactly one of the two)
+  std::string synthetic;      // a synthetic model: "llama3-8b[:SEED]" or "tiny[:SEED]" (Model::synthetic)
   int32_t n_prompt = 512;     // pp N: tokens prefilled in one timed run; 0 skips the pp test
   int32_t n_gen = 128;        // tg N: tokens generated one at a time in one timed run; 0 skips the tg test
   std::string depths = "0";   // comma-separated tokens already in the cache before each test

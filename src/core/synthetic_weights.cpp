@@ -50,7 +50,8 @@ bool synthetic_shape(const std::string& spec, ModelShape* shape, uint64_t* seed,
     m.rope_base = 10000.0f;
     m.rms_eps = 1e-5f;
   } else {
-    *error = "unknown synthetic model '" + name + "' (accepted: " + synthetic_shape_names() + ", each with an optional :SEED)";
+    *error = "unknown synthetic model '" + name + "' (accepted: " + synthetic_shape_names() +
+             ", each with an optional :SEED)";
     return false;
   }
   *shape = m;

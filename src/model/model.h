@@ -67,9 +67,9 @@ class Model {
   // A llama of synthetic weights, no file: spec is "llama3-8b[:SEED]" or "tiny[:SEED]" (synthetic_shape). Every
   // matrix is BF16 holding exactly synthetic_bf16's bits, the norms are f32 of the same bf16 values, the output head
   // is untied, RoPE rotates adjacent pairs, so the weights equal the CUDA decode step's under the same seed.
-  // Memory: 2 bytes per parameter, allocated here (llama3-8b: 8.03 G parameters, 15 GiB; tiny: 1.4 M, 2.8 MiB). The fill
-  // runs on pool's threads when one is given. Throws Error for a bad spec (naming the accepted shapes) or when the
-  // memory cannot be had.
+  // Memory: 2 bytes per parameter, allocated here (llama3-8b: 8.03 G parameters, 15 GiB; tiny: 1.4 M, 2.8 MiB).
+  // The fill runs on pool's threads when one is given. Throws Error for a bad spec (naming the accepted shapes) or
+  // when the memory cannot be had.
   static std::unique_ptr<Model> synthetic(const std::string& spec, ThreadPool* pool = nullptr);
 
   const ModelConfig& config() const { return config_; }
