@@ -9,8 +9,9 @@
 // (rows x D) tile is D / 64 panels of (rows x 64) elements, rows of 128 bytes, and the 16-byte chunk c of row r
 // stored at chunk c ^ (r % 8) inside 1024-byte atoms of 8 rows.
 //
-// What is not here yet (FlashAttention-3's other two ideas): loads by a producer warpgroup through TMA, and
-// overlapping one warpgroup's softmax with the other's products ("ping-pong") or with its own next S.
+// The loop is software-pipelined as FlashAttention-3's intra-warpgroup overlap: S of the next tile is issued before
+// the softmax of this one. What is not here (its other ideas): loads by a producer warpgroup through TMA, and
+// explicit scheduling of one warpgroup's softmax against the other's products ("ping-pong").
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -28,9 +29,17 @@
 namespace longctx::cuda {
 namespace {
 
-constexpr int kGroups = 2;          // warpgroups per block
-constexpr int kBr = 64 * kGroups;   // query rows per block
-constexpr int kBc = 64;             // keys per tile
+// Overridable at compile time for tuning sweeps only (NOTES.md has the measurements).
+#ifndef LONGCTX_PREFILL_GROUPS
+#define LONGCTX_PREFILL_GROUPS 2
+#endif
+#ifndef LONGCTX_PREFILL_KEYS
+#define LONGCTX_PREFILL_KEYS 64
+#endif
+constexpr int kGroups = LONGCTX_PREFILL_GROUPS;  // warpgroups per block
+constexpr int kBr = 64 * kGroups;                // query rows per block
+constexpr int kBc = LONGCTX_PREFILL_KEYS;        // keys per tile
+static_assert(kBc == 64 || kBc == 128, "the score product is m64n64 or m64n128");
 
 template <int D>
 constexpr int smem_bytes() {
@@ -49,6 +58,13 @@ struct Wgmma<__nv_bfloat16> {
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "r"(accumulate));
+  }
+  static __device__ __forceinline__ void ss_n128(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "l"(a), "l"(b), "r"(accumulate));
   }
   static __device__ __forceinline__ void rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
@@ -74,6 +90,13 @@ struct Wgmma<__half> {
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "r"(accumulate));
+  }
+  static __device__ __forceinline__ void ss_n128(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "l"(a), "l"(b), "r"(accumulate));
   }
   static __device__ __forceinline__ void rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
@@ -113,10 +136,10 @@ __device__ __forceinline__ uint32_t canonical(int r, int c) {
 template <int R, int D>
 __device__ __forceinline__ void load_rows(uint32_t base, const uint16_t* src, int64_t stride, int r0, int n_rows) {
   constexpr int kChunks = D / 8, kThreads = kGroups * 128;
-  static_assert(R * kChunks % kThreads == 0, "every thread copies the same number of chunks");
 #pragma unroll
-  for (int n = 0; n < R * kChunks / kThreads; ++n) {
+  for (int n = 0; n < (R * kChunks + kThreads - 1) / kThreads; ++n) {
     const int i = n * kThreads + threadIdx.x;
+    if (R * kChunks % kThreads != 0 && i >= R * kChunks) break;
     const int r = i / kChunks, c = i % kChunks;
     const int gr = min(r0 + r, n_rows - 1);  // rows past the end repeat the last (finite; masked)
     cp_async16(base + canonical<R>(r, c), src + gr * stride + c * 8);
@@ -146,50 +169,70 @@ __global__ void __launch_bounds__(kGroups * 128) prefill_attention_wgmma_kernel(
   const int k_begin = a.window > 0 ? max(0, pos_lo - a.window + 1) : 0;
   const int t_begin = k_begin / kBc, t_end = k_end > k_begin ? (k_end + kBc - 1) / kBc : t_begin;
 
-  load_rows<kBr, D>(sQ, Q, a.q_row, q0, a.n_q);
-  if (t_begin < t_end) {
-    load_rows<kBc, D>(sK, K, a.k_row, t_begin * kBc, a.n_kv);
-    load_rows<kBc, D>(sV, V, a.v_row, t_begin * kBc, a.n_kv);
-  }
-  cp_async_commit();
-
   // This warpgroup's 64 rows (decisions to skip a tile or mask it are per warpgroup: wgmma runs all 128 threads).
   const int w0 = q0 + wg * 64;
   const int wpos_lo = a.q_offset + w0, wpos_hi = a.q_offset + min(w0 + 64, a.n_q) - 1;
   const int row_pos0 = a.q_offset + w0 + warp * 16 + g, row_pos1 = row_pos0 + 8;
+  auto needed = [&](int t) {  // does any row of this warpgroup see a key of tile t?
+    const int ks = t * kBc;
+    return t < t_end && w0 < a.n_q && !(a.causal && ks > wpos_hi) &&
+           !(a.window > 0 && ks + kBc - 1 <= wpos_lo - a.window);
+  };
+  auto k_stage = [&](int t) { return sK + ((t - t_begin) & 1) * kBc * D * 2; };
+  auto v_stage = [&](int t) { return sV + ((t - t_begin) & 1) * kBc * D * 2; };
+  auto scores = [&](float (&s)[kBc / 2], int t) {  // issues S = Q K(t)^T; the caller commits and waits
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      // k-step kk: panel kk / 4, 32 bytes per step inside the swizzled 128-byte rows.
+      const uint64_t da = descriptor(sQ + (kk >> 2) * (kBr * 128) + wg * 64 * 128 + (kk & 3) * 32, 16, 1024);
+      const uint64_t db = descriptor(k_stage(t) + (kk >> 2) * (kBc * 128) + (kk & 3) * 32, 16, 1024);
+      if constexpr (kBc == 128) W::ss_n128(s, da, db, kk > 0);
+      else W::ss_n64(s, da, db, kk > 0);
+    }
+  };
+
+  // Software pipeline over the tiles (FlashAttention-3's intra-warpgroup overlap): while the softmax of tile t runs
+  // on the CUDA cores, the tensor cores compute S of tile t + 1. So K runs one tile ahead of V: one cp.async group
+  // per iteration holds V(t + 1) and K(t + 2), and each stage is refilled only after the barrier that follows the
+  // last product reading it.
+  load_rows<kBr, D>(sQ, Q, a.q_row, q0, a.n_q);
+  if (t_begin < t_end) load_rows<kBc, D>(sK, K, a.k_row, t_begin * kBc, a.n_kv);
+  cp_async_commit();
+  if (t_begin < t_end) load_rows<kBc, D>(sV, V, a.v_row, t_begin * kBc, a.n_kv);
+  if (t_begin + 1 < t_end) load_rows<kBc, D>(k_stage(t_begin + 1), K, a.k_row, (t_begin + 1) * kBc, a.n_kv);
+  cp_async_commit();
+  cp_async_wait<1>();
+  fence_proxy_async();
+  __syncthreads();
 
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
   float m0 = kNegInf, m1 = kNegInf, l0 = 0.0f, l1 = 0.0f;
+  float s[kBc / 2];
+  if (needed(t_begin)) {
+    scores(s, t_begin);
+    wgmma_commit();
+    wgmma_wait_all();
+  }
 
   for (int t = t_begin; t < t_end; ++t) {
-    const int stage = (t - t_begin) & 1;
-    if (t + 1 < t_end) {
-      load_rows<kBc, D>(sK + (stage ^ 1) * kBc * D * 2, K, a.k_row, (t + 1) * kBc, a.n_kv);
-      load_rows<kBc, D>(sV + (stage ^ 1) * kBc * D * 2, V, a.v_row, (t + 1) * kBc, a.n_kv);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_wait<0>();  // V(t) and K(t + 1)
     fence_proxy_async();
-    __syncthreads();
+    __syncthreads();  // and every warpgroup is done with V(t - 1) and K(t): their stages may be refilled
+    if (t + 1 < t_end) load_rows<kBc, D>(v_stage(t + 1), V, a.v_row, (t + 1) * kBc, a.n_kv);
+    if (t + 2 < t_end) load_rows<kBc, D>(k_stage(t + 2), K, a.k_row, (t + 2) * kBc, a.n_kv);
+    cp_async_commit();
 
-    const int ks = t * kBc;
-    const bool skip = w0 >= a.n_q || (a.causal && ks > wpos_hi) || (a.window > 0 && ks + kBc - 1 <= wpos_lo - a.window);
-    if (!skip) {
-      const uint32_t sKt = sK + stage * kBc * D * 2, sVt = sV + stage * kBc * D * 2;
-      float s[kBc / 2];
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        // k-step kk: panel kk / 4, 32 bytes per step inside the swizzled 128-byte rows.
-        const uint64_t da = descriptor(sQ + (kk >> 2) * (kBr * 128) + wg * 64 * 128 + (kk & 3) * 32, 16, 1024);
-        const uint64_t db = descriptor(sKt + (kk >> 2) * (kBc * 128) + (kk & 3) * 32, 16, 1024);
-        W::ss_n64(s, da, db, kk > 0);
-      }
+    const bool need_next = needed(t + 1);
+    float s_next[kBc / 2];
+    if (need_next) {
+      scores(s_next, t + 1);
       wgmma_commit();
-      wgmma_wait_all();
-
+    }
+    if (needed(t)) {
+      const int ks = t * kBc;
       const bool edge = ks + kBc > a.n_kv || (a.causal && ks + kBc - 1 > wpos_lo) ||
                         (a.window > 0 && ks <= wpos_hi - a.window);
       if (edge) {
@@ -235,14 +278,17 @@ __global__ void __launch_bounds__(kGroups * 128) prefill_attention_wgmma_kernel(
 #pragma unroll
       for (int kk = 0; kk < kBc / 16; ++kk) {
         // V as the MN-major B operand: 16 keys (two 8-row groups, 1024 bytes apart) per step, dims in panels of 64.
-        const uint64_t dv = descriptor(sVt + kk * 16 * 128, kBc * 128, 1024);
+        const uint64_t dv = descriptor(v_stage(t) + kk * 16 * 128, kBc * 128, 1024);
         if constexpr (D == 128) W::rs_n128(o, p[kk], dv);
         else W::rs_n64(o, p[kk], dv);
       }
       wgmma_commit();
-      wgmma_wait_all();
     }
-    __syncthreads();
+    wgmma_wait_all();
+    if (need_next) {
+#pragma unroll
+      for (int i = 0; i < kBc / 2; ++i) s[i] = s_next[i];
+    }
   }
 
 #pragma unroll
