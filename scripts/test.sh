@@ -8,7 +8,7 @@ scripts/build.sh release
 ctest --test-dir build/release --output-on-failure -j "$jobs"
 scripts/build.sh debug
 ctest --test-dir build/debug --output-on-failure -j "$jobs" -LE slow
-# The CUDA backend where nvcc is (CI has it, no GPU): its sources and tests compile (sm_90 only, to keep it short),
+# The CUDA backend where nvcc is (CI has it, no GPU): its sources and tests compile (sm_90a only, to keep it short),
 # the host-only test runs, and the GPU tests exit 77, which CTest counts as skipped. The GPU run itself is
 # scripts/cuda_device_run.sh and scripts/cuda_device_e2e.sh on a device machine.
 if command -v nvcc >/dev/null 2>&1; then

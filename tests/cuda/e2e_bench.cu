@@ -6,12 +6,14 @@
 //           roofline tokens/s = bandwidth / (weight bytes + KV bytes read per token);
 //   parts:  cuBLASLt GEMV alone per product (tuned, rotating over the 32 layers' weights) against the read-only
 //           kernel over the same bytes, and decode attention alone over all layers, so the step's time is placed.
-// Usage: e2e_bench [out.jsonl [context ...]]   (default contexts 4096 32768; a table on stdout, printed last)
+// Usage: e2e_bench [out.jsonl [context ...]]   (default contexts 4096 32768; a context N:R:kivi2 is a cache of N
+// tokens compressed to N / R slots per head in 2-bit KIVI pages; a table on stdout, printed last)
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -93,6 +95,7 @@ double time_us(cudaStream_t st, int reps, int inner, F&& body) {
 struct Row {
   const char* path;
   long ctx;
+  int ratio;  // 1, or the compression of the cache (ctx / ratio slots kept per head)
   double us_token, tok_s, bytes_token, gbs, roof_copy_tok_s, roof_read_tok_s, gemm_us, attn_us;
 };
 
@@ -100,9 +103,30 @@ struct Row {
 
 int main(int argc, char** argv) {
   if (argc > 1) g_json = std::fopen(argv[1], "w");
-  std::vector<long> contexts = {4096, 32768};
+  // A context N, or N:R:kiviB for a cache compressed to N / R slots per head with B-bit KIVI pages (the shape
+  // SnapKV at a 1/R budget plus KIVI leaves; fill_kv_compressed_synthetic), timed on the fused path.
+  struct Case {
+    long ctx;
+    int ratio;
+    lc::KvPacking packing;
+  };
+  std::vector<Case> contexts = {{4096, 1, lc::KvPacking::None}, {32768, 1, lc::KvPacking::None}};
   if (argc > 2) contexts.clear();
-  for (int i = 2; i < argc; ++i) contexts.push_back(std::atol(argv[i]));
+  for (int i = 2; i < argc; ++i) {
+    Case c{std::atol(argv[i]), 1, lc::KvPacking::None};
+    if (const char* r = std::strchr(argv[i], ':')) {
+      c.ratio = std::atoi(r + 1);
+      const char* k = std::strstr(r, ":kivi");
+      const int bits = k ? std::atoi(k + 5) : 0;
+      c.packing = bits == 2 ? lc::KvPacking::Kivi2 : bits == 4 ? lc::KvPacking::Kivi4 : bits == 8 ? lc::KvPacking::Kivi8
+                                                                                      : lc::KvPacking::None;
+      if (c.ratio < 1 || c.packing == lc::KvPacking::None) {
+        std::fprintf(stderr, "bad case '%s': expected N or N:R:kivi2|4|8\n", argv[i]);
+        return 2;
+      }
+    }
+    contexts.push_back(c);
+  }
   lc::DeviceInfo info;
   if (lc::Status s = lc::device_query(&info); !s.ok()) {
     std::printf("SKIP: %s\n", s.message().c_str());
@@ -139,14 +163,23 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   std::vector<lc::LlamaGemmReport> gemms;
   const int n_inner = 32, n_reps = 5;
-  for (long ctx : contexts) {
+  for (const Case& cs : contexts) {
+    const long ctx = cs.ctx;
+    const bool compressed = cs.packing != lc::KvPacking::None;
+    const int32_t kept = static_cast<int32_t>(ctx / cs.ratio);
     lc::LlamaDecodeOptions opt;
-    opt.max_context = static_cast<int32_t>(ctx) + (n_reps + 2) * n_inner + 16;
+    opt.max_context = (compressed ? kept : static_cast<int32_t>(ctx)) + (n_reps + 2) * n_inner + 16;
+    opt.kv_packing = cs.packing;
+    opt.tune_gemms = gemms.empty();  // the products' tuning is reported once
     std::unique_ptr<lc::LlamaDecoder> dec;
     CS(lc::LlamaDecoder::create(m, seed, opt, &dec));
     const lc::LlamaDecodeBytes b = dec->bytes();
     if (gemms.empty()) gemms = dec->gemm_report();
-    CS(dec->fill_kv_synthetic(static_cast<int32_t>(ctx)));
+    auto fill = [&] {
+      return compressed ? dec->fill_kv_compressed_synthetic(static_cast<int32_t>(ctx), kept)
+                        : dec->fill_kv_synthetic(static_cast<int32_t>(ctx));
+    };
+    CS(fill());
     float attn_us = 0;
     CS(dec->time_attention(20, &attn_us));
     struct Variant {
@@ -159,9 +192,10 @@ int main(int argc, char** argv) {
                                 {"fused, Wo to L2 evict_last", lc::MatvecPath::Fused, lc::WeightPrefetch::WoEvictLast}};
     for (const Variant& v : variants) {
       const bool fused = v.path == lc::MatvecPath::Fused;
+      if (compressed && (!fused || v.prefetch != lc::WeightPrefetch::None)) continue;  // the default path only
       CS(dec->set_matvec(v.path));
       CS(dec->set_prefetch(v.prefetch));
-      CS(dec->fill_kv_synthetic(static_cast<int32_t>(ctx)));
+      CS(fill());
       CS(dec->set_token(128000));
       CS(dec->step(n_inner));  // warm-up: captures the graph, then replays
       CS(dec->synchronize());
@@ -193,12 +227,23 @@ int main(int argc, char** argv) {
       for (const auto& g : dec->gemm_report()) gemm_us += g.n_per_token * (fused ? g.fused_us : g.tune.best_us);
 
       Row row;
-      row.path = v.name;
+      row.path = compressed ? (cs.packing == lc::KvPacking::Kivi2 ? "fused, 1/R kept, kivi2"
+                               : cs.packing == lc::KvPacking::Kivi4 ? "fused, 1/R kept, kivi4" : "fused, 1/R kept, kivi8")
+                            : v.name;
       row.ctx = ctx;
+      row.ratio = cs.ratio;
       row.us_token = median(t);
       row.tok_s = 1e6 / row.us_token;
-      const double ctx_mid = ctx + n_inner * (1 + n_reps / 2.0);  // the cache grows by one token a step
-      row.bytes_token = static_cast<double>(b.weights_per_token) + static_cast<double>(b.kv_per_token_per_ctx) * ctx_mid;
+      const double grown = n_inner * (1 + n_reps / 2.0);  // the cache grows by one token a step
+      if (compressed) {  // packed pages, then the bf16 tail (and what the steps appended), and 4 B of position a slot
+        const double n_heads = static_cast<double>(m.n_layer) * m.n_head_kv;
+        const double n_packed = (kept - 1) / opt.page_tokens;
+        const double tail = kept - n_packed * opt.page_tokens + grown;
+        row.bytes_token = static_cast<double>(b.weights_per_token) +
+                          n_heads * (n_packed * b.kv_packed_page + tail * 2.0 * m.head_dim * 2 + (kept + grown) * 4.0);
+      } else {
+        row.bytes_token = static_cast<double>(b.weights_per_token) + static_cast<double>(b.kv_per_token_per_ctx) * (ctx + grown);
+      }
       row.gbs = row.bytes_token / row.us_token / 1e3;
       row.roof_copy_tok_s = copy_tbps * 1e12 / row.bytes_token;
       row.roof_read_tok_s = read_tbps * 1e12 / row.bytes_token;
@@ -212,10 +257,10 @@ int main(int argc, char** argv) {
                   toks.size(), static_cast<unsigned long long>(h));
       if (g_json)
         std::fprintf(g_json,
-                     "{\"what\":\"decode\",\"path\":\"%s\",\"ctx\":%ld,\"us_token\":%.2f,\"tok_s\":%.2f,\"bytes_token\":%.0f,"
+                     "{\"what\":\"decode\",\"path\":\"%s\",\"ctx\":%ld,\"ratio\":%d,\"us_token\":%.2f,\"tok_s\":%.2f,\"bytes_token\":%.0f,"
                      "\"gbs\":%.1f,\"roof_copy_tok_s\":%.2f,\"roof_read_tok_s\":%.2f,\"attn_us\":%.2f,\"gemm_us\":%.2f,"
                      "\"finite\":%d}\n",
-                     row.path, ctx, row.us_token, row.tok_s, row.bytes_token, row.gbs, row.roof_copy_tok_s,
+                     row.path, ctx, row.ratio, row.us_token, row.tok_s, row.bytes_token, row.gbs, row.roof_copy_tok_s,
                      row.roof_read_tok_s, attn_us, gemm_us, finite ? 1 : 0);
       if (!finite) return 1;
     }
@@ -238,8 +283,8 @@ int main(int argc, char** argv) {
   std::printf("| decode, llama3-8b bf16, B=1 | context | us/token | tok/s | GB/s | roofline tok/s (copy) | of copy roofline | roofline tok/s (read) | of read roofline | products alone us | attention alone us | rest us |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows)
-    std::printf("| longctx, %s | %ldK | %.1f | %.1f | %.0f | %.1f | %.0f%% | %.1f | %.0f%% | %.0f | %.0f | %.0f |\n", r.path, r.ctx / 1024,
-                r.us_token, r.tok_s, r.gbs, r.roof_copy_tok_s, 100.0 * r.tok_s / r.roof_copy_tok_s, r.roof_read_tok_s,
+    std::printf("| longctx, %s%s | %ldK | %.1f | %.1f | %.0f | %.1f | %.0f%% | %.1f | %.0f%% | %.0f | %.0f | %.0f |\n", r.path,
+                r.ratio > 1 ? (" (R = " + std::to_string(r.ratio) + ")").c_str() : "", r.ctx / 1024, r.us_token, r.tok_s, r.gbs, r.roof_copy_tok_s, 100.0 * r.tok_s / r.roof_copy_tok_s, r.roof_read_tok_s,
                 100.0 * r.tok_s / r.roof_read_tok_s, r.gemm_us, r.attn_us, r.us_token - r.gemm_us - r.attn_us);
   if (g_json) std::fclose(g_json);
   return 0;

@@ -6,7 +6,7 @@
 // Tolerances, per output dtype (elementwise |out - ref| <= atol + rtol |ref|):
 //   exact (bit-identical): the synthetic generator (host vs device), embedding (a bf16 -> f32 shift), the residual add
 //     (one f32 add on both sides), argmax (an index), the V rows of the KV append (one f32 -> bf16 rounding).
-//   bf16 outputs of f32 math (rmsnorm, RoPE'd q and k, swiglu): the device computes in f32, the reference in double,
+//   bf16 outputs of f32 math (rmsnorm, RoPE'd q and k, swiglu, geglu): the device computes in f32, the reference in double,
 //     and both round to bf16, so they may land one bf16 step apart: rtol = 2^-7 (one step at the bottom of a binade),
 //     atol = 1e-5 (cancellation near zero in the rotation, f32 flush of silu's far tail).
 //   f32 GEMM outputs (cuBLASLt, bf16 operands exact in both, f32 accumulation vs double): |out - ref| <= 1e-5 times
@@ -179,28 +179,34 @@ void test_rmsnorm(std::mt19937& rng) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-void test_swiglu(std::mt19937& rng) {
+void test_gated(std::mt19937& rng) {
   std::normal_distribution<float> nd(0.0f, 3.0f);
-  for (int32_t n_ff : {512, 14336}) {
-    std::vector<float> gu(2 * static_cast<size_t>(n_ff));
-    for (auto& v : gu) v = nd(rng);
-    gu[0] = -100.0f;  // silu's far tails
-    gu[1] = 100.0f;
-    gu[2] = -1e4f;
-    DevBuf d_gu(gu.size() * 4), d_h(static_cast<size_t>(n_ff) * 2);
-    d_gu.upload(gu);
-    d_h.poison();
-    CHECK_OK(lc::swiglu(d_gu.as<float>(), d_h.p, n_ff));
-    const std::vector<float> h = bf16_vec_to_f32(d_h.download<uint16_t>(static_cast<size_t>(n_ff)));
-    std::vector<float> ref(static_cast<size_t>(n_ff));
-    for (int32_t i = 0; i < n_ff; ++i) {
-      const double g = gu[static_cast<size_t>(i)], u = gu[static_cast<size_t>(n_ff + i)];
-      ref[static_cast<size_t>(i)] = bf16_round(g / (1.0 + std::exp(-g)) * u);
+  for (const bool gelu : {false, true})
+    for (int32_t n_ff : {512, 14336}) {
+      std::vector<float> gu(2 * static_cast<size_t>(n_ff));
+      for (auto& v : gu) v = nd(rng);
+      gu[0] = -100.0f;  // the activations' far tails
+      gu[1] = 100.0f;
+      gu[2] = -1e4f;
+      gu[3] = 1e4f;
+      DevBuf d_gu(gu.size() * 4), d_h(static_cast<size_t>(n_ff) * 2);
+      d_gu.upload(gu);
+      d_h.poison();
+      CHECK_OK(gelu ? lc::geglu(d_gu.as<float>(), d_h.p, n_ff) : lc::swiglu(d_gu.as<float>(), d_h.p, n_ff));
+      const std::vector<float> h = bf16_vec_to_f32(d_h.download<uint16_t>(static_cast<size_t>(n_ff)));
+      std::vector<float> ref(static_cast<size_t>(n_ff));
+      for (int32_t i = 0; i < n_ff; ++i) {
+        const double g = gu[static_cast<size_t>(i)], u = gu[static_cast<size_t>(n_ff + i)];
+        const double act = gelu ? 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g)))
+                                : g / (1.0 + std::exp(-g));
+        ref[static_cast<size_t>(i)] = bf16_round(act * u);
+      }
+      double mx = 0;
+      const char* name = gelu ? "geglu" : "swiglu";
+      const size_t bad = compare(name, h.data(), ref.data(), h.size(), 1e-5, 1.0 / 128, &mx);
+      report(bad == 0, std::string(name) + " n_ff " + std::to_string(n_ff) + " bf16 out, max abs err " + std::to_string(mx));
     }
-    double mx = 0;
-    const size_t bad = compare("swiglu", h.data(), ref.data(), h.size(), 1e-5, 1.0 / 128, &mx);
-    report(bad == 0, "swiglu n_ff " + std::to_string(n_ff) + " bf16 out, max abs err " + std::to_string(mx));
-  }
+  report(!lc::geglu(nullptr, nullptr, 10).ok(), "geglu refuses n_ff % 4 != 0");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -564,7 +570,7 @@ int main() {
   test_synthetic();
   test_embedding(rng);
   test_rmsnorm(rng);
-  test_swiglu(rng);
+  test_gated(rng);
   test_add(rng);
   test_argmax(rng);
   test_rope_kv_append(rng);

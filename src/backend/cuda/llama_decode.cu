@@ -9,6 +9,7 @@
 
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/ops.h"
+#include "core/fp16.h"
 
 namespace longctx::cuda {
 namespace {
@@ -63,6 +64,33 @@ __global__ void fill_positions_kernel(int32_t* positions, int32_t* n_tokens, int
   }
 }
 
+// Pretend compressed prefill: every (layer, head) holds `kept` slots, the oldest kept - recent spread evenly over
+// [0, n_ctx - recent) and the newest `recent` contiguous at the end (sorted, distinct).
+__global__ void fill_compressed_positions_kernel(int32_t* positions, int32_t* n_tokens, int32_t n_heads_total,
+                                                 int32_t max_tokens, int32_t n_ctx, int32_t kept, int32_t recent) {
+  const size_t total = static_cast<size_t>(n_heads_total) * max_tokens;
+  const int32_t spread = kept - recent;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int32_t slot = static_cast<int32_t>(i % max_tokens);
+    int32_t p = 0;
+    if (slot < spread) p = static_cast<int32_t>(static_cast<int64_t>(slot) * (n_ctx - recent) / spread);
+    else if (slot < kept) p = n_ctx - (kept - slot);
+    positions[i] = p;
+    if (slot == 0) n_tokens[i / max_tokens] = kept;
+  }
+}
+
+// Copies the first n_src pages of a pool over pages n_src .. n_dst - 1, cyclically (16-byte words).
+__global__ void replicate_pages_kernel(uint4* pool, size_t page_words, size_t n_src, size_t n_dst) {
+  const size_t total = (n_dst - n_src) * page_words;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t page = n_src + i / page_words, w = i % page_words;
+    pool[page * page_words + w] = pool[(page % n_src) * page_words + w];
+  }
+}
+
 enum class Product { Qkv, Wo, GateUp, Down, Head };
 
 struct LayerWeights {
@@ -87,6 +115,8 @@ struct LlamaDecoder::Impl {
 
   Arena kv;
   size_t pool = 0, page_table = 0, positions = 0, n_tokens = 0;
+  size_t packed_pool = 0, page_packed = 0, packed_page_bytes = 0;  // with options.kv_packing only
+  std::vector<int32_t> page_ids;  // the page table as created (plain pages), restored by reset()
   int32_t max_pages = 0;
   std::vector<PagedKvView> views;  // per layer
   DecodeAttentionParams attn_params;
@@ -98,7 +128,8 @@ struct LlamaDecoder::Impl {
 
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
-  int32_t host_pos = 0;
+  int32_t host_pos = 0;    // the next step's position
+  int32_t host_slots = 0;  // slots every head holds (the position too, but for a compressed cache)
 
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
@@ -314,16 +345,23 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   I.page_table = I.kv.reserve(n_pages * 4);
   I.positions = I.kv.reserve(n_heads_total * static_cast<size_t>(opt.max_context) * 4);
   I.n_tokens = I.kv.reserve(n_heads_total * 4);
-  if (Status s = I.kv.allocate(); !s.ok()) return Status::error("llama decode: KV store: " + s.message());
-  {
-    std::vector<int32_t> ids(n_pages);
-    std::iota(ids.begin(), ids.end(), 0);
-    if (opt.page_order == PageOrder::Scattered) {
-      std::mt19937 rng(12345);
-      std::shuffle(ids.begin(), ids.end(), rng);
-    }
-    if (Status s = copy_to_device(I.kv.at(I.page_table), ids.data(), ids.size() * 4); !s.ok()) return s;
+  if (opt.kv_packing != KvPacking::None) {
+    PagedKvView probe;
+    probe.head_dim = m.head_dim, probe.page_tokens = pt, probe.packing = opt.kv_packing;
+    I.packed_page_bytes = probe.packed_page_bytes();
+    I.packed_pool = I.kv.reserve(n_pages * I.packed_page_bytes);
+    I.page_packed = I.kv.reserve(n_pages);
   }
+  if (Status s = I.kv.allocate(); !s.ok()) return Status::error("llama decode: KV store: " + s.message());
+  I.page_ids.resize(n_pages);
+  std::iota(I.page_ids.begin(), I.page_ids.end(), 0);
+  if (opt.page_order == PageOrder::Scattered) {
+    std::mt19937 rng(12345);
+    std::shuffle(I.page_ids.begin(), I.page_ids.end(), rng);
+  }
+  if (Status s = copy_to_device(I.kv.at(I.page_table), I.page_ids.data(), n_pages * 4); !s.ok()) return s;
+  if (opt.kv_packing != KvPacking::None)
+    if (Status s = device_fill_bytes(I.kv.at(I.page_packed), 0, n_pages); !s.ok()) return s;
   for (int32_t il = 0; il < m.n_layer; ++il) {
     PagedKvView v;
     v.pool = I.kv.at(I.pool);
@@ -337,6 +375,11 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
     v.max_pages = I.max_pages;
     v.max_tokens = opt.max_context;
     v.dtype = KvDtype::BF16;
+    if (opt.kv_packing != KvPacking::None) {
+      v.packing = opt.kv_packing;
+      v.packed_pool = I.kv.at(I.packed_pool);
+      v.page_packed = I.kv.at<uint8_t>(I.page_packed) + static_cast<size_t>(il) * m.n_head_kv * I.max_pages;
+    }
     I.views.push_back(v);
   }
   I.attn_params.n_head = m.n_head;
@@ -463,7 +506,82 @@ Status LlamaDecoder::reset() {
   LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(I.n_generated), 0, 4, I.stream));
   LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(I.token), 0, 4, I.stream));
   LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(I.argmax_ws), 0, argmax_workspace_bytes(), I.stream));
+  if (I.opt.kv_packing != KvPacking::None) {  // every page plain again, at its own id
+    LONGCTX_CUDA_TRY(cudaMemsetAsync(I.kv.at(I.page_packed), 0, I.page_ids.size(), I.stream));
+    LONGCTX_CUDA_TRY(cudaMemcpyAsync(I.kv.at(I.page_table), I.page_ids.data(), I.page_ids.size() * 4,
+                                     cudaMemcpyHostToDevice, I.stream));
+    LONGCTX_CUDA_TRY(cudaStreamSynchronize(I.stream));  // the host vector must outlive the copy
+  }
   I.host_pos = 0;
+  I.host_slots = 0;
+  return Status::success();
+}
+
+Status LlamaDecoder::fill_kv_compressed_synthetic(int32_t n_ctx, int32_t kept) {
+  Impl& I = *impl_;
+  const ModelShape& m = I.shape;
+  const int32_t pt = I.opt.page_tokens, recent = 64;
+  if (I.opt.kv_packing == KvPacking::None)
+    return Status::error("fill_kv_compressed_synthetic: the decoder was created without kv_packing");
+  if (kept <= recent || kept >= I.opt.max_context || kept > n_ctx)
+    return Status::error("fill_kv_compressed_synthetic: " + std::to_string(kept) + " kept slots of " +
+                         std::to_string(n_ctx) + " do not fit (more than 64, at most n_ctx, below max_context " +
+                         std::to_string(I.opt.max_context) + ")");
+  if (Status s = fill_kv_synthetic(0); !s.ok()) return s;  // reset, and synthetic values in the bf16 pages
+  const size_t n_heads_total = static_cast<size_t>(m.n_layer) * m.n_head_kv;
+  const int32_t n_packed = (kept - 1) / pt;  // every full page but the one holding the last kept slot
+  const size_t n_used = n_heads_total * static_cast<size_t>(n_packed);
+
+  // Packed page ids 0 .. n_used - 1 in the table, flagged packed.
+  std::vector<int32_t> table = I.page_ids;
+  std::vector<uint8_t> packed(I.page_ids.size(), 0);
+  for (size_t h = 0; h < n_heads_total; ++h)
+    for (int32_t p = 0; p < n_packed; ++p) {
+      const size_t e = h * static_cast<size_t>(I.max_pages) + static_cast<size_t>(p);
+      table[e] = static_cast<int32_t>(h * static_cast<size_t>(n_packed) + static_cast<size_t>(p));
+      packed[e] = 1;
+    }
+  if (Status s = copy_to_device(I.kv.at(I.page_table), table.data(), table.size() * 4); !s.ok()) return s;
+  if (Status s = copy_to_device(I.kv.at(I.page_packed), packed.data(), packed.size()); !s.ok()) return s;
+
+  // 16 distinct packed pages from random codes, scales and mins of the synthetic K/V's range (uniform, std 1),
+  // repeated over the pool.
+  const int32_t bits = kv_packing_bits(I.opt.kv_packing), D = m.head_dim;
+  const size_t n_distinct = std::min<size_t>(16, n_used);
+  std::vector<uint8_t> host(n_distinct * I.packed_page_bytes);
+  std::mt19937 rng(static_cast<uint32_t>(I.seed));
+  std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
+  std::uniform_real_distribution<float> jitter(0.9f, 1.1f);
+  const float range = 2.0f * 1.7320508f;
+  for (size_t i = 0; i < n_distinct; ++i) {
+    std::vector<uint8_t> kc(static_cast<size_t>(pt) * D), vc(kc.size());
+    std::vector<uint16_t> ks(D), km(D), vs(static_cast<size_t>(pt) * D / 32), vm(vs.size());
+    for (auto& c : kc) c = static_cast<uint8_t>(code(rng));
+    for (auto& c : vc) c = static_cast<uint8_t>(code(rng));
+    for (auto& x : ks) x = f32_to_fp16(range / ((1 << bits) - 1) * jitter(rng));
+    for (auto& x : km) x = f32_to_fp16(-0.5f * range * jitter(rng));
+    for (auto& x : vs) x = f32_to_fp16(range / ((1 << bits) - 1) * jitter(rng));
+    for (auto& x : vm) x = f32_to_fp16(-0.5f * range * jitter(rng));
+    const KiviPageCodes codes{kc.data(), ks.data(), km.data(), vc.data(), vs.data(), vm.data()};
+    if (Status s = kivi_page_pack(I.opt.kv_packing, pt, D, codes, host.data() + i * I.packed_page_bytes); !s.ok())
+      return s;
+  }
+  if (n_used > 0) {
+    if (Status s = copy_to_device(I.kv.at(I.packed_pool), host.data(), host.size()); !s.ok()) return s;
+    if (n_used > n_distinct) {
+      replicate_pages_kernel<<<1024, 256, 0, I.stream>>>(I.kv.at<uint4>(I.packed_pool), I.packed_page_bytes / 16,
+                                                          n_distinct, n_used);
+      LONGCTX_CUDA_TRY(cudaGetLastError());
+    }
+  }
+  fill_compressed_positions_kernel<<<1024, 256, 0, I.stream>>>(
+      I.kv.at<int32_t>(I.positions), I.kv.at<int32_t>(I.n_tokens), static_cast<int32_t>(n_heads_total),
+      I.opt.max_context, n_ctx, kept, recent);
+  LONGCTX_CUDA_TRY(cudaGetLastError());
+  LONGCTX_CUDA_TRY(cudaMemcpyAsync(I.act.at(I.pos), &n_ctx, 4, cudaMemcpyHostToDevice, I.stream));
+  LONGCTX_CUDA_TRY(cudaStreamSynchronize(I.stream));
+  I.host_pos = n_ctx;
+  I.host_slots = kept;
   return Status::success();
 }
 
@@ -485,6 +603,7 @@ Status LlamaDecoder::fill_kv_synthetic(int32_t n_ctx) {
   LONGCTX_CUDA_TRY(cudaMemcpyAsync(I.act.at(I.pos), &n_ctx, 4, cudaMemcpyHostToDevice, I.stream));
   LONGCTX_CUDA_TRY(cudaStreamSynchronize(I.stream));  // n_ctx lives on this frame
   I.host_pos = n_ctx;
+  I.host_slots = n_ctx;
   return Status::success();
 }
 
@@ -501,12 +620,13 @@ Status LlamaDecoder::set_token(int32_t token) {
 Status LlamaDecoder::step(int32_t n_steps) {
   Impl& I = *impl_;
   if (n_steps < 0) return Status::error("step: negative count");
-  if (I.host_pos + n_steps > I.opt.max_context)
+  if (I.host_slots + n_steps > I.opt.max_context)
     return Status::error("step: the context of " + std::to_string(I.opt.max_context) + " tokens is full");
   if (!I.exec)
     if (Status s = I.capture(); !s.ok()) return s;
   for (int32_t i = 0; i < n_steps; ++i) LONGCTX_CUDA_TRY(cudaGraphLaunch(I.exec, I.stream));
   I.host_pos += n_steps;
+  I.host_slots += n_steps;
   return Status::success();
 }
 
@@ -545,6 +665,7 @@ LlamaDecodeBytes LlamaDecoder::bytes() const {
   b.weights_per_token = per_layer * m.n_layer + (E + static_cast<size_t>(m.n_vocab) * E + E) * 2;
   b.kv_per_token_per_ctx = static_cast<size_t>(m.n_layer) * m.kv_dim() * 2 * 2;
   b.kv_store = I.kv.bytes();
+  b.kv_packed_page = I.packed_page_bytes;
   return b;
 }
 

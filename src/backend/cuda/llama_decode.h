@@ -39,6 +39,9 @@ struct LlamaDecodeOptions {
   bool tune_gemms = true;  // time cuBLASLt's candidates (and the fused GEMV) on the weights at create
   MatvecPath matvec = MatvecPath::Fused;
   WeightPrefetch prefetch = WeightPrefetch::None;
+  // Packed pages the store may hold beside its bf16 ones (KIVI, as decode_attention reads them), for caches that
+  // a KV policy compressed; None: bf16 pages only.
+  KvPacking kv_packing = KvPacking::None;
 };
 
 // Where the bytes of one token's forward go, for the roofline.
@@ -47,6 +50,7 @@ struct LlamaDecodeBytes {
   size_t weights_per_token = 0;  // what a step reads: every layer matrix and norm, the output head, one embedding row
   size_t kv_per_token_per_ctx = 0;  // K and V bytes a step reads per cached token (all layers and heads)
   size_t kv_store = 0;              // the paged store as allocated
+  size_t kv_packed_page = 0;        // bytes of one packed page (0 without kv_packing)
 };
 
 // One product of the forward, as tuned (GEMV alone, rotating over its layers' weights).
@@ -75,6 +79,12 @@ class LlamaDecoder {
   // Pretends n_ctx tokens were prefilled: every head holds n_ctx slots at positions 0..n_ctx-1 with synthetic K/V
   // values (benchmarks that skip prefill); the next step is at position n_ctx.
   Status fill_kv_synthetic(int32_t n_ctx);
+  // Pretends a prompt of n_ctx tokens was prefilled and compressed to `kept` slots per head, the shape a token
+  // policy (SnapKV, H2O, ...) plus KIVI leaves: slot positions spread over [0, n_ctx) with the newest 64 tokens
+  // contiguous, every full page but the last packed in options.kv_packing, the last page bf16 (KIVI's
+  // full-precision tail, where the steps append). Synthetic values; the next step is at position n_ctx. Needs
+  // kv_packing != None and kept < max_context. Which slots a real policy keeps does not change what a step reads.
+  Status fill_kv_compressed_synthetic(int32_t n_ctx, int32_t kept);
   // The input token of the next step (otherwise the previous step's argmax).
   Status set_token(int32_t token);
   // n_steps replays of the step graph (captured on first use), queued on the decoder's stream; no synchronization.

@@ -37,6 +37,8 @@ Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, floa
 
 // h (n_ff) bf16 = silu(gate) * up, gate_up: (2, n_ff) f32 (the fused gate/up product: gate rows, then up rows).
 Status swiglu(const float* gate_up, void* h, int32_t n_ff, void* stream = nullptr);
+// The same with gelu (tanh approximation, as gemma and cpu::GatedActivation::GeluTanh): h = gelu(gate) * up.
+Status geglu(const float* gate_up, void* h, int32_t n_ff, void* stream = nullptr);
 
 // x += y over n f32 values. The decode step folds its residual adds into the GEMMs (beta = 1); this op is for
 // architectures whose residual branch ends in a norm (gemma3's post-norms), where the add cannot fold.
