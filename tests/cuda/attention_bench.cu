@@ -41,23 +41,6 @@ void record(const char* what, const char* dtype, long ctx, int n_splits, double 
                  what, dtype, ctx, n_splits, us, bytes, tbps);
 }
 
-// Reads n16 16-byte words, four loads in flight per thread per step; writes only if an impossible value appears,
-// so the reads cannot be optimized away.
-__global__ void read_only(const uint4* __restrict__ p, size_t n16, uint32_t* sink) {
-  uint32_t acc = 0;
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
-  for (; i + 3 * stride < n16; i += 4 * stride) {
-    const uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride), c = __ldcs(p + i + 2 * stride), d = __ldcs(p + i + 3 * stride);
-    acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
-  }
-  for (; i < n16; i += stride) {
-    const uint4 a = __ldcs(p + i);
-    acc ^= a.x ^ a.y ^ a.z ^ a.w;
-  }
-  if (acc == 0x7fc00001u) *sink = acc;
-}
-
 // Makes the scales and mins of n_pages KIVI pages (kivi_layout.h) finite and of a plausible size, over pages whose
 // codes fill_random left random: key scale in [0.02, 0.3), min in [-2, 0); value scale in [0.1, 0.6), min [-1, 0).
 __global__ void fix_kivi_scales(uint8_t* pool, size_t n_pages, int d, int bits, int pt, uint32_t seed) {

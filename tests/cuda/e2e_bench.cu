@@ -22,52 +22,14 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/llama_decode.h"
 #include "backend/cuda/synthetic.h"
+#include "bench_util.cuh"
 
 namespace lc = longctx::cuda;
-
-#define CK(call)                                                                                  \
-  do {                                                                                            \
-    cudaError_t e_ = (call);                                                                      \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));  \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
-#define CS(expr)                                                                     \
-  do {                                                                               \
-    const lc::Status s_ = (expr);                                                    \
-    if (!s_.ok()) {                                                                  \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.message().c_str()); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
+using namespace longctx::cuda_bench;
 
 namespace {
 
 FILE* g_json = nullptr;
-
-// Streams n16 16-byte words, four independent loads in flight per thread; the xor of everything is stored only if
-// it hits an impossible value, so the compiler keeps the loads.
-__global__ void read_kernel(const uint4* __restrict__ p, size_t n16, uint32_t* sink) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  uint32_t acc = 0;
-  size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (; i + 3 * stride < n16; i += 4 * stride) {
-    uint4 v[4];
-    for (int j = 0; j < 4; ++j) v[j] = __ldcs(p + i + j * stride);
-    for (int j = 0; j < 4; ++j) acc ^= v[j].x ^ v[j].y ^ v[j].z ^ v[j].w;
-  }
-  for (; i < n16; i += stride) {
-    const uint4 v = __ldcs(p + i);
-    acc ^= v.x ^ v.y ^ v.z ^ v.w;
-  }
-  if (acc == 0x9e3779b9u) *sink = acc;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // Median microseconds per launch of `body`, over reps events-timed runs of `inner` launches.
 template <typename F>
@@ -148,7 +110,7 @@ int main(int argc, char** argv) {
   const double copy_us = time_us(st, 7, 5, [&] { CK(cudaMemcpyAsync(dst, src, big, cudaMemcpyDeviceToDevice, st)); });
   const double copy_tbps = 2.0 * big / copy_us / 1e6;
   const double read_us = time_us(st, 7, 5, [&] {
-    read_kernel<<<info.n_sm * 8, 512, 0, st>>>(static_cast<const uint4*>(src), big / 16, sink);
+    read_only<<<info.n_sm * 8, 512, 0, st>>>(static_cast<const uint4*>(src), big / 16, sink);
   });
   const double read_tbps = big / read_us / 1e6;
   CK(cudaGetLastError());

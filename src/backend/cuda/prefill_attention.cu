@@ -211,16 +211,8 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
 
 template <typename T, int D>
 Status launch(const PrefillArgs& a, int32_t n_head, cudaStream_t stream) {
-  constexpr int bytes = smem_bytes<D>();
-  static bool configured = false;  // the attribute is per function; setting it once is enough
-  if (!configured) {
-    LONGCTX_CUDA_TRY(cudaFuncSetAttribute(prefill_attention_kernel<T, D>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    configured = true;
-  }
-  const dim3 grid(static_cast<unsigned>(n_head), static_cast<unsigned>((a.n_q + kBr - 1) / kBr));
-  prefill_attention_kernel<T, D><<<grid, kWarps * 32, bytes, stream>>>(a);
-  return cuda_status(cudaGetLastError(), "prefill attention launch");
+  return launch_prefill<prefill_attention_kernel<T, D>>(a, n_head, kBr, kWarps * 32, smem_bytes<D>(), stream,
+                                                        "prefill attention launch");
 }
 
 }  // namespace

@@ -310,16 +310,8 @@ __global__ void __launch_bounds__(kGroups * 128) prefill_attention_wgmma_kernel(
 
 template <typename T, int D>
 Status launch(const PrefillArgs& a, int32_t n_head, cudaStream_t stream) {
-  constexpr int bytes = smem_bytes<D>();
-  static bool configured = false;
-  if (!configured) {
-    LONGCTX_CUDA_TRY(cudaFuncSetAttribute(prefill_attention_wgmma_kernel<T, D>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    configured = true;
-  }
-  const dim3 grid(static_cast<unsigned>(n_head), static_cast<unsigned>((a.n_q + kBr - 1) / kBr));
-  prefill_attention_wgmma_kernel<T, D><<<grid, kGroups * 128, bytes, stream>>>(a);
-  return cuda_status(cudaGetLastError(), "prefill attention (wgmma) launch");
+  return launch_prefill<prefill_attention_wgmma_kernel<T, D>>(a, n_head, kBr, kGroups * 128, smem_bytes<D>(), stream,
+                                                              "prefill attention (wgmma) launch");
 }
 
 }  // namespace
