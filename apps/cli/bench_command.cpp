@@ -167,6 +167,18 @@ int64_t peak_rss_bytes() {
 }
 
 namespace {
+// Resets the peak-RSS mark to the current RSS (Linux >= 4.0: "5" to clear_refs), so that the copy probe's buffers,
+// freed again, do not count as the engine's peak. False where the system does not allow it.
+bool reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  if (!out) return false;
+  out << "5";
+  out.flush();
+  return static_cast<bool>(out);
+}
+}  // namespace
+
+namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -195,6 +207,7 @@ struct CaseResult {
   int32_t depth = 0;
   std::vector<double> tokens_per_s;  // (n_reps)
   int64_t kv_bytes_per_token = 0;    // tg: mean over the generated tokens
+  std::vector<double> copy_gbs;      // tg: the copy bandwidth probed right after each repetition (when allowed)
 };
 
 // A fingerprint of what the cache holds in its first n_keep[i] slots of every head: positions and page formats.
@@ -407,13 +420,19 @@ int bench_command(const BenchOptions& o) {
     runner.time_generation(1);
   }
 
+  // The copy bandwidth of a shared machine moves between runs by more than a decode rate does, so each tg
+  // repetition is followed by a short probe and "% of copy" is the median of the per-repetition ratios. The probe's
+  // buffers must not count as the engine's peak RSS: the peak is sampled before each probe and reset after it;
+  // where the mark cannot be reset, only one probe runs, at the end.
+  const bool probe_each_rep = o.n_gen > 0 && reset_peak_rss();
+  int64_t rss = 0;
   std::vector<CaseResult> results;
   for (int32_t d : depths) {
     const auto t_fill = std::chrono::steady_clock::now();
     runner.fill(d);
     if (d > 0) fmt::print(stderr, "bench: depth {} filled in {:.1f}s (untimed)\n", d, seconds_since(t_fill));
-    CaseResult pp{TestKind::Prompt, o.n_prompt, d, {}, 0};
-    CaseResult tg{TestKind::Generation, o.n_gen, d, {}, 0};
+    CaseResult pp{TestKind::Prompt, o.n_prompt, d, {}, 0, {}};
+    CaseResult tg{TestKind::Generation, o.n_gen, d, {}, 0, {}};
     // Interleaved, pp then tg in every repetition, so drift from other load on the machine hits both alike.
     for (int32_t rep = 0; rep < o.n_reps; ++rep) {
       if (o.n_prompt > 0) {
@@ -423,6 +442,11 @@ int bench_command(const BenchOptions& o) {
       if (o.n_gen > 0) {
         runner.restore();
         tg.tokens_per_s.push_back(o.n_gen / runner.time_generation(o.n_gen));
+        if (probe_each_rep) {
+          rss = std::max(rss, peak_rss_bytes());
+          tg.copy_gbs.push_back(measure_copy_bandwidth(pool).bytes_per_s / 1e9);
+          reset_peak_rss();
+        }
         if (rep == 0) {
           // The KV read grows linearly with the position (piecewise, with windows): the mean of the first and
           // last step's reads is the mean over the run.
@@ -442,9 +466,28 @@ int bench_command(const BenchOptions& o) {
   }
 
   // Peak RSS before the bandwidth test, whose two large buffers are not the engine's.
-  const int64_t rss = peak_rss_bytes();
+  rss = std::max(rss, peak_rss_bytes());
   const CopyBandwidth bw = measure_copy_bandwidth(pool);
-  const double copy_gbs = bw.bytes_per_s / 1e9;
+  // A tg case's decode GB/s and its fraction of the copy bandwidth: the per-repetition ratios' median where each
+  // repetition was probed, otherwise against the one probe at the end.
+  struct DecodeRate {
+    double gbs = 0, copy_gbs = 0, pct = 0;
+  };
+  auto decode_rate = [&](const CaseResult& r) {
+    const double bytes = static_cast<double>(weight_bytes + r.kv_bytes_per_token);
+    DecodeRate d;
+    d.gbs = bytes * summarize_reps(r.tokens_per_s).median / 1e9;
+    if (r.copy_gbs.size() == r.tokens_per_s.size() && !r.copy_gbs.empty()) {
+      std::vector<double> pct;
+      for (size_t i = 0; i < r.copy_gbs.size(); ++i) pct.push_back(100 * bytes * r.tokens_per_s[i] / 1e9 / r.copy_gbs[i]);
+      d.pct = summarize_reps(pct).median;
+      d.copy_gbs = summarize_reps(r.copy_gbs).median;
+    } else {
+      d.copy_gbs = bw.bytes_per_s / 1e9;
+      d.pct = d.copy_gbs > 0 ? 100 * d.gbs / d.copy_gbs : 0.0;
+    }
+    return d;
+  };
 
   const std::string kv_name = policy->describe();
   if (o.json) {
@@ -460,12 +503,13 @@ int bench_command(const BenchOptions& o) {
           r.depth, s.median, s.stddev, s.min, s.max, samples, s.n, n_threads, o.n_batch, json_quote(model_name),
           json_quote(kv_name), rss);
       if (r.kind == TestKind::Generation) {
-        const double bytes = static_cast<double>(weight_bytes + r.kv_bytes_per_token);
-        const double gbs = bytes * s.median / 1e9;
+        const DecodeRate d = decode_rate(r);
+        std::string copies;
+        for (double x : r.copy_gbs) copies += fmt::format("{}{:.3f}", copies.empty() ? "" : ",", x);
         rec += fmt::format(
-            ",\"gb_per_s\":{:.3f},\"copy_gb_per_s\":{:.3f},\"pct_of_copy\":{:.1f},\"weight_bytes_per_token\":{},"
-            "\"kv_bytes_per_token\":{}",
-            gbs, copy_gbs, copy_gbs > 0 ? 100 * gbs / copy_gbs : 0.0, weight_bytes, r.kv_bytes_per_token);
+            ",\"gb_per_s\":{:.3f},\"copy_gb_per_s\":{:.3f},\"pct_of_copy\":{:.1f},\"copy_samples\":[{}],"
+            "\"weight_bytes_per_token\":{},\"kv_bytes_per_token\":{}",
+            d.gbs, d.copy_gbs, d.pct, copies, weight_bytes, r.kv_bytes_per_token);
       }
       fmt::print("{}}}\n", rec);
     }
@@ -479,9 +523,9 @@ int bench_command(const BenchOptions& o) {
     const RepStats s = summarize_reps(r.tokens_per_s);
     std::string gb = "", pct = "";
     if (r.kind == TestKind::Generation) {
-      const double gbs = static_cast<double>(weight_bytes + r.kv_bytes_per_token) * s.median / 1e9;
-      gb = fmt::format("{:.2f}", gbs);
-      pct = copy_gbs > 0 ? fmt::format("{:.0f}%", 100 * gbs / copy_gbs) : "";
+      const DecodeRate d = decode_rate(r);
+      gb = fmt::format("{:.2f}", d.gbs);
+      pct = d.copy_gbs > 0 ? fmt::format("{:.0f}%", d.pct) : "";
     }
     fmt::print("| {} | {} | {} | {} | {} | {:.2f} | {:.2f} | {:.2f} .. {:.2f} | {} | {} |\n", model_name, n_threads,
                kv_name, test_name(r), r.depth, s.median, s.stddev, s.min, s.max, gb, pct);
@@ -491,9 +535,12 @@ int bench_command(const BenchOptions& o) {
              o.n_reps, o.n_prompt, o.n_batch, o.seed);
   fmt::print("decode GB/s = ({} of weights + KV read at that depth) per token x tok/s, against a copy bandwidth of "
              "{:.2f} GB/s\n(memcpy of 2 x {} with {} threads, read + write bytes, best of {}). peak RSS: {}\n",
-             human_bytes(static_cast<double>(weight_bytes)), copy_gbs,
+             human_bytes(static_cast<double>(weight_bytes)), bw.bytes_per_s / 1e9,
              human_bytes(static_cast<double>(bw.buffer_bytes)), bw.n_threads, bw.n_reps,
              human_bytes(static_cast<double>(rss)));
+  if (probe_each_rep)
+    fmt::print("% of copy: the median over repetitions of decode GB/s against a copy probe (best of 10) taken right "
+               "after each one.\n");
   return 0;
 }
 
