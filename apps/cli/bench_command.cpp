@@ -32,7 +32,8 @@ CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o) {
       "For each depth d: 'pp N' times prefilling N tokens on top of a cache already holding d tokens; 'tg N' times\n"
       "generating N tokens one forward at a time on top of d tokens. The token ids are fixed pseudo-random ids (no\n"
       "tokenizer, no sampling: the cost is the model's forward alone). Prints the median tokens/s over --reps runs,\n"
-      "its spread, decode's achieved memory bandwidth against the machine's copy bandwidth, and the peak RSS.\n"
+      "its spread, decode's achieved memory bandwidth against the machine's copy bandwidth (probed after each\n"
+      "repetition), and the peak RSS.\n"
       "--synthetic SHAPE[:SEED] benchmarks random bf16 weights of a real model's shape instead of a file (llama3-8b:\n"
       "15 GiB of memory; tiny: for tests); the same seed gives the same weights as the CUDA backend's.\n"
       "Example: longctx bench -m model.gguf -p 512 -n 128 --depth 0,4096 --threads 2\n"
@@ -421,8 +422,8 @@ int bench_command(const BenchOptions& o) {
   }
 
   // The copy bandwidth of a shared machine moves between runs by more than a decode rate does, so each tg
-  // repetition is followed by a short probe and "% of copy" is the median of the per-repetition ratios. The probe's
-  // buffers must not count as the engine's peak RSS: the peak is sampled before each probe and reset after it;
+  // repetition is followed by a probe (best of 10) and "% of copy" is the median of the per-repetition ratios. The
+  // probe's buffers must not count as the engine's peak RSS: the peak is sampled before each probe and reset after it;
   // where the mark cannot be reset, only one probe runs, at the end.
   const bool probe_each_rep = o.n_gen > 0 && reset_peak_rss();
   int64_t rss = 0;
