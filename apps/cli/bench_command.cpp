@@ -480,7 +480,8 @@ int bench_command(const BenchOptions& o) {
     d.gbs = bytes * summarize_reps(r.tokens_per_s).median / 1e9;
     if (r.copy_gbs.size() == r.tokens_per_s.size() && !r.copy_gbs.empty()) {
       std::vector<double> pct;
-      for (size_t i = 0; i < r.copy_gbs.size(); ++i) pct.push_back(100 * bytes * r.tokens_per_s[i] / 1e9 / r.copy_gbs[i]);
+      for (size_t i = 0; i < r.copy_gbs.size(); ++i)
+        pct.push_back(100 * bytes * r.tokens_per_s[i] / 1e9 / r.copy_gbs[i]);
       d.pct = summarize_reps(pct).median;
       d.copy_gbs = summarize_reps(r.copy_gbs).median;
     } else {
