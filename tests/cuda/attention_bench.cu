@@ -83,14 +83,8 @@ struct KvCopy {
 
 int main(int argc, char** argv) {
   if (argc > 1) g_json = std::fopen(argv[1], "w");
-  std::vector<long> contexts = {4096L, 32768L, 131072L};
-  if (argc > 2) contexts.clear();
-  for (int i = 2; i < argc; ++i) contexts.push_back(std::atol(argv[i]));
-  lc::DeviceInfo info;
-  if (lc::Status s = lc::device_query(&info); !s.ok()) {
-    std::printf("SKIP: %s\n", s.message().c_str());
-    return 77;
-  }
+  const std::vector<long> contexts = contexts_from_args(argc, argv, {4096L, 32768L, 131072L});
+  const lc::DeviceInfo info = device_or_skip();
   std::printf("device: %s, %d SMs, L2 %.0f MB\n", info.name.c_str(), info.n_sm, info.l2_bytes / 1e6);
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));

@@ -32,6 +32,10 @@
 
 namespace longctx::cuda_bench {
 
+using cuda::DeviceInfo;
+using cuda::Status;
+using cuda::device_query;
+
 // Random values of unit scale in f16/bf16 (as u16 bits), from a per-element hash: fills gigabytes in microseconds.
 __global__ void fill_random(uint16_t* p, size_t n, uint32_t seed, int is_bf16) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -61,6 +65,24 @@ __global__ void read_only(const uint4* __restrict__ p, size_t n16, uint32_t* sin
     acc ^= a.x ^ a.y ^ a.z ^ a.w;
   }
   if (acc == 0x7fc00001u) *sink = acc;
+}
+
+// The contexts a benchmark times: the defaults, or those named after the JSON path on the command line.
+inline std::vector<long> contexts_from_args(int argc, char** argv, std::vector<long> defaults) {
+  if (argc <= 2) return defaults;
+  std::vector<long> contexts;
+  for (int i = 2; i < argc; ++i) contexts.push_back(std::atol(argv[i]));
+  return contexts;
+}
+
+// The device, or exit 77 (CTest's skip) with the reason when there is none.
+inline DeviceInfo device_or_skip() {
+  DeviceInfo info;
+  if (const Status s = device_query(&info); !s.ok()) {
+    std::printf("SKIP: %s\n", s.message().c_str());
+    std::exit(77);
+  }
+  return info;
 }
 
 inline double median(std::vector<double> v) {

@@ -17,14 +17,8 @@ using namespace longctx::cuda_bench;
 
 int main(int argc, char** argv) {
   FILE* json = argc > 1 ? std::fopen(argv[1], "w") : nullptr;
-  std::vector<long> contexts = {4096L, 16384L, 32768L};
-  if (argc > 2) contexts.clear();
-  for (int i = 2; i < argc; ++i) contexts.push_back(std::atol(argv[i]));
-  lc::DeviceInfo info;
-  if (lc::Status s = lc::device_query(&info); !s.ok()) {
-    std::printf("SKIP: %s\n", s.message().c_str());
-    return 77;
-  }
+  const std::vector<long> contexts = contexts_from_args(argc, argv, {4096L, 16384L, 32768L});
+  const lc::DeviceInfo info = device_or_skip();
   std::printf("device: %s, %d SMs\n", info.name.c_str(), info.n_sm);
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
