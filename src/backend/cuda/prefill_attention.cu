@@ -139,47 +139,13 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
 
       const bool edge = ks + kBc > a.n_kv || (a.causal && ks + kBc - 1 > wpos_lo) ||
                         (a.window > 0 && ks <= wpos_hi - a.window);
-      if (edge) {
-#pragma unroll
-        for (int j = 0; j < kBc / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int key = ks + j * 8 + 2 * c + (e & 1);
-            const int qp = e < 2 ? row_pos0 : row_pos1;
-            const bool visible = key < a.n_kv && (!a.causal || key <= qp) && (a.window <= 0 || key > qp - a.window);
-            if (!visible) s[j][e] = kNegInf;
-          }
-      }
-
-      float mx0 = kNegInf, mx1 = kNegInf;
-#pragma unroll
-      for (int j = 0; j < kBc / 8; ++j) {
-        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-      }
-#pragma unroll
-      for (int d = 1; d <= 2; d <<= 1) {  // the four lanes of a row group share rows g and g + 8
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, d));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, d));
-      }
-      const float mn0 = fmaxf(m0, mx0 * a.scale_log2), mn1 = fmaxf(m1, mx1 * a.scale_log2);
-      // A row that has seen no visible key yet keeps max -inf; subtracting 0 instead keeps its terms at exp2(-inf) = 0.
-      const float b0 = mn0 == kNegInf ? 0.0f : mn0, b1 = mn1 == kNegInf ? 0.0f : mn1;
-      const float corr0 = fast_exp2(m0 - b0), corr1 = fast_exp2(m1 - b1);
-      m0 = mn0, m1 = mn1;
-      l0 *= corr0, l1 *= corr1;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) o[j][0] *= corr0, o[j][1] *= corr0, o[j][2] *= corr1, o[j][3] *= corr1;
-
+      // The (key group, element) arrays in the flat accumulator order the shared softmax reads (same layout).
+      auto& s_flat = reinterpret_cast<float (&)[kBc / 2]>(s);
+      if (edge) mask_tile<kBc>(s_flat, a, ks, row_pos0, row_pos1, c);
       uint32_t p[kBc / 16][4];  // P as the A operand: keys 16 kk .. 16 kk + 15
-#pragma unroll
-      for (int j = 0; j < kBc / 8; ++j) {
-        const float p0 = fast_exp2(fmaf(s[j][0], a.scale_log2, -b0)), p1 = fast_exp2(fmaf(s[j][1], a.scale_log2, -b0));
-        const float p2 = fast_exp2(fmaf(s[j][2], a.scale_log2, -b1)), p3 = fast_exp2(fmaf(s[j][3], a.scale_log2, -b1));
-        l0 += p0 + p1, l1 += p2 + p3;
-        p[j / 2][(j & 1) * 2] = E::pack(p0, p1);      // row g
-        p[j / 2][(j & 1) * 2 + 1] = E::pack(p2, p3);  // row g + 8
-      }
+      float corr0, corr1;
+      online_softmax<E, kBc>(s_flat, p, m0, m1, l0, l1, corr0, corr1, a.scale_log2);
+      rescale_rows<D>(reinterpret_cast<float (&)[D / 2]>(o), corr0, corr1);
 #pragma unroll
       for (int kk = 0; kk < kBc / 16; ++kk)
 #pragma unroll
@@ -193,20 +159,7 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
     __syncthreads();
   }
 
-#pragma unroll
-  for (int d = 1; d <= 2; d <<= 1) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, d);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, d);
-  }
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-  const int r0 = w0 + g, r1 = r0 + 8;
-  uint32_t* O0 = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.out) + head * a.o_head + r0 * a.o_row);
-  uint32_t* O1 = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.out) + head * a.o_head + r1 * a.o_row);
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    if (r0 < a.n_q) O0[j * 4 + c] = E::pack(o[j][0] * inv0, o[j][1] * inv0);
-    if (r1 < a.n_q) O1[j * 4 + c] = E::pack(o[j][2] * inv1, o[j][3] * inv1);
-  }
+  store_rows<E, D>(reinterpret_cast<const float (&)[D / 2]>(o), l0, l1, a, head, w0 + g, c);
 }
 
 template <typename T, int D>

@@ -4,13 +4,13 @@
 // and O += P V takes P from registers (the accumulator layout of S is the register A layout of wgmma, as with
 // mma.sync) and V from shared memory in its natural (key, dim) order as a transposed ("MN-major") operand.
 //
-// Block = 2 warpgroups x 64 query rows; 64-key tiles, K and V double-buffered by cp.async as in the mma.sync kernel.
+// Block = 2 warpgroups x 64 query rows; 64-key tiles, K and V in three stages each, copied by cp.async.
 // Shared memory holds every operand in the canonical 128-byte-swizzled layout wgmma's descriptors describe: a
 // (rows x D) tile is D / 64 panels of (rows x 64) elements, rows of 128 bytes, and the 16-byte chunk c of row r
 // stored at chunk c ^ (r % 8) inside 1024-byte atoms of 8 rows.
 //
-// The loop is software-pipelined as FlashAttention-3's intra-warpgroup overlap: S of the next tile is issued before
-// the softmax of this one. What is not here (its other ideas): loads by a producer warpgroup through TMA, and
+// The loop is software-pipelined (the kernel's loop says how): S of the next tile runs during the softmax of this
+// one, and O += P V during the wait for the next tiles' copies and the block's barrier. What is not here (its other ideas): loads by a producer warpgroup through TMA, and
 // explicit scheduling of one warpgroup's softmax against the other's products ("ping-pong").
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -41,9 +41,11 @@ constexpr int kBr = 64 * kGroups;                // query rows per block
 constexpr int kBc = LONGCTX_PREFILL_KEYS;        // keys per tile
 static_assert(kBc == 64 || kBc == 128, "the score product is m64n64 or m64n128");
 
+constexpr int kStages = 3;  // K and V stages each (why three: the loop's comment)
+
 template <int D>
 constexpr int smem_bytes() {
-  return (kBr + 4 * kBc) * D * 2 + 1024;  // Q, K and V in two stages each, and room to align to an atom
+  return (kBr + 2 * kStages * kBc) * D * 2 + 1024;  // Q, the K and V stages, and room to align to an atom
 }
 
 // The wgmma products, one function per shape. ss: both operands in shared memory (K-major); rs: A in registers,
@@ -161,7 +163,7 @@ __global__ void __launch_bounds__(kGroups * 128) prefill_attention_wgmma_kernel(
   const uint16_t* K = static_cast<const uint16_t*>(a.k) + kvh * a.k_head;
   const uint16_t* V = static_cast<const uint16_t*>(a.v) + kvh * a.v_head;
   const uint32_t sQ = (smem_address(smem_raw) + 1023) & ~1023u;
-  const uint32_t sK = sQ + kBr * D * 2, sV = sK + 2 * kBc * D * 2;
+  const uint32_t sK = sQ + kBr * D * 2, sV = sK + kStages * kBc * D * 2;
 
   const int q0 = q_tile * kBr;
   const int pos_lo = a.q_offset + q0, pos_hi = a.q_offset + min(q0 + kBr, a.n_q) - 1;
@@ -169,40 +171,56 @@ __global__ void __launch_bounds__(kGroups * 128) prefill_attention_wgmma_kernel(
   const int k_begin = a.window > 0 ? max(0, pos_lo - a.window + 1) : 0;
   const int t_begin = k_begin / kBc, t_end = k_end > k_begin ? (k_end + kBc - 1) / kBc : t_begin;
 
-  // This warpgroup's 64 rows (decisions to skip a tile or mask it are per warpgroup: wgmma runs all 128 threads).
+  // This warpgroup's 64 rows. Both warpgroups run every tile of the block (one of them sees the last causal tile, or
+  // the first windowed one, fully masked): the products are then issued under no branch, which ptxas needs to keep
+  // them asynchronous, and the extra tile is one in the block's (k_end - k_begin) / 64.
   const int w0 = q0 + wg * 64;
   const int wpos_lo = a.q_offset + w0, wpos_hi = a.q_offset + min(w0 + 64, a.n_q) - 1;
   const int row_pos0 = a.q_offset + w0 + warp * 16 + g, row_pos1 = row_pos0 + 8;
-  auto needed = [&](int t) {  // does any row of this warpgroup see a key of tile t?
-    const int ks = t * kBc;
-    return t < t_end && w0 < a.n_q && !(a.causal && ks > wpos_hi) &&
-           !(a.window > 0 && ks + kBc - 1 <= wpos_lo - a.window);
+  auto stage = [&](uint32_t base, int t) { return base + (t - t_begin) % kStages * (kBc * D * 2); };
+  auto load_k = [&](int t) {  // K(t) into its stage, when the tile exists
+    if (t < t_end) load_rows<kBc, D>(stage(sK, t), K, a.k_row, t * kBc, a.n_kv);
   };
-  auto k_stage = [&](int t) { return sK + ((t - t_begin) & 1) * kBc * D * 2; };
-  auto v_stage = [&](int t) { return sV + ((t - t_begin) & 1) * kBc * D * 2; };
-  auto scores = [&](float (&s)[kBc / 2], int t) {  // issues S = Q K(t)^T; the caller commits and waits
+  auto load_v = [&](int t) {
+    if (t < t_end) load_rows<kBc, D>(stage(sV, t), V, a.v_row, t * kBc, a.n_kv);
+  };
+  auto issue_scores = [&](float (&s)[kBc / 2], int t) {  // S = Q K(t)^T, committed as one group
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       // k-step kk: panel kk / 4, 32 bytes per step inside the swizzled 128-byte rows.
       const uint64_t da = descriptor(sQ + (kk >> 2) * (kBr * 128) + wg * 64 * 128 + (kk & 3) * 32, 16, 1024);
-      const uint64_t db = descriptor(k_stage(t) + (kk >> 2) * (kBc * 128) + (kk & 3) * 32, 16, 1024);
+      const uint64_t db = descriptor(stage(sK, t) + (kk >> 2) * (kBc * 128) + (kk & 3) * 32, 16, 1024);
       if constexpr (kBc == 128) W::ss_n128(s, da, db, kk > 0);
       else W::ss_n64(s, da, db, kk > 0);
     }
+    wgmma_commit();
+  };
+  auto issue_values = [&](float (&o)[D / 2], const uint32_t (&p)[kBc / 16][4], int t) {  // O += P V(t), one group
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      // V as the MN-major B operand: 16 keys (two 8-row groups, 1024 bytes apart) per step, dims in panels of 64.
+      const uint64_t dv = descriptor(stage(sV, t) + kk * 16 * 128, kBc * 128, 1024);
+      if constexpr (D == 128) W::rs_n128(o, p[kk], dv);
+      else W::rs_n64(o, p[kk], dv);
+    }
+    wgmma_commit();
   };
 
-  // Software pipeline over the tiles (FlashAttention-3's intra-warpgroup overlap): while the softmax of tile t runs
-  // on the CUDA cores, the tensor cores compute S of tile t + 1. So K runs one tile ahead of V: one cp.async group
-  // per iteration holds V(t + 1) and K(t + 2), and each stage is refilled only after the barrier that follows the
-  // last product reading it.
+  // Software pipeline over the tiles (FlashAttention-3's intra-warpgroup overlap, and more): iteration t issues
+  // S(t + 1), runs the softmax of tile t on the CUDA cores while the tensor cores compute it, issues O += P V(t), and
+  // while that runs waits for the next tiles' copies, crosses the block's barrier and issues the copies after them;
+  // then waits for both products. Nothing is in flight across the loop's back edge. The barrier of iteration t
+  // publishes K(t + 2) and V(t + 1) (copied during iteration t - 1) and certifies that every warpgroup is done with
+  // K(t) and V(t - 1), whose stages take K(t + 3) and V(t + 2): three stages of each. The S issued in the last
+  // iteration reads a stage no copy refilled and is discarded (an unconditional issue, for the same reason as above).
   load_rows<kBr, D>(sQ, Q, a.q_row, q0, a.n_q);
-  if (t_begin < t_end) load_rows<kBc, D>(sK, K, a.k_row, t_begin * kBc, a.n_kv);
+  load_k(t_begin), load_v(t_begin), load_k(t_begin + 1);
   cp_async_commit();
-  if (t_begin < t_end) load_rows<kBc, D>(sV, V, a.v_row, t_begin * kBc, a.n_kv);
-  if (t_begin + 1 < t_end) load_rows<kBc, D>(k_stage(t_begin + 1), K, a.k_row, (t_begin + 1) * kBc, a.n_kv);
+  load_k(t_begin + 2), load_v(t_begin + 1);
   cp_async_commit();
-  cp_async_wait<1>();
+  cp_async_wait<1>();  // Q, K(t_begin), V(t_begin), K(t_begin + 1)
   fence_proxy_async();
   __syncthreads();
 
@@ -210,101 +228,36 @@ __global__ void __launch_bounds__(kGroups * 128) prefill_attention_wgmma_kernel(
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
   float m0 = kNegInf, m1 = kNegInf, l0 = 0.0f, l1 = 0.0f;
-  float s[kBc / 2];
-  if (needed(t_begin)) {
-    scores(s, t_begin);
-    wgmma_commit();
+  if (t_begin < t_end) {
+    float s[kBc / 2];
+    issue_scores(s, t_begin);
     wgmma_wait_all();
-  }
+    for (int t = t_begin; t < t_end; ++t) {
+      float s_next[kBc / 2];
+      issue_scores(s_next, t + 1);
 
-  for (int t = t_begin; t < t_end; ++t) {
-    cp_async_wait<0>();  // V(t) and K(t + 1)
-    fence_proxy_async();
-    __syncthreads();  // and every warpgroup is done with V(t - 1) and K(t): their stages may be refilled
-    if (t + 1 < t_end) load_rows<kBc, D>(v_stage(t + 1), V, a.v_row, (t + 1) * kBc, a.n_kv);
-    if (t + 2 < t_end) load_rows<kBc, D>(k_stage(t + 2), K, a.k_row, (t + 2) * kBc, a.n_kv);
-    cp_async_commit();
-
-    const bool need_next = needed(t + 1);
-    float s_next[kBc / 2];
-    if (need_next) {
-      scores(s_next, t + 1);
-      wgmma_commit();
-    }
-    if (needed(t)) {
       const int ks = t * kBc;
       const bool edge = ks + kBc > a.n_kv || (a.causal && ks + kBc - 1 > wpos_lo) ||
                         (a.window > 0 && ks <= wpos_hi - a.window);
-      if (edge) {
-#pragma unroll
-        for (int i = 0; i < kBc / 2; ++i) {
-          const int key = ks + (i >> 2) * 8 + 2 * c + (i & 1);
-          const int qp = (i & 2) ? row_pos1 : row_pos0;
-          const bool visible = key < a.n_kv && (!a.causal || key <= qp) && (a.window <= 0 || key > qp - a.window);
-          if (!visible) s[i] = kNegInf;
-        }
-      }
-      float mx0 = kNegInf, mx1 = kNegInf;
-#pragma unroll
-      for (int j = 0; j < kBc / 8; ++j) {
-        mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
-        mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
-      }
-#pragma unroll
-      for (int d = 1; d <= 2; d <<= 1) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, d));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, d));
-      }
-      const float mn0 = fmaxf(m0, mx0 * a.scale_log2), mn1 = fmaxf(m1, mx1 * a.scale_log2);
-      const float b0 = mn0 == kNegInf ? 0.0f : mn0, b1 = mn1 == kNegInf ? 0.0f : mn1;
-      const float corr0 = fast_exp2(m0 - b0), corr1 = fast_exp2(m1 - b1);
-      m0 = mn0, m1 = mn1;
-      l0 *= corr0, l1 *= corr1;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) o[4 * j] *= corr0, o[4 * j + 1] *= corr0, o[4 * j + 2] *= corr1, o[4 * j + 3] *= corr1;
-
+      if (edge) mask_tile<kBc>(s, a, ks, row_pos0, row_pos1, c);
       uint32_t p[kBc / 16][4];
-#pragma unroll
-      for (int j = 0; j < kBc / 8; ++j) {
-        const float p0 = fast_exp2(fmaf(s[4 * j], a.scale_log2, -b0));
-        const float p1 = fast_exp2(fmaf(s[4 * j + 1], a.scale_log2, -b0));
-        const float p2 = fast_exp2(fmaf(s[4 * j + 2], a.scale_log2, -b1));
-        const float p3 = fast_exp2(fmaf(s[4 * j + 3], a.scale_log2, -b1));
-        l0 += p0 + p1, l1 += p2 + p3;
-        p[j / 2][(j & 1) * 2] = E::pack(p0, p1);
-        p[j / 2][(j & 1) * 2 + 1] = E::pack(p2, p3);
-      }
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk) {
-        // V as the MN-major B operand: 16 keys (two 8-row groups, 1024 bytes apart) per step, dims in panels of 64.
-        const uint64_t dv = descriptor(v_stage(t) + kk * 16 * 128, kBc * 128, 1024);
-        if constexpr (D == 128) W::rs_n128(o, p[kk], dv);
-        else W::rs_n64(o, p[kk], dv);
-      }
-      wgmma_commit();
-    }
-    wgmma_wait_all();
-    if (need_next) {
+      float corr0, corr1;
+      online_softmax<E, kBc>(s, p, m0, m1, l0, l1, corr0, corr1, a.scale_log2);
+      rescale_rows<D>(o, corr0, corr1);
+      issue_values(o, p, t);
+
+      cp_async_wait<0>();  // K(t + 2) and V(t + 1)
+      fence_proxy_async();
+      __syncthreads();
+      load_k(t + 3), load_v(t + 2);
+      cp_async_commit();
+
+      wgmma_wait_all();
 #pragma unroll
       for (int i = 0; i < kBc / 2; ++i) s[i] = s_next[i];
     }
   }
-
-#pragma unroll
-  for (int d = 1; d <= 2; d <<= 1) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, d);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, d);
-  }
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-  const int r0 = w0 + warp * 16 + g, r1 = r0 + 8;
-  uint32_t* O0 = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.out) + head * a.o_head + r0 * a.o_row);
-  uint32_t* O1 = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.out) + head * a.o_head + r1 * a.o_row);
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    if (r0 < a.n_q) O0[j * 4 + c] = E::pack(o[4 * j] * inv0, o[4 * j + 1] * inv0);
-    if (r1 < a.n_q) O1[j * 4 + c] = E::pack(o[4 * j + 2] * inv1, o[4 * j + 3] * inv1);
-  }
+  store_rows<E, D>(o, l0, l1, a, head, w0 + warp * 16 + g, c);
 #endif
 }
 
