@@ -50,7 +50,7 @@ if [ -z "${E2E_CHECK_ONLY:-}" ]; then  # E2E_CHECK_ONLY=1: the checks alone, no 
   bench_rc=${PIPESTATUS[0]}
 fi
 if [ -n "${E2E_SWEEP:-}" ]; then  # variants of the fused GEMV (NOTES.md): no programmatic dependent launch; 8 loads in flight
-  LONGCTX_GEMV_PDL=0 "$B/e2e_bench" "$OUT/e2e_nopdl.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_nopdl.txt"
+  LONGCTX_PDL=0 "$B/e2e_bench" "$OUT/e2e_nopdl.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_nopdl.txt"
   LONGCTX_GEMV_UNROLL=8 "$B/e2e_bench" "$OUT/e2e_unroll8.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_unroll8.txt"
 fi
 

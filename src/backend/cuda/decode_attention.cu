@@ -41,6 +41,7 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/kivi_layout.h"
 #include "backend/cuda/mma_primitives.cuh"
+#include "backend/cuda/pdl.cuh"
 
 namespace longctx::cuda {
 namespace {
@@ -249,6 +250,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
   static_assert(Bits == 0 || kivi::k_scale_bytes(D) + kivi::tile_bytes(D, Bits) <= 2 * Smem<D>::kTileBytes,
                 "a packed tile must fit the stage of a plain one");
   using L = Smem<D>;
+  pdl_wait();  // q and the appended K/V row come from the previous kernel (pdl.cuh)
+  pdl_trigger();
   constexpr int kChunks = D / 32;     // 16-byte key reads per lane per row
   constexpr int kSets = D / 64;       // 64-channel sets of V^T rows
   constexpr int kRowChunks = D / 8;   // 16-byte chunks per K or V row
@@ -523,6 +526,8 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kMergeThreads) decode_attention_merge_kernel(const float* part_o,
                                                                               const float2* part_ml, int32_t n_splits,
                                                                               T* out) {
+  pdl_wait();  // the partial states of the attention kernel
+  pdl_trigger();
   constexpr int kQuads = D / 4;
   constexpr int kGroups = kMergeThreads / kQuads;
   __shared__ float4 sm_acc[kGroups][kQuads];
@@ -599,14 +604,11 @@ template <typename T, int D, int Bits>
 Status launch(const DecodeArgs& a, int32_t n_seq, cudaStream_t stream) {
   if (Status s = prepare_instance<T, D, Bits>(); !s.ok()) return s;
   const dim3 grid(static_cast<unsigned>(a.n_splits), static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(n_seq));
-  decode_attention_kernel<T, D, Bits><<<grid, kWarps * 32, dynamic_smem_bytes(D, a), stream>>>(a);
-  LONGCTX_CUDA_TRY(cudaGetLastError());
-  if (a.n_splits > 1) {
-    // (Programmatic dependent launch of this kernel measured no gain here.)
-    decode_attention_merge_kernel<T, D><<<static_cast<unsigned>(n_seq * a.n_head), kMergeThreads, 0, stream>>>(
-        a.part_o, a.part_ml, a.n_splits, static_cast<T*>(a.out));
-    LONGCTX_CUDA_TRY(cudaGetLastError());
-  }
+  LONGCTX_CUDA_TRY(launch_pdl(decode_attention_kernel<T, D, Bits>, grid, dim3(kWarps * 32), dynamic_smem_bytes(D, a),
+                              stream, a));
+  if (a.n_splits > 1)
+    LONGCTX_CUDA_TRY(launch_pdl(decode_attention_merge_kernel<T, D>, dim3(static_cast<unsigned>(n_seq * a.n_head)),
+                                dim3(kMergeThreads), 0, stream, a.part_o, a.part_ml, a.n_splits, static_cast<T*>(a.out)));
   return Status::success();
 }
 

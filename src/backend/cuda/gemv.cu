@@ -15,6 +15,7 @@
 
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/ops.h"
+#include "backend/cuda/pdl.cuh"
 
 namespace longctx::cuda {
 namespace {
@@ -71,9 +72,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   };
 
   // The weights depend on nothing the previous kernel writes, so the first batch is loaded before waiting for it:
-  // launched with programmatic dependent launch, this kernel starts streaming W while the previous one drains
-  // (griddepcontrol: "wait" blocks until the previous grid has finished and its writes are visible; without the
-  // launch attribute both instructions do nothing).
+  // launched with programmatic dependent launch (pdl.cuh), this kernel starts streaming W while the previous drains.
   const int32_t u_first = blockIdx.x * kWarps + threadIdx.x / 32;
   uint4 b0[kUnroll], b1[kUnroll];
   if (u_first < n_units) {
@@ -82,8 +81,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
     row_pair(u_first, &w0, &w1, &r0, &r1);
     load_batch(w0, w1, lane, b0, b1);
   }
-  asm volatile("griddepcontrol.launch_dependents;");
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  pdl_trigger();
+  pdl_wait();
 
   // Prologue: x into shared memory as bf16. Its loads go in batches of kBatch per thread, all issued before the
   // first use: x sits in L2, and a chain of dependent round trips here is time in which no weight streams (a loop
@@ -214,20 +213,8 @@ Status gemv(const GemvArgs& a, void* stream) {
   auto kernel = unroll == 4 ? gemv_kernel<4> : gemv_kernel<8>;
   LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0));
   const int32_t blocks = std::max(1, std::min((n_units + kWarps - 1) / kWarps, n_sm * std::max(per_sm, 1)));
-  static const bool pdl = [] {
-    const char* e = std::getenv("LONGCTX_GEMV_PDL");
-    return !(e && std::atoi(e) == 0);
-  }();
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.stream = static_cast<cudaStream_t>(stream);
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  LONGCTX_CUDA_TRY(cudaLaunchKernelEx(&cfg, kernel, a));
+  LONGCTX_CUDA_TRY(launch_pdl(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), 0,
+                              static_cast<cudaStream_t>(stream), a));
   return cuda_status(cudaGetLastError(), "gemv launch");
 }
 

@@ -8,6 +8,7 @@
 
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/ops.h"
+#include "backend/cuda/pdl.cuh"
 
 namespace longctx::cuda {
 namespace {
@@ -31,6 +32,8 @@ struct RopeAppendArgs {
 __global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppendArgs a) {
   const int32_t g = blockIdx.x;  // kv-head
   const int32_t D = a.head_dim, half = D / 2, group = a.n_head / a.n_head_kv;
+  pdl_wait();  // q, k, v come from the previous kernel (pdl.cuh)
+  pdl_trigger();
   const int32_t p = *a.pos;
   const int32_t slot = a.n_tokens[g];
   if (slot >= a.max_tokens) return;  // a full head: drop the token rather than write past the store (uniform exit)
@@ -109,8 +112,9 @@ Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, floa
   a.max_pages = kv.max_pages;
   a.max_tokens = kv.max_tokens;
   a.rope_base = rope_base;
-  rope_kv_append_kernel<<<kv.n_head_kv, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a);
-  return cuda_status(cudaGetLastError(), "rope_kv_append launch");
+  return cuda_status(launch_pdl(rope_kv_append_kernel, dim3(kv.n_head_kv), dim3(kThreads), 0,
+                                static_cast<cudaStream_t>(stream), a),
+                     "rope_kv_append launch");
 }
 
 }  // namespace longctx::cuda
