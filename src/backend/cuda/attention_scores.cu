@@ -77,10 +77,13 @@ __device__ __forceinline__ void logits(const ScoreArgs& a, int sh, int j, const 
       for (int i = 0; i < 8; ++i) {
         const float x = to_float(e[i]);
 #pragma unroll
-        for (int h = 0; h < kMaxGroup; ++h) l[h] += qs[h * D + c0 + i] * x;  // zeros past the group
+        for (int h = 0; h < kMaxGroup; ++h)
+          if (h < a.group) l[h] += qs[h * D + c0 + i] * x;
       }
     }
   } else {
+    // One pass over the row's code words (head_dim * bits / 32 of them), each word's codes expanded in place: the
+    // inverse of kivi::k_code_slot. Word w of lane column c holds channel pairs (32 j + 8 c + 2 i, + 1), pair = 4 j + i.
     const uint8_t* pg = a.packed_pool + static_cast<size_t>(page) * a.packed_page_bytes;
     const uint32_t* kb = reinterpret_cast<const uint32_t*>(pg);
     const uint32_t* codes = reinterpret_cast<const uint32_t*>(pg + kivi::k_scale_bytes(D) +
@@ -88,15 +91,24 @@ __device__ __forceinline__ void logits(const ScoreArgs& a, int sh, int j, const 
                                                                   kivi::tile_bytes(D, a.bits));
     const int t = row % kivi::kTile;
     const uint32_t mask = (1u << a.bits) - 1;
-    for (int ch = 0; ch < D; ++ch) {
-      const kivi::Slot s = kivi::k_code_slot(D, a.bits, t, ch);
-      const int half = 16 * (ch & 1);
-      const float sc = __half2float(__ushort_as_half(static_cast<unsigned short>(kb[kivi::k_scale_word(ch, 0)] >> half)));
-      const float mn = __half2float(__ushort_as_half(static_cast<unsigned short>(kb[kivi::k_scale_word(ch, 1)] >> half)));
-      const float x = mn + sc * static_cast<float>((codes[s.word] >> s.bit) & mask);
+    const int per_word = kivi::pairs_per_word(a.bits), n_words = kivi::code_words(D, a.bits);
+    const int vec = kivi::vec_words(D, a.bits);
 #pragma unroll
-      for (int h = 0; h < kMaxGroup; ++h) l[h] += qs[h * D + ch] * x;
-    }
+    for (int c = 0; c < 4; ++c)
+      for (int wi = 0; wi < n_words; ++wi) {
+        const uint32_t word = codes[(((wi / vec) * kivi::kTile + t) * 4 + c) * vec + wi % vec];
+        for (int k = 0; k < per_word; ++k) {
+          const int pair = wi * per_word + k, ch = 32 * (pair >> 2) + 8 * c + 2 * (pair & 3);
+          const uint32_t sw = kb[kivi::k_scale_word(ch, 0)], mw = kb[kivi::k_scale_word(ch, 1)];
+          const float2 sc = __half22float2(*reinterpret_cast<const __half2*>(&sw));  // channels ch, ch + 1
+          const float2 mn = __half22float2(*reinterpret_cast<const __half2*>(&mw));
+          const float x0 = mn.x + sc.x * static_cast<float>((word >> (a.bits * k)) & mask);
+          const float x1 = mn.y + sc.y * static_cast<float>((word >> (a.bits * k + 16)) & mask);
+#pragma unroll
+          for (int h = 0; h < kMaxGroup; ++h)
+            if (h < a.group) l[h] += qs[h * D + ch] * x0 + qs[h * D + ch + 1] * x1;
+        }
+      }
   }
 #pragma unroll
   for (int h = 0; h < kMaxGroup; ++h) l[h] *= a.scale;
