@@ -32,6 +32,31 @@ using namespace longctx;
 namespace lc = longctx::cuda;
 using namespace longctx::cuda_test;
 
+// One step's logits and greedy token against the reference's logits (the tolerances of the file comment).
+struct StepCheck {
+  double rel = 0, max_abs = 0;
+  int32_t ref_best = -1;
+  bool tie = false, ok = false;
+};
+
+StepCheck check_step(const std::vector<float>& lg, int32_t tok, const std::vector<float>& rl, int32_t n_vocab) {
+  StepCheck c;
+  double e2 = 0, r2 = 0;
+  for (size_t i = 0; i < rl.size(); ++i) {
+    const double e = i < lg.size() ? std::fabs(static_cast<double>(lg[i]) - rl[i]) : INFINITY;
+    e2 += std::isfinite(e) ? e * e : 1e30;
+    r2 += static_cast<double>(rl[i]) * rl[i];
+    c.max_abs = std::isfinite(e) ? std::max(c.max_abs, e) : 1e30;
+  }
+  c.rel = std::sqrt(e2 / r2);
+  c.ref_best = static_cast<int32_t>(std::max_element(rl.begin(), rl.end()) - rl.begin());
+  const bool tok_ok = tok >= 0 && tok < n_vocab &&
+                      (tok == c.ref_best || rl[static_cast<size_t>(tok)] >= rl[static_cast<size_t>(c.ref_best)] - 5e-2);
+  c.tie = tok_ok && tok != c.ref_best;
+  c.ok = c.rel <= 1e-2 && c.max_abs <= 5e-2 && tok_ok;
+  return c;
+}
+
 void test_end_to_end(lc::MatvecPath path, lc::WeightPrefetch prefetch = lc::WeightPrefetch::None) {
   const std::string pname = std::string(path == lc::MatvecPath::Fused ? "fused GEMV" : "cuBLASLt") +
                             (prefetch == lc::WeightPrefetch::None ? "" : " + L2 prefetch of Wo");
@@ -68,24 +93,14 @@ void test_end_to_end(lc::MatvecPath path, lc::WeightPrefetch prefetch = lc::Weig
     dev_logits.push_back(lg);
     dev_tokens.push_back(tok);
     const std::vector<float> rl = ref.forward(input);
-    double e2 = 0, r2 = 0, mx = 0;
-    for (size_t i = 0; i < rl.size(); ++i) {
-      const double e = std::fabs(static_cast<double>(lg[i]) - rl[i]);
-      e2 += std::isfinite(e) ? e * e : 1e30;
-      r2 += static_cast<double>(rl[i]) * rl[i];
-      mx = std::isfinite(e) ? std::max(mx, e) : 1e30;
-    }
-    const double rel = std::sqrt(e2 / r2);
-    worst_rel = std::max(worst_rel, rel);
-    worst_abs = std::max(worst_abs, mx);
-    const size_t ref_best = static_cast<size_t>(std::max_element(rl.begin(), rl.end()) - rl.begin());
-    const bool tok_ok = tok >= 0 && tok < m.n_vocab &&
-                        (static_cast<size_t>(tok) == ref_best || rl[static_cast<size_t>(tok)] >= rl[ref_best] - 5e-2);
-    n_ties += tok_ok && static_cast<size_t>(tok) != ref_best;
-    if (!(rel <= 1e-2 && mx <= 5e-2 && tok_ok)) {
+    const StepCheck c = check_step(lg, tok, rl, m.n_vocab);
+    worst_rel = std::max(worst_rel, c.rel);
+    worst_abs = std::max(worst_abs, c.max_abs);
+    n_ties += c.tie;
+    if (!c.ok) {
       ok = false;
-      std::printf("     step %d (pos %d, input %d): rel L2 %.2e, max abs %.2e, token %d, reference argmax %zu\n", t, t,
-                  input, rel, mx, tok, ref_best);
+      std::printf("     step %d (pos %d, input %d): rel L2 %.2e, max abs %.2e, token %d, reference argmax %d\n", t, t,
+                  input, c.rel, c.max_abs, tok, c.ref_best);
     }
     next = tok;
   }
@@ -132,6 +147,75 @@ void test_end_to_end(lc::MatvecPath path, lc::WeightPrefetch prefetch = lc::Weig
   report(!full.ok(), "a step past max_context is refused: \"" + full.message() + "\"");
   report(!dec->set_token(m.n_vocab).ok(), "a token outside the vocabulary is refused");
   report(!dec->fill_kv_synthetic(opt.max_context).ok(), "a synthetic fill that leaves no room is refused");
+}
+
+// The prompt through prefill() (every layer over all 19 tokens at once: the GEMMs with 19 columns, the prefill
+// attention kernel, RoPE and the append of 19 rows across two 16-token pages), then greedy steps, against the same reference fed token by token.
+void test_prefill(lc::MatvecPath path) {
+  const std::string pname = path == lc::MatvecPath::Fused ? "fused GEMV" : "cuBLASLt";
+  longctx::ModelShape m;
+  uint64_t seed = 0;
+  CHECK_OK(lc::synthetic_shape("tiny:7", &m, &seed));
+  lc::LlamaDecodeOptions opt;
+  opt.max_context = 64;
+  opt.page_tokens = 16;
+  opt.matvec = path;
+  std::unique_ptr<lc::LlamaDecoder> dec;
+  CHECK_OK(lc::LlamaDecoder::create(m, seed, opt, &dec));
+  test::SyntheticLlamaReference ref(m, seed, test::RefRounding::DeviceBf16);
+  const std::vector<int32_t> prompt = {3, 141, 59, 265, 35, 89, 7, 300, 12, 450, 61, 77, 5, 222, 90, 18, 400, 33, 2};
+  std::vector<float> rl;
+  for (int32_t t : prompt) rl = ref.forward(t);
+
+  CHECK_OK(dec->prefill(prompt));
+  std::vector<float> lg;
+  CHECK_OK(dec->read_logits(&lg));
+  int32_t tok = -1;
+  CHECK_OK(dec->read_last_token(&tok));
+  StepCheck c = check_step(lg, tok, rl, m.n_vocab);
+  bool ok = c.ok;
+  double worst_rel = c.rel, worst_abs = c.max_abs;
+  std::vector<int32_t> tokens = {tok};
+  const int32_t n_gen = 12;
+  for (int32_t i = 0; i < n_gen; ++i) {
+    rl = ref.forward(tok);
+    CHECK_OK(dec->step(1));
+    CHECK_OK(dec->synchronize());
+    CHECK_OK(dec->read_logits(&lg));
+    CHECK_OK(dec->read_last_token(&tok));
+    c = check_step(lg, tok, rl, m.n_vocab);
+    if (!c.ok) std::printf("     step %d after the prefill: rel L2 %.2e, max abs %.2e, token %d, reference argmax %d\n", i,
+                           c.rel, c.max_abs, tok, c.ref_best);
+    ok &= c.ok;
+    worst_rel = std::max(worst_rel, c.rel), worst_abs = std::max(worst_abs, c.max_abs);
+    tokens.push_back(tok);
+  }
+  char buf[300];
+  std::snprintf(buf, sizeof buf,
+                "tiny llama, %s: prefill of %zu tokens, then %d greedy steps vs host reference: worst logits rel L2 "
+                "%.2e, max abs %.2e",
+                pname.c_str(), prompt.size(), n_gen, worst_rel, worst_abs);
+  report(ok, buf);
+  std::vector<int32_t> history;
+  CHECK_OK(dec->read_generated(&history));
+  report(history == tokens, "after a prefill the history holds its argmax, then each step's");
+  report(dec->position() == static_cast<int32_t>(prompt.size()) + n_gen, "the position follows the prefill and the steps");
+
+  const lc::Status again = dec->prefill(prompt);
+  report(!again.ok(), "a prefill into a non-empty cache is refused: \"" + again.message() + "\"");
+  CHECK_OK(dec->reset());
+  report(!dec->prefill(std::vector<int32_t>(static_cast<size_t>(opt.max_context) + 1, 1)).ok(),
+         "a prompt longer than max_context is refused");
+  report(!dec->prefill({1, m.n_vocab}).ok(), "a prompt token outside the vocabulary is refused");
+  report(!dec->prefill({}).ok(), "an empty prompt is refused");
+  CHECK_OK(dec->prefill(prompt));  // after those refusals the decoder still works, and gives the same bits again
+  std::vector<float> lg_again;
+  CHECK_OK(dec->read_logits(&lg_again));
+  CHECK_OK(dec->reset());
+  CHECK_OK(dec->prefill(prompt));
+  std::vector<float> lg_third;
+  CHECK_OK(dec->read_logits(&lg_third));
+  report(lg_again == lg_third && !lg_third.empty(), "a prefill after reset() gives bit-identical logits");
 }
 
 void test_errors() {
@@ -215,6 +299,8 @@ int main() {
   test_end_to_end(lc::MatvecPath::CublasLt);
   test_end_to_end(lc::MatvecPath::Fused);
   test_end_to_end(lc::MatvecPath::Fused, lc::WeightPrefetch::WoEvictLast);
+  test_prefill(lc::MatvecPath::CublasLt);
+  test_prefill(lc::MatvecPath::Fused);
   test_errors();
   test_compressed_store();
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "PASSED", g_failures);

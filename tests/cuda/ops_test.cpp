@@ -132,7 +132,7 @@ void test_embedding(std::mt19937& rng) {
     for (int32_t tok : {0, static_cast<int32_t>(rng() % n_vocab), n_vocab - 1, n_vocab, -1}) {
       d_tok.upload(std::vector<int32_t>{tok});
       d_x.poison();
-      CHECK_OK(lc::embedding_lookup(d_table.p, d_tok.as<int32_t>(), n_vocab, n_embd, d_x.as<float>()));
+      CHECK_OK(lc::embedding_lookup(d_table.p, d_tok.as<int32_t>(), 1, n_vocab, n_embd, d_x.as<float>()));
       const std::vector<float> x = d_x.download<float>(static_cast<size_t>(n_embd));
       bool ok = true;
       for (int32_t i = 0; i < n_embd; ++i) {
@@ -144,6 +144,19 @@ void test_embedding(std::mt19937& rng) {
       report(ok, "embedding n_embd " + std::to_string(n_embd) + " token " + std::to_string(tok) +
                      (tok < 0 || tok >= n_vocab ? " (out of range -> NaN row)" : " (exact)"));
     }
+    // Several tokens at once (a prefill): row t is token t's row.
+    const std::vector<int32_t> toks = {7, static_cast<int32_t>(rng() % n_vocab), n_vocab - 1, 7};
+    DevBuf d_toks(toks.size() * 4), d_xs(toks.size() * n_embd * 4);
+    d_toks.upload(toks);
+    d_xs.poison();
+    CHECK_OK(lc::embedding_lookup(d_table.p, d_toks.as<int32_t>(), static_cast<int32_t>(toks.size()), n_vocab, n_embd,
+                                  d_xs.as<float>()));
+    const std::vector<float> xs = d_xs.download<float>(toks.size() * n_embd);
+    bool ok = true;
+    for (size_t t = 0; t < toks.size(); ++t)
+      for (int32_t i = 0; i < n_embd; ++i)
+        ok &= xs[t * n_embd + i] == bf16_to_f32(table[static_cast<size_t>(toks[t]) * n_embd + i]);
+    report(ok, "embedding n_embd " + std::to_string(n_embd) + ", 4 tokens at once (exact)");
   }
 }
 
@@ -183,30 +196,35 @@ void test_gated(std::mt19937& rng) {
   std::normal_distribution<float> nd(0.0f, 3.0f);
   for (const bool gelu : {false, true})
     for (int32_t n_ff : {512, 14336}) {
-      std::vector<float> gu(2 * static_cast<size_t>(n_ff));
+      const int32_t n_rows = 3;  // rows of (gate, up): a prefill's; a decode step has one
+      std::vector<float> gu(static_cast<size_t>(n_rows) * 2 * n_ff);
       for (auto& v : gu) v = nd(rng);
       gu[0] = -100.0f;  // the activations' far tails
       gu[1] = 100.0f;
       gu[2] = -1e4f;
       gu[3] = 1e4f;
-      DevBuf d_gu(gu.size() * 4), d_h(static_cast<size_t>(n_ff) * 2);
+      DevBuf d_gu(gu.size() * 4), d_h(static_cast<size_t>(n_rows) * n_ff * 2);
       d_gu.upload(gu);
       d_h.poison();
-      CHECK_OK(gelu ? lc::geglu(d_gu.as<float>(), d_h.p, n_ff) : lc::swiglu(d_gu.as<float>(), d_h.p, n_ff));
-      const std::vector<float> h = bf16_vec_to_f32(d_h.download<uint16_t>(static_cast<size_t>(n_ff)));
-      std::vector<float> ref(static_cast<size_t>(n_ff));
-      for (int32_t i = 0; i < n_ff; ++i) {
-        const double g = gu[static_cast<size_t>(i)], u = gu[static_cast<size_t>(n_ff + i)];
-        const double act = gelu ? 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g)))
-                                : g / (1.0 + std::exp(-g));
-        ref[static_cast<size_t>(i)] = bf16_round(act * u);
-      }
+      CHECK_OK(gelu ? lc::geglu(d_gu.as<float>(), d_h.p, n_rows, n_ff) : lc::swiglu(d_gu.as<float>(), d_h.p, n_rows, n_ff));
+      const std::vector<float> h = bf16_vec_to_f32(d_h.download<uint16_t>(static_cast<size_t>(n_rows) * n_ff));
+      std::vector<float> ref(h.size());
+      for (int32_t r = 0; r < n_rows; ++r)
+        for (int32_t i = 0; i < n_ff; ++i) {
+          const size_t row = static_cast<size_t>(r) * 2 * n_ff;
+          const double g = gu[row + static_cast<size_t>(i)], u = gu[row + static_cast<size_t>(n_ff + i)];
+          const double act = gelu ? 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g)))
+                                  : g / (1.0 + std::exp(-g));
+          ref[static_cast<size_t>(r) * n_ff + static_cast<size_t>(i)] = bf16_round(act * u);
+        }
       double mx = 0;
       const char* name = gelu ? "geglu" : "swiglu";
       const size_t bad = compare(name, h.data(), ref.data(), h.size(), 1e-5, 1.0 / 128, &mx);
-      report(bad == 0, std::string(name) + " n_ff " + std::to_string(n_ff) + " bf16 out, max abs err " + std::to_string(mx));
+      report(bad == 0, std::string(name) + " " + std::to_string(n_rows) + " x " + std::to_string(n_ff) +
+                           " bf16 out, max abs err " + std::to_string(mx));
     }
-  report(!lc::geglu(nullptr, nullptr, 10).ok(), "geglu refuses n_ff % 4 != 0");
+  report(!lc::geglu(nullptr, nullptr, 1, 10).ok(), "geglu refuses n_ff % 4 != 0");
+  report(!lc::swiglu(nullptr, nullptr, 0, 16).ok(), "swiglu refuses 0 rows");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -377,6 +395,78 @@ void test_rope_kv_append(std::mt19937& rng) {
   kv.n_seq = 1;
   kv.n_head_kv = 1;
   report(!lc::rope_kv_append(nullptr, nullptr, 1, 1e4f, nullptr, kv).ok(), "rope_kv_append refuses head_dim 256");
+}
+
+// The prompt form (rope_kv_append_rows, a prefill's) against the decode form run once per token on a twin store:
+// the same kernel arithmetic, so the pools, positions, counts and queries must agree bit for bit, and the dense K/V
+// copies must be the pool's rows.
+void test_rope_kv_append_rows(std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int32_t n_head = 8, hkv = 2, D = 128, pt = 16, max_tokens = 80, n = 37, pos0 = 1000;
+  const int32_t max_pages = max_tokens / pt, n_pages = hkv * max_pages, W = n_head + 2 * hkv;
+  std::vector<int32_t> table(static_cast<size_t>(n_pages));
+  for (int32_t i = 0; i < n_pages; ++i) table[static_cast<size_t>(i)] = i;
+  std::shuffle(table.begin(), table.end(), rng);
+  std::vector<float> qkv(static_cast<size_t>(n) * W * D);
+  for (auto& v : qkv) v = nd(rng) * 2.0f;
+  const size_t pool_bytes = static_cast<size_t>(n_pages) * 2 * pt * D * 2;
+  struct Store {
+    DevBuf pool, table, positions, ntok;
+    lc::PagedKvView kv;
+    Store(size_t pool_bytes, const std::vector<int32_t>& t, int32_t hkv, int32_t D, int32_t pt, int32_t max_pages,
+          int32_t max_tokens)
+        : pool(pool_bytes), table(t.size() * 4), positions(static_cast<size_t>(hkv) * max_tokens * 4),
+          ntok(static_cast<size_t>(hkv) * 4) {
+      pool.poison();
+      positions.poison();
+      table.upload(t);
+      ntok.upload(std::vector<int32_t>(static_cast<size_t>(hkv), 0));
+      kv.pool = pool.p, kv.page_table = table.as<int32_t>(), kv.positions = positions.as<int32_t>();
+      kv.n_tokens = ntok.as<int32_t>(), kv.n_seq = 1, kv.n_head_kv = hkv, kv.head_dim = D, kv.page_tokens = pt;
+      kv.max_pages = max_pages, kv.max_tokens = max_tokens, kv.dtype = lc::KvDtype::BF16;
+    }
+  };
+  Store rows(pool_bytes, table, hkv, D, pt, max_pages, max_tokens), steps(pool_bytes, table, hkv, D, pt, max_pages,
+                                                                          max_tokens);
+  DevBuf d_qkv(qkv.size() * 4), d_q(static_cast<size_t>(n) * n_head * D * 2), d_k(static_cast<size_t>(n) * hkv * D * 2),
+      d_v(d_k.bytes), d_q1(static_cast<size_t>(n_head) * D * 2), d_pos(4);
+  d_qkv.upload(qkv);
+  d_q.poison(), d_k.poison(), d_v.poison();
+  CHECK_OK(lc::rope_kv_append_rows(d_qkv.as<float>(), n, pos0, 0, n_head, 500000.0f, d_q.p, d_k.p, d_v.p, rows.kv));
+  const std::vector<uint16_t> q_rows = d_q.download<uint16_t>(static_cast<size_t>(n) * n_head * D);
+  bool q_same = true;
+  for (int32_t r = 0; r < n; ++r) {
+    DevBuf d_row(static_cast<size_t>(W) * D * 4);
+    d_row.upload(std::vector<float>(qkv.begin() + static_cast<std::ptrdiff_t>(r) * W * D,
+                                    qkv.begin() + static_cast<std::ptrdiff_t>(r + 1) * W * D));
+    d_pos.upload(std::vector<int32_t>{pos0 + r});
+    CHECK_OK(lc::rope_kv_append(d_row.as<float>(), d_pos.as<int32_t>(), n_head, 500000.0f, d_q1.p, steps.kv));
+    const std::vector<uint16_t> q1 = d_q1.download<uint16_t>(static_cast<size_t>(n_head) * D);
+    q_same &= std::equal(q1.begin(), q1.end(), q_rows.begin() + static_cast<std::ptrdiff_t>(r) * n_head * D);
+  }
+  const std::vector<uint16_t> pool_r = rows.pool.download<uint16_t>(pool_bytes / 2), pool_s = steps.pool.download<uint16_t>(pool_bytes / 2);
+  const size_t n_pos = static_cast<size_t>(hkv) * max_tokens;
+  const bool meta_same = rows.positions.download<int32_t>(n_pos) == steps.positions.download<int32_t>(n_pos) &&
+                         rows.ntok.download<int32_t>(hkv) == std::vector<int32_t>(static_cast<size_t>(hkv), n) &&
+                         steps.ntok.download<int32_t>(hkv) == std::vector<int32_t>(static_cast<size_t>(hkv), n);
+  // Dense copies: row (r, h) of k_out / v_out is slot r of head h in the pool.
+  const std::vector<uint16_t> k = d_k.download<uint16_t>(static_cast<size_t>(n) * hkv * D), v = d_v.download<uint16_t>(k.size());
+  bool dense_same = true;
+  for (int32_t r = 0; r < n; ++r)
+    for (int32_t h = 0; h < hkv; ++h) {
+      const size_t page = static_cast<size_t>(table[static_cast<size_t>(h) * max_pages + r / pt]);
+      const size_t k_off = page * 2 * pt * D + static_cast<size_t>(r % pt) * D, v_off = k_off + static_cast<size_t>(pt) * D;
+      const size_t d_off = (static_cast<size_t>(r) * hkv + h) * D;
+      dense_same &= std::equal(k.begin() + d_off, k.begin() + d_off + D, pool_r.begin() + k_off) &&
+                    std::equal(v.begin() + d_off, v.begin() + d_off + D, pool_r.begin() + v_off);
+    }
+  report(pool_r == pool_s && q_same && meta_same && dense_same,
+         "rope_kv_append_rows over 37 tokens (3 pages a head) = 37 single appends, bit for bit (pool, positions, "
+         "counts, q), and its dense K/V are the pool's rows");
+  report(!lc::rope_kv_append_rows(d_qkv.as<float>(), n, 0, max_tokens - n + 1, n_head, 500000.0f, d_q.p, d_k.p, d_v.p,
+                                  rows.kv)
+              .ok(),
+         "rope_kv_append_rows refuses rows past max_tokens");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -574,6 +664,7 @@ int main() {
   test_add(rng);
   test_argmax(rng);
   test_rope_kv_append(rng);
+  test_rope_kv_append_rows(rng);
   test_gemm(rng);
   test_gemv(rng);
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "PASSED", g_failures);

@@ -21,37 +21,40 @@ struct GeluTanh {
   }
 };
 
+// Grid (blocks of 4-channel groups, rows): row r reads gate_up[r] = (gate, up) and writes h[r].
 template <typename Act>
-__global__ void gated_kernel(const float4* __restrict__ gate, const float4* __restrict__ up, uint2* __restrict__ h,
-                             int32_t n4) {
+__global__ void gated_kernel(const float4* __restrict__ gate_up, uint2* __restrict__ h, int32_t n4) {
   const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n4) return;
-  const float4 g = gate[i], u = up[i];
+  const size_t r = blockIdx.y;
+  const float4 g = gate_up[2 * r * n4 + i], u = gate_up[(2 * r + 1) * n4 + i];
+  h += r * n4;
   const __nv_bfloat162 a = __floats2bfloat162_rn(Act::apply(g.x) * u.x, Act::apply(g.y) * u.y);
   const __nv_bfloat162 b = __floats2bfloat162_rn(Act::apply(g.z) * u.z, Act::apply(g.w) * u.w);
   h[i] = make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
 }
 
 template <typename Act>
-Status gated(const char* name, const float* gate_up, void* h, int32_t n_ff, void* stream) {
+Status gated(const char* name, const float* gate_up, void* h, int32_t n_rows, int32_t n_ff, void* stream) {
   if (n_ff <= 0 || n_ff % 4 != 0) return Status::error(std::string(name) + ": n_ff must be a positive multiple of 4");
+  if (n_rows <= 0 || n_rows > 65535) return Status::error(std::string(name) + ": n_rows must be in 1..65535");
   if (!gate_up || !h) return Status::error(std::string(name) + ": null pointer");
   if (reinterpret_cast<uintptr_t>(gate_up) % 16 != 0 || reinterpret_cast<uintptr_t>(h) % 8 != 0)
     return Status::error(std::string(name) + ": gate_up must be 16-byte aligned, h 8-byte aligned");
   const int32_t n4 = n_ff / 4;
-  const float4* g = reinterpret_cast<const float4*>(gate_up);
-  gated_kernel<Act><<<(n4 + 255) / 256, 256, 0, static_cast<cudaStream_t>(stream)>>>(g, g + n4, static_cast<uint2*>(h), n4);
+  gated_kernel<Act><<<dim3((n4 + 255) / 256, n_rows), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      reinterpret_cast<const float4*>(gate_up), static_cast<uint2*>(h), n4);
   return cuda_status(cudaGetLastError(), name);
 }
 
 }  // namespace
 
-Status swiglu(const float* gate_up, void* h, int32_t n_ff, void* stream) {
-  return gated<Silu>("swiglu", gate_up, h, n_ff, stream);
+Status swiglu(const float* gate_up, void* h, int32_t n_rows, int32_t n_ff, void* stream) {
+  return gated<Silu>("swiglu", gate_up, h, n_rows, n_ff, stream);
 }
 
-Status geglu(const float* gate_up, void* h, int32_t n_ff, void* stream) {
-  return gated<GeluTanh>("geglu", gate_up, h, n_ff, stream);
+Status geglu(const float* gate_up, void* h, int32_t n_rows, int32_t n_ff, void* stream) {
+  return gated<GeluTanh>("geglu", gate_up, h, n_rows, n_ff, stream);
 }
 
 }  // namespace longctx::cuda

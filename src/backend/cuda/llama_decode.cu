@@ -2,7 +2,9 @@
 #include "backend/cuda/llama_decode.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <map>
 #include <numeric>
 #include <random>
 #include <string>
@@ -124,6 +126,7 @@ struct LlamaDecoder::Impl {
 
   std::unique_ptr<GemmRunner> gemm;
   int32_t g_qkv = -1, g_wo = -1, g_gate_up = -1, g_down = -1, g_head = -1;
+  std::map<int32_t, std::array<int32_t, 4>> prefill_gemms;  // prompt length -> (qkv, wo, gate_up, down) shape ids
   std::vector<LlamaGemmReport> report;
 
   cudaGraph_t graph = nullptr;
@@ -203,7 +206,7 @@ struct LlamaDecoder::Impl {
     void* pxn = act.at(xn);
     int32_t* ptok = act.at<int32_t>(token);
     int32_t* ppos = act.at<int32_t>(pos);
-    Status s = embedding_lookup(weights.at(tok_embd), ptok, m.n_vocab, m.n_embd, px, stream);
+    Status s = embedding_lookup(weights.at(tok_embd), ptok, 1, m.n_vocab, m.n_embd, px, stream);
     const bool fused = opt.matvec == MatvecPath::Fused;
     for (int32_t il = 0; il < m.n_layer && s.ok(); ++il) {
       const LayerWeights& w = layers[static_cast<size_t>(il)];
@@ -228,20 +231,29 @@ struct LlamaDecoder::Impl {
         if (s.ok()) s = gemm->run(g_wo, weights.at(w.wo), act.at(attn), px, stream);  // x += attn Wo^T
         if (s.ok()) s = rmsnorm(px, weights.at(w.ffn_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
         if (s.ok()) s = gemm->run(g_gate_up, weights.at(w.w_gate_up), pxn, act.at<float>(gate_up), stream);
-        if (s.ok()) s = swiglu(act.at<float>(gate_up), act.at(h), m.n_ff, stream);
+        if (s.ok()) s = swiglu(act.at<float>(gate_up), act.at(h), 1, m.n_ff, stream);
         if (s.ok()) s = gemm->run(g_down, weights.at(w.w_down), act.at(h), px, stream);  // x += h Wdown^T
       }
     }
-    if (fused) {
-      if (s.ok()) s = gemv(gemv_args(Product::Head, -1), stream);
+    return s.ok() ? enqueue_head() : s;
+  }
+
+  // The end of a forward, from the residual stream x of its last token: final norm, output head, the greedy argmax
+  // as the next input token (kept in the history), and the position moved on by one.
+  Status enqueue_head() {
+    const ModelShape& m = shape;
+    int32_t* ptok = act.at<int32_t>(token);
+    Status s = Status::success();
+    if (opt.matvec == MatvecPath::Fused) {
+      s = gemv(gemv_args(Product::Head, -1), stream);
     } else {
-      if (s.ok()) s = rmsnorm(px, weights.at(output_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
-      if (s.ok()) s = gemm->run(g_head, weights.at(output), pxn, act.at<float>(logits), stream);
+      s = rmsnorm(act.at<float>(x), weights.at(output_norm), act.at(xn), 1, m.n_embd, m.rms_eps, stream);
+      if (s.ok()) s = gemm->run(g_head, weights.at(output), act.at(xn), act.at<float>(logits), stream);
     }
     if (s.ok()) s = argmax(act.at<float>(logits), m.n_vocab, ptok, act.at(argmax_ws), stream);
     if (s.ok()) {
-      advance_kernel<<<1, 1, 0, stream>>>(ptok, ppos, act.at<int32_t>(n_generated), act.at<int32_t>(history),
-                                          opt.max_context);
+      advance_kernel<<<1, 1, 0, stream>>>(ptok, act.at<int32_t>(pos), act.at<int32_t>(n_generated),
+                                          act.at<int32_t>(history), opt.max_context);
       s = cuda_status(cudaGetLastError(), "advance launch");
     }
     return s;
@@ -435,8 +447,8 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   if (s.ok()) s = I.gemm->add_shape(m.n_vocab, nE, 1, GemmAccumulate::Overwrite, &I.g_head);
   if (!s.ok()) return s;
   const TensorInit unit = tensor_init(0.0f, 1.0f);
-  s = embedding_lookup(I.weights.at(I.tok_embd), I.act.at<int32_t>(I.token), m.n_vocab, m.n_embd, I.act.at<float>(I.x),
-                       I.stream);  // a real residual stream (token 0's row) for the fused products' RMSNorm
+  s = embedding_lookup(I.weights.at(I.tok_embd), I.act.at<int32_t>(I.token), 1, m.n_vocab, m.n_embd,
+                       I.act.at<float>(I.x), I.stream);  // a real residual stream (token 0's row) for the fused products' RMSNorm
   if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.xn), E, seed, 0xffff0001u, unit, 0, I.stream);
   if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.attn), Q, seed, 0xffff0002u, unit, 0, I.stream);
   if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.h), F, seed, 0xffff0003u, unit, 0, I.stream);
@@ -604,6 +616,83 @@ Status LlamaDecoder::fill_kv_synthetic(int32_t n_ctx) {
   LONGCTX_CUDA_TRY(cudaStreamSynchronize(I.stream));  // n_ctx lives on this frame
   I.host_pos = n_ctx;
   I.host_slots = n_ctx;
+  return Status::success();
+}
+
+Status LlamaDecoder::prefill(const std::vector<int32_t>& tokens) {
+  Impl& I = *impl_;
+  const ModelShape& m = I.shape;
+  const int32_t n = static_cast<int32_t>(tokens.size());
+  if (n < 1) return Status::error("prefill: an empty prompt");
+  if (I.host_slots != 0) return Status::error("prefill: the cache is not empty (reset() first; steps append after a prefill)");
+  if (n > I.opt.max_context || n > 65535)
+    return Status::error("prefill: " + std::to_string(n) + " prompt tokens do not fit the context of " +
+                         std::to_string(std::min(I.opt.max_context, 65535)));
+  for (int32_t t : tokens)
+    if (t < 0 || t >= m.n_vocab)
+      return Status::error("prefill: token id " + std::to_string(t) + " is outside the vocabulary of " +
+                           std::to_string(m.n_vocab));
+
+  // The prompt's activations, every layer's over all n tokens at once (layer by layer), freed at the end.
+  const size_t N = static_cast<size_t>(n), E = static_cast<size_t>(m.n_embd), Q = static_cast<size_t>(m.q_dim()),
+               KV = static_cast<size_t>(m.kv_dim()), F = static_cast<size_t>(m.n_ff);
+  Arena pf;
+  const size_t p_tok = pf.reserve(N * 4), p_x = pf.reserve(N * E * 4), p_xn = pf.reserve(N * E * 2),
+               p_qkv = pf.reserve(N * (Q + 2 * KV) * 4), p_q = pf.reserve(N * Q * 2), p_k = pf.reserve(N * KV * 2),
+               p_v = pf.reserve(N * KV * 2), p_attn = pf.reserve(N * Q * 2), p_gu = pf.reserve(N * 2 * F * 4),
+               p_h = pf.reserve(N * F * 2);
+  if (Status s = pf.allocate(); !s.ok())
+    return Status::error("prefill: activations of " + std::to_string(n) + " tokens: " + s.message());
+  auto it = I.prefill_gemms.find(n);
+  if (it == I.prefill_gemms.end()) {
+    std::array<int32_t, 4> ids{};
+    const int32_t nE = m.n_embd, nQKV = m.q_dim() + 2 * m.kv_dim();
+    Status s = I.gemm->add_shape(nQKV, nE, n, GemmAccumulate::Overwrite, &ids[0]);
+    if (s.ok()) s = I.gemm->add_shape(nE, m.q_dim(), n, GemmAccumulate::Add, &ids[1]);
+    if (s.ok()) s = I.gemm->add_shape(2 * m.n_ff, nE, n, GemmAccumulate::Overwrite, &ids[2]);
+    if (s.ok()) s = I.gemm->add_shape(nE, m.n_ff, n, GemmAccumulate::Add, &ids[3]);
+    if (!s.ok()) return s;
+    it = I.prefill_gemms.emplace(n, ids).first;
+  }
+  const std::array<int32_t, 4>& g = it->second;
+  PrefillAttentionParams ap;
+  ap.n_q = ap.n_kv = n;
+  ap.n_head = m.n_head, ap.n_head_kv = m.n_head_kv, ap.head_dim = m.head_dim;
+  ap.causal = true;
+  ap.scale = I.attn_params.scale;
+  ap.dtype = KvDtype::BF16;
+
+  cudaStream_t st = I.stream;
+  float* px = pf.at<float>(p_x);
+  Status s = copy_to_device(pf.at(p_tok), tokens.data(), N * 4);
+  if (s.ok()) s = embedding_lookup(I.weights.at(I.tok_embd), pf.at<int32_t>(p_tok), n, m.n_vocab, m.n_embd, px, st);
+  for (int32_t il = 0; il < m.n_layer && s.ok(); ++il) {
+    const LayerWeights& w = I.layers[static_cast<size_t>(il)];
+    s = rmsnorm(px, I.weights.at(w.attn_norm), pf.at(p_xn), n, m.n_embd, m.rms_eps, st);
+    if (s.ok()) s = I.gemm->run(g[0], I.weights.at(w.wqkv), pf.at(p_xn), pf.at<float>(p_qkv), st);
+    if (s.ok())
+      s = rope_kv_append_rows(pf.at<float>(p_qkv), n, 0, 0, m.n_head, m.rope_base, pf.at(p_q), pf.at(p_k), pf.at(p_v),
+                              I.views[static_cast<size_t>(il)], st);
+    if (s.ok()) s = prefill_attention(ap, pf.at(p_q), pf.at(p_k), pf.at(p_v), pf.at(p_attn), st);
+    if (s.ok()) s = I.gemm->run(g[1], I.weights.at(w.wo), pf.at(p_attn), px, st);  // x += attn Wo^T
+    if (s.ok()) s = rmsnorm(px, I.weights.at(w.ffn_norm), pf.at(p_xn), n, m.n_embd, m.rms_eps, st);
+    if (s.ok()) s = I.gemm->run(g[2], I.weights.at(w.w_gate_up), pf.at(p_xn), pf.at<float>(p_gu), st);
+    if (s.ok()) s = swiglu(pf.at<float>(p_gu), pf.at(p_h), n, m.n_ff, st);
+    if (s.ok()) s = I.gemm->run(g[3], I.weights.at(w.w_down), pf.at(p_h), px, st);  // x += h Wdown^T
+  }
+  // The last token's residual stream goes where a decode step leaves it, and the step's own tail (head, argmax,
+  // history, position n - 1 -> n) finishes the prefill: the next step() continues from there.
+  const int32_t last = n - 1;
+  if (s.ok())
+    s = cuda_status(cudaMemcpyAsync(I.act.at(I.x), px + static_cast<size_t>(last) * E, E * 4, cudaMemcpyDeviceToDevice, st),
+                    "prefill: last row");
+  if (s.ok()) s = cuda_status(cudaMemcpyAsync(I.act.at(I.pos), &last, 4, cudaMemcpyHostToDevice, st), "prefill: position");
+  if (s.ok()) s = I.enqueue_head();
+  const Status done = cuda_status(cudaStreamSynchronize(st), "prefill");  // `last` and the arena live on this frame
+  if (!s.ok()) return s;
+  if (!done.ok()) return done;
+  I.host_pos = n;
+  I.host_slots = n;
   return Status::success();
 }
 

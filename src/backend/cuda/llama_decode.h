@@ -85,6 +85,12 @@ class LlamaDecoder {
   // full-precision tail, where the steps append). Synthetic values; the next step is at position n_ctx. Needs
   // kv_packing != None and kept < max_context. Which slots a real policy keeps does not change what a step reads.
   Status fill_kv_compressed_synthetic(int32_t n_ctx, int32_t kept);
+  // Runs a prompt through the model on the device, every layer over all its tokens at once (cuBLASLt GEMMs, the
+  // prefill attention kernel, RoPE and the append of every token's K/V into the paged store), then the output head
+  // on its last token: afterwards the logits are the last prompt token's, its greedy argmax is the next input and
+  // the first entry of read_generated(), and step() continues at position tokens.size(). Needs an empty cache
+  // (after create or reset); synchronous. Activations of the whole prompt are allocated for the call.
+  Status prefill(const std::vector<int32_t>& tokens);
   // The input token of the next step (otherwise the previous step's argmax).
   Status set_token(int32_t token);
   // n_steps replays of the step graph (captured on first use), queued on the decoder's stream; no synchronization.

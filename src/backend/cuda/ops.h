@@ -14,10 +14,11 @@
 
 namespace longctx::cuda {
 
-// x (n_embd) f32 = table[*token], table: (n_vocab, n_embd) bf16. A token outside [0, n_vocab) gives a row of NaN,
-// so a bad id shows in the logits (a graph replay cannot return an error).
-Status embedding_lookup(const void* table, const int32_t* token, int32_t n_vocab, int32_t n_embd, float* x,
-                        void* stream = nullptr);
+// x (n_tokens, n_embd) f32: row t = table[tokens[t]], table: (n_vocab, n_embd) bf16, tokens in device memory. A
+// token outside [0, n_vocab) gives a row of NaN, so a bad id shows in the logits (a graph replay cannot return an
+// error). n_tokens: 1 in a decode step, the prompt's length in a prefill.
+Status embedding_lookup(const void* table, const int32_t* tokens, int32_t n_tokens, int32_t n_vocab, int32_t n_embd,
+                        float* x, void* stream = nullptr);
 
 // y[r] (bf16) = x[r] / sqrt(mean(x[r]^2) + eps) * w (bf16), for n_rows rows of n f32 values. Sum of squares in f32.
 Status rmsnorm(const float* x, const void* w, void* y, int32_t n_rows, int32_t n, float eps, void* stream = nullptr);
@@ -34,11 +35,20 @@ Status rmsnorm(const float* x, const void* w, void* y, int32_t n_rows, int32_t n
 //   The caller guarantees the pages exist (n_tokens[h] < max_tokens and its page in the table).
 Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, float rope_base, void* q_out,
                       const PagedKvView& kv, void* stream = nullptr);
+// The same for a prompt of n_rows tokens at positions pos0 .. pos0 + n_rows - 1 (a prefill), into slots slot0 ..
+// slot0 + n_rows - 1 of every head: qkv (n_rows, n_head + 2 n_head_kv, head_dim) f32, q_out (n_rows, n_head,
+// head_dim) bf16, and the rotated keys and the values also densely into k_out and v_out (n_rows, n_head_kv,
+// head_dim) bf16, the layout prefill_attention reads. Positions and slots come from the host (a prefill is not
+// replayed); n_tokens[h] becomes slot0 + n_rows. The caller guarantees slot0 + n_rows <= max_tokens.
+Status rope_kv_append_rows(const float* qkv, int32_t n_rows, int32_t pos0, int32_t slot0, int32_t n_head,
+                           float rope_base, void* q_out, void* k_out, void* v_out, const PagedKvView& kv,
+                           void* stream = nullptr);
 
-// h (n_ff) bf16 = silu(gate) * up, gate_up: (2, n_ff) f32 (the fused gate/up product: gate rows, then up rows).
-Status swiglu(const float* gate_up, void* h, int32_t n_ff, void* stream = nullptr);
+// h (n_rows, n_ff) bf16 = silu(gate) * up, gate_up: (n_rows, 2, n_ff) f32 (the fused gate/up product of each row:
+// gate, then up).
+Status swiglu(const float* gate_up, void* h, int32_t n_rows, int32_t n_ff, void* stream = nullptr);
 // The same with gelu (tanh approximation, as gemma and cpu::GatedActivation::GeluTanh): h = gelu(gate) * up.
-Status geglu(const float* gate_up, void* h, int32_t n_ff, void* stream = nullptr);
+Status geglu(const float* gate_up, void* h, int32_t n_rows, int32_t n_ff, void* stream = nullptr);
 
 // x += y over n f32 values. The decode step folds its residual adds into the GEMMs (beta = 1); this op is for
 // architectures whose residual branch ends in a norm (gemma3's post-norms), where the add cannot fold.

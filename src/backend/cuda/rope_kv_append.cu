@@ -3,8 +3,11 @@
 // One block per kv-head: it rotates the group's query heads and its key head and writes the key and value rows into
 // the head's next slot. One block owns one head's slot counter, so it reads n_tokens[h], writes, and bumps the
 // counter after a barrier: no other block touches that head, and the attention kernel that reads the counter comes
-// after this launch in stream order.
+// after this launch in stream order. The prompt form (rope_kv_append_rows) adds a grid row per token; its slots come
+// from the host, so no block reads the counter and the first row's block sets it for the whole prompt.
 #include <cuda_bf16.h>
+
+#include <string>
 
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/ops.h"
@@ -27,6 +30,11 @@ struct RopeAppendArgs {
   int32_t* n_tokens;          // (n_head_kv)
   int32_t n_head, n_head_kv, head_dim, page_tokens, max_pages, max_tokens;
   double rope_base;
+  // A prompt (rope_kv_append_rows) when pos is null: row r of the grid is at position pos0 + r, slot slot0 + r, and
+  // its rotated k and its v also go to k_out / v_out (n_rows, n_head_kv, head_dim).
+  int32_t pos0, slot0, n_rows;
+  __nv_bfloat16* k_out;
+  __nv_bfloat16* v_out;
 };
 
 __global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppendArgs a) {
@@ -34,9 +42,14 @@ __global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppe
   const int32_t D = a.head_dim, half = D / 2, group = a.n_head / a.n_head_kv;
   pdl_wait();  // q, k, v come from the previous kernel (pdl.cuh)
   pdl_trigger();
-  const int32_t p = *a.pos;
-  const int32_t slot = a.n_tokens[g];
+  const bool prompt = a.pos == nullptr;
+  const int32_t r = blockIdx.y;  // the prompt's row (0 in a decode step)
+  const int32_t p = prompt ? a.pos0 + r : *a.pos;
+  const int32_t slot = prompt ? a.slot0 + r : a.n_tokens[g];
   if (slot >= a.max_tokens) return;  // a full head: drop the token rather than write past the store (uniform exit)
+  const float* qkv = a.qkv + static_cast<size_t>(r) * (a.n_head + 2 * a.n_head_kv) * D;
+  __nv_bfloat16* q_out = a.q_out + static_cast<size_t>(r) * a.n_head * D;
+  const size_t dense = (static_cast<size_t>(r) * a.n_head_kv + g) * D;  // row (r, g) of k_out and v_out
   __shared__ float cos_t[kMaxHalf], sin_t[kMaxHalf];
   // Angles in double, as the CPU backend: positions reach 10^5 and more, where an f32 angle is off by whole
   // fractions of a radian. 64 sin/cos pairs per block: nothing next to the GEMMs.
@@ -61,17 +74,26 @@ __global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppe
     if (w < n_rot_items) {
       const int32_t j = w / half, i = w % half;  // j < group: query head g*group + j; j == group: the key head
       const int32_t src_head = j < group ? g * group + j : a.n_head + g;
-      const float2 x = *reinterpret_cast<const float2*>(a.qkv + static_cast<size_t>(src_head) * D + 2 * i);
+      const float2 x = *reinterpret_cast<const float2*>(qkv + static_cast<size_t>(src_head) * D + 2 * i);
       const float c = cos_t[i], s = sin_t[i];
-      const __nv_bfloat162 r = __floats2bfloat162_rn(x.x * c - x.y * s, x.x * s + x.y * c);
-      __nv_bfloat16* dst = j < group ? a.q_out + static_cast<size_t>(src_head) * D : k_dst;
-      *reinterpret_cast<__nv_bfloat162*>(dst + 2 * i) = r;
+      const __nv_bfloat162 rot = __floats2bfloat162_rn(x.x * c - x.y * s, x.x * s + x.y * c);
+      __nv_bfloat16* dst = j < group ? q_out + static_cast<size_t>(src_head) * D : k_dst;
+      *reinterpret_cast<__nv_bfloat162*>(dst + 2 * i) = rot;
+      if (prompt && j == group) *reinterpret_cast<__nv_bfloat162*>(a.k_out + dense + 2 * i) = rot;
     } else {
       const int32_t i = w - n_rot_items;
-      const float2 x =
-          *reinterpret_cast<const float2*>(a.qkv + static_cast<size_t>(a.n_head + a.n_head_kv + g) * D + 2 * i);
-      *reinterpret_cast<__nv_bfloat162*>(v_dst + 2 * i) = __floats2bfloat162_rn(x.x, x.y);
+      const float2 x = *reinterpret_cast<const float2*>(qkv + static_cast<size_t>(a.n_head + a.n_head_kv + g) * D + 2 * i);
+      const __nv_bfloat162 v = __floats2bfloat162_rn(x.x, x.y);
+      *reinterpret_cast<__nv_bfloat162*>(v_dst + 2 * i) = v;
+      if (prompt) *reinterpret_cast<__nv_bfloat162*>(a.v_out + dense + 2 * i) = v;
     }
+  }
+  if (prompt) {  // nothing here reads n_tokens: row 0 sets the head's count for the whole prompt
+    if (threadIdx.x == 0) {
+      a.positions[static_cast<size_t>(g) * a.max_tokens + slot] = p;
+      if (r == 0) a.n_tokens[g] = a.slot0 + a.n_rows;
+    }
+    return;
   }
   __syncthreads();  // every thread has read n_tokens[g] before it moves
   if (threadIdx.x == 0) {
@@ -82,8 +104,10 @@ __global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppe
 
 }  // namespace
 
-Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, float rope_base, void* q_out,
-                      const PagedKvView& kv, void* stream) {
+namespace {
+
+Status check_and_fill(const float* qkv, int32_t n_head, float rope_base, void* q_out, const PagedKvView& kv,
+                      RopeAppendArgs* a) {
   if (kv.dtype != KvDtype::BF16) return Status::error("rope_kv_append: only bf16 pages");
   if (kv.n_seq != 1) return Status::error("rope_kv_append: one sequence (batch 1)");
   if (kv.head_dim <= 0 || kv.head_dim % 2 != 0 || kv.head_dim / 2 > kMaxHalf)
@@ -92,29 +116,57 @@ Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, floa
     return Status::error("rope_kv_append: n_head must be a positive multiple of n_head_kv");
   if (kv.page_tokens <= 0 || kv.max_pages <= 0 || kv.max_tokens <= 0)
     return Status::error("rope_kv_append: empty page table");
-  if (!qkv || !pos || !q_out || !kv.pool || !kv.page_table || !kv.positions || !kv.n_tokens)
+  if (!qkv || !q_out || !kv.pool || !kv.page_table || !kv.positions || !kv.n_tokens)
     return Status::error("rope_kv_append: null pointer");
-  RopeAppendArgs a{};
-  a.qkv = qkv;
-  a.pos = pos;
-  a.q_out = static_cast<__nv_bfloat16*>(q_out);
+  *a = RopeAppendArgs{};
+  a->qkv = qkv;
+  a->q_out = static_cast<__nv_bfloat16*>(q_out);
   // The view's pointers are const because attention only reads them; the store that owns them is device memory
   // this op is documented to write (the new slot's K/V row, its position, the head's count).
-  a.pool = static_cast<uint8_t*>(const_cast<void*>(kv.pool));
-  a.page_bytes = kv.page_bytes();
-  a.page_table = kv.page_table;
-  a.positions = const_cast<int32_t*>(kv.positions);
-  a.n_tokens = const_cast<int32_t*>(kv.n_tokens);
-  a.n_head = n_head;
-  a.n_head_kv = kv.n_head_kv;
-  a.head_dim = kv.head_dim;
-  a.page_tokens = kv.page_tokens;
-  a.max_pages = kv.max_pages;
-  a.max_tokens = kv.max_tokens;
-  a.rope_base = rope_base;
+  a->pool = static_cast<uint8_t*>(const_cast<void*>(kv.pool));
+  a->page_bytes = kv.page_bytes();
+  a->page_table = kv.page_table;
+  a->positions = const_cast<int32_t*>(kv.positions);
+  a->n_tokens = const_cast<int32_t*>(kv.n_tokens);
+  a->n_head = n_head;
+  a->n_head_kv = kv.n_head_kv;
+  a->head_dim = kv.head_dim;
+  a->page_tokens = kv.page_tokens;
+  a->max_pages = kv.max_pages;
+  a->max_tokens = kv.max_tokens;
+  a->rope_base = rope_base;
+  a->n_rows = 1;
+  return Status::success();
+}
+
+}  // namespace
+
+Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, float rope_base, void* q_out,
+                      const PagedKvView& kv, void* stream) {
+  RopeAppendArgs a;
+  if (Status s = check_and_fill(qkv, n_head, rope_base, q_out, kv, &a); !s.ok()) return s;
+  if (!pos) return Status::error("rope_kv_append: null pointer");
+  a.pos = pos;
   return cuda_status(launch_pdl(rope_kv_append_kernel, dim3(kv.n_head_kv), dim3(kThreads), 0,
                                 static_cast<cudaStream_t>(stream), a),
                      "rope_kv_append launch");
+}
+
+Status rope_kv_append_rows(const float* qkv, int32_t n_rows, int32_t pos0, int32_t slot0, int32_t n_head,
+                           float rope_base, void* q_out, void* k_out, void* v_out, const PagedKvView& kv,
+                           void* stream) {
+  RopeAppendArgs a;
+  if (Status s = check_and_fill(qkv, n_head, rope_base, q_out, kv, &a); !s.ok()) return s;
+  if (!k_out || !v_out) return Status::error("rope_kv_append_rows: null pointer");
+  if (n_rows <= 0 || n_rows > 65535 || pos0 < 0 || slot0 < 0 || static_cast<int64_t>(slot0) + n_rows > kv.max_tokens)
+    return Status::error("rope_kv_append_rows: rows " + std::to_string(slot0) + " + " + std::to_string(n_rows) +
+                         " do not fit the store's " + std::to_string(kv.max_tokens) + " slots (or n_rows > 65535)");
+  a.pos0 = pos0, a.slot0 = slot0, a.n_rows = n_rows;
+  a.k_out = static_cast<__nv_bfloat16*>(k_out);
+  a.v_out = static_cast<__nv_bfloat16*>(v_out);
+  return cuda_status(launch_pdl(rope_kv_append_kernel, dim3(kv.n_head_kv, n_rows), dim3(kThreads), 0,
+                                static_cast<cudaStream_t>(stream), a),
+                     "rope_kv_append_rows launch");
 }
 
 }  // namespace longctx::cuda
