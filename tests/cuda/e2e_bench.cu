@@ -148,7 +148,8 @@ int main(int argc, char** argv) {
       return compressed ? dec->fill_kv_compressed_synthetic(static_cast<int32_t>(ctx), kept)
                         : dec->fill_kv_synthetic(static_cast<int32_t>(ctx));
     };
-    if (!compressed) {  // the prompt through prefill(): the first call registers its GEMM shapes, the next two are timed
+    if (!compressed) {  // the prompt through prefill(): the first call registers its GEMM shapes, the next two are
+                        // timed
       std::vector<int32_t> prompt(static_cast<size_t>(ctx));
       for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 2654435761u) % m.n_vocab);
       double best_ms = 1e30;

@@ -150,7 +150,8 @@ void test_end_to_end(lc::MatvecPath path, lc::WeightPrefetch prefetch = lc::Weig
 }
 
 // The prompt through prefill() (every layer over all 19 tokens at once: the GEMMs with 19 columns, the prefill
-// attention kernel, RoPE and the append of 19 rows across two 16-token pages), then greedy steps, against the same reference fed token by token.
+// attention kernel, RoPE and the append of 19 rows across two 16-token pages), then greedy steps, against the same
+// reference fed token by token.
 void test_prefill(lc::MatvecPath path) {
   const std::string pname = path == lc::MatvecPath::Fused ? "fused GEMV" : "cuBLASLt";
   longctx::ModelShape m;
@@ -184,8 +185,9 @@ void test_prefill(lc::MatvecPath path) {
     CHECK_OK(dec->read_logits(&lg));
     CHECK_OK(dec->read_last_token(&tok));
     c = check_step(lg, tok, rl, m.n_vocab);
-    if (!c.ok) std::printf("     step %d after the prefill: rel L2 %.2e, max abs %.2e, token %d, reference argmax %d\n", i,
-                           c.rel, c.max_abs, tok, c.ref_best);
+    if (!c.ok)
+      std::printf("     step %d after the prefill: rel L2 %.2e, max abs %.2e, token %d, reference argmax %d\n", i,
+                  c.rel, c.max_abs, tok, c.ref_best);
     ok &= c.ok;
     worst_rel = std::max(worst_rel, c.rel), worst_abs = std::max(worst_abs, c.max_abs);
     tokens.push_back(tok);
@@ -199,7 +201,8 @@ void test_prefill(lc::MatvecPath path) {
   std::vector<int32_t> history;
   CHECK_OK(dec->read_generated(&history));
   report(history == tokens, "after a prefill the history holds its argmax, then each step's");
-  report(dec->position() == static_cast<int32_t>(prompt.size()) + n_gen, "the position follows the prefill and the steps");
+  report(dec->position() == static_cast<int32_t>(prompt.size()) + n_gen,
+         "the position follows the prefill and the steps");
 
   const lc::Status again = dec->prefill(prompt);
   report(!again.ok(), "a prefill into a non-empty cache is refused: \"" + again.message() + "\"");

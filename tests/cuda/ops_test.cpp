@@ -206,7 +206,8 @@ void test_gated(std::mt19937& rng) {
       DevBuf d_gu(gu.size() * 4), d_h(static_cast<size_t>(n_rows) * n_ff * 2);
       d_gu.upload(gu);
       d_h.poison();
-      CHECK_OK(gelu ? lc::geglu(d_gu.as<float>(), d_h.p, n_rows, n_ff) : lc::swiglu(d_gu.as<float>(), d_h.p, n_rows, n_ff));
+      CHECK_OK(gelu ? lc::geglu(d_gu.as<float>(), d_h.p, n_rows, n_ff)
+                    : lc::swiglu(d_gu.as<float>(), d_h.p, n_rows, n_ff));
       const std::vector<float> h = bf16_vec_to_f32(d_h.download<uint16_t>(static_cast<size_t>(n_rows) * n_ff));
       std::vector<float> ref(h.size());
       for (int32_t r = 0; r < n_rows; ++r)
@@ -415,7 +416,9 @@ void test_rope_kv_append_rows(std::mt19937& rng) {
     lc::PagedKvView kv;
     Store(size_t pool_bytes, const std::vector<int32_t>& t, int32_t hkv, int32_t D, int32_t pt, int32_t max_pages,
           int32_t max_tokens)
-        : pool(pool_bytes), table(t.size() * 4), positions(static_cast<size_t>(hkv) * max_tokens * 4),
+        : pool(pool_bytes),
+          table(t.size() * 4),
+          positions(static_cast<size_t>(hkv) * max_tokens * 4),
           ntok(static_cast<size_t>(hkv) * 4) {
       pool.poison();
       positions.poison();
@@ -426,8 +429,8 @@ void test_rope_kv_append_rows(std::mt19937& rng) {
       kv.max_pages = max_pages, kv.max_tokens = max_tokens, kv.dtype = lc::KvDtype::BF16;
     }
   };
-  Store rows(pool_bytes, table, hkv, D, pt, max_pages, max_tokens), steps(pool_bytes, table, hkv, D, pt, max_pages,
-                                                                          max_tokens);
+  Store rows(pool_bytes, table, hkv, D, pt, max_pages, max_tokens),
+      steps(pool_bytes, table, hkv, D, pt, max_pages, max_tokens);
   DevBuf d_qkv(qkv.size() * 4), d_q(static_cast<size_t>(n) * n_head * D * 2), d_k(static_cast<size_t>(n) * hkv * D * 2),
       d_v(d_k.bytes), d_q1(static_cast<size_t>(n_head) * D * 2), d_pos(4);
   d_qkv.upload(qkv);
@@ -444,18 +447,21 @@ void test_rope_kv_append_rows(std::mt19937& rng) {
     const std::vector<uint16_t> q1 = d_q1.download<uint16_t>(static_cast<size_t>(n_head) * D);
     q_same &= std::equal(q1.begin(), q1.end(), q_rows.begin() + static_cast<std::ptrdiff_t>(r) * n_head * D);
   }
-  const std::vector<uint16_t> pool_r = rows.pool.download<uint16_t>(pool_bytes / 2), pool_s = steps.pool.download<uint16_t>(pool_bytes / 2);
+  const std::vector<uint16_t> pool_r = rows.pool.download<uint16_t>(pool_bytes / 2),
+                              pool_s = steps.pool.download<uint16_t>(pool_bytes / 2);
   const size_t n_pos = static_cast<size_t>(hkv) * max_tokens;
   const bool meta_same = rows.positions.download<int32_t>(n_pos) == steps.positions.download<int32_t>(n_pos) &&
                          rows.ntok.download<int32_t>(hkv) == std::vector<int32_t>(static_cast<size_t>(hkv), n) &&
                          steps.ntok.download<int32_t>(hkv) == std::vector<int32_t>(static_cast<size_t>(hkv), n);
   // Dense copies: row (r, h) of k_out / v_out is slot r of head h in the pool.
-  const std::vector<uint16_t> k = d_k.download<uint16_t>(static_cast<size_t>(n) * hkv * D), v = d_v.download<uint16_t>(k.size());
+  const std::vector<uint16_t> k = d_k.download<uint16_t>(static_cast<size_t>(n) * hkv * D),
+                              v = d_v.download<uint16_t>(k.size());
   bool dense_same = true;
   for (int32_t r = 0; r < n; ++r)
     for (int32_t h = 0; h < hkv; ++h) {
       const size_t page = static_cast<size_t>(table[static_cast<size_t>(h) * max_pages + r / pt]);
-      const size_t k_off = page * 2 * pt * D + static_cast<size_t>(r % pt) * D, v_off = k_off + static_cast<size_t>(pt) * D;
+      const size_t k_off = page * 2 * pt * D + static_cast<size_t>(r % pt) * D,
+                   v_off = k_off + static_cast<size_t>(pt) * D;
       const size_t d_off = (static_cast<size_t>(r) * hkv + h) * D;
       dense_same &= std::equal(k.begin() + d_off, k.begin() + d_off + D, pool_r.begin() + k_off) &&
                     std::equal(v.begin() + d_off, v.begin() + d_off + D, pool_r.begin() + v_off);

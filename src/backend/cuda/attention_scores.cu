@@ -83,7 +83,8 @@ __device__ __forceinline__ void logits(const ScoreArgs& a, int sh, int j, const 
     }
   } else {
     // One pass over the row's code words (head_dim * bits / 32 of them), each word's codes expanded in place: the
-    // inverse of kivi::k_code_slot. Word w of lane column c holds channel pairs (32 j + 8 c + 2 i, + 1), pair = 4 j + i.
+    // inverse of kivi::k_code_slot. Word w of lane column c holds the channel pairs (32 j + 8 c + 2 i, + 1) of
+    // pair = 4 j + i.
     const uint8_t* pg = a.packed_pool + static_cast<size_t>(page) * a.packed_page_bytes;
     const uint32_t* kb = reinterpret_cast<const uint32_t*>(pg);
     const uint32_t* codes = reinterpret_cast<const uint32_t*>(pg + kivi::k_scale_bytes(D) +

@@ -604,11 +604,12 @@ template <typename T, int D, int Bits>
 Status launch(const DecodeArgs& a, int32_t n_seq, cudaStream_t stream) {
   if (Status s = prepare_instance<T, D, Bits>(); !s.ok()) return s;
   const dim3 grid(static_cast<unsigned>(a.n_splits), static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(n_seq));
-  LONGCTX_CUDA_TRY(launch_pdl(decode_attention_kernel<T, D, Bits>, grid, dim3(kWarps * 32), dynamic_smem_bytes(D, a),
-                              stream, a));
+  LONGCTX_CUDA_TRY(
+      launch_pdl(decode_attention_kernel<T, D, Bits>, grid, dim3(kWarps * 32), dynamic_smem_bytes(D, a), stream, a));
   if (a.n_splits > 1)
     LONGCTX_CUDA_TRY(launch_pdl(decode_attention_merge_kernel<T, D>, dim3(static_cast<unsigned>(n_seq * a.n_head)),
-                                dim3(kMergeThreads), 0, stream, a.part_o, a.part_ml, a.n_splits, static_cast<T*>(a.out)));
+                                dim3(kMergeThreads), 0, stream, a.part_o, a.part_ml, a.n_splits,
+                                static_cast<T*>(a.out)));
   return Status::success();
 }
 

@@ -448,7 +448,7 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   if (!s.ok()) return s;
   const TensorInit unit = tensor_init(0.0f, 1.0f);
   s = embedding_lookup(I.weights.at(I.tok_embd), I.act.at<int32_t>(I.token), 1, m.n_vocab, m.n_embd,
-                       I.act.at<float>(I.x), I.stream);  // a real residual stream (token 0's row) for the fused products' RMSNorm
+                       I.act.at<float>(I.x), I.stream);  // a real residual stream (token 0's row) for the RMSNorm
   if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.xn), E, seed, 0xffff0001u, unit, 0, I.stream);
   if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.attn), Q, seed, 0xffff0002u, unit, 0, I.stream);
   if (s.ok()) s = synthetic_fill_bf16(I.act.at(I.h), F, seed, 0xffff0003u, unit, 0, I.stream);
@@ -624,7 +624,8 @@ Status LlamaDecoder::prefill(const std::vector<int32_t>& tokens) {
   const ModelShape& m = I.shape;
   const int32_t n = static_cast<int32_t>(tokens.size());
   if (n < 1) return Status::error("prefill: an empty prompt");
-  if (I.host_slots != 0) return Status::error("prefill: the cache is not empty (reset() first; steps append after a prefill)");
+  if (I.host_slots != 0)
+    return Status::error("prefill: the cache is not empty (reset() first; steps append after a prefill)");
   if (n > I.opt.max_context || n > 65535)
     return Status::error("prefill: " + std::to_string(n) + " prompt tokens do not fit the context of " +
                          std::to_string(std::min(I.opt.max_context, 65535)));
@@ -684,9 +685,11 @@ Status LlamaDecoder::prefill(const std::vector<int32_t>& tokens) {
   // history, position n - 1 -> n) finishes the prefill: the next step() continues from there.
   const int32_t last = n - 1;
   if (s.ok())
-    s = cuda_status(cudaMemcpyAsync(I.act.at(I.x), px + static_cast<size_t>(last) * E, E * 4, cudaMemcpyDeviceToDevice, st),
-                    "prefill: last row");
-  if (s.ok()) s = cuda_status(cudaMemcpyAsync(I.act.at(I.pos), &last, 4, cudaMemcpyHostToDevice, st), "prefill: position");
+    s = cuda_status(
+        cudaMemcpyAsync(I.act.at(I.x), px + static_cast<size_t>(last) * E, E * 4, cudaMemcpyDeviceToDevice, st),
+        "prefill: last row");
+  if (s.ok())
+    s = cuda_status(cudaMemcpyAsync(I.act.at(I.pos), &last, 4, cudaMemcpyHostToDevice, st), "prefill: position");
   if (s.ok()) s = I.enqueue_head();
   const Status done = cuda_status(cudaStreamSynchronize(st), "prefill");  // `last` and the arena live on this frame
   if (!s.ok()) return s;

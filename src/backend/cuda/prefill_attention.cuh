@@ -26,8 +26,8 @@ struct PrefillArgs {
 // lane % 4) holds s[4 j + e] = row g + 8 (e / 2), key 8 j + 2 c + e % 2. The mask is applied only on tiles that
 // cross an edge (the caller knows which); rows are the two query positions of this lane.
 template <int Keys>
-__device__ __forceinline__ void mask_tile(float (&s)[Keys / 2], const PrefillArgs& a, int ks, int row_pos0, int row_pos1,
-                                          int c) {
+__device__ __forceinline__ void mask_tile(float (&s)[Keys / 2], const PrefillArgs& a, int ks, int row_pos0,
+                                          int row_pos1, int c) {
 #pragma unroll
   for (int i = 0; i < Keys / 2; ++i) {
     const int key = ks + (i >> 2) * 8 + 2 * c + (i & 1);
@@ -64,7 +64,8 @@ __device__ __forceinline__ void online_softmax(const float (&s)[Keys / 2], uint3
 #pragma unroll
   for (int j = 0; j < Keys / 8; ++j) {
     const float p0 = fast_exp2(fmaf(s[4 * j], scale_log2, -b0)), p1 = fast_exp2(fmaf(s[4 * j + 1], scale_log2, -b0));
-    const float p2 = fast_exp2(fmaf(s[4 * j + 2], scale_log2, -b1)), p3 = fast_exp2(fmaf(s[4 * j + 3], scale_log2, -b1));
+    const float p2 = fast_exp2(fmaf(s[4 * j + 2], scale_log2, -b1)),
+                p3 = fast_exp2(fmaf(s[4 * j + 3], scale_log2, -b1));
     l0 += p0 + p1, l1 += p2 + p3;
     p[j / 2][(j & 1) * 2] = E::pack(p0, p1);      // row g
     p[j / 2][(j & 1) * 2 + 1] = E::pack(p2, p3);  // row g + 8
@@ -74,7 +75,8 @@ __device__ __forceinline__ void online_softmax(const float (&s)[Keys / 2], uint3
 template <int Dims>
 __device__ __forceinline__ void rescale_rows(float (&o)[Dims / 2], float corr0, float corr1) {
 #pragma unroll
-  for (int j = 0; j < Dims / 8; ++j) o[4 * j] *= corr0, o[4 * j + 1] *= corr0, o[4 * j + 2] *= corr1, o[4 * j + 3] *= corr1;
+  for (int j = 0; j < Dims / 8; ++j)
+    o[4 * j] *= corr0, o[4 * j + 1] *= corr0, o[4 * j + 2] *= corr1, o[4 * j + 3] *= corr1;
 }
 
 // Normalizes rows g and g + 8 of O by their sums (summed over the row group's four lanes first) and stores them.

@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppe
       if (prompt && j == group) *reinterpret_cast<__nv_bfloat162*>(a.k_out + dense + 2 * i) = rot;
     } else {
       const int32_t i = w - n_rot_items;
-      const float2 x = *reinterpret_cast<const float2*>(qkv + static_cast<size_t>(a.n_head + a.n_head_kv + g) * D + 2 * i);
+      const float2 x =
+          *reinterpret_cast<const float2*>(qkv + static_cast<size_t>(a.n_head + a.n_head_kv + g) * D + 2 * i);
       const __nv_bfloat162 v = __floats2bfloat162_rn(x.x, x.y);
       *reinterpret_cast<__nv_bfloat162*>(v_dst + 2 * i) = v;
       if (prompt) *reinterpret_cast<__nv_bfloat162*>(a.v_out + dense + 2 * i) = v;
@@ -147,9 +148,9 @@ Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, floa
   if (Status s = check_and_fill(qkv, n_head, rope_base, q_out, kv, &a); !s.ok()) return s;
   if (!pos) return Status::error("rope_kv_append: null pointer");
   a.pos = pos;
-  return cuda_status(launch_pdl(rope_kv_append_kernel, dim3(kv.n_head_kv), dim3(kThreads), 0,
-                                static_cast<cudaStream_t>(stream), a),
-                     "rope_kv_append launch");
+  return cuda_status(
+      launch_pdl(rope_kv_append_kernel, dim3(kv.n_head_kv), dim3(kThreads), 0, static_cast<cudaStream_t>(stream), a),
+      "rope_kv_append launch");
 }
 
 Status rope_kv_append_rows(const float* qkv, int32_t n_rows, int32_t pos0, int32_t slot0, int32_t n_head,
