@@ -97,6 +97,32 @@ int main() {
                     kv_format_name(f), d, pt, n_bad);
         failures += n_bad != 0;
       }
+  // The word-by-word reading of a key row (k_row_word, k_word_channel) visits every channel of the row once, at the
+  // word and bit k_code_slot gives it.
+  for (int bits : {2, 4, 8})
+    for (int d : {64, 128}) {
+      size_t n_bad = 0;
+      for (int t = 0; t < 16; ++t) {
+        std::vector<int> seen(static_cast<size_t>(d), 0);
+        for (int c = 0; c < 4; ++c)
+          for (int wi = 0; wi < cuda::kivi::code_words(d, bits); ++wi)
+            for (int k = 0; k < cuda::kivi::pairs_per_word(bits); ++k)
+              for (int hi = 0; hi < 2; ++hi) {
+                const int ch = cuda::kivi::k_word_channel(bits, c, wi, k) + hi;
+                if (ch < 0 || ch >= d) {
+                  ++n_bad;
+                  continue;
+                }
+                ++seen[static_cast<size_t>(ch)];
+                const cuda::kivi::Slot sl = cuda::kivi::k_code_slot(d, bits, t, ch);
+                n_bad += sl.word != cuda::kivi::k_row_word(d, bits, t, c, wi) || sl.bit != bits * k + 16 * hi;
+              }
+        for (int n : seen) n_bad += n != 1;
+      }
+      std::printf("%s key rows read word by word, %d bits, d=%d: %zu mismatches with k_code_slot\n",
+                  n_bad ? "FAIL" : "ok  ", bits, d, n_bad);
+      failures += n_bad != 0;
+    }
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
   return failures ? 1 : 0;
 }

@@ -82,9 +82,8 @@ __device__ __forceinline__ void logits(const ScoreArgs& a, int sh, int j, const 
       }
     }
   } else {
-    // One pass over the row's code words (head_dim * bits / 32 of them), each word's codes expanded in place: the
-    // inverse of kivi::k_code_slot. Word w of lane column c holds the channel pairs (32 j + 8 c + 2 i, + 1) of
-    // pair = 4 j + i.
+    // One pass over the row's code words (head_dim * bits / 32 of them), each word's codes expanded in place (the
+    // inverse of kivi::k_code_slot: kivi::k_row_word, kivi::k_word_channel).
     const uint8_t* pg = a.packed_pool + static_cast<size_t>(page) * a.packed_page_bytes;
     const uint32_t* kb = reinterpret_cast<const uint32_t*>(pg);
     const uint32_t* codes = reinterpret_cast<const uint32_t*>(pg + kivi::k_scale_bytes(D) +
@@ -93,13 +92,12 @@ __device__ __forceinline__ void logits(const ScoreArgs& a, int sh, int j, const 
     const int t = row % kivi::kTile;
     const uint32_t mask = (1u << a.bits) - 1;
     const int per_word = kivi::pairs_per_word(a.bits), n_words = kivi::code_words(D, a.bits);
-    const int vec = kivi::vec_words(D, a.bits);
 #pragma unroll
     for (int c = 0; c < 4; ++c)
       for (int wi = 0; wi < n_words; ++wi) {
-        const uint32_t word = codes[(((wi / vec) * kivi::kTile + t) * 4 + c) * vec + wi % vec];
+        const uint32_t word = codes[kivi::k_row_word(D, a.bits, t, c, wi)];
         for (int k = 0; k < per_word; ++k) {
-          const int pair = wi * per_word + k, ch = 32 * (pair >> 2) + 8 * c + 2 * (pair & 3);
+          const int ch = kivi::k_word_channel(a.bits, c, wi, k);
           const uint32_t sw = kb[kivi::k_scale_word(ch, 0)], mw = kb[kivi::k_scale_word(ch, 1)];
           const float2 sc = __half22float2(*reinterpret_cast<const __half2*>(&sw));  // channels ch, ch + 1
           const float2 mn = __half22float2(*reinterpret_cast<const __half2*>(&mw));

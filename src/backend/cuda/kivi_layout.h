@@ -64,6 +64,18 @@ LONGCTX_KIVI_FN Slot k_code_slot(int head_dim, int bits, int t, int ch) {
   return {((q * kTile + t) * 4 + c) * vec + w, bits * k + 16 * hi};
 }
 
+// The inverse, for reading a key row word by word (attention_scores.cu): word wi < code_words of lane column c < 4
+// of row t sits at k_row_word in the tile's key codes, and its code k < pairs_per_word of the low (high) half is
+// channel k_word_channel (+ 1).
+LONGCTX_KIVI_FN int k_row_word(int head_dim, int bits, int t, int c, int wi) {
+  const int vec = vec_words(head_dim, bits);
+  return (((wi / vec) * kTile + t) * 4 + c) * vec + wi % vec;
+}
+LONGCTX_KIVI_FN int k_word_channel(int bits, int c, int wi, int k) {
+  const int pair = wi * pairs_per_word(bits) + k;
+  return 32 * (pair >> 2) + 8 * c + 2 * (pair & 3);
+}
+
 // Where the code of (token t < 16 of the tile, channel ch) sits in the tile's value codes.
 LONGCTX_KIVI_FN Slot v_code_slot(int head_dim, int bits, int t, int ch) {
   const int hi = ch & 1, i = (ch >> 1) & 3, g = (ch >> 3) & 7, s = ch >> 6;
