@@ -213,9 +213,9 @@ Status gemv(const GemvArgs& a, void* stream) {
   auto kernel = unroll == 4 ? gemv_kernel<4> : gemv_kernel<8>;
   LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0));
   const int32_t blocks = std::max(1, std::min((n_units + kWarps - 1) / kWarps, n_sm * std::max(per_sm, 1)));
-  LONGCTX_CUDA_TRY(launch_pdl(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), 0,
-                              static_cast<cudaStream_t>(stream), a));
-  return cuda_status(cudaGetLastError(), "gemv launch");
+  return cuda_status(
+      launch_pdl(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), 0, static_cast<cudaStream_t>(stream), a),
+      "gemv launch");
 }
 
 }  // namespace longctx::cuda

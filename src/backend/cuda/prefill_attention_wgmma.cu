@@ -1,7 +1,7 @@
 // Prefill attention on Hopper's warpgroup tensor cores (wgmma, sm_90a): the same tiling and online softmax as the
 // mma.sync kernel (prefill_attention.cu), with the products of "FlashAttention-3: Fast and Accurate Attention with
-// Asynchrony and Low-precision" (Shah et al., 2024): S = Q K^T reads both operands straight from shared memory,
-// and O += P V takes P from registers (the accumulator layout of S is the register A layout of wgmma, as with
+// Asynchrony and Low-precision" (Shah et al., 2024): S = Q K^T takes Q from registers (loaded once) and K from
+// shared memory, and O += P V takes P from registers (the accumulator layout of S is the register A layout of wgmma, as with
 // mma.sync) and V from shared memory in its natural (key, dim) order as a transposed ("MN-major") operand.
 //
 // Block = 2 warpgroups x 64 query rows; 64-key tiles, K and V in three stages each, copied by cp.async.
@@ -10,8 +10,9 @@
 // stored at chunk c ^ (r % 8) inside 1024-byte atoms of 8 rows.
 //
 // The loop is software-pipelined (the kernel's loop says how): S of the next tile runs during the softmax of this
-// one, and O += P V during the wait for the next tiles' copies and the block's barrier. What is not here (its other ideas): loads by a producer warpgroup through TMA, and
-// explicit scheduling of one warpgroup's softmax against the other's products ("ping-pong").
+// one, and O += P V during the wait for the next tiles' copies and the block's barrier. What is not here (its other
+// ideas): loads by a producer warpgroup through TMA, and explicit scheduling of one warpgroup's softmax against the
+// other's products ("ping-pong").
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -48,21 +49,15 @@ constexpr int smem_bytes() {
   return (kBr + 2 * kStages * kBc) * D * 2 + 1024;  // Q, the K and V stages, and room to align to an atom
 }
 
-// The wgmma products, one function per shape, for either element type (TY: its PTX name). ss: both operands in
-// shared memory (K-major); rs: A in registers, B in shared memory, K-major (TransB 0) or MN-major (TransB 1).
-// accumulate = 0 overwrites the accumulators.
+// The wgmma products, one function per shape, for either element type (TY: its PTX name): A in registers, B in
+// shared memory, K-major (TransB 0: K for S) or MN-major (TransB 1: V for O). accumulate = 0 overwrites the
+// accumulators.
 template <typename T>
 struct Wgmma;
 
 #define LONGCTX_WGMMA_PRODUCTS(T, TY) \
   template <>                         \
   struct Wgmma<T> {                   \
-  static __device__ __forceinline__ void ss_n64(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {         \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                       \
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n" \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
-                 : "l"(a), "l"(b), "r"(accumulate));                                                                \
-  }                                                                                                                 \
   template <int TransB>                                                                                             \
   static __device__ __forceinline__ void rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t b, int accumulate) { \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                       \
@@ -70,12 +65,6 @@ struct Wgmma;
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate), "n"(TransB));                 \
   } \
-  static __device__ __forceinline__ void ss_n128(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {         \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                       \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n" \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-                 : "l"(a), "l"(b), "r"(accumulate));                                                                \
-  }                                                                                                                 \
   template <int TransB>                                                                                             \
   static __device__ __forceinline__ void rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int accumulate) { \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                       \
