@@ -53,6 +53,14 @@ if [ -n "${E2E_SWEEP:-}" ]; then  # variants of the fused GEMV (NOTES.md): no pr
   LONGCTX_PDL=0 "$B/e2e_bench" "$OUT/e2e_nopdl.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_nopdl.txt"
   LONGCTX_GEMV_UNROLL=8 "$B/e2e_bench" "$OUT/e2e_unroll8.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_unroll8.txt"
 fi
+if [ -n "${E2E_AB:-}" ]; then  # A/B of settings, alternated 3 times, each a process of its own: E2E_AB="base X=1 Y=2"
+  for rep in 1 2 3; do
+    for v in $E2E_AB; do
+      if [ "$v" = base ]; then env E2E_QUICK=1 "$B/e2e_bench" /dev/null "$@" >"$B/ab_$v.$rep.txt" 2>&1
+      else env E2E_QUICK=1 "$v" "$B/e2e_bench" /dev/null "$@" >"$B/ab_$v.$rep.txt" 2>&1; fi
+    done
+  done
+fi
 
 echo
 echo "checks: ops $([ "$ops_rc" = 0 ] && echo PASSED || echo "FAILED (rc $ops_rc)"), end to end $([ "$e2e_rc" = 0 ] && echo PASSED || echo "FAILED (rc $e2e_rc)"), bench rc $bench_rc"
@@ -60,6 +68,13 @@ grep -E "^(FAIL|ok   tiny|ok   gemm)" "$OUT/ops_check.txt" "$OUT/e2e_check.txt" 
 if [ -n "${E2E_SWEEP:-}" ]; then
   for v in nopdl unroll8; do echo "--- variant $v:"; sed -n '/^| decode/,$p' "$OUT/e2e_bench_$v.txt" | grep fused; done
   echo "--- default (PDL on, 4 loads in flight per row):"
+fi
+if [ -n "${E2E_AB:-}" ]; then
+  echo "--- A/B (us/token, alternated): setting, context, then one figure per round"
+  for v in $E2E_AB; do
+    for f in "$B"/ab_"$v".[123].txt; do grep -h "fused GEMV:" "$f" | sed -E 's/^ctx ([0-9]+), fused GEMV: ([0-9.]+) us.*/\1 \2/'; done |
+      awk -v v="$v" '{a[$1]=a[$1]" "$2} END {for (c in a) print "  " v ", ctx " c ":" a[c]}'
+  done
 fi
 [ -z "${E2E_CHECK_ONLY:-}" ] && sed -n '/^| GEMV/,$p' "$OUT/e2e_bench.txt"
 [ "$ops_rc" = 0 ] && [ "$e2e_rc" = 0 ] && [ "$bench_rc" = 0 ]

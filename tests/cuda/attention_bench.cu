@@ -186,6 +186,7 @@ int main(int argc, char** argv) {
         CS(lc::decode_attention_plan(p, view(0), n, &plan, so));
         void* ws = nullptr;
         if (plan.workspace_bytes) CK(cudaMalloc(&ws, plan.workspace_bytes));
+        CS(lc::decode_attention_workspace_init(plan, ws, st));
         const int steps = std::max(20, n_copies * ((20 + n_copies - 1) / n_copies));
         const double us = time_graph(st, steps, 9, [&](int i) {
           CS(lc::decode_attention(p, plan, q, qpos, view(i % n_copies), out, ws, st));
@@ -195,6 +196,16 @@ int main(int argc, char** argv) {
         if (so == 0) rows.push_back({dname, ctx, plan.n_splits, us, tbps});
         std::printf("decode %s ctx %6ld splits %4d%s: %8.2f us  %.3f TB/s\n", dname, ctx, plan.n_splits,
                     so == 0 ? " (plan)" : "       ", us, tbps);
+        if (so == 0) {  // the same plan with the splits merged by a second kernel (DecodeMerge::Kernel)
+          lc::DecodeAttentionPlan plan_k = plan;
+          plan_k.merge = lc::DecodeMerge::Kernel;
+          const double usk = time_graph(st, steps, 9, [&](int i) {
+            CS(lc::decode_attention(p, plan_k, q, qpos, view(i % n_copies), out, ws, st));
+          });
+          record("ours_merge_kernel", dname, ctx, plan.n_splits, usk, kv_bytes, kv_bytes / (usk * 1e-6) / 1e12);
+          std::printf("decode %s ctx %6ld splits %4d merge kernel:      %8.2f us  %.3f TB/s\n", dname, ctx,
+                      plan.n_splits, usk, kv_bytes / (usk * 1e-6) / 1e12);
+        }
         if (so == 0 && n_copies == 1) {  // the same step with the pages in pool order: what scattering costs
           const double us2 = time_graph(st, steps, 9, [&](int) {
             CS(lc::decode_attention(p, plan, q, qpos, view(n_copies), out, ws, st));
@@ -307,6 +318,7 @@ int main(int argc, char** argv) {
       CS(lc::decode_attention_plan(p, view(0), n, &plan));
       void* ws = nullptr;
       if (plan.workspace_bytes) CK(cudaMalloc(&ws, plan.workspace_bytes));
+      CS(lc::decode_attention_workspace_init(plan, ws, st));
       // One step checked for finite output (random codes under sane scales give finite attention).
       CS(lc::decode_attention(p, plan, q, qpos, view(0), out, ws, st));
       CK(cudaStreamSynchronize(st));

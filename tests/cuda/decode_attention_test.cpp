@@ -1,8 +1,9 @@
 // CUDA decode attention against the one-pass double-precision reference of the CPU backend (its math ported below),
 // on fresh random inputs, over a paged layout with scattered page ids, per-head token counts, gapped positions,
 // causal masking, sliding windows and several GQA shapes. Outputs and the split workspace are poisoned with NaN
-// before every run, and the rows past each head's last token hold NaN, so an unwritten output or a read past the end
-// fails. Exit code 77 (CTest's skip) when no GPU is present.
+// before every run (the workspace's split counters then zeroed, as its contract asks), and the rows past each head's
+// last token hold NaN, so an unwritten output or a read past the end fails. Each case runs with the splits merged
+// in the attention kernel, twice (the counters must come back to zero), and by the separate merge kernel. Exit code 77 (CTest's skip) when no GPU is present.
 //
 // KIVI pages (2, 4 and 8 bits): every full page of a head is quantized on the host by the CPU codec's rule
 // (kv_page_codec.cpp: per-channel keys over the page, per-token values in groups of 32, f16 scale and min, the
@@ -225,39 +226,56 @@ void run_case(const Case& c, lc::KvDtype dt, lc::KvPacking packing, uint32_t see
   lc::DecodeAttentionPlan plan;
   CHECK_OK(lc::decode_attention_plan(p, kv, n_tokens_max, &plan, c.n_splits));
   DevBuf d_ws(plan.workspace_bytes);
-  if (d_ws.p) CHECK_OK(lc::device_fill_bytes(d_ws.p, 0xff, d_ws.bytes));
-  CHECK_OK(lc::device_fill_bytes(d_out.p, 0xff, d_out.bytes));  // NaN in f16 and bf16
-  CHECK_OK(lc::decode_attention(p, plan, d_q.p, static_cast<const int32_t*>(d_qpos.p), kv, d_out.p, d_ws.p));
-  CHECK_OK(lc::device_synchronize());
-  std::vector<uint16_t> out_bits(q_bits.size());
-  CHECK_OK(lc::copy_to_host(out_bits.data(), d_out.p, d_out.bytes));
-
-  const bool f16 = dt == lc::KvDtype::F16;
-  const double atol = f16 ? (kivi ? 3e-3 : 2e-3) : 1e-2, rtol = atol, l2_tol = f16 ? (kivi ? 1.5e-3 : 1e-3) : 5e-3;
-  double err2 = 0, ref2 = 0, max_err = 0;
-  size_t n_bad = 0, first_bad = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double o = from_bits(out_bits[i], dt), r = ref[i];
-    const double e = std::fabs(o - r);
-    if (!(e <= atol + rtol * std::fabs(r))) {  // NaN fails here
-      if (n_bad++ == 0) first_bad = i;
-    }
-    if (std::isfinite(e)) max_err = std::max(max_err, e);
-    err2 += std::isfinite(e) ? e * e : 1e30;
-    ref2 += r * r;
+  if (d_ws.p) {  // poisoned, then the counters zeroed as the contract asks
+    CHECK_OK(lc::device_fill_bytes(d_ws.p, 0xff, d_ws.bytes));
+    CHECK_OK(lc::decode_attention_workspace_init(plan, d_ws.p));
   }
-  const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
-  const bool ok = n_bad == 0 && rel <= l2_tol;
   int32_t n_packed = 0;
   for (uint8_t f : page_packed) n_packed += f;
-  std::printf("%s %-28s %-4s%-6s splits=%-3d packed pages=%-4d rel_l2=%.2e max_abs=%.2e\n", ok ? "ok  " : "FAIL",
-              c.name, dname, pname, plan.n_splits, n_packed, rel, max_err);
-  if (!ok) {
-    ++g_failures;
-    const size_t row = first_bad / static_cast<size_t>(d);
-    std::printf("     %zu bad elements; first: seq %zu head %zu channel %zu: got %g want %g\n", n_bad,
-                row / static_cast<size_t>(c.n_head), row % static_cast<size_t>(c.n_head),
-                first_bad % static_cast<size_t>(d), from_bits(out_bits[first_bad], dt), ref[first_bad]);
+  const bool f16 = dt == lc::KvDtype::F16;
+  const double atol = f16 ? (kivi ? 3e-3 : 2e-3) : 1e-2, rtol = atol, l2_tol = f16 ? (kivi ? 1.5e-3 : 1e-3) : 5e-3;
+
+  // The splits merged in the kernel twice (the second call relies on the first leaving its counters at zero), then
+  // by the separate merge kernel; the output is poisoned before each.
+  const char* merge_names[] = {"in-kernel merge", "again", "merge kernel"};
+  for (int mode = 0; mode < 3; ++mode) {
+    plan.merge = mode < 2 ? lc::DecodeMerge::InKernel : lc::DecodeMerge::Kernel;
+    CHECK_OK(lc::device_fill_bytes(d_out.p, 0xff, d_out.bytes));  // NaN in f16 and bf16
+    CHECK_OK(lc::decode_attention(p, plan, d_q.p, static_cast<const int32_t*>(d_qpos.p), kv, d_out.p, d_ws.p));
+    CHECK_OK(lc::device_synchronize());
+    std::vector<uint16_t> out_bits(q_bits.size());
+    CHECK_OK(lc::copy_to_host(out_bits.data(), d_out.p, d_out.bytes));
+    std::vector<int32_t> counters(plan.counter_bytes / 4);
+    if (!counters.empty()) CHECK_OK(lc::copy_to_host(counters.data(), d_ws.p, plan.counter_bytes));
+    size_t n_counters_set = 0;
+    for (int32_t v : counters) n_counters_set += v != 0;
+
+    double err2 = 0, ref2 = 0, max_err = 0;
+    size_t n_bad = 0, first_bad = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const double o = from_bits(out_bits[i], dt), r = ref[i];
+      const double e = std::fabs(o - r);
+      if (!(e <= atol + rtol * std::fabs(r))) {  // NaN fails here
+        if (n_bad++ == 0) first_bad = i;
+      }
+      if (std::isfinite(e)) max_err = std::max(max_err, e);
+      err2 += std::isfinite(e) ? e * e : 1e30;
+      ref2 += r * r;
+    }
+    const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+    const bool ok = n_bad == 0 && rel <= l2_tol && n_counters_set == 0;
+    std::printf("%s %-28s %-4s%-6s splits=%-3d packed pages=%-4d %-15s rel_l2=%.2e max_abs=%.2e\n", ok ? "ok  " : "FAIL",
+                c.name, dname, pname, plan.n_splits, n_packed, merge_names[mode], rel, max_err);
+    if (!ok) {
+      ++g_failures;
+      if (n_counters_set) std::printf("     %zu split counters left non-zero\n", n_counters_set);
+      if (n_bad) {
+        const size_t row = first_bad / static_cast<size_t>(d);
+        std::printf("     %zu bad elements; first: seq %zu head %zu channel %zu: got %g want %g\n", n_bad,
+                    row / static_cast<size_t>(c.n_head), row % static_cast<size_t>(c.n_head),
+                    first_bad % static_cast<size_t>(d), from_bits(out_bits[first_bad], dt), ref[first_bad]);
+      }
+    }
   }
 }
 

@@ -148,7 +148,11 @@ int main(int argc, char** argv) {
       return compressed ? dec->fill_kv_compressed_synthetic(static_cast<int32_t>(ctx), kept)
                         : dec->fill_kv_synthetic(static_cast<int32_t>(ctx));
     };
-    if (!compressed) {  // the prompt through prefill(): the first call registers its GEMM shapes, the next two are
+    // E2E_QUICK=1: the default path's decode alone (no prefill, no other variants, no tuning): for A/B runs of
+    // builds or LONGCTX_* settings, one process each (scripts/cuda_device_e2e.sh, E2E_AB).
+    static const bool quick = std::getenv("E2E_QUICK") != nullptr;
+    if (quick) opt.tune_gemms = false;
+    if (!compressed && !quick) {  // the prompt through prefill(): the first call registers its GEMM shapes, the next two are
                         // timed
       std::vector<int32_t> prompt(static_cast<size_t>(ctx));
       for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 2654435761u) % m.n_vocab);
@@ -191,7 +195,7 @@ int main(int argc, char** argv) {
                                 {"fused, Wo to L2 evict_last", lc::MatvecPath::Fused, lc::WeightPrefetch::WoEvictLast}};
     for (const Variant& v : variants) {
       const bool fused = v.path == lc::MatvecPath::Fused;
-      if (compressed && (!fused || v.prefetch != lc::WeightPrefetch::None)) continue;  // the default path only
+      if ((compressed || quick) && (!fused || v.prefetch != lc::WeightPrefetch::None)) continue;  // the default only
       CS(dec->set_matvec(v.path));
       CS(dec->set_prefetch(v.prefetch));
       CS(fill());

@@ -100,11 +100,16 @@ struct DecodeAttentionParams {
 };
 
 // How one decode step is cut: the sequence is split into n_splits chunks of split_tokens (Flash-Decoding), so that
-// even one sequence fills every multiprocessor; the partial softmax states are merged by a second small kernel.
+// even one sequence fills every multiprocessor. The partial softmax states are merged by the last block of each
+// kv-head to finish (InKernel: one launch, a counter per kv-head at the workspace's start), or by a second small
+// kernel (Kernel: no counters to keep).
+enum class DecodeMerge { InKernel, Kernel };
 struct DecodeAttentionPlan {
   int32_t n_splits = 1;
   int32_t split_tokens = 0;
+  DecodeMerge merge = DecodeMerge::InKernel;
   size_t workspace_bytes = 0;  // device scratch the step needs (0 when n_splits == 1)
+  size_t counter_bytes = 0;    // of which the counters, at its start (0 when n_splits == 1)
 };
 
 // n_tokens_max: the most tokens any head of the batch holds (the host knows it; the kernels read n_tokens on the
@@ -119,6 +124,9 @@ Status decode_attention_plan(const DecodeAttentionParams& p, const PagedKvView& 
 Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, const void* q,
                         const int32_t* q_pos, const PagedKvView& kv, void* out, void* workspace,
                         void* stream = nullptr);
+// Zeroes the plan's counters in a workspace: once after allocating it (or after writing over it), before the first
+// decode_attention with DecodeMerge::InKernel; every call leaves them zero again, so graphs replay it as it is.
+Status decode_attention_workspace_init(const DecodeAttentionPlan& plan, void* workspace, void* stream = nullptr);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Prefill attention: n_q query rows per head against n_kv keys and values held densely (the current chunk's K and V,

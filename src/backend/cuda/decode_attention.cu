@@ -2,7 +2,9 @@
 //
 // Split-K over the sequence ("Flash-Decoding for long-context inference", Dao et al. 2023): block (split, kv-head,
 // seq) reads one chunk of one kv-head's tokens, so a single sequence still fills every multiprocessor; each block
-// leaves a partial softmax state (max, sum, unnormalized output) and a second small kernel merges them.
+// leaves a partial softmax state (max, sum, unnormalized output), and the last block of a kv-head to finish (a
+// counter per kv-head in the workspace) merges them, so a step is one launch (DecodeMerge::InKernel). The merge can
+// also run as a second small kernel (DecodeMerge::Kernel), which needs no counters.
 //
 // Decode is bound by reading K and V once, so the kernel is built around keeping enough bytes in flight: each warp
 // walks its own 16-token tiles through a private ring of kStages shared-memory stages filled by cp.async (no
@@ -35,6 +37,8 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "backend/cuda/cuda_backend.h"
@@ -87,6 +91,7 @@ struct DecodeArgs {
   void* out;             // (n_seq, n_head, D)
   float* part_o;         // (n_seq * n_head, n_splits, D) unnormalized partial outputs
   float2* part_ml;       // (n_seq * n_head, n_splits) partial (max, sum), max in log2 units
+  int32_t* done;         // (n_seq * n_head_kv) splits finished, zero between calls; null: the merge kernel merges
   int32_t n_splits, split_tokens;
   int32_t chunk_pages;  // page-id slots reserved per block: split_tokens / page_tokens + 2
   float scale_log2;  // softmax scale times log2(e): the kernel works with exp2
@@ -244,6 +249,40 @@ __device__ __forceinline__ void value_products(float (&o)[4 * kSets][4], const u
 }
 
 // Bits: 0 for views of plain pages alone; 2, 4 or 8 when pages may be KIVI-packed.
+// Output rows row0 .. row0 + group - 1 from the n_splits partial states of each: out = sum_s O_s 2^(m_s - M) /
+// sum_s l_s 2^(m_s - M). Run by the block of the kernel below that finishes its kv-head last; the states were
+// written by other multiprocessors, so they are read through L2 (ld.cg), never from this one's L1. Each thread
+// folds kMergeBatch splits per round trip with a running max, as the separate merge kernel does.
+template <typename T, int D>
+__device__ void merge_splits(const DecodeArgs& a, size_t row0) {
+  constexpr int kMergeBatch = 4;
+  for (int idx = threadIdx.x; idx < a.group * D; idx += blockDim.x) {
+    const size_t row = row0 + idx / D;
+    const int d = idx % D;
+    float m = kNegInf, sum = 0.0f, acc = 0.0f;
+    for (int s0 = 0; s0 < a.n_splits; s0 += kMergeBatch) {
+      float2 ml[kMergeBatch];
+      float po[kMergeBatch];
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {
+        const int s = s0 + u;
+        ml[u] = s < a.n_splits ? __ldcg(a.part_ml + row * a.n_splits + s) : make_float2(kNegInf, 0.0f);
+        po[u] = s < a.n_splits ? __ldcg(a.part_o + (row * a.n_splits + s) * D + d) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {
+        if (ml[u].x == kNegInf) continue;  // a split that saw no key
+        const float mn = fmaxf(m, ml[u].x);
+        const float f_old = fast_exp2(m - mn), f_new = fast_exp2(ml[u].x - mn);
+        acc = acc * f_old + po[u] * f_new;
+        sum = sum * f_old + ml[u].y * f_new;
+        m = mn;
+      }
+    }
+    static_cast<T*>(a.out)[row * D + d] = Elem<T>::from_float(sum > 0.0f ? acc / sum : 0.0f);
+  }
+}
+
 template <typename T, int D, int Bits>
 __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const DecodeArgs a) {
   static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
@@ -514,9 +553,27 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
       if (d == 0) a.part_ml[row * a.n_splits + split] = make_float2(M, sum);
     }
   }
+  if (a.n_splits == 1 || a.done == nullptr) return;
+
+  // The last block of this kv-head to get here merges every split's state (the threadfence reduction of the CUDA
+  // programming guide): each thread publishes its partial writes before the block counts itself done, and the block
+  // that counts last sees them all. It puts the counter back to zero for the next call.
+  // The flag lives in the page-id slots (no longer read): a static __shared__ variable would shift the dynamic
+  // rings off their alignment.
+  int32_t* last = sm_page;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    *last = atomicAdd(&a.done[sh], 1) == a.n_splits - 1;
+    if (*last) a.done[sh] = 0;  // no other block of this head touches it again in this call
+  }
+  __syncthreads();
+  if (!*last) return;
+  __threadfence();
+  merge_splits<T, D>(a, static_cast<size_t>(sh) * a.group);
 }
 
-// One block per query head: thread (split group sg, channel quad dq) folds splits sg, sg + kGroups, ... with its own
+// DecodeMerge::Kernel: one block per query head: thread (split group sg, channel quad dq) folds splits sg, sg + kGroups, ... with its own
 // running max (all its loads issued up front: one round trip), then the split groups are merged in shared memory:
 // out = sum_s O_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
 constexpr int kMergeThreads = 256;
@@ -606,7 +663,7 @@ Status launch(const DecodeArgs& a, int32_t n_seq, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(a.n_splits), static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(n_seq));
   LONGCTX_CUDA_TRY(
       launch_pdl(decode_attention_kernel<T, D, Bits>, grid, dim3(kWarps * 32), dynamic_smem_bytes(D, a), stream, a));
-  if (a.n_splits > 1)
+  if (a.n_splits > 1 && a.done == nullptr)
     LONGCTX_CUDA_TRY(launch_pdl(decode_attention_merge_kernel<T, D>, dim3(static_cast<unsigned>(n_seq * a.n_head)),
                                 dim3(kMergeThreads), 0, stream, a.part_o, a.part_ml, a.n_splits,
                                 static_cast<T*>(a.out)));
@@ -697,9 +754,24 @@ Status decode_attention_plan(const DecodeAttentionParams& p, const PagedKvView& 
   n_splits = (n_tiles + split_tiles - 1) / split_tiles;
   plan->n_splits = n_splits;
   plan->split_tokens = split_tiles * kTile;
+  static const bool merge_kernel = [] {  // LONGCTX_DECODE_MERGE=kernel: the second kernel by default (A/B timings)
+    const char* e = std::getenv("LONGCTX_DECODE_MERGE");
+    return e && std::string(e) == "kernel";
+  }();
+  plan->merge = merge_kernel ? DecodeMerge::Kernel : DecodeMerge::InKernel;
+  // The counters first, padded to 256 bytes so the partial outputs start on an L2 sector group, as before them.
+  plan->counter_bytes = n_splits > 1 ? (static_cast<size_t>(n_heads) * sizeof(int32_t) + 255) / 256 * 256 : 0;
   plan->workspace_bytes =
-      n_splits > 1 ? static_cast<size_t>(kv.n_seq) * p.n_head * n_splits * (kv.head_dim * sizeof(float) + sizeof(float2))
+      n_splits > 1 ? plan->counter_bytes + static_cast<size_t>(kv.n_seq) * p.n_head * n_splits *
+                                               (kv.head_dim * sizeof(float) + sizeof(float2))
                    : 0;
+  return Status::success();
+}
+
+Status decode_attention_workspace_init(const DecodeAttentionPlan& plan, void* workspace, void* stream) {
+  if (plan.counter_bytes == 0) return Status::success();
+  if (!workspace) return Status::error("decode attention: the plan needs a workspace");
+  LONGCTX_CUDA_TRY(cudaMemsetAsync(workspace, 0, plan.counter_bytes, static_cast<cudaStream_t>(stream)));
   return Status::success();
 }
 
@@ -738,10 +810,14 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   a.n_splits = plan.n_splits;
   a.split_tokens = plan.split_tokens;
   a.chunk_pages = plan.split_tokens / kv.page_tokens + 2;
-  const size_t rows = static_cast<size_t>(kv.n_seq) * p.n_head;
-  a.part_o = static_cast<float*>(workspace);
-  a.part_ml = workspace ? reinterpret_cast<float2*>(static_cast<float*>(workspace) + rows * plan.n_splits * kv.head_dim)
-                        : nullptr;
+  if (plan.n_splits > 1) {
+    const size_t rows = static_cast<size_t>(kv.n_seq) * p.n_head;
+    const size_t counter_bytes = (static_cast<size_t>(kv.n_seq) * kv.n_head_kv * sizeof(int32_t) + 255) / 256 * 256;
+    if (plan.counter_bytes != counter_bytes) return Status::error("decode attention: the plan is for another view");
+    a.done = plan.merge == DecodeMerge::InKernel ? static_cast<int32_t*>(workspace) : nullptr;
+    a.part_o = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + counter_bytes);
+    a.part_ml = reinterpret_cast<float2*>(a.part_o + rows * plan.n_splits * kv.head_dim);
+  }
   a.scale_log2 = p.scale * 1.4426950408889634f;
   a.window = p.window;
 

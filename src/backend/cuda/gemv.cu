@@ -43,8 +43,8 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc)
   return acc;
 }
 
-// kUnroll: 16-byte loads in flight per row per lane. Two instances (4, the default, and 8): more bytes in flight
-// against more registers, hence fewer resident blocks; LONGCTX_GEMV_UNROLL=8 picks the other (NOTES.md has both).
+// kUnroll: 16-byte loads in flight per row per lane. Two instances (4 and 8): more bytes in flight against more
+// registers, hence fewer resident blocks; pick_unroll chooses per product.
 template <int kUnroll>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   __shared__ __align__(16) __nv_bfloat16 xs[kMaxIn];
@@ -188,6 +188,23 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
   }
 }
 
+// The instance for one product. A warp's time is about its row pairs times its rounds of loads per row pair (each
+// round a full memory latency), so the busiest warp's count, ceil(units / warps) * ceil(chunks / (32 * kUnroll)),
+// is what the choice minimizes; 8 loads in flight halve the rounds but, at ~116 registers against 76, leave 2 blocks
+// a multiprocessor instead of 3. A tie keeps 4 (its spare warps hide more of the ramp). LONGCTX_GEMV_UNROLL=4 or 8
+// forces one instance for every product (NOTES.md has the measurements).
+int pick_unroll(int32_t n_units, int32_t n_chunks, int32_t warps4, int32_t warps8) {
+  static const int forced = [] {
+    const char* e = std::getenv("LONGCTX_GEMV_UNROLL");
+    return e ? std::atoi(e) : 0;
+  }();
+  if (forced == 4 || forced == 8) return forced;
+  auto busiest = [&](int32_t warps, int32_t unroll) {
+    return static_cast<int64_t>((n_units + warps - 1) / warps) * ((n_chunks + 32 * unroll - 1) / (32 * unroll));
+  };
+  return busiest(warps8, 8) < busiest(warps4, 4) ? 8 : 4;
+}
+
 }  // namespace
 
 Status gemv(const GemvArgs& a, void* stream) {
@@ -200,18 +217,18 @@ Status gemv(const GemvArgs& a, void* stream) {
   const uintptr_t align = reinterpret_cast<uintptr_t>(a.w) | reinterpret_cast<uintptr_t>(a.x_bf16) |
                           reinterpret_cast<uintptr_t>(a.x_f32) | reinterpret_cast<uintptr_t>(a.norm_w);
   if (align % 16 != 0) return Status::error("gemv: W and x must be 16-byte aligned");
-  const int32_t n_units = a.n_out / 2;
+  const int32_t n_units = a.n_out / 2, n_chunks = a.n_in / 8;
   // One wave: as many blocks as fit at once, and the warps loop over row pairs, so no second, partial wave idles
   // half the machine and the output head does its prologue ~300 times, not 8000.
-  static const int unroll = [] {
-    const char* e = std::getenv("LONGCTX_GEMV_UNROLL");
-    return e && std::atoi(e) == 8 ? 8 : 4;
-  }();
-  int dev = 0, n_sm = 0, per_sm = 0;
+  int dev = 0, n_sm = 0, per_sm4 = 0, per_sm8 = 0;
   LONGCTX_CUDA_TRY(cudaGetDevice(&dev));
   LONGCTX_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+  LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm4, gemv_kernel<4>, kWarps * 32, 0));
+  LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm8, gemv_kernel<8>, kWarps * 32, 0));
+  const int unroll = pick_unroll(n_units, n_chunks, n_sm * std::max(per_sm4, 1) * kWarps,
+                                 n_sm * std::max(per_sm8, 1) * kWarps);
   auto kernel = unroll == 4 ? gemv_kernel<4> : gemv_kernel<8>;
-  LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0));
+  const int per_sm = unroll == 4 ? per_sm4 : per_sm8;
   const int32_t blocks = std::max(1, std::min((n_units + kWarps - 1) / kWarps, n_sm * std::max(per_sm, 1)));
   return cuda_status(
       launch_pdl(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), 0, static_cast<cudaStream_t>(stream), a),

@@ -416,7 +416,7 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   I.attn_ws = I.act.reserve(I.plan.workspace_bytes);
   if (Status s = I.act.allocate(); !s.ok()) return Status::error("llama decode: activations: " + s.message());
   // On the decoder's stream, like everything after it: a legacy-stream memset would not be ordered with a
-  // non-blocking stream.
+  // non-blocking stream. This also zeroes the attention's split counters (decode_attention_workspace_init).
   LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(0), 0, I.act.bytes(), I.stream));
 
   // Fill the weights from the seed.
