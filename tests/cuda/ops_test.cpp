@@ -653,6 +653,88 @@ void test_gemv(std::mt19937& rng) {
   report(!lc::gemv(a).ok(), "gemv refuses an odd n_out");
 }
 
+// The QKV product with RoPE and the KV append fused into its epilogue (GemvEpilogue::RopeAppend) against the two
+// ops it replaces (the product's f32 output, then rope_kv_append) on a twin store: the same arithmetic, so queries,
+// pools, positions and counts must agree bit for bit. Two appends, the second into a head that is full (dropped by
+// both), and the block counter must be back at zero after each.
+void test_gemv_rope_append(std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int32_t n_head = 8, hkv = 2, D = 128, n_in = 512, pt = 16, max_tokens = 48, W = n_head + 2 * hkv;
+  const int32_t max_pages = max_tokens / pt, n_pages = hkv * max_pages, n_out = W * D;
+  const float base = 500000.0f;
+  std::vector<int32_t> table(static_cast<size_t>(n_pages));
+  for (int32_t i = 0; i < n_pages; ++i) table[static_cast<size_t>(i)] = i;
+  std::shuffle(table.begin(), table.end(), rng);
+  const std::vector<int32_t> n_tok0 = {5, max_tokens - 1};
+  const size_t pool_bytes = static_cast<size_t>(n_pages) * 2 * pt * D * 2, n_pos = static_cast<size_t>(hkv) * max_tokens;
+  struct Store {
+    DevBuf pool, table, positions, ntok;
+    lc::PagedKvView kv;
+    Store(size_t pool_bytes, const std::vector<int32_t>& t, const std::vector<int32_t>& n_tok, size_t n_pos, int32_t D,
+          int32_t pt, int32_t max_pages, int32_t max_tokens)
+        : pool(pool_bytes), table(t.size() * 4), positions(n_pos * 4), ntok(n_tok.size() * 4) {
+      pool.poison();
+      positions.poison();
+      table.upload(t);
+      ntok.upload(n_tok);
+      kv.pool = pool.p, kv.page_table = table.as<int32_t>(), kv.positions = positions.as<int32_t>();
+      kv.n_tokens = ntok.as<int32_t>(), kv.n_seq = 1, kv.n_head_kv = static_cast<int32_t>(n_tok.size());
+      kv.head_dim = D, kv.page_tokens = pt, kv.max_pages = max_pages, kv.max_tokens = max_tokens;
+      kv.dtype = lc::KvDtype::BF16;
+    }
+  };
+  Store ref(pool_bytes, table, n_tok0, n_pos, D, pt, max_pages, max_tokens),
+      fused(pool_bytes, table, n_tok0, n_pos, D, pt, max_pages, max_tokens);
+  const uint64_t seed = rng();
+  const longctx::TensorInit init = longctx::tensor_init(0.0f, static_cast<float>(std::sqrt(3.0 / n_in)));
+  DevBuf d_w(static_cast<size_t>(n_out) * n_in * 2), d_x(static_cast<size_t>(n_in) * 4), d_nw(static_cast<size_t>(n_in) * 2),
+      d_y(static_cast<size_t>(n_out) * 4), d_q_ref(static_cast<size_t>(n_head) * D * 2), d_q(d_q_ref.bytes), d_pos(4),
+      d_done(4);
+  CHECK_OK(lc::synthetic_fill_bf16(d_w.p, static_cast<size_t>(n_out) * n_in, seed, 78, init));
+  std::vector<uint16_t> nwb(static_cast<size_t>(n_in));
+  for (auto& v : nwb) v = bf16_bits(1.0f + 0.1f * nd(rng));
+  d_nw.upload(nwb);
+  d_done.upload(std::vector<int32_t>{0});
+  bool q_same = true, done_zero = true;
+  for (int32_t step = 0; step < 2; ++step) {
+    std::vector<float> x(static_cast<size_t>(n_in));
+    for (auto& v : x) v = nd(rng) * 3.0f;
+    d_x.upload(x);
+    d_pos.upload(std::vector<int32_t>{1000 + step});
+    d_q_ref.poison(), d_q.poison();
+    lc::GemvArgs a;
+    a.w = d_w.p, a.n_out = n_out, a.n_in = n_in, a.x_f32 = d_x.as<float>(), a.norm_w = d_nw.p;
+    a.y = d_y.as<float>();
+    CHECK_OK(lc::gemv(a));
+    CHECK_OK(lc::rope_kv_append(d_y.as<float>(), d_pos.as<int32_t>(), n_head, base, d_q_ref.p, ref.kv));
+    a.y = nullptr;
+    a.epilogue = lc::GemvEpilogue::RopeAppend;
+    a.rope.pos = d_pos.as<int32_t>(), a.rope.n_head = n_head, a.rope.rope_base = base, a.rope.q_out = d_q.p;
+    a.rope.kv = fused.kv, a.rope.done = d_done.as<int32_t>();
+    CHECK_OK(lc::gemv(a));
+    const std::vector<uint16_t> q = d_q.download<uint16_t>(static_cast<size_t>(n_head) * D);
+    q_same &= q == d_q_ref.download<uint16_t>(q.size()) &&  // and every query written, the full head's too
+              std::none_of(q.begin(), q.end(), [](uint16_t b) { return b == 0xffff; });
+    done_zero &= d_done.download<int32_t>(1)[0] == 0;
+  }
+  const bool pool_same = fused.pool.download<uint16_t>(pool_bytes / 2) == ref.pool.download<uint16_t>(pool_bytes / 2);
+  const bool pos_same = fused.positions.download<int32_t>(n_pos) == ref.positions.download<int32_t>(n_pos);
+  const std::vector<int32_t> counts = fused.ntok.download<int32_t>(hkv);
+  const bool counts_same = counts == ref.ntok.download<int32_t>(hkv) && counts == std::vector<int32_t>{7, max_tokens};
+  if (!(q_same && pool_same && pos_same && counts_same && done_zero))
+    std::printf("     same: q %d, pool %d, positions %d, counts %d (%d %d); counter zero %d\n", q_same, pool_same,
+                pos_same, counts_same, counts[0], counts[1], done_zero);
+  report(q_same && pool_same && pos_same && counts_same && done_zero,
+         "gemv with RoPE + append fused = gemv then rope_kv_append, bit for bit over 2 appends (q, pool, positions, "
+         "counts; a full head drops the token in both), block counter back at zero");
+  lc::GemvArgs bad;
+  bad.w = d_w.p, bad.n_out = n_out - 2, bad.n_in = n_in, bad.x_f32 = d_x.as<float>(), bad.norm_w = d_nw.p;
+  bad.epilogue = lc::GemvEpilogue::RopeAppend;
+  bad.rope.pos = d_pos.as<int32_t>(), bad.rope.n_head = n_head, bad.rope.rope_base = base, bad.rope.q_out = d_q.p;
+  bad.rope.kv = fused.kv, bad.rope.done = d_done.as<int32_t>();
+  report(!lc::gemv(bad).ok(), "gemv refuses RoPE + append when n_out is not (n_head + 2 n_head_kv) * head_dim");
+}
+
 }  // namespace
 
 int main() {
@@ -673,6 +755,7 @@ int main() {
   test_rope_kv_append_rows(rng);
   test_gemm(rng);
   test_gemv(rng);
+  test_gemv_rope_append(rng);
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "PASSED", g_failures);
   return g_failures ? 1 : 0;
 }

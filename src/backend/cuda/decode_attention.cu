@@ -64,6 +64,8 @@ constexpr int kMaxGroup = 8;  // query heads per kv-head: the n = 8 columns of o
 // A split never spans more tokens than this, so its page ids and tile flags fit the shared memory reserved for them.
 constexpr int kMaxSplitTokens = 8192;
 constexpr int kChunkMetaBytes = 4096;  // >= (kMaxSplitTokens / 16 + 2) * 4 + kMaxSplitTokens / 16
+// At most this many splits, so that the merge's weights (kMaxGroup * kMaxSplits floats) fit the idle rings.
+constexpr int kMaxSplits = 1024;
 
 // Shared memory of one block: the warps' stage rings (K tile, V tile, positions), then the chunk's page ids and
 // tile flags. After the main loop the stage rings are reused for merging the warps.
@@ -74,6 +76,7 @@ struct Smem {
   static constexpr int kRingsBytes = kWarps * kStages * kStageBytes;
   static constexpr int kMaxBytes = kRingsBytes + kChunkMetaBytes;
   static_assert(kWarps * kMaxGroup * (D + 2) * 4 <= kRingsBytes, "merge area must fit in the rings");
+  static_assert(kMaxGroup * kMaxSplits * 4 <= kRingsBytes, "the splits' merge weights must fit in the rings");
 };
 
 struct DecodeArgs {
@@ -248,41 +251,65 @@ __device__ __forceinline__ void value_products(float (&o)[4 * kSets][4], const u
     }
 }
 
-// Bits: 0 for views of plain pages alone; 2, 4 or 8 when pages may be KIVI-packed.
-// Output rows row0 .. row0 + group - 1 from the n_splits partial states of each: out = sum_s O_s 2^(m_s - M) /
-// sum_s l_s 2^(m_s - M). Run by the block of the kernel below that finishes its kv-head last; the states were
-// written by other multiprocessors, so they are read through L2 (ld.cg), never from this one's L1. Each thread
-// folds kMergeBatch splits per round trip with a running max, as the separate merge kernel does.
+// Output rows row0 .. row0 + group - 1 from the n_splits partial states of each: out = sum_s O_s w_s with
+// w_s = 2^(m_s - M) / sum_s' l_s' 2^(m_s' - M). Run by the block of the kernel below that finishes its kv-head last,
+// so it is the step's tail and is built for few round trips: one warp per row turns the rows' (m, l) into the
+// weights w (in shared memory, sm_w: group * n_splits floats), then every thread's outputs load all their splits'
+// partial values at once, kMergeBatch per output and two outputs per thread. The states were written by other
+// multiprocessors, so they are read through L2 (ld.cg), never from this one's L1.
 template <typename T, int D>
-__device__ void merge_splits(const DecodeArgs& a, size_t row0) {
-  constexpr int kMergeBatch = 4;
-  for (int idx = threadIdx.x; idx < a.group * D; idx += blockDim.x) {
-    const size_t row = row0 + idx / D;
-    const int d = idx % D;
-    float m = kNegInf, sum = 0.0f, acc = 0.0f;
-    for (int s0 = 0; s0 < a.n_splits; s0 += kMergeBatch) {
-      float2 ml[kMergeBatch];
-      float po[kMergeBatch];
+__device__ void merge_splits(const DecodeArgs& a, size_t row0, float* sm_w) {
+  constexpr int kMergeBatch = 8;
+  const int n = a.n_splits, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int r = warp; r < a.group; r += kWarps) {
+    const float2* ml = a.part_ml + (row0 + r) * n;
+    float m = kNegInf;
+    for (int s = lane; s < n; s += 32) m = fmaxf(m, __ldcg(ml + s).x);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float l = 0.0f;  // a split that saw no key has m = -inf and l = 0: weight 0
+    for (int s = lane; s < n; s += 32) {
+      const float2 v = __ldcg(ml + s);
+      l += v.x == kNegInf ? 0.0f : v.y * fast_exp2(v.x - m);
+    }
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+    for (int s = lane; s < n; s += 32) {
+      const float ms = __ldcg(ml + s).x;
+      sm_w[r * n + s] = l > 0.0f && ms != kNegInf ? fast_exp2(ms - m) / l : 0.0f;
+    }
+  }
+  __syncthreads();
+  const int n_out = a.group * D, stride = blockDim.x;
+  for (int i0 = threadIdx.x; i0 < n_out; i0 += 2 * stride) {
+    const int i1 = i0 + stride;
+    const bool has1 = i1 < n_out;
+    const float* p0 = a.part_o + ((row0 + i0 / D) * n) * D + i0 % D;
+    const float* p1 = a.part_o + ((row0 + (has1 ? i1 : i0) / D) * n) * D + (has1 ? i1 : i0) % D;
+    const float* w0 = sm_w + (i0 / D) * n;
+    const float* w1 = sm_w + ((has1 ? i1 : i0) / D) * n;
+    float acc0 = 0.0f, acc1 = 0.0f;
+    for (int s0 = 0; s0 < n; s0 += kMergeBatch) {
+      float v0[kMergeBatch], v1[kMergeBatch];
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {  // every load of the batch issued before the first is used
+        const int s = s0 + u;
+        v0[u] = s < n ? __ldcg(p0 + static_cast<size_t>(s) * D) : 0.0f;
+        v1[u] = s < n ? __ldcg(p1 + static_cast<size_t>(s) * D) : 0.0f;
+      }
 #pragma unroll
       for (int u = 0; u < kMergeBatch; ++u) {
         const int s = s0 + u;
-        ml[u] = s < a.n_splits ? __ldcg(a.part_ml + row * a.n_splits + s) : make_float2(kNegInf, 0.0f);
-        po[u] = s < a.n_splits ? __ldcg(a.part_o + (row * a.n_splits + s) * D + d) : 0.0f;
-      }
-#pragma unroll
-      for (int u = 0; u < kMergeBatch; ++u) {
-        if (ml[u].x == kNegInf) continue;  // a split that saw no key
-        const float mn = fmaxf(m, ml[u].x);
-        const float f_old = fast_exp2(m - mn), f_new = fast_exp2(ml[u].x - mn);
-        acc = acc * f_old + po[u] * f_new;
-        sum = sum * f_old + ml[u].y * f_new;
-        m = mn;
+        if (s < n) {
+          acc0 = fmaf(v0[u], w0[s], acc0);
+          acc1 = fmaf(v1[u], w1[s], acc1);
+        }
       }
     }
-    static_cast<T*>(a.out)[row * D + d] = Elem<T>::from_float(sum > 0.0f ? acc / sum : 0.0f);
+    static_cast<T*>(a.out)[(row0 + i0 / D) * D + i0 % D] = Elem<T>::from_float(acc0);
+    if (has1) static_cast<T*>(a.out)[(row0 + i1 / D) * D + i1 % D] = Elem<T>::from_float(acc1);
   }
 }
 
+// Bits: 0 for views of plain pages alone; 2, 4 or 8 when pages may be KIVI-packed.
 template <typename T, int D, int Bits>
 __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const DecodeArgs a) {
   static_assert(D % 64 == 0, "head_dim must be a multiple of 64");
@@ -570,7 +597,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
   __syncthreads();
   if (!*last) return;
   __threadfence();
-  merge_splits<T, D>(a, static_cast<size_t>(sh) * a.group);
+  merge_splits<T, D>(a, static_cast<size_t>(sh) * a.group, reinterpret_cast<float*>(smem));  // the rings are idle
 }
 
 // DecodeMerge::Kernel: one block per query head: thread (split group sg, channel quad dq) folds splits sg, sg + kGroups, ... with its own
@@ -749,7 +776,7 @@ Status decode_attention_plan(const DecodeAttentionParams& p, const PagedKvView& 
   // One wave: never more blocks than fit at once, since a second, partial wave would cost a whole block's time.
   int32_t n_splits = n_splits_override > 0 ? n_splits_override : std::max(1, n_sm * per_sm / n_heads);
   if (n_splits_override <= 0) n_splits = std::min(n_splits, std::max(1, n_tiles / kWarps));  // >= 1 tile per warp
-  n_splits = std::min(n_splits, n_tiles);
+  n_splits = std::min({n_splits, n_tiles, kMaxSplits});
   const int32_t split_tiles = std::min((n_tiles + n_splits - 1) / n_splits, kMaxSplitTokens / kTile);
   n_splits = (n_tiles + split_tiles - 1) / split_tiles;
   plan->n_splits = n_splits;

@@ -16,6 +16,7 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/rope.cuh"
 
 namespace longctx::cuda {
 namespace {
@@ -41,6 +42,38 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc)
     acc = fmaf(__uint_as_float(ws[j] & 0xffff0000u), __uint_as_float(xs[j] & 0xffff0000u), acc);
   }
   return acc;
+}
+
+// Where a row pair of the fused QKV product goes (GemvEpilogue::RopeAppend): rows (2i, 2i + 1) of a head are RoPE's
+// pair i, so a warp's unit is one rotation. Worked out before the unit's dot product (the angle in double, the slot
+// from the head's count and page table), while its first weights are in flight. dst null: a full head drops the
+// token, as rope_kv_append does.
+struct RopeTarget {
+  float c = 1.0f, s = 0.0f;
+  bool rotate = false;
+  __nv_bfloat16* dst = nullptr;
+};
+
+__device__ __forceinline__ RopeTarget rope_target(const GemvRopeAppend& r, int32_t row) {
+  const PagedKvView& kv = r.kv;
+  const int32_t D = kv.head_dim, head = row / D, pair = (row % D) / 2, n_q = r.n_head, n_kv = kv.n_head_kv;
+  RopeTarget t;
+  t.rotate = head < n_q + n_kv;
+  if (t.rotate) rope_cos_sin(static_cast<double>(r.rope_base), pair, D, *r.pos, &t.c, &t.s);
+  if (head < n_q) {
+    t.dst = static_cast<__nv_bfloat16*>(r.q_out) + static_cast<size_t>(head) * D + 2 * pair;
+    return t;
+  }
+  const int32_t g = t.rotate ? head - n_q : head - n_q - n_kv;  // the key or the value head
+  const int32_t slot = kv.n_tokens[g];
+  if (slot >= kv.max_tokens) return t;
+  const int32_t page = kv.page_table[static_cast<size_t>(g) * kv.max_pages + slot / kv.page_tokens];
+  // A bf16 page is its keys then its values: 2 * page_tokens * D * 2 bytes (PagedKvView::page_bytes, host only).
+  __nv_bfloat16* k_row = reinterpret_cast<__nv_bfloat16*>(static_cast<uint8_t*>(const_cast<void*>(kv.pool)) +
+                                                          static_cast<size_t>(page) * 4 * kv.page_tokens * D) +
+                         static_cast<size_t>(slot % kv.page_tokens) * D;
+  t.dst = (t.rotate ? k_row : k_row + static_cast<size_t>(kv.page_tokens) * D) + 2 * pair;
+  return t;
 }
 
 // kUnroll: 16-byte loads in flight per row per lane. Two instances (4 and 8): more bytes in flight against more
@@ -150,6 +183,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
     const uint4 *w0, *w1;
     int32_t r0, r1;
     row_pair(u, &w0, &w1, &r0, &r1);
+    RopeTarget rope;
+    if (a.epilogue == GemvEpilogue::RopeAppend) rope = rope_target(a.rope, r0);
     float acc0 = 0.0f, acc1 = 0.0f;
     for (int32_t c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
       if (!prefetched) load_batch(w0, w1, c0, b0, b1);
@@ -183,6 +218,34 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
           static_cast<__nv_bfloat16*>(a.h)[u] = __float2bfloat16_rn(silu * acc1);
           break;
         }
+        case GemvEpilogue::RopeAppend:
+          if (rope.dst) {
+            const float2 v = rope.rotate ? rope_rotate(acc0, acc1, rope.c, rope.s) : make_float2(acc0, acc1);
+            *reinterpret_cast<__nv_bfloat162*>(rope.dst) = __floats2bfloat162_rn(v.x, v.y);
+          }
+          break;
+      }
+    }
+  }
+
+  // RopeAppend: the heads' counts move on once every block has read them (the threadfence reduction: the block that
+  // counts last runs after all the others' reads), and the counter goes back to zero for the next call.
+  if (a.epilogue == GemvEpilogue::RopeAppend) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      if (atomicAdd(a.rope.done, 1) == static_cast<int>(gridDim.x) - 1) {
+        *a.rope.done = 0;
+        const PagedKvView& kv = a.rope.kv;
+        int32_t* n_tokens = const_cast<int32_t*>(kv.n_tokens);
+        int32_t* positions = const_cast<int32_t*>(kv.positions);
+        const int32_t p = *a.rope.pos;
+        for (int32_t g = 0; g < kv.n_head_kv; ++g) {
+          const int32_t slot = n_tokens[g];
+          if (slot >= kv.max_tokens) continue;  // dropped, as rope_kv_append does
+          positions[static_cast<size_t>(g) * kv.max_tokens + slot] = p;
+          n_tokens[g] = slot + 1;
+        }
       }
     }
   }
@@ -213,7 +276,20 @@ Status gemv(const GemvArgs& a, void* stream) {
     return Status::error("gemv: n_in must be a positive multiple of 8, at most " + std::to_string(kMaxIn));
   if (!a.w || (!a.x_bf16 && !a.x_f32)) return Status::error("gemv: null pointer");
   if (a.x_f32 && !a.norm_w) return Status::error("gemv: an f32 input needs its norm weights (the fused RMSNorm)");
-  if (a.epilogue == GemvEpilogue::SwiGLU ? !a.h : !a.y) return Status::error("gemv: null output");
+  if (a.epilogue == GemvEpilogue::SwiGLU ? !a.h : a.epilogue != GemvEpilogue::RopeAppend && !a.y)
+    return Status::error("gemv: null output");
+  if (a.epilogue == GemvEpilogue::RopeAppend) {
+    const GemvRopeAppend& r = a.rope;
+    const PagedKvView& kv = r.kv;
+    if (kv.dtype != KvDtype::BF16 || kv.n_seq != 1 || kv.head_dim <= 0 || kv.head_dim % 2 != 0 ||
+        kv.n_head_kv <= 0 || r.n_head <= 0 || r.n_head % kv.n_head_kv != 0 || kv.page_tokens <= 0 ||
+        kv.max_pages <= 0 || kv.max_tokens <= 0)
+      return Status::error("gemv: RoPE + append needs one sequence of bf16 pages, an even head_dim and whole GQA groups");
+    if (static_cast<int64_t>(a.n_out) != static_cast<int64_t>(r.n_head + 2 * kv.n_head_kv) * kv.head_dim)
+      return Status::error("gemv: RoPE + append: n_out must be (n_head + 2 n_head_kv) * head_dim");
+    if (!r.pos || !r.q_out || !r.done || !kv.pool || !kv.page_table || !kv.positions || !kv.n_tokens)
+      return Status::error("gemv: RoPE + append: null pointer");
+  }
   const uintptr_t align = reinterpret_cast<uintptr_t>(a.w) | reinterpret_cast<uintptr_t>(a.x_bf16) |
                           reinterpret_cast<uintptr_t>(a.x_f32) | reinterpret_cast<uintptr_t>(a.norm_w);
   if (align % 16 != 0) return Status::error("gemv: W and x must be 16-byte aligned");

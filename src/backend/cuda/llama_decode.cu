@@ -113,7 +113,7 @@ struct LlamaDecoder::Impl {
 
   Arena act;
   size_t x = 0, xn = 0, qkv = 0, q = 0, attn = 0, gate_up = 0, h = 0, logits = 0;
-  size_t token = 0, pos = 0, n_generated = 0, argmax_ws = 0, history = 0, attn_ws = 0;
+  size_t token = 0, pos = 0, n_generated = 0, argmax_ws = 0, history = 0, attn_ws = 0, rope_done = 0;
 
   Arena kv;
   size_t pool = 0, page_table = 0, positions = 0, n_tokens = 0;
@@ -160,7 +160,13 @@ struct LlamaDecoder::Impl {
         a.n_in = m.n_embd;
         a.x_f32 = act.at<float>(x);
         a.norm_w = weights.at(w->attn_norm);
-        a.y = act.at<float>(qkv);
+        a.epilogue = GemvEpilogue::RopeAppend;  // RoPE and the KV append fused in: q to q_out, k and v to the store
+        a.rope.pos = act.at<int32_t>(pos);
+        a.rope.n_head = m.n_head;
+        a.rope.rope_base = m.rope_base;
+        a.rope.q_out = act.at(q);
+        a.rope.kv = views[static_cast<size_t>(il)];
+        a.rope.done = act.at<int32_t>(rope_done);
         break;
       case Product::Wo:
         a.w = weights.at(w->wo);
@@ -211,7 +217,7 @@ struct LlamaDecoder::Impl {
     for (int32_t il = 0; il < m.n_layer && s.ok(); ++il) {
       const LayerWeights& w = layers[static_cast<size_t>(il)];
       if (fused) {
-        s = gemv(gemv_args(Product::Qkv, il), stream);  // RMSNorm fused in
+        s = gemv(gemv_args(Product::Qkv, il), stream);  // RMSNorm, RoPE and the KV append fused in
       } else {
         s = rmsnorm(px, weights.at(w.attn_norm), pxn, 1, m.n_embd, m.rms_eps, stream);
         if (s.ok()) s = gemm->run(g_qkv, weights.at(w.wqkv), pxn, act.at<float>(qkv), stream);
@@ -219,7 +225,9 @@ struct LlamaDecoder::Impl {
       if (s.ok() && opt.prefetch != WeightPrefetch::None)  // Wo comes into L2 while RoPE and attention run
         s = l2_prefetch(weights.at(w.wo), static_cast<size_t>(m.n_embd) * m.q_dim() * 2,
                         opt.prefetch == WeightPrefetch::WoEvictLast ? L2Priority::EvictLast : L2Priority::Normal, stream);
-      if (s.ok()) s = rope_kv_append(act.at<float>(qkv), ppos, m.n_head, m.rope_base, act.at(q), views[static_cast<size_t>(il)], stream);
+      if (s.ok() && !fused)
+        s = rope_kv_append(act.at<float>(qkv), ppos, m.n_head, m.rope_base, act.at(q), views[static_cast<size_t>(il)],
+                           stream);
       if (s.ok())
         s = decode_attention(attn_params, plan, act.at(q), ppos, views[static_cast<size_t>(il)], act.at(attn),
                              plan.workspace_bytes ? act.at(attn_ws) : nullptr, stream);
@@ -414,9 +422,11 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   I.argmax_ws = I.act.reserve(argmax_workspace_bytes());
   I.history = I.act.reserve(static_cast<size_t>(opt.max_context) * 4);
   I.attn_ws = I.act.reserve(I.plan.workspace_bytes);
+  I.rope_done = I.act.reserve(4);  // the fused QKV product's block counter (GemvEpilogue::RopeAppend)
   if (Status s = I.act.allocate(); !s.ok()) return Status::error("llama decode: activations: " + s.message());
   // On the decoder's stream, like everything after it: a legacy-stream memset would not be ordered with a
-  // non-blocking stream. This also zeroes the attention's split counters (decode_attention_workspace_init).
+  // non-blocking stream. This also zeroes the attention's split counters (decode_attention_workspace_init) and the
+  // QKV product's block counter, which every call leaves at zero.
   LONGCTX_CUDA_TRY(cudaMemsetAsync(I.act.at(0), 0, I.act.bytes(), I.stream));
 
   // Fill the weights from the seed.

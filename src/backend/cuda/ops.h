@@ -32,7 +32,8 @@ Status rmsnorm(const float* x, const void* w, void* y, int32_t n_rows, int32_t n
 //   backend's llama forward does (cpu::RopeOrder::Adjacent: the GGUF converter permutes Q and K to this order).
 //   kv: the layer's view (bf16 pages, n_seq = 1); head h's new slot is n_tokens[h]: k and v go to page
 //   page_table[h][slot / page_tokens], row slot % page_tokens, positions[h][slot] = *pos, then n_tokens[h] += 1.
-//   The caller guarantees the pages exist (n_tokens[h] < max_tokens and its page in the table).
+//   The caller guarantees the pages exist (the slot's page in the table); a head already at max_tokens drops the
+//   token's key and value (its count stays), its queries are still rotated.
 Status rope_kv_append(const float* qkv, const int32_t* pos, int32_t n_head, float rope_base, void* q_out,
                       const PagedKvView& kv, void* stream = nullptr);
 // The same for a prompt of n_rows tokens at positions pos0 .. pos0 + n_rows - 1 (a prefill), into slots slot0 ..
@@ -66,8 +67,21 @@ Status argmax(const float* logits, int32_t n, int32_t* index, void* workspace, v
 // which applies RMSNorm first, rounded to bf16 exactly as the rmsnorm op. Output by epilogue:
 //   Store:  y (n_out) f32 = W x;   Add: y += W x (the residual add);
 //   SwiGLU: rows [0, n_out/2) are gate rows and [n_out/2, n_out) their up rows: h (n_out/2) bf16 = silu(g) * u.
+//   RopeAppend: W is the fused QKV product (rows: n_head q heads, then the k heads, then the v heads of the view,
+//     head_dim each), and its outputs go where rope_kv_append would put them from y, with the same bits: q rotated
+//     into q_out, k rotated and v appended to each head's next slot of kv, its position and count moved on; no y.
+//     rope.done: one int32 of device memory, zero before the first call; each call leaves it zero (the last block
+//     to finish moves the counts on, after every block has read them).
 // n_out even, n_in a multiple of 8 and at most 16384; W and x 16-byte aligned.
-enum class GemvEpilogue { Store, Add, SwiGLU };
+enum class GemvEpilogue { Store, Add, SwiGLU, RopeAppend };
+struct GemvRopeAppend {
+  const int32_t* pos = nullptr;  // device: the token's position
+  int32_t n_head = 0;
+  float rope_base = 0.0f;
+  void* q_out = nullptr;  // (n_head, head_dim) bf16
+  PagedKvView kv;         // bf16 pages, n_seq = 1; the caller guarantees each head's next slot has its page
+  int32_t* done = nullptr;
+};
 struct GemvArgs {
   const void* w = nullptr;
   int32_t n_out = 0, n_in = 0;
@@ -78,6 +92,7 @@ struct GemvArgs {
   GemvEpilogue epilogue = GemvEpilogue::Store;
   float* y = nullptr;
   void* h = nullptr;
+  GemvRopeAppend rope;
 };
 Status gemv(const GemvArgs& a, void* stream = nullptr);
 

@@ -12,6 +12,7 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/rope.cuh"
 
 namespace longctx::cuda {
 namespace {
@@ -46,23 +47,17 @@ __global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppe
   const int32_t r = blockIdx.y;  // the prompt's row (0 in a decode step)
   const int32_t p = prompt ? a.pos0 + r : *a.pos;
   const int32_t slot = prompt ? a.slot0 + r : a.n_tokens[g];
-  if (slot >= a.max_tokens) return;  // a full head: drop the token rather than write past the store (uniform exit)
+  // A full head drops the token's key and value rather than write past the store; its queries are still rotated.
+  const bool full = slot >= a.max_tokens;
   const float* qkv = a.qkv + static_cast<size_t>(r) * (a.n_head + 2 * a.n_head_kv) * D;
   __nv_bfloat16* q_out = a.q_out + static_cast<size_t>(r) * a.n_head * D;
   const size_t dense = (static_cast<size_t>(r) * a.n_head_kv + g) * D;  // row (r, g) of k_out and v_out
   __shared__ float cos_t[kMaxHalf], sin_t[kMaxHalf];
-  // Angles in double, as the CPU backend: positions reach 10^5 and more, where an f32 angle is off by whole
-  // fractions of a radian. 64 sin/cos pairs per block: nothing next to the GEMMs.
-  for (int32_t i = threadIdx.x; i < half; i += kThreads) {
-    const double inv_freq = pow(a.rope_base, -2.0 * static_cast<double>(i) / static_cast<double>(D));
-    double s, c;
-    sincos(static_cast<double>(p) * inv_freq, &s, &c);
-    cos_t[i] = static_cast<float>(c);
-    sin_t[i] = static_cast<float>(s);
-  }
+  // 64 sin/cos pairs per block (angles in double, rope.cuh): nothing next to the GEMMs.
+  for (int32_t i = threadIdx.x; i < half; i += kThreads) rope_cos_sin(a.rope_base, i, D, p, &cos_t[i], &sin_t[i]);
   __syncthreads();
 
-  const int32_t page = a.page_table[static_cast<size_t>(g) * a.max_pages + slot / a.page_tokens];
+  const int32_t page = full ? 0 : a.page_table[static_cast<size_t>(g) * a.max_pages + slot / a.page_tokens];
   const int32_t row = slot % a.page_tokens;
   __nv_bfloat16* k_dst =
       reinterpret_cast<__nv_bfloat16*>(a.pool + static_cast<size_t>(page) * a.page_bytes) + static_cast<size_t>(row) * D;
@@ -70,13 +65,13 @@ __global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppe
 
   // Work items: (head, pair) over the group's query heads and the key head, then the value row's pairs.
   const int32_t n_rot_items = (group + 1) * half;
-  for (int32_t w = threadIdx.x; w < n_rot_items + half; w += kThreads) {
+  for (int32_t w = threadIdx.x; w < (full ? group * half : n_rot_items + half); w += kThreads) {
     if (w < n_rot_items) {
       const int32_t j = w / half, i = w % half;  // j < group: query head g*group + j; j == group: the key head
       const int32_t src_head = j < group ? g * group + j : a.n_head + g;
       const float2 x = *reinterpret_cast<const float2*>(qkv + static_cast<size_t>(src_head) * D + 2 * i);
-      const float c = cos_t[i], s = sin_t[i];
-      const __nv_bfloat162 rot = __floats2bfloat162_rn(x.x * c - x.y * s, x.x * s + x.y * c);
+      const float2 r = rope_rotate(x.x, x.y, cos_t[i], sin_t[i]);
+      const __nv_bfloat162 rot = __floats2bfloat162_rn(r.x, r.y);
       __nv_bfloat16* dst = j < group ? q_out + static_cast<size_t>(src_head) * D : k_dst;
       *reinterpret_cast<__nv_bfloat162*>(dst + 2 * i) = rot;
       if (prompt && j == group) *reinterpret_cast<__nv_bfloat162*>(a.k_out + dense + 2 * i) = rot;
@@ -89,6 +84,7 @@ __global__ void __launch_bounds__(kThreads) rope_kv_append_kernel(const RopeAppe
       if (prompt) *reinterpret_cast<__nv_bfloat162*>(a.v_out + dense + 2 * i) = v;
     }
   }
+  if (full) return;
   if (prompt) {  // nothing here reads n_tokens: row 0 sets the head's count for the whole prompt
     if (threadIdx.x == 0) {
       a.positions[static_cast<size_t>(g) * a.max_tokens + slot] = p;
