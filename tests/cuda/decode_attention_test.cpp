@@ -3,7 +3,8 @@
 // causal masking, sliding windows and several GQA shapes. Outputs and the split workspace are poisoned with NaN
 // before every run (the workspace's split counters then zeroed, as its contract asks), and the rows past each head's
 // last token hold NaN, so an unwritten output or a read past the end fails. Each case runs with the splits merged
-// in the attention kernel, twice (the counters must come back to zero), and by the separate merge kernel. Exit code 77 (CTest's skip) when no GPU is present.
+// in the attention kernel, twice (the counters must come back to zero), and by the separate merge kernel. Exit code 77
+// (CTest's skip) when no GPU is present.
 //
 // KIVI pages (2, 4 and 8 bits): every full page of a head is quantized on the host by the CPU codec's rule
 // (kv_page_codec.cpp: per-channel keys over the page, per-token values in groups of 32, f16 scale and min, the
@@ -264,8 +265,8 @@ void run_case(const Case& c, lc::KvDtype dt, lc::KvPacking packing, uint32_t see
     }
     const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
     const bool ok = n_bad == 0 && rel <= l2_tol && n_counters_set == 0;
-    std::printf("%s %-28s %-4s%-6s splits=%-3d packed pages=%-4d %-15s rel_l2=%.2e max_abs=%.2e\n", ok ? "ok  " : "FAIL",
-                c.name, dname, pname, plan.n_splits, n_packed, merge_names[mode], rel, max_err);
+    std::printf("%s %-28s %-4s%-6s splits=%-3d packed pages=%-4d %-15s rel_l2=%.2e max_abs=%.2e\n",
+                ok ? "ok  " : "FAIL", c.name, dname, pname, plan.n_splits, n_packed, merge_names[mode], rel, max_err);
     if (!ok) {
       ++g_failures;
       if (n_counters_set) std::printf("     %zu split counters left non-zero\n", n_counters_set);

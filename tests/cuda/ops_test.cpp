@@ -666,7 +666,8 @@ void test_gemv_rope_append(std::mt19937& rng) {
   for (int32_t i = 0; i < n_pages; ++i) table[static_cast<size_t>(i)] = i;
   std::shuffle(table.begin(), table.end(), rng);
   const std::vector<int32_t> n_tok0 = {5, max_tokens - 1};
-  const size_t pool_bytes = static_cast<size_t>(n_pages) * 2 * pt * D * 2, n_pos = static_cast<size_t>(hkv) * max_tokens;
+  const size_t pool_bytes = static_cast<size_t>(n_pages) * 2 * pt * D * 2,
+               n_pos = static_cast<size_t>(hkv) * max_tokens;
   struct Store {
     DevBuf pool, table, positions, ntok;
     lc::PagedKvView kv;
@@ -687,9 +688,9 @@ void test_gemv_rope_append(std::mt19937& rng) {
       fused(pool_bytes, table, n_tok0, n_pos, D, pt, max_pages, max_tokens);
   const uint64_t seed = rng();
   const longctx::TensorInit init = longctx::tensor_init(0.0f, static_cast<float>(std::sqrt(3.0 / n_in)));
-  DevBuf d_w(static_cast<size_t>(n_out) * n_in * 2), d_x(static_cast<size_t>(n_in) * 4), d_nw(static_cast<size_t>(n_in) * 2),
-      d_y(static_cast<size_t>(n_out) * 4), d_q_ref(static_cast<size_t>(n_head) * D * 2), d_q(d_q_ref.bytes), d_pos(4),
-      d_done(4);
+  DevBuf d_w(static_cast<size_t>(n_out) * n_in * 2), d_x(static_cast<size_t>(n_in) * 4),
+      d_nw(static_cast<size_t>(n_in) * 2), d_y(static_cast<size_t>(n_out) * 4),
+      d_q_ref(static_cast<size_t>(n_head) * D * 2), d_q(d_q_ref.bytes), d_pos(4), d_done(4);
   CHECK_OK(lc::synthetic_fill_bf16(d_w.p, static_cast<size_t>(n_out) * n_in, seed, 78, init));
   std::vector<uint16_t> nwb(static_cast<size_t>(n_in));
   for (auto& v : nwb) v = bf16_bits(1.0f + 0.1f * nd(rng));

@@ -600,9 +600,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
   merge_splits<T, D>(a, static_cast<size_t>(sh) * a.group, reinterpret_cast<float*>(smem));  // the rings are idle
 }
 
-// DecodeMerge::Kernel: one block per query head: thread (split group sg, channel quad dq) folds splits sg, sg + kGroups, ... with its own
-// running max (all its loads issued up front: one round trip), then the split groups are merged in shared memory:
-// out = sum_s O_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+// DecodeMerge::Kernel: one block per query head: thread (split group sg, channel quad dq) folds splits sg, sg +
+// kGroups, ... with its own running max (all its loads issued up front: one round trip), then the split groups are
+// merged in shared memory: out = sum_s O_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
 constexpr int kMergeThreads = 256;
 constexpr int kMergeUnroll = 4;
 
@@ -788,10 +788,9 @@ Status decode_attention_plan(const DecodeAttentionParams& p, const PagedKvView& 
   plan->merge = merge_kernel ? DecodeMerge::Kernel : DecodeMerge::InKernel;
   // The counters first, padded to 256 bytes so the partial outputs start on an L2 sector group, as before them.
   plan->counter_bytes = n_splits > 1 ? (static_cast<size_t>(n_heads) * sizeof(int32_t) + 255) / 256 * 256 : 0;
-  plan->workspace_bytes =
-      n_splits > 1 ? plan->counter_bytes + static_cast<size_t>(kv.n_seq) * p.n_head * n_splits *
-                                               (kv.head_dim * sizeof(float) + sizeof(float2))
-                   : 0;
+  plan->workspace_bytes = n_splits > 1 ? plan->counter_bytes + static_cast<size_t>(kv.n_seq) * p.n_head * n_splits *
+                                                                   (kv.head_dim * sizeof(float) + sizeof(float2))
+                                       : 0;
   return Status::success();
 }
 

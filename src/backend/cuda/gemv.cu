@@ -281,10 +281,10 @@ Status gemv(const GemvArgs& a, void* stream) {
   if (a.epilogue == GemvEpilogue::RopeAppend) {
     const GemvRopeAppend& r = a.rope;
     const PagedKvView& kv = r.kv;
-    if (kv.dtype != KvDtype::BF16 || kv.n_seq != 1 || kv.head_dim <= 0 || kv.head_dim % 2 != 0 ||
-        kv.n_head_kv <= 0 || r.n_head <= 0 || r.n_head % kv.n_head_kv != 0 || kv.page_tokens <= 0 ||
-        kv.max_pages <= 0 || kv.max_tokens <= 0)
-      return Status::error("gemv: RoPE + append needs one sequence of bf16 pages, an even head_dim and whole GQA groups");
+    if (kv.dtype != KvDtype::BF16 || kv.n_seq != 1 || kv.head_dim <= 0 || kv.head_dim % 2 != 0 || kv.n_head_kv <= 0 ||
+        r.n_head <= 0 || r.n_head % kv.n_head_kv != 0 || kv.page_tokens <= 0 || kv.max_pages <= 0 || kv.max_tokens <= 0)
+      return Status::error(
+          "gemv: RoPE + append needs one sequence of bf16 pages, an even head_dim and whole GQA groups");
     if (static_cast<int64_t>(a.n_out) != static_cast<int64_t>(r.n_head + 2 * kv.n_head_kv) * kv.head_dim)
       return Status::error("gemv: RoPE + append: n_out must be (n_head + 2 n_head_kv) * head_dim");
     if (!r.pos || !r.q_out || !r.done || !kv.pool || !kv.page_table || !kv.positions || !kv.n_tokens)
@@ -301,8 +301,8 @@ Status gemv(const GemvArgs& a, void* stream) {
   LONGCTX_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
   LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm4, gemv_kernel<4>, kWarps * 32, 0));
   LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm8, gemv_kernel<8>, kWarps * 32, 0));
-  const int unroll = pick_unroll(n_units, n_chunks, n_sm * std::max(per_sm4, 1) * kWarps,
-                                 n_sm * std::max(per_sm8, 1) * kWarps);
+  const int unroll =
+      pick_unroll(n_units, n_chunks, n_sm * std::max(per_sm4, 1) * kWarps, n_sm * std::max(per_sm8, 1) * kWarps);
   auto kernel = unroll == 4 ? gemv_kernel<4> : gemv_kernel<8>;
   const int per_sm = unroll == 4 ? per_sm4 : per_sm8;
   const int32_t blocks = std::max(1, std::min((n_units + kWarps - 1) / kWarps, n_sm * std::max(per_sm, 1)));
