@@ -48,6 +48,23 @@ TEST(BenchDepths, RejectsBadListsWithTheEntryNamed) {
   }
 }
 
+// This test binary compiles bench_command.cpp without the CUDA backend, as every build without LONGCTX_CUDA does:
+// --device cuda must say so and how to get it, before anything is built or allocated.
+TEST(BenchDevice, CudaWithoutTheBackendIsAClearError) {
+  BenchOptions o;
+  o.synthetic = "tiny:1";
+  o.device = "cuda";
+  try {
+    bench_command(o);
+    ADD_FAILURE() << "--device cuda ran in a build without the CUDA backend";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no CUDA backend"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("LONGCTX_CUDA"), std::string::npos) << e.what();
+  }
+  o.device = "tpu";
+  EXPECT_THROW(bench_command(o), Error);
+}
+
 TEST(BenchTokens, IdsAreFixedInRangeAndVaried) {
   std::set<int32_t> seen;
   for (int64_t pos = 0; pos < 1000; ++pos) {

@@ -23,6 +23,10 @@
 #include "model/forward.h"
 #include "model/model.h"
 
+#if LONGCTX_WITH_CUDA
+#include "bench_cuda.h"
+#endif
+
 namespace longctx {
 
 CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o) {
@@ -37,7 +41,8 @@ CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o) {
       "--synthetic SHAPE[:SEED] benchmarks random bf16 weights of a real model's shape instead of a file (llama3-8b:\n"
       "15 GiB of memory; tiny: for tests); the same seed gives the same weights as the CUDA backend's.\n"
       "Example: longctx bench -m model.gguf -p 512 -n 128 --depth 0,4096 --threads 2\n"
-      "         longctx bench --synthetic llama3-8b:1 -p 64 -n 16 -r 2");
+      "         longctx bench --synthetic llama3-8b:1 -p 64 -n 16 -r 2\n"
+      "         longctx bench --synthetic llama3-8b:1 --device cuda -p 4096 -n 128 --depth 0,32768");
   b->add_option("-m,--model", o.model, "GGUF model file (or --synthetic)");
   b->add_option("--synthetic", o.synthetic,
                 "Synthetic weights instead of -m: llama3-8b[:SEED] (Llama-3-8B's shapes, bf16, 15 GiB) or tiny[:SEED]");
@@ -55,6 +60,11 @@ CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o) {
   b->add_option("--kv", o.kv, "KV cache policy. " + kv::kv_policy_help())->capture_default_str();
   b->add_option("-s,--seed", o.seed, "Seed of the token ids")->capture_default_str();
   b->add_flag("--json", o.json, "Print one JSON record per test on stdout instead of the table");
+  b->add_option("--device", o.device,
+                "cpu, or cuda: the GPU backend (builds with -DLONGCTX_CUDA=ON, the cmake preset 'cuda'), for "
+                "--synthetic weights and the full cache; pp runs at depth 0 there")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   return b;
 }
 
@@ -372,6 +382,15 @@ std::string test_name(const CaseResult& r) {
 }  // namespace
 
 int bench_command(const BenchOptions& o) {
+  if (o.device == "cuda") {
+#if LONGCTX_WITH_CUDA
+    return bench_command_cuda(o);
+#else
+    fail("--device cuda: this build has no CUDA backend (configure with -DLONGCTX_CUDA=ON, e.g. cmake --preset "
+         "cuda, on a machine with nvcc)");
+#endif
+  }
+  if (o.device != "cpu") fail("--device {}: expected cpu or cuda", o.device);
   if (o.model.empty() == o.synthetic.empty())
     fail("bench needs exactly one model: -m MODEL.gguf or --synthetic SHAPE[:SEED] (shapes: {}){}",
          synthetic_shape_names(), o.model.empty() ? "" : ", not both");

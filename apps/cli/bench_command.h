@@ -31,12 +31,13 @@ struct BenchOptions {
   std::string kv = "full";
   uint64_t seed = 1;          // of the token ids
   bool json = false;
+  std::string device = "cpu";  // "cpu", or "cuda" in builds with the CUDA backend (synthetic weights, full cache)
 };
 
 // Adds the `bench` subcommand to the app, its options bound to o (which must outlive parsing).
 CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o);
 // Runs it; throws Error for bad input (missing model, both or neither of -m and --synthetic, a bad synthetic shape,
-// bad --depth, a depth beyond the model's context).
+// bad --depth, a depth beyond the model's context, --device cuda in a build without the CUDA backend).
 int bench_command(const BenchOptions& o);
 
 // ---- pieces of bench, exposed for tests ----

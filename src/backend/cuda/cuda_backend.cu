@@ -50,4 +50,31 @@ Status device_fill_bytes(void* device_ptr, uint8_t value, size_t bytes) {
 
 Status device_synchronize() { return cuda_status(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
+Status device_copy_bandwidth(size_t bytes, int32_t n_reps, double* bytes_per_s) {
+  *bytes_per_s = 0;
+  void *src = nullptr, *dst = nullptr;
+  if (Status s = device_alloc(&src, bytes); !s.ok()) return s;
+  Status s = device_alloc(&dst, bytes);
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  if (s.ok()) s = cuda_status(cudaEventCreate(&e0), "cudaEventCreate");
+  if (s.ok()) s = cuda_status(cudaEventCreate(&e1), "cudaEventCreate");
+  if (s.ok()) s = cuda_status(cudaMemset(src, 0x3c, bytes), "cudaMemset");
+  float best_ms = 0;
+  for (int32_t rep = 0; rep <= n_reps && s.ok(); ++rep) {  // rep 0 warms up
+    s = cuda_status(cudaEventRecord(e0), "cudaEventRecord");
+    if (s.ok()) s = cuda_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpyAsync");
+    if (s.ok()) s = cuda_status(cudaEventRecord(e1), "cudaEventRecord");
+    if (s.ok()) s = cuda_status(cudaEventSynchronize(e1), "cudaEventSynchronize");
+    float ms = 0;
+    if (s.ok()) s = cuda_status(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+    if (s.ok() && rep > 0 && (best_ms == 0 || ms < best_ms)) best_ms = ms;
+  }
+  if (e0) cudaEventDestroy(e0);
+  if (e1) cudaEventDestroy(e1);
+  if (dst) cudaFree(dst);
+  cudaFree(src);
+  if (s.ok() && best_ms > 0) *bytes_per_s = 2.0 * static_cast<double>(bytes) / (best_ms * 1e-3);
+  return s;
+}
+
 }  // namespace longctx::cuda

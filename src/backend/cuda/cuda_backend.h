@@ -42,6 +42,9 @@ Status copy_to_device(void* device_dst, const void* host_src, size_t bytes);
 Status copy_to_host(void* host_dst, const void* device_src, size_t bytes);
 Status device_fill_bytes(void* device_ptr, uint8_t value, size_t bytes);  // 0xff poisons f16/bf16 with NaN
 Status device_synchronize();
+// The device's copy bandwidth: device-to-device copies of `bytes` (read + write counted), best of n_reps after one
+// warm-up, in bytes per second. Allocates 2 x bytes for the call.
+Status device_copy_bandwidth(size_t bytes, int32_t n_reps, double* bytes_per_s);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Decode attention over the paged KV store.
