@@ -5,8 +5,9 @@
 // 4096 x 14336, against 4.54 for a read-only kernel), and every product is flanked by a norm or an activation that
 // costs a launch of its own. Here each warp streams rows of W with 16-byte loads, many in flight (kUnroll per row,
 // two rows at once), against x held in shared memory; the block's prologue builds that x (a bf16 copy, or the RMSNorm
-// of the f32 residual stream), and the epilogue writes f32, adds into the residual stream, or applies SwiGLU to a
-// (gate, up) row pair. The grid is sized to the rows, so every warp owns one or a few row pairs.
+// of the f32 residual stream), and the epilogue writes f32, adds into the residual stream, applies SwiGLU to a
+// (gate, up) row pair, or rotates a RoPE pair of the QKV product and appends it to the KV store. The grid is sized
+// to the rows, so every warp owns one or a few row pairs.
 #include <cuda_bf16.h>
 
 #include <algorithm>
