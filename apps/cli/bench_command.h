@@ -1,6 +1,7 @@
 // `longctx bench`: prompt processing (pp N) and generation (tg N) speed at given context depths, like llama-bench,
 // with decode's achieved memory bandwidth beside the machine's copy bandwidth (DESIGN.md, Benchmarking).
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -68,6 +69,9 @@ int64_t weight_bytes_per_token(const Model& model);
 // the sliding window on local layers), at the bytes per slot of its page's format. The query's own key and value
 // count when they are already in seq.
 int64_t kv_bytes_read(const kv::KvSequence& seq, const kv::KvPagePool& pool, const ModelConfig& c, int32_t query_pos);
+
+// Seconds of wall time since t0.
+double seconds_since(std::chrono::steady_clock::time_point t0);
 
 // A JSON string literal: quotes, backslashes and control characters escaped.
 std::string json_quote(std::string_view s);

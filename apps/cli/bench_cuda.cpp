@@ -19,10 +19,6 @@ void check(const cuda::Status& s, const char* what) {
   if (!s.ok()) fail("bench --device cuda: {}: {}", what, s.message());
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 struct CudaCase {
   bool prompt = true;
   int32_t n_tokens = 0, depth = 0;

@@ -56,6 +56,13 @@ enum class KvDtype { F16, BF16 };
 enum class KvPacking { None, Kivi2, Kivi4, Kivi8 };
 int kv_packing_bits(KvPacking f);  // 0 for None
 
+// Marks the few inline functions here that kernels call too; this header is also read by host-only compilers.
+#ifdef __CUDACC__
+#define LONGCTX_HOST_DEVICE __host__ __device__
+#else
+#define LONGCTX_HOST_DEVICE
+#endif
+
 // Device view of one layer's paged KV cache for a batch of sequences, the device twin of cpu::KvLayerView.
 // A page holds one (sequence, layer, kv-head)'s keys (page_tokens, head_dim) then values (page_tokens, head_dim),
 // both in `dtype`; slot i of a head lives in page page_table[i / page_tokens], row i % page_tokens. Heads may hold
@@ -78,7 +85,7 @@ struct PagedKvView {
   KvPacking packing = KvPacking::None;
   const void* packed_pool = nullptr;      // device; packed page p starts at packed_pool + p * packed_page_bytes()
   const uint8_t* page_packed = nullptr;   // device (n_seq, n_head_kv, max_pages)
-  size_t page_bytes() const { return 2 * static_cast<size_t>(page_tokens) * head_dim * 2; }
+  LONGCTX_HOST_DEVICE size_t page_bytes() const { return 2 * static_cast<size_t>(page_tokens) * head_dim * 2; }
   size_t packed_page_bytes() const;
 };
 

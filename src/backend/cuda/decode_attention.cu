@@ -67,6 +67,10 @@ constexpr int kChunkMetaBytes = 4096;  // >= (kMaxSplitTokens / 16 + 2) * 4 + kM
 // At most this many splits, so that the merge's weights (kMaxGroup * kMaxSplits floats) fit the idle rings.
 constexpr int kMaxSplits = 1024;
 
+// The workspace's split counters (one int32 per kv-head of the batch), padded to 256 bytes so that the partial
+// outputs after them start on an L2 sector group.
+size_t counter_bytes_for(int32_t n_heads) { return (static_cast<size_t>(n_heads) * sizeof(int32_t) + 255) / 256 * 256; }
+
 // Shared memory of one block: the warps' stage rings (K tile, V tile, positions), then the chunk's page ids and
 // tile flags. After the main loop the stage rings are reused for merging the warps.
 template <int D>
@@ -786,8 +790,7 @@ Status decode_attention_plan(const DecodeAttentionParams& p, const PagedKvView& 
     return e && std::string(e) == "kernel";
   }();
   plan->merge = merge_kernel ? DecodeMerge::Kernel : DecodeMerge::InKernel;
-  // The counters first, padded to 256 bytes so the partial outputs start on an L2 sector group, as before them.
-  plan->counter_bytes = n_splits > 1 ? (static_cast<size_t>(n_heads) * sizeof(int32_t) + 255) / 256 * 256 : 0;
+  plan->counter_bytes = n_splits > 1 ? counter_bytes_for(n_heads) : 0;  // the counters first
   plan->workspace_bytes = n_splits > 1 ? plan->counter_bytes + static_cast<size_t>(kv.n_seq) * p.n_head * n_splits *
                                                                    (kv.head_dim * sizeof(float) + sizeof(float2))
                                        : 0;
@@ -838,7 +841,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   a.chunk_pages = plan.split_tokens / kv.page_tokens + 2;
   if (plan.n_splits > 1) {
     const size_t rows = static_cast<size_t>(kv.n_seq) * p.n_head;
-    const size_t counter_bytes = (static_cast<size_t>(kv.n_seq) * kv.n_head_kv * sizeof(int32_t) + 255) / 256 * 256;
+    const size_t counter_bytes = counter_bytes_for(kv.n_seq * kv.n_head_kv);
     if (plan.counter_bytes != counter_bytes) return Status::error("decode attention: the plan is for another view");
     a.done = plan.merge == DecodeMerge::InKernel ? static_cast<int32_t*>(workspace) : nullptr;
     a.part_o = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + counter_bytes);

@@ -69,9 +69,8 @@ __device__ __forceinline__ RopeTarget rope_target(const GemvRopeAppend& r, int32
   const int32_t slot = kv.n_tokens[g];
   if (slot >= kv.max_tokens) return t;
   const int32_t page = kv.page_table[static_cast<size_t>(g) * kv.max_pages + slot / kv.page_tokens];
-  // A bf16 page is its keys then its values: 2 * page_tokens * D * 2 bytes (PagedKvView::page_bytes, host only).
   __nv_bfloat16* k_row = reinterpret_cast<__nv_bfloat16*>(static_cast<uint8_t*>(const_cast<void*>(kv.pool)) +
-                                                          static_cast<size_t>(page) * 4 * kv.page_tokens * D) +
+                                                          static_cast<size_t>(page) * kv.page_bytes()) +
                          static_cast<size_t>(slot % kv.page_tokens) * D;
   t.dst = (t.rotate ? k_row : k_row + static_cast<size_t>(kv.page_tokens) * D) + 2 * pair;
   return t;
