@@ -90,6 +90,7 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
   geo.head_dim = c.head_dim;
   geo.format = policy.page_format();
   geo.sealed_format = policy.sealed_format();
+  geo.n_recent_full_precision = policy.n_recent_full_precision();
   // The full cache of n_ctx tokens in the open format, plus a slab of every format per head for the
   // transitions between them: the most it may hold.
   const size_t pages_per_head = (static_cast<size_t>(params.n_ctx) + geo.page_tokens - 1) / geo.page_tokens;
@@ -125,6 +126,7 @@ void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on
     fail("the prompt has {} tokens, more than the context of {} (--ctx); raise --ctx or shorten the prompt", n,
          params_.n_ctx);
   seq_->clear();
+  policy_.reset();
   seq_->set_auto_seal(false);  // token selection runs on unpacked pages; packing follows it
   peak_bytes_ = 0;
   scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, params_.n_ctx);

@@ -23,6 +23,7 @@ struct KvGeometry {
   int32_t page_tokens = 64;
   KvFormat format = KvFormat::F16;         // open pages
   KvFormat sealed_format = KvFormat::F16;  // what full pages become when sealed (== format: never repacked)
+  int32_t n_recent_full_precision = 0;     // the newest tokens of each head are never sealed (KIVI's residual)
 };
 
 struct KvPage {

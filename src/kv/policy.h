@@ -41,6 +41,11 @@ class KvPolicy {
   virtual KvFormat sealed_format() const { return page_format(); }
   // Queries at positions >= this vote in the prefill scores (n_prompt: the prompt's length); INT_MAX: none.
   virtual int32_t prefill_score_from(int32_t n_prompt) const { return INT_MAX; }
+  // The most recent tokens of every (layer, kv-head) that stay at full precision however the sealed format packs
+  // (KIVI's residual window R); 0 when nothing is packed.
+  virtual int32_t n_recent_full_precision() const { return 0; }
+  // Forgets per-sequence state (accumulated scores): called before every new prompt.
+  virtual void reset() {}
   // Whether each decode step's attention is wanted.
   virtual bool wants_decode_scores() const { return false; }
   // Between prefill chunks, for prompts longer than memory (--kv-prefill-compress); scores as at prefill end,
