@@ -20,7 +20,29 @@ struct Case {
   KvFormat format;  // sealed format: full pages are packed into it, the open page stays f16
   bool gaps;  // positions with holes, as after eviction
   int32_t page_tokens = 16;
+  bool evict = false;  // a third of the slots removed after sealing: pages of every format left part full
 };
+
+// Removes about a third of every head's slots, then page_tokens - 1 more spread over the head, so that pages hold
+// fewer rows than they can: packed pages compact in place, and open pages are packed together only once a page's
+// worth of rows is free, which the second round stays under.
+void evict_a_third(kv::KvSequence& seq, int32_t n_head_kv, std::mt19937& rng) {
+  const int32_t T = seq.geometry().page_tokens;
+  for (int32_t g = 0; g < n_head_kv; ++g) {
+    std::vector<int32_t> drop;
+    for (int32_t s = 0; s < seq.head(0, g).n_tokens(); ++s)
+      if (rng() % 3 == 0) drop.push_back(s);
+    seq.remove_slots(0, g, drop);
+    drop.clear();
+    const int32_t n = seq.head(0, g).n_tokens();
+    for (int32_t i = 0; i < T - 1 && i * (n / T) < n; ++i) drop.push_back(i * (n / T));
+    drop.erase(std::unique(drop.begin(), drop.end()), drop.end());
+    seq.remove_slots(0, g, drop);
+    int32_t n_partial = 0;
+    for (size_t p = 0; p + 1 < seq.head(0, g).pages.size(); ++p) n_partial += seq.head(0, g).pages[p].n_rows < T;
+    EXPECT_GT(n_partial, 0) << "the case must leave part-full pages";
+  }
+}
 
 // Runs body once for each SIMD target this CPU has (the fallback always), so the AVX2 and scalar code paths are
 // checked on an AVX-512 machine too.
@@ -54,6 +76,7 @@ void run_case(const Case& c) {
   for (auto& x : v) x = nd(rng);
   seq.append(0, k.data(), v.data(), pos.data(), total);
   seq.seal_full_pages();  // packed formats: every full page packed, the partial last one stays f16
+  if (c.evict) evict_a_third(seq, c.n_head_kv, rng);
   std::vector<float> q(static_cast<size_t>(c.n_tok) * c.n_head * c.head_dim);
   for (auto& x : q) x = nd(rng);
   cpu::AttentionParams ap{c.n_head, c.n_head_kv, c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), c.window};
@@ -104,18 +127,36 @@ TEST(Attention, PackedPagesMatchTheirDequantizedValues) {
   });
 }
 
+TEST(Attention, PagesLeftPartFullByEviction) {
+  for_each_target([](const char* target) {
+    SCOPED_TRACE(target);
+    for (KvFormat f : {KvFormat::F16, KvFormat::Kivi4, KvFormat::Kivi2})
+      for (int32_t threads : {1, 2}) {
+        run_case({9, 3, 64, 300, 17, 0, threads, f, false, 64, true});  // prefill chunk over evicted pages
+        run_case({9, 3, 64, 900, 1, 0, threads, f, true, 64, true});    // decode, split over partial pages
+        run_case({4, 1, 256, 200, 1, 48, threads, f, false, 32, true}); // sliding window
+      }
+  });
+}
+
 // The attention paid to each slot (for the token policies) against the one-pass double reference: summed
 // probabilities of the selected rows and the query heads of each kv-head. Tolerance: probabilities in [0, 1]
 // summed over at most 3 heads x 12 rows, f32 logits and Highway's Exp against double: 2e-5 absolute.
 TEST(Attention, ScoresMatchReference) {
   for_each_target([](const char* target) {
     SCOPED_TRACE(target);
-    struct S { int32_t n_head, n_head_kv, head_dim, n_cached, n_tok, first_row, window, page_tokens; KvFormat f; };
+    struct S {
+      int32_t n_head, n_head_kv, head_dim, n_cached, n_tok, first_row, window, page_tokens;
+      KvFormat f;
+      bool evict = false;
+    };
     for (const S c : {S{9, 3, 64, 300, 12, 4, 0, 64, KvFormat::F16},   // SnapKV's observation window at prefill end
                       S{9, 3, 64, 700, 1, 0, 0, 64, KvFormat::F16},    // H2O / TOVA: one decode query
                       S{4, 1, 256, 200, 5, 0, 48, 32, KvFormat::F32},  // sliding window
                       S{9, 3, 64, 256, 3, 1, 0, 64, KvFormat::Kivi2},  // packed pages
-                      S{4, 2, 8, 40, 6, 2, 0, 16, KvFormat::F32}}) {   // one-lane path
+                      S{4, 2, 8, 40, 6, 2, 0, 16, KvFormat::F32},      // one-lane path
+                      S{9, 3, 64, 700, 1, 0, 0, 64, KvFormat::Kivi2, true},    // partial packed pages
+                      S{9, 3, 64, 300, 12, 4, 0, 64, KvFormat::F16, true}}) {  // partial open pages
       std::mt19937 rng(99 + c.n_cached);
       std::normal_distribution<float> nd;
       const KvFormat open = kv_format_is_packed(c.f) ? KvFormat::F16 : c.f;
@@ -130,6 +171,7 @@ TEST(Attention, ScoresMatchReference) {
       for (auto& x : v) x = nd(rng);
       seq.append(0, k.data(), v.data(), pos.data(), total);
       seq.seal_full_pages();
+      if (c.evict) evict_a_third(seq, c.n_head_kv, rng);
       std::vector<float> q(static_cast<size_t>(c.n_tok) * c.n_head * c.head_dim);
       for (auto& x : q) x = nd(rng);
       const cpu::AttentionParams ap{c.n_head, c.n_head_kv, c.head_dim, 1.0f / std::sqrt(float(c.head_dim)), c.window};

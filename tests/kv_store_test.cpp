@@ -3,7 +3,13 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <numeric>
 #include <random>
 
 #include "core/error.h"
@@ -57,21 +63,80 @@ TEST(KvStore, AppendReadRoundTripAndAccounting) {
   }
 }
 
-size_t pool_bytes_for_one_slab(const kv::KvGeometry& geo) { return 64 * 2 * size_t(geo.page_tokens) * geo.head_dim * 4; }
-
-TEST(KvStore, PoolRefusesToGrowPastItsLimit) {
+TEST(KvStore, PoolRefusesToHoldMoreThanItsLimit) {
   kv::KvGeometry geo{1, 1, 8, 4, KvFormat::F32, KvFormat::F32};
-  kv::KvPagePool pool(geo.page_tokens, geo.head_dim, pool_bytes_for_one_slab(geo));
+  const size_t page = 2 * 4 * 8 * 4;  // 256 bytes: 16 pages to a 4 KiB chunk
+  kv::KvPagePool pool(geo.page_tokens, geo.head_dim, 2 * 4096);
   kv::KvSequence seq(geo, pool);
   std::vector<float> k(8, 1.0f);
   int32_t p = 0;
-  for (int32_t i = 0; i < 64 * 4; ++i, ++p) seq.append(0, k.data(), k.data(), &p, 1);
+  const int32_t n_fit = static_cast<int32_t>(2 * 4096 / page) * 4;
+  for (int32_t i = 0; i < n_fit; ++i, ++p) seq.append(0, k.data(), k.data(), &p, 1);
+  EXPECT_EQ(pool.bytes_reserved(), 2u * 4096);
   try {
     seq.append(0, k.data(), k.data(), &p, 1);
     FAIL() << "the pool grew past its limit";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("KV cache needs more"), std::string::npos) << e.what();
   }
+}
+
+size_t resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  long size = 0, resident = 0;
+  if (f == nullptr || std::fscanf(f, "%ld %ld", &size, &resident) != 2) ADD_FAILURE() << "cannot read statm";
+  if (f != nullptr) std::fclose(f);
+  return static_cast<size_t>(resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+}
+
+// What the pool reports is what the process holds: pages freed go back to the system at once.
+TEST(KvStore, FreedPagesLeaveTheProcess) {
+  kv::KvGeometry geo{1, 1, 64, 64, KvFormat::F16, KvFormat::F16};  // 16 KiB pages
+  kv::KvPagePool pool(geo.page_tokens, geo.head_dim, size_t{1} << 30);
+  const size_t n_pages = 2048;  // 32 MiB
+  const size_t rss0 = resident_bytes();
+  std::vector<kv::KvPage> pages;
+  for (size_t i = 0; i < n_pages; ++i) {
+    pages.push_back(pool.kv_page_alloc(KvFormat::F16));
+    std::memset(pool.page_data(pages.back()), 0x5a, pool.page_bytes(KvFormat::F16));
+  }
+  const size_t held = n_pages * pool.page_bytes(KvFormat::F16);
+  EXPECT_EQ(pool.bytes_reserved(), held);
+  const size_t rss1 = resident_bytes();
+  EXPECT_GE(rss1, rss0 + held - (held / 50)) << "pages written must be resident";
+  // Free every other page: no chunk (one page here) empties twice, half the bytes go back.
+  for (size_t i = 0; i < n_pages; i += 2) pool.kv_page_free(pages[i]);
+  EXPECT_EQ(pool.bytes_reserved(), held / 2);
+  EXPECT_LE(resident_bytes(), rss1 - held / 2 + (held / 50));
+  for (size_t i = 1; i < n_pages; i += 2) pool.kv_page_free(pages[i]);
+  EXPECT_EQ(pool.bytes_reserved(), 0u);
+  EXPECT_EQ(pool.bytes_reserved_peak(), held);
+  EXPECT_LE(resident_bytes(), rss0 + (held / 50));
+  // Reused pages read as written again.
+  const kv::KvPage again = pool.kv_page_alloc(KvFormat::F16);
+  std::memset(pool.page_data(again), 1, 16);
+  EXPECT_EQ(pool.page_data(again)[15], 1);
+  pool.kv_page_free(again);
+}
+
+// Pages smaller than a system page share chunks: a chunk goes back only when all its pages are free, and the
+// lowest free page is handed out first so live pages gather in few chunks.
+TEST(KvStore, SmallPagesShareChunks) {
+  kv::KvPagePool pool(64, 64, size_t{1} << 30);
+  const size_t pb = pool.page_bytes(KvFormat::Kivi2);
+  const size_t chunk = std::lcm(pb, size_t(sysconf(_SC_PAGESIZE)));
+  const size_t per_chunk = chunk / pb;
+  ASSERT_GT(per_chunk, 1u);
+  std::vector<kv::KvPage> pages;
+  for (size_t i = 0; i < 3 * per_chunk; ++i) pages.push_back(pool.kv_page_alloc(KvFormat::Kivi2));
+  EXPECT_EQ(pool.bytes_reserved(), 3 * chunk);
+  pool.kv_page_free(pages[0]);
+  EXPECT_EQ(pool.bytes_reserved(), 3 * chunk);  // the chunk still holds live pages
+  for (size_t i = per_chunk; i < 2 * per_chunk; ++i) pool.kv_page_free(pages[i]);
+  EXPECT_EQ(pool.bytes_reserved(), 2 * chunk);  // the second chunk emptied
+  const kv::KvPage p = pool.kv_page_alloc(KvFormat::Kivi2);
+  EXPECT_EQ(p.id, pages[0].id);  // the lowest free page, in a live chunk
+  EXPECT_EQ(pool.bytes_reserved(), 2 * chunk);
 }
 
 TEST(KvPolicy, SpecParsing) {
@@ -84,9 +149,10 @@ TEST(KvPolicy, SpecParsing) {
       kv::make_kv_policy(bad, 2, 2);
       FAIL() << "accepted '" << bad << "'";
     } catch (const Error& e) {
-      // The message names the bad part.
-      EXPECT_FALSE(std::string(e.what()).empty());
-      std::printf("  %-28s -> %s\n", bad, e.what());
+      // The message quotes the spec or names the bad part.
+      const std::string msg = e.what(), spec = bad;
+      const std::string part = spec.substr(0, spec.find_first_of(":+"));
+      EXPECT_TRUE(msg.find(part) != std::string::npos || spec.empty()) << bad << " -> " << msg;
     }
   }
 }
@@ -97,10 +163,27 @@ TEST(KvPolicy, SpecParsing) {
 namespace longctx {
 namespace {
 
-// Removal against a plain model of the cache: a list of (position, key, value) rows per head.
-TEST(KvStore, RemoveSlotsKeepsExactlyTheOthersAndFreesPages) {
-  for (KvFormat sealed : {KvFormat::F16, KvFormat::Kivi8}) {
-    kv::KvGeometry geo{1, 1, 32, 8, KvFormat::F32, sealed};
+// Rows of one head as read back: (n_tokens, head_dim) keys then values.
+struct HeadRows {
+  std::vector<int32_t> positions;
+  std::vector<float> k, v;
+};
+HeadRows read_head(const kv::KvSequence& seq, int32_t layer, int32_t g) {
+  const auto& h = seq.head(layer, g);
+  const int32_t d = seq.geometry().head_dim;
+  HeadRows r{h.positions, std::vector<float>(size_t(h.n_tokens()) * d), std::vector<float>(size_t(h.n_tokens()) * d)};
+  for (int32_t s = 0; s < h.n_tokens(); ++s) {
+    seq.read_keys(layer, g, s, 1, r.k.data() + size_t(s) * d);
+    seq.read_values(layer, g, s, 1, r.v.data() + size_t(s) * d);
+  }
+  return r;
+}
+
+// Removal keeps the others in order, bit for bit: plain rows move losslessly, packed rows keep the codes and
+// scales they were encoded with.
+TEST(KvStore, RemoveSlotsKeepsTheOthersInOrderBitForBit) {
+  for (KvFormat sealed : {KvFormat::F16, KvFormat::Kivi8, KvFormat::Kivi2}) {
+    kv::KvGeometry geo{1, 1, 32, 8, KvFormat::F16, sealed};
     kv::KvPagePool pool(8, 32, size_t{1} << 24);
     kv::KvSequence seq(geo, pool);
     std::mt19937 rng(11);
@@ -113,39 +196,123 @@ TEST(KvStore, RemoveSlotsKeepsExactlyTheOthersAndFreesPages) {
     for (int32_t i = 0; i < n; ++i) pos[size_t(i)] = 1000 + i;
     seq.append(0, k.data(), v.data(), pos.data(), n);
     seq.seal_full_pages();
-    const size_t before = seq.bytes().payload;
+    const HeadRows before = read_head(seq, 0, 0);
+    const size_t bytes_before = seq.bytes().payload;
     std::vector<int32_t> keep;
     for (int32_t s = 0; s < n; ++s)
       if (s % 3 == 0 || s > 40) keep.push_back(s);
     seq.keep_slots(0, 0, keep);
-    const auto& h = seq.head(0, 0);
-    ASSERT_EQ(h.n_tokens(), static_cast<int32_t>(keep.size()));
-    EXPECT_EQ(h.pages.size(), (keep.size() + 7) / 8);
-    EXPECT_LT(seq.bytes().payload, before);
-    EXPECT_EQ(pool.n_pages_in_use(), h.pages.size());
-    // Every kept position is present once, with its own key and value (up to the sealed format's error).
-    std::vector<int32_t> got(h.positions);
-    std::sort(got.begin(), got.end());
-    for (size_t i = 0; i < keep.size(); ++i) EXPECT_EQ(got[i], 1000 + keep[i]);
-    // f16: rounding of values below 1 (2^-12). 8 bits: encoded at sealing and once more after the removal, each
-    // within half a step of a range of at most 2, plus f16 rounding of the scales.
-    const float tol = sealed == KvFormat::F16 ? 2.5e-4f : 2.0f / 255.0f + 2e-3f;
-    for (int32_t s = 0; s < h.n_tokens(); ++s) {
-      const int32_t src = h.positions[size_t(s)] - 1000;
-      float kr[32], vr[32];
-      seq.read_keys(0, 0, s, 1, kr);
-      seq.read_values(0, 0, s, 1, vr);
-      for (int i = 0; i < 32; ++i) {
-        EXPECT_NEAR(kr[i], k[size_t(src) * 32 + i], tol) << "slot " << s;
-        EXPECT_NEAR(vr[i], v[size_t(src) * 32 + i], tol) << "slot " << s;
-      }
+    const HeadRows after = read_head(seq, 0, 0);
+    ASSERT_EQ(after.positions.size(), keep.size());
+    for (size_t i = 0; i < keep.size(); ++i) {
+      const size_t src = size_t(keep[i]);
+      EXPECT_EQ(after.positions[i], 1000 + keep[i]);
+      EXPECT_EQ(0, std::memcmp(&after.k[i * 32], &before.k[src * 32], 32 * sizeof(float))) << "slot " << i;
+      EXPECT_EQ(0, std::memcmp(&after.v[i * 32], &before.v[src * 32], 32 * sizeof(float))) << "slot " << i;
     }
-    // The last page is open again, so appending works.
-    EXPECT_FALSE(kv_format_is_packed(h.pages.back().format) && h.n_tokens() % 8 != 0);
+    // Plain pages are packed together; packed pages shrink in place and go back only once empty.
+    if (sealed == KvFormat::F16) {
+      EXPECT_EQ(seq.head(0, 0).pages.size(), (keep.size() + 7) / 8);
+      EXPECT_LT(seq.bytes().payload, bytes_before);
+    } else {
+      const kv::KvPage first = seq.head(0, 0).pages.front();
+      ASSERT_TRUE(kv_format_is_packed(first.format));
+      std::vector<int32_t> all_of_first(size_t(first.n_rows));
+      std::iota(all_of_first.begin(), all_of_first.end(), 0);
+      const size_t n_pages = seq.head(0, 0).pages.size();
+      seq.remove_slots(0, 0, all_of_first);
+      EXPECT_EQ(seq.head(0, 0).pages.size(), n_pages - 1);
+      EXPECT_LT(seq.bytes().payload, bytes_before);
+    }
+    EXPECT_EQ(pool.n_pages_in_use(), seq.head(0, 0).pages.size());
     int32_t p = 5000;
     seq.append(0, k.data(), v.data(), &p, 1);
     EXPECT_EQ(seq.head(0, 0).positions.back(), 5000);
+    EXPECT_FALSE(kv_format_is_packed(seq.head(0, 0).pages.back().format));
   }
+}
+
+// KIVI as published ("KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache"): the newest R tokens of
+// every head stay in full precision, and a group is packed only when it has left that window, under any eviction.
+// Driven the way decode-time eviction drives it: append one, evict one older token, many times over.
+TEST(KvStore, KiviKeepsTheNewestTokensFullAndNeverRequantizes) {
+  const int32_t T = 8, d = 32, R = 12;
+  for (int32_t budget : {20, 60}) {
+    kv::KvGeometry geo{1, 1, d, T, KvFormat::F16, KvFormat::Kivi2, R};
+    kv::KvPagePool pool(T, d, size_t{1} << 24);
+    kv::KvSequence seq(geo, pool);
+    seq.set_auto_seal(true);
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> u(-2, 2);
+    std::map<int32_t, std::vector<float>> first_packed;  // position -> its key and value when first seen packed
+    std::vector<float> k(d), v(d);
+    for (int32_t step = 0; step < 400; ++step) {
+      for (auto& x : k) x = u(rng);
+      for (auto& x : v) x = u(rng);
+      seq.append(0, k.data(), v.data(), &step, 1);
+      const auto& h = seq.head(0, 0);
+      if (h.n_tokens() > budget) {  // evict a random token older than the window, as H2O or TOVA may
+        std::uniform_int_distribution<int32_t> pick(0, h.n_tokens() - R - 1);
+        seq.remove_slots(0, 0, {pick(rng)});
+      }
+      ASSERT_TRUE(std::is_sorted(h.positions.begin(), h.positions.end()));
+      ASSERT_LE(h.n_tokens(), budget);
+      // The newest R tokens (all, while fewer) lie in open pages; packed pages come first.
+      int32_t s0 = 0;
+      bool seen_open = false;
+      for (const kv::KvPage& page : h.pages) {
+        const bool packed = kv_format_is_packed(page.format);
+        ASSERT_FALSE(packed && seen_open) << "a packed page after an open one";
+        seen_open = seen_open || !packed;
+        if (packed) ASSERT_LE(s0 + page.n_rows, h.n_tokens() - R) << "a recent token was packed";
+        ASSERT_GT(page.n_rows, 0);
+        s0 += page.n_rows;
+      }
+      // Open pages waste less than one page between them.
+      int32_t n_open_free = 0;
+      for (size_t p = 0; p + 1 < h.pages.size(); ++p)
+        if (!kv_format_is_packed(h.pages[p].format)) n_open_free += T - h.pages[p].n_rows;
+      ASSERT_LT(n_open_free, T);
+      // A packed token reads the same at every later step: its group's scales never change.
+      const HeadRows rows = read_head(seq, 0, 0);
+      for (int32_t s = 0, pi = 0, r = 0; s < h.n_tokens(); ++s, ++r) {
+        if (r == h.pages[size_t(pi)].n_rows) {
+          ++pi;
+          r = 0;
+        }
+        if (!kv_format_is_packed(h.pages[size_t(pi)].format)) continue;
+        std::vector<float> kv_row(rows.k.begin() + s * d, rows.k.begin() + (s + 1) * d);
+        kv_row.insert(kv_row.end(), rows.v.begin() + s * d, rows.v.begin() + (s + 1) * d);
+        auto [it, fresh] = first_packed.emplace(h.positions[size_t(s)], kv_row);
+        if (!fresh) ASSERT_EQ(it->second, kv_row) << "position " << h.positions[size_t(s)] << " re-encoded";
+      }
+    }
+    EXPECT_GT(first_packed.size(), 0u);
+    EXPECT_EQ(pool.n_pages_in_use(), seq.head(0, 0).pages.size());
+  }
+}
+
+// Sealing replaces open pages by packed ones: the pool never holds both for long, and ends holding the packed.
+TEST(KvStore, SealingGivesTheOpenPagesBack) {
+  const int32_t T = 64, d = 64, n = 64 * 40;
+  kv::KvGeometry geo{1, 2, d, T, KvFormat::F16, KvFormat::Kivi2, 128};
+  kv::KvPagePool pool(T, d, size_t{1} << 30);
+  kv::KvSequence seq(geo, pool);
+  std::vector<float> k(size_t(2) * d, 0.25f);
+  for (int32_t i = 0; i < n; ++i) seq.append(0, k.data(), k.data(), &i, 1);
+  const size_t f16_held = pool.bytes_reserved();
+  EXPECT_EQ(f16_held, size_t(2) * (n / T) * pool.page_bytes(KvFormat::F16));
+  seq.seal_full_pages();
+  // 128 newest tokens stay f16 in 2 pages a head; 38 pages a head are packed.
+  for (int32_t g = 0; g < 2; ++g) {
+    int32_t n_packed = 0;
+    for (const auto& p : seq.head(0, g).pages) n_packed += kv_format_is_packed(p.format);
+    EXPECT_EQ(n_packed, 38);
+  }
+  const size_t packed_chunk = std::lcm(pool.page_bytes(KvFormat::Kivi2), size_t(sysconf(_SC_PAGESIZE)));
+  const size_t packed_bytes = 2 * 38 * pool.page_bytes(KvFormat::Kivi2);
+  EXPECT_LE(pool.bytes_reserved(), 4 * pool.page_bytes(KvFormat::F16) + packed_bytes + packed_chunk);
+  EXPECT_LE(pool.bytes_reserved_peak(), f16_held + packed_chunk);
 }
 
 }  // namespace

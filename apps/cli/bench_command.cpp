@@ -141,12 +141,14 @@ int64_t kv_bytes_read(const kv::KvSequence& seq, const kv::KvPagePool& pool, con
                        c.layer_is_local[static_cast<size_t>(il)];
     for (int32_t g = 0; g < geo.n_head_kv; ++g) {
       const kv::KvHeadCache& h = seq.head(il, g);
-      for (int32_t s = 0; s < h.n_tokens(); ++s) {
-        const int32_t p = h.positions[static_cast<size_t>(s)];
-        // The attention kernel's visibility rule (attention.h): positions in (query_pos - window, query_pos].
-        if (p > query_pos || (local && p <= query_pos - c.sliding_window)) continue;
-        const kv::KvPage& page = h.pages[static_cast<size_t>(s / geo.page_tokens)];
-        n += static_cast<int64_t>(pool.page_bytes(page.format) / static_cast<size_t>(geo.page_tokens));
+      int32_t s = 0;
+      for (const kv::KvPage& page : h.pages) {
+        for (int32_t end = s + page.n_rows; s < end; ++s) {
+          const int32_t p = h.positions[static_cast<size_t>(s)];
+          // The attention kernel's visibility rule (attention.h): positions in (query_pos - window, query_pos].
+          if (p > query_pos || (local && p <= query_pos - c.sliding_window)) continue;
+          n += static_cast<int64_t>(pool.page_bytes(page.format) / static_cast<size_t>(geo.page_tokens));
+        }
       }
     }
   }
@@ -234,8 +236,8 @@ uint64_t prefix_fingerprint(const kv::KvSequence& seq, const std::vector<int32_t
       const int32_t keep = n_keep[static_cast<size_t>(il * geo.n_head_kv + g)];
       if (hc.n_tokens() < keep) return 0;
       for (int32_t s = 0; s < keep; ++s) mix(static_cast<uint32_t>(hc.positions[static_cast<size_t>(s)]));
-      const int32_t n_pages = (keep + geo.page_tokens - 1) / geo.page_tokens;
-      for (int32_t p = 0; p < n_pages; ++p) mix(static_cast<uint64_t>(hc.pages[static_cast<size_t>(p)].format) + 7);
+      for (int32_t p = 0, s0 = 0; s0 < keep; s0 += hc.pages[static_cast<size_t>(p++)].n_rows)
+        mix(static_cast<uint64_t>(hc.pages[static_cast<size_t>(p)].format) + 7);
     }
   return h;
 }
@@ -254,6 +256,7 @@ class BenchRunner {
     geo.head_dim = c.head_dim;
     geo.format = policy.page_format();
     geo.sealed_format = policy.sealed_format();
+    geo.n_recent_full_precision = policy.n_recent_full_precision();
     // No byte limit: the context check in bench_command bounds the tokens, and the pool allocates on demand.
     pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
     seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
@@ -263,6 +266,7 @@ class BenchRunner {
   // Untimed: the cache holds exactly `depth` tokens at positions [0, depth) afterwards (before the policy acts).
   void fill(int32_t depth) {
     seq_->clear();
+    policy_.reset();  // no scores of the previous fill carry over
     prefill(0, depth, /*want_logits=*/false, WindowExpiry::kOn);
     const kv::KvGeometry& geo = seq_->geometry();
     depth_ = depth;

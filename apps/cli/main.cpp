@@ -159,8 +159,11 @@ int run_command(const RunOptions& o) {
                human_bytes(static_cast<double>(st.kv_bytes.total())), human_bytes(static_cast<double>(st.kv_bytes.payload)),
                human_bytes(static_cast<double>(st.kv_bytes.metadata)), gen.sequence().n_tokens_max(),
                human_bytes(static_cast<double>(st.kv_full_f16_bytes)), ratio);
-    if (o.prefill_compress)
-      fmt::print(stderr, "kv peak: {} during prefill and decode\n", human_bytes(static_cast<double>(st.kv_peak_bytes)));
+    // What the page allocator holds from the system (freed pages go back at once), at the end and at its peak
+    // (the whole prompt at f16 before the policy cuts it, unless --kv-prefill-compress), and the process's peak.
+    fmt::print(stderr, "kv pool: {} held now, {} at peak (sequence peak {}); process peak RSS {}\n",
+               human_bytes(static_cast<double>(st.kv_pool_bytes)), human_bytes(static_cast<double>(st.kv_pool_peak_bytes)),
+               human_bytes(static_cast<double>(st.kv_peak_bytes)), human_bytes(static_cast<double>(peak_rss_bytes())));
     fmt::print(stderr, "logits hash: {}\n", st.logits_hash);
   }
   return 0;

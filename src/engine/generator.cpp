@@ -263,6 +263,7 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
   st.kv_bytes = seq_->bytes();
   st.kv_full_f16_bytes = seq_->full_f16_bytes(pos);  // every token seen, kept or evicted: the uncompressed cache
   st.kv_pool_bytes = pages_->bytes_reserved();
+  st.kv_pool_peak_bytes = pages_->bytes_reserved_peak();
   st.kv_peak_bytes = peak_bytes_;
   st.logits_hash = logits_hash(logits.data(), n_vocab);
   return st;

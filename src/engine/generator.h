@@ -40,7 +40,8 @@ struct GenerateStats {
   double decode_seconds = 0;
   kv::KvBytes kv_bytes;              // held by the sequence at the end
   size_t kv_full_f16_bytes = 0;      // what a full f16 cache of the same tokens holds
-  size_t kv_pool_bytes = 0;          // what the page allocator has reserved
+  size_t kv_pool_bytes = 0;          // what the page allocator holds from the system at the end
+  size_t kv_pool_peak_bytes = 0;     // the most it held at any point
   size_t kv_peak_bytes = 0;          // the most the sequence held at any point (after a chunk, before eviction)
   std::string logits_hash;           // short hash of the last logits, for regressions
   StopReason stop_reason = StopReason::Length;

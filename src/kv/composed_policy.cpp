@@ -63,7 +63,7 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, bool deco
         fail("internal: {} needs attention scores that were not gathered", plan.ranker->describe());
       const std::vector<int32_t> drop = complement_slots(plan.ranker->select(h.positions, s, plan.budget), n);
       seq.remove_slots(l, g, drop);
-      if (accumulate) swap_remove(acc, drop);
+      if (accumulate) erase_slots(acc, drop);
     }
 }
 
@@ -76,7 +76,7 @@ void ComposedPolicy::on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_
   std::vector<float>& acc = accumulated_[index(layer, kv_head)];
   if (acc.empty()) return;  // nothing accumulated for this head
   acc.resize(static_cast<size_t>(n_before), 0.0f);  // slots appended since the last scores start at zero
-  swap_remove(acc, slots);
+  erase_slots(acc, slots);
 }
 
 std::vector<int32_t> pyramid_budgets(int32_t budget, double beta, int32_t n_layer) {

@@ -1,62 +1,104 @@
 #include "kv/kv_store.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <map>
+#include <functional>
+#include <numeric>
 
 #include "backend/cpu/kv_page_codec.h"
 #include "core/error.h"
 
 namespace longctx::kv {
 
-void KvPagePool::FreeDeleter::operator()(uint8_t* p) const { std::free(p); }
+namespace {
+// A slab is mapped at least this large, so the number of mappings stays small.
+constexpr size_t kSlabMinBytes = size_t{1} << 20;
+}  // namespace
 
 KvPagePool::KvPagePool(int32_t page_tokens, int32_t head_dim, size_t max_bytes)
     : page_tokens_(page_tokens), head_dim_(head_dim), max_bytes_(max_bytes) {
   if (page_tokens <= 0 || head_dim <= 0 || head_dim > 512) fail("unsupported KV geometry: head size {}", head_dim);
 }
-KvPagePool::~KvPagePool() = default;
+
+KvPagePool::~KvPagePool() {
+  for (auto& fp : by_format_)
+    for (const Slab& s : fp.slabs) munmap(s.base, s.bytes);
+}
 
 size_t KvPagePool::page_bytes(KvFormat f) const { return cpu::kv_page_bytes(f, page_tokens_, head_dim_); }
 
-size_t KvPagePool::bytes_reserved() const {
-  size_t n = 0;
-  for (int f = 0; f < kNumFormats; ++f)
-    if (!by_format_[f].slabs.empty()) n += by_format_[f].slabs.size() * kPagesPerSlab * page_bytes(static_cast<KvFormat>(f));
-  return n;
+KvPagePool::FormatPages& KvPagePool::format_pages(KvFormat f) {
+  FormatPages& fp = by_format_[static_cast<int>(f)];
+  if (fp.page_bytes == 0) {
+    // A chunk is the smallest run of whole pages that is also a run of whole system pages, so returning a chunk
+    // returns exactly its bytes.
+    const size_t sys = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    fp.page_bytes = page_bytes(f);
+    const size_t chunk = std::lcm(fp.page_bytes, sys);
+    fp.pages_per_chunk = chunk / fp.page_bytes;
+    fp.chunks_per_slab = std::max<size_t>(1, kSlabMinBytes / chunk);
+  }
+  return fp;
+}
+
+uint8_t* KvPagePool::chunk_data(FormatPages& fp, int32_t chunk) {
+  const size_t c = static_cast<size_t>(chunk);
+  const Slab& s = fp.slabs[c / fp.chunks_per_slab];
+  return s.base + (c % fp.chunks_per_slab) * fp.pages_per_chunk * fp.page_bytes;
 }
 
 KvPage KvPagePool::kv_page_alloc(KvFormat f) {
-  Slabs& s = by_format_[static_cast<int>(f)];
-  const size_t pb = page_bytes(f);
-  if (s.free.empty()) {
-    const size_t slab_bytes = kPagesPerSlab * pb;
-    if (bytes_reserved() + slab_bytes > max_bytes_)
-      fail("the KV cache needs more than its limit of {:.1f} MiB: raise --ctx or shorten the prompt",
-           max_bytes_ / 1048576.0);
-    // 64-byte alignment: page rows are read with full-width SIMD loads.
-    auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, (slab_bytes + 63) / 64 * 64));
-    if (p == nullptr) fail("out of memory allocating {} bytes of KV cache", slab_bytes);
-    const int32_t first = static_cast<int32_t>(s.slabs.size()) * kPagesPerSlab;
-    s.slabs.emplace_back(p);
-    for (int32_t i = kPagesPerSlab - 1; i >= 0; --i) s.free.push_back(first + i);
+  FormatPages& fp = format_pages(f);
+  const size_t chunk_bytes = fp.pages_per_chunk * fp.page_bytes;
+  if (fp.free.empty()) {
+    const size_t slab_bytes = fp.chunks_per_slab * chunk_bytes;
+    void* p = mmap(nullptr, slab_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) fail("out of memory mapping {} bytes of KV cache", slab_bytes);
+    const int32_t first = static_cast<int32_t>(fp.slabs.size() * fp.chunks_per_slab * fp.pages_per_chunk);
+    fp.slabs.push_back(Slab{static_cast<uint8_t*>(p), slab_bytes});
+    fp.chunk_in_use.resize(fp.chunk_in_use.size() + fp.chunks_per_slab, 0);
+    for (size_t i = 0; i < fp.chunks_per_slab * fp.pages_per_chunk; ++i) {
+      fp.free.push_back(first + static_cast<int32_t>(i));
+      std::push_heap(fp.free.begin(), fp.free.end(), std::greater<>());
+    }
   }
-  KvPage page{s.free.back(), f};
-  s.free.pop_back();
+  const int32_t id = fp.free.front();
+  int32_t& in_use = fp.chunk_in_use[static_cast<size_t>(page_chunk(fp, id))];
+  if (in_use == 0) {
+    if (bytes_held_ + chunk_bytes > max_bytes_)
+      fail("the KV cache needs more than its limit of {:.1f} MiB: raise --ctx, lower the KV budget or shorten the "
+           "prompt", max_bytes_ / 1048576.0);
+    bytes_held_ += chunk_bytes;
+    bytes_held_peak_ = std::max(bytes_held_peak_, bytes_held_);
+  }
+  std::pop_heap(fp.free.begin(), fp.free.end(), std::greater<>());
+  fp.free.pop_back();
+  ++in_use;
   ++n_in_use_;
-  return page;
+  return KvPage{id, f, 0};
 }
 
 void KvPagePool::kv_page_free(const KvPage& page) {
-  by_format_[static_cast<int>(page.format)].free.push_back(page.id);
+  FormatPages& fp = format_pages(page.format);
+  const int32_t chunk = page_chunk(fp, page.id);
+  int32_t& in_use = fp.chunk_in_use[static_cast<size_t>(chunk)];
+  if (--in_use == 0) {
+    // The chunk's last live page went: its memory goes back to the system now (reads as zeros if reused).
+    const size_t chunk_bytes = fp.pages_per_chunk * fp.page_bytes;
+    madvise(chunk_data(fp, chunk), chunk_bytes, MADV_DONTNEED);
+    bytes_held_ -= chunk_bytes;
+  }
+  fp.free.push_back(page.id);
+  std::push_heap(fp.free.begin(), fp.free.end(), std::greater<>());
   --n_in_use_;
 }
 
 uint8_t* KvPagePool::page_data(const KvPage& page) {
-  const Slabs& s = by_format_[static_cast<int>(page.format)];
-  return s.slabs[static_cast<size_t>(page.id / kPagesPerSlab)].get() +
-         static_cast<size_t>(page.id % kPagesPerSlab) * page_bytes(page.format);
+  FormatPages& fp = by_format_[static_cast<int>(page.format)];
+  return chunk_data(fp, page_chunk(fp, page.id)) + static_cast<size_t>(page.id) % fp.pages_per_chunk * fp.page_bytes;
 }
 
 const uint8_t* KvPagePool::page_data(const KvPage& page) const { return const_cast<KvPagePool*>(this)->page_data(page); }
@@ -64,6 +106,7 @@ const uint8_t* KvPagePool::page_data(const KvPage& page) const { return const_ca
 KvSequence::KvSequence(const KvGeometry& geo, KvPagePool& pool)
     : geo_(geo), pool_(pool), heads_(static_cast<size_t>(geo.n_layer) * geo.n_head_kv) {
   if (kv_format_is_packed(geo.format)) fail("internal: open KV pages must be f16 or f32");
+  if (geo.n_recent_full_precision < 0) fail("internal: negative full-precision window");
   if (pool.page_bytes(geo.format) != cpu::kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim))
     fail("internal: KV pool geometry does not match the sequence's");
 }
@@ -78,142 +121,168 @@ void KvSequence::clear() {
   }
 }
 
-void KvSequence::write_row(KvHeadCache& h, int32_t slot, const float* k, const float* v) {
-  const size_t pi = static_cast<size_t>(slot / geo_.page_tokens);
-  const int32_t row = slot % geo_.page_tokens;
-  if (kv_format_is_packed(h.pages[pi].format)) {
-    // A packed page is re-encoded whole: its key scales span all its rows.
-    const int32_t T = geo_.page_tokens, d = geo_.head_dim;
-    std::vector<float> K(static_cast<size_t>(T) * d), V(K.size());
-    const uint8_t* src = pool_.page_data(h.pages[pi]);
-    cpu::kv_page_read_keys(h.pages[pi].format, T, d, src, 0, T, K.data());
-    cpu::kv_page_read_values(h.pages[pi].format, T, d, src, 0, T, V.data());
-    std::memcpy(K.data() + static_cast<size_t>(row) * d, k, static_cast<size_t>(d) * sizeof(float));
-    std::memcpy(V.data() + static_cast<size_t>(row) * d, v, static_cast<size_t>(d) * sizeof(float));
-    cpu::kv_page_write(h.pages[pi].format, T, d, K.data(), V.data(), 0, T, pool_.page_data(h.pages[pi]));
-    return;
+std::pair<size_t, int32_t> KvSequence::locate(const KvHeadCache& h, int32_t slot) const {
+  if (slot < 0 || slot >= h.n_tokens()) fail("internal: slot {} of {}", slot, h.n_tokens());
+  int32_t s0 = 0;
+  for (size_t p = 0; p < h.pages.size(); ++p) {
+    if (slot < s0 + h.pages[p].n_rows) return {p, slot - s0};
+    s0 += h.pages[p].n_rows;
   }
-  cpu::kv_page_write(h.pages[pi].format, geo_.page_tokens, geo_.head_dim, k, v, row, 1, pool_.page_data(h.pages[pi]));
+  fail("internal: KV page table does not cover slot {}", slot);
+}
+
+size_t KvSequence::first_open_page(const KvHeadCache& h) const {
+  // Sealed pages are the oldest: sealing goes front to back and never reopens a page.
+  size_t p = 0;
+  while (p < h.pages.size() && h.pages[p].format != geo_.format) ++p;
+  return p;
 }
 
 void KvSequence::append(int32_t layer, const float* k, const float* v, const int32_t* positions, int32_t n) {
-  const int32_t d = geo_.head_dim;
+  const int32_t d = geo_.head_dim, T = geo_.page_tokens;
   for (int32_t g = 0; g < geo_.n_head_kv; ++g) {
     KvHeadCache& h = heads_[index(layer, g)];
     for (int32_t t = 0; t < n; ++t) {
-      const int32_t slot = h.n_tokens();
-      if (slot % geo_.page_tokens == 0) {
+      if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == T)
         h.pages.push_back(pool_.kv_page_alloc(geo_.format));
-      } else if (kv_format_is_packed(h.pages.back().format)) {
-        unseal_page(h, h.pages.size() - 1);  // a partial sealed page (after eviction) takes new rows unpacked
-      }
-      h.positions.push_back(positions[t]);
+      KvPage& page = h.pages.back();
       const size_t off = (static_cast<size_t>(t) * geo_.n_head_kv + g) * d;
-      write_row(h, slot, k + off, v + off);
-      if (auto_seal_ && (slot + 1) % geo_.page_tokens == 0) seal_page(h, h.pages.size() - 1);
+      cpu::kv_page_write(page.format, T, d, k + off, v + off, page.n_rows, 1, pool_.page_data(page));
+      ++page.n_rows;
+      h.positions.push_back(positions[t]);
     }
+    if (auto_seal_) seal_old_pages(h);
   }
 }
 
 void KvSequence::seal_page(KvHeadCache& h, size_t pi) {
-  if (h.pages[pi].format != geo_.format || geo_.sealed_format == geo_.format) return;
   const int32_t T = geo_.page_tokens, d = geo_.head_dim;
+  KvPage& page = h.pages[pi];
+  if (page.n_rows != T) fail("internal: sealing a page of {} rows", page.n_rows);
   std::vector<float> K(static_cast<size_t>(T) * d), V(K.size());
-  const uint8_t* src = pool_.page_data(h.pages[pi]);
-  cpu::kv_page_read_keys(geo_.format, T, d, src, 0, T, K.data());
-  cpu::kv_page_read_values(geo_.format, T, d, src, 0, T, V.data());
-  const KvPage packed = pool_.kv_page_alloc(geo_.sealed_format);
+  const uint8_t* src = pool_.page_data(page);
+  cpu::kv_page_read_keys(page.format, T, d, src, 0, T, K.data());
+  cpu::kv_page_read_values(page.format, T, d, src, 0, T, V.data());
+  KvPage packed = pool_.kv_page_alloc(geo_.sealed_format);
   cpu::kv_page_write(geo_.sealed_format, T, d, K.data(), V.data(), 0, T, pool_.page_data(packed));
-  pool_.kv_page_free(h.pages[pi]);
-  h.pages[pi] = packed;
+  packed.n_rows = T;
+  pool_.kv_page_free(page);  // the packed page replaces the open one: never both held
+  page = packed;
 }
 
-void KvSequence::unseal_page(KvHeadCache& h, size_t pi) {
-  const int32_t T = geo_.page_tokens, d = geo_.head_dim;
-  std::vector<float> K(static_cast<size_t>(T) * d), V(K.size());
-  const uint8_t* src = pool_.page_data(h.pages[pi]);
-  cpu::kv_page_read_keys(h.pages[pi].format, T, d, src, 0, T, K.data());
-  cpu::kv_page_read_values(h.pages[pi].format, T, d, src, 0, T, V.data());
-  const KvPage open = pool_.kv_page_alloc(geo_.format);
-  const int32_t rows = std::min(T, h.n_tokens() - static_cast<int32_t>(pi) * T);
-  cpu::kv_page_write(geo_.format, T, d, K.data(), V.data(), 0, rows, pool_.page_data(open));
-  pool_.kv_page_free(h.pages[pi]);
-  h.pages[pi] = open;
+void KvSequence::seal_old_pages(KvHeadCache& h) {
+  if (geo_.sealed_format == geo_.format) return;
+  const int32_t T = geo_.page_tokens, R = geo_.n_recent_full_precision;
+  while (true) {
+    const size_t first = first_open_page(h);
+    if (first == h.pages.size()) return;
+    int32_t n_open = 0;
+    for (size_t p = first; p < h.pages.size(); ++p) n_open += h.pages[p].n_rows;
+    // KIVI: the newest R tokens stay in full precision, so a page is packed only when all of it is older.
+    if (n_open < T + R) return;
+    if (h.pages[first].n_rows < T) pack_open_pages(h, first);
+    seal_page(h, first);
+  }
 }
 
 void KvSequence::seal_full_pages() {
-  if (geo_.sealed_format == geo_.format) return;
-  for (auto& h : heads_) {
-    const size_t n_full = static_cast<size_t>(h.n_tokens() / geo_.page_tokens);
-    for (size_t pi = 0; pi < n_full; ++pi) seal_page(h, pi);
+  for (auto& h : heads_) seal_old_pages(h);
+}
+
+void KvSequence::pack_open_pages(KvHeadCache& h, size_t first) {
+  const int32_t T = geo_.page_tokens, d = geo_.head_dim;
+  std::vector<float> k(static_cast<size_t>(T) * d), v(k.size());
+  std::vector<int32_t> n_written(h.pages.size(), 0), keep;
+  // The write cursor (page w, row wr) never passes the read cursor (page r, row i), so no row is overwritten
+  // before it is read; a run that stays in its own page moves down within it.
+  size_t w = first;
+  int32_t wr = 0;
+  for (size_t r = first; r < h.pages.size(); ++r) {
+    const int32_t n_rows = h.pages[r].n_rows;
+    int32_t i = 0;
+    while (i < n_rows) {
+      if (w == r) {
+        if (wr != i) {
+          keep.resize(static_cast<size_t>(wr + n_rows - i));
+          std::iota(keep.begin(), keep.begin() + wr, 0);
+          std::iota(keep.begin() + wr, keep.end(), i);
+          cpu::kv_page_compact(h.pages[r].format, T, d, pool_.page_data(h.pages[r]), keep.data(),
+                               static_cast<int32_t>(keep.size()));
+        }
+        wr += n_rows - i;
+        i = n_rows;
+        n_written[w] = wr;
+        break;
+      }
+      const int32_t n = std::min(T - wr, n_rows - i);
+      const KvPage& src = h.pages[r];
+      const uint8_t* s = pool_.page_data(src);
+      cpu::kv_page_read_keys(src.format, T, d, s, i, n, k.data());
+      cpu::kv_page_read_values(src.format, T, d, s, i, n, v.data());
+      cpu::kv_page_write(h.pages[w].format, T, d, k.data(), v.data(), wr, n, pool_.page_data(h.pages[w]));
+      wr += n;
+      i += n;
+      n_written[w] = wr;
+      if (wr == T) {
+        ++w;
+        wr = 0;
+      }
+    }
+  }
+  for (size_t p = first; p < h.pages.size(); ++p) h.pages[p].n_rows = n_written[p];
+  // Emptied pages are now all at the end.
+  while (h.pages.size() > first && h.pages.back().n_rows == 0) {
+    pool_.kv_page_free(h.pages.back());
+    h.pages.pop_back();
   }
 }
 
 void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& slots) {
+  if (slots.empty()) return;
   KvHeadCache& h = heads_[index(layer, kv_head)];
   const int32_t T = geo_.page_tokens, d = geo_.head_dim;
-  // Packed pages touched by this call are decoded once, edited in f32 and re-encoded once at the end, so a page
-  // losing many rows is quantized again only once.
-  struct Decoded {
-    std::vector<float> k, v;  // (page_tokens, head_dim)
-  };
-  std::map<size_t, Decoded> decoded;
-  auto packed_page = [&](size_t pi) -> Decoded* {
-    if (!kv_format_is_packed(h.pages[pi].format)) return nullptr;
-    auto it = decoded.find(pi);
-    if (it == decoded.end()) {
-      Decoded dp{std::vector<float>(static_cast<size_t>(T) * d), std::vector<float>(static_cast<size_t>(T) * d)};
-      const uint8_t* src = pool_.page_data(h.pages[pi]);
-      cpu::kv_page_read_keys(h.pages[pi].format, T, d, src, 0, T, dp.k.data());
-      cpu::kv_page_read_values(h.pages[pi].format, T, d, src, 0, T, dp.v.data());
-      it = decoded.emplace(pi, std::move(dp)).first;
-    }
-    return &it->second;
-  };
-  std::vector<float> k(static_cast<size_t>(d)), v(static_cast<size_t>(d));
-  // Descending: every removed slot above the current one is already gone, so the last slot is always kept.
-  for (auto it = slots.rbegin(); it != slots.rend(); ++it) {
-    const int32_t s = *it;
-    if (s < 0 || s >= h.n_tokens()) fail("internal: removing slot {} of {}", s, h.n_tokens());
-    const int32_t last = h.n_tokens() - 1;
-    if (s != last) {
-      const size_t lp = static_cast<size_t>(last / T), sp = static_cast<size_t>(s / T);
-      const size_t lrow = static_cast<size_t>(last % T) * d, srow = static_cast<size_t>(s % T) * d;
-      if (Decoded* src = packed_page(lp)) {
-        std::copy_n(src->k.data() + lrow, d, k.data());
-        std::copy_n(src->v.data() + lrow, d, v.data());
-      } else {
-        read_keys(layer, kv_head, last, 1, k.data());
-        read_values(layer, kv_head, last, 1, v.data());
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (slots[i] < 0 || slots[i] >= h.n_tokens() || (i > 0 && slots[i] <= slots[i - 1]))
+      fail("internal: removing slot {} of {} (slots must be sorted, unique, in range)", slots[i], h.n_tokens());
+  // Each touched page keeps its other rows, moved to its front in order: plain pages lose nothing, packed pages
+  // keep the scales they were encoded with.
+  std::vector<int32_t> keep;
+  size_t j = 0;
+  int32_t s0 = 0;
+  for (KvPage& page : h.pages) {
+    const int32_t s1 = s0 + page.n_rows;
+    if (j < slots.size() && slots[j] < s1) {
+      keep.clear();
+      for (int32_t s = s0; s < s1; ++s) {
+        if (j < slots.size() && slots[j] == s) {
+          ++j;
+        } else {
+          keep.push_back(s - s0);
+        }
       }
-      if (Decoded* dst = packed_page(sp)) {
-        std::copy_n(k.data(), d, dst->k.data() + srow);
-        std::copy_n(v.data(), d, dst->v.data() + srow);
-      } else {
-        cpu::kv_page_write(h.pages[sp].format, T, d, k.data(), v.data(), s % T, 1, pool_.page_data(h.pages[sp]));
-      }
-      h.positions[static_cast<size_t>(s)] = h.positions[static_cast<size_t>(last)];
+      cpu::kv_page_compact(page.format, T, d, pool_.page_data(page), keep.data(), static_cast<int32_t>(keep.size()));
+      page.n_rows = static_cast<int32_t>(keep.size());
     }
-    h.positions.pop_back();
-    if (h.n_tokens() % T == 0) {  // the last page emptied
-      decoded.erase(h.pages.size() - 1);
-      pool_.kv_page_free(h.pages.back());
-      h.pages.pop_back();
-    }
+    s0 = s1;
   }
-  for (auto& [pi, dp] : decoded) {
-    if (pi + 1 == h.pages.size() && h.n_tokens() % T != 0) {
-      // A partial last page must be open, since new tokens append into it.
-      const KvPage open = pool_.kv_page_alloc(geo_.format);
-      cpu::kv_page_write(geo_.format, T, d, dp.k.data(), dp.v.data(), 0, h.n_tokens() % T, pool_.page_data(open));
-      pool_.kv_page_free(h.pages[pi]);
-      h.pages[pi] = open;
+  erase_slots(h.positions, slots);
+  // Emptied pages go back to the pool at once.
+  size_t w = 0;
+  for (size_t p = 0; p < h.pages.size(); ++p) {
+    if (h.pages[p].n_rows == 0) {
+      pool_.kv_page_free(h.pages[p]);
     } else {
-      cpu::kv_page_write(h.pages[pi].format, T, d, dp.k.data(), dp.v.data(), 0, T, pool_.page_data(h.pages[pi]));
+      h.pages[w++] = h.pages[p];
     }
   }
-  if (!h.pages.empty() && h.n_tokens() % T != 0 && kv_format_is_packed(h.pages.back().format))
-    unseal_page(h, h.pages.size() - 1);
+  h.pages.resize(w);
+  // Open pages are packed together once their free rows add up to a page, so a decode step's eviction costs one
+  // page's compaction most of the time and the open pages' waste stays under one page.
+  const size_t first = first_open_page(h);
+  int32_t n_free = 0;
+  for (size_t p = first; p + 1 < h.pages.size(); ++p) n_free += T - h.pages[p].n_rows;
+  if (n_free >= T) pack_open_pages(h, first);
+  if (auto_seal_) seal_old_pages(h);
   // Accounting counts what is allocated, so a head cut from thousands of tokens to its budget gives back the
   // capacity of its tables too (otherwise they are a third of a 2-bit cache's bytes). The slack of one page
   // keeps a decode step's append and eviction from reallocating each time.
@@ -244,14 +313,18 @@ void KvSequence::keep_slots(int32_t layer, int32_t kv_head, const std::vector<in
 
 void KvSequence::read_keys(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const {
   const KvHeadCache& h = head(layer, kv_head);
-  const KvPage& p = h.pages[static_cast<size_t>(slot / geo_.page_tokens)];
-  cpu::kv_page_read_keys(p.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(p), slot % geo_.page_tokens, n, out);
+  const auto [p, row] = locate(h, slot);
+  if (row + n > h.pages[p].n_rows) fail("internal: reading slots {}..{} across a page", slot, slot + n);
+  const KvPage& page = h.pages[p];
+  cpu::kv_page_read_keys(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, n, out);
 }
 
 void KvSequence::read_values(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const {
   const KvHeadCache& h = head(layer, kv_head);
-  const KvPage& p = h.pages[static_cast<size_t>(slot / geo_.page_tokens)];
-  cpu::kv_page_read_values(p.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(p), slot % geo_.page_tokens, n, out);
+  const auto [p, row] = locate(h, slot);
+  if (row + n > h.pages[p].n_rows) fail("internal: reading slots {}..{} across a page", slot, slot + n);
+  const KvPage& page = h.pages[p];
+  cpu::kv_page_read_values(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, n, out);
 }
 
 cpu::KvLayerView KvSequence::layer_view(int32_t layer) const {
@@ -264,10 +337,15 @@ cpu::KvLayerView KvSequence::layer_view(int32_t layer) const {
     auto& hv = view.heads[static_cast<size_t>(g)];
     hv.pages.reserve(h.pages.size());
     hv.formats.reserve(h.pages.size());
+    hv.slot0.reserve(h.pages.size() + 1);
+    int32_t s0 = 0;
     for (const KvPage& p : h.pages) {
       hv.pages.push_back(pool_.page_data(p));
       hv.formats.push_back(p.format);
+      hv.slot0.push_back(s0);
+      s0 += p.n_rows;
     }
+    hv.slot0.push_back(s0);
     hv.positions = h.positions.data();
     hv.n_tokens = h.n_tokens();
   }

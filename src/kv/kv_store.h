@@ -2,13 +2,17 @@
 // (layer, kv-head), a page list, and the original position of every kept token. Pages are per (layer, kv-head),
 // so heads hold different numbers of tokens (eviction, head budgets) and pages hold different formats.
 //
-// Formats: new tokens go into an open page in the plain format (f16 or f32). A full page may be sealed into a
-// packed format (KIVI), so the most recent tokens, those of the open page, stay at full precision until their
-// group fills. Keys are stored after RoPE, so kept tokens never need re-rotation; their positions travel with them.
+// Slots keep position order: eviction compacts, it never moves a newer token in front of an older one. A page's
+// tokens are its first rows; a page need not be full. New tokens go into the last open page (f16 or f32); with a
+// packed sealed format (KIVI) an open page is sealed once it is full and at least n_recent_full_precision newer
+// tokens follow it, so the newest tokens of every head stay at full precision whatever is evicted. Eviction inside
+// a packed page compacts its codes in place under the scales it was encoded with (kv_page_compact); a packed page
+// is never re-encoded. Keys are stored after RoPE, so kept tokens never need re-rotation; positions travel with them.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/attention.h"
@@ -29,11 +33,14 @@ struct KvGeometry {
 struct KvPage {
   int32_t id = -1;
   KvFormat format = KvFormat::F16;
+  int32_t n_rows = 0;  // tokens held, in rows [0, n_rows)
 };
 
-// A block pool: pages come from slabs of many pages, one slab list per format; a freed page goes back to its
-// free list at once. The pool refuses to grow past max_bytes, so a budget that cannot fit fails with a clear
-// error instead of swapping.
+// A block pool: pages come from slabs mapped from the system, one slab list per format, cut into chunks of whole
+// system pages. A freed page goes back to its free list at once, and a chunk whose pages are all free goes back to
+// the system at once (madvise), so what the pool reports is what the process holds. Pages are handed out lowest
+// address first, so live pages gather in few chunks and emptied chunks can be returned. The pool refuses to hold
+// more than max_bytes, so a budget that cannot fit fails with a clear error instead of swapping.
 class KvPagePool {
  public:
   KvPagePool(int32_t page_tokens, int32_t head_dim, size_t max_bytes);
@@ -46,26 +53,34 @@ class KvPagePool {
   uint8_t* page_data(const KvPage& page);
   const uint8_t* page_data(const KvPage& page) const;
   size_t page_bytes(KvFormat f) const;
-  size_t bytes_reserved() const;  // what the allocator holds from the system
+  size_t bytes_reserved() const { return bytes_held_; }  // chunks holding a live page: what the system gave
+  size_t bytes_reserved_peak() const { return bytes_held_peak_; }
   size_t n_pages_in_use() const { return n_in_use_; }
 
  private:
-  static constexpr int32_t kPagesPerSlab = 64;
   static constexpr int kNumFormats = 5;
-  struct FreeDeleter {
-    void operator()(uint8_t* p) const;
+  struct Slab {
+    uint8_t* base = nullptr;
+    size_t bytes = 0;
   };
-  struct Slabs {
-    std::vector<std::unique_ptr<uint8_t, FreeDeleter>> slabs;
-    std::vector<int32_t> free;
+  struct FormatPages {
+    size_t page_bytes = 0, pages_per_chunk = 0, chunks_per_slab = 0;
+    std::vector<Slab> slabs;
+    std::vector<int32_t> free;            // min-heap of free page ids: the lowest address goes out first
+    std::vector<int32_t> chunk_in_use;    // (n_chunks) live pages of each chunk
   };
+  FormatPages& format_pages(KvFormat f);
+  int32_t page_chunk(const FormatPages& fp, int32_t id) const { return id / static_cast<int32_t>(fp.pages_per_chunk); }
+  uint8_t* chunk_data(FormatPages& fp, int32_t chunk);
+
   int32_t page_tokens_, head_dim_;
   size_t max_bytes_;
-  Slabs by_format_[kNumFormats];
+  FormatPages by_format_[kNumFormats];
   size_t n_in_use_ = 0;
+  size_t bytes_held_ = 0, bytes_held_peak_ = 0;
 };
 
-// The tokens one (layer, kv-head) keeps: slot i lives in pages[i / page_tokens] at row i % page_tokens.
+// The tokens one (layer, kv-head) keeps, in position order: page p holds the next pages[p].n_rows slots.
 struct KvHeadCache {
   std::vector<KvPage> pages;
   std::vector<int32_t> positions;  // (n_tokens) original position of each kept token
@@ -78,14 +93,20 @@ struct KvBytes {
   size_t total() const { return payload + metadata; }
 };
 
-// The slot order that KvSequence::remove_slots leaves: for each removed slot, highest first, the last element
-// moves into it. Per-slot state kept beside the store (accumulated scores) follows removals with this.
+// What KvSequence::remove_slots does to slot numbers: the removed slots go, the rest keep their order. Per-slot
+// state kept beside the store (accumulated scores) follows removals with this.
 template <typename T>
-void swap_remove(std::vector<T>& v, const std::vector<int32_t>& sorted_slots) {
-  for (auto it = sorted_slots.rbegin(); it != sorted_slots.rend(); ++it) {
-    v[static_cast<size_t>(*it)] = v.back();
-    v.pop_back();
+void erase_slots(std::vector<T>& v, const std::vector<int32_t>& sorted_slots) {
+  size_t w = 0, j = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (j < sorted_slots.size() && static_cast<size_t>(sorted_slots[j]) == i) {
+      ++j;
+      continue;
+    }
+    if (w != i) v[w] = std::move(v[i]);
+    ++w;
   }
+  v.resize(w);
 }
 
 // The complement of `keep` (sorted, unique) in [0, n).
@@ -103,21 +124,21 @@ class KvSequence {
   const KvHeadCache& head(int32_t layer, int32_t kv_head) const { return heads_[index(layer, kv_head)]; }
 
   // Appends n tokens to every kv-head of a layer. k and v: (n, n_head_kv, head_dim) f32, already rotated.
-  // With auto-sealing on, a page that fills is sealed at once.
+  // With auto-sealing on, pages that left the full-precision window are sealed at once.
   void append(int32_t layer, const float* k, const float* v, const int32_t* positions, int32_t n);
 
-  // Packs every full open page into the sealed format (no-op when the two are the same).
+  // Packs every full open page older than the full-precision window (no-op when nothing is packed).
   void seal_full_pages();
   // Whether append() seals pages as they fill; off during prefill, so token selection runs before packing.
   void set_auto_seal(bool on) { auto_seal_ = on; }
 
-  // Drops the given slots (sorted ascending, unique) of one head. The last slot moves into each hole, so slot
-  // order is not position order afterwards; attention does not depend on order, only on positions.
+  // Drops the given slots (sorted ascending, unique) of one head; the others keep their order (erase_slots).
+  // Emptied pages go back to the pool at once; open pages are packed together once a page's worth of rows is free.
   void remove_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& slots);
   // Keeps exactly the given slots (sorted ascending, unique); the others are removed as above.
   void keep_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& keep);
 
-  // Reads slot rows as f32 (the kernels' view of any page format); rows [slot, slot + n) lie in one page.
+  // Reads slot rows as f32 (the kernels' view of any page format); slots [slot, slot + n) lie in one page.
   void read_keys(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const;   // (n, head_dim)
   void read_values(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const; // (n, head_dim)
 
@@ -133,9 +154,14 @@ class KvSequence {
 
  private:
   size_t index(int32_t layer, int32_t kv_head) const { return static_cast<size_t>(layer) * geo_.n_head_kv + kv_head; }
+  // The page holding a slot, and the slot's row in it.
+  std::pair<size_t, int32_t> locate(const KvHeadCache& h, int32_t slot) const;
   void seal_page(KvHeadCache& h, size_t page_index);
-  void unseal_page(KvHeadCache& h, size_t page_index);
-  void write_row(KvHeadCache& h, int32_t slot, const float* k, const float* v);
+  // Seals the oldest open pages while a full page's worth of tokens beyond the full-precision window is open.
+  void seal_old_pages(KvHeadCache& h);
+  // Moves the rows of the open pages from page `first` on to the front, in order, and frees emptied pages.
+  void pack_open_pages(KvHeadCache& h, size_t first);
+  size_t first_open_page(const KvHeadCache& h) const;
 
   KvGeometry geo_;
   KvPagePool& pool_;

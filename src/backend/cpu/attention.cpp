@@ -286,8 +286,9 @@ void AttendPages(D d, const AttentionParams& p, const KvHeadView& hv, int32_t pt
     q_max = std::max(q_max, row_pos[r]);
   }
   for (int32_t pi = page_begin; pi < page_end; ++pi) {
-    const int32_t slot0 = pi * pt;
-    const int32_t nv = std::min(pt, hv.n_tokens - slot0);
+    const int32_t slot0 = hv.slot0[static_cast<size_t>(pi)];
+    const int32_t nv = hv.page_rows(pi);
+    if (nv == 0) continue;
     const int32_t* kp = hv.positions + slot0;
     const auto [pmin_it, pmax_it] = std::minmax_element(kp, kp + nv);
     const int32_t pmin = *pmin_it, pmax = *pmax_it;
@@ -330,7 +331,7 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
   const int32_t n_qblocks = (n_tok + kQueryBlock - 1) / kQueryBlock;
   const int32_t rows_max = kQueryBlock * group;
   int32_t n_pages_max = 0;
-  for (const auto& h : kv.heads) n_pages_max = std::max(n_pages_max, (h.n_tokens + pt - 1) / pt);
+  for (const auto& h : kv.heads) n_pages_max = std::max(n_pages_max, h.n_pages());
 
   // Split the pages when heads and query blocks alone give too few items for the pool to balance (decode):
   // about four items per thread, each of at least one page.
@@ -383,7 +384,7 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
     std::fill(w.O, w.O + static_cast<size_t>(R) * dim, 0.0f);
 
     const KvHeadView& hv = kv.heads[static_cast<size_t>(g)];
-    const int32_t n_pages = (hv.n_tokens + pt - 1) / pt;
+    const int32_t n_pages = hv.n_pages();
     const int32_t page_begin = static_cast<int32_t>(static_cast<int64_t>(n_pages) * s / n_split);
     const int32_t page_end = static_cast<int32_t>(static_cast<int64_t>(n_pages) * (s + 1) / n_split);
     AttendPages(d, p, hv, pt, row_pos.data(), R, page_begin, page_end, w);
@@ -440,8 +441,8 @@ void HeadScores(D d, const AttentionParams& p, int32_t h, const float* q, const 
   const int32_t n = hv.n_tokens;
   const int32_t R = n_tok - first_row;
   if (n == 0 || R <= 0) return;
-  const int32_t n_pages = (n + pt - 1) / pt;
-  const size_t ld = static_cast<size_t>(n_pages) * pt;
+  const int32_t n_pages = hv.n_pages();
+  const size_t ld = static_cast<size_t>(n_pages) * pt;  // logits laid out by page: page p's row j at p * pt + j
   thread_local std::vector<float> buf;
   const size_t need = static_cast<size_t>(R) * dim + static_cast<size_t>(R) * ld + static_cast<size_t>(dim) * pt;
   if (buf.size() < need) buf.resize(need);
@@ -461,9 +462,13 @@ void HeadScores(D d, const AttentionParams& p, int32_t h, const float* q, const 
   for (int32_t r = 0; r < R; ++r) {
     float* Lr = L + static_cast<size_t>(r) * ld;
     const int32_t qp = q_pos[first_row + r];
-    for (int32_t j = 0; j < n; ++j)
-      if (!key_visible(hv.positions[j], qp, p.window)) Lr[j] = kNegInf;
-    std::fill(Lr + n, Lr + ld, kNegInf);
+    for (int32_t pi = 0; pi < n_pages; ++pi) {
+      float* Lp = Lr + static_cast<size_t>(pi) * pt;
+      const int32_t s0 = hv.slot0[static_cast<size_t>(pi)], nv = hv.page_rows(pi);
+      for (int32_t j = 0; j < nv; ++j)
+        if (!key_visible(hv.positions[s0 + j], qp, p.window)) Lp[j] = kNegInf;
+      std::fill(Lp + nv, Lp + pt, kNegInf);  // rows past the page's fill
+    }
     auto vmax = hn::Set(d, kNegInf);
     for (size_t j = 0; j < ld; j += static_cast<size_t>(N)) vmax = hn::Max(vmax, hn::LoadU(d, Lr + j));
     const float mx = hn::GetLane(hn::MaxOfLanes(d, vmax));
@@ -476,7 +481,11 @@ void HeadScores(D d, const AttentionParams& p, int32_t h, const float* q, const 
       vsum = hn::Add(vsum, e);
     }
     const float inv = 1.0f / hn::GetLane(hn::SumOfLanes(d, vsum));
-    for (int32_t j = 0; j < n; ++j) acc[j] += Lr[j] * inv;
+    for (int32_t pi = 0; pi < n_pages; ++pi) {
+      const float* Lp = Lr + static_cast<size_t>(pi) * pt;
+      const int32_t s0 = hv.slot0[static_cast<size_t>(pi)], nv = hv.page_rows(pi);
+      for (int32_t j = 0; j < nv; ++j) acc[s0 + j] += Lp[j] * inv;
+    }
   }
 }
 
@@ -526,6 +535,12 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace longctx::cpu {
 
+int32_t KvHeadView::page_of(int32_t slot) const {
+  // The last page whose first slot is <= slot (empty pages share a first slot with the next; skip them).
+  const auto it = std::upper_bound(slot0.begin(), slot0.end() - 1, slot);
+  return static_cast<int32_t>(it - slot0.begin()) - 1;
+}
+
 HWY_EXPORT(AttentionImpl);
 HWY_EXPORT(AttentionScoresImpl);
 
@@ -552,8 +567,9 @@ std::vector<double> reference_logits(const AttentionParams& p, const float* qr, 
   double mx = -INFINITY;
   for (int32_t j = 0; j < hv.n_tokens; ++j) {
     if (!key_visible(hv.positions[j], q_pos, p.window)) continue;
-    kv_page_read_keys(hv.formats[static_cast<size_t>(j / pt)], pt, d, hv.pages[static_cast<size_t>(j / pt)], j % pt, 1,
-                      krow.data());
+    const int32_t pi = hv.page_of(j);
+    kv_page_read_keys(hv.formats[static_cast<size_t>(pi)], pt, d, hv.pages[static_cast<size_t>(pi)],
+                      j - hv.slot0[static_cast<size_t>(pi)], 1, krow.data());
     double sc = 0;
     for (int32_t i = 0; i < d; ++i) sc += static_cast<double>(qr[i]) * krow[static_cast<size_t>(i)];
     logit[static_cast<size_t>(j)] = sc * p.scale;
@@ -603,8 +619,9 @@ void attention_reference(const AttentionParams& p, const float* q, const int32_t
         if (scores[static_cast<size_t>(j)] == -INFINITY) continue;
         const double w = std::exp(scores[static_cast<size_t>(j)] - mx);
         sum += w;
-        kv_page_read_values(hv.formats[static_cast<size_t>(j / pt)], pt, d, hv.pages[static_cast<size_t>(j / pt)], j % pt, 1,
-                            vrow.data());
+        const int32_t pi = hv.page_of(j);
+        kv_page_read_values(hv.formats[static_cast<size_t>(pi)], pt, d, hv.pages[static_cast<size_t>(pi)],
+                            j - hv.slot0[static_cast<size_t>(pi)], 1, vrow.data());
         for (int32_t i = 0; i < d; ++i) acc[static_cast<size_t>(i)] += w * vrow[static_cast<size_t>(i)];
       }
       float* dst = out + (static_cast<size_t>(t) * p.n_head + h) * d;

@@ -11,12 +11,18 @@
 
 namespace longctx::cpu {
 
-// One (layer, kv-head): page p holds page_tokens tokens of keys and values in formats[p] (kv_page_codec.h).
+// One (layer, kv-head): page p holds slots [slot0[p], slot0[p + 1]) in its first rows, at most page_tokens of
+// them, keys and values in formats[p] (kv_page_codec.h). Pages need not be full: eviction inside a packed page
+// compacts it in place, keeping the scales its rows were quantized with.
 struct KvHeadView {
   std::vector<const uint8_t*> pages;  // (n_pages)
   std::vector<KvFormat> formats;      // (n_pages)
+  std::vector<int32_t> slot0;         // (n_pages + 1) first slot of each page; slot0[n_pages] == n_tokens
   const int32_t* positions = nullptr;  // (n_tokens) original position of each slot
   int32_t n_tokens = 0;
+  int32_t n_pages() const { return static_cast<int32_t>(pages.size()); }
+  int32_t page_rows(int32_t p) const { return slot0[static_cast<size_t>(p) + 1] - slot0[static_cast<size_t>(p)]; }
+  int32_t page_of(int32_t slot) const;  // the page holding a slot (binary search)
 };
 
 struct KvLayerView {

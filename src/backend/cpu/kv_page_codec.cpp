@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/error.h"
 #include "core/fp16.h"
@@ -225,6 +226,40 @@ void kv_page_read_values(KvFormat f, int32_t T, int32_t d, const uint8_t* page, 
             mn + scale * static_cast<float>(kivi_code(row, L.bits, L.v_row_bytes, static_cast<size_t>(c)));
       }
     }
+  }
+}
+
+
+void kv_page_compact(KvFormat f, int32_t T, int32_t d, uint8_t* page, const int32_t* keep, int32_t n_keep) {
+  for (int32_t i = 0; i < n_keep; ++i)
+    if (keep[i] < i || keep[i] >= T || (i > 0 && keep[i] <= keep[i - 1]))
+      fail("internal: compacting page rows must be ascending and below {}", T);
+  if (!kv_format_is_packed(f)) {
+    const size_t e = f == KvFormat::F32 ? 4 : 2;  // element bytes
+    for (int32_t c = 0; c < d; ++c) {              // keys: (head_dim, page_tokens)
+      uint8_t* row = page + static_cast<size_t>(c) * T * e;
+      for (int32_t i = 0; i < n_keep; ++i) std::memmove(row + i * e, row + keep[i] * e, e);
+    }
+    uint8_t* vals = page + static_cast<size_t>(d) * T * e;  // values: (page_tokens, head_dim)
+    for (int32_t i = 0; i < n_keep; ++i)
+      std::memmove(vals + static_cast<size_t>(i) * d * e, vals + static_cast<size_t>(keep[i]) * d * e, d * e);
+    return;
+  }
+  const KiviPageLayout L = kivi_page_layout(f, T, d);
+  std::vector<uint32_t> codes(static_cast<size_t>(n_keep));
+  for (int32_t c = 0; c < d; ++c) {  // a channel's codes share bytes across tokens: gather, clear, put back
+    uint8_t* row = page + L.k_codes + c * L.k_row_bytes;
+    for (int32_t i = 0; i < n_keep; ++i) codes[static_cast<size_t>(i)] = kivi_code(row, L.bits, L.k_row_bytes, keep[i]);
+    std::memset(row, 0, L.k_row_bytes);
+    for (int32_t i = 0; i < n_keep; ++i) put_code(row, L.bits, L.k_row_bytes, static_cast<size_t>(i), codes[static_cast<size_t>(i)]);
+  }
+  const int32_t n_groups = d / kKiviValueGroup;
+  auto* v_scale = reinterpret_cast<uint16_t*>(page + L.v_scale);
+  auto* v_min = reinterpret_cast<uint16_t*>(page + L.v_min);
+  for (int32_t i = 0; i < n_keep; ++i) {  // values are per token: whole rows move
+    std::memmove(page + L.v_codes + i * L.v_row_bytes, page + L.v_codes + keep[i] * L.v_row_bytes, L.v_row_bytes);
+    std::memmove(v_scale + i * n_groups, v_scale + keep[i] * n_groups, n_groups * sizeof(uint16_t));
+    std::memmove(v_min + i * n_groups, v_min + keep[i] * n_groups, n_groups * sizeof(uint16_t));
   }
 }
 

@@ -52,4 +52,10 @@ void kv_page_read_values(KvFormat f, int32_t page_tokens, int32_t head_dim, cons
 void kv_page_read_keys_t(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* page, int32_t n,
                          float* out);
 
+// Moves rows keep[0..n_keep) (ascending) of a page to rows [0, n_keep), in order. Packed pages move codes and each
+// token's value scales; the per-channel key scales stay those the page was encoded with, so eviction inside a
+// packed page never quantizes a kept value again.
+void kv_page_compact(KvFormat f, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
+                     int32_t n_keep);
+
 }  // namespace longctx::cpu
