@@ -62,7 +62,11 @@ def run_one(binary, model, prompt_file, kv, extra, n_predict=12):
     kv_line = re.search(r"kv:\s+.* held \((.*) pages \+ (.*) metadata\) for (\d+) tokens; full f16 cache: ([^(]*)", err)
     dec = re.search(r"decode:\s+(\d+) tokens in ([\d.]+)s \(([\d.]+) tok/s\)", err)
     pre = re.search(r"prefill: (\d+) tokens in ([\d.]+)s", err)
+    pool = re.search(r"kv pool: (.*) held now, (.*) at peak \(sequence peak (.*)\); process peak RSS (.*)", err)
     return {
+        "pool_bytes": to_bytes(pool.group(1)),
+        "pool_peak": to_bytes(pool.group(2)),
+        "peak_rss": to_bytes(pool.group(4)),
         "answer": p.stdout.strip(),
         "bytes": to_bytes(kv_line.group(1)) + to_bytes(kv_line.group(2)),
         "full_f16": to_bytes(kv_line.group(4).strip()),
@@ -92,25 +96,29 @@ def table(args):
         f.write(make_prompt(args.tokens, args.depth))
     b = args.budget
     # The two of the headline ratio first: on a slow machine a partial table still has them.
+    # (name, --kv, extra run arguments); the last row bounds the peak too, by cutting after every prefill chunk.
     policies = [
-        ("full (f16)", "full"),
-        ("snapkv+kivi 2 bit", f"snapkv:budget={b}+kivi:bits=2"),
-        ("snapkv", f"snapkv:budget={b}"),
-        ("streaming", f"streaming:budget={b}"),
-        ("h2o", f"h2o:budget={b}"),
-        ("pyramid+snapkv", f"pyramid:budget={b}+snapkv"),
-        ("kivi 2 bit", "kivi:bits=2"),
-        ("kivi 4 bit", "kivi:bits=4"),
+        ("full (f16)", "full", []),
+        ("snapkv+kivi 2 bit", f"snapkv:budget={b}+kivi:bits=2", []),
+        ("snapkv", f"snapkv:budget={b}", []),
+        ("streaming", f"streaming:budget={b}", []),
+        ("h2o", f"h2o:budget={b}", []),
+        ("tova", f"tova:budget={b}", []),
+        ("pyramid+snapkv", f"pyramid:budget={b}+snapkv", []),
+        ("kivi 2 bit", "kivi:bits=2", []),
+        ("kivi 4 bit", "kivi:bits=4", []),
+        ("snapkv+kivi 2 bit, compressed while prefilling", f"snapkv:budget={b}+kivi:bits=2", ["--kv-prefill-compress"]),
     ]
     if args.heads:
-        policies.append(("heads (calibrated)+kivi 4 bit", f"heads:file={args.heads}+kivi:bits=4"))
+        policies.append(("heads (calibrated)+kivi 4 bit", f"heads:file={args.heads}+kivi:bits=4", []))
     # Every run is appended to a JSON-lines log as it ends, so --print-only can tabulate an interrupted run.
     log = os.path.join(args.workdir, "runs.jsonl")
     if not args.print_only:
         for rep in range(args.reps):
-            for name, kv in policies:
-                r = run_one(args.binary, args.model, prompt_file, kv, ["-t", str(args.threads)] if args.threads else [])
-                r["kv"] = kv
+            for name, kv, extra in policies:
+                r = run_one(args.binary, args.model, prompt_file, kv,
+                            extra + (["-t", str(args.threads)] if args.threads else []))
+                r["kv"] = name
                 print(f"[{rep}] {kv}: {r['answer']!r} {human(r['bytes'])} {r['tg']:.1f} tok/s", file=sys.stderr)
                 with open(log, "a") as f:
                     f.write(json.dumps(r) + "\n")
@@ -123,21 +131,25 @@ def table(args):
                 rows[r["kv"]]["n_runs"] += 1
             else:
                 rows[r["kv"]] = dict(r, n_runs=1)
-    policies = [(n, kv) for n, kv in policies if kv in rows]
-    rows = {n: rows[kv] for n, kv in policies}
+    policies = [(n, kv, extra) for n, kv, extra in policies if n in rows]
+    rows = {n: rows[n] for n, _, _ in policies}
     n_prompt = next(iter(rows.values()))["n_prompt"]
     print(f"Passkey {KEY} at depth {args.depth:.0%} of a {n_prompt}-token prompt, budget {b} tokens, "
           f"up to {max(r['n_runs'] for r in rows.values())} runs per policy (decode: the best).\n")
-    print("| policy | --kv | KV bytes | bytes per token | answer correct | decode tok/s | runs |")
-    print("|---|---|---:|---:|---|---:|---:|")
-    for name, kv in policies:
+    print("| policy | --kv | KV bytes held at the end | pool held at the end | pool peak | process peak RSS "
+          "| answer correct | decode tok/s | runs |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|")
+    for name, kv, extra in policies:
         r = rows[name]
         ok = "yes" if KEY in r["answer"] else f"no ({r['answer'][:30]!r})"
-        print(f"| {name} | `{kv}` | {human(r['bytes'])} | {r['bytes'] / n_prompt:.0f} | {ok} | {r['tg']:.1f} | {r['n_runs']} |")
+        print(f"| {name} | `{kv}`{' ' + ' '.join(extra) if extra else ''} | {human(r['bytes'])} | "
+              f"{human(r['pool_bytes'])} | {human(r['pool_peak'])} | {human(r['peak_rss'])} | {ok} | {r['tg']:.1f} | "
+              f"{r['n_runs']} |")
     if "full (f16)" not in rows or "snapkv+kivi 2 bit" not in rows:
         return
     full, small = rows["full (f16)"], rows["snapkv+kivi 2 bit"]
-    print(f"\nfull f16 bytes / snapkv+kivi2 bytes: {full['bytes'] / small['bytes']:.1f}x; "
+    print(f"\nfull f16 bytes / snapkv+kivi2 bytes at the end: {full['bytes'] / small['bytes']:.1f}x; pool peak: "
+          f"{full['pool_peak'] / small['pool_peak']:.2f}x; process peak RSS: {full['peak_rss'] / small['peak_rss']:.2f}x; "
           f"decode snapkv+kivi2 / full: {small['tg'] / full['tg']:.2f}x")
 
 

@@ -491,6 +491,8 @@ int bench_command(const BenchOptions& o) {
 
   // Peak RSS before the bandwidth test, whose two large buffers are not the engine's.
   rss = std::max(rss, peak_rss_bytes());
+  // What the KV page pool holds from the system after the last case, and the most it held (the deepest fill).
+  const size_t kv_pool_bytes = runner.pages().bytes_reserved(), kv_pool_peak_bytes = runner.pages().bytes_reserved_peak();
   const CopyBandwidth bw = measure_copy_bandwidth(pool);
   // A tg case's decode GB/s and its fraction of the copy bandwidth: the per-repetition ratios' median where each
   // repetition was probed, otherwise against the one probe at the end.
@@ -523,10 +525,10 @@ int bench_command(const BenchOptions& o) {
       std::string rec = fmt::format(
           "{{\"test\":\"{}\",\"n_prompt\":{},\"n_gen\":{},\"depth\":{},\"tokens_per_s\":{:.4f},\"stddev\":{:.4f},"
           "\"min\":{:.4f},\"max\":{:.4f},\"samples\":[{}],\"reps\":{},\"threads\":{},\"batch\":{},\"model\":{},"
-          "\"kv\":{},\"peak_rss_bytes\":{}",
+          "\"kv\":{},\"peak_rss_bytes\":{},\"kv_pool_bytes\":{},\"kv_pool_peak_bytes\":{}",
           test_name(r), r.kind == TestKind::Prompt ? r.n_tokens : 0, r.kind == TestKind::Generation ? r.n_tokens : 0,
           r.depth, s.median, s.stddev, s.min, s.max, samples, s.n, n_threads, o.n_batch, json_quote(model_name),
-          json_quote(kv_name), rss);
+          json_quote(kv_name), rss, kv_pool_bytes, kv_pool_peak_bytes);
       if (r.kind == TestKind::Generation) {
         const DecodeRate d = decode_rate(r);
         std::string copies;
