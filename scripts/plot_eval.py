@@ -132,16 +132,18 @@ def ppl_vs_budget(cases, out, prefix):
 
 
 def table(cases, length=None):
-    """The engine's summary table (policy | KV bytes/token | accuracy per task | perplexity | decode tok/s) as
+    """The engine's summary table (policy | KV bytes/token | KV pool peak | accuracy per task | perplexity | decode
+    tok/s) as
     Markdown, over one length or all, so a partial file gets one too."""
     cs = [c for c in cases if length is None or c["length"] == length]
     tasks = list(dict.fromkeys(c["task"] for c in cs))
-    head = "| policy | KV bytes/token | " + " | ".join(
+    head = "| policy | KV bytes/token | KV pool peak | " + " | ".join(
         "perplexity" if t == "ppl" else f"{t} acc" for t in tasks) + " | decode tok/s |"
-    lines = [head, "|---|---:|" + "---:|" * len(tasks) + "---:|"]
+    lines = [head, "|---|---:|---:|" + "---:|" * len(tasks) + "---:|"]
     for pol in dict.fromkeys(c["policy"] for c in cs):
         pc = [c for c in cs if c["policy"] == pol]
-        row = [pol, f"{sum(c['kv_bytes_per_token'] for c in pc) / len(pc):.0f}"]
+        peak = max(c.get("kv_pool_peak_bytes", 0) for c in pc)  # absent in files older than the field
+        row = [pol, f"{sum(c['kv_bytes_per_token'] for c in pc) / len(pc):.0f}", f"{peak / 2**20:.1f} MiB" if peak else "-"]
         for t in tasks:
             tc = [c for c in pc if c["task"] == t]
             if not tc:

@@ -209,6 +209,8 @@ ScoreStats Generator::score_continuation(const std::vector<int32_t>& prefix, con
   st.decode_seconds = seconds_since(t0);
   st.kv_bytes = seq_->bytes();
   st.kv_full_f16_bytes = seq_->full_f16_bytes(pos);  // every token seen, kept or evicted: the uncompressed cache
+  st.kv_pool_bytes = pages_->bytes_reserved();
+  st.kv_pool_peak_bytes = pages_->bytes_reserved_peak();
   return st;
 }
 

@@ -55,6 +55,8 @@ struct ScoreStats {
   double decode_seconds = 0;         // the teacher-forced steps
   kv::KvBytes kv_bytes;              // held by the sequence at the end
   size_t kv_full_f16_bytes = 0;
+  size_t kv_pool_bytes = 0;          // what the page allocator holds from the system at the end
+  size_t kv_pool_peak_bytes = 0;     // the most it held at any point
 };
 
 // Progress of prefill: tokens done, tokens in all.

@@ -84,6 +84,7 @@ struct CaseResult {
   bool correct = false;
   int32_t n_prompt = 0, n_generated = 0;
   size_t kv_bytes = 0, kv_full_f16_bytes = 0;
+  size_t kv_pool_bytes = 0, kv_pool_peak_bytes = 0;  // what the page allocator held at the end and at most
   double kv_bytes_per_token = 0;
   double prefill_s = 0, decode_s = 0;
   double nll_sum = 0;
@@ -104,6 +105,8 @@ nlohmann::json to_json(const CaseResult& r) {
   j["kv_bytes"] = r.kv_bytes;
   j["kv_full_f16_bytes"] = r.kv_full_f16_bytes;
   j["kv_bytes_per_token"] = r.kv_bytes_per_token;
+  j["kv_pool_bytes"] = r.kv_pool_bytes;
+  j["kv_pool_peak_bytes"] = r.kv_pool_peak_bytes;
   j["prefill_seconds"] = r.prefill_s;
   j["decode_seconds"] = r.decode_s;
   if (r.task == Task::Perplexity) {
@@ -133,6 +136,7 @@ std::vector<PolicySummary> summarize(const std::vector<CaseResult>& rs, const st
     for (const CaseResult& r : rs) {
       if (r.policy != p || (only_length > 0 && r.length != only_length)) continue;
       bpt += r.kv_bytes_per_token;
+      s.kv_pool_peak_bytes = std::max(s.kv_pool_peak_bytes, r.kv_pool_peak_bytes);
       ++n;
       dec_s += r.decode_s;
       if (r.task == Task::Perplexity) {
@@ -159,15 +163,15 @@ std::vector<PolicySummary> summarize(const std::vector<CaseResult>& rs, const st
 }
 
 std::string table_of(const std::vector<PolicySummary>& ss, const std::vector<Task>& tasks) {
-  std::string t = "| policy | KV bytes/token |";
-  std::string rule = "|---|---:|";
+  std::string t = "| policy | KV bytes/token | KV pool peak |";
+  std::string rule = "|---|---:|---:|";
   for (Task k : tasks) {
     t += k == Task::Perplexity ? " perplexity |" : fmt::format(" {} acc |", task_name(k));
     rule += "---:|";
   }
   t += " decode tok/s |\n" + rule + "---:|\n";
   for (const PolicySummary& s : ss) {
-    t += fmt::format("| {} | {:.0f} |", s.policy, s.kv_bytes_per_token);
+    t += fmt::format("| {} | {:.0f} | {:.1f} MiB |", s.policy, s.kv_bytes_per_token, s.kv_pool_peak_bytes / 1048576.0);
     for (Task k : tasks) {
       if (k == Task::Perplexity) {
         t += s.perplexity > 0 ? fmt::format(" {:.2f} |", s.perplexity) : " - |";
@@ -191,6 +195,7 @@ void write_results(const std::string& path, const nlohmann::json& meta, const st
     nlohmann::json e;
     e["policy"] = s.policy;
     e["kv_bytes_per_token"] = s.kv_bytes_per_token;
+    e["kv_pool_peak_bytes"] = s.kv_pool_peak_bytes;
     for (const auto& [task, a] : s.accuracy) e["accuracy"][task] = a;
     e["perplexity"] = s.perplexity > 0 ? nlohmann::json(s.perplexity) : nlohmann::json(nullptr);
     e["decode_tok_s"] = s.decode_tok_s;
@@ -377,6 +382,8 @@ EvalReport run_eval(const EvalOptions& o) {
         r.decode_s = st.decode_seconds;
         r.kv_bytes = st.kv_bytes.total();
         r.kv_full_f16_bytes = st.kv_full_f16_bytes;
+        r.kv_pool_bytes = st.kv_pool_bytes;
+        r.kv_pool_peak_bytes = st.kv_pool_peak_bytes;
         r.kv_bytes_per_token = static_cast<double>(r.kv_bytes) / std::max(1, n_prompt + st.n_scored - 1);
       } else {
         std::string answer;
@@ -389,6 +396,8 @@ EvalReport run_eval(const EvalOptions& o) {
         r.decode_s = st.decode_seconds;
         r.kv_bytes = st.kv_bytes.total();
         r.kv_full_f16_bytes = st.kv_full_f16_bytes;
+        r.kv_pool_bytes = st.kv_pool_bytes;
+        r.kv_pool_peak_bytes = st.kv_pool_peak_bytes;
         r.kv_bytes_per_token = static_cast<double>(r.kv_bytes) / std::max(1, st.n_prompt + std::max(0, st.n_generated - 1));
       }
       results.push_back(std::move(r));

@@ -39,6 +39,7 @@ struct EvalOptions {
 struct PolicySummary {
   std::string policy;
   double kv_bytes_per_token = 0;  // mean over the cases
+  size_t kv_pool_peak_bytes = 0;  // the most the page allocator held in any case
   std::vector<std::pair<std::string, double>> accuracy;  // (task, fraction correct); ppl excluded
   double perplexity = 0;          // 0: no ppl case
   double decode_tok_s = 0;
