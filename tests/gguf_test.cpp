@@ -909,7 +909,7 @@ TEST(GgufModelLoad, BlockCountBeyondTheTensorsIsRefusedBeforeAllocating) {
 }
 
 // The fuzzer's seeds (fuzz/corpus/gguf) come from this writer: with LONGCTX_WRITE_GGUF_SEEDS=<dir> this test
-// writes them there; otherwise it checks that the committed seeds still parse.
+// writes them there; otherwise it checks that the committed seeds are all there and still parse.
 TEST(GgufSeeds, WriteOrCheck) {
   std::vector<std::pair<std::string, std::vector<uint8_t>>> seeds;
   seeds.emplace_back("seed_full_v3.gguf", full_writer(3, std::nullopt).build());
@@ -923,6 +923,27 @@ TEST(GgufSeeds, WriteOrCheck) {
     seeds.emplace_back("seed_llama_like.gguf", w.build());
   }
   seeds.emplace_back("seed_empty.gguf", Writer().build());
+  // Tiny tokenizers of both kinds, so that the fuzzer starts from files the tokenizer accepts.
+  {
+    Writer w;
+    w.string("tokenizer.ggml.model", "gpt2").string("tokenizer.ggml.pre", "smollm");
+    w.string_array("tokenizer.ggml.tokens", {"a", "b", "ab", "\xC4\xA0", "\xC4\xA0" "a", "1", "<|im_end|>", "<x>"});
+    w.array<int32_t>("tokenizer.ggml.token_type", {1, 1, 1, 1, 1, 1, 3, 4});
+    w.string_array("tokenizer.ggml.merges", {"a b", "\xC4\xA0 a"});
+    w.scalar<uint32_t>("tokenizer.ggml.eos_token_id", 6).boolean("tokenizer.ggml.add_bos_token", false);
+    seeds.emplace_back("seed_tokenizer_gpt2.gguf", w.build());
+  }
+  {
+    Writer w;
+    w.string("general.architecture", "llama").string("tokenizer.ggml.model", "llama");
+    w.string_array("tokenizer.ggml.tokens",
+                   {"<unk>", "<s>", "</s>", "\xE2\x96\x81", "a", "b", "\xE2\x96\x81" "a", "ab", "<0x41>", "  "});
+    w.array<float>("tokenizer.ggml.scores", {0, 0, 0, -1, -2, -3, -1.5f, -2.5f, -9, -4});
+    w.array<int32_t>("tokenizer.ggml.token_type", {2, 3, 3, 1, 1, 1, 1, 1, 6, 4});
+    w.scalar<uint32_t>("tokenizer.ggml.bos_token_id", 1).scalar<uint32_t>("tokenizer.ggml.eos_token_id", 2);
+    w.scalar<uint32_t>("tokenizer.ggml.unknown_token_id", 0).boolean("tokenizer.ggml.add_space_prefix", true);
+    seeds.emplace_back("seed_tokenizer_llama.gguf", w.build());
+  }
   if (const char* dir = std::getenv("LONGCTX_WRITE_GGUF_SEEDS")) {
     std::filesystem::create_directories(dir);
     for (const auto& [name, bytes] : seeds) {
@@ -934,8 +955,11 @@ TEST(GgufSeeds, WriteOrCheck) {
   const auto committed = std::filesystem::path(LONGCTX_SOURCE_DIR) / "fuzz/corpus/gguf";
   for (const auto& [name, bytes] : seeds) {
     const auto path = committed / name;
-    if (!std::filesystem::exists(path)) continue;
-    EXPECT_NO_THROW(File::open(path.string())) << path;
+    EXPECT_TRUE(std::filesystem::exists(path)) << path << " is missing: LONGCTX_WRITE_GGUF_SEEDS=" << committed
+                                               << " gguf_test --gtest_filter=GgufSeeds.* writes it";
+    if (std::filesystem::exists(path)) {
+      EXPECT_NO_THROW(File::open(path.string())) << path;
+    }
   }
 }
 
