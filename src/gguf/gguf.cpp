@@ -128,11 +128,10 @@ Scalar decode_scalar(const uint8_t* p, ValueType t) {
   }
 }
 
-// An integer scalar as int64; `what` names it ("metadata 'k'", "item 3 of metadata 'k'") when it does not fit.
-int64_t to_int64(const Scalar& s, const std::string& file, const std::string& what) {
+// An integer scalar as int64; nullopt for a U64 above INT64_MAX, which the getters refuse rather than wrap.
+std::optional<int64_t> as_int64(const Scalar& s) {
   if (const auto* u = std::get_if<uint64_t>(&s)) {
-    if (*u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      fail("'{}': {} = {} is out of range (more than 2^63 - 1)", file, what, *u);
+    if (*u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
     return static_cast<int64_t>(*u);
   }
   return std::get<int64_t>(s);
@@ -291,7 +290,10 @@ std::optional<int64_t> File::get_int_opt(const std::string& key) const {
   const Value* v = find(key);
   if (!v) return std::nullopt;
   if (!is_integer(v->type)) fail("'{}': metadata '{}' should be an integer", name_, key);
-  if (const auto* u = std::get_if<uint64_t>(&v->data)) return to_int64(*u, name_, fmt::format("metadata '{}'", key));
+  if (const auto* u = std::get_if<uint64_t>(&v->data)) {
+    if (const auto x = as_int64(*u)) return x;
+    fail("'{}': metadata '{}' = {} is out of range (more than 2^63 - 1)", name_, key, *u);
+  }
   return std::get<int64_t>(v->data);
 }
 
@@ -346,8 +348,11 @@ std::vector<int64_t> File::get_int_array(const std::string& key) const {
   std::vector<int64_t> out(a.n);
   for (uint64_t i = 0; i < a.n; ++i) {
     const Scalar s = decode_scalar(a.data + i * es, et);
-    out[i] = std::holds_alternative<uint64_t>(s) ? to_int64(s, name_, fmt::format("item {} of metadata '{}'", i, key))
-                                                 : std::get<int64_t>(s);
+    const auto x = as_int64(s);
+    if (!x)
+      fail("'{}': item {} of metadata '{}' = {} is out of range (more than 2^63 - 1)", name_, i, key,
+           std::get<uint64_t>(s));
+    out[i] = *x;
   }
   return out;
 }
