@@ -9,7 +9,8 @@ CACHE="${LONGCTX_MODEL_DIR:-$HOME/.cache/longctx}"
 mkdir -p "$CACHE" data
 
 debs=(build-essential cmake ninja-build pkg-config libhwy-dev libcli11-dev libfmt-dev nlohmann-json3-dev
-      libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev bible-kjv python3 python3-pip unzip)
+      libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev bible-kjv python3 python3-pip unzip
+      clang libclang-rt-14-dev)  # clang and its libFuzzer and sanitizer runtimes: the fuzz targets
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

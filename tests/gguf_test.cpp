@@ -1,6 +1,7 @@
 // GGUF reader: round trips through a small writer kept here (every metadata type, tensor infos, v2 and v3,
-// custom alignments), bad input (each fault must raise longctx::Error with a clear message, never crash), and a
-// few known facts of the real SmolLM2 file.
+// custom alignments), bad input (each fault must raise longctx::Error with a clear message, never crash), what
+// parsing may cost in memory, the model loader's checks on what it reads before sizing anything by it, and a few
+// known facts of the real SmolLM2 file.
 #include "gguf/gguf.h"
 
 #include <gtest/gtest.h>
@@ -23,7 +24,23 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/model.h"
 #include "test_models.h"
+
+// Bytes handed out by operator new on this thread while t_new_bytes is set, freed or not: how the tests below
+// bound what parsing costs against the size of the file.
+namespace {
+thread_local size_t* t_new_bytes = nullptr;
+}  // namespace
+
+// Not inlined: GCC would otherwise pair the library's operator new or delete with malloc or free and warn.
+__attribute__((noinline)) void* operator new(std::size_t n) {
+  if (t_new_bytes) *t_new_bytes += n;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+__attribute__((noinline)) void operator delete(void* p) noexcept { std::free(p); }
+__attribute__((noinline)) void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace longctx::gguf {
 namespace {
@@ -327,7 +344,7 @@ void check_full_metadata(const File& f) {
   EXPECT_TRUE(f64[1] == 0.0 && std::signbit(f64[1]));
   EXPECT_EQ(f64[2], 2.5);
   EXPECT_EQ(f.get_float_array("a.i8"), (std::vector<double>{-128, 127}));  // integer arrays widen to double
-  EXPECT_EQ(std::get<std::vector<bool>>(f.find("a.bool")->data), (std::vector<bool>{true, false, true}));
+  EXPECT_EQ(f.get_bool_array("a.bool"), (std::vector<bool>{true, false, true}));
   EXPECT_EQ(f.get_string_array("a.str"), (std::vector<std::string>{"a", "", std::string(300, 'x')}));
   EXPECT_TRUE(f.get_int_array("a.empty").empty());
   EXPECT_TRUE(f.get_string_array("a.str_empty").empty());
@@ -657,12 +674,15 @@ TEST(GgufBadInput, WrongTypedGetters) {
   EXPECT_ERROR_HAS(f->get_float_array("a.str"), "metadata 'a.str' should be an array of numbers");
   EXPECT_ERROR_HAS(f->get_float_array("a.bool"), "metadata 'a.bool' should be an array of numbers");
   EXPECT_ERROR_HAS(f->get_float_array("t.f32"), "metadata 't.f32' should be an array of numbers");
+  EXPECT_ERROR_HAS(f->get_bool_array("a.u8"), "metadata 'a.u8' should be an array of bools");
+  EXPECT_ERROR_HAS(f->get_bool_array("t.bool"), "metadata 't.bool' should be an array of bools");
   // Missing keys: required getters throw, optional ones return nullopt.
   for (auto get : {+[](const File& f) { (void)f.get_string("nope"); }, +[](const File& f) { (void)f.get_int("nope"); },
                    +[](const File& f) { (void)f.get_float("nope"); },
                    +[](const File& f) { (void)f.get_string_array("nope"); },
                    +[](const File& f) { (void)f.get_int_array("nope"); },
-                   +[](const File& f) { (void)f.get_float_array("nope"); }})
+                   +[](const File& f) { (void)f.get_float_array("nope"); },
+                   +[](const File& f) { (void)f.get_bool_array("nope"); }})
     EXPECT_ERROR_HAS(get(*f), "'test.gguf': required metadata 'nope' is missing");
   EXPECT_FALSE(f->get_string_opt("nope"));
   EXPECT_FALSE(f->get_int_opt("nope"));
@@ -670,6 +690,119 @@ TEST(GgufBadInput, WrongTypedGetters) {
   EXPECT_FALSE(f->get_bool_opt("nope"));
   EXPECT_FALSE(f->has("nope"));
   EXPECT_TRUE(f->has("t.u8"));
+}
+
+// ---- what parsing costs, and values that do not fit ----
+
+// Parses `bytes` (copied first, outside the count) and returns the bytes operator new gave out meanwhile;
+// *error receives the Error's message, or stays empty when the file parsed.
+size_t bytes_allocated_parsing(const std::vector<uint8_t>& bytes, std::string* error) {
+  const std::vector<uint8_t> copy = bytes;
+  size_t n_bytes = 0;
+  error->clear();
+  t_new_bytes = &n_bytes;
+  try {
+    File::parse(copy.data(), copy.size(), kName);
+  } catch (const Error& e) {
+    t_new_bytes = nullptr;
+    *error = e.what();
+  }
+  t_new_bytes = nullptr;
+  return n_bytes;
+}
+
+// Arrays of numbers are kept as the file writes them: a u8 or i8 array is not widened to int64 (8 bytes in
+// memory for each byte of the file), so parsing costs a small fraction of the file however it is written.
+TEST(GgufMemory, NumberArraysCostNothingBeyondTheFile) {
+  std::vector<uint8_t> u8(1 << 20);
+  std::vector<int8_t> i8(1 << 20);
+  for (size_t i = 0; i < u8.size(); ++i) {
+    u8[i] = static_cast<uint8_t>(i * 7);
+    i8[i] = static_cast<int8_t>(i * 13);
+  }
+  Writer w;
+  w.array<uint8_t>("big.u8", u8).array<int8_t>("big.i8", i8).array<uint64_t>("big.u64", std::vector<uint64_t>(4096, 3));
+  const auto bytes = w.build();
+  std::string error;
+  const size_t allocated = bytes_allocated_parsing(bytes, &error);
+  EXPECT_EQ(error, "");
+  EXPECT_LT(allocated, bytes.size() / 64) << "parsing " << bytes.size() << " bytes allocated " << allocated;
+
+  // The getters still give every item, widened on request.
+  auto f = File::parse(bytes.data(), bytes.size(), kName);
+  const auto got_u8 = f->get_int_array("big.u8");
+  const auto got_i8 = f->get_float_array("big.i8");
+  ASSERT_EQ(got_u8.size(), u8.size());
+  ASSERT_EQ(got_i8.size(), i8.size());
+  for (size_t i = 0; i < u8.size(); ++i) {
+    ASSERT_EQ(got_u8[i], u8[i]) << i;
+    ASSERT_EQ(got_i8[i], i8[i]) << i;
+  }
+  EXPECT_EQ(value_to_string(*f->find("big.i8"), 3), "[1048576 items: 0 13 26 ...]");
+}
+
+// A string array's count is checked against the strings the file holds before anything is reserved for it:
+// a count of as many strings as the remaining bytes could hold, with the last one cut short, allocates
+// nothing (reserving first would take 32 bytes of std::string for each 8 bytes of the file).
+TEST(GgufMemory, StringArrayReservesOnlyWhatTheFileHolds) {
+  constexpr uint64_t kItems = 1 << 17;
+  Bytes kv;
+  kv.str("tokens").type(ValueType::ARRAY).type(ValueType::STRING).put<uint64_t>(kItems);
+  for (uint64_t i = 0; i + 1 < kItems; ++i) kv.put<uint64_t>(0);  // empty strings
+  kv.put<uint64_t>(1000);                                           // the last one runs past the end
+  Writer w;
+  w.raw_kv(kv);
+  const auto bytes = w.build();
+  std::string error;
+  const size_t allocated = bytes_allocated_parsing(bytes, &error);
+  EXPECT_NE(error.find("a string array item needs 1000 bytes"), std::string::npos) << error;
+  EXPECT_LT(allocated, bytes.size() / 64) << "parsing " << bytes.size() << " bytes allocated " << allocated;
+
+  // Whole, the same array parses, at the cost of its strings alone.
+  Bytes whole;
+  whole.str("tokens").type(ValueType::ARRAY).type(ValueType::STRING).put<uint64_t>(kItems);
+  for (uint64_t i = 0; i < kItems; ++i) whole.put<uint64_t>(0);
+  Writer ok;
+  ok.raw_kv(whole);
+  const auto ok_bytes = ok.build();
+  const size_t ok_allocated = bytes_allocated_parsing(ok_bytes, &error);
+  EXPECT_EQ(error, "");
+  EXPECT_LE(ok_allocated, kItems * sizeof(std::string) + 4096);
+  auto f = File::parse(ok_bytes.data(), ok_bytes.size(), kName);
+  EXPECT_EQ(f->get_string_array("tokens").size(), kItems);
+}
+
+// 2^24 items is the most an array may hold (real vocabularies and merge lists have about 2^18 to 2^20), which
+// bounds what one getter call may widen.
+TEST(GgufMemory, ArrayItemLimit) {
+  for (uint64_t n : {uint64_t{1} << 24, (uint64_t{1} << 24) + 1}) {
+    Writer w;
+    w.array<uint8_t>("mask", std::vector<uint8_t>(n, 1));
+    const auto bytes = w.build();
+    if (n == uint64_t{1} << 24) {
+      EXPECT_EQ(parse_error(bytes), "<parsed without error>");
+    } else {
+      EXPECT_TRUE(fails_with(bytes, "metadata key 'mask' is an array of 16777217 items (at most 16777216 supported)"));
+    }
+  }
+}
+
+// A u64 above INT64_MAX cannot be an int64: refused by the array getters as by the scalar one, never wrapped to
+// a negative number.
+TEST(GgufBadInput, U64AboveInt64MaxInAnArray) {
+  Writer w;
+  w.scalar<uint64_t>("one", (uint64_t{1} << 63) + 5)
+      .array<uint64_t>("ids", {7, uint64_t{1} << 63, 9})
+      .array<uint64_t>("fits", {0, (uint64_t{1} << 63) - 1});
+  const auto bytes = w.build();
+  auto f = File::parse(bytes.data(), bytes.size(), kName);
+  EXPECT_ERROR_HAS(f->get_int("one"), "'test.gguf': metadata 'one' = 9223372036854775813 is out of range");
+  EXPECT_ERROR_HAS(f->get_float("one"), "metadata 'one' = 9223372036854775813 is out of range");
+  EXPECT_ERROR_HAS(f->get_int_array("ids"), "'test.gguf': item 1 of metadata 'ids' = 9223372036854775808 is out of range");
+  EXPECT_ERROR_HAS(f->get_float_array("ids"), "item 1 of metadata 'ids' = 9223372036854775808 is out of range");
+  EXPECT_EQ(f->get_int_array("fits"), (std::vector<int64_t>{0, std::numeric_limits<int64_t>::max()}));
+  // Printing shows the value as written.
+  EXPECT_EQ(value_to_string(*f->find("ids")), "[3 items: 7 9223372036854775808 9]");
 }
 
 // ---- files on disk ----
@@ -718,8 +851,65 @@ TEST(GgufOpen, RoundTripThroughAMappedFile) {
   std::filesystem::remove(path);
 }
 
+// ---- the model loader: counts checked against the tensors before anything is sized by them ----
+
+// A llama of `n_layer` layers by its metadata, with tensors for `n_layer_tensors` layers (n_embd 32, one head).
+std::vector<uint8_t> tiny_llama(uint32_t n_layer, int n_layer_tensors, const std::string& arch = "llama") {
+  Writer w;
+  w.string("general.architecture", arch)
+      .scalar<uint32_t>(arch + ".block_count", n_layer)
+      .scalar<uint32_t>(arch + ".embedding_length", 32)
+      .scalar<uint32_t>(arch + ".attention.head_count", 1)
+      .scalar<uint32_t>(arch + ".feed_forward_length", 32)
+      .scalar<uint32_t>(arch + ".context_length", 64)
+      .scalar<float>(arch + ".attention.layer_norm_rms_epsilon", 1e-5f)
+      .scalar<uint32_t>(arch + ".attention.sliding_window", 16);
+  w.tensor("token_embd.weight", {32, 4}, GgmlType::F32).tensor("output_norm.weight", {32}, GgmlType::F32);
+  for (int i = 0; i < n_layer_tensors; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    for (const char* norm : {"attn_norm", "ffn_norm"}) w.tensor(b + norm + ".weight", {32}, GgmlType::F32);
+    for (const char* m : {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"})
+      w.tensor(b + m + ".weight", {32, 32}, GgmlType::F32);
+    if (arch == "gemma3")
+      for (const char* norm : {"attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"})
+        w.tensor(b + norm + ".weight", {32}, GgmlType::F32);
+  }
+  return w.build();
+}
+
+// Model::load of `bytes` written to a temporary file: the Error's message, or "<loaded>".
+std::string load_error(const std::vector<uint8_t>& bytes, const std::string& leaf) {
+  const std::string path = temp_path(leaf);
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  std::string msg = error_of([&] { (void)Model::load(path); });
+  std::filesystem::remove(path);
+  return msg == "<no error>" ? "<loaded>" : msg;
+}
+
+TEST(GgufModelLoad, BlockCountBeyondTheTensorsIsRefusedBeforeAllocating) {
+  // The file is otherwise a model: one layer of each loads.
+  EXPECT_EQ(load_error(tiny_llama(1, 1), "llama1.gguf"), "<loaded>");
+  EXPECT_EQ(load_error(tiny_llama(1, 1, "gemma3"), "gemma1.gguf"), "<loaded>");
+  // 2^30 layers (the most the loader reads) would size 2^30 layer structs before the first tensor was looked up.
+  const std::string msg = load_error(tiny_llama(1u << 30, 1), "llama_huge.gguf");
+  EXPECT_NE(msg.find("metadata 'llama.block_count' = 1073741824 is more layers than the file has tensors for "
+                     "(11 tensors, 9 a layer)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(load_error(tiny_llama(1u << 30, 1, "gemma3"), "gemma_huge.gguf")
+                .find("'gemma3.block_count' = 1073741824 is more layers than the file has tensors for (15 tensors, "
+                      "13 a layer)"),
+            std::string::npos);
+  EXPECT_NE(load_error(tiny_llama(2, 1), "llama2.gguf").find("'llama.block_count' = 2 is more layers"),
+            std::string::npos);
+  EXPECT_EQ(load_error(tiny_llama(3, 3), "llama3.gguf"), "<loaded>");
+}
+
 // The fuzzer's seeds (fuzz/corpus/gguf) come from this writer: with LONGCTX_WRITE_GGUF_SEEDS=<dir> this test
-// writes them there; otherwise it checks that the committed seeds still parse.
+// writes them there; otherwise it checks that the committed seeds are all there and still parse.
 TEST(GgufSeeds, WriteOrCheck) {
   std::vector<std::pair<std::string, std::vector<uint8_t>>> seeds;
   seeds.emplace_back("seed_full_v3.gguf", full_writer(3, std::nullopt).build());
@@ -733,6 +923,27 @@ TEST(GgufSeeds, WriteOrCheck) {
     seeds.emplace_back("seed_llama_like.gguf", w.build());
   }
   seeds.emplace_back("seed_empty.gguf", Writer().build());
+  // Tiny tokenizers of both kinds, so that the fuzzer starts from files the tokenizer accepts.
+  {
+    Writer w;
+    w.string("tokenizer.ggml.model", "gpt2").string("tokenizer.ggml.pre", "smollm");
+    w.string_array("tokenizer.ggml.tokens", {"a", "b", "ab", "\xC4\xA0", "\xC4\xA0" "a", "1", "<|im_end|>", "<x>"});
+    w.array<int32_t>("tokenizer.ggml.token_type", {1, 1, 1, 1, 1, 1, 3, 4});
+    w.string_array("tokenizer.ggml.merges", {"a b", "\xC4\xA0 a"});
+    w.scalar<uint32_t>("tokenizer.ggml.eos_token_id", 6).boolean("tokenizer.ggml.add_bos_token", false);
+    seeds.emplace_back("seed_tokenizer_gpt2.gguf", w.build());
+  }
+  {
+    Writer w;
+    w.string("general.architecture", "llama").string("tokenizer.ggml.model", "llama");
+    w.string_array("tokenizer.ggml.tokens",
+                   {"<unk>", "<s>", "</s>", "\xE2\x96\x81", "a", "b", "\xE2\x96\x81" "a", "ab", "<0x41>", "  "});
+    w.array<float>("tokenizer.ggml.scores", {0, 0, 0, -1, -2, -3, -1.5f, -2.5f, -9, -4});
+    w.array<int32_t>("tokenizer.ggml.token_type", {2, 3, 3, 1, 1, 1, 1, 1, 6, 4});
+    w.scalar<uint32_t>("tokenizer.ggml.bos_token_id", 1).scalar<uint32_t>("tokenizer.ggml.eos_token_id", 2);
+    w.scalar<uint32_t>("tokenizer.ggml.unknown_token_id", 0).boolean("tokenizer.ggml.add_space_prefix", true);
+    seeds.emplace_back("seed_tokenizer_llama.gguf", w.build());
+  }
   if (const char* dir = std::getenv("LONGCTX_WRITE_GGUF_SEEDS")) {
     std::filesystem::create_directories(dir);
     for (const auto& [name, bytes] : seeds) {
@@ -744,8 +955,11 @@ TEST(GgufSeeds, WriteOrCheck) {
   const auto committed = std::filesystem::path(LONGCTX_SOURCE_DIR) / "fuzz/corpus/gguf";
   for (const auto& [name, bytes] : seeds) {
     const auto path = committed / name;
-    if (!std::filesystem::exists(path)) continue;
-    EXPECT_NO_THROW(File::open(path.string())) << path;
+    EXPECT_TRUE(std::filesystem::exists(path)) << path << " is missing: LONGCTX_WRITE_GGUF_SEEDS=" << committed
+                                               << " gguf_test --gtest_filter=GgufSeeds.* writes it";
+    if (std::filesystem::exists(path)) {
+      EXPECT_NO_THROW(File::open(path.string())) << path;
+    }
   }
 }
 

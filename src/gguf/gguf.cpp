@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <limits>
+#include <string_view>
 
 #include "core/error.h"
 
@@ -11,8 +12,10 @@ namespace longctx::gguf {
 namespace {
 
 // Limits that no real file reaches; they stop a corrupt count from driving a huge allocation before the
-// bounds checks catch it.
+// bounds checks catch it. The largest arrays in real files are vocabularies and merge lists of about 2^18 to
+// 2^20 items; 2^24 items bound what one array may cost a getter that widens it (8 bytes an item).
 constexpr uint64_t kMaxStringBytes = 1ull << 30;
+constexpr uint64_t kMaxArrayItems = 1ull << 24;
 constexpr uint64_t kMaxDims = 4;
 
 // A cursor over the mapped bytes; every read is checked against the end of the file.
@@ -26,22 +29,25 @@ class Reader {
       fail("'{}' is truncated or corrupt: {} needs {} bytes at offset {}, but the file has {} bytes", name_, what,
            n, pos_, size_);
   }
+  // The next n bytes, checked to lie inside the file.
+  const uint8_t* take(uint64_t n, const char* what) {
+    need(n, what);
+    const uint8_t* p = base_ + pos_;
+    pos_ += n;
+    return p;
+  }
   template <typename T>
   T read(const char* what) {
-    need(sizeof(T), what);
     T v;
-    std::memcpy(&v, base_ + pos_, sizeof(T));
-    pos_ += sizeof(T);
+    std::memcpy(&v, take(sizeof(T), what), sizeof(T));
     return v;
   }
-  std::string read_string(const char* what) {
+  std::string_view read_string_view(const char* what) {
     const uint64_t n = read<uint64_t>(what);
     if (n > kMaxStringBytes) fail("'{}' is corrupt: {} has length {} at offset {}", name_, what, n, pos_ - 8);
-    need(n, what);
-    std::string s(reinterpret_cast<const char*>(base_ + pos_), n);
-    pos_ += n;
-    return s;
+    return {reinterpret_cast<const char*>(take(n, what)), static_cast<size_t>(n)};
   }
+  std::string read_string(const char* what) { return std::string(read_string_view(what)); }
   const std::string& name() const { return name_; }
 
  private:
@@ -61,6 +67,23 @@ size_t scalar_size(ValueType t) {
   }
 }
 
+const char* scalar_what(ValueType t) {
+  switch (t) {
+    case ValueType::U8: return "a u8";
+    case ValueType::I8: return "an i8";
+    case ValueType::U16: return "a u16";
+    case ValueType::I16: return "an i16";
+    case ValueType::U32: return "a u32";
+    case ValueType::I32: return "an i32";
+    case ValueType::F32: return "an f32";
+    case ValueType::BOOL: return "a bool";
+    case ValueType::U64: return "a u64";
+    case ValueType::I64: return "an i64";
+    case ValueType::F64: return "an f64";
+    default: return "a value";
+  }
+}
+
 bool is_integer(ValueType t) {
   switch (t) {
     case ValueType::U8: case ValueType::I8: case ValueType::U16: case ValueType::I16: case ValueType::U32:
@@ -69,6 +92,8 @@ bool is_integer(ValueType t) {
   }
 }
 
+bool is_float(ValueType t) { return t == ValueType::F32 || t == ValueType::F64; }
+
 ValueType read_type(Reader& r, const std::string& key) {
   const uint32_t t = r.read<uint32_t>("a value type");
   if (t > static_cast<uint32_t>(ValueType::F64))
@@ -76,22 +101,40 @@ ValueType read_type(Reader& r, const std::string& key) {
   return static_cast<ValueType>(t);
 }
 
-// Reads one scalar as int64 / uint64 / double / bool; U64 stays unsigned so that large ids are not wrapped.
-void read_scalar(Reader& r, ValueType t, Value& out) {
+template <typename T>
+T load(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+// One scalar of type t at p (scalar_size(t) bytes): integers as int64, except U64, which stays unsigned so that
+// large ids are not wrapped; floats as double.
+using Scalar = std::variant<int64_t, uint64_t, double, bool>;
+Scalar decode_scalar(const uint8_t* p, ValueType t) {
   switch (t) {
-    case ValueType::U8: out.data = int64_t{r.read<uint8_t>("a u8")}; break;
-    case ValueType::I8: out.data = int64_t{r.read<int8_t>("an i8")}; break;
-    case ValueType::U16: out.data = int64_t{r.read<uint16_t>("a u16")}; break;
-    case ValueType::I16: out.data = int64_t{r.read<int16_t>("an i16")}; break;
-    case ValueType::U32: out.data = int64_t{r.read<uint32_t>("a u32")}; break;
-    case ValueType::I32: out.data = int64_t{r.read<int32_t>("an i32")}; break;
-    case ValueType::U64: out.data = r.read<uint64_t>("a u64"); break;
-    case ValueType::I64: out.data = r.read<int64_t>("an i64"); break;
-    case ValueType::F32: out.data = double{r.read<float>("an f32")}; break;
-    case ValueType::F64: out.data = r.read<double>("an f64"); break;
-    case ValueType::BOOL: out.data = r.read<uint8_t>("a bool") != 0; break;
-    default: break;
+    case ValueType::U8: return int64_t{load<uint8_t>(p)};
+    case ValueType::I8: return int64_t{load<int8_t>(p)};
+    case ValueType::U16: return int64_t{load<uint16_t>(p)};
+    case ValueType::I16: return int64_t{load<int16_t>(p)};
+    case ValueType::U32: return int64_t{load<uint32_t>(p)};
+    case ValueType::I32: return int64_t{load<int32_t>(p)};
+    case ValueType::U64: return load<uint64_t>(p);
+    case ValueType::I64: return load<int64_t>(p);
+    case ValueType::F32: return double{load<float>(p)};
+    case ValueType::F64: return load<double>(p);
+    case ValueType::BOOL: return load<uint8_t>(p) != 0;
+    default: return int64_t{0};  // callers pass scalar types only
   }
+}
+
+// An integer scalar as int64; nullopt for a U64 above INT64_MAX, which the getters refuse rather than wrap.
+std::optional<int64_t> as_int64(const Scalar& s) {
+  if (const auto* u = std::get_if<uint64_t>(&s)) {
+    if (*u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return static_cast<int64_t>(*u);
+  }
+  return std::get<int64_t>(s);
 }
 
 Value read_value(Reader& r, ValueType t, const std::string& key) {
@@ -102,47 +145,32 @@ Value read_value(Reader& r, ValueType t, const std::string& key) {
     return v;
   }
   if (t != ValueType::ARRAY) {
-    read_scalar(r, t, v);
+    std::visit([&](auto x) { v.data = x; }, decode_scalar(r.take(scalar_size(t), scalar_what(t)), t));
     return v;
   }
   const ValueType et = read_type(r, key);
   v.elem_type = et;
   const uint64_t n = r.read<uint64_t>("an array length");
   if (et == ValueType::ARRAY) fail("'{}': nested arrays (key '{}') are not supported", r.name(), key);
+  const uint64_t item_bytes = et == ValueType::STRING ? 8 : scalar_size(et);  // a string: at least its length
+  r.need(n > std::numeric_limits<uint64_t>::max() / item_bytes ? std::numeric_limits<uint64_t>::max()
+                                                                : n * item_bytes,
+         et == ValueType::STRING ? "a string array" : "an array");
+  if (n > kMaxArrayItems)
+    fail("'{}' is corrupt: metadata key '{}' is an array of {} items (at most {} supported)", r.name(), key, n,
+         kMaxArrayItems);
   if (et == ValueType::STRING) {
-    // Each string takes at least its 8-byte length: a cheap bound before reserving.
-    r.need(n > (std::numeric_limits<uint64_t>::max() / 8) ? std::numeric_limits<uint64_t>::max() : n * 8,
-           "a string array");
+    // Every item is found in the file before any is stored: a count the file cannot back allocates nothing,
+    // and the reservation is for strings that are there.
+    Reader scan = r;
+    for (uint64_t i = 0; i < n; ++i) scan.read_string_view("a string array item");
     std::vector<std::string> a;
     a.reserve(n);
     for (uint64_t i = 0; i < n; ++i) a.push_back(r.read_string("a string array item"));
     v.data = std::move(a);
     return v;
   }
-  const size_t es = scalar_size(et);
-  r.need(n > std::numeric_limits<uint64_t>::max() / es ? std::numeric_limits<uint64_t>::max() : n * es,
-         "an array");
-  Value item;
-  if (et == ValueType::BOOL) {
-    std::vector<bool> a(n);
-    for (uint64_t i = 0; i < n; ++i) a[i] = r.read<uint8_t>("a bool") != 0;
-    v.data = std::move(a);
-  } else if (et == ValueType::F32 || et == ValueType::F64) {
-    std::vector<double> a(n);
-    for (uint64_t i = 0; i < n; ++i) {
-      read_scalar(r, et, item);
-      a[i] = std::get<double>(item.data);
-    }
-    v.data = std::move(a);
-  } else {
-    std::vector<int64_t> a(n);
-    for (uint64_t i = 0; i < n; ++i) {
-      read_scalar(r, et, item);
-      a[i] = std::holds_alternative<uint64_t>(item.data) ? static_cast<int64_t>(std::get<uint64_t>(item.data))
-                                                          : std::get<int64_t>(item.data);
-    }
-    v.data = std::move(a);
-  }
+  v.data = NumberArray{r.take(n * item_bytes, "an array"), n};
   return v;
 }
 
@@ -262,10 +290,9 @@ std::optional<int64_t> File::get_int_opt(const std::string& key) const {
   const Value* v = find(key);
   if (!v) return std::nullopt;
   if (!is_integer(v->type)) fail("'{}': metadata '{}' should be an integer", name_, key);
-  if (auto* u = std::get_if<uint64_t>(&v->data)) {
-    if (*u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      fail("'{}': metadata '{}' is out of range", name_, key);
-    return static_cast<int64_t>(*u);
+  if (const auto* u = std::get_if<uint64_t>(&v->data)) {
+    if (const auto x = as_int64(*u)) return x;
+    fail("'{}': metadata '{}' = {} is out of range (more than 2^63 - 1)", name_, key, *u);
   }
   return std::get<int64_t>(v->data);
 }
@@ -305,21 +332,50 @@ const std::vector<std::string>& File::get_string_array(const std::string& key) c
   return std::get<std::vector<std::string>>(v->data);
 }
 
-std::vector<int64_t> File::get_int_array(const std::string& key) const {
+const NumberArray& File::number_array(const std::string& key, bool (*accepts)(ValueType),
+                                       const char* kind) const {
   const Value* v = find(key);
   if (!v) fail("'{}': required metadata '{}' is missing", name_, key);
-  if (v->type != ValueType::ARRAY || !is_integer(v->elem_type))
-    fail("'{}': metadata '{}' should be an array of integers", name_, key);
-  return std::get<std::vector<int64_t>>(v->data);
+  if (v->type != ValueType::ARRAY || !accepts(v->elem_type))
+    fail("'{}': metadata '{}' should be an array of {}", name_, key, kind);
+  return std::get<NumberArray>(v->data);
+}
+
+std::vector<int64_t> File::get_int_array(const std::string& key) const {
+  const NumberArray& a = number_array(key, is_integer, "integers");
+  const ValueType et = find(key)->elem_type;
+  const size_t es = scalar_size(et);
+  std::vector<int64_t> out(a.n);
+  for (uint64_t i = 0; i < a.n; ++i) {
+    const Scalar s = decode_scalar(a.data + i * es, et);
+    const auto x = as_int64(s);
+    if (!x)
+      fail("'{}': item {} of metadata '{}' = {} is out of range (more than 2^63 - 1)", name_, i, key,
+           std::get<uint64_t>(s));
+    out[i] = *x;
+  }
+  return out;
 }
 
 std::vector<double> File::get_float_array(const std::string& key) const {
-  const Value* v = find(key);
-  if (!v) fail("'{}': required metadata '{}' is missing", name_, key);
-  if (v->type != ValueType::ARRAY) fail("'{}': metadata '{}' should be an array of numbers", name_, key);
-  if (auto* d = std::get_if<std::vector<double>>(&v->data)) return *d;
-  if (auto* i = std::get_if<std::vector<int64_t>>(&v->data)) return {i->begin(), i->end()};
-  fail("'{}': metadata '{}' should be an array of numbers", name_, key);
+  const NumberArray& a =
+      number_array(key, [](ValueType t) { return is_integer(t) || is_float(t); }, "numbers");
+  const ValueType et = find(key)->elem_type;
+  if (is_integer(et)) {
+    const auto ints = get_int_array(key);  // refuses what does not fit int64, as get_float does for a scalar
+    return {ints.begin(), ints.end()};
+  }
+  const size_t es = scalar_size(et);
+  std::vector<double> out(a.n);
+  for (uint64_t i = 0; i < a.n; ++i) out[i] = std::get<double>(decode_scalar(a.data + i * es, et));
+  return out;
+}
+
+std::vector<bool> File::get_bool_array(const std::string& key) const {
+  const NumberArray& a = number_array(key, [](ValueType t) { return t == ValueType::BOOL; }, "bools");
+  std::vector<bool> out(a.n);
+  for (uint64_t i = 0; i < a.n; ++i) out[i] = a.data[i] != 0;
+  return out;
 }
 
 const char* value_type_name(ValueType t) {
@@ -334,6 +390,7 @@ namespace {
 // The visitor of value_to_string; a namespace-scope struct because local classes cannot have member templates.
 struct ValuePrinter {
   size_t max_items;
+  ValueType elem_type;
   std::string operator()(int64_t x) const { return fmt::format("{}", x); }
   std::string operator()(uint64_t x) const { return fmt::format("{}", x); }
   std::string operator()(double x) const { return fmt::format("{:g}", x); }
@@ -344,16 +401,28 @@ struct ValuePrinter {
       if (c == '\n' || c == '\r' || c == '\t') c = ' ';
     return fmt::format("\"{}\"", t);
   }
-  template <typename T>
-  std::string operator()(const std::vector<T>& a) const {
-    std::string out = fmt::format("[{} items:", a.size());
-    for (size_t i = 0; i < a.size() && i < max_items; ++i) out += " " + (*this)(T(a[i]));
-    return out + (a.size() > max_items ? " ...]" : "]");
+  std::string operator()(const NumberArray& a) const {
+    const size_t es = scalar_size(elem_type);
+    return items(a.n, [&](uint64_t i) { return std::visit(*this, decode_scalar(a.data + i * es, elem_type)); });
+  }
+  std::string operator()(const std::vector<std::string>& a) const {
+    return items(a.size(), [&](uint64_t i) { return (*this)(a[i]); });
+  }
+  template <typename ItemText>
+  std::string items(uint64_t n, ItemText item_text) const {
+    std::string out = fmt::format("[{} items:", n);
+    for (uint64_t i = 0; i < n && i < max_items; ++i) {
+      out += ' ';
+      out += item_text(i);
+    }
+    return out + (n > max_items ? " ...]" : "]");
   }
 };
 
 }  // namespace
 
-std::string value_to_string(const Value& v, size_t max_items) { return std::visit(ValuePrinter{max_items}, v.data); }
+std::string value_to_string(const Value& v, size_t max_items) {
+  return std::visit(ValuePrinter{max_items, v.elem_type}, v.data);
+}
 
 }  // namespace longctx::gguf

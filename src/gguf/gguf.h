@@ -20,14 +20,21 @@ enum class ValueType : uint32_t {
   U64 = 10, I64 = 11, F64 = 12,
 };
 
-// A metadata value. Arrays of numbers are widened (integers to int64, floats to double) and arrays of strings
-// kept as strings; `elem_type` keeps the type as written.
+// An array of numbers or bools as the file writes it: `n` little-endian items of the value's `elem_type`,
+// unaligned, inside the bytes the File was parsed from (so it lives as long as the File). The getters decode it;
+// kept as written, a file's arrays cost no memory beyond the file (widening each u8 to an int64 at parse would
+// cost 8 bytes for each byte of the file).
+struct NumberArray {
+  const uint8_t* data = nullptr;
+  uint64_t n = 0;
+};
+
+// A metadata value: scalars widened (integers to int64, U64 kept unsigned, floats to double), arrays of numbers
+// as written, arrays of strings as strings; `elem_type` keeps an array's item type.
 struct Value {
   ValueType type = ValueType::U8;
   ValueType elem_type = ValueType::U8;  // for arrays
-  std::variant<int64_t, uint64_t, double, bool, std::string, std::vector<int64_t>, std::vector<double>,
-               std::vector<std::string>, std::vector<bool>>
-      data;
+  std::variant<int64_t, uint64_t, double, bool, std::string, NumberArray, std::vector<std::string>> data;
 };
 
 struct TensorInfo {
@@ -60,7 +67,8 @@ class File {
   const Value* find(const std::string& key) const;
   bool has(const std::string& key) const { return find(key) != nullptr; }
 
-  // Typed getters: throw Error when the key is missing (no default) or has the wrong type.
+  // Typed getters: throw Error when the key is missing (no default) or has the wrong type. Integers, alone or
+  // in arrays, must fit int64: a U64 above INT64_MAX is refused, never wrapped.
   std::string get_string(const std::string& key) const;
   std::optional<std::string> get_string_opt(const std::string& key) const;
   int64_t get_int(const std::string& key) const;
@@ -70,7 +78,8 @@ class File {
   std::optional<bool> get_bool_opt(const std::string& key) const;
   const std::vector<std::string>& get_string_array(const std::string& key) const;
   std::vector<int64_t> get_int_array(const std::string& key) const;
-  std::vector<double> get_float_array(const std::string& key) const;
+  std::vector<double> get_float_array(const std::string& key) const;  // integer arrays widen to double
+  std::vector<bool> get_bool_array(const std::string& key) const;
 
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* find_tensor(const std::string& name) const;
@@ -78,6 +87,8 @@ class File {
  private:
   File() = default;
   void parse_all();
+  // The array of numbers under `key`, whose item type `accepts` takes; Error (naming `kind`) otherwise.
+  const NumberArray& number_array(const std::string& key, bool (*accepts)(ValueType), const char* kind) const;
 
   std::unique_ptr<MappedFile> map_;
   const uint8_t* base_ = nullptr;

@@ -71,6 +71,13 @@ ModelConfig read_config(const gguf::File& f) {
   }
   const std::string p = arch + ".";
   c.n_layer = positive_int(f, p + "block_count");
+  // Every layer has its own tensors (Model::load reads 9 for llama, 13 for gemma3), so the file's tensor count
+  // bounds the layer count. Checked before anything is sized by n_layer: a corrupt count is this error, not an
+  // allocation of up to 2^30 layers.
+  const int64_t n_layer_tensors = c.arch == Arch::Gemma3 ? 13 : 9;
+  if (c.n_layer > static_cast<int64_t>(f.tensors().size()) / n_layer_tensors)
+    fail("'{}': metadata '{}block_count' = {} is more layers than the file has tensors for ({} tensors, {} a layer)",
+         f.path(), p, c.n_layer, f.tensors().size(), n_layer_tensors);
   c.n_embd = positive_int(f, p + "embedding_length");
   c.n_head = positive_int(f, p + "attention.head_count");
   c.n_head_kv = f.has(p + "attention.head_count_kv") ? positive_int(f, p + "attention.head_count_kv") : c.n_head;
