@@ -328,7 +328,8 @@ TEST(KvPolicyReference, PyramidBudgetsEndToEndThroughTheSpec) {
       }
   }
   // Without a token policy PyramidKV selects the SnapKV way, with SnapKV's default window.
-  const auto* p = dynamic_cast<const ComposedPolicy*>(make_kv_policy("pyramid:budget=100", 4, 1).get());
+  const auto policy = make_kv_policy("pyramid:budget=100", 4, 1);
+  const auto* p = dynamic_cast<const ComposedPolicy*>(policy.get());
   ASSERT_NE(p, nullptr);
   EXPECT_EQ(p->plan(3, 0).budget, pyramid_reference(100, 32, 20.0, 4).back());
 }
