@@ -1,8 +1,8 @@
 // SnapKV ("SnapKV: LLM Knows What You are Looking for Before Generation"): the queries of an observation window
 // at the end of the prompt already attend to what generation will need. Their attention, summed over the window
 // and over the query heads of each kv-head (GQA-aware), is pooled along positions so that neighbours of a chosen
-// token come with it, and each kv-head keeps its top tokens plus the window itself. The cache is cut once, at
-// prefill end, and grows during decode.
+// token come with it, and each kv-head keeps its top (budget - window) tokens plus the window itself: the budget
+// is the paper's cache capacity, window included. The cache is cut once, at prefill end, and grows during decode.
 #include <algorithm>
 
 #include "core/error.h"
