@@ -119,7 +119,9 @@ TEST(WindowExpiry, LocalLayersStayWithinTheWindowDuringDecode) {
     const size_t global_pages = (static_cast<size_t>(n_seen) + geo.page_tokens - 1) / geo.page_tokens;
     const size_t bound = (global_pages + local_pages) * page_bytes;
     ASSERT_LE(seq.bytes().payload, bound) << pos;
-    if (n_seen > kWindow + geo.page_tokens) ASSERT_GT(unexpired.bytes().payload, bound) << pos;  // expiry was needed
+    if (n_seen > kWindow + geo.page_tokens) {
+      ASSERT_GT(unexpired.bytes().payload, bound) << pos;  // expiry was needed
+    }
   }
 }
 
