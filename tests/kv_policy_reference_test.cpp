@@ -1,12 +1,25 @@
-// Token rankers against the plain loop of each paper's rule on small synthetic caches: slots in shuffled order,
-// random scores; the kept set must match exactly. SnapKV is checked end to end (the window's votes from the
-// attention kernel, pooling, top-k) against one double-precision loop, and so is KIVI packing after eviction.
+// Every token policy against the plain loop of its paper's rule, driven through the policy hooks as the generator
+// drives them (after_prefill_chunk, after_prefill, after_decode_step) on small synthetic caches with hand-made
+// attention: StreamingLLM (sinks + recent), H2O (attention accumulated over every step + recent), TOVA (each step
+// drops the token with the lowest attention averaged over the layer's heads), SnapKV (window votes, max-pooled,
+// top-k plus the window), PyramidKV (per-layer budgets, the window on top), RazorAttention's compensation token.
+// SnapKV is also checked end to end (votes from the attention kernel) against one double-precision loop, and so
+// is KIVI packing after eviction.
+//
+// The votes are small integers, so sums are exact and ties happen; every rule keeps, among equal scores, the
+// token at the earlier position (the papers leave ties open; this is the engine's choice, stated once here).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <map>
 #include <numeric>
 #include <random>
+#include <set>
 
 #include "backend/cpu/attention.h"
 #include "backend/cpu/kv_page_codec.h"
@@ -16,91 +29,437 @@
 namespace longctx::kv {
 namespace {
 
-struct Cache {
-  std::vector<int32_t> positions;  // (n) shuffled: slot order is not position order after eviction
-  std::vector<float> scores;       // (n)
-};
+// ---- the synthetic cache and hand-made attention ----
 
-Cache random_cache(int32_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  Cache c;
-  c.positions.resize(static_cast<size_t>(n));
-  std::iota(c.positions.begin(), c.positions.end(), 100);
-  std::shuffle(c.positions.begin(), c.positions.end(), rng);
-  std::uniform_int_distribution<int> u(0, 20);  // few distinct values, so ties are exercised
-  for (int32_t i = 0; i < n; ++i) c.scores.push_back(static_cast<float>(u(rng)));
-  return c;
+constexpr int32_t kDim = 32;  // KIVI packs channels in groups of 32
+
+// A vote in [0, 20] for one (layer, kv-head, position) at one scoring round: the attention a round's queries paid.
+float vote(uint64_t seed, int32_t layer, int32_t kv_head, int32_t pos, int32_t round) {
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(layer) * 1000003u +
+               static_cast<uint64_t>(kv_head) * 7919u + static_cast<uint64_t>(pos) * 104729u +
+               static_cast<uint64_t>(round) * 15485863u;
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  return static_cast<float>(x % 21);
 }
 
-// Slots ranked by (score descending, position ascending): the order every score-based rule keeps in.
-std::vector<int32_t> ranked(const Cache& c, const std::vector<int32_t>& slots) {
-  std::vector<int32_t> r(slots);
-  std::sort(r.begin(), r.end(), [&](int32_t a, int32_t b) {
-    if (c.scores[a] != c.scores[b]) return c.scores[a] > c.scores[b];
-    return c.positions[a] < c.positions[b];
-  });
+// The key and value rows of a token: distinct per (layer, kv-head, position), so a moved row is noticed.
+float key_of(int32_t layer, int32_t kv_head, int32_t pos, int32_t c) {
+  return 0.125f * static_cast<float>(pos) + 0.01f * c + 3.0f * layer + 7.0f * kv_head;  // within f16's range
+}
+float value_of(int32_t layer, int32_t kv_head, int32_t pos, int32_t c) { return -key_of(layer, kv_head, pos, c) - 0.5f; }
+
+struct Cache {
+  Cache(int32_t n_layer, int32_t n_head_kv, KvFormat sealed = KvFormat::F32, int32_t page_tokens = 16)
+      : geo{n_layer, n_head_kv, kDim, page_tokens, KvFormat::F32, sealed},
+        pool(page_tokens, kDim, size_t{1} << 26),
+        seq(geo, pool) {}
+  // Appends positions [first, first + n) to every (layer, kv-head).
+  void append(int32_t first, int32_t n) {
+    for (int32_t l = 0; l < geo.n_layer; ++l) {
+      std::vector<float> k(static_cast<size_t>(n) * geo.n_head_kv * kDim), v(k.size());
+      std::vector<int32_t> pos(static_cast<size_t>(n));
+      for (int32_t t = 0; t < n; ++t) {
+        pos[static_cast<size_t>(t)] = first + t;
+        for (int32_t g = 0; g < geo.n_head_kv; ++g)
+          for (int32_t c = 0; c < kDim; ++c) {
+            k[(static_cast<size_t>(t) * geo.n_head_kv + g) * kDim + c] = key_of(l, g, first + t, c);
+            v[(static_cast<size_t>(t) * geo.n_head_kv + g) * kDim + c] = value_of(l, g, first + t, c);
+          }
+      }
+      seq.append(l, k.data(), v.data(), pos.data(), n);
+    }
+  }
+  // The scores a scoring round gathers: each slot gets vote(seed, layer, head, its position, round).
+  KvScores scores(uint64_t seed, int32_t round) const {
+    KvScores s;
+    s.first_pos = 0;
+    const int32_t stride = seq.n_tokens_max() + 1;
+    s.reset(geo.n_layer, geo.n_head_kv, stride, stride);
+    for (int32_t l = 0; l < geo.n_layer; ++l)
+      for (int32_t g = 0; g < geo.n_head_kv; ++g) {
+        const KvHeadCache& h = seq.head(l, g);
+        float* out = s.layers[static_cast<size_t>(l)].data() + static_cast<size_t>(g) * stride;
+        for (int32_t i = 0; i < h.n_tokens(); ++i) out[i] = vote(seed, l, g, h.positions[static_cast<size_t>(i)], round);
+      }
+    return s;
+  }
+  std::set<int32_t> kept(int32_t layer, int32_t kv_head) const {
+    const auto& p = seq.head(layer, kv_head).positions;
+    return {p.begin(), p.end()};
+  }
+  KvGeometry geo;
+  KvPagePool pool;
+  KvSequence seq;
+};
+
+// The `count` positions of `from` with the highest score, ties to the earlier position.
+std::set<int32_t> top_by_score(const std::set<int32_t>& from, const std::map<int32_t, double>& score, int32_t count) {
+  std::vector<int32_t> v(from.begin(), from.end());
+  std::stable_sort(v.begin(), v.end(), [&](int32_t a, int32_t b) { return score.at(a) > score.at(b); });
+  v.resize(static_cast<size_t>(std::max(0, std::min<int32_t>(count, static_cast<int32_t>(v.size())))));
+  return {v.begin(), v.end()};
+}
+
+// The `count` most recent positions of `from`.
+std::set<int32_t> most_recent(const std::set<int32_t>& from, int32_t count) {
+  std::set<int32_t> r;
+  for (auto it = from.rbegin(); it != from.rend() && static_cast<int32_t>(r.size()) < count; ++it) r.insert(*it);
   return r;
 }
 
-std::vector<int32_t> by_position_rank(const Cache& c) {
-  std::vector<int32_t> s(c.positions.size());
-  std::iota(s.begin(), s.end(), 0);
-  std::sort(s.begin(), s.end(), [&](int32_t a, int32_t b) { return c.positions[a] < c.positions[b]; });
-  return s;
+std::set<int32_t> range(int32_t first, int32_t end) {
+  std::set<int32_t> r;
+  for (int32_t p = first; p < end; ++p) r.insert(p);
+  return r;
 }
 
-TEST(KvPolicyReference, StreamingKeepsSinksAndTheRecentWindow) {
+// ---- StreamingLLM ----
+
+// "Efficient Streaming Language Models with Attention Sinks": the first `sink` tokens and the most recent ones.
+std::set<int32_t> streaming_reference(const std::set<int32_t>& held, int32_t budget, int32_t sink) {
+  if (static_cast<int32_t>(held.size()) <= budget) return held;
+  std::set<int32_t> keep(held.begin(), std::next(held.begin(), sink));
+  const std::set<int32_t> recent = most_recent(held, budget - sink);
+  keep.insert(recent.begin(), recent.end());
+  return keep;
+}
+
+TEST(KvPolicyReference, StreamingSelectKeepsSinksAndTheRecentWindowInAnySlotOrder) {
   for (uint32_t seed = 0; seed < 20; ++seed) {
-    const Cache c = random_cache(50, seed);
+    std::mt19937 rng(seed);
+    std::vector<int32_t> positions(50);
+    std::iota(positions.begin(), positions.end(), 100);
+    std::shuffle(positions.begin(), positions.end(), rng);  // slot order is not position order after eviction
     const int32_t budget = 5 + static_cast<int32_t>(seed), sink = static_cast<int32_t>(seed % 4);
-    auto r = make_streaming_ranker(SpecArgs("streaming:budget=" + std::to_string(budget) + ",sink=" +
-                                                std::to_string(sink), {"budget", "sink"}));
-    const auto order = by_position_rank(c);
-    std::vector<int32_t> ref;
-    for (int32_t i = 0; i < 50; ++i)
-      if (i < sink || i >= 50 - (budget - sink)) ref.push_back(order[static_cast<size_t>(i)]);
-    std::sort(ref.begin(), ref.end());
-    EXPECT_EQ(r->select(c.positions, nullptr, budget), ref) << seed;
+    auto r = make_streaming_ranker(
+        SpecArgs("streaming:budget=" + std::to_string(budget) + ",sink=" + std::to_string(sink), {"budget", "sink"}));
+    std::set<int32_t> got;
+    for (int32_t slot : r->select(positions, nullptr, budget)) got.insert(positions[static_cast<size_t>(slot)]);
+    EXPECT_EQ(got, streaming_reference({positions.begin(), positions.end()}, budget, sink)) << seed;
   }
 }
 
-TEST(KvPolicyReference, TovaKeepsTheHighestCurrentAttention) {
-  for (uint32_t seed = 0; seed < 20; ++seed) {
-    const Cache c = random_cache(40, seed);
-    const int32_t budget = 3 + static_cast<int32_t>(seed);
-    auto r = make_tova_ranker(SpecArgs("tova:budget=" + std::to_string(budget), {"budget"}));
-    std::vector<int32_t> all(40);
-    std::iota(all.begin(), all.end(), 0);
-    std::vector<int32_t> ref = ranked(c, all);
-    ref.resize(static_cast<size_t>(budget));
-    std::sort(ref.begin(), ref.end());
-    EXPECT_EQ(r->select(c.positions, c.scores.data(), budget), ref) << seed;
+TEST(KvPolicyReference, StreamingEvictsEveryDecodeStep) {
+  const int32_t budget = 12, sink = 3, n_prompt = 30;
+  Cache c(2, 2);
+  auto policy = make_kv_policy("streaming:budget=12,sink=3", 2, 2);
+  c.append(0, n_prompt);
+  policy->after_prefill(c.seq, KvScores{});
+  std::set<int32_t> ref = streaming_reference(range(0, n_prompt), budget, sink);
+  for (int32_t step = 0; step <= 20; ++step) {
+    for (int32_t l = 0; l < 2; ++l)
+      for (int32_t g = 0; g < 2; ++g) ASSERT_EQ(c.kept(l, g), ref) << "step " << step;
+    const int32_t pos = n_prompt + step;
+    c.append(pos, 1);
+    policy->after_decode_step(c.seq, KvScores{});
+    ref.insert(pos);
+    ref = streaming_reference(ref, budget, sink);
   }
 }
 
-TEST(KvPolicyReference, H2oKeepsRecentPlusHeavyHitters) {
-  for (uint32_t seed = 0; seed < 20; ++seed) {
-    const Cache c = random_cache(60, seed);
-    const int32_t budget = 10 + static_cast<int32_t>(seed), recent = budget / 2;
-    auto r = make_h2o_ranker(SpecArgs("h2o:budget=" + std::to_string(budget), {"budget", "recent"}));
-    const auto order = by_position_rank(c);
-    std::vector<int32_t> ref(order.end() - recent, order.end());
-    std::vector<int32_t> rest = ranked(c, std::vector<int32_t>(order.begin(), order.end() - recent));
-    rest.resize(static_cast<size_t>(budget - recent));
-    ref.insert(ref.end(), rest.begin(), rest.end());
-    std::sort(ref.begin(), ref.end());
-    EXPECT_EQ(r->select(c.positions, c.scores.data(), budget), ref) << seed;
+// ---- H2O ----
+
+// "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models", as a loop over rounds:
+// every held token adds the round's attention to its running total (the prompt is round 0, each decode step a
+// round); over budget, the `recent` newest tokens stay and the rest of the budget goes to the heaviest totals.
+struct H2oReference {
+  int32_t budget, recent;
+  std::set<int32_t> held;
+  std::map<int32_t, double> total;
+  void round(const std::function<float(int32_t)>& attention) {
+    for (int32_t p : held) total[p] += attention(p);
+    if (static_cast<int32_t>(held.size()) <= budget) return;
+    std::set<int32_t> keep = most_recent(held, recent);
+    std::set<int32_t> rest;
+    std::set_difference(held.begin(), held.end(), keep.begin(), keep.end(), std::inserter(rest, rest.end()));
+    const std::set<int32_t> heavy = top_by_score(rest, total, budget - recent);
+    keep.insert(heavy.begin(), heavy.end());
+    held = keep;
+  }
+};
+
+// Prompt of n_prompt tokens, then decode steps, all rounds scored with `seed`; one reference per (layer, head).
+void run_h2o(const std::string& spec, int32_t budget, int32_t recent, int32_t n_prompt, int32_t n_steps,
+             uint64_t seed, KvPolicy& policy, Cache& c) {
+  const int32_t n_layer = c.geo.n_layer, n_head_kv = c.geo.n_head_kv;
+  std::vector<H2oReference> ref(static_cast<size_t>(n_layer * n_head_kv), H2oReference{budget, recent, {}, {}});
+  c.append(0, n_prompt);
+  for (auto& r : ref) r.held = range(0, n_prompt);
+  for (int32_t round = 0; round <= n_steps; ++round) {
+    if (round == 0) {
+      policy.after_prefill(c.seq, c.scores(seed, 0));
+    } else {
+      c.append(n_prompt + round - 1, 1);
+      for (auto& r : ref) r.held.insert(n_prompt + round - 1);
+      policy.after_decode_step(c.seq, c.scores(seed, round));
+    }
+    for (int32_t l = 0; l < n_layer; ++l)
+      for (int32_t g = 0; g < n_head_kv; ++g) {
+        H2oReference& r = ref[static_cast<size_t>(l * n_head_kv + g)];
+        r.round([&](int32_t p) { return vote(seed, l, g, p, round); });
+        ASSERT_EQ(c.kept(l, g), r.held) << spec << " seed " << seed << " round " << round << " head " << l << "," << g;
+      }
   }
 }
 
-TEST(KvPolicyReference, PyramidBudgetsFallLinearlyAroundTheMean) {
-  const auto b = pyramid_budgets(1024, 20.0, 30);
-  ASSERT_EQ(b.size(), 30u);
-  EXPECT_EQ(b.back(), std::lround(1024 / 20.0));
-  EXPECT_EQ(b.front(), std::lround(2 * 1024 - 1024 / 20.0));
-  for (size_t l = 1; l < b.size(); ++l) EXPECT_LE(b[l], b[l - 1]);
-  const double mean = std::accumulate(b.begin(), b.end(), 0.0) / b.size();
-  EXPECT_NEAR(mean, 1024, 1.0);
+TEST(KvPolicyReference, H2oAccumulatesAttentionOverEveryDecodeStep) {
+  for (uint64_t seed = 1; seed <= 6; ++seed) {
+    const int32_t budget = 10 + static_cast<int32_t>(seed), recent = static_cast<int32_t>(seed % 4);
+    const std::string spec = "h2o:budget=" + std::to_string(budget) + ",recent=" + std::to_string(recent);
+    Cache c(2, 2);
+    auto policy = make_kv_policy(spec, 2, 2);
+    run_h2o(spec, budget, recent, 40, 30, seed, *policy, c);
+  }
+}
+
+TEST(KvPolicyReference, H2oForgetsTheLastSequenceOnReset) {
+  // One policy object over two prompts, as the generator reuses it (it calls reset() before each prompt): the
+  // second must select as a fresh policy does, with none of the first prompt's attention.
+  auto policy = make_kv_policy("h2o:budget=12,recent=2", 2, 2);
+  {
+    Cache first(2, 2);
+    run_h2o("first", 12, 2, 50, 10, 101, *policy, first);
+  }
+  policy->reset();
+  Cache second(2, 2);
+  run_h2o("second", 12, 2, 40, 10, 202, *policy, second);
+}
+
+// ---- TOVA ----
+
+// "Transformers are Multi-State RNNs": at each round the current query's attention, averaged over all the
+// layer's heads, ranks the layer's tokens; over budget, the lowest go, the same in every head. Here the mean is
+// sum over kv-heads of the votes / n_head (the votes stand for each kv-head's query heads summed).
+TEST(KvPolicyReference, TovaDropsTheLowestLayerMeanAttentionEachStep) {
+  const int32_t n_layer = 2, n_head_kv = 3, n_head = 6, budget = 15, n_prompt = 40;
+  for (uint64_t seed = 1; seed <= 4; ++seed) {
+    Cache c(n_layer, n_head_kv);
+    auto policy = make_kv_policy("tova:budget=15", n_layer, n_head_kv);
+    c.append(0, n_prompt);
+    std::vector<std::set<int32_t>> held(n_layer, range(0, n_prompt));
+    for (int32_t round = 0; round <= 25; ++round) {
+      if (round == 0) {
+        policy->after_prefill(c.seq, c.scores(seed, 0));
+      } else {
+        c.append(n_prompt + round - 1, 1);
+        for (auto& h : held) h.insert(n_prompt + round - 1);
+        policy->after_decode_step(c.seq, c.scores(seed, round));
+      }
+      for (int32_t l = 0; l < n_layer; ++l) {
+        std::map<int32_t, double> mean;
+        for (int32_t p : held[l]) {
+          double sum = 0;
+          for (int32_t g = 0; g < n_head_kv; ++g) sum += vote(seed, l, g, p, round);
+          mean[p] = sum / n_head;
+        }
+        while (static_cast<int32_t>(held[l].size()) > budget) {
+          // The lowest mean goes; among equals, the later position (the earlier one is kept).
+          int32_t worst = *held[l].begin();
+          for (int32_t p : held[l])
+            if (mean[p] <= mean[worst]) worst = p;
+          held[l].erase(worst);
+        }
+        for (int32_t g = 0; g < n_head_kv; ++g)
+          ASSERT_EQ(c.kept(l, g), held[l]) << "seed " << seed << " round " << round << " head " << l << "," << g;
+      }
+    }
+  }
+}
+
+// ---- SnapKV and PyramidKV on hand-made votes ----
+
+// "SnapKV: LLM Knows What You are Looking for Before Generation": the tokens before the window (the last `window`
+// held tokens) are ranked by their votes max-pooled over `pool` neighbours in position order; the top
+// (budget - window) stay with the window.
+std::set<int32_t> snapkv_reference(const std::set<int32_t>& held, const std::function<float(int32_t)>& votes,
+                                   int32_t budget, int32_t window, int32_t pool) {
+  if (static_cast<int32_t>(held.size()) <= budget) return held;
+  const std::vector<int32_t> order(held.begin(), held.end());
+  const int32_t n_rest = static_cast<int32_t>(order.size()) - window;
+  std::map<int32_t, double> pooled;
+  for (int32_t i = 0; i < n_rest; ++i) {
+    double m = 0;
+    for (int32_t j = std::max(0, i - pool / 2); j <= std::min(n_rest - 1, i + pool / 2); ++j)
+      m = std::max<double>(m, votes(order[static_cast<size_t>(j)]));
+    pooled[order[static_cast<size_t>(i)]] = m;
+  }
+  std::set<int32_t> keep = top_by_score({order.begin(), order.begin() + n_rest}, pooled, budget - window);
+  keep.insert(order.begin() + n_rest, order.end());
+  return keep;
+}
+
+// PyramidKV's budgets as the paper's arithmetic sequence: the window W stays in every layer; the rest, S = budget
+// - W on average, runs from 2 S - S / beta in the first layer down to S / beta in the last.
+std::vector<int32_t> pyramid_reference(int32_t budget, int32_t window, double beta, int32_t n_layer) {
+  const double s = budget - window, lo = s / beta, hi = 2 * s - lo;
+  std::vector<int32_t> b;
+  for (int32_t l = 0; l < n_layer; ++l)
+    b.push_back(window + static_cast<int32_t>(std::lround(hi - (hi - lo) * l / (n_layer - 1))));
+  return b;
+}
+
+TEST(KvPolicyReference, PyramidKeepsTheWindowOnTopOfEveryLayersShare) {
+  const auto b = pyramid_budgets(1024, 32, 20.0, 30);
+  EXPECT_EQ(b, pyramid_reference(1024, 32, 20.0, 30));
+  EXPECT_EQ(b.back(), 32 + std::lround(992 / 20.0));  // the top layer still selects ~50 tokens beyond its window
+  EXPECT_EQ(b.front(), 32 + std::lround(2 * 992 - 992 / 20.0));
+  EXPECT_NEAR(std::accumulate(b.begin(), b.end(), 0.0) / b.size(), 1024, 1.0);  // the memory of uniform SnapKV
+}
+
+TEST(KvPolicyReference, PyramidBudgetsEndToEndThroughTheSpec) {
+  const int32_t n_layer = 6, n_head_kv = 2, n_prompt = 200, window = 16, budget = 40, pool = 3;
+  const std::vector<int32_t> totals = pyramid_reference(budget, window, 4.0, n_layer);
+  ASSERT_EQ(totals.back(), 16 + 6);  // 24 / 4: a window of 16 inside a budget of 22 would leave 6; on top, 6 + 16
+  for (uint64_t seed = 1; seed <= 3; ++seed) {
+    Cache c(n_layer, n_head_kv);
+    auto policy = make_kv_policy("pyramid:budget=40,beta=4+snapkv:window=16,pool=3", n_layer, n_head_kv);
+    c.append(0, n_prompt);
+    policy->after_prefill(c.seq, c.scores(seed, 0));
+    for (int32_t l = 0; l < n_layer; ++l)
+      for (int32_t g = 0; g < n_head_kv; ++g) {
+        const auto ref = snapkv_reference(range(0, n_prompt), [&](int32_t p) { return vote(seed, l, g, p, 0); },
+                                          totals[static_cast<size_t>(l)], window, pool);
+        EXPECT_EQ(c.kept(l, g), ref) << "seed " << seed << " layer " << l << " head " << g;
+        EXPECT_EQ(c.seq.head(l, g).n_tokens(), totals[static_cast<size_t>(l)]);
+      }
+  }
+  // Without a token policy PyramidKV selects the SnapKV way, with SnapKV's default window.
+  const auto policy = make_kv_policy("pyramid:budget=100", 4, 1);
+  const auto* p = dynamic_cast<const ComposedPolicy*>(policy.get());
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(p->plan(3, 0).budget, pyramid_reference(100, 32, 20.0, 4).back());
+}
+
+// ---- --kv-prefill-compress: the policy cuts after every chunk of the prompt ----
+
+TEST(KvPolicyReference, PrefillCompressCutsAfterEveryChunk) {
+  const int32_t n_prompt = 100, chunk = 16, budget = 20;
+  for (const std::string spec : {"h2o:budget=20,recent=5", "streaming:budget=20,sink=4", "snapkv:budget=20,window=6,pool=3"}) {
+    const uint64_t seed = 9;
+    Cache c(2, 2);
+    auto policy = make_kv_policy(spec, 2, 2);
+    std::vector<H2oReference> h2o(4, H2oReference{budget, 5, {}, {}});
+    std::vector<std::set<int32_t>> held(4);
+    for (int32_t start = 0, round = 0; start < n_prompt; start += chunk, ++round) {
+      const int32_t len = std::min(chunk, n_prompt - start);
+      c.append(start, len);
+      const KvScores s = c.scores(seed, round);
+      if (start + len < n_prompt) {
+        policy->after_prefill_chunk(c.seq, s);
+      } else {
+        policy->after_prefill(c.seq, s);
+      }
+      for (int32_t l = 0; l < 2; ++l)
+        for (int32_t g = 0; g < 2; ++g) {
+          const size_t i = static_cast<size_t>(l * 2 + g);
+          auto v = [&](int32_t p) { return vote(seed, l, g, p, round); };
+          const std::set<int32_t> added = range(start, start + len);
+          held[i].insert(added.begin(), added.end());
+          h2o[i].held.insert(added.begin(), added.end());
+          if (spec[0] == 'h') {
+            h2o[i].round(v);
+            held[i] = h2o[i].held;
+          } else if (spec[0] == 's' && spec[1] == 't') {
+            held[i] = streaming_reference(held[i], budget, 4);
+          } else {
+            held[i] = snapkv_reference(held[i], v, budget, 6, 3);  // each chunk scored as if the prompt ended there
+          }
+          ASSERT_EQ(c.kept(l, g), held[i]) << spec << " after the chunk at " << start;
+          ASSERT_LE(c.seq.head(l, g).n_tokens(), budget);  // memory stays within the budget while reading
+        }
+    }
+  }
+}
+
+// ---- RazorAttention's compensation token ----
+
+std::string write_roles(const std::string& name, int32_t n_layer, int32_t n_head_kv, const std::string& retrieval) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  std::ofstream(path) << "{\"n_layer\": " << n_layer << ", \"n_head_kv\": " << n_head_kv
+                      << ", \"retrieval\": " << retrieval << "}";
+  return path;
+}
+
+// The non-retrieval heads keep sinks + window and one more token whose key and value are the means of every key
+// and value they dropped so far; the retrieval heads keep every token, row for row.
+TEST(KvPolicyReference, HeadsFoldWhatStreamingHeadsDropIntoOneCompensationToken) {
+  const int32_t n_layer = 2, n_head_kv = 3, sink = 2, window = 6, n_prompt = 30;
+  const std::string roles = write_roles("compensation_roles.json", n_layer, n_head_kv, "[[0, 1], [1, 0], [1, 2]]");
+  const std::set<std::pair<int32_t, int32_t>> retrieval{{0, 1}, {1, 0}, {1, 2}};
+  for (KvFormat sealed : {KvFormat::F32, KvFormat::Kivi4}) {
+    Cache c(n_layer, n_head_kv, sealed, 16);
+    Cache plain(n_layer, n_head_kv, sealed, 16);  // the same tokens with no policy: what retrieval heads must read
+    auto policy = make_kv_policy("heads:file=" + roles + ",sink=2,window=6", n_layer, n_head_kv);
+    c.seq.set_auto_seal(false);
+    c.append(0, n_prompt);
+    plain.append(0, n_prompt);
+    policy->after_prefill(c.seq, KvScores{});
+    // As the generator: pack the full pages once the prompt's selection is done, then seal as tokens come.
+    for (Cache* x : {&c, &plain}) {
+      x->seq.seal_full_pages();
+      x->seq.set_auto_seal(true);
+    }
+    for (int32_t step = 0; step <= 12; ++step) {
+      const int32_t n = n_prompt + step;  // tokens seen so far
+      for (int32_t l = 0; l < n_layer; ++l)
+        for (int32_t g = 0; g < n_head_kv; ++g) {
+          const KvHeadCache& h = c.seq.head(l, g);
+          std::vector<float> k(static_cast<size_t>(h.n_tokens()) * kDim), v(k.size());
+          for (int32_t s = 0; s < h.n_tokens(); ++s) {
+            c.seq.read_keys(l, g, s, 1, &k[static_cast<size_t>(s) * kDim]);
+            c.seq.read_values(l, g, s, 1, &v[static_cast<size_t>(s) * kDim]);
+          }
+          if (retrieval.count({l, g})) {
+            ASSERT_EQ(c.kept(l, g), range(0, n));
+            std::vector<float> k_ref(k.size()), v_ref(v.size());
+            for (int32_t s = 0; s < h.n_tokens(); ++s) {
+              plain.seq.read_keys(l, g, s, 1, &k_ref[static_cast<size_t>(s) * kDim]);
+              plain.seq.read_values(l, g, s, 1, &v_ref[static_cast<size_t>(s) * kDim]);
+            }
+            ASSERT_EQ(k, k_ref) << kv_format_name(sealed) << " step " << step << " head " << l << "," << g;
+            ASSERT_EQ(v, v_ref) << kv_format_name(sealed) << " step " << step << " head " << l << "," << g;
+            continue;
+          }
+          // Dropped so far: positions [sink, n - window); the compensation token stands at the newest of them.
+          const int32_t newest_dropped = n - window - 1;
+          std::set<int32_t> expected = range(0, sink);
+          const std::set<int32_t> recent = range(n - window, n);
+          expected.insert(recent.begin(), recent.end());
+          expected.insert(newest_dropped);
+          ASSERT_EQ(c.kept(l, g), expected) << kv_format_name(sealed) << " step " << step << " head " << l << "," << g;
+          for (int32_t s = 0; s < h.n_tokens(); ++s) {
+            const int32_t p = h.positions[static_cast<size_t>(s)];
+            for (int32_t ch = 0; ch < kDim; ++ch) {
+              double k_ref = key_of(l, g, p, ch), v_ref = value_of(l, g, p, ch);
+              if (p == newest_dropped) {
+                k_ref = v_ref = 0;
+                for (int32_t q = sink; q <= newest_dropped; ++q) {
+                  k_ref += key_of(l, g, q, ch) / (newest_dropped - sink + 1);
+                  v_ref += value_of(l, g, q, ch) / (newest_dropped - sink + 1);
+                }
+              }
+              // The streaming heads hold fewer tokens than a page: every row stays plain, exact up to f32 means.
+              EXPECT_NEAR(k[static_cast<size_t>(s) * kDim + ch], k_ref, 1e-3) << "position " << p;
+              EXPECT_NEAR(v[static_cast<size_t>(s) * kDim + ch], v_ref, 1e-3) << "position " << p;
+            }
+          }
+        }
+      c.append(n, 1);
+      plain.append(n, 1);
+      policy->after_decode_step(c.seq, KvScores{});
+    }
+  }
+  // compensation=none: the dropped tokens are only dropped.
+  Cache c(n_layer, n_head_kv);
+  auto none = make_kv_policy("heads:file=" + roles + ",sink=2,window=6,compensation=none", n_layer, n_head_kv);
+  c.append(0, n_prompt);
+  none->after_prefill(c.seq, KvScores{});
+  EXPECT_EQ(c.seq.head(0, 0).n_tokens(), sink + window);
+  std::remove(roles.c_str());
 }
 
 // A one-layer cache of n tokens at positions 0..n-1 with random keys and values, and random queries for them.

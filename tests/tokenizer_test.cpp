@@ -3,7 +3,6 @@
 // prompts against jinja2; plus streaming decode, special-token handling, bad input and speed.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -226,37 +225,36 @@ TEST(Tokenizer, RandomBytes) {
   }
 }
 
-// ~100K tokens of the KJV text: a book's worth must take well under a second.
-TEST(Tokenizer, EncodeSpeed) {
+// ~100K tokens of the KJV text, a book's worth, in one call: every id in the vocabulary and the text back from
+// them. (How fast it goes is `longctx run`'s business: it prints what each stage cost.)
+TEST(Tokenizer, EncodesABookAndDecodesItBack) {
   const json g = load_golden("ids_smollm2.json");
   std::string kjv;
   for (const auto& c : g["cases"])
     if (c["text"].get<std::string>().size() > kjv.size()) kjv = c["text"];
   std::string book;
   while (book.size() < 450000) book += kjv;
-  for (const auto& [name, path] : {std::pair{"smollm2", test::smollm2_path()}, std::pair{"gemma3", test::gemma3_path()}}) {
+  for (const std::string& path : {test::smollm2_path(), test::gemma3_path()}) {
     LONGCTX_REQUIRE_MODEL(path);
     const Tokenizer& tok = *load(path).tok;
-    const auto t0 = std::chrono::steady_clock::now();
     const auto ids = tok.encode(book, false, false);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("[ encode   ] %s: %zu bytes -> %zu tokens in %.3f s (%.0f tokens/s)\n", name, book.size(), ids.size(),
-                s, ids.size() / s);
-    EXPECT_GT(ids.size(), 90000u);
-#if !defined(__SANITIZE_ADDRESS__)  // sanitizers slow it several times
-    EXPECT_LT(s, 1.0);
-#endif
+    EXPECT_GT(ids.size(), 90000u) << path;
+    for (int32_t id : ids) ASSERT_TRUE(id >= 0 && id < tok.n_vocab()) << path;
+    EXPECT_EQ(tok.decode(ids), book) << path;
   }
 }
 
-TEST(Tokenizer, LoadTime) {
+// The vocabulary read from the GGUF: one entry per tokenizer.ggml.tokens string, spelled as the file spells it.
+TEST(Tokenizer, LoadsTheWholeVocabulary) {
   for (const std::string& path : {test::smollm2_path(), test::gemma3_path()}) {
     LONGCTX_REQUIRE_MODEL(path);
     auto f = gguf::File::open(path);
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto& tokens = f->get_string_array("tokenizer.ggml.tokens");
     auto tok = Tokenizer::from_gguf(*f);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("[ load     ] %s: %d tokens in %.3f s\n", path.c_str(), tok->n_vocab(), s);
+    ASSERT_EQ(tok->n_vocab(), static_cast<int32_t>(tokens.size())) << path;
+    int32_t n_same = 0;
+    for (int32_t id = 0; id < tok->n_vocab(); ++id) n_same += tok->token_text(id) == tokens[static_cast<size_t>(id)];
+    EXPECT_GE(n_same, tok->n_vocab() - 64) << path;  // a few are respelled as HF respells them (tokenizer.h)  // "respelled where HF respells": a few, not most
   }
 }
 

@@ -52,8 +52,18 @@ TEST(WindowExpiry, FreesOnlyWhatNoLaterQuerySeesAndChangesNoOutput) {
   ThreadPool tp(2);
   cpu::attention(tp, ap, q.data(), &q_pos, 1, seq.layer_view(0), before.data());
 
+  // What a head holds in pages of page_tokens: before expiry the local layer holds every token, like the global.
+  const size_t page_bytes = pool.page_bytes(KvFormat::F32);
+  auto pages_for = [&](int32_t n_tokens) { return static_cast<size_t>((n_tokens + geo.page_tokens - 1) / geo.page_tokens); };
+  const size_t bytes_after = kHeadsKv * (pages_for(kTokens) + pages_for(kWindow - 1)) * page_bytes;
+  ASSERT_EQ(seq.bytes().payload, 2 * kHeadsKv * pages_for(kTokens) * page_bytes);
+  ASSERT_GT(seq.bytes().payload, bytes_after);  // expiry has pages to free
+
   RecordingPolicy policy;
   kv_expire_window(c, seq, policy, kTokens);
+  // The local layer's pages went back to the pool: it holds the pages of its window's tokens, no more.
+  EXPECT_EQ(seq.bytes().payload, bytes_after);
+  EXPECT_EQ(pool.n_pages_in_use(), bytes_after / page_bytes);
   for (int32_t g = 0; g < kHeadsKv; ++g) {
     const kv::KvHeadCache& local = seq.head(0, g);
     EXPECT_EQ(local.n_tokens(), kWindow - 1);  // positions (kTokens - kWindow, kTokens)
@@ -72,11 +82,48 @@ TEST(WindowExpiry, FreesOnlyWhatNoLaterQuerySeesAndChangesNoOutput) {
   // Same keys, same values, same order of pages visited is not guaranteed (slots moved), so equal to rounding.
   for (size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(before[i], after[i], 1e-6f) << i;
 
-  // Nothing more to free at the same position; freed pages went back to the pool.
+  // Nothing more to free at the same position.
   policy.calls.clear();
   kv_expire_window(c, seq, policy, kTokens);
   EXPECT_TRUE(policy.calls.empty());
-  EXPECT_LT(seq.bytes().payload, 2 * static_cast<size_t>(kHeadsKv) * (kTokens + 16) * kDim * 2 * 4);
+  EXPECT_EQ(seq.bytes().payload, bytes_after);
+}
+
+// Decoding past the window: after every step the local layer holds the window's tokens and their pages, while
+// the global layer (and a cache without expiry) keeps growing.
+TEST(WindowExpiry, LocalLayersStayWithinTheWindowDuringDecode) {
+  constexpr int32_t kWindow = 24, kDim = 32, kSteps = 200;
+  ModelConfig c;
+  c.n_layer = 2;
+  c.n_head_kv = 1;
+  c.sliding_window = kWindow;
+  c.layer_is_local = {false, true};
+  kv::KvGeometry geo{c.n_layer, 1, kDim, 8, KvFormat::F32, KvFormat::F32};
+  kv::KvPagePool pool(geo.page_tokens, kDim, size_t{1} << 26);
+  kv::KvSequence seq(geo, pool), unexpired(geo, pool);
+  const size_t page_bytes = pool.page_bytes(KvFormat::F32);
+  // Window - 1 tokens fill at most this many pages, however eviction left them: the store packs open pages together
+  // once a page's worth of their rows is free, so they waste less than one page.
+  const size_t local_pages = (kWindow - 1 + geo.page_tokens - 1) / geo.page_tokens + 1;
+  RecordingPolicy policy;
+  std::vector<float> row(kDim, 0.5f);
+  for (int32_t pos = 0; pos < kSteps; ++pos) {
+    for (int32_t il = 0; il < c.n_layer; ++il) {
+      seq.append(il, row.data(), row.data(), &pos, 1);
+      unexpired.append(il, row.data(), row.data(), &pos, 1);
+    }
+    kv_expire_window(c, seq, policy, pos + 1);
+    const int32_t n_seen = pos + 1;
+    ASSERT_EQ(seq.head(1, 0).n_tokens(), std::min(n_seen, kWindow - 1)) << pos;
+    for (int32_t p : seq.head(1, 0).positions) ASSERT_GT(p, pos + 1 - kWindow) << pos;
+    ASSERT_EQ(seq.head(0, 0).n_tokens(), n_seen);
+    const size_t global_pages = (static_cast<size_t>(n_seen) + geo.page_tokens - 1) / geo.page_tokens;
+    const size_t bound = (global_pages + local_pages) * page_bytes;
+    ASSERT_LE(seq.bytes().payload, bound) << pos;
+    if (n_seen > kWindow + geo.page_tokens) {
+      ASSERT_GT(unexpired.bytes().payload, bound) << pos;  // expiry was needed
+    }
+  }
 }
 
 TEST(WindowExpiry, ModelsWithoutWindowsKeepEverything) {

@@ -1,10 +1,7 @@
 #include "kv/composed_policy.h"
 
 #include <algorithm>
-#include <cmath>
-#include <fstream>
-#include <map>
-#include <nlohmann/json.hpp>
+#include <unordered_map>
 
 #include "core/error.h"
 
@@ -22,14 +19,17 @@ void KvScores::reset(int32_t n_layer, int32_t n_head_kv, int32_t n_stride, int32
 }
 
 ComposedPolicy::ComposedPolicy(std::vector<std::unique_ptr<TokenRanker>> rankers, std::vector<HeadPlan> plans,
-                               int32_t n_head_kv, KvFormat open, KvFormat sealed, std::string description)
+                               int32_t n_head_kv, KvFormat open, KvFormat sealed, int32_t n_recent_full_precision,
+                               std::string description)
     : rankers_(std::move(rankers)),
       plans_(std::move(plans)),
       n_head_kv_(n_head_kv),
       open_(open),
       sealed_(sealed),
+      n_recent_full_precision_(n_recent_full_precision),
       description_(std::move(description)),
-      accumulated_(plans_.size()) {}
+      accumulated_(plans_.size()),
+      compensation_(plans_.size()) {}
 
 int32_t ComposedPolicy::prefill_score_from(int32_t n_prompt) const {
   int32_t from = INT_MAX;
@@ -37,13 +37,53 @@ int32_t ComposedPolicy::prefill_score_from(int32_t n_prompt) const {
   return from;
 }
 
+int32_t ComposedPolicy::n_recent_full_precision() const {
+  return kv_format_is_packed(sealed_) ? n_recent_full_precision_ : 0;
+}
+
+void ComposedPolicy::reset() {
+  for (auto& acc : accumulated_) acc.clear();
+  for (auto& c : compensation_) c = Compensation{};
+}
+
 bool ComposedPolicy::wants_decode_scores() const {
   return std::any_of(rankers_.begin(), rankers_.end(), [](const auto& r) { return r->wants_decode_scores(); });
 }
 
-void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, bool decode_step) {
+std::vector<std::vector<float>> ComposedPolicy::layer_scores(const KvSequence& seq, const KvScores& scores,
+                                                             int32_t layer, const TokenRanker* ranker) const {
+  // Heads may hold their tokens in different slot orders, so the sum is taken per position. A head that does not
+  // hold a token paid it no attention.
+  std::unordered_map<int32_t, float> by_position;
+  for (int32_t g = 0; g < n_head_kv_; ++g) {
+    if (plans_[index(layer, g)].ranker != ranker) continue;
+    const KvHeadCache& h = seq.head(layer, g);
+    const float* s = scores.head(layer, g);
+    for (int32_t i = 0; i < h.n_tokens(); ++i) by_position[h.positions[static_cast<size_t>(i)]] += s[i];
+  }
+  std::vector<std::vector<float>> out(static_cast<size_t>(n_head_kv_));
+  for (int32_t g = 0; g < n_head_kv_; ++g) {
+    if (plans_[index(layer, g)].ranker != ranker) continue;
+    const KvHeadCache& h = seq.head(layer, g);
+    auto& o = out[static_cast<size_t>(g)];
+    o.resize(static_cast<size_t>(h.n_tokens()));
+    for (int32_t i = 0; i < h.n_tokens(); ++i) o[static_cast<size_t>(i)] = by_position[h.positions[static_cast<size_t>(i)]];
+  }
+  return out;
+}
+
+void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step) {
   const int32_t n_layer = static_cast<int32_t>(plans_.size()) / n_head_kv_;
-  for (int32_t l = 0; l < n_layer; ++l)
+  for (int32_t l = 0; l < n_layer; ++l) {
+    // Layer-scope scores are summed before any head of the layer is cut, so every head ranks the same attention.
+    std::vector<std::pair<const TokenRanker*, std::vector<std::vector<float>>>> shared;
+    if (scores.wanted())
+      for (int32_t g = 0; g < n_head_kv_; ++g) {
+        const TokenRanker* r = plans_[index(l, g)].ranker;
+        if (r == nullptr || r->score_scope() != KvScoreScope::Layer) continue;
+        if (std::none_of(shared.begin(), shared.end(), [&](const auto& s) { return s.first == r; }))
+          shared.emplace_back(r, layer_scores(seq, scores, l, r));
+      }
     for (int32_t g = 0; g < n_head_kv_; ++g) {
       const HeadPlan& plan = plans_[index(l, g)];
       if (plan.ranker == nullptr) continue;
@@ -56,20 +96,106 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, bool deco
         const float* s = scores.head(l, g);
         for (int32_t i = 0; i < n; ++i) acc[static_cast<size_t>(i)] += s[i];
       }
-      if (plan.budget == kKeepAll || n <= plan.budget) continue;
-      if (decode_step && !plan.ranker->evicts_during_decode()) continue;
-      const float* s = accumulate ? acc.data() : (scores.wanted() ? scores.head(l, g) : nullptr);
+      if (plan.budget == kKeepAll) continue;
+      const int32_t comp = plan.dropped == KvDropped::Compensated ? find_compensation(seq, l, g) : -1;
+      if (n - (comp >= 0) <= plan.budget) continue;
+      if (step == Step::Decode && !plan.ranker->evicts_during_decode()) continue;
+
+      const float* s = nullptr;
+      if (accumulate) {
+        s = acc.data();
+      } else if (scores.wanted() && plan.ranker->score_scope() == KvScoreScope::Layer) {
+        for (const auto& [r, per_head] : shared)
+          if (r == plan.ranker) s = per_head[static_cast<size_t>(g)].data();
+      } else if (scores.wanted()) {
+        s = scores.head(l, g);
+      }
       if (s == nullptr && plan.ranker->prefill_score_from(n) != INT_MAX)
         fail("internal: {} needs attention scores that were not gathered", plan.ranker->describe());
-      const std::vector<int32_t> drop = complement_slots(plan.ranker->select(h.positions, s, plan.budget), n);
-      seq.remove_slots(l, g, drop);
-      if (accumulate) erase_slots(acc, drop);
+
+      std::vector<int32_t> keep;
+      if (comp < 0) {
+        keep = plan.ranker->select(h.positions, s, plan.budget);
+      } else {
+        // The compensation token is not a token of the text: it is neither ranked nor counted in the budget.
+        std::vector<int32_t> positions(h.positions);
+        positions.erase(positions.begin() + comp);
+        std::vector<float> real_scores;
+        if (s != nullptr) {
+          real_scores.assign(s, s + n);
+          real_scores.erase(real_scores.begin() + comp);
+        }
+        keep = plan.ranker->select(positions, s != nullptr ? real_scores.data() : nullptr, plan.budget);
+        for (int32_t& k : keep)
+          if (k >= comp) ++k;
+        keep.insert(std::upper_bound(keep.begin(), keep.end(), comp), comp);
+      }
+      const std::vector<int32_t> drop = complement_slots(keep, n);
+      if (drop.empty()) continue;
+      if (plan.dropped == KvDropped::Compensated) {
+        fold_into_compensation(seq, l, g, drop);
+        std::vector<int32_t> gone(drop);
+        if (comp >= 0) gone.insert(std::upper_bound(gone.begin(), gone.end(), comp), comp);
+        seq.remove_slots(l, g, gone);
+        if (accumulate) erase_slots(acc, gone);
+        place_compensation(seq, l, g);
+      } else {
+        seq.remove_slots(l, g, drop);
+        if (accumulate) erase_slots(acc, drop);
+      }
     }
+  }
 }
 
-void ComposedPolicy::after_prefill_chunk(KvSequence& seq, const KvScores& scores) { compress(seq, scores, false); }
-void ComposedPolicy::after_prefill(KvSequence& seq, const KvScores& scores) { compress(seq, scores, false); }
-void ComposedPolicy::after_decode_step(KvSequence& seq, const KvScores& scores) { compress(seq, scores, true); }
+int32_t ComposedPolicy::find_compensation(const KvSequence& seq, int32_t layer, int32_t kv_head) {
+  Compensation& c = compensation_[index(layer, kv_head)];
+  if (c.position < 0) return -1;
+  const std::vector<int32_t>& pos = seq.head(layer, kv_head).positions;
+  for (size_t i = pos.size(); i-- > 0;)  // it is placed last and stays near the end
+    if (pos[i] == c.position) return static_cast<int32_t>(i);
+  c = Compensation{};
+  return -1;
+}
+
+void ComposedPolicy::fold_into_compensation(const KvSequence& seq, int32_t layer, int32_t kv_head,
+                                            const std::vector<int32_t>& drop) {
+  Compensation& c = compensation_[index(layer, kv_head)];
+  const int32_t d = seq.geometry().head_dim;
+  c.k_sum.resize(static_cast<size_t>(d), 0.0);
+  c.v_sum.resize(static_cast<size_t>(d), 0.0);
+  std::vector<float> k(static_cast<size_t>(d)), v(static_cast<size_t>(d));
+  const std::vector<int32_t>& pos = seq.head(layer, kv_head).positions;
+  for (int32_t slot : drop) {
+    seq.read_keys(layer, kv_head, slot, 1, k.data());
+    seq.read_values(layer, kv_head, slot, 1, v.data());
+    for (int32_t i = 0; i < d; ++i) {
+      c.k_sum[static_cast<size_t>(i)] += k[static_cast<size_t>(i)];
+      c.v_sum[static_cast<size_t>(i)] += v[static_cast<size_t>(i)];
+    }
+    // The token stands where its newest constituent stood: a sliding window then expires it when it would
+    // have expired that token, and no kept token of the head holds that position.
+    c.position = std::max(c.position, pos[static_cast<size_t>(slot)]);
+  }
+  c.n_dropped += static_cast<int64_t>(drop.size());
+}
+
+void ComposedPolicy::place_compensation(KvSequence& seq, int32_t layer, int32_t kv_head) {
+  const Compensation& c = compensation_[index(layer, kv_head)];
+  const KvGeometry& geo = seq.geometry();
+  const int32_t d = geo.head_dim;
+  std::vector<float> k(static_cast<size_t>(d)), v(k.size());
+  for (int32_t i = 0; i < d; ++i) {
+    k[static_cast<size_t>(i)] = static_cast<float>(c.k_sum[static_cast<size_t>(i)] / c.n_dropped);
+    v[static_cast<size_t>(i)] = static_cast<float>(c.v_sum[static_cast<size_t>(i)] / c.n_dropped);
+  }
+  seq.append_head(layer, kv_head, k.data(), v.data(), c.position);
+}
+
+void ComposedPolicy::after_prefill_chunk(KvSequence& seq, const KvScores& scores) {
+  compress(seq, scores, Step::PrefillChunk);
+}
+void ComposedPolicy::after_prefill(KvSequence& seq, const KvScores& scores) { compress(seq, scores, Step::PrefillEnd); }
+void ComposedPolicy::after_decode_step(KvSequence& seq, const KvScores& scores) { compress(seq, scores, Step::Decode); }
 
 void ComposedPolicy::on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before,
                                       const std::vector<int32_t>& slots) {
@@ -77,174 +203,6 @@ void ComposedPolicy::on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_
   if (acc.empty()) return;  // nothing accumulated for this head
   acc.resize(static_cast<size_t>(n_before), 0.0f);  // slots appended since the last scores start at zero
   erase_slots(acc, slots);
-}
-
-std::vector<int32_t> pyramid_budgets(int32_t budget, double beta, int32_t n_layer) {
-  std::vector<int32_t> b(static_cast<size_t>(n_layer));
-  const double last = budget / beta, first = 2.0 * budget - last;
-  for (int32_t l = 0; l < n_layer; ++l) {
-    const double t = n_layer > 1 ? static_cast<double>(l) / (n_layer - 1) : 0.0;
-    b[static_cast<size_t>(l)] = std::max(1, static_cast<int32_t>(std::lround(first - (first - last) * t)));
-  }
-  return b;
-}
-
-namespace {
-
-// Named presets for the common cases.
-const std::map<std::string, std::string>& presets() {
-  static const std::map<std::string, std::string> p = {
-      {"lossless", "full"},
-      {"compact", "snapkv:budget=1024+kivi:bits=4"},
-      {"tiny", "snapkv:budget=512+kivi:bits=2"},
-  };
-  return p;
-}
-
-const char* kValidComponents =
-    "full[:type=f16|f32], streaming[:budget,sink], h2o[:budget,recent], snapkv[:budget,window,pool,pooling], "
-    "tova[:budget], pyramid[:budget,beta], heads:file=ROLES.json[,sink,window], kivi[:bits=2|4|8]; "
-    "presets: lossless, compact, tiny";
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (true) {
-    const size_t at = s.find(sep, start);
-    out.push_back(s.substr(start, at == std::string::npos ? std::string::npos : at - start));
-    if (at == std::string::npos) return out;
-    start = at + 1;
-  }
-}
-
-// Head roles (RazorAttention, DuoAttention): written by `longctx calibrate-heads`.
-std::vector<bool> load_retrieval_heads(const std::string& path, int32_t n_layer, int32_t n_head_kv) {
-  std::ifstream in(path);
-  if (!in) fail("heads: cannot read the roles file '{}' (make one with `longctx calibrate-heads`)", path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    fail("heads: '{}' is not valid JSON: {}", path, e.what());
-  }
-  if (!j.contains("n_layer") || !j.contains("n_head_kv") || !j.contains("retrieval"))
-    fail("heads: '{}' lacks n_layer, n_head_kv or retrieval", path);
-  if (j["n_layer"] != n_layer || j["n_head_kv"] != n_head_kv)
-    fail("heads: '{}' is for {} layers x {} kv-heads, the model has {} x {}", path, j["n_layer"].dump(),
-         j["n_head_kv"].dump(), n_layer, n_head_kv);
-  std::vector<bool> retrieval(static_cast<size_t>(n_layer) * n_head_kv, false);
-  for (const auto& lh : j["retrieval"]) {
-    if (!lh.is_array() || lh.size() != 2 || !lh[0].is_number_integer() || !lh[1].is_number_integer())
-      fail("heads: '{}': retrieval entries must be [layer, kv_head]", path);
-    const int l = lh[0], h = lh[1];
-    if (l < 0 || l >= n_layer || h < 0 || h >= n_head_kv) fail("heads: '{}': head [{}, {}] out of range", path, l, h);
-    retrieval[static_cast<size_t>(l) * n_head_kv + h] = true;
-  }
-  return retrieval;
-}
-
-}  // namespace
-
-std::string kv_policy_help() {
-  return std::string("Components joined by '+': one token policy, one budget shape, one format. ") + kValidComponents +
-         ". Examples: snapkv:budget=1024+kivi:bits=2, pyramid:budget=2048+snapkv, heads:file=heads.json+kivi:bits=4.";
-}
-
-std::unique_ptr<KvPolicy> make_kv_policy(const std::string& spec_in, int32_t n_layer, int32_t n_head_kv) {
-  std::string spec = spec_in;
-  if (auto it = presets().find(spec); it != presets().end()) spec = it->second;
-  if (spec.empty()) fail("empty --kv spec; valid: {}", kValidComponents);
-
-  std::unique_ptr<TokenRanker> ranker;
-  std::unique_ptr<SpecArgs> pyramid, heads;
-  KvFormat open = KvFormat::F16, sealed = KvFormat::F16;
-  bool have_format = false;
-  for (const std::string& part : split(spec, '+')) {
-    const std::string name = part.substr(0, part.find(':'));
-    auto one_ranker = [&](std::unique_ptr<TokenRanker> r) {
-      if (ranker) fail("--kv '{}' has two token policies ({} and {}); use one", spec_in, ranker->describe(), name);
-      ranker = std::move(r);
-    };
-    if (name == "streaming") {
-      one_ranker(make_streaming_ranker(SpecArgs(part, {"budget", "sink"})));
-    } else if (name == "h2o") {
-      one_ranker(make_h2o_ranker(SpecArgs(part, {"budget", "recent"})));
-    } else if (name == "snapkv") {
-      one_ranker(make_snapkv_ranker(SpecArgs(part, {"budget", "window", "pool", "pooling"})));
-    } else if (name == "tova") {
-      one_ranker(make_tova_ranker(SpecArgs(part, {"budget"})));
-    } else if (name == "pyramid") {
-      if (pyramid) fail("--kv '{}' has pyramid twice", spec_in);
-      pyramid = std::make_unique<SpecArgs>(part, std::vector<std::string>{"budget", "beta"});
-    } else if (name == "heads") {
-      if (heads) fail("--kv '{}' has heads twice", spec_in);
-      heads = std::make_unique<SpecArgs>(part, std::vector<std::string>{"file", "sink", "window"});
-    } else if (name == "full" || name == "kivi") {
-      if (have_format) fail("--kv '{}' has two formats; use one of full or kivi", spec_in);
-      have_format = true;
-      if (name == "full") {
-        SpecArgs a(part, {"type"});
-        const std::string t = a.get_string("type", "f16");
-        if (t != "f16" && t != "f32") fail("full: type must be f16 or f32, not '{}'", t);
-        open = sealed = t == "f16" ? KvFormat::F16 : KvFormat::F32;
-      } else {
-        SpecArgs a(part, {"bits"});
-        const int32_t bits = a.get_int("bits", 4, 2, 8);
-        if (bits != 2 && bits != 4 && bits != 8) fail("kivi: bits must be 2, 4 or 8, not {}", bits);
-        sealed = bits == 2 ? KvFormat::Kivi2 : bits == 4 ? KvFormat::Kivi4 : KvFormat::Kivi8;
-      }
-    } else {
-      fail("unknown KV policy '{}' in --kv '{}'; valid: {}", name, spec_in, kValidComponents);
-    }
-  }
-  // PyramidKV selects tokens the SnapKV way unless another ranker is named.
-  if (pyramid && !ranker) ranker = make_snapkv_ranker(SpecArgs("snapkv", {}));
-
-  std::vector<int32_t> layer_budget(static_cast<size_t>(n_layer), ranker ? ranker->budget() : kKeepAll);
-  std::string description = ranker ? ranker->describe() : "full";
-  if (pyramid) {
-    const int32_t budget = pyramid->get_int("budget", ranker->budget(), 1, 1 << 30);
-    const double beta = pyramid->get_float("beta", 20.0, 1.0, 1000.0);
-    layer_budget = pyramid_budgets(budget, beta, n_layer);
-    description = "pyramid(budget=" + std::to_string(budget) + ", beta=" + std::to_string(static_cast<int>(beta)) +
-                  ", layer 0: " + std::to_string(layer_budget.front()) + ", last: " +
-                  std::to_string(layer_budget.back()) + ") + " + description;
-  }
-
-  std::vector<std::unique_ptr<TokenRanker>> owned;
-  const TokenRanker* main_ranker = ranker.get();
-  if (ranker) owned.push_back(std::move(ranker));
-  std::vector<HeadPlan> plans(static_cast<size_t>(n_layer) * n_head_kv);
-  for (int32_t l = 0; l < n_layer; ++l)
-    for (int32_t g = 0; g < n_head_kv; ++g)
-      plans[static_cast<size_t>(l) * n_head_kv + g] = HeadPlan{main_ranker, layer_budget[static_cast<size_t>(l)]};
-
-  if (heads) {
-    if (!heads->has("file")) fail("heads needs file=ROLES.json (make one with `longctx calibrate-heads`)");
-    const std::string file = heads->get_string("file", "");
-    const int32_t sink = heads->get_int("sink", 4, 0, 1 << 20);
-    const int32_t window = heads->get_int("window", 256, 1, 1 << 30);
-    const auto retrieval = load_retrieval_heads(file, n_layer, n_head_kv);
-    // Streaming heads keep sinks plus a window; retrieval heads keep what the token policy gives (all, if none).
-    owned.push_back(make_streaming_ranker(
-        SpecArgs("streaming:budget=" + std::to_string(sink + window) + ",sink=" + std::to_string(sink), {"budget", "sink"})));
-    const TokenRanker* streaming = owned.back().get();
-    int32_t n_retrieval = 0;
-    for (size_t i = 0; i < plans.size(); ++i) {
-      if (retrieval[i]) {
-        ++n_retrieval;
-        if (!main_ranker) plans[i] = HeadPlan{nullptr, kKeepAll};
-      } else {
-        plans[i] = HeadPlan{streaming, sink + window};
-      }
-    }
-    description = "heads(" + std::to_string(n_retrieval) + " retrieval of " + std::to_string(plans.size()) +
-                  ", others sink=" + std::to_string(sink) + " window=" + std::to_string(window) + ")" +
-                  (main_ranker ? " + " + description : "");
-  }
-  description += std::string(", ") + kv_format_name(open) +
-                 (sealed != open ? std::string(" recent + ") + kv_format_name(sealed) + " sealed pages" : "");
-  return std::make_unique<ComposedPolicy>(std::move(owned), std::move(plans), n_head_kv, open, sealed, description);
 }
 
 }  // namespace longctx::kv

@@ -1,5 +1,6 @@
-// A policy put together from a --kv spec: a token ranker (which tokens), budgets per (layer, kv-head) (uniform,
-// PyramidKV's per-layer pyramid, or head roles), and the formats of open and sealed pages (f16/f32, KIVI).
+// A policy put together from a --kv spec (policy_registry.h): a token ranker (which tokens), budgets per
+// (layer, kv-head) (uniform, PyramidKV's per-layer pyramid, or head roles), and the formats of open and sealed
+// pages (f16/f32, KIVI).
 #pragma once
 #include <memory>
 #include <string>
@@ -13,21 +14,30 @@ namespace longctx::kv {
 // Budget value for a head that keeps everything.
 constexpr int32_t kKeepAll = -1;
 
+// What becomes of the tokens a head drops. RazorAttention ("RazorAttention: Efficient KV Cache Compression Through
+// Retrieval Heads") folds them into one compensation token, the mean of their keys and of their values, which the
+// head keeps on top of its budget.
+enum class KvDropped { Forgotten, Compensated };
+
 struct HeadPlan {
   const TokenRanker* ranker = nullptr;  // null: keeps everything
-  int32_t budget = kKeepAll;
+  int32_t budget = kKeepAll;            // tokens selected by the ranker; a compensation token comes on top
+  KvDropped dropped = KvDropped::Forgotten;
 };
 
 class ComposedPolicy final : public KvPolicy {
  public:
-  // plans: (n_layer * n_head_kv), each head's ranker and budget; rankers are owned here.
+  // plans: (n_layer * n_head_kv), each head's ranker and budget; rankers are owned here. n_recent_full_precision:
+  // KIVI's residual window when `sealed` is packed.
   ComposedPolicy(std::vector<std::unique_ptr<TokenRanker>> rankers, std::vector<HeadPlan> plans, int32_t n_head_kv,
-                 KvFormat open, KvFormat sealed, std::string description);
+                 KvFormat open, KvFormat sealed, int32_t n_recent_full_precision, std::string description);
 
   std::string describe() const override { return description_; }
   KvFormat page_format() const override { return open_; }
   KvFormat sealed_format() const override { return sealed_; }
   int32_t prefill_score_from(int32_t n_prompt) const override;
+  int32_t n_recent_full_precision() const override;
+  void reset() override;
   bool wants_decode_scores() const override;
   void after_prefill_chunk(KvSequence& seq, const KvScores& scores) override;
   void after_prefill(KvSequence& seq, const KvScores& scores) override;
@@ -37,21 +47,43 @@ class ComposedPolicy final : public KvPolicy {
   const HeadPlan& plan(int32_t layer, int32_t kv_head) const { return plans_[index(layer, kv_head)]; }
 
  private:
+  enum class Step { PrefillChunk, PrefillEnd, Decode };
+  // The running mean of what one head dropped, and where its token sits.
+  struct Compensation {
+    int64_t n_dropped = 0;
+    std::vector<double> k_sum, v_sum;  // (head_dim) each
+    int32_t position = -1;             // the compensation token's position in the store; -1: none placed
+  };
+
   size_t index(int32_t layer, int32_t kv_head) const { return static_cast<size_t>(layer) * n_head_kv_ + kv_head; }
   // Adds this round's scores to accumulating heads, then cuts every head over its budget.
-  void compress(KvSequence& seq, const KvScores& scores, bool decode_step);
+  void compress(KvSequence& seq, const KvScores& scores, Step step);
+  // Each slot's score for the heads of `layer` that `ranker` manages with KvScoreScope::Layer: the attention summed
+  // over all their query heads, looked up by position. (n_head_kv) of (n_slots).
+  std::vector<std::vector<float>> layer_scores(const KvSequence& seq, const KvScores& scores, int32_t layer,
+                                               const TokenRanker* ranker) const;
+  // The slot holding the head's compensation token, -1 if it holds none (never placed, or expired by a sliding
+  // window, which also forgets what it stood for: every token it stood for is older still).
+  int32_t find_compensation(const KvSequence& seq, int32_t layer, int32_t kv_head);
+  // Folds the dropped slots into the head's compensation (read before they are removed).
+  void fold_into_compensation(const KvSequence& seq, int32_t layer, int32_t kv_head, const std::vector<int32_t>& drop);
+  void place_compensation(KvSequence& seq, int32_t layer, int32_t kv_head);
 
   std::vector<std::unique_ptr<TokenRanker>> rankers_;
   std::vector<HeadPlan> plans_;
   int32_t n_head_kv_;
   KvFormat open_, sealed_;
+  int32_t n_recent_full_precision_;
   std::string description_;
   std::vector<std::vector<float>> accumulated_;  // (n_layer * n_head_kv) of (n_slots), for accumulating rankers
+  std::vector<Compensation> compensation_;      // (n_layer * n_head_kv)
 };
 
 // PyramidKV ("PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information Funneling"): attention
-// spreads widely in low layers and narrows in high ones, so budgets fall linearly with depth: the last layer gets
-// budget / beta, the first 2 * budget - budget / beta, the mean is `budget`. Returns (n_layer) budgets.
-std::vector<int32_t> pyramid_budgets(int32_t budget, double beta, int32_t n_layer);
+// spreads widely in low layers and narrows in high ones, so the selected tokens fall linearly with depth while the
+// n_window most recent tokens (the observation window) stay in every layer on top of them. With S = budget -
+// n_window, the last layer selects S / beta, the first 2 S - S / beta, the mean is S; so the mean of the returned
+// totals is `budget`, as with a uniform budget. Returns (n_layer) totals (selected + n_window, at least 1).
+std::vector<int32_t> pyramid_budgets(int32_t budget, int32_t n_window, double beta, int32_t n_layer);
 
 }  // namespace longctx::kv

@@ -138,21 +138,32 @@ size_t KvSequence::first_open_page(const KvHeadCache& h) const {
   return p;
 }
 
+void KvSequence::append_row(KvHeadCache& h, const float* k, const float* v, int32_t position) {
+  const int32_t T = geo_.page_tokens;
+  if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == T)
+    h.pages.push_back(pool_.kv_page_alloc(geo_.format));
+  KvPage& page = h.pages.back();
+  cpu::kv_page_write(page.format, T, geo_.head_dim, k, v, page.n_rows, 1, pool_.page_data(page));
+  ++page.n_rows;
+  h.positions.push_back(position);
+}
+
 void KvSequence::append(int32_t layer, const float* k, const float* v, const int32_t* positions, int32_t n) {
-  const int32_t d = geo_.head_dim, T = geo_.page_tokens;
+  const int32_t d = geo_.head_dim;
   for (int32_t g = 0; g < geo_.n_head_kv; ++g) {
     KvHeadCache& h = heads_[index(layer, g)];
     for (int32_t t = 0; t < n; ++t) {
-      if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == T)
-        h.pages.push_back(pool_.kv_page_alloc(geo_.format));
-      KvPage& page = h.pages.back();
       const size_t off = (static_cast<size_t>(t) * geo_.n_head_kv + g) * d;
-      cpu::kv_page_write(page.format, T, d, k + off, v + off, page.n_rows, 1, pool_.page_data(page));
-      ++page.n_rows;
-      h.positions.push_back(positions[t]);
+      append_row(h, k + off, v + off, positions[t]);
     }
     if (auto_seal_) seal_old_pages(h);
   }
+}
+
+void KvSequence::append_head(int32_t layer, int32_t kv_head, const float* k, const float* v, int32_t position) {
+  KvHeadCache& h = heads_[index(layer, kv_head)];
+  append_row(h, k, v, position);
+  if (auto_seal_) seal_old_pages(h);
 }
 
 void KvSequence::seal_page(KvHeadCache& h, size_t pi) {

@@ -126,6 +126,9 @@ class KvSequence {
   // Appends n tokens to every kv-head of a layer. k and v: (n, n_head_kv, head_dim) f32, already rotated.
   // With auto-sealing on, pages that left the full-precision window are sealed at once.
   void append(int32_t layer, const float* k, const float* v, const int32_t* positions, int32_t n);
+  // Appends one row to one kv-head only (a token that is not the text's, such as a compensation token).
+  // k, v: (head_dim) f32, already rotated.
+  void append_head(int32_t layer, int32_t kv_head, const float* k, const float* v, int32_t position);
 
   // Packs every full open page older than the full-precision window (no-op when nothing is packed).
   void seal_full_pages();
@@ -154,6 +157,7 @@ class KvSequence {
 
  private:
   size_t index(int32_t layer, int32_t kv_head) const { return static_cast<size_t>(layer) * geo_.n_head_kv + kv_head; }
+  void append_row(KvHeadCache& h, const float* k, const float* v, int32_t position);
   // The page holding a slot, and the slot's row in it.
   std::pair<size_t, int32_t> locate(const KvHeadCache& h, int32_t slot) const;
   void seal_page(KvHeadCache& h, size_t page_index);

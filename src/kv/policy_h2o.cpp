@@ -5,10 +5,13 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "kv/policy_registry.h"
 #include "kv/token_ranker.h"
 
 namespace longctx::kv {
 namespace {
+
+constexpr int32_t kDefaultBudget = 1024;
 
 class H2oRanker final : public TokenRanker {
  public:
@@ -43,9 +46,19 @@ class H2oRanker final : public TokenRanker {
 }  // namespace
 
 std::unique_ptr<TokenRanker> make_h2o_ranker(const SpecArgs& args) {
-  const int32_t budget = args.get_int("budget", 1024, 1, 1 << 30);
+  const int32_t budget = args.get_int("budget", kDefaultBudget, 1, 1 << 30);
   const int32_t recent = args.get_int("recent", budget / 2, 0, budget);
   return std::make_unique<H2oRanker>(budget, recent);
+}
+
+KvComponent kv_component_h2o() {
+  return {"h2o",
+          KvComponentKind::TokenPolicy,
+          "H2O (\"H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models\"): the "
+          "tokens with the most attention accumulated since the prompt, plus the most recent; evicts as it decodes",
+          {{"budget", std::to_string(kDefaultBudget), "tokens kept per (layer, kv-head), recent ones included"},
+           {"recent", "budget/2", "of those, the most recent tokens kept whatever their scores"}},
+          [](const SpecArgs& args, KvPolicyDraft& d) { d.ranker = d.add_ranker(make_h2o_ranker(args)); }};
 }
 
 }  // namespace longctx::kv

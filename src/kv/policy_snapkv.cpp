@@ -1,15 +1,18 @@
 // SnapKV ("SnapKV: LLM Knows What You are Looking for Before Generation"): the queries of an observation window
 // at the end of the prompt already attend to what generation will need. Their attention, summed over the window
 // and over the query heads of each kv-head (GQA-aware), is pooled along positions so that neighbours of a chosen
-// token come with it, and each kv-head keeps its top tokens plus the window itself. The cache is cut once, at
-// prefill end, and grows during decode.
+// token come with it, and each kv-head keeps its top (budget - window) tokens plus the window itself: the budget
+// is the paper's cache capacity, window included. The cache is cut once, at prefill end, and grows during decode.
 #include <algorithm>
 
 #include "core/error.h"
+#include "kv/policy_registry.h"
 #include "kv/token_ranker.h"
 
 namespace longctx::kv {
 namespace {
+
+constexpr int32_t kDefaultBudget = 1024, kDefaultWindow = 32, kDefaultPool = 7;
 
 enum class Pooling { Max, Avg };
 
@@ -23,6 +26,7 @@ class SnapKvRanker final : public TokenRanker {
   }
   int32_t budget() const override { return budget_; }
   int32_t prefill_score_from(int32_t n_prompt) const override { return std::max(0, n_prompt - window_); }
+  int32_t n_window() const override { return window_; }
 
   std::vector<int32_t> select(const std::vector<int32_t>& positions, const float* scores, int32_t budget) const override {
     const std::vector<int32_t> order = slots_by_position(positions);  // pooling runs along positions
@@ -57,13 +61,25 @@ class SnapKvRanker final : public TokenRanker {
 }  // namespace
 
 std::unique_ptr<TokenRanker> make_snapkv_ranker(const SpecArgs& args) {
-  const int32_t budget = args.get_int("budget", 1024, 1, 1 << 30);
-  const int32_t window = args.get_int("window", 32, 1, 1 << 20);
-  const int32_t kernel = args.get_int("pool", 7, 1, 1001);
+  const int32_t budget = args.get_int("budget", kDefaultBudget, 1, 1 << 30);
+  const int32_t window = args.get_int("window", kDefaultWindow, 1, 1 << 20);
+  const int32_t kernel = args.get_int("pool", kDefaultPool, 1, 1001);
   const std::string pooling = args.get_string("pooling", "max");
   if (pooling != "max" && pooling != "avg") fail("snapkv: pooling must be max or avg, not '{}'", pooling);
   if (kernel % 2 == 0) fail("snapkv: pool={} must be odd (a window centred on each token)", kernel);
   return std::make_unique<SnapKvRanker>(budget, window, kernel, pooling == "max" ? Pooling::Max : Pooling::Avg);
+}
+
+KvComponent kv_component_snapkv() {
+  return {"snapkv",
+          KvComponentKind::TokenPolicy,
+          "SnapKV (\"SnapKV: LLM Knows What You are Looking for Before Generation\"): the tokens the prompt's last "
+          "queries vote for, pooled, plus those queries' own tokens; cuts once, after the prompt",
+          {{"budget", std::to_string(kDefaultBudget), "tokens kept per (layer, kv-head), the window included"},
+           {"window", std::to_string(kDefaultWindow), "observation window: the last prompt tokens, which vote and stay"},
+           {"pool", std::to_string(kDefaultPool), "pooling kernel over neighbouring positions (odd)"},
+           {"pooling", "max", "max or avg"}},
+          [](const SpecArgs& args, KvPolicyDraft& d) { d.ranker = d.add_ranker(make_snapkv_ranker(args)); }};
 }
 
 }  // namespace longctx::kv

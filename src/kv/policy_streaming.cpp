@@ -4,10 +4,13 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "kv/policy_registry.h"
 #include "kv/token_ranker.h"
 
 namespace longctx::kv {
 namespace {
+
+constexpr int32_t kDefaultBudget = 1024, kDefaultSink = 4;
 
 class StreamingRanker final : public TokenRanker {
  public:
@@ -38,10 +41,20 @@ class StreamingRanker final : public TokenRanker {
 }  // namespace
 
 std::unique_ptr<TokenRanker> make_streaming_ranker(const SpecArgs& args) {
-  const int32_t budget = args.get_int("budget", 1024, 1, 1 << 30);
-  const int32_t sink = args.get_int("sink", 4, 0, 1 << 20);
+  const int32_t budget = args.get_int("budget", kDefaultBudget, 1, 1 << 30);
+  const int32_t sink = args.get_int("sink", kDefaultSink, 0, 1 << 20);
   if (sink >= budget) fail("streaming: sink={} must be smaller than budget={}", sink, budget);
   return std::make_unique<StreamingRanker>(budget, sink);
+}
+
+KvComponent kv_component_streaming() {
+  return {"streaming",
+          KvComponentKind::TokenPolicy,
+          "StreamingLLM (\"Efficient Streaming Language Models with Attention Sinks\"): the first tokens plus the most "
+          "recent ones",
+          {{"budget", std::to_string(kDefaultBudget), "tokens kept per (layer, kv-head), sinks included"},
+           {"sink", std::to_string(kDefaultSink), "first tokens always kept (attention sinks)"}},
+          [](const SpecArgs& args, KvPolicyDraft& d) { d.ranker = d.add_ranker(make_streaming_ranker(args)); }};
 }
 
 }  // namespace longctx::kv

@@ -9,6 +9,13 @@
 
 namespace longctx::kv {
 
+// One argument a --kv component takes, as its registry entry lists it for --help.
+struct SpecArg {
+  std::string name;
+  std::string fallback;  // the default as --help shows it; empty when the argument is required
+  std::string help;
+};
+
 class SpecArgs {
  public:
   // component: "snapkv:budget=1024,window=32"; valid_keys: what this component takes.

@@ -11,6 +11,10 @@
 
 namespace longctx::kv {
 
+// Whose attention ranks a head's tokens: its own (the query heads of the kv-head, summed), or the mean over every
+// head of the layer that the same ranker manages, so that those heads keep one token set.
+enum class KvScoreScope { KvHead, Layer };
+
 class TokenRanker {
  public:
   virtual ~TokenRanker() = default;
@@ -24,6 +28,10 @@ class TokenRanker {
   virtual bool evicts_during_decode() const { return false; }
   // Scores add up over all steps (H2O) rather than being the latest step's alone (TOVA).
   virtual bool accumulates_scores() const { return false; }
+  virtual KvScoreScope score_scope() const { return KvScoreScope::KvHead; }
+  // Tokens kept on top of the scored selection whatever their scores (SnapKV's observation window). A budget
+  // shape gives them to every layer before it shares out the rest (PyramidKV).
+  virtual int32_t n_window() const { return 0; }
   // The slots to keep, sorted ascending, at most `budget` of them. positions: (n_slots); scores: (n_slots),
   // the attention gathered for this head (null when the ranker asks for none).
   virtual std::vector<int32_t> select(const std::vector<int32_t>& positions, const float* scores,

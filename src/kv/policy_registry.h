@@ -1,0 +1,62 @@
+// The --kv components (DESIGN.md, "The KV cache": policies are registered, one file each). Each component file
+// defines one function returning its entry: name, kind, arguments with their defaults, a help line, and how it
+// fills its share of the policy. kv_components() lists those functions in one place, so no entry depends on a
+// static initializer surviving the link of a static library; a new method is its file, its line there, and its
+// test. make_kv_policy (policy.h) loops over the '+'-separated spec and looks each part up here; kv_policy_help()
+// is generated from the same entries.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kv/composed_policy.h"
+#include "kv/spec_args.h"
+#include "kv/token_ranker.h"
+
+namespace longctx::kv {
+
+// A spec names at most one token policy and one format, and any budget shapes, each at most once.
+enum class KvComponentKind { TokenPolicy, BudgetShape, Format };
+
+// What the parts of one spec put together. The parts apply in the order formats, token policy, budget shapes (in
+// registry order), so that a budget shape sees the token policy it shapes; the plans are the token policy's
+// uniform budget (or keep-all) before the first budget shape runs.
+struct KvPolicyDraft {
+  int32_t n_layer = 0;
+  int32_t n_head_kv = 0;
+  std::vector<std::unique_ptr<TokenRanker>> rankers;  // owned; the policy takes them
+  const TokenRanker* ranker = nullptr;                // the spec's token policy; null: none
+  std::vector<HeadPlan> plans;                        // (n_layer * n_head_kv)
+  KvFormat open = KvFormat::F16, sealed = KvFormat::F16;
+  int32_t n_recent_full_precision = 0;
+  std::vector<std::string> shapes;  // what each budget shape did, for describe()
+  std::string format;               // the format's description
+
+  const TokenRanker* add_ranker(std::unique_ptr<TokenRanker> r);
+  HeadPlan& plan(int32_t layer, int32_t kv_head) { return plans[static_cast<size_t>(layer) * n_head_kv + kv_head]; }
+};
+
+struct KvComponent {
+  std::string name;
+  KvComponentKind kind;
+  std::string help;  // one line: the method, by its paper's title
+  std::vector<SpecArg> args;
+  void (*apply)(const SpecArgs& args, KvPolicyDraft& draft);
+};
+
+// One per component file.
+KvComponent kv_component_streaming();  // policy_streaming.cpp
+KvComponent kv_component_h2o();        // policy_h2o.cpp
+KvComponent kv_component_snapkv();     // policy_snapkv.cpp
+KvComponent kv_component_tova();       // policy_tova.cpp
+KvComponent kv_component_pyramid();    // policy_pyramid.cpp
+KvComponent kv_component_heads();      // policy_heads.cpp
+KvComponent kv_component_full();       // policy_full.cpp
+KvComponent kv_component_kivi();       // policy_kivi.cpp
+
+// Every component, token policies first, then budget shapes (in the order they apply), then formats.
+const std::vector<KvComponent>& kv_components();
+// The entry named `name`, null if none.
+const KvComponent* find_kv_component(const std::string& name);
+
+}  // namespace longctx::kv
