@@ -41,6 +41,15 @@ bool ComposedPolicy::wants_decode_scores() const {
   return std::any_of(rankers_.begin(), rankers_.end(), [](const auto& r) { return r->wants_decode_scores(); });
 }
 
+// In-cache positions only when every head's ranker gives them: a head that keeps everything (a retrieval head, the
+// full cache) would need original positions past the trained context.
+KvPositions ComposedPolicy::positions() const {
+  const bool all = std::all_of(plans_.begin(), plans_.end(), [](const HeadPlan& p) {
+    return p.ranker != nullptr && p.ranker->positions() == KvPositions::InCache;
+  });
+  return all ? KvPositions::InCache : KvPositions::Original;
+}
+
 void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, bool decode_step) {
   const int32_t n_layer = static_cast<int32_t>(plans_.size()) / n_head_kv_;
   for (int32_t l = 0; l < n_layer; ++l)

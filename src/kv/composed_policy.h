@@ -29,6 +29,7 @@ class ComposedPolicy final : public KvPolicy {
   KvFormat sealed_format() const override { return sealed_; }
   int32_t prefill_score_from(int32_t n_prompt) const override;
   bool wants_decode_scores() const override;
+  KvPositions positions() const override;
   void after_prefill_chunk(KvSequence& seq, const KvScores& scores) override;
   void after_prefill(KvSequence& seq, const KvScores& scores) override;
   void after_decode_step(KvSequence& seq, const KvScores& scores) override;
