@@ -170,6 +170,7 @@ std::string run_stream_ppl(const StreamPplOptions& o) {
   const ModelConfig& mc = model->config();
   const int32_t n_ctx = o.n_ctx > 0 ? o.n_ctx : mc.n_ctx_train;
   for (const std::string& spec : o.kv_specs) (void)kv::make_kv_policy(spec, mc.n_layer, mc.n_head_kv);
+  if (o.n_prefix >= n_ctx) fail("the {}-token prefix does not fit the context of {}", o.n_prefix, n_ctx);
 
   // The text's start, cut to exactly n_tokens; read in growing pieces, since a book is far longer than needed.
   std::ifstream in(o.text, std::ios::binary);
