@@ -165,9 +165,10 @@ int run_command(const RunOptions& o) {
     const double pp = st.prefill_seconds > 0 ? st.n_prompt / st.prefill_seconds : 0;
     const double tg = st.decode_seconds > 0 ? st.n_generated / st.decode_seconds : 0;
     fmt::print(stderr, "\nstopped: {}{}\n", stop_reason_name(st.stop_reason),
-               st.stop_reason == StopReason::ContextFull && policy->positions() == kv::KvPositions::Original
+               st.stop_reason != StopReason::ContextFull ? std::string()
+               : policy->positions() == kv::KvPositions::Original
                    ? fmt::format(" at {} tokens; only --kv streaming goes past it", gp.n_ctx)
-                   : "");
+                   : fmt::format(": the cache filled all {} positions; give streaming a budget below --ctx", gp.n_ctx));
     fmt::print(stderr, "prefill: {} tokens in {:.2f}s ({:.1f} tok/s)\n", st.n_prompt, st.prefill_seconds, pp);
     fmt::print(stderr, "decode:  {} tokens in {:.2f}s ({:.1f} tok/s)\n", st.n_generated, st.decode_seconds, tg);
     const double ratio = st.kv_bytes.total() > 0 ? static_cast<double>(st.kv_full_f16_bytes) / st.kv_bytes.total() : 0;
