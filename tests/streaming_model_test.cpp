@@ -86,6 +86,12 @@ TEST(StreamingModel, ScoresTwiceTheContextWithFlatMemory) {
   }
   EXPECT_LT(s.windows.back().kv_bytes, f.windows.back().kv_bytes);
 
+  // The batched reference of stream-ppl, given all the context there is, reads exactly what the full cache read
+  // token by token (teacher forcing: the same logits up to f32 summation order).
+  const eval::StreamRun r = eval::windowed_full_reference(*m.model, pool, tokens, n_prefix, n_ctx, window, window);
+  for (size_t i = 0; i < f.windows.size(); ++i)
+    EXPECT_NEAR(r.windows[i].perplexity(), f.windows[i].perplexity(), 1e-3 * f.windows[i].perplexity()) << i;
+
   // Scoring past the context outright is refused for the full cache, with the reason.
   auto full = kv::make_kv_policy("full", m.model->config().n_layer, m.model->config().n_head_kv);
   GenerateParams gp;

@@ -21,6 +21,10 @@ CLI::App* add_stream_ppl_subcommand(CLI::App& app, eval::StreamPplOptions& o) {
   s->add_option("--window", o.window, "Positions per reported window")->capture_default_str()->check(CLI::Range(1, 1 << 24));
   s->add_option("-c,--ctx", o.n_ctx, "Context (default: the model's trained context)")->check(CLI::Range(1, 1 << 24));
   s->add_option("-t,--threads", o.n_threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
+  s->add_option("--reference-context", o.n_reference_context,
+                "Also score each window with the full cache afresh, after this many tokens before it (the text's own "
+                "difficulty along the stream); 0: off")
+      ->capture_default_str()->check(CLI::Range(0, 1 << 24));
   s->add_option("-o,--output", o.out, "JSON file of the runs");
   return s;
 }

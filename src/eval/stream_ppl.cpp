@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "engine/generator.h"
+#include "model/forward.h"
 
 namespace longctx::eval {
 
@@ -80,6 +81,68 @@ StreamRun stream_perplexity(const Model& model, const Tokenizer& tok, ThreadPool
   run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   run.n_scored = st.n_scored;
   run.nll_sum = st.nll_sum;
+  return run;
+}
+
+StreamRun windowed_full_reference(const Model& model, ThreadPool& pool, const std::vector<int32_t>& tokens,
+                                  int32_t n_prefix, int32_t n_ctx, int32_t window, int32_t n_context,
+                                  const std::function<void(const StreamRun&, const StreamWindow&)>& on_window) {
+  const ModelConfig& c = model.config();
+  if (n_context < 1) fail("the reference needs at least one token of context before each window");
+  if (n_context + window > n_ctx)
+    fail("the reference's {} tokens of context plus a window of {} exceed the context of {}", n_context, window, n_ctx);
+  auto policy = kv::make_kv_policy("full", c.n_layer, c.n_head_kv);
+  StreamRun run;
+  run.policy = fmt::format("full, afresh per window ({} before)", n_context);
+  run.describe = policy->describe();
+  const int32_t n_batch = 256;
+  Forward fwd(model, pool, n_batch);
+  kv::KvGeometry geo;
+  geo.n_layer = c.n_layer;
+  geo.n_head_kv = c.n_head_kv;
+  geo.head_dim = c.head_dim;
+  kv::KvPagePool pages(geo.page_tokens, geo.head_dim, size_t{1} << 40);
+  kv::KvSequence seq(geo, pages);
+  std::vector<float> logits(static_cast<size_t>(n_batch) * c.n_vocab);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int32_t n = static_cast<int32_t>(tokens.size());
+  for (int32_t first = n_prefix; first < n;) {
+    const int32_t end = std::min(n, (first / window + 1) * window);
+    const int32_t start = std::max(0, first - n_context);
+    StreamWindow w;
+    w.first = first;
+    w.end = end;
+    seq.clear();
+    // Positions from 0 at `start`; the row of token t - 1 predicts token t, for t in [first, end).
+    for (int32_t at = start; at < end; at += n_batch) {
+      const int32_t len = std::min(n_batch, end - at);
+      std::vector<int32_t> pos(static_cast<size_t>(len)), rows;
+      for (int32_t i = 0; i < len; ++i) {
+        pos[static_cast<size_t>(i)] = at + i - start;
+        if (at + i + 1 >= first && at + i + 1 < end) rows.push_back(i);
+      }
+      fwd.run(seq, tokens.data() + at, pos.data(), len, rows, logits.data());
+      kv_expire_window(c, seq, *policy, at + len - start);
+      for (size_t r = 0; r < rows.size(); ++r) {
+        const float* l = logits.data() + r * static_cast<size_t>(c.n_vocab);
+        const float mx = *std::max_element(l, l + c.n_vocab);
+        double z = 0;
+        for (int32_t v = 0; v < c.n_vocab; ++v) z += std::exp(static_cast<double>(l[v] - mx));
+        w.nll_sum += std::log(z) - static_cast<double>(l[tokens[static_cast<size_t>(at + rows[r] + 1)]] - mx);
+        ++w.n_scored;
+      }
+    }
+    w.kv_bytes = seq.bytes().total();
+    w.kv_pool_bytes = pages.bytes_reserved();
+    w.rss_bytes = process_rss_bytes();
+    w.n_cached = seq.n_tokens_max();
+    run.windows.push_back(w);
+    run.n_scored += w.n_scored;
+    run.nll_sum += w.nll_sum;
+    if (on_window) on_window(run, w);
+    first = end;
+  }
+  run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return run;
 }
 
@@ -171,6 +234,8 @@ std::string run_stream_ppl(const StreamPplOptions& o) {
   const int32_t n_ctx = o.n_ctx > 0 ? o.n_ctx : mc.n_ctx_train;
   for (const std::string& spec : o.kv_specs) (void)kv::make_kv_policy(spec, mc.n_layer, mc.n_head_kv);
   if (o.n_prefix >= n_ctx) fail("the {}-token prefix does not fit the context of {}", o.n_prefix, n_ctx);
+  if (o.n_reference_context > 0 && o.n_reference_context + o.window > n_ctx)
+    fail("--reference-context {} plus --window {} exceed the context of {}", o.n_reference_context, o.window, n_ctx);
 
   // The text's start, cut to exactly n_tokens; read in growing pieces, since a book is far longer than needed.
   std::ifstream in(o.text, std::ios::binary);
@@ -200,22 +265,28 @@ std::string run_stream_ppl(const StreamPplOptions& o) {
   j["n_ctx"] = n_ctx;
   j["n_ctx_train"] = mc.n_ctx_train;
   j["n_threads"] = n_threads;
+  const auto print_window = [](const StreamRun&, const StreamWindow& w) {
+    fmt::print(stderr, "  {}-{}: ppl {:.3f}, kv {} MiB, pool {} MiB, rss {} MiB\n", w.first, w.end, w.perplexity(),
+               human_mib(w.kv_bytes), human_mib(w.kv_pool_bytes), human_mib(w.rss_bytes));
+  };
+  const auto record = [&] {
+    if (o.out.empty()) return;
+    j["runs"].push_back(to_json(runs.back()));
+    std::ofstream out(o.out, std::ios::trunc);
+    if (!(out << j.dump(1) << "\n")) fail("cannot write '{}'", o.out);
+  };
   for (const std::string& spec : o.kv_specs) {
     fmt::print(stderr, "stream-ppl: {} over {} tokens, ctx {}\n", spec, o.n_tokens, n_ctx);
-    runs.push_back(stream_perplexity(*model, *tok, pool, tokens, o.n_prefix, spec, n_ctx, o.window,
-                                     [&](const StreamRun& r, const StreamWindow& w) {
-                                       fmt::print(stderr, "  {}-{}: ppl {:.3f}, kv {} MiB, pool {} MiB, rss {} MiB\n",
-                                                  w.first, w.end, w.perplexity(), human_mib(w.kv_bytes),
-                                                  human_mib(w.kv_pool_bytes), human_mib(w.rss_bytes));
-                                       (void)r;
-                                     }));
+    runs.push_back(stream_perplexity(*model, *tok, pool, tokens, o.n_prefix, spec, n_ctx, o.window, print_window));
     if (runs.back().end == StreamEnd::ContextFull)
       fmt::print(stderr, "  stopped: context full at {} (--ctx); only positions within the cache go past it\n", n_ctx);
-    if (!o.out.empty()) {
-      j["runs"].push_back(to_json(runs.back()));
-      std::ofstream out(o.out, std::ios::trunc);
-      if (!(out << j.dump(1) << "\n")) fail("cannot write '{}'", o.out);
-    }
+    record();
+  }
+  if (o.n_reference_context > 0) {
+    fmt::print(stderr, "stream-ppl: the full cache afresh per window, {} tokens before each\n", o.n_reference_context);
+    runs.push_back(windowed_full_reference(*model, pool, tokens, o.n_prefix, n_ctx, o.window, o.n_reference_context,
+                                           print_window));
+    record();
   }
   return tables(runs, n_ctx);
 }

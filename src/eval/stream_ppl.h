@@ -54,6 +54,14 @@ StreamRun stream_perplexity(const Model& model, const Tokenizer& tok, ThreadPool
                             int32_t n_ctx, int32_t window,
                             const std::function<void(const StreamRun&, const StreamWindow&)>& on_window = {});
 
+// The reference a stream is read against, since a text's own difficulty changes along it: each window scored by the
+// full cache afresh, after the n_context tokens before it (fewer at the text's start), in one batched prefill per
+// window (teacher forcing gives the decode steps' logits). It needs n_context + window <= n_ctx, not the stream's
+// length. describe: "full, afresh per window".
+StreamRun windowed_full_reference(const Model& model, ThreadPool& pool, const std::vector<int32_t>& tokens,
+                                  int32_t n_prefix, int32_t n_ctx, int32_t window, int32_t n_context,
+                                  const std::function<void(const StreamRun&, const StreamWindow&)>& on_window = {});
+
 struct StreamPplOptions {
   std::string model;
   std::string text = "data/kjv.txt";
@@ -63,6 +71,7 @@ struct StreamPplOptions {
   int32_t window = 4096;
   int32_t n_ctx = 0;         // 0: the model's trained context
   int32_t n_threads = 0;     // 0: every core
+  int32_t n_reference_context = 0;  // > 0: also windowed_full_reference with this many tokens before each window
   std::string out;           // JSON of the runs; empty: none
 };
 
