@@ -76,9 +76,17 @@ int32_t KvInCacheRotation::apply(const kv::KvSequence& kv, int32_t layer, int32_
       for (; i < shifts.size() && shifts[i].slot / T == page; ++i) {
         const int32_t slot = shifts[i].slot;
         // A rotation by the difference equals unrotating from the original position and rotating to the target;
-        // the angle is formed in double inside rope, so large positions lose nothing.
+        // the angle is formed in double (rope_angles), so large positions lose nothing.
         const int32_t delta = shifts[i].target - h.positions[static_cast<size_t>(slot)];
-        cpu::rope(k_.data() + static_cast<size_t>(slot - row0) * D, &delta, 1, 1, D, n_rot, rope_base, order);
+        if (cos_.empty() || delta != angles_delta_ || rope_base != angles_base_ || n_rot != angles_n_rot_) {
+          cos_.resize(static_cast<size_t>(n_rot / 2));
+          sin_.resize(static_cast<size_t>(n_rot / 2));
+          cpu::rope_angles(delta, n_rot, rope_base, cos_.data(), sin_.data());
+          angles_delta_ = delta;
+          angles_base_ = rope_base;
+          angles_n_rot_ = n_rot;
+        }
+        cpu::rope_rotate(k_.data() + static_cast<size_t>(slot - row0) * D, 1, D, n_rot, cos_.data(), sin_.data(), order);
         ++n_moved;
       }
       if (n_scratch == pages_.size()) pages_.emplace_back(page_floats);

@@ -51,6 +51,12 @@ class KvInCacheRotation {
  private:
   std::vector<std::vector<float>> pages_;  // scratch pages in the F32 page layout, reused from layer to layer
   std::vector<float> k_, v_;               // (page_tokens, head_dim) rows of one page
+  // The angles of the last rotation: every sink of every head of a layer turns by the same difference, and layers
+  // of one RoPE base by the same one too, so they are formed once a step, not once a key.
+  int32_t angles_delta_ = 0;
+  float angles_base_ = 0;
+  int32_t angles_n_rot_ = 0;
+  std::vector<float> cos_, sin_;  // (n_rot / 2)
 };
 
 class Forward {
