@@ -58,5 +58,32 @@ else
   echo "FAIL bench --synthetic tiny:3: exit status or output"; sed 's/^/    /' "$tmp/err" "$tmp/out" | head -20
   failures=$((failures + 1))
 fi
+# stream-ppl: bad sizes, and a streaming budget that fills the context, which in-cache positions cannot pass.
+printf 'In the beginning God created the heaven and the earth. %.0s' $(seq 1 40) > "$tmp/stream.txt"
+expect_error "stream prefix"  "must exceed --prefix (64)" "$bin" stream-ppl -m "$smol" --text "$tmp/stream.txt" --tokens 10
+expect_error "stream prefix ctx" "the 40-token prefix does not fit the context of 32" "$bin" stream-ppl -m "$smol" --text "$tmp/stream.txt" --tokens 100 --prefix 40 --ctx 32 --kv full
+# Found while reading, after the progress line: exit 1 and the error last.
+"$bin" stream-ppl -m "$smol" --text "$tmp/stream.txt" --tokens 60 --prefix 8 --ctx 32 --kv streaming:budget=48 -t 2 > "$tmp/out" 2> "$tmp/err"
+rc=$?
+if [ $rc -eq 1 ] && tail -1 "$tmp/err" | grep -q "^error: the cache holds 32 tokens, the whole context of 32"; then
+  echo "ok   stream budget: $(tail -1 "$tmp/err")"
+else
+  echo "FAIL stream budget: exit $rc"; sed 's/^/    /' "$tmp/err" | head -20
+  failures=$((failures + 1))
+fi
+# -n past --ctx: the full cache stops at the context and says why; streaming goes on to -n.
+expect_stop() {  # name, expected stop line, command...
+  local name="$1" want="$2"; shift 2
+  if "$@" > "$tmp/out" 2> "$tmp/err" && grep -qF "$want" "$tmp/err"; then
+    echo "ok   $name: $want"
+  else
+    echo "FAIL $name: wanted '$want'"; sed 's/^/    /' "$tmp/err" | head -20
+    failures=$((failures + 1))
+  fi
+}
+expect_stop "full past ctx" "stopped: context full (--ctx) at 32 tokens; only --kv streaming goes past it" \
+  "$bin" run -m "$smol" -p "In the beginning" --ctx 32 -n 48 --temp 0 --ignore-eos -t 2
+expect_stop "streaming past ctx" "stopped: length limit (-n)" \
+  "$bin" run -m "$smol" -p "In the beginning" --ctx 32 -n 48 --temp 0 --ignore-eos -t 2 --kv streaming:budget=16
 
 [ $failures -eq 0 ] && echo "all bad-input cases handled" || { echo "$failures failures"; exit 1; }

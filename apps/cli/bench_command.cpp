@@ -319,7 +319,7 @@ class BenchRunner {
         scores_.reset(c.n_layer, c.n_head_kv, n_ctx_, seq_->n_tokens_max() + 1);
         scores_.first_pos = pos;
       }
-      forward_.run(*seq_, &id, &pos, 1, {0}, logits_.data(), want_scores ? &scores_ : nullptr);
+      forward_.run(*seq_, &id, &pos, 1, {0}, logits_.data(), want_scores ? &scores_ : nullptr, policy_.positions());
       policy_.after_decode_step(*seq_, scores_);
     }
     return seconds_since(t0);

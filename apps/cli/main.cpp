@@ -14,6 +14,7 @@
 #include "bench_command.h"
 #include "calibrate_heads_command.h"
 #include "eval_command.h"
+#include "stream_ppl_command.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "kv/policy.h"
@@ -132,6 +133,18 @@ int run_command(const RunOptions& o) {
                o.model, arch_name(c.arch), c.n_layer, human_bytes(static_cast<double>(model->weight_bytes())), load_s,
                prompt.size(), gp.n_ctx, n_threads, policy->describe());
 
+  // Past the context only positions within the cache are defined (StreamingLLM); said before the work, not after.
+  const bool past_ctx = static_cast<int64_t>(prompt.size()) + o.n_predict > gp.n_ctx;
+  if (!o.quiet && past_ctx) {
+    if (policy->positions() == kv::KvPositions::InCache)
+      fmt::print(stderr, "longctx: -n {} goes past the context of {}: positions within the cache (StreamingLLM) carry "
+                         "generation on with the cache at its budget\n", o.n_predict, gp.n_ctx);
+    else
+      fmt::print(stderr, "longctx: prompt {} + -n {} is more than the context of {} (--ctx): generation stops there; "
+                         "only --kv streaming, whose positions are within the cache, goes past it\n",
+                 prompt.size(), o.n_predict, gp.n_ctx);
+  }
+
   ThreadPool pool(n_threads);
   Generator gen(*model, *tok, pool, *policy, gp);
   // The bar is worth drawing only for prompts that take a while.
@@ -151,7 +164,11 @@ int run_command(const RunOptions& o) {
   if (!o.quiet) {
     const double pp = st.prefill_seconds > 0 ? st.n_prompt / st.prefill_seconds : 0;
     const double tg = st.decode_seconds > 0 ? st.n_generated / st.decode_seconds : 0;
-    fmt::print(stderr, "\nstopped: {}\n", stop_reason_name(st.stop_reason));
+    fmt::print(stderr, "\nstopped: {}{}\n", stop_reason_name(st.stop_reason),
+               st.stop_reason != StopReason::ContextFull ? std::string()
+               : policy->positions() == kv::KvPositions::Original
+                   ? fmt::format(" at {} tokens; only --kv streaming goes past it", gp.n_ctx)
+                   : fmt::format(": the cache filled all {} positions; give streaming a budget below --ctx", gp.n_ctx));
     fmt::print(stderr, "prefill: {} tokens in {:.2f}s ({:.1f} tok/s)\n", st.n_prompt, st.prefill_seconds, pp);
     fmt::print(stderr, "decode:  {} tokens in {:.2f}s ({:.1f} tok/s)\n", st.n_generated, st.decode_seconds, tg);
     const double ratio = st.kv_bytes.total() > 0 ? static_cast<double>(st.kv_full_f16_bytes) / st.kv_bytes.total() : 0;
@@ -267,6 +284,9 @@ int main(int argc, char** argv) {
   eval::EvalOptions eval_options;
   auto* eval = add_eval_subcommand(app, eval_options);
 
+  eval::StreamPplOptions stream_ppl_options;
+  auto* stream_ppl = add_stream_ppl_subcommand(app, stream_ppl_options);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (run->parsed()) return run_command(ro);
@@ -274,6 +294,7 @@ int main(int argc, char** argv) {
     if (bench->parsed()) return bench_command(bench_options);
     if (calibrate->parsed()) return calibrate_heads_command(calibrate_options);
     if (eval->parsed()) return eval_command(eval_options);
+    if (stream_ppl->parsed()) return stream_ppl_command(stream_ppl_options);
   } catch (const Error& e) {
     std::fflush(stdout);
     fmt::print(stderr, "error: {}\n", e.what());

@@ -108,10 +108,15 @@ void Generator::decode_step(int32_t id, int32_t pos, std::vector<float>& logits)
   } else {
     scores_.first_pos = INT_MAX;
   }
-  forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_);
+  forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_, policy_.positions());
   note_peak();
   policy_.after_decode_step(*seq_, scores_);
   kv_expire_window(c, *seq_, policy_, pos + 1);
+}
+
+bool Generator::context_has_room(int32_t pos) const {
+  if (policy_.positions() == kv::KvPositions::InCache) return seq_->n_tokens_max() < params_.n_ctx;
+  return pos < params_.n_ctx;
 }
 
 void Generator::note_peak() { peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total()); }
@@ -179,14 +184,16 @@ std::vector<float> Generator::prompt_logits(const std::vector<int32_t>& prompt, 
 }
 
 ScoreStats Generator::score_continuation(const std::vector<int32_t>& prefix, const std::vector<int32_t>& continuation,
-                                         const ProgressFn& on_progress) {
+                                         const ProgressFn& on_progress, const ScoreStepFn& on_step) {
   ScoreStats st;
   const ModelConfig& c = model_.config();
   const int32_t n_vocab = c.n_vocab;
   const int32_t n_prefix = static_cast<int32_t>(prefix.size());
-  if (n_prefix + static_cast<int64_t>(continuation.size()) > params_.n_ctx)
-    fail("prefix and continuation have {} tokens, more than the context of {}", n_prefix + continuation.size(),
-         params_.n_ctx);
+  const bool in_cache = policy_.positions() == kv::KvPositions::InCache;
+  if (!in_cache && n_prefix + static_cast<int64_t>(continuation.size()) > params_.n_ctx)
+    fail("prefix and continuation have {} tokens, more than the context of {} (only a policy of positions within "
+         "the cache, --kv streaming, goes past it)",
+         n_prefix + continuation.size(), params_.n_ctx);
   std::vector<float> logits;  // (n_vocab): the prediction of the next token
   auto t0 = std::chrono::steady_clock::now();
   prefill(prefix, on_progress, {n_prefix - 1}, logits, /*apply_policy=*/true);
@@ -200,9 +207,24 @@ ScoreStats Generator::score_continuation(const std::vector<int32_t>& prefix, con
     const float mx = *std::max_element(logits.begin(), logits.end());
     double z = 0;
     for (float l : logits) z += std::exp(static_cast<double>(l - mx));
-    st.nll_sum += std::log(z) - static_cast<double>(logits[static_cast<size_t>(id)] - mx);
+    const double nll = std::log(z) - static_cast<double>(logits[static_cast<size_t>(id)] - mx);
+    st.nll_sum += nll;
     ++st.n_scored;
+    if (on_step) {
+      ScoreStep step;
+      step.index = static_cast<int32_t>(i);
+      step.nll = nll;
+      step.logits = logits.data();
+      step.kv_bytes = seq_->bytes();
+      step.kv_pool_bytes = pages_->bytes_reserved();
+      step.n_cached = seq_->n_tokens_max();
+      on_step(step);
+    }
     if (i + 1 == continuation.size()) break;  // the last token's prediction is not needed
+    if (!context_has_room(pos))
+      fail("the cache holds {} tokens, the whole context of {}: positions within the cache cannot go further; give "
+           "the streaming policy a budget below --ctx",
+           seq_->n_tokens_max(), params_.n_ctx);
     decode_step(id, pos, logits);
     ++pos;
   }
@@ -253,7 +275,7 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
       break;
     }
     if (st.n_generated >= params_.n_predict) continue;  // no need to run the last token
-    if (pos >= params_.n_ctx) {
+    if (!context_has_room(pos)) {
       st.stop_reason = StopReason::ContextFull;
       break;
     }

@@ -19,7 +19,10 @@ namespace longctx {
 
 struct GenerateParams {
   int32_t n_predict = 256;          // most tokens to generate
-  int32_t n_ctx = 4096;             // prompt + generated tokens may not exceed this
+  // The largest position the model sees: prompt + generated tokens may not exceed it, except under a policy of
+  // in-cache positions (StreamingLLM, kv::KvPositions::InCache), where the cache may not: generation goes on
+  // past it, the cache staying below it.
+  int32_t n_ctx = 4096;
   int32_t n_batch = 256;            // prefill chunk
   SamplerParams sampling;
   std::vector<std::string> stop;    // generation ends before any of these strings; they are not printed
@@ -59,6 +62,17 @@ struct ScoreStats {
   size_t kv_pool_peak_bytes = 0;     // the most it held at any point
 };
 
+// One teacher-forced token of score_continuation, as it is scored.
+struct ScoreStep {
+  int32_t index = 0;                 // in the continuation
+  double nll = 0;                    // of that token, natural log
+  const float* logits = nullptr;     // (n_vocab) the prediction it was scored on
+  kv::KvBytes kv_bytes;              // held by the sequence at that point
+  size_t kv_pool_bytes = 0;          // what the page allocator has reserved
+  int32_t n_cached = 0;              // tokens held by the most populated (layer, kv-head)
+};
+using ScoreStepFn = std::function<void(const ScoreStep&)>;
+
 // Progress of prefill: tokens done, tokens in all.
 using ProgressFn = std::function<void(int32_t, int32_t)>;
 // Receives generated text as it becomes final; returns false to stop.
@@ -78,8 +92,9 @@ class Generator {
   // Teacher-forced scoring (perplexity under a policy): prefills prefix with the policy applied as generate() does,
   // then feeds continuation one token at a time, policy hooks running after each step, and sums the negative log
   // likelihood of every continuation token. The cache then holds what a reader of prefix + continuation holds.
+  // Throws Error when the tokens do not fit the context (n_ctx); with in-cache positions only the prefix must.
   ScoreStats score_continuation(const std::vector<int32_t>& prefix, const std::vector<int32_t>& continuation,
-                                const ProgressFn& on_progress);
+                                const ProgressFn& on_progress, const ScoreStepFn& on_step = {});
 
   kv::KvSequence& sequence() { return *seq_; }
 
@@ -90,6 +105,9 @@ class Generator {
   void prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
                const std::vector<int32_t>& logit_positions, std::vector<float>& logits, bool apply_policy);
   void note_peak();
+  // Whether a token at original position pos may still be run: its position as the model sees it, the original one
+  // or (in-cache positions) the count of tokens cached before it, must be inside the context.
+  bool context_has_room(int32_t pos) const;
   // One generated (or teacher-forced) token at pos: forward, logits (n_vocab), then the policy's decode hook and
   // sliding-window expiry.
   void decode_step(int32_t id, int32_t pos, std::vector<float>& logits);

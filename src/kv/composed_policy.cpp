@@ -50,6 +50,15 @@ bool ComposedPolicy::wants_decode_scores() const {
   return std::any_of(rankers_.begin(), rankers_.end(), [](const auto& r) { return r->wants_decode_scores(); });
 }
 
+// In-cache positions only when every head's ranker gives them: a head that keeps everything (a retrieval head, the
+// full cache) would need original positions past the trained context.
+KvPositions ComposedPolicy::positions() const {
+  const bool all = std::all_of(plans_.begin(), plans_.end(), [](const HeadPlan& p) {
+    return p.ranker != nullptr && p.ranker->positions() == KvPositions::InCache;
+  });
+  return all ? KvPositions::InCache : KvPositions::Original;
+}
+
 std::vector<std::vector<float>> ComposedPolicy::layer_scores(const KvSequence& seq, const KvScores& scores,
                                                              int32_t layer, const TokenRanker* ranker) const {
   // Heads may hold their tokens in different slot orders, so the sum is taken per position. A head that does not

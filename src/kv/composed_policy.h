@@ -39,6 +39,7 @@ class ComposedPolicy final : public KvPolicy {
   int32_t n_recent_full_precision() const override;
   void reset() override;
   bool wants_decode_scores() const override;
+  KvPositions positions() const override;
   void after_prefill_chunk(KvSequence& seq, const KvScores& scores) override;
   void after_prefill(KvSequence& seq, const KvScores& scores) override;
   void after_decode_step(KvSequence& seq, const KvScores& scores) override;

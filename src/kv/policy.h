@@ -31,6 +31,12 @@ struct KvScores {
   void reset(int32_t n_layer, int32_t n_head_kv, int32_t n_stride, int32_t n_slots);
 };
 
+// Where the keys of cached tokens sit for attention. Original: at the position each token had in the text, so a
+// sequence may not outgrow the context the model was trained on. InCache: StreamingLLM's rule ("Efficient Streaming
+// Language Models with Attention Sinks"): positions are ranks within the cache (the query after n cached tokens is
+// at n), so a cache bounded below the trained context lets generation go on past it.
+enum class KvPositions { Original, InCache };
+
 class KvPolicy {
  public:
   virtual ~KvPolicy() = default;
@@ -44,6 +50,8 @@ class KvPolicy {
   // The most recent tokens of every (layer, kv-head) that stay at full precision however the sealed format packs
   // (KIVI's residual window R); 0 when nothing is packed.
   virtual int32_t n_recent_full_precision() const { return 0; }
+  // How the engine positions cached keys during decode (prompts always use original positions: they fit the context).
+  virtual KvPositions positions() const { return KvPositions::Original; }
   // Forgets per-sequence state (accumulated scores): called before every new prompt.
   virtual void reset() {}
   // Whether each decode step's attention is wanted.

@@ -20,6 +20,9 @@ class StreamingRanker final : public TokenRanker {
   }
   int32_t budget() const override { return budget_; }
   bool evicts_during_decode() const override { return true; }
+  // Sinks plus a window ending at the newest token: the paper's positions within the cache are what let it run
+  // past the trained context.
+  KvPositions positions() const override { return KvPositions::InCache; }
   std::vector<int32_t> select(const std::vector<int32_t>& positions, const float*, int32_t budget) const override {
     const std::vector<int32_t> order = slots_by_position(positions);
     const int32_t n = static_cast<int32_t>(order.size());

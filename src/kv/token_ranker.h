@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kv/policy.h"
 #include "kv/spec_args.h"
 
 namespace longctx::kv {
@@ -26,6 +27,9 @@ class TokenRanker {
   virtual bool wants_decode_scores() const { return false; }
   // Keeps the cache at its budget as decoding goes on (else the cache is cut once, after prefill, and grows).
   virtual bool evicts_during_decode() const { return false; }
+  // Positions within the cache (StreamingLLM) rather than original ones; a policy uses them only when every head's
+  // ranker does.
+  virtual KvPositions positions() const { return KvPositions::Original; }
   // Scores add up over all steps (H2O) rather than being the latest step's alone (TOVA).
   virtual bool accumulates_scores() const { return false; }
   virtual KvScoreScope score_scope() const { return KvScoreScope::KvHead; }

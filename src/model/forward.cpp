@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "backend/cpu/attention.h"
+#include "backend/cpu/kv_page_codec.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/ops.h"
 #include "backend/cpu/quant.h"
@@ -29,6 +30,77 @@ void kv_expire_window(const ModelConfig& c, kv::KvSequence& kv, kv::KvPolicy& po
   }
 }
 
+std::vector<KvKeyShift> kv_in_cache_shifts(const std::vector<int32_t>& positions, int32_t q_pos) {
+  const int32_t n = static_cast<int32_t>(positions.size());
+  // The contiguous run of positions that ends at q_pos: its keys already sit at their in-cache places.
+  const int64_t first = static_cast<int64_t>(q_pos) - n + 1;  // where the oldest cached key goes
+  std::vector<uint8_t> present(static_cast<size_t>(n), 0);
+  for (int32_t p : positions) {
+    if (p > q_pos) fail("internal: a cached key at position {} is after the query at {}", p, q_pos);
+    if (p >= first) {
+      uint8_t& seen = present[static_cast<size_t>(p - first)];
+      if (seen) fail("internal: position {} is cached twice", p);
+      seen = 1;
+    }
+  }
+  int64_t run_start = q_pos + 1;
+  while (run_start > first && present[static_cast<size_t>(run_start - 1 - first)]) --run_start;
+  // Every key before the run moves; they are the oldest, so their ranks among themselves are their ranks in the
+  // cache, and the key of rank r goes to first + r.
+  std::vector<KvKeyShift> shifts;
+  for (int32_t s = 0; s < n; ++s)
+    if (positions[static_cast<size_t>(s)] < run_start) shifts.push_back({s, positions[static_cast<size_t>(s)]});
+  std::sort(shifts.begin(), shifts.end(), [](const KvKeyShift& a, const KvKeyShift& b) { return a.target < b.target; });
+  for (size_t r = 0; r < shifts.size(); ++r) shifts[r].target = static_cast<int32_t>(first + static_cast<int64_t>(r));
+  std::sort(shifts.begin(), shifts.end(), [](const KvKeyShift& a, const KvKeyShift& b) { return a.slot < b.slot; });
+  return shifts;
+}
+
+int32_t KvInCacheRotation::apply(const kv::KvSequence& kv, int32_t layer, int32_t q_pos, float rope_base,
+                                 int32_t n_rot, cpu::RopeOrder order, cpu::KvLayerView& view) {
+  const int32_t T = view.page_tokens, D = view.head_dim;
+  const size_t page_floats = cpu::kv_page_bytes(KvFormat::F32, T, D) / sizeof(float);
+  k_.resize(static_cast<size_t>(T) * D);
+  v_.resize(static_cast<size_t>(T) * D);
+  size_t n_scratch = 0;
+  int32_t n_moved = 0;
+  for (int32_t g = 0; g < static_cast<int32_t>(view.heads.size()); ++g) {
+    const kv::KvHeadCache& h = kv.head(layer, g);
+    const std::vector<KvKeyShift> shifts = kv_in_cache_shifts(h.positions, q_pos);
+    cpu::KvHeadView& hv = view.heads[static_cast<size_t>(g)];
+    for (size_t i = 0; i < shifts.size();) {
+      // One page at a time: decode it whole, turn its moving keys, and let the view read the copy.
+      const int32_t page = hv.page_of(shifts[i].slot), row0 = hv.slot0[static_cast<size_t>(page)];
+      const int32_t n_rows = hv.page_rows(page);
+      kv.read_keys(layer, g, row0, n_rows, k_.data());
+      kv.read_values(layer, g, row0, n_rows, v_.data());
+      for (; i < shifts.size() && shifts[i].slot < row0 + n_rows; ++i) {
+        const int32_t slot = shifts[i].slot;
+        // A rotation by the difference equals unrotating from the original position and rotating to the target;
+        // the angle is formed in double (rope_angles), so large positions lose nothing.
+        const int32_t delta = shifts[i].target - h.positions[static_cast<size_t>(slot)];
+        if (cos_.empty() || delta != angles_delta_ || rope_base != angles_base_ || n_rot != angles_n_rot_) {
+          cos_.resize(static_cast<size_t>(n_rot / 2));
+          sin_.resize(static_cast<size_t>(n_rot / 2));
+          cpu::rope_angles(delta, n_rot, rope_base, cos_.data(), sin_.data());
+          angles_delta_ = delta;
+          angles_base_ = rope_base;
+          angles_n_rot_ = n_rot;
+        }
+        cpu::rope_rotate(k_.data() + static_cast<size_t>(slot - row0) * D, 1, D, n_rot, cos_.data(), sin_.data(), order);
+        ++n_moved;
+      }
+      if (n_scratch == pages_.size()) pages_.emplace_back(page_floats);
+      std::vector<float>& dst = pages_[n_scratch++];
+      auto* bytes = reinterpret_cast<uint8_t*>(dst.data());
+      cpu::kv_page_write(KvFormat::F32, T, D, k_.data(), v_.data(), 0, n_rows, bytes);
+      hv.pages[static_cast<size_t>(page)] = bytes;
+      hv.formats[static_cast<size_t>(page)] = KvFormat::F32;
+    }
+  }
+  return n_moved;
+}
+
 Forward::Forward(const Model& model, ThreadPool& pool, int32_t n_batch)
     : model_(model), pool_(pool), n_batch_(n_batch) {
   const ModelConfig& c = model.config();
@@ -49,9 +121,13 @@ void Forward::matmul(const Weight& w, const float* x, int32_t n, float* y) {
 }
 
 void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
-                  const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores) {
+                  const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores,
+                  kv::KvPositions key_positions) {
   const ModelConfig& c = model_.config();
   if (n <= 0 || n > n_batch_) fail("internal: chunk of {} tokens for a batch of {}", n, n_batch_);
+  // Each query of a chunk would see its own in-cache frame; prompts fit the context and keep original positions.
+  if (key_positions == kv::KvPositions::InCache && n != 1)
+    fail("internal: in-cache key positions take one token at a time, not {}", n);
   const int64_t E = c.n_embd, D = c.head_dim;
 
   // Embeddings: one dequantized row per token.
@@ -91,7 +167,9 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
     cpu::rope(k_.data(), positions, n, c.n_head_kv, D, c.n_rot, base, c.rope_order);
     kv.append(il, k_.data(), v_.data(), positions, n);
     ap.window = local ? c.sliding_window : 0;
-    const cpu::KvLayerView view = kv.layer_view(il);
+    cpu::KvLayerView view = kv.layer_view(il);
+    if (key_positions == kv::KvPositions::InCache)
+      in_cache_.apply(kv, il, positions[0], base, c.n_rot, c.rope_order, view);
     cpu::attention(pool_, ap, q_.data(), positions, n, view, attn_.data());
     if (scores != nullptr && scores->wanted()) {
       // Chunk rows are in position order: the voters are a suffix of the chunk.

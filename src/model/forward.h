@@ -17,6 +17,48 @@ namespace longctx {
 // between forwards whose gathered attention scores the policy has already consumed (slots are renumbered).
 void kv_expire_window(const ModelConfig& c, kv::KvSequence& kv, kv::KvPolicy& policy, int32_t next_pos);
 
+// StreamingLLM ("Efficient Streaming Language Models with Attention Sinks") positions tokens within the cache: the
+// cached tokens, in position order, sit at 0..n-1 and the query after them at n. RoPE scores depend only on the
+// distance from query to key, so the rule can be kept in the original frame: the query stays at its original
+// position q and the key of rank r (of n cached, the query's own included) moves to q - (n - 1) + r. A window that
+// runs contiguously up to the query already sits there; only keys before a gap, the attention sinks, move.
+//
+// How, of the two exact ways: keys stay stored rotated at their original positions (the store's contract, so the
+// window keys need nothing, and the sinks may be packed like any page), and at each decode step the keys that must
+// move are read and rotated by (target - original) into a scratch f32 copy of their page, which the attention reads
+// in place of the stored page. The rotation starts from the stored bits every step and is never written back, so the
+// error stays the one rounding of storage, as for every other key, however long the stream; the alternative, keys
+// stored before RoPE and rotated on every read, would rotate the whole window each step for the same result.
+
+// A key that must move: its slot and the position it is rotated to.
+struct KvKeyShift {
+  int32_t slot = 0;
+  int32_t target = 0;
+};
+
+// The keys of one (layer, kv-head) that in-cache positions move, for a query at q_pos whose own key is cached:
+// positions (n_slots), unique and <= q_pos. Empty when the cache runs contiguously from 0 (nothing evicted).
+std::vector<KvKeyShift> kv_in_cache_shifts(const std::vector<int32_t>& positions, int32_t q_pos);
+
+// Re-rotates, for one layer's attention, the keys that in-cache positions move (kv_in_cache_shifts), by pointing the
+// view's pages that hold them at scratch f32 copies; the store is not changed, and the view's positions stay the
+// original ones (causal and sliding-window masks keep working on them). Returns how many keys moved.
+class KvInCacheRotation {
+ public:
+  int32_t apply(const kv::KvSequence& kv, int32_t layer, int32_t q_pos, float rope_base, int32_t n_rot,
+                cpu::RopeOrder order, cpu::KvLayerView& view);
+
+ private:
+  std::vector<std::vector<float>> pages_;  // scratch pages in the F32 page layout, reused from layer to layer
+  std::vector<float> k_, v_;               // (page_tokens, head_dim) rows of one page
+  // The angles of the last rotation: every sink of every head of a layer turns by the same difference, and layers
+  // of one RoPE base by the same one too, so they are formed once a step, not once a key.
+  int32_t angles_delta_ = 0;
+  float angles_base_ = 0;
+  int32_t angles_n_rot_ = 0;
+  std::vector<float> cos_, sin_;  // (n_rot / 2)
+};
+
 class Forward {
  public:
   // n_batch: the most tokens one call to run() takes; activation buffers are sized for it.
@@ -25,9 +67,11 @@ class Forward {
   // Runs n tokens at the given positions, appending their keys and values to `kv`, and writes the logits of the
   // chunk rows listed in logit_rows: logits (logit_rows.size(), n_vocab). n <= n_batch.
   // When scores is given and wanted, the attention of the queries at positions >= scores->first_pos is added
-  // into it, layer by layer, for the KV policy.
+  // into it, layer by layer, for the KV policy. key_positions InCache (one token at a time only) applies
+  // StreamingLLM's in-cache positions (KvInCacheRotation); positions stay the tokens' original ones.
   void run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
-           const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores = nullptr);
+           const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores = nullptr,
+           kv::KvPositions key_positions = kv::KvPositions::Original);
 
   int32_t n_batch() const { return n_batch_; }
   const Model& model() const { return model_; }
@@ -47,6 +91,7 @@ class Forward {
   std::vector<float> out_;   // (n_batch, n_embd) block output before the residual add
   std::vector<float> gate_;  // (n_batch, n_ff)
   std::vector<float> up_;    // (n_batch, n_ff)
+  KvInCacheRotation in_cache_;
 };
 
 }  // namespace longctx

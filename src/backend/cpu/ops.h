@@ -20,6 +20,12 @@ enum class RopeOrder {
 void rope(float* x, const int32_t* positions, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_rot,
           float base, RopeOrder order);
 
+// rope's two halves, for callers that turn many vectors by one angle set: the cos and sin (n_rot / 2) of position
+// pos, then the rotation of x: (n_heads, head_dim) by them. rope(x, &pos, 1, ...) is exactly the two in a row.
+void rope_angles(int32_t pos, int64_t n_rot, float base, float* cos_t, float* sin_t);
+void rope_rotate(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float* cos_t, const float* sin_t,
+                 RopeOrder order);
+
 enum class GatedActivation {
   SiLU,      // SwiGLU: silu(gate) * up
   GeluTanh,  // GeGLU with the tanh approximation of GELU
