@@ -14,6 +14,7 @@
 #include "bench_command.h"
 #include "calibrate_heads_command.h"
 #include "eval_command.h"
+#include "plan_command.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "kv/policy.h"
@@ -264,6 +265,9 @@ int main(int argc, char** argv) {
   eval::EvalOptions eval_options;
   auto* eval = add_eval_subcommand(app, eval_options);
 
+  PlanCommandOptions plan_options;
+  auto* plan = add_plan_subcommand(app, plan_options);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (run->parsed()) return run_command(ro);
@@ -271,6 +275,7 @@ int main(int argc, char** argv) {
     if (bench->parsed()) return bench_command(bench_options);
     if (calibrate->parsed()) return calibrate_heads_command(calibrate_options);
     if (eval->parsed()) return eval_command(eval_options);
+    if (plan->parsed()) return plan_command(plan_options);
   } catch (const Error& e) {
     std::fflush(stdout);
     fmt::print(stderr, "error: {}\n", e.what());
