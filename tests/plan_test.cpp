@@ -4,7 +4,10 @@
 // (tests/golden/plan/h200_measured.json). Decode and prefill within 15%, memory within 2%.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -16,6 +19,7 @@
 #include "plan/cost_model.h"
 #include "plan/kv_footprint.h"
 #include "plan/plan_arch.h"
+#include "plan/probe.h"
 #include "test_models.h"
 
 namespace longctx {
@@ -262,6 +266,74 @@ TEST(PlanValidation, H200AgainstBenchmarks) {
     // The benchmark's FLOP count is the model's.
     EXPECT_LE(std::abs(rel_err((pc.matmul_flops + pc.attention_flops) / c["seconds"].get<double>() / 1e12, c["tflops"])), 0.02);
   }
+}
+
+plan::KernelRates rates_from_json(const json& j) {
+  plan::KernelRates k;
+  k.n_threads = j["threads"];
+  k.copy_bandwidth = j["copy_bandwidth"];
+  for (auto it = j["gemv_bytes_per_s"].begin(); it != j["gemv_bytes_per_s"].end(); ++it)
+    if (it.value().is_number()) k.gemv_bytes_per_s[plan::parse_weight_type(it.key())] = it.value();
+  for (auto it = j["gemm_flops"].begin(); it != j["gemm_flops"].end(); ++it)
+    if (it.value().is_number()) k.gemm_flops[plan::parse_weight_type(it.key())] = it.value();
+  for (auto it = j["attention_read_bytes_per_s"].begin(); it != j["attention_read_bytes_per_s"].end(); ++it) {
+    if (!it.value().is_number()) continue;
+    for (KvFormat f : {KvFormat::F32, KvFormat::F16, KvFormat::Kivi8, KvFormat::Kivi4, KvFormat::Kivi2})
+      if (it.key() == kv_format_name(f)) k.attention_read_bytes_per_s[f] = it.value();
+  }
+  k.matmul_call_s = j["matmul_call_s"];
+  k.attention_call_s = j["attention_call_s"];
+  k.attention_flops = j["attention_flops"];
+  k.layer_overhead_s = j["layer_overhead_s"];
+  k.prefill_row_overhead_s = j["prefill_row_overhead_s"];
+  return k;
+}
+
+// `longctx bench` on this CPU (scripts/plan_golden_cpu.py) against the model with the kernel rates probed in the
+// same rounds: tg N at depth d is N decode steps over the cache the policy left after a prompt of d tokens; pp N
+// at depth d is a prefill of N tokens over that cache.
+TEST(PlanValidation, CpuAgainstBench) {
+  const json g = load_golden("cpu_measured.json");
+  std::string table;
+  for (const json& m : g["models"]) {
+    const std::string path = test::model_dir() + "/" + m["file"].get<std::string>();
+    LONGCTX_REQUIRE_MODEL(path);
+    auto model = Model::load(path);
+    const plan::PlanArch a = plan::plan_arch_from_model(*model, m["file"]);
+    const plan::DeviceSpec d = plan::measured_cpu(rates_from_json(m["probes"]), int64_t{16} << 30);
+    for (const json& c : m["cases"]) {
+      SCOPED_TRACE(m["file"].get<std::string>() + " " + c.dump());
+      auto policy = kv::make_kv_policy(c["kv_spec"], a.n_layer, a.n_head_kv);
+      const int64_t depth = c["depth"];
+      const double measured = c["tokens_per_s"];
+      double predicted = 0;
+      if (c["test"].get<std::string>().rfind("tg", 0) == 0) {
+        const int64_t n = c["n_gen"];
+        double seconds = 0;
+        for (int64_t i = 1; i <= n; ++i)
+          seconds += plan::decode_cost(a, d, plan::kv_footprint(a, *policy, depth, i), 1, policy->wants_decode_scores()).seconds;
+        predicted = static_cast<double>(n) / seconds;
+        EXPECT_LE(std::abs(rel_err(static_cast<double>(a.weight_bytes_per_token()), c["weight_bytes_per_token"])), 0.02);
+        // bench's KV read per token: the mean of the first and last step's.
+        const double kv_read = 0.5 * static_cast<double>(plan::kv_footprint(a, *policy, depth, 1).read_bytes +
+                                                         plan::kv_footprint(a, *policy, depth, n).read_bytes);
+        if (c["kv_bytes_per_token"].get<double>() > 0) {
+          EXPECT_LE(std::abs(rel_err(kv_read, c["kv_bytes_per_token"])), 0.02) << "predicted " << kv_read << " bytes";
+        }
+      } else {
+        const int64_t n = c["n_prompt"];
+        const plan::KvFootprint cached = plan::kv_footprint(a, *policy, depth, 0);
+        predicted = static_cast<double>(n) / plan::prefill_cost(a, d, n, cached.slots).seconds;
+      }
+      const double e = rel_err(predicted, measured);
+      EXPECT_LE(std::abs(e), 0.15) << "predicted " << predicted << " tok/s";
+      table += fmt::format("| {} | {} | {} | {} | {:.1f} | {:.1f} ({:.1f}..{:.1f}) | {:+.1f}% |\n", m["file"].get<std::string>(),
+                           c["kv_spec"].get<std::string>(), c["test"].get<std::string>(), depth, predicted, measured,
+                           c["min"].get<double>(), c["max"].get<double>(), 100 * e);
+    }
+  }
+  std::printf("| model | kv | test | depth | predicted tok/s | measured tok/s (min..max) | error |\n|---|---|---|---:|---:|---:|---:|\n%s",
+              table.c_str());
 }
 
 }  // namespace

@@ -206,6 +206,7 @@ int plan_command(const PlanCommandOptions& o) {
                                 {"gemv_bytes_per_s", gemv},
                                 {"gemm_flops", gemm},
                                 {"attention_read_bytes_per_s", attn},
+                                {"matmul_call_s", k.matmul_call_s},
                                 {"attention_call_s", k.attention_call_s},
                                 {"attention_flops", k.attention_flops},
                                 {"layer_overhead_s", k.layer_overhead_s},
@@ -226,7 +227,7 @@ int plan_command(const PlanCommandOptions& o) {
              bytes_str(static_cast<double>(arch.weight_bytes)), bytes_str(static_cast<double>(arch.weight_bytes_per_token())),
              arch.layer_flops_per_token() / 1e9);
   fmt::print("memory:  {}{}\n\n", bytes_str(static_cast<double>(rows.front().memory_bytes)),
-             o.concurrency > 0 ? fmt::format(", {} sequences at once", o.concurrency) : ", concurrency: as many as fit");
+             o.concurrency > 0 ? fmt::format(", {} at once (--concurrency)", o.concurrency) : ", concurrency: as many as fit");
   fmt::print("| kv | ctx | KV/token | KV/seq | of f16 | users fit | users | prefill | TTFT | decode/step | tok/s/user | "
              "tok/s total | KV swap |\n");
   fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -239,6 +240,15 @@ int plan_command(const PlanCommandOptions& o) {
                time_str(r.decode.seconds), r.tokens_per_s_user, r.tokens_per_s_total,
                r.swap_s > 0 ? time_str(r.swap_s) : "-");
   }
+  fmt::print("\nwhere the time and bytes go (decode: one step of the users' batch):\n\n");
+  fmt::print("| kv | ctx | KV pages/seq | KV read/step/seq | prefill matmul | prefill attention | prefill other | "
+             "decode weights | decode KV | decode other |\n");
+  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const plan::PlanRow& r : rows)
+    fmt::print("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", r.kv_spec, r.n_ctx,
+               bytes_str(static_cast<double>(r.kv.payload_bytes)), bytes_str(static_cast<double>(r.kv.read_bytes)),
+               time_str(r.prefill.matmul_s), time_str(r.prefill.attention_s), time_str(r.prefill.other_s),
+               time_str(r.decode.weights_s), time_str(r.decode.kv_s), time_str(r.decode.other_s));
   fmt::print("\nassumptions:\n");
   for (const std::string& a : assumptions) fmt::print("- {}\n", a);
   for (size_t i = 0; i < specs.size(); ++i) fmt::print("- kv {}: {}\n", specs[i], policies[i]->describe());

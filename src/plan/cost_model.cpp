@@ -98,8 +98,12 @@ DecodeCost decode_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFoot
   c.kv_s = B * kv_passes *
            (static_cast<double>(open_bytes) / kv_rate(dev, KvFormat::F16) +
             static_cast<double>(kv.read_bytes_sealed) / sealed_kv_rate(dev));
+  // Per layer: four matmul calls (q/k/v together, o, gate/up together, down), the attention call(s) and the
+  // serial ops; the head is one more call.
   if (probed(dev))
-    c.other_s = B * arch.n_layer * (dev.kernels.layer_overhead_s + dev.kernels.attention_call_s * kv_passes);
+    c.other_s = B * arch.n_layer *
+                    (dev.kernels.layer_overhead_s + dev.kernels.attention_call_s * kv_passes) +
+                (4.0 * arch.n_layer + 1) * dev.kernels.matmul_call_s;
   c.seconds = c.weights_s + c.kv_s + c.other_s;
   c.bytes = arch.weight_bytes_per_token() + static_cast<int64_t>(B) * kv.read_bytes;
   return c;
@@ -183,8 +187,8 @@ std::vector<std::string> plan_assumptions(const DeviceSpec& dev) {
     a.push_back(fmt::format("decode attention reads KV at {} plus {:.1f} us a layer; prefill attention at {}", kvr,
                             k.attention_call_s * 1e6, tfs(k.attention_flops)));
     a.push_back(fmt::format("other ops (norms, RoPE, KV append, activation): {:.1f} us a layer per decoded token, "
-                            "{:.2f} us a layer per prompt token",
-                            k.layer_overhead_s * 1e6, k.prefill_row_overhead_s * 1e6));
+                            "{:.2f} us a layer per prompt token; {:.1f} us per matmul call (4 a layer and the head)",
+                            k.layer_overhead_s * 1e6, k.prefill_row_overhead_s * 1e6, k.matmul_call_s * 1e6));
   } else {
     const RooflineFractions& f = dev.fractions;
     a.push_back(fmt::format("decode: weights at {:.0f}% and KV at {:.0f}% of {} (bandwidth-bound)", 100 * f.weights,

@@ -28,6 +28,7 @@ struct KernelRates {
   std::map<GgmlType, double> gemv_bytes_per_s;    // a one-token matmul streaming weights of the format
   std::map<GgmlType, double> gemm_flops;          // a prompt-chunk matmul (512 rows) of the format
   std::map<KvFormat, double> attention_read_bytes_per_s;  // decode attention over pages of the format
+  double matmul_call_s = 0;       // fixed cost of one one-row matmul call (a parallel region), beyond its bytes
   double attention_call_s = 0;    // fixed cost of one decode attention call (one layer), beyond its bytes
   double attention_flops = 0;     // prefill attention (512 queries over a few thousand keys), f16 pages
   double layer_overhead_s = 0;    // one token's other ops in one layer: norms, RoPE, append, activation

@@ -163,6 +163,21 @@ KernelRates probe_kernels(ThreadPool& pool, const PlanArch& arch, const std::vec
     r.gemm_flops[t] = 2.0 * static_cast<double>(o.prompt_rows) * static_cast<double>(n_out_mm) * n_in / tp;
   }
 
+  // The fixed cost of a one-row matmul call: the workers meet once per call, whatever its size. A matrix of a
+  // few rows per thread, from the first format's probe.
+  {
+    const GgmlType t = types.front();
+    const int64_t n_in = probe_row(arch, t), n_out = 8 * pool.n_threads();
+    Buffer w = alloc_bytes(ggml_row_bytes(t, n_in) * static_cast<size_t>(n_out));
+    fill_weights(w.get(), ggml_row_bytes(t, n_in) * static_cast<size_t>(n_out));
+    const std::vector<float> x = random_floats(static_cast<size_t>(n_in), 10);
+    std::vector<float> y(static_cast<size_t>(n_out));
+    constexpr int kCalls = 200;
+    r.matmul_call_s = best_of(o.n_reps, [&] {
+                        for (int i = 0; i < kCalls; ++i) cpu::matmul(pool, t, w.get(), n_out, n_in, x.data(), 1, y.data());
+                      }) / kCalls;
+  }
+
   // Decode attention: two depths give the bytes' rate and the fixed cost of a call. All layers of the model, so
   // the working set is the model's KV at that depth (capped at 1 GiB).
   constexpr int32_t kShallow = 256, kDeep = 4096;
