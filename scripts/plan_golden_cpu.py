@@ -33,6 +33,14 @@ def load():
     return os.getloadavg()[0]
 
 
+def wait_for_quiet(limit, max_wait_s=1800):
+    """Waits until the 1-minute load average is below limit (or max_wait_s passed); returns the load then."""
+    t0 = time.time()
+    while load() >= limit and time.time() - t0 < max_wait_s:
+        time.sleep(20)
+    return load()
+
+
 def run_json_lines(cmd):
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -46,6 +54,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="tests/golden/plan/cpu_measured.json")
+    ap.add_argument("--quiet-load", type=float, default=0.5,
+                    help="wait for the 1-minute load average to fall below this before each measurement")
     a = ap.parse_args()
     exe = os.path.join(a.build, "longctx")
 
@@ -54,16 +64,18 @@ def main():
         path = os.path.join(MODEL_DIR, file)
         rounds = []
         for r in range(a.rounds):
-            rnd = {"load_before": load(), "probes": None, "bench": {}}
+            rnd = {"load_before": wait_for_quiet(a.quiet_load), "probes": None, "bench": {}, "bench_load": {}}
             plan_cmd = [exe, "plan", "-m", path, "--measure", "--json", "-t", str(a.threads), "--ctx", "4096"]
             for p in policies:
                 plan_cmd += ["--kv", p]
             out = subprocess.run(plan_cmd, check=True, capture_output=True, text=True).stdout
             rnd["probes"] = json.loads(out)["device"]["kernels"]
             for p in policies:
+                rnd["bench_load"][p] = [wait_for_quiet(a.quiet_load)]
                 recs = run_json_lines([exe, "bench", "-m", path, "-p", str(N_PROMPT), "-n", str(N_GEN), "-d", depths,
                                        "-t", str(a.threads), "-r", str(a.reps), "--kv", p, "--json"])
                 rnd["bench"][p] = recs
+                rnd["bench_load"][p].append(load())
             rnd["load_after"] = load()
             rnd["time"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
             rounds.append(rnd)
@@ -103,7 +115,8 @@ def main():
                 cases.append(case)
         models.append({"file": file, "depths": depths, "probes": probes, "cases": cases,
                        "rounds": [{"time": rd["time"], "load_before": rd["load_before"],
-                                   "load_after": rd["load_after"]} for rd in rounds]})
+                                   "load_after": rd["load_after"], "bench_load": rd["bench_load"]}
+                                  for rd in rounds]})
 
     golden = {
         "what": "longctx bench on this CPU beside the plan's probes of the same kernels, medians over rounds",

@@ -10,10 +10,11 @@ namespace longctx::plan {
 
 namespace {
 
-// GPU fractions: the whole-model decode of a synthetic Llama-3-8B on an H200 reads weights and KV at 3.4-3.7 TB/s
-// of the 4.8 datasheet (BENCHMARKS.md, end-to-end decode), its prefill GEMMs run at ~590 of 989 TFLOP/s and its
-// prefill attention at ~430 (BENCHMARKS.md, whole-model prefill and prefill attention).
-constexpr RooflineFractions kGpuFractions{0.75, 0.75, 0.60, 0.45};
+// GPU fractions, from the H200's kernels timed alone (BENCHMARKS.md, GPU): the decode step's five products stream
+// 15.01 GB in 4.26 ms summed (3.52 TB/s, 0.73 of the 4.8 datasheet); decode attention reads 3.3-4.1 TB/s at
+// 32K-128K (0.75); prefill attention runs at 420-440 TFLOP/s at 32K (0.44 of 989); the 4K whole-model prefill less
+// its attention leaves the GEMMs at ~600 TFLOP/s (0.6). The whole-model decode and the 32K prefill then check them.
+constexpr RooflineFractions kGpuFractions{0.73, 0.75, 0.60, 0.44};
 
 DeviceSpec gpu(const char* name, const char* source, double mem_gb, double bw_gbs, double tflops, double link_gbs) {
   DeviceSpec d;

@@ -76,55 +76,92 @@ std::vector<float> random_floats(size_t n, uint32_t seed) {
   return v;
 }
 
-// The KV of n_layer layers at a depth, in one format: page buffers and views shaped like the store's.
+// The KV of n_layer layers at a depth, in one format, held by the store itself: filled as a prefill fills it
+// (chunks of 512 tokens, every layer's heads in turn), so its pages lie in the pool as a real cache's do.
 struct ProbeCache {
-  std::vector<Buffer> pages;
-  std::vector<std::vector<int32_t>> positions;  // (n_layer * n_head_kv) of (depth)
-  std::vector<cpu::KvLayerView> views;          // (n_layer)
-  int64_t bytes = 0;                            // as the decode kernel reads them
+  std::unique_ptr<kv::KvPagePool> pool;
+  std::unique_ptr<kv::KvSequence> seq;
+  std::vector<cpu::KvLayerView> views;  // (n_layer)
+  int64_t bytes = 0;                    // as the decode kernel reads them
 
   ProbeCache(const PlanArch& arch, int32_t n_layer, int32_t depth, KvFormat f) {
-    const int32_t T = kPlanPageTokens, d = arch.head_dim;
-    const size_t page_bytes = cpu::kv_page_bytes(f, T, d);
-    const int32_t n_pages = (depth + T - 1) / T;
-    const std::vector<float> k = random_floats(static_cast<size_t>(T) * d, 1), v = random_floats(k.size(), 2);
-    views.resize(static_cast<size_t>(n_layer));
+    kv::KvGeometry geo;
+    geo.n_layer = n_layer;
+    geo.n_head_kv = arch.n_head_kv;
+    geo.head_dim = arch.head_dim;
+    geo.page_tokens = kPlanPageTokens;
+    geo.format = kv_format_is_packed(f) ? KvFormat::F16 : f;
+    geo.sealed_format = f;
+    pool = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
+    seq = std::make_unique<kv::KvSequence>(geo, *pool);
+    constexpr int32_t kChunk = 512;
+    const size_t row = static_cast<size_t>(arch.n_head_kv) * arch.head_dim;
+    const std::vector<float> k = random_floats(kChunk * row, 1), v = random_floats(kChunk * row, 2);
+    std::vector<int32_t> pos(kChunk);
+    for (int32_t start = 0; start < depth; start += kChunk) {
+      const int32_t n = std::min(kChunk, depth - start);
+      for (int32_t i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = start + i;
+      for (int32_t il = 0; il < n_layer; ++il) seq->append(il, k.data(), v.data(), pos.data(), n);
+    }
+    seq->seal_full_pages();
     for (int32_t il = 0; il < n_layer; ++il) {
-      cpu::KvLayerView& view = views[static_cast<size_t>(il)];
-      view.page_tokens = T;
-      view.head_dim = d;
-      view.heads.resize(static_cast<size_t>(arch.n_head_kv));
-      for (int32_t g = 0; g < arch.n_head_kv; ++g) {
-        cpu::KvHeadView& h = view.heads[static_cast<size_t>(g)];
-        positions.emplace_back(static_cast<size_t>(depth));
-        for (int32_t i = 0; i < depth; ++i) positions.back()[static_cast<size_t>(i)] = i;
-        for (int32_t p = 0; p < n_pages; ++p) {
-          pages.push_back(alloc_bytes(page_bytes));
-          // A packed page is sealed full; the last page of a plain head may be partial.
-          const int32_t rows = kv_format_is_packed(f) ? T : std::min(T, depth - p * T);
-          cpu::kv_page_write(f, T, d, k.data(), v.data(), 0, rows, pages.back().get());
-          h.pages.push_back(pages.back().get());
-          h.formats.push_back(f);
-        }
-        h.positions = positions.back().data();
-        h.n_tokens = depth;
-        bytes += static_cast<int64_t>(depth) * static_cast<int64_t>(page_bytes / T);
-      }
+      views.push_back(seq->layer_view(il));
+      for (const cpu::KvHeadView& h : views.back().heads)
+        for (size_t p = 0; p < h.pages.size(); ++p)
+          bytes += static_cast<int64_t>(std::min<int32_t>(kPlanPageTokens, h.n_tokens - static_cast<int32_t>(p) * kPlanPageTokens)) *
+                   static_cast<int64_t>(pool->page_bytes(h.formats[p]) / kPlanPageTokens);
     }
   }
 };
 
-// Decode attention over every layer of a cache: seconds per call (one layer).
-double time_decode_attention(ThreadPool& pool, const PlanArch& arch, const ProbeCache& cache, int32_t depth,
-                             int n_reps) {
+// A decode step's weight stream, cut into one share per layer: each layer's attention runs between two shares, as
+// in the forward, so that it finds the caches as a decode step leaves them (the weights have just evicted its KV).
+struct WeightStream {
+  GgmlType type;
+  int64_t n_in = 0, n_out_per_layer = 0;
+  Buffer w;
+  size_t layer_bytes = 0;
+  std::vector<float> x, y;
+
+  WeightStream(const PlanArch& arch, int32_t n_layer) {
+    // The format holding most of the layers' bytes.
+    const WeightUse* top = &arch.layers.front();
+    for (const WeightUse& u : arch.layers)
+      if (u.bytes > top->bytes) top = &u;
+    type = top->type;
+    n_in = probe_row(arch, type);
+    const size_t row_bytes = ggml_row_bytes(type, n_in);
+    n_out_per_layer = std::max<int64_t>(8, arch.weight_bytes_per_token() / arch.n_layer / static_cast<int64_t>(row_bytes));
+    layer_bytes = row_bytes * static_cast<size_t>(n_out_per_layer);
+    w = alloc_bytes(layer_bytes * static_cast<size_t>(n_layer));
+    fill_weights(w.get(), layer_bytes * static_cast<size_t>(n_layer));
+    x = random_floats(static_cast<size_t>(n_in), 12);
+    y.resize(static_cast<size_t>(n_out_per_layer));
+  }
+  void layer(ThreadPool& pool, int32_t il) {
+    cpu::matmul(pool, type, w.get() + layer_bytes * static_cast<size_t>(il), n_out_per_layer, n_in, x.data(), 1, y.data());
+  }
+};
+
+// Seconds per layer of decode attention over a cache, each layer after its share of the weight stream, less the
+// stream alone.
+double time_decode_attention(ThreadPool& pool, const PlanArch& arch, const ProbeCache& cache, WeightStream& stream,
+                             int32_t depth, int n_reps) {
   cpu::AttentionParams ap{arch.n_head, arch.n_head_kv, arch.head_dim, 1.0f / std::sqrt(float(arch.head_dim)), 0};
   const std::vector<float> q = random_floats(static_cast<size_t>(arch.n_head) * arch.head_dim, 3);
   std::vector<float> out(q.size());
   const int32_t pos = depth - 1;
-  const double t = best_of(n_reps, [&] {
-    for (const cpu::KvLayerView& v : cache.views) cpu::attention(pool, ap, q.data(), &pos, 1, v, out.data());
+  const int32_t n_layer = static_cast<int32_t>(cache.views.size());
+  const double both = best_of(n_reps, [&] {
+    for (int32_t il = 0; il < n_layer; ++il) {
+      stream.layer(pool, il);
+      cpu::attention(pool, ap, q.data(), &pos, 1, cache.views[static_cast<size_t>(il)], out.data());
+    }
   });
-  return t / static_cast<double>(cache.views.size());
+  const double alone = best_of(n_reps, [&] {
+    for (int32_t il = 0; il < n_layer; ++il) stream.layer(pool, il);
+  });
+  return std::max(0.0, both - alone) / n_layer;
 }
 
 }  // namespace
@@ -178,17 +215,18 @@ KernelRates probe_kernels(ThreadPool& pool, const PlanArch& arch, const std::vec
                       }) / kCalls;
   }
 
-  // Decode attention: two depths give the bytes' rate and the fixed cost of a call. All layers of the model, so
-  // the working set is the model's KV at that depth (capped at 1 GiB).
+  // Decode attention: two depths give the bytes' rate and the fixed cost of a call. All layers of the model (up to
+  // 1 GiB of KV), each after its share of the weights, so the working set is a decode step's at that depth.
   constexpr int32_t kShallow = 256, kDeep = 4096;
   const int64_t deep_layer_bytes = int64_t{kDeep} * arch.n_head_kv * kv_plan_page_bytes(KvFormat::F16, kPlanPageTokens, arch.head_dim) / kPlanPageTokens;
   const int32_t n_layer_probe = static_cast<int32_t>(std::clamp<int64_t>((int64_t{1} << 30) / std::max<int64_t>(1, deep_layer_bytes), 1, arch.n_layer));
   std::vector<KvFormat> formats = kv_formats;
   if (std::find(formats.begin(), formats.end(), KvFormat::F16) == formats.end()) formats.push_back(KvFormat::F16);
+  WeightStream stream(arch, n_layer_probe);
   for (KvFormat f : formats) {
     const ProbeCache shallow(arch, n_layer_probe, kShallow, f), deep(arch, n_layer_probe, kDeep, f);
-    const double ts = time_decode_attention(pool, arch, shallow, kShallow, o.n_reps);
-    const double td = time_decode_attention(pool, arch, deep, kDeep, o.n_reps);
+    const double ts = time_decode_attention(pool, arch, shallow, stream, kShallow, o.n_reps);
+    const double td = time_decode_attention(pool, arch, deep, stream, kDeep, o.n_reps);
     const double bytes_s = static_cast<double>(shallow.bytes) / n_layer_probe;
     const double bytes_d = static_cast<double>(deep.bytes) / n_layer_probe;
     const double rate = td > ts ? (bytes_d - bytes_s) / (td - ts) : bytes_d / td;
