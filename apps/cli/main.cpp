@@ -15,6 +15,7 @@
 #include "calibrate_heads_command.h"
 #include "eval_command.h"
 #include "stream_ppl_command.h"
+#include "plan_command.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "kv/policy.h"
@@ -286,6 +287,8 @@ int main(int argc, char** argv) {
 
   eval::StreamPplOptions stream_ppl_options;
   auto* stream_ppl = add_stream_ppl_subcommand(app, stream_ppl_options);
+  PlanCommandOptions plan_options;
+  auto* plan = add_plan_subcommand(app, plan_options);
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -295,6 +298,7 @@ int main(int argc, char** argv) {
     if (calibrate->parsed()) return calibrate_heads_command(calibrate_options);
     if (eval->parsed()) return eval_command(eval_options);
     if (stream_ppl->parsed()) return stream_ppl_command(stream_ppl_options);
+    if (plan->parsed()) return plan_command(plan_options);
   } catch (const Error& e) {
     std::fflush(stdout);
     fmt::print(stderr, "error: {}\n", e.what());
