@@ -5,16 +5,17 @@
 # then times the Llama-3-8B shapes against the copy and read-only ceilings measured in the same run; a table last.
 # Through the device tool, from the repository root:   run command="scripts/cuda_device_quant.sh"
 # Logs and JSON lines go to $OUT (the tool's return folder) or build/cuda_device_quant/out.
+# QGEMV_FLAGS="-DLONGCTX_QGEMV_STAGES=3" builds a variant (in build/cuda_device_quant_<name>, QGEMV_NAME=<name>).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/cuda/bin:$PATH"
-B=build/cuda_device_quant
+B=build/cuda_device_quant${QGEMV_NAME:+_$QGEMV_NAME}
 OUT="${OUT:-$B/out}"
 mkdir -p "$B" "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader || true
 
 ARCH="-gencode=arch=compute_90a,code=sm_90a"
-NVCC=(nvcc -std=c++17 -O3 -Isrc "$ARCH")  # C++17: what CMake 3.25 can ask nvcc for
+NVCC=(nvcc -std=c++17 -O3 -Isrc "$ARCH" ${QGEMV_FLAGS:-})  # C++17: what CMake 3.25 can ask nvcc for
 t0=$(date +%s)
 lib=(src/backend/cuda/cuda_backend.cu src/backend/cuda/quant_gemv.cu src/backend/cuda/dequantize.cu
      src/backend/cuda/gemv.cu)  # gemv.cu: the decode step's bf16 GEMV, timed beside the quantized one

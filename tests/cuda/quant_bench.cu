@@ -6,7 +6,6 @@
 //          4096) in Q8_0, Q4_K, Q6_K and BF16, the other formats on 14336 x 4096, and the bf16 fused GEMV of the
 //          decode step (gemv.cu) on the same bytes; weight bytes over the median time of CUDA-graph replays,
 //          rotating over enough copies of the matrix (>= 256 MB) that none is served from L2;
-//   split: quant_gemv with each split-K setting on two shapes (the gemv row of the same shape is the automatic one);
 //   dequant: dequantize_bf16 of a whole 14336 x 4096 matrix, bytes read plus written over time.
 // Usage: quant_bench [out.jsonl]   (a table on stdout, printed last)
 #include <cuda_runtime.h>
@@ -91,7 +90,7 @@ void add_row(const std::string& what, const std::string& shape, const std::strin
 std::string shape_name(int n_out, int n_in) { return std::to_string(n_out) + "x" + std::to_string(n_in); }
 
 void bench_gemv(cudaStream_t st, GgmlType t, int n_out, int n_in, std::mt19937_64& rng, const void* x, float* y,
-                bool also_fused_bf16, const std::vector<int>& splits = {}) {
+                bool also_fused_bf16) {
   Weights w(t, n_out, n_in, rng);
   const int n_copies = static_cast<int>(w.copies.size());
   const int steps = steps_for(w.bytes, n_copies);
@@ -112,14 +111,6 @@ void bench_gemv(cudaStream_t st, GgmlType t, int n_out, int n_in, std::mt19937_6
       CS(lc::gemv(g, st));
     });
     add_row("gemv", shape_name(n_out, n_in), "bf16-fused", w.bytes, us2);
-  }
-  for (int s : splits) {
-    a.n_split = s;
-    const double us3 = time_graph(st, steps, 20, [&](int i) {
-      a.w = w.copies[i % n_copies];
-      CS(lc::quant_gemv(a, st));
-    });
-    add_row("split" + std::to_string(s), shape_name(n_out, n_in), qr::name(t), w.bytes, us3);
   }
 }
 
@@ -181,8 +172,6 @@ int main(int argc, char** argv) {
       bench_gemv(st, t, n_out, n_in, rng, x, y, t == GgmlType::BF16);
   for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_K, GgmlType::F16, GgmlType::F32})
     bench_gemv(st, t, 14336, 4096, rng, x, y, false);
-  bench_gemv(st, GgmlType::Q4_K, 4096, 4096, rng, x, y, false, {1, 2, 4, 8});
-  bench_gemv(st, GgmlType::Q4_K, 14336, 4096, rng, x, y, false, {1, 2, 4, 8});
   for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) bench_dequant(st, t, 14336, 4096, rng);
 
   std::printf("\nquant GEMV, batch 1, x bf16, y f32 (copy %.3f TB/s, read-only %.3f TB/s in this run)\n",

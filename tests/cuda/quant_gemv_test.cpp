@@ -2,7 +2,7 @@
 // checked bit for bit against cpu::dequantize_row by tests/quant_reference_test.cpp):
 //   quant_gemv: every format x n_in (576, 640, 2048, 4096, 14336; 256 for the K-quants, which need multiples of
 //     256) x n_out (1, 19, 130, 1003), random blocks, x drawn four ways (unit, large |x| beyond the f16 range,
-//     tiny |x|, unit with a few large outliers); the split-K paths forced one by one on one shape per format; W at
+//     tiny |x|, unit with a few large outliers); grids of 1 and 3 blocks walking many tiles; W at
 //     a 32-byte and at a 16-byte offset (the copies' first and last bytes); y poisoned before, its tail checked.
 //     Reference: the dequantized row times x in double. Tolerance: |y - ref| <= 5e-5 * sum |w x| per row (the kernel
 //     is W x up to f32 accumulation: exact codes, exact x, exact products; weights rounded to bf16 would miss by
@@ -61,7 +61,7 @@ struct Worst {
 };
 
 // One product on the device against the reference; returns false (and says why) on a failure.
-bool check_gemv(GgmlType t, int n_out, int n_in, XKind xk, int n_split, int w_offset, std::mt19937_64& rng,
+bool check_gemv(GgmlType t, int n_out, int n_in, XKind xk, int max_blocks, int w_offset, std::mt19937_64& rng,
                 Worst* worst) {
   const size_t rb = qr::row_bytes(t, n_in);
   const std::vector<uint8_t> w = qr::random_rows(t, n_out, n_in, rng);
@@ -72,7 +72,7 @@ bool check_gemv(GgmlType t, int n_out, int n_in, XKind xk, int n_split, int w_of
   d_x.upload(x);
   d_y.poison();
   lc::QuantGemvArgs a;
-  a.type = t, a.w = w_dev, a.n_out = n_out, a.n_in = n_in, a.x_bf16 = d_x.p, a.y = d_y.as<float>(), a.n_split = n_split;
+  a.type = t, a.w = w_dev, a.n_out = n_out, a.n_in = n_in, a.x_bf16 = d_x.p, a.y = d_y.as<float>(), a.max_blocks = max_blocks;
   CHECK_OK(lc::quant_gemv(a));
   const std::vector<float> y = d_y.download<float>(n_out + 64);
 
@@ -103,8 +103,8 @@ bool check_gemv(GgmlType t, int n_out, int n_in, XKind xk, int n_split, int w_of
   worst->err = std::max(worst->err, row_worst);
   const bool ok = n_bad == 0 && tail_bits == 0xffffffffu;
   if (!ok)
-    std::printf("FAIL %s %d x %d x=%s split=%d offset=%d: %d bad rows, tail %s, worst %.3g\n", qr::name(t), n_out, n_in,
-                x_name(xk), n_split, w_offset, n_bad, tail_bits == 0xffffffffu ? "untouched" : "WRITTEN", row_worst);
+    std::printf("FAIL %s %d x %d x=%s max_blocks=%d offset=%d: %d bad rows, tail %s, worst %.3g\n", qr::name(t), n_out,
+                n_in, x_name(xk), max_blocks, w_offset, n_bad, tail_bits == 0xffffffffu ? "untouched" : "WRITTEN", row_worst);
   return ok;
 }
 
@@ -123,10 +123,13 @@ void test_gemv(std::mt19937_64& rng) {
         ++n_cases;
         n_ok += check_gemv(t, n_out, n_in, xk, 0, offset, rng, &worst);
       }
-    for (int split : {1, 2, 4, 8})
+    // Few blocks, so that each walks many tiles (the ring running on from one tile into the next): tiles of
+    // several stages, and of one stage each (the smallest n_in).
+    for (int max_blocks : {1, 3})
       for (XKind xk : {XKind::Unit, XKind::Outliers}) {
-        ++n_cases;
-        n_ok += check_gemv(t, 130, 4096, xk, split, 0, rng, &worst);
+        n_cases += 2;
+        n_ok += check_gemv(t, 130, 4096, xk, max_blocks, 0, rng, &worst);
+        n_ok += check_gemv(t, 1003, n_ins[0], xk, max_blocks, 16, rng, &worst);
       }
     report(n_ok == n_cases, std::string("quant_gemv ") + qr::name(t) + ": " + std::to_string(n_ok) + "/" +
                                 std::to_string(n_cases) + " cases, worst |y - ref| / sum|w x| = " +
@@ -160,9 +163,9 @@ void test_gemv(std::mt19937_64& rng) {
     report(!lc::quant_gemv(a).ok() && !lc::quant_supported(GgmlType::Q5_0), "quant_gemv refuses Q5_0 (not supported)");
     a.type = GgmlType::Q8_0, a.w = d_w.as<uint8_t>() + 8;
     report(!lc::quant_gemv(a).ok(), "quant_gemv refuses W that is not 16-byte aligned");
-    a.w = d_w.p, a.n_split = 3;
-    report(!lc::quant_gemv(a).ok(), "quant_gemv refuses n_split 3");
-    a.n_split = 0, a.n_in = lc::quant_gemv_max_in() + 32;
+    a.w = d_w.p, a.max_blocks = -1;
+    report(!lc::quant_gemv(a).ok(), "quant_gemv refuses a negative max_blocks");
+    a.max_blocks = 0, a.n_in = lc::quant_gemv_max_in() + 32;
     report(!lc::quant_gemv(a).ok(), "quant_gemv refuses n_in past its maximum");
   }
 }

@@ -32,9 +32,9 @@ struct QuantGemvArgs {
   int32_t n_out = 0, n_in = 0;
   const void* x_bf16 = nullptr;  // (n_in) bf16
   float* y = nullptr;            // (n_out) f32, written (not accumulated)
-  // Warps that share one 16-row tile, each over a part of n_in, their sums added in shared memory: 1, 2, 4 or 8;
-  // 0 picks the fewest that give every multiprocessor ~16 warps (small matrices need the split to fill the GPU).
-  int32_t n_split = 0;
+  // At most this many blocks (0: one wave of resident blocks, which walk the 16-row tiles between them). Tests set
+  // it low so that each block walks many tiles.
+  int32_t max_blocks = 0;
 };
 int32_t quant_gemv_max_in();
 Status quant_gemv(const QuantGemvArgs& a, void* stream = nullptr);

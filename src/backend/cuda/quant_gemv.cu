@@ -15,12 +15,13 @@
 // (g, t) holds exactly groups 2t and 2t + 1 of rows g and g + 8 (the C fragment), whose scales it alone applies.
 // A group's min (Q4_1, Q4_K, Q5_K: x = d q + m) adds m * sum(x over the group), from sums made once per call.
 //
-// Memory: a warp owns a tile of 16 rows (the mma's M) and a range of n_in (split-K when the matrix has few
-// tiles), and streams its rows' bytes through a private two-stage cp.async ring in shared memory: 16-byte copies at
-// any row alignment (Q8_0, Q4_0 and Q6_K blocks are 34, 18 and 210 bytes: only 2-byte aligned), no registers held
-// by loads in flight, and lanes then read exactly the bytes their fragment needs. Lane mapping per format: lane
-// (g, t) decodes rows g and g + 8, and within each group the 4 (or 8) values that feed k-slots 2t, 2t+1, 2t+8,
-// 2t+9 of the mma; x sits in shared memory permuted to match, so each lane loads its x with one 8- or 16-byte read.
+// Memory: a block owns a tile of 16 rows (the mma's M) at a time and streams it through a two-stage cp.async
+// ring in shared memory, a stage holding 8 consecutive units of every row (a unit: the 8 groups one window's
+// products take), one per warp; the warps' sums meet in shared memory when the tile is done. 16-byte copies at any
+// row alignment (Q8_0, Q4_0 and Q6_K blocks are 34, 18 and 210 bytes: only 2-byte aligned), no registers held by
+// loads in flight, and lanes then read exactly the bytes their fragment needs. Lane mapping per format: lane (g, t)
+// decodes rows g and g + 8, and within each group the 4 (or 8) values that feed k-slots 2t, 2t+1, 2t+8, 2t+9 of
+// the mma; x sits in shared memory permuted to match, so each lane loads its x with one 8- or 16-byte read.
 //
 // Template instances (one kernel, the format a parameter): Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16; F32 rows
 // (no scales, 32 bits a weight: a plain f32 dot product) have a kernel of their own, gemv_f32_kernel.
@@ -38,11 +39,13 @@
 namespace longctx::cuda {
 namespace {
 
-constexpr int kWarps = 8;          // warps per block
-constexpr int kTileRows = 16;      // rows per warp tile: the mma's M
-constexpr int kStages = 2;         // cp.async ring depth per warp
+constexpr int kWarps = 8;          // warps per block: each takes one unit of every stage
+constexpr int kTileRows = 16;      // rows per tile: the mma's M
+#ifndef LONGCTX_QGEMV_STAGES
+#define LONGCTX_QGEMV_STAGES 2
+#endif
+constexpr int kStages = LONGCTX_QGEMV_STAGES;  // cp.async ring depth (2 or 3; the device script times both)
 constexpr int kMaxIn = 32768;      // x in shared memory as f16: 64 KB
-constexpr int kMaxSplit = 8;
 
 // How x is laid out in shared memory so that a lane reads its k-slots' values with one load (the A fragment of
 // a lane holds values (v0, v2) and (v1, v3) of each 4 it decodes, which is what the nibble and byte tricks give).
@@ -52,71 +55,74 @@ enum class XLayout {
   Natural,  // as in x: raw f16/bf16 rows pair (v0, v1), (v2, v3) already
 };
 
-// What the kernel needs to know of a format. kStepBytes: one row's bytes per pipeline step (a window of 8 groups,
-// or for Q6_K one 210-byte super-block = 2 windows, since its halves share the block's scales).
+// What the kernel needs to know of a format. kUnitBytes: one row's bytes of the unit a warp decodes at a time (a
+// window of 8 groups, or for Q6_K one 210-byte super-block = 2 windows, since its halves share the block's scales).
 template <GgmlType T>
 struct Fmt;
 template <>
 struct Fmt<GgmlType::Q4_0> {
-  static constexpr int kGroup = 32, kWindowsPerStep = 1, kStepBytes = 8 * 18;
+  static constexpr int kGroup = 32, kWindowsPerUnit = 1, kUnitBytes = 8 * 18;
   static constexpr XLayout kX = XLayout::Lanes32;
   static constexpr bool kMin = false, kBf16 = false;
 };
 template <>
 struct Fmt<GgmlType::Q4_1> {
-  static constexpr int kGroup = 32, kWindowsPerStep = 1, kStepBytes = 8 * 20;
+  static constexpr int kGroup = 32, kWindowsPerUnit = 1, kUnitBytes = 8 * 20;
   static constexpr XLayout kX = XLayout::Lanes32;
   static constexpr bool kMin = true, kBf16 = false;
 };
 template <>
 struct Fmt<GgmlType::Q8_0> {
-  static constexpr int kGroup = 32, kWindowsPerStep = 1, kStepBytes = 8 * 34;
+  static constexpr int kGroup = 32, kWindowsPerUnit = 1, kUnitBytes = 8 * 34;
   static constexpr XLayout kX = XLayout::Lanes32;
   static constexpr bool kMin = false, kBf16 = false;
 };
 template <>
 struct Fmt<GgmlType::Q4_K> {
-  static constexpr int kGroup = 32, kWindowsPerStep = 1, kStepBytes = 144;
+  static constexpr int kGroup = 32, kWindowsPerUnit = 1, kUnitBytes = 144;
   static constexpr XLayout kX = XLayout::Lanes32;
   static constexpr bool kMin = true, kBf16 = false;
 };
 template <>
 struct Fmt<GgmlType::Q5_K> {
-  static constexpr int kGroup = 32, kWindowsPerStep = 1, kStepBytes = 176;
+  static constexpr int kGroup = 32, kWindowsPerUnit = 1, kUnitBytes = 176;
   static constexpr XLayout kX = XLayout::Lanes32;
   static constexpr bool kMin = true, kBf16 = false;
 };
 template <>
 struct Fmt<GgmlType::Q6_K> {
-  static constexpr int kGroup = 16, kWindowsPerStep = 2, kStepBytes = 210;
+  static constexpr int kGroup = 16, kWindowsPerUnit = 2, kUnitBytes = 210;
   static constexpr XLayout kX = XLayout::Pairs16;
   static constexpr bool kMin = false, kBf16 = false;
 };
 template <>
 struct Fmt<GgmlType::F16> {
-  static constexpr int kGroup = 16, kWindowsPerStep = 1, kStepBytes = 8 * 16 * 2;
+  static constexpr int kGroup = 16, kWindowsPerUnit = 1, kUnitBytes = 8 * 16 * 2;
   static constexpr XLayout kX = XLayout::Natural;
   static constexpr bool kMin = false, kBf16 = false;
 };
 template <>
 struct Fmt<GgmlType::BF16> {
-  static constexpr int kGroup = 16, kWindowsPerStep = 1, kStepBytes = 8 * 16 * 2;
+  static constexpr int kGroup = 16, kWindowsPerUnit = 1, kUnitBytes = 8 * 16 * 2;
   static constexpr XLayout kX = XLayout::Natural;
   static constexpr bool kMin = false, kBf16 = true;  // bf16 weights need bf16 x: the mma takes one type
 };
 
-// Derived geometry. A row's step is copied from its address rounded down to 32 bytes (whole sectors per lane
-// pair), so a stage row holds up to 30 bytes of lead-in; an odd number of 16-byte chunks per stage row keeps the
-// 8 rows a warp load touches in different banks.
+// Derived geometry. A stage holds, for each of the tile's 16 rows, the 8 consecutive units the 8 warps decode
+// (1.1-2.2 KB of one row: long contiguous reads, which the DRAM needs; a first version staged one unit per warp,
+// 144-304 bytes of a row at a time, and streamed at half the copy bandwidth). A row's span is copied from its
+// address rounded down to 32 bytes, so a stage row holds up to 30 bytes of lead-in; an odd number of 16-byte
+// chunks per stage row keeps the 8 rows one warp load of the decode touches in different banks.
 template <GgmlType T>
 struct Geom {
   using F = Fmt<T>;
   static constexpr int kWindowValues = 8 * F::kGroup;
-  static constexpr int kStepValues = kWindowValues * F::kWindowsPerStep;
-  static constexpr int kChunks = ((F::kStepBytes + 30 + 15) / 16) | 1;
+  static constexpr int kUnitValues = kWindowValues * F::kWindowsPerUnit;
+  static constexpr int kSpanBytes = kWarps * F::kUnitBytes;  // one row's bytes in a stage
+  static constexpr int kChunks = ((kSpanBytes + 30 + 15) / 16) | 1;
   static constexpr int kRowStride = 16 * kChunks;
   static constexpr int kStageBytes = kTileRows * kRowStride;
-  static constexpr int kRingBytes = kWarps * kStages * kStageBytes;
+  static constexpr int kRingBytes = kStages * kStageBytes;
 };
 
 struct Params {
@@ -126,9 +132,10 @@ struct Params {
   int32_t n_out, n_in;
   const uint16_t* x;      // (n_in) bf16
   float* y;               // (n_out)
-  int32_t n_split;        // warps per tile
-  int32_t n_steps;        // steps per row
-  int32_t n_in_pad;       // x's length in shared memory: whole steps
+  int32_t n_tiles;        // ceil(n_out / 16)
+  int32_t n_units;        // units per row
+  int32_t n_steps;        // stages per tile: ceil(n_units / kWarps)
+  int32_t n_in_pad;       // x's length in shared memory: whole units
 };
 
 // ---- small device helpers ------------------------------------------------------------------------------------
@@ -462,50 +469,51 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemv_kernel(const Params p)
   extern __shared__ __align__(128) uint8_t smem[];
   uint16_t* xs = reinterpret_cast<uint16_t*>(smem + G::kRingBytes);  // (n_in_pad) f16 (bf16 for BF16 weights)
   float* xsum = reinterpret_cast<float*>(xs + p.n_in_pad);           // (n_in_pad / 32) when F::kMin
-  float* red = xsum + (F::kMin ? p.n_in_pad / 32 : 0);               // (kWarps, 16) the warps' partial sums
+  float* red = xsum + (F::kMin ? p.n_in_pad / 32 : 0);               // (kWarps, 16) the warps' sums
   float* misc = red + kWarps * kTileRows;                            // (kWarps) the block's max |x| reduction
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int n_split = p.n_split;
-  const int tiles_per_block = kWarps / n_split;
-  const int row0 = (blockIdx.x * tiles_per_block + warp / n_split) * kTileRows;
-  const int split = warp % n_split;
-  const int per_split = (p.n_steps + n_split - 1) / n_split;
-  const int s_begin = min(p.n_steps, split * per_split), s_end = min(p.n_steps, s_begin + per_split);
-  const bool active = row0 < p.n_out;  // a block's last warps may have no tile
+  // The block walks tiles blockIdx.x, + gridDim.x, ...; item i is stage i % n_steps of its (i / n_steps)-th tile.
+  const int n_items = (p.n_tiles - static_cast<int>(blockIdx.x) + static_cast<int>(gridDim.x) - 1) /
+                      static_cast<int>(gridDim.x) * p.n_steps;
+  auto item_row0 = [&](int i) {
+    return (static_cast<int>(blockIdx.x) + i / p.n_steps * static_cast<int>(gridDim.x)) * kTileRows;
+  };
 
-  // Copies: lanes 2r and 2r + 1 copy row r of the tile, alternate 16-byte chunks. Rows past n_out copy the last
-  // row (their sums are never stored), so every read is of the tensor.
-  const int copy_row = lane / 2;
-  const int64_t copy_off = static_cast<int64_t>(min(row0 + copy_row, p.n_out - 1)) * p.row_bytes;
-  const uint32_t ring = smem_address(smem) + warp * kStages * G::kStageBytes;
-  auto issue = [&](int s, int stage) {
-    if (active && s < s_end) {
-      const uint8_t* seg = p.w + copy_off + static_cast<int64_t>(s) * F::kStepBytes;
-      const uint8_t* src = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(seg) & ~uintptr_t{31});
-      const uint32_t dst = ring + stage * G::kStageBytes + copy_row * G::kRowStride;
-      if (src >= p.w && src + 16 * G::kChunks <= p.w_end) {
+  // Copies: warp w copies rows 2w and 2w + 1 of the tile, its lanes consecutive 16-byte chunks (512 contiguous
+  // bytes a warp instruction). Rows past n_out copy the last row (their sums are never stored), so every read is of
+  // the tensor.
+  const uint32_t ring = smem_address(smem);
+  auto issue = [&](int i, int stage) {
+    if (i < n_items) {
+      const int row0 = item_row0(i), step = i % p.n_steps;
 #pragma unroll
-        for (int kk = 0; kk < (G::kChunks + 1) / 2; ++kk) {
-          const int k = 2 * kk + lane % 2;
-          if (k < G::kChunks) cp_async16(dst + 16 * k, src + 16 * k);
-        }
-      } else {  // the tensor's first or last bytes: nothing outside it is read (zeros instead)
+      for (int r = 0; r < 2; ++r) {
+        const int row = 2 * warp + r;
+        const uint8_t* seg = p.w + static_cast<int64_t>(min(row0 + row, p.n_out - 1)) * p.row_bytes +
+                             static_cast<int64_t>(step) * G::kSpanBytes;
+        const uint8_t* src = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(seg) & ~uintptr_t{31});
+        const uint32_t dst = ring + stage * G::kStageBytes + row * G::kRowStride;
+        if (src >= p.w && src + 16 * G::kChunks <= p.w_end) {
 #pragma unroll
-        for (int kk = 0; kk < (G::kChunks + 1) / 2; ++kk) {
-          const int k = 2 * kk + lane % 2;
-          const uint8_t* a = src + 16 * k;
-          const int64_t left = a < p.w ? 0 : p.w_end - a;
-          if (k < G::kChunks)
+          for (int rr = 0; rr < (G::kChunks + 31) / 32; ++rr) {
+            const int k = lane + 32 * rr;
+            if (k < G::kChunks) cp_async16(dst + 16 * k, src + 16 * k);
+          }
+        } else {  // the tensor's first or last bytes: nothing outside it is read (zeros instead)
+          for (int k = lane; k < G::kChunks; k += 32) {
+            const uint8_t* a = src + 16 * k;
+            const int64_t left = a < p.w ? 0 : p.w_end - a;
             cp_async16_zfill(dst + 16 * k, a < p.w ? p.w : a,
                              static_cast<uint32_t>(left < 0 ? 0 : left > 16 ? 16 : left));
+          }
         }
       }
     }
-    cp_async_commit();  // one group per step, empty or not, so that wait_group counts steps
+    cp_async_commit();  // one group per item, empty or not, so that wait_group counts items
   };
-  issue(s_begin, 0);
-  issue(s_begin + 1, 1);
+#pragma unroll
+  for (int i = 0; i < kStages; ++i) issue(i, i);
 
   // The weights depend on nothing an earlier kernel writes; x does.
   pdl_trigger();
@@ -581,22 +589,23 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemv_kernel(const Params p)
   __syncthreads();
 
   float acc_g = 0.0f, acc_g8 = 0.0f;  // rows row0 + g, row0 + g + 8: this lane's groups (2t, 2t + 1) only
-  if (active) {
-    const int64_t off_g = static_cast<int64_t>(min(row0 + g, p.n_out - 1)) * p.row_bytes;
-    const int64_t off_g8 = static_cast<int64_t>(min(row0 + g + 8, p.n_out - 1)) * p.row_bytes;
-    const uintptr_t base = reinterpret_cast<uintptr_t>(p.w);
-    const uint8_t* stage0 = smem + warp * kStages * G::kStageBytes;
-    int stage = 0;
-    for (int s = s_begin; s < s_end; ++s) {
-      cp_async_wait<kStages - 1>();  // step s has landed (for this lane's copies; the warp syncs below)
-      __syncwarp();
-      const int64_t k_off = static_cast<int64_t>(s) * F::kStepBytes;
-      const uint8_t* st = stage0 + stage * G::kStageBytes;
-      const uint8_t* pg = st + g * G::kRowStride + ((base + off_g + k_off) & 31);
-      const uint8_t* pg8 = st + (g + 8) * G::kRowStride + ((base + off_g8 + k_off) & 31);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(p.w);
+  int stage = 0;
+  for (int i = 0; i < n_items; ++i) {
+    const int row0 = item_row0(i), step = i % p.n_steps;
+    cp_async_wait<kStages - 1>();  // item i has landed (this thread's copies; the barrier makes it everyone's)
+    __syncthreads();
+    const int u = step * kWarps + warp;  // the unit of the row this warp decodes
+    if (u < p.n_units) {
+      const int64_t span = static_cast<int64_t>(step) * G::kSpanBytes;
+      const int64_t off_g = static_cast<int64_t>(min(row0 + g, p.n_out - 1)) * p.row_bytes + span;
+      const int64_t off_g8 = static_cast<int64_t>(min(row0 + g + 8, p.n_out - 1)) * p.row_bytes + span;
+      const uint8_t* st = smem + stage * G::kStageBytes + warp * F::kUnitBytes;
+      const uint8_t* pg = st + g * G::kRowStride + ((base + off_g) & 31);
+      const uint8_t* pg8 = st + (g + 8) * G::kRowStride + ((base + off_g8) & 31);
 #pragma unroll
-      for (int win = 0; win < F::kWindowsPerStep; ++win) {
-        const int x0 = s * G::kStepValues + win * G::kWindowValues;  // the window's first input
+      for (int win = 0; win < F::kWindowsPerUnit; ++win) {
+        const int x0 = u * G::kUnitValues + win * G::kWindowValues;  // the window's first input
         const int n_groups = min(8, (p.n_in - x0) / F::kGroup);
         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if constexpr (F::kGroup == 32) {
@@ -619,31 +628,32 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemv_kernel(const Params p)
           acc_g8 = fmaf(mg8[0], xm.x, fmaf(mg8[1], xm.y, acc_g8));
         }
       }
-      __syncwarp();  // every lane has read the stage before it is refilled
-      issue(s + kStages, stage);
-      stage = stage + 1 == kStages ? 0 : stage + 1;
     }
+    if (step == p.n_steps - 1) {
+      // The tile is done. A row's sum is spread over its 4 lanes t (2 groups of each window each), then over the
+      // 8 warps (a unit each per stage).
+      acc_g += __shfl_xor_sync(0xffffffffu, acc_g, 1);
+      acc_g += __shfl_xor_sync(0xffffffffu, acc_g, 2);
+      acc_g8 += __shfl_xor_sync(0xffffffffu, acc_g8, 1);
+      acc_g8 += __shfl_xor_sync(0xffffffffu, acc_g8, 2);
+      if (t == 0) {
+        red[warp * kTileRows + g] = acc_g;
+        red[warp * kTileRows + g + 8] = acc_g8;
+      }
+      acc_g = acc_g8 = 0.0f;
+      __syncthreads();
+      if (threadIdx.x < kTileRows && row0 + static_cast<int>(threadIdx.x) < p.n_out) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int k = 0; k < kWarps; ++k) sum += red[k * kTileRows + threadIdx.x];
+        p.y[row0 + threadIdx.x] = sum * y_scale;
+      }
+    }
+    __syncthreads();  // every warp is done with the stage (and red is read) before the stage is refilled
+    issue(i + kStages, stage);
+    stage = stage + 1 == kStages ? 0 : stage + 1;
   }
   cp_async_wait<0>();
-  // A row's sum is spread over its 4 lanes t (2 groups of each window each), then over the tile's n_split warps.
-  acc_g += __shfl_xor_sync(0xffffffffu, acc_g, 1);
-  acc_g += __shfl_xor_sync(0xffffffffu, acc_g, 2);
-  acc_g8 += __shfl_xor_sync(0xffffffffu, acc_g8, 1);
-  acc_g8 += __shfl_xor_sync(0xffffffffu, acc_g8, 2);
-  if (t == 0) {
-    red[warp * kTileRows + g] = acc_g;
-    red[warp * kTileRows + g + 8] = acc_g8;
-  }
-  __syncthreads();
-  if (threadIdx.x < tiles_per_block * kTileRows) {
-    const int tile = threadIdx.x / kTileRows, r = threadIdx.x % kTileRows;
-    const int row = (blockIdx.x * tiles_per_block + tile) * kTileRows + r;
-    if (row < p.n_out) {
-      float sum = 0.0f;
-      for (int k = 0; k < n_split; ++k) sum += red[(tile * n_split + k) * kTileRows + r];
-      p.y[row] = sum * y_scale;
-    }
-  }
 }
 
 // F32 rows: a warp per row, 4 loads of 16 bytes in flight per lane, x as f32 in shared memory.
@@ -681,8 +691,8 @@ template <GgmlType T>
 Status launch(const QuantGemvArgs& a, int64_t row_bytes, cudaStream_t stream) {
   using F = Fmt<T>;
   using G = Geom<T>;
-  const int32_t n_steps = (a.n_in + G::kStepValues - 1) / G::kStepValues;
-  const int32_t n_in_pad = n_steps * G::kStepValues;
+  const int32_t n_units = (a.n_in + G::kUnitValues - 1) / G::kUnitValues;
+  const int32_t n_in_pad = n_units * G::kUnitValues;
   const size_t smem = G::kRingBytes + static_cast<size_t>(n_in_pad) * 2 + (F::kMin ? n_in_pad / 32 * 4 : 0) +
                       (kWarps * kTileRows + kWarps) * 4;
   auto kernel = quant_gemv_kernel<T>;
@@ -697,16 +707,10 @@ Status launch(const QuantGemvArgs& a, int64_t row_bytes, cudaStream_t stream) {
   LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, smem));
   if (per_sm < 1) return Status::error("quant_gemv: " + std::to_string(smem) + " bytes of shared memory do not fit");
   const int32_t n_tiles = (a.n_out + kTileRows - 1) / kTileRows;
-  int32_t n_split = a.n_split;
-  if (n_split == 0) {
-    // The fewest warps per tile that put ~16 warps on every multiprocessor, keeping at least 2 steps per warp.
-    const int64_t want = static_cast<int64_t>(n_sm) * 16;
-    n_split = 1;
-    while (n_split < kMaxSplit && static_cast<int64_t>(n_tiles) * n_split < want && n_steps >= 4 * n_split)
-      n_split *= 2;
-  }
-  const int32_t tiles_per_block = kWarps / n_split;
-  const int32_t blocks = (n_tiles + tiles_per_block - 1) / tiles_per_block;
+  // One wave of resident blocks, each walking its tiles with the ring running on across them (x is staged once a
+  // block, not once a tile).
+  int64_t blocks = std::min<int64_t>(n_tiles, static_cast<int64_t>(n_sm) * per_sm);
+  if (a.max_blocks > 0) blocks = std::min<int64_t>(blocks, a.max_blocks);
   Params p{};
   p.w = static_cast<const uint8_t*>(a.w);
   p.row_bytes = row_bytes;
@@ -715,8 +719,9 @@ Status launch(const QuantGemvArgs& a, int64_t row_bytes, cudaStream_t stream) {
   p.n_in = a.n_in;
   p.x = static_cast<const uint16_t*>(a.x_bf16);
   p.y = a.y;
-  p.n_split = n_split;
-  p.n_steps = n_steps;
+  p.n_tiles = n_tiles;
+  p.n_units = n_units;
+  p.n_steps = (n_units + kWarps - 1) / kWarps;
   p.n_in_pad = n_in_pad;
   return cuda_status(launch_pdl(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), smem, stream, p),
                      "quant_gemv launch");
@@ -777,8 +782,7 @@ Status quant_gemv(const QuantGemvArgs& a, void* stream) {
   if (a.n_in < 1 || a.n_in % block_values != 0 || a.n_in > kMaxIn)
     return Status::error("quant_gemv: n_in (" + std::to_string(a.n_in) + ") must be a positive multiple of " +
                          std::to_string(block_values) + " for this format, at most " + std::to_string(kMaxIn));
-  if (a.n_split != 0 && a.n_split != 1 && a.n_split != 2 && a.n_split != 4 && a.n_split != 8)
-    return Status::error("quant_gemv: n_split must be 0 (auto), 1, 2, 4 or 8");
+  if (a.max_blocks < 0) return Status::error("quant_gemv: max_blocks must be 0 (one wave) or positive");
   if (!a.w || !a.x_bf16 || !a.y) return Status::error("quant_gemv: null pointer");
   if ((reinterpret_cast<uintptr_t>(a.w) | reinterpret_cast<uintptr_t>(a.x_bf16)) % 16 != 0)
     return Status::error("quant_gemv: W and x must be 16-byte aligned");
