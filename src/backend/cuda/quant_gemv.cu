@@ -44,7 +44,7 @@ constexpr int kTileRows = 16;      // rows per tile: the mma's M
 #ifndef LONGCTX_QGEMV_STAGES
 #define LONGCTX_QGEMV_STAGES 2
 #endif
-constexpr int kStages = LONGCTX_QGEMV_STAGES;  // cp.async ring depth (2 or 3; the device script times both)
+constexpr int kStages = LONGCTX_QGEMV_STAGES;  // cp.async ring depth, 2 or 3 (BENCHMARKS.md compares them)
 constexpr int kMaxIn = 32768;      // x in shared memory as f16: 64 KB
 
 // How x is laid out in shared memory so that a lane reads its k-slots' values with one load (the A fragment of
@@ -109,8 +109,8 @@ struct Fmt<GgmlType::BF16> {
 };
 
 // Derived geometry. A stage holds, for each of the tile's 16 rows, the 8 consecutive units the 8 warps decode
-// (1.1-2.2 KB of one row: long contiguous reads, which the DRAM needs; a first version staged one unit per warp,
-// 144-304 bytes of a row at a time, and streamed at half the copy bandwidth). A row's span is copied from its
+// (1.1-2.2 KB of one row: DRAM streams long contiguous reads, and one unit per row, 144-304 bytes, is too short
+// for it; BENCHMARKS.md has both). A row's span is copied from its
 // address rounded down to 32 bytes, so a stage row holds up to 30 bytes of lead-in; an odd number of 16-byte
 // chunks per stage row keeps the 8 rows one warp load of the decode touches in different banks.
 template <GgmlType T>
