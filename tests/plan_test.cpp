@@ -126,11 +126,13 @@ Filled fill_store(const plan::PlanArch& a, kv::KvPolicy& policy, int32_t n_promp
   for (int32_t il = 0; il < a.n_layer; ++il)
     for (int32_t g = 0; g < a.n_head_kv; ++g) {
       const kv::KvHeadCache& h = f.seq->head(il, g);
-      for (int32_t s = 0; s < h.n_tokens(); ++s) {
-        const int32_t p = h.positions[static_cast<size_t>(s)];
-        if (p > q || (a.local(il) && p <= q - a.sliding_window)) continue;
-        f.read_bytes += static_cast<int64_t>(f.pool->page_bytes(h.pages[static_cast<size_t>(s / 64)].format) / 64);
-      }
+      int32_t s = 0;
+      for (const kv::KvPage& page : h.pages)
+        for (int32_t end = s + page.n_rows; s < end; ++s) {
+          const int32_t p = h.positions[static_cast<size_t>(s)];
+          if (p > q || (a.local(il) && p <= q - a.sliding_window)) continue;
+          f.read_bytes += static_cast<int64_t>(f.pool->page_bytes(page.format) / 64);
+        }
     }
   return f;
 }
@@ -142,6 +144,7 @@ TEST(PlanKvFootprint, MatchesTheStoreUnderEveryPolicyShape) {
     const char* spec;
     int32_t n_prompt, n_gen, window;
     bool exact = true;
+    bool page_slack = false;  // the store may hold one more open page in each local head
   };
   const Case cases[] = {
       {"full", 700, 5, 0},
@@ -152,7 +155,10 @@ TEST(PlanKvFootprint, MatchesTheStoreUnderEveryPolicyShape) {
       {"streaming:budget=100,sink=4+kivi:bits=8", 500, 20, 0},
       {"h2o:budget=150", 400, 6, 0},
       {"full", 1000, 4, 256},                       // sliding-window layers hold their window
-      {"snapkv:budget=600+kivi:bits=2", 1000, 2, 256},  // a budget above window + chunk: the window fills
+      // A budget above window + chunk: the window fills. The window expires tokens out of packed pages during
+      // decode, which stay part full (they keep their scales) while the plan counts them dense: within one open
+      // page a local head.
+      {"snapkv:budget=600+kivi:bits=2", 1000, 2, 256, true, true},
       // A budget below it: how many of the policy's picks lie inside the window depends on the scores, so the
       // footprint's full window bounds the tokens (not the bytes: a partial window ends in an open f16 page).
       {"snapkv:budget=300+kivi:bits=2", 1000, 2, 256, false},
@@ -172,8 +178,17 @@ TEST(PlanKvFootprint, MatchesTheStoreUnderEveryPolicyShape) {
       continue;
     }
     EXPECT_EQ(fp.n_slots, n_slots);
-    EXPECT_EQ(fp.payload_bytes, static_cast<int64_t>(held.payload));
-    EXPECT_EQ(fp.read_bytes, f.read_bytes);
+    if (c.page_slack) {
+      int64_t n_local_heads = 0;
+      for (int32_t il = 0; il < a.n_layer; ++il) n_local_heads += a.local(il) ? a.n_head_kv : 0;
+      const int64_t open_page = static_cast<int64_t>(f.pool->page_bytes(policy->page_format()));
+      EXPECT_LE(fp.payload_bytes, static_cast<int64_t>(held.payload));
+      EXPECT_LE(static_cast<int64_t>(held.payload), fp.payload_bytes + n_local_heads * open_page);
+      EXPECT_NEAR(static_cast<double>(fp.read_bytes), static_cast<double>(f.read_bytes), 0.01 * fp.read_bytes);
+    } else {
+      EXPECT_EQ(fp.payload_bytes, static_cast<int64_t>(held.payload));
+      EXPECT_EQ(fp.read_bytes, f.read_bytes);
+    }
     // The tables at their sizes; the store's vectors grow by doubling and shrink only well below capacity.
     EXPECT_LE(fp.metadata_bytes, static_cast<int64_t>(held.metadata));
     EXPECT_GE(2 * fp.metadata_bytes + 64 * 4 * a.n_layer * a.n_head_kv, static_cast<int64_t>(held.metadata));

@@ -140,6 +140,14 @@ size_t KvSequence::first_open_page(const KvHeadCache& h) const {
 
 void KvSequence::append_row(KvHeadCache& h, const float* k, const float* v, int32_t position) {
   const int32_t T = geo_.page_tokens;
+  if (!h.pages.empty() && h.pages.back().format == geo_.format && h.pages.back().n_rows == T) {
+    // Before a new page opens, rows freed in the open pages are taken back, so the open pages stay the fewest
+    // that hold their rows (at most once every page_tokens appends).
+    const size_t first = first_open_page(h);
+    int32_t n_free = 0;
+    for (size_t p = first; p < h.pages.size(); ++p) n_free += T - h.pages[p].n_rows;
+    if (n_free > 0) pack_open_pages(h, first);
+  }
   if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == T)
     h.pages.push_back(pool_.kv_page_alloc(geo_.format));
   KvPage& page = h.pages.back();
@@ -287,11 +295,12 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
     }
   }
   h.pages.resize(w);
-  // Open pages are packed together once their free rows add up to a page, so a decode step's eviction costs one
-  // page's compaction most of the time and the open pages' waste stays under one page.
+  // Open pages are packed together as soon as fewer pages would hold their rows (their free rows, the last page's
+  // included, add up to a page), so they are always the fewest that can hold them. An append and an eviction a step
+  // leave that sum as it is, so under decode-time eviction the packing runs once every page_tokens steps.
   const size_t first = first_open_page(h);
   int32_t n_free = 0;
-  for (size_t p = first; p + 1 < h.pages.size(); ++p) n_free += T - h.pages[p].n_rows;
+  for (size_t p = first; p < h.pages.size(); ++p) n_free += T - h.pages[p].n_rows;
   if (n_free >= T) pack_open_pages(h, first);
   if (auto_seal_) seal_old_pages(h);
   // Accounting counts what is allocated, so a head cut from thousands of tokens to its budget gives back the

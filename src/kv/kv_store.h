@@ -136,7 +136,7 @@ class KvSequence {
   void set_auto_seal(bool on) { auto_seal_ = on; }
 
   // Drops the given slots (sorted ascending, unique) of one head; the others keep their order (erase_slots).
-  // Emptied pages go back to the pool at once; open pages are packed together once a page's worth of rows is free.
+  // Emptied pages go back to the pool at once; open pages are packed into the fewest that hold their rows.
   void remove_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& slots);
   // Keeps exactly the given slots (sorted ascending, unique); the others are removed as above.
   void keep_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& keep);
