@@ -18,6 +18,10 @@ namespace {
 constexpr size_t kSlabMinBytes = size_t{1} << 20;
 }  // namespace
 
+size_t kv_pool_chunk_bytes(size_t page_bytes) {
+  return std::lcm(page_bytes, static_cast<size_t>(sysconf(_SC_PAGESIZE)));
+}
+
 KvPagePool::KvPagePool(int32_t page_tokens, int32_t head_dim, size_t max_bytes)
     : page_tokens_(page_tokens), head_dim_(head_dim), max_bytes_(max_bytes) {
   if (page_tokens <= 0 || head_dim <= 0 || head_dim > 512) fail("unsupported KV geometry: head size {}", head_dim);
@@ -33,11 +37,9 @@ size_t KvPagePool::page_bytes(KvFormat f) const { return cpu::kv_page_bytes(f, p
 KvPagePool::FormatPages& KvPagePool::format_pages(KvFormat f) {
   FormatPages& fp = by_format_[static_cast<int>(f)];
   if (fp.page_bytes == 0) {
-    // A chunk is the smallest run of whole pages that is also a run of whole system pages, so returning a chunk
-    // returns exactly its bytes.
-    const size_t sys = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    // Returning a chunk returns exactly its bytes.
     fp.page_bytes = page_bytes(f);
-    const size_t chunk = std::lcm(fp.page_bytes, sys);
+    const size_t chunk = kv_pool_chunk_bytes(fp.page_bytes);
     fp.pages_per_chunk = chunk / fp.page_bytes;
     fp.chunks_per_slab = std::max<size_t>(1, kSlabMinBytes / chunk);
   }

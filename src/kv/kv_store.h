@@ -36,6 +36,10 @@ struct KvPage {
   int32_t n_rows = 0;  // tokens held, in rows [0, n_rows)
 };
 
+// The bytes the pool takes from and gives back to the system at a time for pages of page_bytes: the smallest run of
+// whole pages that is also a run of whole system pages.
+size_t kv_pool_chunk_bytes(size_t page_bytes);
+
 // A block pool: pages come from slabs mapped from the system, one slab list per format, cut into chunks of whole
 // system pages. A freed page goes back to its free list at once, and a chunk whose pages are all free goes back to
 // the system at once (madvise), so what the pool reports is what the process holds. Pages are handed out lowest

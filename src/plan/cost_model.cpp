@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "kv/kv_store.h"
 #include "kv/policy.h"
 
 namespace longctx::plan {
@@ -148,11 +149,14 @@ PlanRow plan_row(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPolicy
   // The attention the policy votes with: one f32 per (layer, kv-head, cached token).
   if (gathers_scores) r.scratch_bytes = n_ctx * int64_t{arch.n_layer} * arch.n_head_kv * 4;
   r.memory_bytes = o.memory_bytes > 0 ? o.memory_bytes : dev.memory_bytes;
-  // The pool grows by slabs of 64 pages per format: at most one slab of each format in use stands partly empty.
-  const int64_t pool_slack = 64 * (kv_plan_page_bytes(policy.page_format(), kPlanPageTokens, arch.head_dim) +
-                                   (policy.sealed_format() != policy.page_format()
-                                        ? kv_plan_page_bytes(policy.sealed_format(), kPlanPageTokens, arch.head_dim)
-                                        : 0));
+  // The pool takes memory from the system in chunks per format: at most one chunk of each format stands partly
+  // empty.
+  const auto chunk = [&](KvFormat f) {
+    return static_cast<int64_t>(kv::kv_pool_chunk_bytes(
+        static_cast<size_t>(kv_plan_page_bytes(f, kPlanPageTokens, arch.head_dim))));
+  };
+  const int64_t pool_slack =
+      chunk(policy.page_format()) + (policy.sealed_format() != policy.page_format() ? chunk(policy.sealed_format()) : 0);
   const int64_t per_seq = r.kv.bytes() + r.scratch_bytes;
   const int64_t room = r.memory_bytes - arch.weight_bytes - pool_slack;
   r.n_fit = room > 0 ? room / per_seq : 0;
@@ -202,7 +206,7 @@ std::vector<std::string> plan_assumptions(const DeviceSpec& dev) {
   a.push_back("decode bytes: weights once per step for the whole batch, plus each sequence's KV as the policy "
               "leaves it (bytes of its page formats; evicted and out-of-window tokens are not read)");
   a.push_back("KV bytes: the store's pages (the page codec's sizes, 64 tokens a page, full pages sealed) plus "
-              "positions and page tables; concurrency = (memory - weights - one pool slab per format) / (KV + the "
+              "positions and page tables; concurrency = (memory - weights - one pool chunk per format) / (KV + the "
               "policy's score buffer) per sequence");
   return a;
 }
