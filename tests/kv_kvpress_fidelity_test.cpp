@@ -175,7 +175,14 @@ class KvpressFidelity : public ::testing::Test {
           << where << ": our tokenizer disagrees with the reference's ids";
 
       const int32_t extra = window_on_top ? c["params"]["window_size"].get<int32_t>() : 0;
-      const std::string spec = c["engine_spec"].get<std::string>() + "+full:type=f32";
+      std::string spec = c["engine_spec"].get<std::string>() + "+full:type=f32";
+      if (window_on_top) {
+        // Our pyramid, as the paper's code, spreads budget - window over the layers and keeps the window on top of
+        // each: kvpress's per-layer counts plus the window are our pyramid at budget = kvpress's mean + window.
+        const std::string key = "pyramid:budget=";
+        const size_t at = spec.find(key) + key.size(), end = spec.find_first_of(",+", at);
+        spec.replace(at, end - at, std::to_string(std::stoi(spec.substr(at, end - at)) + extra));
+      }
       auto policy = kv::make_kv_policy(spec, n_layer, n_head_kv);
       GenerateParams gp;
       gp.n_ctx = static_cast<int32_t>(ids.size()) + 8;
