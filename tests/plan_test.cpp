@@ -1,7 +1,7 @@
 // The cost model (src/plan): its KV accounting against a real store under real policies, the paper's running
-// example from the paper's own assumptions, and its predictions against what was measured: `longctx bench` on
-// this CPU (tests/golden/plan/cpu_measured.json) and the device benchmarks of an H200 recorded in BENCHMARKS.md
-// (tests/golden/plan/h200_measured.json). Decode and prefill within 15%, memory within 2%.
+// example from the paper's own assumptions, and its predictions against what was measured: the device benchmarks
+// of an H200 recorded in BENCHMARKS.md (tests/golden/plan/h200_measured.json). Decode and prefill within 15%,
+// memory within 2%.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
