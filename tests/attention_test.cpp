@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 
+#include "core/error.h"
 #include "core/kv_format.h"
 #include "kv/kv_store.h"
 
@@ -206,6 +207,46 @@ TEST(Attention, QueryWithNoVisibleKeyGetsZeros) {
   ThreadPool tp(2);
   cpu::attention(tp, {1, 1, 8, 1.0f, 0}, q.data(), &qpos, 1, seq.layer_view(0), out.data());
   for (float x : out) EXPECT_EQ(x, 0.0f);
+}
+
+// A view restricted to some pages (cpu::keep_pages) attends exactly as a cache that holds only those pages' tokens:
+// the same f32 values in a store of their own, so the outputs agree to the last bit but for summation order
+// across pages (1e-6 absolute for outputs of order 1).
+TEST(Attention, PageSubsetEqualsACacheOfThosePages) {
+  const int32_t H = 6, G = 2, D = 32, T = 16, n = 150;
+  std::mt19937 rng(77);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  kv::KvGeometry geo{1, G, D, T, KvFormat::F32, KvFormat::F32};
+  kv::KvPagePool pool(T, D, size_t{1} << 24);
+  kv::KvSequence seq(geo, pool);
+  std::vector<int32_t> pos(n);
+  for (int32_t i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = 2 * i;
+  std::vector<float> k(static_cast<size_t>(n) * G * D), v(k.size()), q(static_cast<size_t>(H) * D);
+  for (auto* a : {&k, &v, &q})
+    for (auto& x : *a) x = nd(rng);
+  seq.append(0, k.data(), v.data(), pos.data(), n);
+  const std::vector<int32_t> keep = {0, 3, 4, 9};  // the last (part-full) page among them
+  ASSERT_EQ(seq.layer_view(0).heads[0].n_pages(), 10);
+  cpu::KvLayerView view = seq.layer_view(0);
+  std::vector<std::vector<int32_t>> scratch(G);
+  for (int32_t g = 0; g < G; ++g) view.heads[static_cast<size_t>(g)] = cpu::keep_pages(view.heads[static_cast<size_t>(g)], keep, scratch[static_cast<size_t>(g)]);
+  // The same tokens in a store of their own.
+  kv::KvSequence only(geo, pool);
+  for (int32_t page : keep)
+    for (int32_t s = page * T; s < std::min(n, (page + 1) * T); ++s)
+      only.append(0, k.data() + static_cast<size_t>(s) * G * D, v.data() + static_cast<size_t>(s) * G * D,
+                  &pos[static_cast<size_t>(s)], 1);
+  ASSERT_EQ(view.heads[0].n_tokens, only.head(0, 0).n_tokens());
+  const int32_t q_pos = 2 * n;
+  ThreadPool tp(2);
+  const cpu::AttentionParams ap{H, G, D, 1.0f / std::sqrt(static_cast<float>(D)), 0};
+  std::vector<float> out(q.size(), NAN), ref(q.size(), NAN);
+  cpu::attention(tp, ap, q.data(), &q_pos, 1, view, out.data());
+  cpu::attention(tp, ap, q.data(), &q_pos, 1, only.layer_view(0), ref.data());
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 1e-6f) << i;
+  std::vector<int32_t> bad;
+  EXPECT_THROW(cpu::keep_pages(seq.layer_view(0).heads[0], {3, 3}, bad), Error);
+  EXPECT_THROW(cpu::keep_pages(seq.layer_view(0).heads[0], {10}, bad), Error);
 }
 
 }  // namespace

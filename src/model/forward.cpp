@@ -122,7 +122,7 @@ void Forward::matmul(const Weight& w, const float* x, int32_t n, float* y) {
 
 void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
                   const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores,
-                  kv::KvPositions key_positions) {
+                  kv::KvPositions key_positions, KvReadFilter* read) {
   const ModelConfig& c = model_.config();
   if (n <= 0 || n > n_batch_) fail("internal: chunk of {} tokens for a batch of {}", n, n_batch_);
   // Each query of a chunk would see its own in-cache frame; prompts fit the context and keep original positions.
@@ -170,7 +170,13 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
     cpu::KvLayerView view = kv.layer_view(il);
     if (key_positions == kv::KvPositions::InCache)
       in_cache_.apply(kv, il, positions[0], base, c.n_rot, c.rope_order, view);
-    cpu::attention(pool_, ap, q_.data(), positions, n, view, attn_.data());
+    if (read == nullptr) {
+      cpu::attention(pool_, ap, q_.data(), positions, n, view, attn_.data());
+    } else {
+      cpu::KvLayerView narrowed = view;
+      read->narrow(il, q_.data(), positions, n, narrowed);
+      cpu::attention(pool_, ap, q_.data(), positions, n, narrowed, attn_.data());
+    }
     if (scores != nullptr && scores->wanted()) {
       // Chunk rows are in position order: the voters are a suffix of the chunk.
       int32_t first_row = 0;

@@ -59,6 +59,16 @@ class KvInCacheRotation {
   std::vector<float> cos_, sin_;  // (n_rot / 2)
 };
 
+// Narrows what one layer's attention reads to part of the cache, given that layer's queries (Quest's query-aware
+// pages, a speculative draft's view of the cache): called after the chunk's keys are appended, with q
+// (n_tok, n_head, head_dim) rotated; it may replace view's heads with cpu::keep_pages subsets. The store is not
+// changed, and the scores gathered for the policies are still over the whole view.
+class KvReadFilter {
+ public:
+  virtual ~KvReadFilter() = default;
+  virtual void narrow(int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok, cpu::KvLayerView& view) = 0;
+};
+
 class Forward {
  public:
   // n_batch: the most tokens one call to run() takes; activation buffers are sized for it.
@@ -68,10 +78,11 @@ class Forward {
   // chunk rows listed in logit_rows: logits (logit_rows.size(), n_vocab). n <= n_batch.
   // When scores is given and wanted, the attention of the queries at positions >= scores->first_pos is added
   // into it, layer by layer, for the KV policy. key_positions InCache (one token at a time only) applies
-  // StreamingLLM's in-cache positions (KvInCacheRotation); positions stay the tokens' original ones.
+  // StreamingLLM's in-cache positions (KvInCacheRotation); positions stay the tokens' original ones. read, when
+  // given, narrows each layer's attention to part of the cache (KvReadFilter).
   void run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
            const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores = nullptr,
-           kv::KvPositions key_positions = kv::KvPositions::Original);
+           kv::KvPositions key_positions = kv::KvPositions::Original, KvReadFilter* read = nullptr);
 
   int32_t n_batch() const { return n_batch_; }
   const Model& model() const { return model_; }

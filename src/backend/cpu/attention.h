@@ -25,6 +25,11 @@ struct KvHeadView {
   int32_t page_of(int32_t slot) const;  // the page holding a slot (binary search)
 };
 
+// The view of a head restricted to some of its pages (Quest's query-aware pages, a speculative draft's part of the
+// cache): pages in ascending order. The kept slots are renumbered from 0 in order; their original positions are
+// gathered into `positions` (which the returned view points into, so it must outlive the view).
+KvHeadView keep_pages(const KvHeadView& head, const std::vector<int32_t>& pages, std::vector<int32_t>& positions);
+
 struct KvLayerView {
   std::vector<KvHeadView> heads;  // (n_head_kv)
   int32_t page_tokens = 0;
