@@ -14,6 +14,7 @@
 #include "kv/policy.h"
 #include "model/model.h"
 #include "plan/cost_model.h"
+#include "plan/kernel_rates_json.h"
 #include "plan/probe.h"
 
 namespace longctx {
@@ -195,23 +196,7 @@ int plan_command(const PlanCommandOptions& o) {
                      {"kv", dev.fractions.kv},
                      {"matmul", dev.fractions.matmul},
                      {"attention", dev.fractions.attention}}}};
-    if (!dev.kernels.empty()) {
-      const plan::KernelRates& k = dev.kernels;
-      nlohmann::json gemv, gemm, attn;
-      for (const auto& [t, r] : k.gemv_bytes_per_s) gemv[std::string(ggml_traits(t).name)] = r;
-      for (const auto& [t, r] : k.gemm_flops) gemm[std::string(ggml_traits(t).name)] = r;
-      for (const auto& [f, r] : k.attention_read_bytes_per_s) attn[kv_format_name(f)] = r;
-      j["device"]["kernels"] = {{"threads", k.n_threads},
-                                {"copy_bandwidth", k.copy_bandwidth},
-                                {"gemv_bytes_per_s", gemv},
-                                {"gemm_flops", gemm},
-                                {"attention_read_bytes_per_s", attn},
-                                {"matmul_call_s", k.matmul_call_s},
-                                {"attention_call_s", k.attention_call_s},
-                                {"attention_flops", k.attention_flops},
-                                {"layer_overhead_s", k.layer_overhead_s},
-                                {"prefill_row_overhead_s", k.prefill_row_overhead_s}};
-    }
+    if (!dev.kernels.empty()) j["device"]["kernels"] = plan::kernel_rates_to_json(dev.kernels);
     j["assumptions"] = assumptions;
     j["rows"] = nlohmann::json::array();
     for (const plan::PlanRow& r : rows) j["rows"].push_back(row_json(r));
