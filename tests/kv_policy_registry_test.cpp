@@ -68,7 +68,7 @@ TEST(KvPolicyRegistry, EveryComponentParsesWithItsDefaults) {
   EXPECT_EQ(make_kv_policy("snapkv", 4, 2)->prefill_score_from(100), 100 - 32);
   EXPECT_EQ(make_kv_policy("kivi", 4, 2)->sealed_format(), KvFormat::Kivi4);
   const std::string chunk = make_kv_policy("chunkkv", 4, 2)->describe();
-  EXPECT_TRUE(contains(chunk, "chunkkv(budget=1024, window=32, chunk=10, one set per layer)")) << chunk;
+  EXPECT_TRUE(contains(chunk, "chunkkv(budget=1024, window=32, chunk=20, one set per layer)")) << chunk;
   EXPECT_EQ(make_kv_policy("chunkkv", 4, 2)->prefill_score_from(100), 100 - 32);
   const std::string ada = make_kv_policy("snapkv+adakv", 4, 2)->describe();
   EXPECT_TRUE(contains(ada, "adakv(alpha=0.2)")) << ada;
@@ -128,7 +128,7 @@ TEST(KvPolicyRegistry, ErrorsNameTheBadPartAndWhatIsValid) {
   EXPECT_TRUE(contains(error_of("chunkkv:scope=kvhead"), "layer or head"));
   EXPECT_TRUE(contains(error_of("chunkkv:pooling=median"), "max or avg"));
   EXPECT_TRUE(contains(error_of("chunkkv:pool=2"), "odd"));
-  const std::string small = error_of("chunkkv:budget=40,window=32,chunk=10");
+  const std::string small = error_of("chunkkv:budget=40,window=32,chunk=10");  // 32 + 10 > 40
   EXPECT_TRUE(contains(small, "no chunk of 10 tokens beyond the window of 32") && contains(small, "42")) << small;
   // AdaKV shares a layer's budget by the per-head scores of a token policy that cuts once.
   EXPECT_TRUE(contains(error_of("adakv"), "name one (snapkv, chunkkv)"));

@@ -23,7 +23,10 @@
 namespace longctx::kv {
 namespace {
 
-constexpr int32_t kDefaultBudget = 1024, kDefaultWindow = 32, kDefaultChunk = 10, kDefaultPool = 1;
+// chunk: 20 as in the authors' released code (kvpress's ChunkKVPress); the paper's ablation on LongBench favours
+// 10, but fixed chunks cut a fact at a chunk boundary about half as often at 20 (a 7-digit number, read one digit a
+// token, splits across two chunks of 10 more often than not).
+constexpr int32_t kDefaultBudget = 1024, kDefaultWindow = 32, kDefaultChunk = 20, kDefaultPool = 1;
 
 class ChunkKvRanker final : public TokenRanker {
  public:
