@@ -23,6 +23,21 @@ as in tests/golden/logits), n_tokens. Per (press, prompt), in `cases`:
     boundary_gap             (scored presses only) (n_layer, n_kv_head) (s_last_kept - s_first_dropped) / s_last_kept
                              of kvpress's scores: how close the cut was (a near tie flips on rounding noise)
 
+ChunkKV and AdaKV wrap SnapKVPress (kvpress's ChunkKVPress(SnapKVPress), AdaKVPress(SnapKVPress)):
+
+    chunkkv   kvpress tiles the whole prompt into chunks of chunk_length from position 0, window included, and keeps
+              int(n_chunks * (1 - ratio)) whole chunks by their mean score (all kv-heads summed: one set per
+              layer); the window's scores are max + 1, so its chunks always stay. The engine tiles the tokens
+              before the window and keeps the window plus (budget - window) / chunk chunks. So that both mean the
+              same chunks, window_size is chosen per prompt so that n - window_size is a multiple of chunk_length,
+              the ratio so that kvpress keeps the window's chunks plus k more, and the engine's budget is window +
+              k * chunk_length; kernel_size = 1 (no pooling, the engine's default). `next`: the positions of the
+              next chunks by score, best first; `boundary_gap` from the chunk scores.
+    adakv     kvpress keeps, per layer, the top n_kv_head * n_kept scores of all heads together after each head's
+              top int(alpha * n_kept) are forced in; heads keep different counts. `n_kept_heads`
+              (n_layer, n_kv_head) records them (n_kept is the per-head mean, the budget); `next` and
+              `boundary_gap` are per head, from the scores after the safeguard.
+
 How the kept indices are captured: each press's `score` and `compress` are wrapped; the wrapper recomputes
 `scores.topk(n_kept)` on the captured scores, exactly as ScorerPress.compress / PyramidKVPress.compress do, and
 checks that gathering the input keys at those indices gives the compressed keys bit for bit.
@@ -35,7 +50,9 @@ Rerun (from the repo root, ~2 minutes on one core):
 
     python3 -m venv /work/venv-kvpress
     /work/venv-kvpress/bin/pip install -r scripts/requirements-kvpress.txt
-    /work/venv-kvpress/bin/python scripts/gen_kvpress_goldens.py [--threads N]
+    /work/venv-kvpress/bin/python scripts/gen_kvpress_goldens.py [--threads N] [--presses chunkkv,adakv]
+
+(--presses recomputes those presses' cases only and keeps the file's other cases.)
 
 SmolLM2 only: kvpress compresses Gemma 3's global layers alone (in Gemma3ForConditionalGeneration), while the
 engine's policy covers every layer and expires the sliding-window layers by their window.
@@ -91,7 +108,15 @@ PRESSES = [
      "engine_spec": "tova:budget={B}"},
     {"press": "pyramidkv", "class": "PyramidKVPress", "args": {"window_size": 16, "kernel_size": 7, "beta": 20},
      "engine_spec": "pyramid:budget={B},beta=20+snapkv:window=16,pool=7,pooling=avg"},
+    # Wrappers of SnapKVPress ("inner"); {W}: the per-prompt window (ChunkKV).
+    {"press": "chunkkv", "class": "ChunkKVPress", "args": {"chunk_length": 10},
+     "inner": "SnapKVPress", "inner_args": {"window_size": "{W}", "kernel_size": 1},
+     "engine_spec": "chunkkv:budget={B},window={W},chunk=10,pool=1"},
+    {"press": "adakv", "class": "AdaKVPress", "args": {"alpha_safeguard": 0.2},
+     "inner": "SnapKVPress", "inner_args": {"window_size": 32, "kernel_size": 7},
+     "engine_spec": "snapkv:budget={B},window=32,pool=7,pooling=avg+adakv:alpha=0.2"},
 ]
+CHUNK_WINDOW = 32  # ChunkKV's window: at least this, raised so that n - window is a multiple of chunk_length
 
 
 def sha256_file(path):
@@ -217,6 +242,144 @@ def run_press(model, ids, spec, budget):
     return rec
 
 
+def chunkkv_plan(n, spec):
+    """(window, budget, ratio): the window makes n - window a multiple of chunk_length; kvpress then keeps the
+    window's chunks plus k chunks before it, which the engine's budget = window + k * chunk_length means."""
+    c = spec["args"]["chunk_length"]
+    w = CHUNK_WINDOW + (n - CHUNK_WINDOW) % c
+    k = max(1, (n // BUDGET_FRACTION - w) // c)
+    n_chunks = -(-n // c)
+    keep_chunks = -(-w // c) + k
+    ratio = 1.0 - (keep_chunks + 0.5) / n_chunks
+    if int(n_chunks * (1 - ratio)) != keep_chunks:
+        sys.exit(f"chunkkv: no ratio keeps {keep_chunks} of {n_chunks} chunks")
+    return w, w + k * c, ratio
+
+
+def run_wrapped(model, ids, spec, budget):
+    """ChunkKVPress / AdaKVPress around SnapKVPress: captures the inner scores and recomputes what the wrapper kept
+    (checked against its output: the gathered keys for ChunkKV, the masked indices for AdaKV)."""
+    import torch
+    import kvpress
+    from kvpress.utils import compute_n_kept
+    from transformers import DynamicCache
+
+    n = len(ids)
+    inner_args = dict(spec["inner_args"])
+    if spec["press"] == "chunkkv":
+        window, budget, ratio = chunkkv_plan(n, spec)
+        inner_args["window_size"] = window
+    else:
+        window, ratio = inner_args["window_size"], ratio_for(n, budget)
+    inner = getattr(kvpress, spec["inner"])(compression_ratio=ratio, **inner_args)
+    press = getattr(kvpress, spec["class"])(press=inner, **spec["args"])
+    got = {}
+    orig_score, orig_compress = inner.score, press.compress
+
+    def score(module, hidden_states, keys, values, attentions, kwargs):
+        s = orig_score(module, hidden_states, keys, values, attentions, kwargs)
+        got[module.layer_idx] = {"scores": s.detach().clone(), "keys": keys.detach().clone()}
+        return s
+
+    def compress(module, hidden_states, keys, values, attentions, kwargs):
+        k2, v2 = orig_compress(module, hidden_states, keys, values, attentions, kwargs)
+        g = got[module.layer_idx]
+        g["out"] = k2.detach().clone()
+        g["masked"] = getattr(module, "masked_key_indices", None)
+        return k2, v2
+
+    inner.score, press.compress = score, compress
+    with torch.no_grad(), press(model):
+        model(input_ids=torch.tensor([ids]), past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+
+    n_layer = model.config.num_hidden_layers
+    if sorted(got) != list(range(n_layer)):
+        sys.exit(f"{spec['press']}: the press ran on layers {sorted(got)}")
+    n_kept, n_kept_heads, kept, nxt, gaps, masks = [], [], [], [], [], {}
+    for layer in range(n_layer):
+        g = got[layer]
+        s, keys = g["scores"][0], g["keys"]  # s: (n_kv_head, n)
+        h_kv = s.shape[0]
+        if spec["press"] == "chunkkv":
+            c = spec["args"]["chunk_length"]
+            n_full, rem = n // c, n % c
+            per_tok = s.sum(0)  # all kv-heads summed: one set per layer
+            chunk_scores = per_tok[: n_full * c].view(n_full, c).mean(-1)
+            if rem:
+                chunk_scores = torch.cat([chunk_scores, per_tok[-rem:].mean(-1, keepdim=True)])
+            n_keep = max(1, int((n_full + (rem > 0)) * (1 - ratio)))
+            order = chunk_scores.sort(descending=True, stable=True).indices.tolist()
+            top = chunk_scores.topk(n_keep).indices.tolist()
+            if sorted(top) != sorted(order[:n_keep]):
+                sys.exit(f"chunkkv layer {layer}: ties at the chunk cut make the ranking ambiguous")
+
+            def span(i):
+                return list(range(i * c, min((i + 1) * c, n)))
+
+            idx = sorted(p for i in top for p in span(i))
+            again = keys[:, :, idx]
+            if not torch.equal(again, g["out"]):
+                sys.exit(f"chunkkv layer {layer}: the recomputed chunks do not give the compressed keys")
+            if len(idx) != budget or any(p not in idx for p in range(n - window, n)):
+                sys.exit(f"chunkkv layer {layer}: kept {len(idx)} tokens, expected the window plus chunks = {budget}")
+            rows = [idx] * h_kv
+            later = [p for i in order[n_keep:] for p in span(i)][:NEXT_RANKED]
+            nxt.append([later] * h_kv)
+            last, first_out = float(chunk_scores[order[n_keep - 1]]), float(chunk_scores[order[n_keep]])
+            gaps.append([float(f"{(last - first_out) / last:.4g}") if last > 0 else 0.0] * h_kv)
+        else:
+            # AdaKV's rule on the captured scores: each head's top n_safe forced in, then the top h_kv * n_kept of
+            # the layer; checked against the indices it masked.
+            nk = compute_n_kept(n, ratio)
+            n_safe = max(1, int(nk * spec["args"]["alpha_safeguard"]))
+            s2 = s.clone()
+            s2.scatter_(-1, s2.topk(n_safe, dim=-1).indices, torch.finfo(s2.dtype).max)
+            flat = s2.reshape(-1)
+            keep_flat = flat.topk(h_kv * nk).indices
+            keep_mask = torch.zeros_like(flat, dtype=torch.bool)
+            keep_mask[keep_flat] = True
+            b, hh, ss = g["masked"]
+            pruned = torch.zeros_like(flat, dtype=torch.bool)
+            pruned[hh * n + ss] = True
+            if not torch.equal(pruned, ~keep_mask):
+                sys.exit(f"adakv layer {layer}: the recomputed selection differs from the masked indices")
+            km = keep_mask.view(h_kv, n)
+            rows = [torch.nonzero(km[h]).flatten().tolist() for h in range(h_kv)]
+            nxt_row, gap_row = [], []
+            for h in range(h_kv):
+                dropped = s2[h].masked_fill(km[h], float("-inf"))
+                best = dropped.topk(min(NEXT_RANKED, n - len(rows[h]))) if len(rows[h]) < n else None
+                nxt_row.append([int(i) for i in best.indices] if best is not None else [])
+                last = float(s2[h][km[h]].min())
+                first_out = float(best.values[0]) if best is not None else 0.0
+                gap_row.append(float(f"{(last - first_out) / last:.4g}") if last > 0 else 0.0)
+            nxt.append(nxt_row)
+            gaps.append(gap_row)
+            n_kept_heads.append([len(r) for r in rows])
+            if sum(n_kept_heads[-1]) != h_kv * nk:
+                sys.exit(f"adakv layer {layer}: kept {sum(n_kept_heads[-1])}, expected {h_kv * nk}")
+        n_kept.append(len(rows[0]) if spec["press"] == "chunkkv" else budget)
+        kept.append([masks.setdefault(mask_b64(r, n), len(masks)) for r in rows])
+    params = {"class": spec["class"], **spec["args"], "press": {"class": spec["inner"], "compression_ratio": ratio,
+                                                                  **inner_args}}
+    if spec["press"] == "chunkkv":
+        params["window_size"] = window  # where the test looks for a window
+    rec = {
+        "press": spec["press"],
+        "params": params,
+        "engine_spec": spec["engine_spec"].format(B=budget, W=window),
+        "budget": budget,
+        "n_kept": n_kept,
+        "masks": list(masks),
+        "kept": kept,
+        "next": nxt,
+        "boundary_gap": gaps,
+    }
+    if n_kept_heads:
+        rec["n_kept_heads"] = n_kept_heads
+    return rec
+
+
 def compact_json(doc):
     """indent=1, but every list of scalars on one line (the bitmask and index rows stay readable and small)."""
     text = json.dumps(doc, indent=1, ensure_ascii=False)
@@ -229,6 +392,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--print-hashes", action="store_true", help="print the KJV excerpts' sha256 and stop")
+    ap.add_argument("--presses", default="", help="comma-separated presses to recompute; the file's others are kept")
     args = ap.parse_args()
 
     lines = KJV.read_text().split("\n")
@@ -255,6 +419,10 @@ def main():
     if bad:
         sys.exit(f"config differs from SmolLM2-135M's: {bad}")
 
+    only = [x for x in args.presses.split(",") if x]
+    unknown = set(only) - {p["press"] for p in PRESSES}
+    if unknown:
+        sys.exit(f"unknown presses {sorted(unknown)}")
     prompts, cases = [], []
     for p in PROMPTS:
         text, digest = prompt_text(p, lines, True)
@@ -267,7 +435,9 @@ def main():
         prompts.append({"name": p["name"], "kjv_lines": [p["first_line"], p["n_lines"]], "kjv_sha256": digest,
                         "style": p["style"], "text": text, "n_tokens": n, "input_ids": ids})
         for spec in PRESSES:
-            rec = run_press(model, ids, spec, budget)
+            if only and spec["press"] not in only:
+                continue
+            rec = (run_wrapped if "inner" in spec else run_press)(model, ids, spec, budget)
             print(f"  {spec['press']}: kept per layer {rec['n_kept'][0]}..{rec['n_kept'][-1]}", file=sys.stderr)
             cases.append({"prompt": p["name"], **rec})
 
@@ -300,6 +470,15 @@ def main():
     }
     OUT.mkdir(parents=True, exist_ok=True)
     dst = OUT / "smollm2.json"
+    if only:
+        old = json.loads(dst.read_text())
+        if old["prompts"] != prompts or old["model"] != doc["model"]:
+            sys.exit(f"{dst} was made from other prompts or another model: rerun without --presses")
+        new_cases = cases
+        cases = [c for c in old["cases"] if c["press"] not in only]
+        for spec in PRESSES:  # PRESSES order, prompt order within
+            cases += [c for c in new_cases if c["press"] == spec["press"]]
+        doc["cases"] = cases
     dst.write_text(compact_json(doc) + "\n")
     print(f"wrote {dst} ({dst.stat().st_size} bytes)", file=sys.stderr)
 

@@ -20,6 +20,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include "backend/cpu/attention.h"
 #include "backend/cpu/kv_page_codec.h"
@@ -590,6 +591,160 @@ TEST(KvPolicyReference, KiviPacksExactlyTheTokensEvictionKept) {
       }
     }
   }
+}
+
+// ---- ChunkKV and AdaKV on hand-made votes ----
+
+// Max-pooled votes of the tokens before the window (SnapKV's pooling, `pool` neighbours in position order); the
+// window's tokens get +infinity: whatever else ranks, they stay.
+std::map<int32_t, double> pooled_votes(const std::set<int32_t>& held, const std::function<double(int32_t)>& votes,
+                                       int32_t window, int32_t pool) {
+  const std::vector<int32_t> order(held.begin(), held.end());
+  const int32_t n = static_cast<int32_t>(order.size()), n_rest = n - std::min(window, n);
+  std::map<int32_t, double> out;
+  for (int32_t i = 0; i < n_rest; ++i) {
+    double m = 0;
+    for (int32_t j = std::max(0, i - pool / 2); j <= std::min(n_rest - 1, i + pool / 2); ++j)
+      m = std::max(m, votes(order[static_cast<size_t>(j)]));
+    out[order[static_cast<size_t>(i)]] = m;
+  }
+  for (int32_t i = n_rest; i < n; ++i) out[order[static_cast<size_t>(i)]] = INFINITY;
+  return out;
+}
+
+// "ChunkKV: Semantic-Preserving KV Cache Compression for Efficient Long-Context LLM Inference": the tokens before
+// the window are tiled into chunks of `chunk` from the oldest (the last one may be shorter); a chunk scores the
+// mean of its (pooled) votes; the best floor((budget - window) / chunk) chunks (ties: the earlier chunk) stay
+// whole, with the window. Also returns each token's chunk score (+infinity in the window) in `chunk_score`.
+std::set<int32_t> chunkkv_reference(const std::set<int32_t>& held, const std::function<double(int32_t)>& votes,
+                                    int32_t budget, int32_t window, int32_t chunk, int32_t pool,
+                                    std::map<int32_t, double>* chunk_score = nullptr) {
+  const std::vector<int32_t> order(held.begin(), held.end());
+  const int32_t n = static_cast<int32_t>(order.size()), n_rest = n - std::min(window, n);
+  const std::map<int32_t, double> pooled = pooled_votes(held, votes, window, pool);
+  std::vector<std::pair<double, int32_t>> chunks;  // (-mean, index of its first token in order)
+  for (int32_t i = 0; i < n_rest; i += chunk) {
+    double sum = 0;
+    const int32_t end = std::min(i + chunk, n_rest);
+    for (int32_t j = i; j < end; ++j) sum += pooled.at(order[static_cast<size_t>(j)]);
+    chunks.push_back({-sum / (end - i), i});
+    if (chunk_score)
+      for (int32_t j = i; j < end; ++j) (*chunk_score)[order[static_cast<size_t>(j)]] = sum / (end - i);
+  }
+  if (chunk_score)
+    for (int32_t i = n_rest; i < n; ++i) (*chunk_score)[order[static_cast<size_t>(i)]] = INFINITY;
+  if (n <= budget) return held;
+  std::sort(chunks.begin(), chunks.end());
+  std::set<int32_t> keep(order.begin() + n_rest, order.end());
+  const int32_t n_chunks = std::min<int32_t>((budget - window) / chunk, static_cast<int32_t>(chunks.size()));
+  for (int32_t k = 0; k < n_chunks; ++k) {
+    const int32_t i = chunks[static_cast<size_t>(k)].second;
+    for (int32_t j = i; j < std::min(i + chunk, n_rest); ++j) keep.insert(order[static_cast<size_t>(j)]);
+  }
+  return keep;
+}
+
+TEST(KvPolicyReference, ChunkKvKeepsTheBestChunksWholeWithTheWindow) {
+  const int32_t n_layer = 2, n_head_kv = 3, n_prompt = 157, window = 16, chunk = 10;  // 141 = 14 chunks + 1 token
+  for (const int32_t pool : {1, 3})
+    for (const int32_t budget : {66, 71, 150})  // 5 chunks; 5 chunks and 5 tokens unused; 13 chunks, the short one
+      for (const bool per_head : {false, true})
+        for (uint64_t seed = 1; seed <= 3; ++seed) {
+          Cache c(n_layer, n_head_kv);
+          const std::string spec = "chunkkv:budget=" + std::to_string(budget) + ",window=16,chunk=10,pooling=max,pool=" +
+                                   std::to_string(pool) + (per_head ? ",scope=head" : "");
+          auto policy = make_kv_policy(spec, n_layer, n_head_kv);
+          c.append(0, n_prompt);
+          policy->after_prefill(c.seq, c.scores(seed, 0));
+          for (int32_t l = 0; l < n_layer; ++l)
+            for (int32_t g = 0; g < n_head_kv; ++g) {
+              // scope=layer: every kv-head ranks the votes of all the layer's kv-heads, summed.
+              auto votes = [&](int32_t p) {
+                if (per_head) return static_cast<double>(vote(seed, l, g, p, 0));
+                double sum = 0;
+                for (int32_t h = 0; h < n_head_kv; ++h) sum += vote(seed, l, h, p, 0);
+                return sum;
+              };
+              const auto ref = chunkkv_reference(range(0, n_prompt), votes, budget, window, chunk, pool);
+              EXPECT_EQ(c.kept(l, g), ref) << spec << " seed " << seed << " layer " << l << " head " << g;
+              EXPECT_LE(c.seq.head(l, g).n_tokens(), budget);
+              if (!per_head) {
+                EXPECT_EQ(c.kept(l, g), c.kept(l, 0)) << "one set per layer";
+              }
+            }
+        }
+}
+
+// "Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget Allocation for Efficient LLM Inference": a layer's
+// budget, `budget` per head, is shared among its heads: each head first takes its floor(alpha * budget) (at least
+// one) best tokens by its score, then the rest of the layer's budget goes to the best remaining tokens of all heads
+// together (ties: the earlier head, then the earlier position). score: (n_head) of position -> score. Returns each
+// head's share.
+std::vector<int32_t> adakv_reference(const std::vector<std::map<int32_t, double>>& score, int32_t budget, double alpha) {
+  const int32_t n_head = static_cast<int32_t>(score.size());
+  const int32_t n_safe = std::max(1, static_cast<int32_t>(std::floor(alpha * budget)));
+  std::vector<int32_t> share(static_cast<size_t>(n_head), 0);
+  std::vector<std::tuple<double, int32_t, int32_t>> rest;  // (-score, head, position)
+  for (int32_t g = 0; g < n_head; ++g) {
+    std::vector<std::pair<double, int32_t>> mine;  // (-score, position)
+    for (const auto& [p, v] : score[static_cast<size_t>(g)]) mine.push_back({-v, p});
+    std::sort(mine.begin(), mine.end());
+    share[static_cast<size_t>(g)] = std::min<int32_t>(n_safe, static_cast<int32_t>(mine.size()));
+    for (size_t i = static_cast<size_t>(share[static_cast<size_t>(g)]); i < mine.size(); ++i)
+      rest.emplace_back(mine[i].first, g, mine[i].second);
+  }
+  std::sort(rest.begin(), rest.end());
+  int32_t left = n_head * budget;
+  for (int32_t s : share) left -= s;
+  for (int32_t i = 0; i < left && i < static_cast<int32_t>(rest.size()); ++i)
+    ++share[static_cast<size_t>(std::get<1>(rest[static_cast<size_t>(i)]))];
+  return share;
+}
+
+TEST(KvPolicyReference, AdaKvSharesEachLayersBudgetAmongItsHeadsByScore) {
+  const int32_t n_layer = 3, n_head_kv = 4, n_prompt = 180, window = 8, pool = 3, chunk = 6;
+  int n_uneven = 0;
+  for (const double alpha : {0.0, 0.2, 0.5})
+    for (const bool chunks : {false, true})
+      for (uint64_t seed = 1; seed <= 3; ++seed) {
+        // With pyramid the layer budgets fall with depth; AdaKV shares each layer's among its heads.
+        const std::vector<int32_t> budgets = pyramid_reference(60, window, 4.0, n_layer);
+        const std::string ranker = chunks ? "chunkkv:budget=60,window=8,chunk=6,pool=3,pooling=max,scope=head"
+                                          : "snapkv:budget=60,window=8,pool=3";
+        const std::string spec = ranker + "+pyramid:beta=4+adakv:alpha=" + std::to_string(alpha);
+        Cache c(n_layer, n_head_kv);
+        auto policy = make_kv_policy(spec, n_layer, n_head_kv);
+        c.append(0, n_prompt);
+        policy->after_prefill(c.seq, c.scores(seed, 0));
+        for (int32_t l = 0; l < n_layer; ++l) {
+          const int32_t budget = budgets[static_cast<size_t>(l)];
+          std::vector<std::map<int32_t, double>> score(static_cast<size_t>(n_head_kv));
+          for (int32_t g = 0; g < n_head_kv; ++g) {
+            auto votes = [&](int32_t p) { return static_cast<double>(vote(seed, l, g, p, 0)); };
+            if (chunks) {
+              chunkkv_reference(range(0, n_prompt), votes, budget, window, chunk, pool, &score[static_cast<size_t>(g)]);
+            } else {
+              score[static_cast<size_t>(g)] = pooled_votes(range(0, n_prompt), votes, window, pool);
+            }
+          }
+          const std::vector<int32_t> share = adakv_reference(score, budget, alpha);
+          int32_t total = 0;
+          for (int32_t g = 0; g < n_head_kv; ++g) {
+            auto votes = [&](int32_t p) { return static_cast<double>(vote(seed, l, g, p, 0)); };
+            const int32_t b = share[static_cast<size_t>(g)];
+            const auto ref = chunks ? chunkkv_reference(range(0, n_prompt), votes, b, window, chunk, pool)
+                                    : snapkv_reference(range(0, n_prompt), votes, b, window, pool);
+            EXPECT_EQ(c.kept(l, g), ref) << spec << " seed " << seed << " layer " << l << " head " << g;
+            total += c.seq.head(l, g).n_tokens();
+            n_uneven += share[static_cast<size_t>(g)] != budget;
+            EXPECT_GE(b, std::max(1, static_cast<int32_t>(alpha * budget)));  // the safeguard
+          }
+          // SnapKV spends the layer's budget exactly; ChunkKV drops a chunk a share splits.
+          if (!chunks) EXPECT_EQ(total, n_head_kv * budget) << spec << " layer " << l;
+          else EXPECT_LE(total, n_head_kv * budget) << spec << " layer " << l;
+        }
+      }
+  EXPECT_GT(n_uneven, 0) << "the shares never differed from the uniform budget: the test shows nothing";
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ std::string error_of(const std::string& spec) {
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 TEST(KvPolicyRegistry, EveryComponentOfEveryKindIsRegistered) {
-  for (const char* name : {"streaming", "h2o", "snapkv", "tova", "pyramid", "heads", "full", "kivi"})
+  for (const char* name : {"streaming", "h2o", "snapkv", "chunkkv", "tova", "pyramid", "heads", "adakv", "full", "kivi"})
     EXPECT_NE(find_kv_component(name), nullptr) << name;
   EXPECT_EQ(find_kv_component("snapkvv"), nullptr);
   int n_kind[3] = {0, 0, 0};
@@ -33,8 +33,8 @@ TEST(KvPolicyRegistry, EveryComponentOfEveryKindIsRegistered) {
     EXPECT_FALSE(c.help.empty()) << c.name;
     EXPECT_NE(c.apply, nullptr) << c.name;
   }
-  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::TokenPolicy)], 4);
-  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::BudgetShape)], 2);
+  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::TokenPolicy)], 5);
+  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::BudgetShape)], 3);
   EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::Format)], 2);
 }
 
@@ -55,7 +55,8 @@ TEST(KvPolicyRegistry, EveryComponentParsesWithItsDefaults) {
   const std::string roles = ::testing::TempDir() + "/registry_roles.json";
   std::ofstream(roles) << R"({"n_layer": 4, "n_head_kv": 2, "retrieval": [[0, 0]]})";
   for (const KvComponent& c : kv_components()) {
-    const std::string spec = c.name == "heads" ? "heads:file=" + roles : c.name;
+    // heads needs its roles file, adakv a token policy whose scores it shares.
+    const std::string spec = c.name == "heads" ? "heads:file=" + roles : c.name == "adakv" ? "snapkv+adakv" : c.name;
     auto p = make_kv_policy(spec, 4, 2);
     EXPECT_FALSE(p->describe().empty()) << spec;
   }
@@ -66,6 +67,11 @@ TEST(KvPolicyRegistry, EveryComponentParsesWithItsDefaults) {
   EXPECT_EQ(snap->plan(0, 0).budget, 1024);
   EXPECT_EQ(make_kv_policy("snapkv", 4, 2)->prefill_score_from(100), 100 - 32);
   EXPECT_EQ(make_kv_policy("kivi", 4, 2)->sealed_format(), KvFormat::Kivi4);
+  const std::string chunk = make_kv_policy("chunkkv", 4, 2)->describe();
+  EXPECT_TRUE(contains(chunk, "chunkkv(budget=1024, window=32, chunk=20, one set per layer)")) << chunk;
+  EXPECT_EQ(make_kv_policy("chunkkv", 4, 2)->prefill_score_from(100), 100 - 32);
+  const std::string ada = make_kv_policy("snapkv+adakv", 4, 2)->describe();
+  EXPECT_TRUE(contains(ada, "adakv(alpha=0.2)")) << ada;
   EXPECT_EQ(make_kv_policy("full", 4, 2)->page_format(), KvFormat::F16);
   auto heads = make_kv_policy("heads:file=" + roles, 4, 2);
   auto* h = dynamic_cast<const ComposedPolicy*>(heads.get());
@@ -118,6 +124,20 @@ TEST(KvPolicyRegistry, ErrorsNameTheBadPartAndWhatIsValid) {
   EXPECT_TRUE(contains(error_of("heads:file=/nonexistent/roles.json"), "cannot read"));
   EXPECT_TRUE(contains(error_of("heads:file=x,compensation=max"), "mean or none"));
   EXPECT_TRUE(contains(error_of("snapkv+"), "unknown KV policy ''"));
+  EXPECT_TRUE(contains(error_of("chunkkv:chunk=0"), "must be between"));
+  EXPECT_TRUE(contains(error_of("chunkkv:scope=kvhead"), "layer or head"));
+  EXPECT_TRUE(contains(error_of("chunkkv:pooling=median"), "max or avg"));
+  EXPECT_TRUE(contains(error_of("chunkkv:pool=2"), "odd"));
+  const std::string small = error_of("chunkkv:budget=40,window=32,chunk=10");  // 32 + 10 > 40
+  EXPECT_TRUE(contains(small, "no chunk of 10 tokens beyond the window of 32") && contains(small, "42")) << small;
+  // AdaKV shares a layer's budget by the per-head scores of a token policy that cuts once.
+  EXPECT_TRUE(contains(error_of("adakv"), "name one (snapkv, chunkkv)"));
+  EXPECT_TRUE(contains(error_of("adakv+kivi"), "name one (snapkv, chunkkv)"));
+  for (const char* spec : {"h2o+adakv", "tova+adakv", "streaming+adakv"})
+    EXPECT_TRUE(contains(error_of(spec), "does not rank by scores it can share across heads")) << spec;
+  EXPECT_TRUE(contains(error_of("chunkkv+adakv"), "use chunkkv:scope=head"));
+  EXPECT_TRUE(contains(error_of("snapkv+adakv:alpha=1.5"), "must be between"));
+  EXPECT_EQ(error_of("chunkkv:scope=head+adakv+pyramid:budget=512"), "");
   EXPECT_TRUE(contains(error_of(""), "empty --kv spec"));
 }
 

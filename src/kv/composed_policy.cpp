@@ -20,9 +20,10 @@ void KvScores::reset(int32_t n_layer, int32_t n_head_kv, int32_t n_stride, int32
 
 ComposedPolicy::ComposedPolicy(std::vector<std::unique_ptr<TokenRanker>> rankers, std::vector<HeadPlan> plans,
                                int32_t n_head_kv, KvFormat open, KvFormat sealed, int32_t n_recent_full_precision,
-                               std::string description)
+                               std::string description, std::unique_ptr<LayerBudgetShare> share)
     : rankers_(std::move(rankers)),
       plans_(std::move(plans)),
+      share_(std::move(share)),
       n_head_kv_(n_head_kv),
       open_(open),
       sealed_(sealed),
@@ -81,9 +82,33 @@ std::vector<std::vector<float>> ComposedPolicy::layer_scores(const KvSequence& s
   return out;
 }
 
+std::vector<int32_t> ComposedPolicy::layer_budgets(const KvSequence& seq, const KvScores& scores, int32_t layer) const {
+  std::vector<int32_t> budgets(static_cast<size_t>(n_head_kv_));
+  for (int32_t g = 0; g < n_head_kv_; ++g) budgets[static_cast<size_t>(g)] = plans_[index(layer, g)].budget;
+  if (share_ == nullptr || !scores.wanted()) return budgets;
+  std::vector<int32_t> heads, plan_budgets;
+  std::vector<std::vector<float>> head_scores;
+  std::vector<std::vector<int32_t>> head_positions;
+  for (int32_t g = 0; g < n_head_kv_; ++g) {
+    const HeadPlan& plan = plans_[index(layer, g)];
+    if (plan.ranker != share_->ranker() || plan.budget == kKeepAll || plan.dropped != KvDropped::Forgotten) continue;
+    const KvHeadCache& h = seq.head(layer, g);
+    heads.push_back(g);
+    plan_budgets.push_back(plan.budget);
+    head_positions.push_back(h.positions);
+    head_scores.push_back(plan.ranker->selection_scores(h.positions, scores.head(layer, g)));
+  }
+  if (heads.empty()) return budgets;
+  const std::vector<int32_t> shared = share_->share(head_scores, head_positions, plan_budgets);
+  for (size_t i = 0; i < heads.size(); ++i) budgets[static_cast<size_t>(heads[i])] = shared[i];
+  return budgets;
+}
+
 void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step) {
   const int32_t n_layer = static_cast<int32_t>(plans_.size()) / n_head_kv_;
   for (int32_t l = 0; l < n_layer; ++l) {
+    // Decode steps never re-share: the rankers a share governs cut once, at prefill end (or per prefill chunk).
+    const std::vector<int32_t> budgets = layer_budgets(seq, step == Step::Decode ? KvScores{} : scores, l);
     // Layer-scope scores are summed before any head of the layer is cut, so every head ranks the same attention.
     std::vector<std::pair<const TokenRanker*, std::vector<std::vector<float>>>> shared;
     if (scores.wanted())
@@ -105,9 +130,10 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
         const float* s = scores.head(l, g);
         for (int32_t i = 0; i < n; ++i) acc[static_cast<size_t>(i)] += s[i];
       }
-      if (plan.budget == kKeepAll) continue;
+      const int32_t budget = budgets[static_cast<size_t>(g)];
+      if (budget == kKeepAll) continue;
       const int32_t comp = plan.dropped == KvDropped::Compensated ? find_compensation(seq, l, g) : -1;
-      if (n - (comp >= 0) <= plan.budget) continue;
+      if (n - (comp >= 0) <= budget) continue;
       if (step == Step::Decode && !plan.ranker->evicts_during_decode()) continue;
 
       const float* s = nullptr;
@@ -124,7 +150,7 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
 
       std::vector<int32_t> keep;
       if (comp < 0) {
-        keep = plan.ranker->select(h.positions, s, plan.budget);
+        keep = plan.ranker->select(h.positions, s, budget);
       } else {
         // The compensation token is not a token of the text: it is neither ranked nor counted in the budget.
         std::vector<int32_t> positions(h.positions);
@@ -134,7 +160,7 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
           real_scores.assign(s, s + n);
           real_scores.erase(real_scores.begin() + comp);
         }
-        keep = plan.ranker->select(positions, s != nullptr ? real_scores.data() : nullptr, plan.budget);
+        keep = plan.ranker->select(positions, s != nullptr ? real_scores.data() : nullptr, budget);
         for (int32_t& k : keep)
           if (k >= comp) ++k;
         keep.insert(std::upper_bound(keep.begin(), keep.end(), comp), comp);

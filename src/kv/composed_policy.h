@@ -25,12 +25,32 @@ struct HeadPlan {
   KvDropped dropped = KvDropped::Forgotten;
 };
 
+// A budget shape that shares each layer's budget among the layer's kv-heads at the moment of the cut, from their
+// scores (AdaKV), where the other shapes fix every head's budget beforehand. It governs the heads whose plan has
+// `ranker` (which has_selection_scores()); their plan budgets are what it shares out, per layer.
+class LayerBudgetShare {
+ public:
+  explicit LayerBudgetShare(const TokenRanker* ranker) : ranker_(ranker) {}
+  virtual ~LayerBudgetShare() = default;
+  const TokenRanker* ranker() const { return ranker_; }
+  // For the governed heads of one layer: each head's selection scores and positions (n_slots each) and plan
+  // budget. Returns each head's budget for this cut; their sum is at most the sum of `budgets`.
+  virtual std::vector<int32_t> share(const std::vector<std::vector<float>>& scores,
+                                     const std::vector<std::vector<int32_t>>& positions,
+                                     const std::vector<int32_t>& budgets) const = 0;
+
+ private:
+  const TokenRanker* ranker_;
+};
+
 class ComposedPolicy final : public KvPolicy {
  public:
   // plans: (n_layer * n_head_kv), each head's ranker and budget; rankers are owned here. n_recent_full_precision:
-  // KIVI's residual window when `sealed` is packed.
+  // KIVI's residual window when `sealed` is packed. share: null, or how each layer's budget is shared among the
+  // heads it governs when they are cut.
   ComposedPolicy(std::vector<std::unique_ptr<TokenRanker>> rankers, std::vector<HeadPlan> plans, int32_t n_head_kv,
-                 KvFormat open, KvFormat sealed, int32_t n_recent_full_precision, std::string description);
+                 KvFormat open, KvFormat sealed, int32_t n_recent_full_precision, std::string description,
+                 std::unique_ptr<LayerBudgetShare> share = nullptr);
 
   std::string describe() const override { return description_; }
   KvFormat page_format() const override { return open_; }
@@ -70,8 +90,12 @@ class ComposedPolicy final : public KvPolicy {
   void fold_into_compensation(const KvSequence& seq, int32_t layer, int32_t kv_head, const std::vector<int32_t>& drop);
   void place_compensation(KvSequence& seq, int32_t layer, int32_t kv_head);
 
+  // Each head's budget for this cut in `layer`: the plans', or what share_ gives the heads it governs.
+  std::vector<int32_t> layer_budgets(const KvSequence& seq, const KvScores& scores, int32_t layer) const;
+
   std::vector<std::unique_ptr<TokenRanker>> rankers_;
   std::vector<HeadPlan> plans_;
+  std::unique_ptr<LayerBudgetShare> share_;
   int32_t n_head_kv_;
   KvFormat open_, sealed_;
   int32_t n_recent_full_precision_;
@@ -86,5 +110,13 @@ class ComposedPolicy final : public KvPolicy {
 // n_window, the last layer selects S / beta, the first 2 S - S / beta, the mean is S; so the mean of the returned
 // totals is `budget`, as with a uniform budget. Returns (n_layer) totals (selected + n_window, at least 1).
 std::vector<int32_t> pyramid_budgets(int32_t budget, int32_t n_window, double beta, int32_t n_layer);
+
+// AdaKV ("Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget Allocation for Efficient LLM Inference"), the
+// allocation: each head first keeps its floor(alpha * budget) best slots (at least one when alpha > 0), then the
+// rest of the layer's budget goes to the best remaining slots of all heads together. scores, positions: (n_head)
+// of (n_slots); budgets: (n_head). Ties: the earlier head, then the earlier position. Returns (n_head) budgets.
+std::vector<int32_t> adakv_budgets(const std::vector<std::vector<float>>& scores,
+                                   const std::vector<std::vector<int32_t>>& positions,
+                                   const std::vector<int32_t>& budgets, double alpha);
 
 }  // namespace longctx::kv

@@ -13,8 +13,9 @@ const TokenRanker* KvPolicyDraft::add_ranker(std::unique_ptr<TokenRanker> r) {
 
 const std::vector<KvComponent>& kv_components() {
   static const std::vector<KvComponent> all = {
-      kv_component_streaming(), kv_component_h2o(),   kv_component_snapkv(), kv_component_tova(),
-      kv_component_pyramid(),   kv_component_heads(), kv_component_full(),   kv_component_kivi(),
+      kv_component_streaming(), kv_component_h2o(),   kv_component_snapkv(), kv_component_chunkkv(),
+      kv_component_tova(),      kv_component_pyramid(), kv_component_heads(), kv_component_adakv(),
+      kv_component_full(),      kv_component_kivi(),
   };
   return all;
 }
@@ -92,7 +93,8 @@ std::string kv_policy_help() {
   }
   s += "\npresets:";
   for (const auto& [name, spec] : presets()) s += " " + name + " (" + spec + ")";
-  s += "\nExamples: snapkv:budget=1024+kivi:bits=2, pyramid:budget=2048+snapkv, heads:file=heads.json+kivi:bits=4.";
+  s += "\nExamples: snapkv:budget=1024+kivi:bits=2, pyramid:budget=2048+snapkv, chunkkv:budget=512, "
+       "snapkv:budget=1024+adakv, heads:file=heads.json+kivi:bits=4.";
   return s;
 }
 
@@ -141,7 +143,7 @@ std::unique_ptr<KvPolicy> make_kv_policy(const std::string& spec_in, int32_t n_l
   if (description.empty()) description = "full";
   description += ", " + (d.format.empty() ? std::string(kv_format_name(d.open)) : d.format);
   return std::make_unique<ComposedPolicy>(std::move(d.rankers), std::move(d.plans), n_head_kv, d.open, d.sealed,
-                                          d.n_recent_full_precision, description);
+                                          d.n_recent_full_precision, description, std::move(d.share));
 }
 
 }  // namespace longctx::kv

@@ -29,6 +29,7 @@ struct KvPolicyDraft {
   std::vector<HeadPlan> plans;                        // (n_layer * n_head_kv)
   KvFormat open = KvFormat::F16, sealed = KvFormat::F16;
   int32_t n_recent_full_precision = 0;
+  std::unique_ptr<LayerBudgetShare> share;  // a shape that shares each layer's budget at the cut (AdaKV); null: none
   std::vector<std::string> shapes;  // what each budget shape did, for describe()
   std::string format;               // the format's description
 
@@ -48,9 +49,11 @@ struct KvComponent {
 KvComponent kv_component_streaming();  // policy_streaming.cpp
 KvComponent kv_component_h2o();        // policy_h2o.cpp
 KvComponent kv_component_snapkv();     // policy_snapkv.cpp
+KvComponent kv_component_chunkkv();    // policy_chunkkv.cpp
 KvComponent kv_component_tova();       // policy_tova.cpp
 KvComponent kv_component_pyramid();    // policy_pyramid.cpp
 KvComponent kv_component_heads();      // policy_heads.cpp
+KvComponent kv_component_adakv();      // policy_adakv.cpp
 KvComponent kv_component_full();       // policy_full.cpp
 KvComponent kv_component_kivi();       // policy_kivi.cpp
 

@@ -4,6 +4,7 @@
 // token come with it, and each kv-head keeps its top (budget - window) tokens plus the window itself: the budget
 // is the paper's cache capacity, window included. The cache is cut once, at prefill end, and grows during decode.
 #include <algorithm>
+#include <limits>
 
 #include "core/error.h"
 #include "kv/policy_registry.h"
@@ -14,19 +15,18 @@ namespace {
 
 constexpr int32_t kDefaultBudget = 1024, kDefaultWindow = 32, kDefaultPool = 7;
 
-enum class Pooling { Max, Avg };
-
 class SnapKvRanker final : public TokenRanker {
  public:
-  SnapKvRanker(int32_t budget, int32_t window, int32_t kernel, Pooling pooling)
+  SnapKvRanker(int32_t budget, int32_t window, int32_t kernel, KvPooling pooling)
       : budget_(budget), window_(window), kernel_(kernel), pooling_(pooling) {}
   std::string describe() const override {
     return "snapkv(budget=" + std::to_string(budget_) + ", window=" + std::to_string(window_) +
-           ", pool=" + std::to_string(kernel_) + (pooling_ == Pooling::Max ? " max" : " avg") + ")";
+           ", pool=" + std::to_string(kernel_) + (pooling_ == KvPooling::Max ? " max" : " avg") + ")";
   }
   int32_t budget() const override { return budget_; }
   int32_t prefill_score_from(int32_t n_prompt) const override { return std::max(0, n_prompt - window_); }
   int32_t n_window() const override { return window_; }
+  bool has_selection_scores() const override { return true; }
 
   std::vector<int32_t> select(const std::vector<int32_t>& positions, const float* scores, int32_t budget) const override {
     const std::vector<int32_t> order = slots_by_position(positions);  // pooling runs along positions
@@ -35,17 +35,7 @@ class SnapKvRanker final : public TokenRanker {
     // The window: the n_window most recent tokens.
     std::vector<int32_t> keep(order.end() - n_window, order.end());
     const int32_t n_rest = n - n_window;
-    std::vector<float> pooled(static_cast<size_t>(positions.size()), 0.0f);
-    const int32_t half = kernel_ / 2;
-    for (int32_t i = 0; i < n_rest; ++i) {
-      float acc = pooling_ == Pooling::Max ? scores[order[i]] : 0.0f;
-      int32_t count = 0;
-      for (int32_t j = std::max(0, i - half); j <= std::min(n_rest - 1, i + half); ++j) {
-        acc = pooling_ == Pooling::Max ? std::max(acc, scores[order[j]]) : acc + scores[order[j]];
-        ++count;
-      }
-      pooled[order[i]] = pooling_ == Pooling::Max ? acc : acc / count;
-    }
+    const std::vector<float> pooled = pool_along_positions(order, n_rest, scores, kernel_, pooling_);
     const std::vector<int32_t> rest(order.begin(), order.begin() + n_rest);
     const auto top = top_slots(rest, pooled, budget - n_window, positions);
     keep.insert(keep.end(), top.begin(), top.end());
@@ -53,9 +43,17 @@ class SnapKvRanker final : public TokenRanker {
     return keep;
   }
 
+  std::vector<float> selection_scores(const std::vector<int32_t>& positions, const float* scores) const override {
+    const std::vector<int32_t> order = slots_by_position(positions);
+    const int32_t n = static_cast<int32_t>(order.size()), n_rest = n - std::min(window_, n);
+    std::vector<float> s = pool_along_positions(order, n_rest, scores, kernel_, pooling_);
+    for (int32_t i = n_rest; i < n; ++i) s[static_cast<size_t>(order[i])] = std::numeric_limits<float>::infinity();
+    return s;
+  }
+
  private:
   int32_t budget_, window_, kernel_;
-  Pooling pooling_;
+  KvPooling pooling_;
 };
 
 }  // namespace
@@ -67,7 +65,7 @@ std::unique_ptr<TokenRanker> make_snapkv_ranker(const SpecArgs& args) {
   const std::string pooling = args.get_string("pooling", "max");
   if (pooling != "max" && pooling != "avg") fail("snapkv: pooling must be max or avg, not '{}'", pooling);
   if (kernel % 2 == 0) fail("snapkv: pool={} must be odd (a window centred on each token)", kernel);
-  return std::make_unique<SnapKvRanker>(budget, window, kernel, pooling == "max" ? Pooling::Max : Pooling::Avg);
+  return std::make_unique<SnapKvRanker>(budget, window, kernel, pooling == "max" ? KvPooling::Max : KvPooling::Avg);
 }
 
 KvComponent kv_component_snapkv() {

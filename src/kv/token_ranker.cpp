@@ -12,6 +12,22 @@ std::vector<int32_t> slots_by_position(const std::vector<int32_t>& positions) {
   return slots;
 }
 
+std::vector<float> pool_along_positions(const std::vector<int32_t>& order, int32_t n_rest, const float* scores,
+                                        int32_t kernel, KvPooling pooling) {
+  std::vector<float> pooled(order.size(), 0.0f);
+  const int32_t half = kernel / 2;
+  for (int32_t i = 0; i < n_rest; ++i) {
+    float acc = pooling == KvPooling::Max ? scores[order[i]] : 0.0f;
+    int32_t count = 0;
+    for (int32_t j = std::max(0, i - half); j <= std::min(n_rest - 1, i + half); ++j) {
+      acc = pooling == KvPooling::Max ? std::max(acc, scores[order[j]]) : acc + scores[order[j]];
+      ++count;
+    }
+    pooled[static_cast<size_t>(order[i])] = pooling == KvPooling::Max ? acc : acc / count;
+  }
+  return pooled;
+}
+
 std::vector<int32_t> top_slots(const std::vector<int32_t>& candidates, const std::vector<float>& score, int32_t count,
                                const std::vector<int32_t>& positions) {
   std::vector<int32_t> c(candidates);

@@ -1,5 +1,6 @@
 // Token rankers: which tokens of one (layer, kv-head) stay when it holds more than its budget. One method per
-// file (policy_streaming.cpp, policy_h2o.cpp, policy_snapkv.cpp, policy_tova.cpp); each cites its paper.
+// file (policy_streaming.cpp, policy_h2o.cpp, policy_snapkv.cpp, policy_chunkkv.cpp, policy_tova.cpp); each cites
+// its paper.
 #pragma once
 #include <climits>
 #include <cstdint>
@@ -40,16 +41,33 @@ class TokenRanker {
   // the attention gathered for this head (null when the ranker asks for none).
   virtual std::vector<int32_t> select(const std::vector<int32_t>& positions, const float* scores,
                                       int32_t budget) const = 0;
+  // Whether selection_scores() gives select()'s order, so that a budget shape may share a layer's budget among its
+  // kv-heads by their scores (AdaKV).
+  virtual bool has_selection_scores() const { return false; }
+  // Each slot's score in select()'s order, comparable across the kv-heads of a layer: select(budget = b) keeps the
+  // b best by it (ties to the earlier position), once b covers the slots it keeps whatever their scores (the
+  // window), which get +infinity. (n_slots); positions and scores as for select(). Empty unless
+  // has_selection_scores().
+  virtual std::vector<float> selection_scores(const std::vector<int32_t>& positions, const float* scores) const {
+    return {};
+  }
 };
 
 std::unique_ptr<TokenRanker> make_streaming_ranker(const SpecArgs& args);
 std::unique_ptr<TokenRanker> make_h2o_ranker(const SpecArgs& args);
 std::unique_ptr<TokenRanker> make_snapkv_ranker(const SpecArgs& args);
 std::unique_ptr<TokenRanker> make_tova_ranker(const SpecArgs& args);
+std::unique_ptr<TokenRanker> make_chunkkv_ranker(const SpecArgs& args);
 
 // Helpers shared by the rankers.
 // Slots sorted by position, ascending.
 std::vector<int32_t> slots_by_position(const std::vector<int32_t>& positions);
+// How a score is spread over neighbouring positions (SnapKV's pooling).
+enum class KvPooling { Max, Avg };
+// scores pooled along positions: for i < n_rest, slot order[i] gets the max or mean of the scores of order[j],
+// |j - i| <= kernel / 2, j < n_rest (the mean over the neighbours that exist). (n_slots); 0 for the other slots.
+std::vector<float> pool_along_positions(const std::vector<int32_t>& order, int32_t n_rest, const float* scores,
+                                        int32_t kernel, KvPooling pooling);
 // The `count` slots with the highest score among `candidates` (ties to the earlier position), sorted ascending.
 std::vector<int32_t> top_slots(const std::vector<int32_t>& candidates, const std::vector<float>& score, int32_t count,
                                const std::vector<int32_t>& positions);
