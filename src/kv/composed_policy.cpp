@@ -37,6 +37,18 @@ int32_t ComposedPolicy::prefill_score_from(int32_t n_prompt) const {
   return from;
 }
 
+int32_t ComposedPolicy::prefill_query_stats_from(int32_t n_prompt) const {
+  int32_t from = INT_MAX;
+  for (const auto& r : rankers_) from = std::min(from, r->prefill_query_stats_from(n_prompt));
+  return from;
+}
+
+KvReconstruction ComposedPolicy::reconstruction() const {
+  for (const auto& r : rankers_)
+    if (KvReconstruction rec = r->reconstruction(); rec.chunk > 0) return rec;
+  return {};
+}
+
 int32_t ComposedPolicy::n_recent_full_precision() const {
   return kv_format_is_packed(sealed_) ? n_recent_full_precision_ : 0;
 }
@@ -111,7 +123,12 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
       if (step == Step::Decode && !plan.ranker->evicts_during_decode()) continue;
 
       const float* s = nullptr;
-      if (accumulate) {
+      std::vector<float> own;  // the ranker's own scores of the head's tokens
+      if (plan.ranker->score_from_cache(seq, l, g, scores, own)) {
+        if (static_cast<int32_t>(own.size()) != n)
+          fail("internal: {} scored {} of {} slots", plan.ranker->describe(), own.size(), n);
+        s = own.data();
+      } else if (accumulate) {
         s = acc.data();
       } else if (scores.wanted() && plan.ranker->score_scope() == KvScoreScope::Layer) {
         for (const auto& [r, per_head] : shared)

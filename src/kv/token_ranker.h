@@ -24,6 +24,17 @@ class TokenRanker {
   virtual int32_t budget() const = 0;
   // Queries at positions >= this vote at prefill end (n_prompt: the prompt's length); INT_MAX: scores unused.
   virtual int32_t prefill_score_from(int32_t n_prompt) const { return INT_MAX; }
+  // Queries at positions >= this are gathered into KvScores::queries (KvPolicy::prefill_query_stats_from).
+  virtual int32_t prefill_query_stats_from(int32_t n_prompt) const { return INT_MAX; }
+  // The reconstruction pass that scores the cache after prefill (KvPolicy::reconstruction); chunk 0: none.
+  virtual KvReconstruction reconstruction() const { return {}; }
+  // A ranker that scores a head's tokens itself, from what the cache holds (keys, values) and what the forward
+  // gathered (query statistics), rather than ranking the gathered attention as it is: fills out (n_slots of the
+  // head) and returns true. The default scores nothing and returns false.
+  virtual bool score_from_cache(const KvSequence& seq, int32_t layer, int32_t kv_head, const KvScores& gathered,
+                                std::vector<float>& out) const {
+    return false;
+  }
   virtual bool wants_decode_scores() const { return false; }
   // Keeps the cache at its budget as decoding goes on (else the cache is cut once, after prefill, and grows).
   virtual bool evicts_during_decode() const { return false; }
@@ -46,6 +57,12 @@ std::unique_ptr<TokenRanker> make_streaming_ranker(const SpecArgs& args);
 std::unique_ptr<TokenRanker> make_h2o_ranker(const SpecArgs& args);
 std::unique_ptr<TokenRanker> make_snapkv_ranker(const SpecArgs& args);
 std::unique_ptr<TokenRanker> make_tova_ranker(const SpecArgs& args);
+std::unique_ptr<TokenRanker> make_kvzip_ranker(const SpecArgs& args);
+std::unique_ptr<TokenRanker> make_expected_attention_ranker(const SpecArgs& args);
+
+// Expected Attention's closed form (policy_expected_attention.cpp): log E[exp(scale q.k)] for q ~ N(mean, cov),
+// = scale mean.k + scale^2 k^T cov k / 2. mean (d), cov (d, d) row-major, k (d).
+double expected_attention_logit(const double* mean, const double* cov, const float* k, int32_t d, double scale);
 
 // Helpers shared by the rankers.
 // Slots sorted by position, ascending.
@@ -53,5 +70,9 @@ std::vector<int32_t> slots_by_position(const std::vector<int32_t>& positions);
 // The `count` slots with the highest score among `candidates` (ties to the earlier position), sorted ascending.
 std::vector<int32_t> top_slots(const std::vector<int32_t>& candidates, const std::vector<float>& score, int32_t count,
                                const std::vector<int32_t>& positions);
+// The n_sink earliest tokens (attention sinks) and the (budget - those) highest-scored others, sorted ascending:
+// scores (n_slots).
+std::vector<int32_t> sinks_and_top_slots(const std::vector<int32_t>& positions, const float* scores, int32_t budget,
+                                         int32_t n_sink);
 
 }  // namespace longctx::kv
