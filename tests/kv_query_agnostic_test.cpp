@@ -115,6 +115,51 @@ TEST(KvzipPolicy, KeepsSinksAndTheTokensReconstructionAttendedMost) {
   }
 }
 
+// alloc=global (the paper's non-uniform heads): all heads share budget x heads tokens, each keeping its sinks, the
+// rest going to the highest scores of all heads together.
+TEST(KvzipPolicy, GlobalAllocationSharesOneThresholdOverAllHeads) {
+  const int32_t n_layer = 4, n_head_kv = 3, n = 80, budget = 20, sink = 4;
+  RandomCache cache(n_layer, n_head_kv, 8, n, 9);
+  auto policy = make_kv_policy("kvzip:budget=20,sink=4,alloc=global", n_layer, n_head_kv);
+  KvScores scores;
+  scores.reset(n_layer, n_head_kv, n, n);
+  scores.first_pos = n;
+  scores.reduce = cpu::ScoreReduce::Max;
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  struct Entry {
+    float score;
+    int32_t l, g, pos;
+  };
+  std::vector<Entry> rest;
+  std::map<std::pair<int32_t, int32_t>, std::set<int32_t>> want;
+  for (int32_t l = 0; l < n_layer; ++l)
+    for (int32_t g = 0; g < n_head_kv; ++g)
+      for (int32_t s = 0; s < n; ++s) {
+        // Heads of very different spreads, so that the shares differ: head (l, g) scores up to (1 + l * 3 + g) / 12.
+        const float v = u(rng) * static_cast<float>(1 + l * n_head_kv + g) / 12.0f;
+        scores.layers[static_cast<size_t>(l)][static_cast<size_t>(g) * n + s] = v;
+        if (s < sink) {
+          want[{l, g}].insert(s);
+        } else {
+          rest.push_back({v, l, g, s});
+        }
+      }
+  std::sort(rest.begin(), rest.end(), [](const Entry& a, const Entry& b) { return a.score > b.score; });
+  const int32_t n_take = n_layer * n_head_kv * (budget - sink);
+  for (int32_t i = 0; i < n_take; ++i) want[{rest[static_cast<size_t>(i)].l, rest[static_cast<size_t>(i)].g}].insert(rest[static_cast<size_t>(i)].pos);
+  policy->after_prefill(cache.seq, scores);
+  int32_t total = 0, n_heads_off_uniform = 0;
+  for (int32_t l = 0; l < n_layer; ++l)
+    for (int32_t g = 0; g < n_head_kv; ++g) {
+      EXPECT_EQ(positions_of(cache.seq, l, g), want[std::make_pair(l, g)]) << "layer " << l << " head " << g;
+      total += cache.seq.head(l, g).n_tokens();
+      n_heads_off_uniform += cache.seq.head(l, g).n_tokens() != budget;
+    }
+  EXPECT_EQ(total, n_layer * n_head_kv * budget);
+  EXPECT_GT(n_heads_off_uniform, 0) << "the shares must differ from the uniform budget in this case";
+}
+
 TEST(KvzipPolicy, RefusesToCutWithoutReconstructionScores) {
   RandomCache cache(1, 1, 8, 40, 1);
   auto policy = make_kv_policy("kvzip:budget=10", 1, 1);
@@ -436,7 +481,7 @@ TEST(QueryAgnosticRegistry, SpecsParseDescribeAndRefuseBadArguments) {
   EXPECT_NE(make_kv_policy("kvzip:budget=256+kivi:bits=4", 30, 3)->describe().find("kivi"), std::string::npos);
   EXPECT_NE(kv_policy_help().find("kvzip["), std::string::npos);
   EXPECT_NE(kv_policy_help().find("expected["), std::string::npos);
-  for (const char* bad : {"kvzip:budget=4,sink=4", "kvzip:chunk=2", "kvzip:bogus=1", "expected:cov=2", "expected:future=0",
+  for (const char* bad : {"kvzip:budget=4,sink=4", "kvzip:chunk=2", "kvzip:bogus=1", "kvzip:alloc=layer", "expected:cov=2", "expected:future=0",
                           "expected:budget=2,sink=4", "kvzip+expected"}) {
     try {
       (void)make_kv_policy(bad, 30, 3);

@@ -95,6 +95,29 @@ std::vector<std::vector<float>> ComposedPolicy::layer_scores(const KvSequence& s
 
 void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step) {
   const int32_t n_layer = static_cast<int32_t>(plans_.size()) / n_head_kv_;
+  // Budgets a ranker shares over all the heads it manages (KVzip's non-uniform heads), at prefill end: the sum of
+  // their plans' budgets, divided by the ranker from every head's scores. -1: the plan's own.
+  std::vector<int32_t> shared_budget(plans_.size(), -1);
+  if (step == Step::PrefillEnd && scores.wanted())
+    for (const auto& r : rankers_) {
+      if (!r->shares_budget()) continue;
+      std::vector<size_t> heads;
+      std::vector<const std::vector<int32_t>*> positions;
+      std::vector<const float*> head_scores;
+      int64_t total = 0;
+      for (int32_t l = 0; l < n_layer; ++l)
+        for (int32_t g = 0; g < n_head_kv_; ++g) {
+          const HeadPlan& plan = plans_[index(l, g)];
+          if (plan.ranker != r.get() || plan.budget == kKeepAll || plan.dropped != KvDropped::Forgotten) continue;
+          heads.push_back(index(l, g));
+          positions.push_back(&seq.head(l, g).positions);
+          head_scores.push_back(scores.head(l, g));
+          total += plan.budget;
+        }
+      const std::vector<int32_t> budgets = r->share_budget(positions, head_scores, total);
+      if (budgets.size() != heads.size()) fail("internal: {} shared a budget over {} of {} heads", r->describe(), budgets.size(), heads.size());
+      for (size_t i = 0; i < heads.size(); ++i) shared_budget[heads[i]] = budgets[i];
+    }
   for (int32_t l = 0; l < n_layer; ++l) {
     // Layer-scope scores are summed before any head of the layer is cut, so every head ranks the same attention.
     std::vector<std::pair<const TokenRanker*, std::vector<std::vector<float>>>> shared;
@@ -118,8 +141,9 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
         for (int32_t i = 0; i < n; ++i) acc[static_cast<size_t>(i)] += s[i];
       }
       if (plan.budget == kKeepAll) continue;
+      const int32_t budget = shared_budget[index(l, g)] >= 0 ? shared_budget[index(l, g)] : plan.budget;
       const int32_t comp = plan.dropped == KvDropped::Compensated ? find_compensation(seq, l, g) : -1;
-      if (n - (comp >= 0) <= plan.budget) continue;
+      if (n - (comp >= 0) <= budget) continue;
       if (step == Step::Decode && !plan.ranker->evicts_during_decode()) continue;
 
       const float* s = nullptr;
@@ -141,7 +165,7 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
 
       std::vector<int32_t> keep;
       if (comp < 0) {
-        keep = plan.ranker->select(h.positions, s, plan.budget);
+        keep = plan.ranker->select(h.positions, s, budget);
       } else {
         // The compensation token is not a token of the text: it is neither ranked nor counted in the budget.
         std::vector<int32_t> positions(h.positions);
@@ -151,7 +175,7 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
           real_scores.assign(s, s + n);
           real_scores.erase(real_scores.begin() + comp);
         }
-        keep = plan.ranker->select(positions, s != nullptr ? real_scores.data() : nullptr, plan.budget);
+        keep = plan.ranker->select(positions, s != nullptr ? real_scores.data() : nullptr, budget);
         for (int32_t& k : keep)
           if (k >= comp) ++k;
         keep.insert(std::upper_bound(keep.begin(), keep.end(), comp), comp);

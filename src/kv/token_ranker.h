@@ -47,6 +47,14 @@ class TokenRanker {
   // Tokens kept on top of the scored selection whatever their scores (SnapKV's observation window). A budget
   // shape gives them to every layer before it shares out the rest (PyramidKV).
   virtual int32_t n_window() const { return 0; }
+  // Whether the heads this ranker manages share one budget at prefill end (KVzip's non-uniform heads): share_budget
+  // then divides `total` tokens among them from their scores, returning each head's budget (its select() gets it).
+  // positions and scores: (n_heads) of each head's (n_slots).
+  virtual bool shares_budget() const { return false; }
+  virtual std::vector<int32_t> share_budget(const std::vector<const std::vector<int32_t>*>& positions,
+                                            const std::vector<const float*>& scores, int64_t total) const {
+    return {};
+  }
   // The slots to keep, sorted ascending, at most `budget` of them. positions: (n_slots); scores: (n_slots),
   // the attention gathered for this head (null when the ranker asks for none).
   virtual std::vector<int32_t> select(const std::vector<int32_t>& positions, const float* scores,
