@@ -24,7 +24,7 @@ std::string error_of(const std::string& spec) {
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 TEST(KvPolicyRegistry, EveryComponentOfEveryKindIsRegistered) {
-  for (const char* name : {"streaming", "h2o", "snapkv", "tova", "pyramid", "heads", "full", "kivi"})
+  for (const char* name : {"streaming", "h2o", "snapkv", "tova", "kvzip", "expected", "pyramid", "heads", "full", "kivi"})
     EXPECT_NE(find_kv_component(name), nullptr) << name;
   EXPECT_EQ(find_kv_component("snapkvv"), nullptr);
   int n_kind[3] = {0, 0, 0};
@@ -33,7 +33,7 @@ TEST(KvPolicyRegistry, EveryComponentOfEveryKindIsRegistered) {
     EXPECT_FALSE(c.help.empty()) << c.name;
     EXPECT_NE(c.apply, nullptr) << c.name;
   }
-  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::TokenPolicy)], 4);
+  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::TokenPolicy)], 6);
   EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::BudgetShape)], 2);
   EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::Format)], 2);
 }
