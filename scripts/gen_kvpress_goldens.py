@@ -5,7 +5,7 @@ For a few fixed prompts (KJV text from data/kjv.txt plus a question), runs kvpre
 and records which prompt tokens each (layer, kv-head) keeps. tests/kv_kvpress_fidelity_test.cpp runs the engine's
 policies on the same token ids with an f32 cache and compares its kept positions with these; it needs none of this.
 
-Writes tests/golden/kvpress/smollm2.json. Per prompt: name, text, input_ids (no BOS: the GGUF's add_bos is false,
+Writes tests/golden/kvpress/smollm2.json (--set query_agnostic: smollm2_query_agnostic.json, Expected Attention). Per prompt: name, text, input_ids (no BOS: the GGUF's add_bos is false,
 as in tests/golden/logits), n_tokens. Per (press, prompt), in `cases`:
 
     press, prompt, params    the kvpress class and its arguments (compression_ratio chosen so that kvpress keeps
@@ -117,6 +117,17 @@ PRESSES = [
      "engine_spec": "snapkv:budget={B},window=32,pool=7,pooling=avg+adakv:alpha=0.2"},
 ]
 CHUNK_WINDOW = 32  # ChunkKV's window: at least this, raised so that n - window is a multiple of chunk_length
+
+# The query-agnostic presses, written to their own file (--set query_agnostic): Expected Attention scores the cache
+# from the prompt's query statistics, no question needed. (KVzipPress is not compared: it restricts each
+# reconstruction query's softmax to its chunk and shares one budget over all heads of a layer, which the engine's
+# kvzip does not do.)
+QUERY_AGNOSTIC_PRESSES = [
+    {"press": "expected", "class": "ExpectedAttentionPress",
+     "args": {"n_future_positions": 512, "n_sink": 4, "use_covariance": True, "use_vnorm": True, "epsilon": 0.0},
+     "engine_spec": "expected:budget={B},future=512,sink=4,cov=1,vnorm=1,eps=0"},
+]
+SETS = {"main": (PRESSES, "smollm2.json"), "query_agnostic": (QUERY_AGNOSTIC_PRESSES, "smollm2_query_agnostic.json")}
 
 
 def sha256_file(path):
@@ -393,6 +404,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--print-hashes", action="store_true", help="print the KJV excerpts' sha256 and stop")
     ap.add_argument("--presses", default="", help="comma-separated presses to recompute; the file's others are kept")
+    ap.add_argument("--set", choices=sorted(SETS), default="main",
+                    help="main: the presses of smollm2.json; query_agnostic: those of smollm2_query_agnostic.json")
     args = ap.parse_args()
 
     lines = KJV.read_text().split("\n")
@@ -420,7 +433,7 @@ def main():
         sys.exit(f"config differs from SmolLM2-135M's: {bad}")
 
     only = [x for x in args.presses.split(",") if x]
-    unknown = set(only) - {p["press"] for p in PRESSES}
+    unknown = set(only) - {p["press"] for p in SETS[args.set][0]}
     if unknown:
         sys.exit(f"unknown presses {sorted(unknown)}")
     prompts, cases = [], []
@@ -434,7 +447,7 @@ def main():
         print(f"[{p['name']}] {n} tokens, budget {budget}", file=sys.stderr)
         prompts.append({"name": p["name"], "kjv_lines": [p["first_line"], p["n_lines"]], "kjv_sha256": digest,
                         "style": p["style"], "text": text, "n_tokens": n, "input_ids": ids})
-        for spec in PRESSES:
+        for spec in SETS[args.set][0]:
             if only and spec["press"] not in only:
                 continue
             rec = (run_wrapped if "inner" in spec else run_press)(model, ids, spec, budget)
@@ -457,7 +470,7 @@ def main():
             "attn_implementation": "sdpa (the presses compute their own window attention from the queries)",
             "kv_cache": "transformers DynamicCache, float32",
         },
-        "generated_by": "python3 scripts/gen_kvpress_goldens.py",
+        "generated_by": "python3 scripts/gen_kvpress_goldens.py" + ("" if args.set == "main" else f" --set {args.set}"),
         "conventions": {
             "positions": "0-based index into input_ids",
             "masks": "base64 bitmask over positions: position p is bit p % 8 (LSB first) of byte p // 8",
@@ -469,14 +482,14 @@ def main():
         "cases": cases,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    dst = OUT / "smollm2.json"
+    dst = OUT / SETS[args.set][1]
     if only:
         old = json.loads(dst.read_text())
         if old["prompts"] != prompts or old["model"] != doc["model"]:
             sys.exit(f"{dst} was made from other prompts or another model: rerun without --presses")
         new_cases = cases
         cases = [c for c in old["cases"] if c["press"] not in only]
-        for spec in PRESSES:  # PRESSES order, prompt order within
+        for spec in SETS[args.set][0]:  # the set's order, prompt order within
             cases += [c for c in new_cases if c["press"] == spec["press"]]
         doc["cases"] = cases
     dst.write_text(compact_json(doc) + "\n")

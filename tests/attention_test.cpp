@@ -191,6 +191,29 @@ TEST(Attention, ScoresMatchReference) {
       }
       // Each selected row of each query head contributes probability 1 in all (every row sees some key here).
       EXPECT_NEAR(mass, double(c.n_head) * (c.n_tok - c.first_row), 1e-3);
+
+      // The maximum (KVzip's reduction) against its reference, from a start of 0 and from a floor of 0.25 that
+      // only larger probabilities replace; it lies between the sum's share per contribution and the sum itself.
+      for (const float start : {0.0f, 0.25f}) {
+        std::vector<float> got_max(got.size(), start), want_max(got.size(), start);
+        cpu::attention_scores(tp, ap, q.data(), q_pos, c.n_tok, c.first_row, view, got_max.data(), stride,
+                              cpu::ScoreReduce::Max);
+        cpu::attention_scores_reference(ap, q.data(), q_pos, c.n_tok, c.first_row, view, want_max.data(), stride,
+                                        cpu::ScoreReduce::Max);
+        const double n_votes = double(c.n_head / c.n_head_kv) * (c.n_tok - c.first_row);
+        double n_above_start = 0;
+        for (size_t i = 0; i < got_max.size(); ++i) {
+          ASSERT_NEAR(got_max[i], want_max[i], 2e-6f) << "slot " << i << ", d " << c.head_dim << ", max mode";
+          ASSERT_GE(want_max[i], start);
+          const double sum = want[i] - 0.25;
+          if (start == 0.0f) {
+            ASSERT_LE(want_max[i], sum + 1e-6) << "slot " << i;
+            ASSERT_GE(want_max[i], sum / n_votes - 1e-6) << "slot " << i;
+          }
+          n_above_start += want_max[i] > start;
+        }
+        EXPECT_GT(n_above_start, 0) << "some probability must exceed the start";
+      }
     }
   });
 }

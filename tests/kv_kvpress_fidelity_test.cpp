@@ -54,6 +54,11 @@
 // - StreamingLLM: both keep the first n_sink tokens and the most recent ones: the sets must be identical.
 // - The budget: kvpress keeps int(n * (1 - compression_ratio)); the golden's ratio is chosen so that this is
 //   exactly `budget`, the engine's budget=N.
+// - Expected Attention: both gather the queries past the 4 sinks before RoPE (kvpress recomputes them from the
+//   layer's input, the engine keeps the forward's own), average the RoPE rotation of the next 512 positions, and
+//   score exp(mu.k / sqrt(d) + k^T Sigma k / (2d)), softmax over the non-sink keys, mean over the group, times |v|.
+//   The engine accumulates the covariance's outer products in f32 per chunk (policy.h, KvQueryStats) and its
+//   logits in f32: only near ties at the cut can flip. KVzip is not compared (scripts/gen_kvpress_goldens.py).
 // - Knorm (KnormPress) has no engine counterpart and is not compared.
 // - SmolLM2 only: kvpress leaves Gemma 3's sliding-window layers alone (in Gemma3ForConditionalGeneration; the
 //   text-only Gemma3ForCausalLM is not among its supported models), while the engine's policy covers every layer
@@ -82,9 +87,9 @@ namespace {
 
 using nlohmann::json;
 
-json load_golden() {
-  std::ifstream in(test::golden_dir() + "/kvpress/smollm2.json");
-  EXPECT_TRUE(in.good()) << "missing golden tests/golden/kvpress/smollm2.json";
+json load_golden(const std::string& name = "smollm2.json") {
+  std::ifstream in(test::golden_dir() + "/kvpress/" + name);
+  EXPECT_TRUE(in.good()) << "missing golden tests/golden/kvpress/" << name;
   return json::parse(in);
 }
 
@@ -156,6 +161,7 @@ class KvpressFidelity : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(test::smollm2_path())) return;  // each test reports the missing model
     gold_ = new json(load_golden());
+    gold_query_agnostic_ = new json(load_golden("smollm2_query_agnostic.json"));
     model_ = Model::load(test::smollm2_path()).release();
     tok_ = Tokenizer::from_gguf(model_->file()).release();
     pool_ = new ThreadPool(2);
@@ -165,15 +171,16 @@ class KvpressFidelity : public ::testing::Test {
     delete tok_;
     delete model_;
     delete gold_;
+    delete gold_query_agnostic_;
   }
 
   // Runs every prompt of the press through the engine and compares. window_on_top: the method keeps its window of
   // window_size tokens on top of kvpress's n_kept (PyramidKV's paper). same_across_heads: every kv-head of a layer
-  // must keep one set (TOVA).
+  // must keep one set (TOVA). golden: the file the press is in (null: smollm2.json).
   void check_press(const std::string& press, const Thresholds& th, bool window_on_top = false,
-                   bool same_across_heads = false) {
+                   bool same_across_heads = false, const json* golden = nullptr) {
     LONGCTX_REQUIRE_MODEL(test::smollm2_path());
-    const json& gold = *gold_;
+    const json& gold = golden != nullptr ? *golden : *gold_;
     const int32_t n_layer = model_->config().n_layer, n_head_kv = model_->config().n_head_kv;
     ASSERT_EQ(gold["model"]["n_layer"].get<int32_t>(), n_layer);
     ASSERT_EQ(gold["model"]["n_head_kv"].get<int32_t>(), n_head_kv);
@@ -300,12 +307,14 @@ class KvpressFidelity : public ::testing::Test {
   }
 
   static json* gold_;
+  static json* gold_query_agnostic_;  // smollm2_query_agnostic.json (--set query_agnostic)
   static Model* model_;
   static Tokenizer* tok_;
   static ThreadPool* pool_;
 };
 
 json* KvpressFidelity::gold_ = nullptr;
+json* KvpressFidelity::gold_query_agnostic_ = nullptr;
 Model* KvpressFidelity::model_ = nullptr;
 Tokenizer* KvpressFidelity::tok_ = nullptr;
 ThreadPool* KvpressFidelity::pool_ = nullptr;
@@ -327,6 +336,12 @@ TEST_F(KvpressFidelity, ChunkKV) { check_press("chunkkv", kChunks, false, /*same
 
 // Each layer's budget shared among its kv-heads by SnapKV's scores, after the safeguard.
 TEST_F(KvpressFidelity, AdaKV) { check_press("adakv", kAdaptive); }
+
+// Query-agnostic: the prompt's query statistics, turned to the next 512 positions, against every key; the sinks and
+// the top by expected attention times the value's norm (tests/golden/kvpress/smollm2_query_agnostic.json).
+TEST_F(KvpressFidelity, ExpectedAttention) {
+  check_press("expected", kScored, false, false, gold_query_agnostic_);
+}
 
 }  // namespace
 }  // namespace longctx

@@ -24,7 +24,8 @@ std::string error_of(const std::string& spec) {
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 TEST(KvPolicyRegistry, EveryComponentOfEveryKindIsRegistered) {
-  for (const char* name : {"streaming", "h2o", "snapkv", "chunkkv", "tova", "pyramid", "heads", "adakv", "full", "kivi"})
+  for (const char* name : {"streaming", "h2o", "snapkv", "chunkkv", "tova", "kvzip", "expected", "pyramid", "heads",
+                           "adakv", "full", "kivi"})
     EXPECT_NE(find_kv_component(name), nullptr) << name;
   EXPECT_EQ(find_kv_component("snapkvv"), nullptr);
   int n_kind[3] = {0, 0, 0};
@@ -33,7 +34,7 @@ TEST(KvPolicyRegistry, EveryComponentOfEveryKindIsRegistered) {
     EXPECT_FALSE(c.help.empty()) << c.name;
     EXPECT_NE(c.apply, nullptr) << c.name;
   }
-  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::TokenPolicy)], 5);
+  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::TokenPolicy)], 7);
   EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::BudgetShape)], 3);
   EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::Format)], 2);
 }

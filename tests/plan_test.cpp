@@ -17,6 +17,7 @@
 #include "kv/policy.h"
 #include "model/model.h"
 #include "plan/cost_model.h"
+#include "plan/kernel_rates_json.h"
 #include "plan/kv_footprint.h"
 #include "plan/plan_arch.h"
 #include "plan/probe.h"
@@ -280,6 +281,80 @@ TEST(PlanValidation, H200AgainstBenchmarks) {
     EXPECT_LE(std::abs(rel_err(pc.seconds, c["seconds"])), 0.15) << "predicted " << pc.seconds << " s";
     // The benchmark's FLOP count is the model's.
     EXPECT_LE(std::abs(rel_err((pc.matmul_flops + pc.attention_flops) / c["seconds"].get<double>() / 1e12, c["tflops"])), 0.02);
+  }
+}
+
+// The kernel rates survive their JSON form, and a measurement with a part missing is refused by name.
+TEST(PlanKernelRates, JsonRoundTripAndErrors) {
+  plan::KernelRates k;
+  k.n_threads = 2;
+  k.copy_bandwidth = 2.5e10;
+  k.gemv_bytes_per_s[GgmlType::Q4_1] = 1.1e10;
+  k.gemm_flops[GgmlType::Q8_0] = 3e11;
+  k.attention_read_bytes_per_s[KvFormat::Kivi2] = 9e9;
+  k.matmul_call_s = 2e-6;
+  k.attention_call_s = 3e-6;
+  k.attention_flops = 1e11;
+  k.layer_overhead_s = 4e-6;
+  k.prefill_row_overhead_s = 5e-7;
+  const plan::KernelRates back = plan::kernel_rates_from_json(plan::kernel_rates_to_json(k));
+  EXPECT_EQ(back.n_threads, 2);
+  EXPECT_EQ(back.copy_bandwidth, k.copy_bandwidth);
+  EXPECT_EQ(back.gemv_bytes_per_s, k.gemv_bytes_per_s);
+  EXPECT_EQ(back.gemm_flops, k.gemm_flops);
+  EXPECT_EQ(back.attention_read_bytes_per_s, k.attention_read_bytes_per_s);
+  EXPECT_EQ(back.prefill_row_overhead_s, k.prefill_row_overhead_s);
+  json j = plan::kernel_rates_to_json(k);
+  j.erase("attention_call_s");
+  EXPECT_THROW(plan::kernel_rates_from_json(j), Error);
+  j = plan::kernel_rates_to_json(k);
+  j["gemm_flops"]["Q9_9"] = 1.0;
+  EXPECT_THROW(plan::kernel_rates_from_json(j), Error);
+}
+
+// `longctx bench` on a CPU beside the plan's probes of the same kernels in the same run
+// (scripts/plan_golden_cpu.py, tests/golden/plan/cpu_measured.json): the plan predicts every case from those
+// probes and the real GGUF's tensors. Decode (tg, the mean over its steps) and prefill (pp) within 15% of the
+// median measured, the KV bytes a decode step reads within 2% of what bench counted in the store.
+TEST(PlanValidation, CpuAgainstBench) {
+  const json g = load_golden("cpu_measured.json");
+  ASSERT_TRUE(g.contains("models") && !g["models"].empty());
+  for (const json& m : g["models"]) {
+    const std::string path = test::model_dir() + "/" + m["file"].get<std::string>();
+    LONGCTX_REQUIRE_MODEL(path);
+    const auto model = Model::load(path);
+    const plan::PlanArch a = plan::plan_arch_from_model(*model, m["file"]);
+    const plan::DeviceSpec d = plan::measured_cpu(plan::kernel_rates_from_json(m["probes"]), 0);
+    for (const json& c : m["cases"]) {
+      SCOPED_TRACE(m["file"].get<std::string>() + " " + c["kv_spec"].get<std::string>() + " " +
+                   c["test"].get<std::string>() + " @ " + std::to_string(c["depth"].get<int64_t>()));
+      auto policy = kv::make_kv_policy(c["kv_spec"], a.n_layer, a.n_head_kv);
+      const int64_t depth = c["depth"];
+      if (c["test"].get<std::string>().rfind("tg", 0) == 0) {
+        const int64_t n_gen = c["n_gen"];
+        // Step i reads the cache after the fill and i + 1 generated tokens (its own included).
+        double seconds = 0;
+        for (int64_t i = 0; i < n_gen; ++i) {
+          const plan::KvFootprint fp = plan::kv_footprint(a, *policy, depth, i + 1);
+          seconds += plan::decode_cost(a, d, fp, 1, policy->wants_decode_scores()).seconds;
+        }
+        const double predicted = static_cast<double>(n_gen) / seconds;
+        EXPECT_LE(std::abs(rel_err(predicted, c["tokens_per_s"])), 0.15) << "predicted " << predicted << " tok/s";
+        // bench counts the mean of its first and last steps' reads.
+        const double read = 0.5 * static_cast<double>(plan::kv_footprint(a, *policy, depth, 1).read_bytes +
+                                                      plan::kv_footprint(a, *policy, depth, n_gen).read_bytes);
+        if (c["kv_bytes_per_token"].get<double>() > 0)
+          EXPECT_LE(std::abs(rel_err(read, c["kv_bytes_per_token"])), 0.02) << "predicted " << read << " bytes";
+        else
+          EXPECT_LE(read, 64.0 * a.n_layer * a.n_head_kv * a.head_dim * 4) << "an empty cache reads at most a page";
+        EXPECT_LE(std::abs(rel_err(static_cast<double>(a.weight_bytes_per_token()), c["weight_bytes_per_token"])), 0.02);
+      } else {
+        const plan::KvFootprint before = plan::kv_footprint(a, *policy, depth, 0);
+        const plan::PrefillCost pc = plan::prefill_cost(a, d, c["n_prompt"].get<int64_t>(), before.slots);
+        const double predicted = c["n_prompt"].get<double>() / pc.seconds;
+        EXPECT_LE(std::abs(rel_err(predicted, c["tokens_per_s"])), 0.15) << "predicted " << predicted << " tok/s";
+      }
+    }
   }
 }
 

@@ -338,10 +338,15 @@ class BenchRunner {
   void prefill(int32_t first_pos, int32_t n, bool want_logits, WindowExpiry expiry) {
     const ModelConfig& c = model_.config();
     const int32_t n_batch = forward_.n_batch();
+    if (policy_.reconstruction().chunk > 0)
+      fail("bench does not run KVzip's reconstruction pass after prefill; measure kvzip with `longctx run` or `eval`");
     const int32_t score_from = policy_.prefill_score_from(first_pos + n);
-    const bool want_scores = score_from != INT_MAX;
+    const int32_t query_stats_from = policy_.prefill_query_stats_from(first_pos + n);
+    const bool want_scores = score_from != INT_MAX || query_stats_from != INT_MAX;
     scores_.first_pos = INT_MAX;
-    if (want_scores) {
+    scores_.queries.first_pos = query_stats_from;
+    if (query_stats_from != INT_MAX) scores_.queries.reset(c.n_layer, c.n_head, c.head_dim);
+    if (score_from != INT_MAX) {
       scores_.reset(c.n_layer, c.n_head_kv, n_ctx_, n_ctx_);
       scores_.first_pos = score_from;
     }
@@ -356,10 +361,11 @@ class BenchRunner {
       std::vector<int32_t> rows;
       if (want_logits && start + len == n) rows.push_back(len - 1);
       forward_.run(*seq_, ids.data(), positions.data(), len, rows, logits_.data(), want_scores ? &scores_ : nullptr);
-      const bool scores_pending = want_scores && first_pos + start + len > score_from;
+      const bool scores_pending = score_from != INT_MAX && first_pos + start + len > score_from;
       if (expiry == WindowExpiry::kOn && !scores_pending) kv_expire_window(c, *seq_, policy_, first_pos + start + len);
     }
     if (n > 0) policy_.after_prefill(*seq_, scores_);
+    scores_.queries.first_pos = INT_MAX;  // gathered for this prompt only
     if (expiry == WindowExpiry::kOn) kv_expire_window(c, *seq_, policy_, first_pos + n);
     seq_->seal_full_pages();
     seq_->set_auto_seal(true);

@@ -36,6 +36,9 @@ CLI::App* add_eval_subcommand(CLI::App& app, eval::EvalOptions& o) {
       ->transform(CLI::CheckedTransformer(styles, CLI::ignore_case));
   static const std::map<std::string, eval::ProgressMode> modes{{"bar", eval::ProgressMode::Bar},
                                                                 {"off", eval::ProgressMode::Off}};
+  e->add_flag("--question-after-compress", o.question_after_compress,
+              "Compress the cache after the context, before the question is read (query-agnostic: a cached "
+              "document serving questions not yet asked)");
   e->add_option("--progress", o.progress, "bar or off")->transform(CLI::CheckedTransformer(modes, CLI::ignore_case));
   return e;
 }

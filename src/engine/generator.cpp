@@ -93,7 +93,10 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
   geo.n_recent_full_precision = policy.n_recent_full_precision();
   // The full cache of n_ctx tokens in the open format, plus a slab of every format per head for the
   // transitions between them: the most it may hold.
-  const size_t pages_per_head = (static_cast<size_t>(params.n_ctx) + geo.page_tokens - 1) / geo.page_tokens;
+  // KVzip's reconstruction pass (kv::KvReconstruction) appends up to a chunk and its instruction for a while.
+  const kv::KvReconstruction rec = policy.reconstruction();
+  const size_t n_tokens_most = static_cast<size_t>(params.n_ctx) + (rec.chunk > 0 ? rec.chunk + rec.n_overlap + 256 : 0);
+  const size_t pages_per_head = (n_tokens_most + geo.page_tokens - 1) / geo.page_tokens;
   const size_t max_bytes = (pages_per_head + 2 * 64) * c.n_layer * c.n_head_kv *
                            cpu::kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim);
   pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, max_bytes);
@@ -122,7 +125,8 @@ bool Generator::context_has_room(int32_t pos) const {
 void Generator::note_peak() { peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total()); }
 
 void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
-                        const std::vector<int32_t>& logit_positions, std::vector<float>& logits, bool apply_policy) {
+                        const std::vector<int32_t>& logit_positions, std::vector<float>& logits, bool apply_policy,
+                        int32_t n_compressed) {
   const int32_t n = static_cast<int32_t>(prompt.size());
   const ModelConfig& c = model_.config();
   const int32_t n_vocab = c.n_vocab;
@@ -130,17 +134,23 @@ void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on
   if (n > params_.n_ctx)
     fail("the prompt has {} tokens, more than the context of {} (--ctx); raise --ctx or shorten the prompt", n,
          params_.n_ctx);
+  // The policy compresses the first m tokens; the rest are read after it, over the compressed cache.
+  const int32_t m = n_compressed > 0 ? n_compressed : n;
+  if (m > n) fail("internal: {} tokens to compress of a prompt of {}", m, n);
   seq_->clear();
   policy_.reset();
   seq_->set_auto_seal(false);  // token selection runs on unpacked pages; packing follows it
   peak_bytes_ = 0;
   scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, params_.n_ctx);
-  scores_.first_pos = apply_policy ? policy_.prefill_score_from(n) : INT_MAX;
+  scores_.reduce = cpu::ScoreReduce::Sum;
+  scores_.first_pos = apply_policy ? policy_.prefill_score_from(m) : INT_MAX;
+  scores_.queries.first_pos = apply_policy ? policy_.prefill_query_stats_from(m) : INT_MAX;
+  if (scores_.queries.wanted()) scores_.queries.reset(c.n_layer, c.n_head, c.head_dim);
   logits.assign(logit_positions.size() * static_cast<size_t>(n_vocab), 0.0f);
   std::vector<int32_t> positions(static_cast<size_t>(params_.n_batch));
   std::vector<float> chunk_logits;
-  for (int32_t start = 0; start < n; start += params_.n_batch) {
-    const int32_t len = std::min(params_.n_batch, n - start);
+  // Runs prompt tokens [start, start + len) and copies out the logits asked for among them.
+  auto run_chunk = [&](int32_t start, int32_t len) {
     for (int32_t i = 0; i < len; ++i) positions[static_cast<size_t>(i)] = start + i;
     std::vector<int32_t> rows;
     std::vector<size_t> dest;
@@ -149,30 +159,92 @@ void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on
         rows.push_back(logit_positions[j] - start);
         dest.push_back(j);
       }
-    const bool compress_now = apply_policy && params_.prefill_compress && start + len < n;
+    chunk_logits.resize(rows.size() * static_cast<size_t>(n_vocab));
+    forward_.run(*seq_, prompt.data() + start, positions.data(), len, rows, chunk_logits.data(), &scores_);
+    note_peak();
+    for (size_t r = 0; r < rows.size(); ++r)
+      std::memcpy(logits.data() + dest[r] * n_vocab, chunk_logits.data() + r * n_vocab, n_vocab * sizeof(float));
+  };
+  for (int32_t start = 0; start < m; start += params_.n_batch) {
+    const int32_t len = std::min(params_.n_batch, m - start);
+    const bool compress_now = apply_policy && params_.prefill_compress && start + len < m;
     if (compress_now) {
       // Each chunk is scored as if the prompt ended with it.
       scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, seq_->n_tokens_max() + len);
       scores_.first_pos = policy_.prefill_score_from(start + len);
     } else if (apply_policy && params_.prefill_compress) {
       scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, seq_->n_tokens_max() + len);
-      scores_.first_pos = policy_.prefill_score_from(n);
+      scores_.first_pos = policy_.prefill_score_from(m);
     }
-    chunk_logits.resize(rows.size() * static_cast<size_t>(n_vocab));
-    forward_.run(*seq_, prompt.data() + start, positions.data(), len, rows, chunk_logits.data(), &scores_);
-    note_peak();
+    run_chunk(start, len);
     if (compress_now) policy_.after_prefill_chunk(*seq_, scores_);
     // Sliding-window expiry renumbers slots, so it waits while scores for the policy are still being gathered.
     const bool scores_pending = scores_.wanted() && start + len > scores_.first_pos && !compress_now;
     if (!scores_pending) kv_expire_window(c, *seq_, policy_, start + len);
-    for (size_t r = 0; r < rows.size(); ++r)
-      std::memcpy(logits.data() + dest[r] * n_vocab, chunk_logits.data() + r * n_vocab, n_vocab * sizeof(float));
     if (on_progress) on_progress(start + len, n);
   }
-  if (apply_policy) policy_.after_prefill(*seq_, scores_);
-  kv_expire_window(c, *seq_, policy_, n);
+  if (apply_policy) {
+    if (policy_.reconstruction().chunk > 0) reconstruct(prompt, m);
+    policy_.after_prefill(*seq_, scores_);
+  }
+  kv_expire_window(c, *seq_, policy_, m);
+  // The rest of the prompt (a question asked after the context was compressed): read, never scored.
+  scores_.first_pos = INT_MAX;
+  scores_.queries.first_pos = INT_MAX;
+  for (int32_t start = m; start < n; start += params_.n_batch) {
+    const int32_t len = std::min(params_.n_batch, n - start);
+    run_chunk(start, len);
+    kv_expire_window(c, *seq_, policy_, start + len);
+    if (on_progress) on_progress(start + len, n);
+  }
   seq_->seal_full_pages();
   seq_->set_auto_seal(true);
+}
+
+void Generator::reconstruct(const std::vector<int32_t>& prompt, int32_t m) {
+  const ModelConfig& c = model_.config();
+  const kv::KvReconstruction rec = policy_.reconstruction();
+  const std::vector<int32_t> first = tok_.encode(rec.first_instruction, false, false);
+  const std::vector<int32_t> next = tok_.encode(rec.next_instruction, false, false);
+  // The text is repeated, not the bos that starts it.
+  const int32_t from = (m > 1 && prompt[0] == tok_.bos()) ? 1 : 0;
+  const int32_t n_extra_max = static_cast<int32_t>(std::max(first.size(), next.size() + rec.n_overlap)) + rec.chunk;
+  // Every reconstruction query votes, each slot keeping the most any of them paid it.
+  scores_.reset(c.n_layer, c.n_head_kv, m + n_extra_max, m + n_extra_max);
+  scores_.first_pos = m;
+  scores_.reduce = cpu::ScoreReduce::Max;
+  scores_.queries.first_pos = INT_MAX;
+  std::vector<int32_t> ids, positions;
+  std::vector<int32_t> gone;
+  for (int32_t c0 = from; c0 < m; c0 += rec.chunk) {
+    const int32_t c1 = std::min(m, c0 + rec.chunk);
+    if (c0 == from) {
+      ids = first;
+    } else {
+      ids = next;
+      ids.insert(ids.end(), prompt.begin() + std::max(from, c0 - rec.n_overlap), prompt.begin() + c0);
+    }
+    ids.insert(ids.end(), prompt.begin() + c0, prompt.begin() + c1);
+    const int32_t n_ids = static_cast<int32_t>(ids.size());
+    positions.resize(static_cast<size_t>(n_ids));
+    for (int32_t i = 0; i < n_ids; ++i) positions[static_cast<size_t>(i)] = m + i;
+    for (int32_t s0 = 0; s0 < n_ids; s0 += params_.n_batch) {
+      const int32_t len = std::min(params_.n_batch, n_ids - s0);
+      forward_.run(*seq_, ids.data() + s0, positions.data() + s0, len, {}, nullptr, &scores_);
+      note_peak();
+    }
+    // The reconstruction's own tokens leave the cache: they sit after every prompt slot (positions >= m).
+    for (int32_t l = 0; l < c.n_layer; ++l)
+      for (int32_t g = 0; g < c.n_head_kv; ++g) {
+        const kv::KvHeadCache& h = seq_->head(l, g);
+        const int32_t n_before = h.n_tokens();
+        gone.clear();
+        for (int32_t s = n_before; s-- > 0 && h.positions[static_cast<size_t>(s)] >= m;) gone.push_back(s);
+        std::reverse(gone.begin(), gone.end());
+        seq_->remove_slots(l, g, gone);
+        policy_.on_slots_removed(l, g, n_before, gone);
+      }
+  }
 }
 
 std::vector<float> Generator::prompt_logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& positions) {
@@ -237,13 +309,13 @@ ScoreStats Generator::score_continuation(const std::vector<int32_t>& prefix, con
 }
 
 GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const TextFn& on_text,
-                                  const ProgressFn& on_progress) {
+                                  const ProgressFn& on_progress, int32_t n_compressed) {
   GenerateStats st;
   const int32_t n_vocab = model_.config().n_vocab;
   st.n_prompt = static_cast<int32_t>(prompt.size());
   std::vector<float> logits;
   auto t0 = std::chrono::steady_clock::now();
-  prefill(prompt, on_progress, {st.n_prompt - 1}, logits, /*apply_policy=*/true);
+  prefill(prompt, on_progress, {st.n_prompt - 1}, logits, /*apply_policy=*/true, n_compressed);
   st.prefill_seconds = seconds_since(t0);
 
   Sampler sampler(params_.sampling);

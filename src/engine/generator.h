@@ -83,8 +83,11 @@ class Generator {
   Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool, kv::KvPolicy& policy,
             const GenerateParams& params);
 
-  // Throws Error when the prompt is empty or does not fit in n_ctx.
-  GenerateStats generate(const std::vector<int32_t>& prompt, const TextFn& on_text, const ProgressFn& on_progress);
+  // Throws Error when the prompt is empty or does not fit in n_ctx. n_compressed > 0: the policy compresses the
+  // cache after the first n_compressed prompt tokens (a document cached before the question is known), and the
+  // rest of the prompt (the question) is read over the compressed cache; 0: after the whole prompt.
+  GenerateStats generate(const std::vector<int32_t>& prompt, const TextFn& on_text, const ProgressFn& on_progress,
+                         int32_t n_compressed = 0);
 
   // Prefill only: returns the logits of every listed prompt position (rows, n_vocab), for tests and eval.
   std::vector<float> prompt_logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& positions);
@@ -101,9 +104,15 @@ class Generator {
  private:
   // Runs prompt tokens [0, n) in chunks; returns the logits of the last one.
   // With apply_policy, the policy sees the prompt's attention and cuts the cache (at the end, or after every
-  // chunk with prefill_compress).
+  // chunk with prefill_compress); n_compressed > 0 moves that end to the first n_compressed tokens, the rest being
+  // read afterwards, unscored, over the compressed cache.
   void prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
-               const std::vector<int32_t>& logit_positions, std::vector<float>& logits, bool apply_policy);
+               const std::vector<int32_t>& logit_positions, std::vector<float>& logits, bool apply_policy,
+               int32_t n_compressed = 0);
+  // KVzip's reconstruction pass (kv::KvReconstruction) over the first m prompt tokens, all cached: leaves in
+  // scores_ the most attention any reconstruction query paid each slot, and the cache as it was. Costs one more
+  // forward over about m tokens (each query attending to the m cached ones and its chunk), plus the score pass.
+  void reconstruct(const std::vector<int32_t>& prompt, int32_t m);
   void note_peak();
   // Whether a token at original position pos may still be run: its position as the model sees it, the original one
   // or (in-cache positions) the count of tokens cached before it, must be inside the context.

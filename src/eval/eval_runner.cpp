@@ -71,6 +71,7 @@ class Progress {
 struct Prompt {
   std::vector<int32_t> tokens;
   std::vector<int32_t> continuation;  // ppl only
+  int32_t n_compressed = 0;           // question_after_compress: the tokens before the question; 0: all
 };
 
 struct CaseResult {
@@ -302,7 +303,18 @@ EvalReport run_eval(const EvalOptions& o) {
             for (int iter = 0; iter < 12; ++iter) {
               cp.n_context_tokens = budget;
               b.c = make_case(t, len, d, seed, haystack, count, cp);
-              b.p.tokens = tok->encode(wrap(b.c), tok->add_bos(), /*parse_special=*/chat);
+              const std::string text = wrap(b.c);
+              if (o.question_after_compress) {
+                // Split where the question starts: what comes before it is compressed before it is read.
+                const size_t at = text.rfind(b.c.question);
+                if (at == std::string::npos) fail("internal: the question is not in the {} prompt", task_name(t));
+                b.p.tokens = tok->encode(text.substr(0, at), tok->add_bos(), /*parse_special=*/chat);
+                b.p.n_compressed = static_cast<int32_t>(b.p.tokens.size());
+                const std::vector<int32_t> rest = tok->encode(text.substr(at), false, /*parse_special=*/chat);
+                b.p.tokens.insert(b.p.tokens.end(), rest.begin(), rest.end());
+              } else {
+                b.p.tokens = tok->encode(text, tok->add_bos(), /*parse_special=*/chat);
+              }
               const int32_t excess = static_cast<int32_t>(b.p.tokens.size()) + o.n_predict - len;
               if (excess <= 0) {
                 if (!fits || b.p.tokens.size() > best.p.tokens.size()) best = b;
@@ -337,6 +349,7 @@ EvalReport run_eval(const EvalOptions& o) {
   meta["n_predict"] = o.n_predict;
   meta["n_score"] = o.n_score;
   meta["n_threads"] = n_threads;
+  meta["question_after_compress"] = o.question_after_compress;
 
   const int32_t n_runs = static_cast<int32_t>(built.size() * o.kv_specs.size());
   int64_t n_work = 0;
@@ -387,7 +400,8 @@ EvalReport run_eval(const EvalOptions& o) {
         r.kv_bytes_per_token = static_cast<double>(r.kv_bytes) / std::max(1, n_prompt + st.n_scored - 1);
       } else {
         std::string answer;
-        GenerateStats st = gen.generate(b.p.tokens, [&](std::string_view s) { answer += s; return true; }, on_progress);
+        GenerateStats st = gen.generate(b.p.tokens, [&](std::string_view s) { answer += s; return true; }, on_progress,
+                                        b.p.n_compressed);
         r.got = answer;
         r.correct = score_answer(b.c.expected, answer);
         r.n_prompt = st.n_prompt;

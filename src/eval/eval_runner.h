@@ -33,6 +33,10 @@ struct EvalOptions {
   int32_t n_batch = 256;
   PromptStyle style = PromptStyle::Auto;
   ProgressMode progress = ProgressMode::Bar;
+  // Query-agnostic compression: the prompt up to the question is prefilled and compressed, then the question is
+  // read over the compressed cache and answered (a cached document serving questions not yet asked). ppl cases
+  // are unaffected.
+  bool question_after_compress = false;
 };
 
 // One line of the summary: a policy over all lengths (or one length).

@@ -38,6 +38,18 @@ int32_t ComposedPolicy::prefill_score_from(int32_t n_prompt) const {
   return from;
 }
 
+int32_t ComposedPolicy::prefill_query_stats_from(int32_t n_prompt) const {
+  int32_t from = INT_MAX;
+  for (const auto& r : rankers_) from = std::min(from, r->prefill_query_stats_from(n_prompt));
+  return from;
+}
+
+KvReconstruction ComposedPolicy::reconstruction() const {
+  for (const auto& r : rankers_)
+    if (KvReconstruction rec = r->reconstruction(); rec.chunk > 0) return rec;
+  return {};
+}
+
 int32_t ComposedPolicy::n_recent_full_precision() const {
   return kv_format_is_packed(sealed_) ? n_recent_full_precision_ : 0;
 }
@@ -106,6 +118,29 @@ std::vector<int32_t> ComposedPolicy::layer_budgets(const KvSequence& seq, const 
 
 void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step) {
   const int32_t n_layer = static_cast<int32_t>(plans_.size()) / n_head_kv_;
+  // Budgets a ranker shares over all the heads it manages (KVzip's non-uniform heads), at prefill end: the sum of
+  // their plans' budgets, divided by the ranker from every head's scores. -1: the plan's own.
+  std::vector<int32_t> shared_budget(plans_.size(), -1);
+  if (step == Step::PrefillEnd && scores.wanted())
+    for (const auto& r : rankers_) {
+      if (!r->shares_budget()) continue;
+      std::vector<size_t> heads;
+      std::vector<const std::vector<int32_t>*> positions;
+      std::vector<const float*> head_scores;
+      int64_t total = 0;
+      for (int32_t l = 0; l < n_layer; ++l)
+        for (int32_t g = 0; g < n_head_kv_; ++g) {
+          const HeadPlan& plan = plans_[index(l, g)];
+          if (plan.ranker != r.get() || plan.budget == kKeepAll || plan.dropped != KvDropped::Forgotten) continue;
+          heads.push_back(index(l, g));
+          positions.push_back(&seq.head(l, g).positions);
+          head_scores.push_back(scores.head(l, g));
+          total += plan.budget;
+        }
+      const std::vector<int32_t> budgets = r->share_budget(positions, head_scores, total);
+      if (budgets.size() != heads.size()) fail("internal: {} shared a budget over {} of {} heads", r->describe(), budgets.size(), heads.size());
+      for (size_t i = 0; i < heads.size(); ++i) shared_budget[heads[i]] = budgets[i];
+    }
   for (int32_t l = 0; l < n_layer; ++l) {
     // Decode steps never re-share: the rankers a share governs cut once, at prefill end (or per prefill chunk).
     const std::vector<int32_t> budgets = layer_budgets(seq, step == Step::Decode ? KvScores{} : scores, l);
@@ -130,14 +165,19 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
         const float* s = scores.head(l, g);
         for (int32_t i = 0; i < n; ++i) acc[static_cast<size_t>(i)] += s[i];
       }
-      const int32_t budget = budgets[static_cast<size_t>(g)];
+      const int32_t budget = shared_budget[index(l, g)] >= 0 ? shared_budget[index(l, g)] : budgets[static_cast<size_t>(g)];
       if (budget == kKeepAll) continue;
       const int32_t comp = plan.dropped == KvDropped::Compensated ? find_compensation(seq, l, g) : -1;
       if (n - (comp >= 0) <= budget) continue;
       if (step == Step::Decode && !plan.ranker->evicts_during_decode()) continue;
 
       const float* s = nullptr;
-      if (accumulate) {
+      std::vector<float> own;  // the ranker's own scores of the head's tokens
+      if (plan.ranker->score_from_cache(seq, l, g, scores, own)) {
+        if (static_cast<int32_t>(own.size()) != n)
+          fail("internal: {} scored {} of {} slots", plan.ranker->describe(), own.size(), n);
+        s = own.data();
+      } else if (accumulate) {
         s = acc.data();
       } else if (scores.wanted() && plan.ranker->score_scope() == KvScoreScope::Layer) {
         for (const auto& [r, per_head] : shared)

@@ -56,6 +56,8 @@ class ComposedPolicy final : public KvPolicy {
   KvFormat page_format() const override { return open_; }
   KvFormat sealed_format() const override { return sealed_; }
   int32_t prefill_score_from(int32_t n_prompt) const override;
+  int32_t prefill_query_stats_from(int32_t n_prompt) const override;
+  KvReconstruction reconstruction() const override;
   int32_t n_recent_full_precision() const override;
   void reset() override;
   bool wants_decode_scores() const override;

@@ -10,18 +10,50 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/attention.h"
+#include "backend/cpu/ops.h"
 #include "core/kv_format.h"
+#include "core/thread_pool.h"
 #include "kv/kv_store.h"
 
 namespace longctx::kv {
 
+// The queries of each layer before RoPE, gathered by the forward pass for policies that model the queries still
+// to come (Expected Attention) from those seen: per query head, the count, sum and sum of outer products of the
+// queries at positions >= first_pos (after any q-norm, before RoPE), and the layer's RoPE and attention scale, so
+// that the policy can turn the statistics as the layer turns a query at a given position. INT_MAX: none gathered.
+struct KvQueryStats {
+  struct Layer {
+    int64_t count = 0;
+    std::vector<double> sum;    // (n_head, head_dim)
+    std::vector<double> outer;  // (n_head, head_dim, head_dim): sum of q q^T
+    float rope_base = 0;
+    int32_t n_rot = 0;
+    cpu::RopeOrder rope_order = cpu::RopeOrder::Adjacent;
+    float scale = 1;            // of q·k in the layer's attention
+  };
+  int32_t first_pos = INT_MAX;
+  int32_t n_head = 0, head_dim = 0;
+  std::vector<Layer> layers;  // (n_layer)
+
+  bool wanted() const { return first_pos != INT_MAX; }
+  // Sizes for a model and zeroes every sum.
+  void reset(int32_t n_layer, int32_t n_heads, int32_t dim);
+  // Adds the rows of q: (n_tok, n_head, head_dim) at q_pos (ascending) whose position is >= first_pos, into one
+  // layer's sums.
+  void add(ThreadPool& pool, int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok);
+};
+
 // The attention that queries paid to cached slots, gathered by the forward pass for the policies: per layer,
-// (n_head_kv, stride) probabilities summed over the contributing queries and the query heads of each kv-head.
-// Queries at positions >= first_pos contribute; INT_MAX means no policy asked, and then nothing is computed.
+// (n_head_kv, stride) probabilities reduced (summed, or with reduce Max their maximum taken) over the contributing
+// queries and the query heads of each kv-head. Queries at positions >= first_pos contribute; INT_MAX means no
+// policy asked, and then nothing is computed. `queries` gathers what the queries were, when a policy asks.
 struct KvScores {
   int32_t first_pos = INT_MAX;
   int32_t stride = 0;                     // >= every head's slot count
+  cpu::ScoreReduce reduce = cpu::ScoreReduce::Sum;
   std::vector<std::vector<float>> layers;  // (n_layer) of (n_head_kv, stride)
+  KvQueryStats queries;
 
   bool wanted() const { return first_pos != INT_MAX; }
   const float* head(int32_t layer, int32_t kv_head) const {
@@ -29,6 +61,19 @@ struct KvScores {
   }
   // Sizes for a cache and zeroes the first n_slots of every head.
   void reset(int32_t n_layer, int32_t n_head_kv, int32_t n_stride, int32_t n_slots);
+};
+
+// KVzip's context reconstruction ("KVzip: Query-Agnostic KV Cache Compression with Context Reconstruction"):
+// once the prompt is cached, the engine feeds an instruction and then the prompt's own tokens after it, teacher
+// forced, one chunk of the prompt at a time (each chunk: instruction, for later chunks the last n_overlap tokens
+// of the previous one, then the chunk), gathering the attention those queries pay to the cached prompt with
+// ScoreReduce::Max over every chunk; it removes the chunk's tokens from the cache after each chunk, and hands the
+// scores to after_prefill. chunk == 0: no such pass.
+struct KvReconstruction {
+  int32_t chunk = 0;              // prompt tokens repeated per pass
+  std::string first_instruction;  // text before the first chunk
+  std::string next_instruction;   // text before every later chunk
+  int32_t n_overlap = 0;          // tokens of the previous chunk repeated after next_instruction
 };
 
 // Where the keys of cached tokens sit for attention. Original: at the position each token had in the text, so a
@@ -47,6 +92,11 @@ class KvPolicy {
   virtual KvFormat sealed_format() const { return page_format(); }
   // Queries at positions >= this vote in the prefill scores (n_prompt: the prompt's length); INT_MAX: none.
   virtual int32_t prefill_score_from(int32_t n_prompt) const { return INT_MAX; }
+  // Queries at positions >= this are gathered into the prefill's KvQueryStats; INT_MAX: none.
+  virtual int32_t prefill_query_stats_from(int32_t n_prompt) const { return INT_MAX; }
+  // The pass after prefill that scores the cache by reconstructing the prompt (KvReconstruction); chunk 0: none.
+  // The scores handed to after_prefill are then that pass's, not the prompt's.
+  virtual KvReconstruction reconstruction() const { return {}; }
   // The most recent tokens of every (layer, kv-head) that stay at full precision however the sealed format packs
   // (KIVI's residual window R); 0 when nothing is packed.
   virtual int32_t n_recent_full_precision() const { return 0; }

@@ -14,7 +14,8 @@ const TokenRanker* KvPolicyDraft::add_ranker(std::unique_ptr<TokenRanker> r) {
 const std::vector<KvComponent>& kv_components() {
   static const std::vector<KvComponent> all = {
       kv_component_streaming(), kv_component_h2o(),   kv_component_snapkv(), kv_component_chunkkv(),
-      kv_component_tova(),      kv_component_pyramid(), kv_component_heads(), kv_component_adakv(),
+      kv_component_tova(),      kv_component_kvzip(), kv_component_expected_attention(),
+      kv_component_pyramid(),   kv_component_heads(), kv_component_adakv(),
       kv_component_full(),      kv_component_kivi(),
   };
   return all;

@@ -51,6 +51,8 @@ KvComponent kv_component_h2o();        // policy_h2o.cpp
 KvComponent kv_component_snapkv();     // policy_snapkv.cpp
 KvComponent kv_component_chunkkv();    // policy_chunkkv.cpp
 KvComponent kv_component_tova();       // policy_tova.cpp
+KvComponent kv_component_kvzip();      // policy_kvzip.cpp
+KvComponent kv_component_expected_attention();  // policy_expected_attention.cpp
 KvComponent kv_component_pyramid();    // policy_pyramid.cpp
 KvComponent kv_component_heads();      // policy_heads.cpp
 KvComponent kv_component_adakv();      // policy_adakv.cpp

@@ -42,4 +42,18 @@ std::vector<int32_t> top_slots(const std::vector<int32_t>& candidates, const std
   return c;
 }
 
+std::vector<int32_t> sinks_and_top_slots(const std::vector<int32_t>& positions, const float* scores, int32_t budget,
+                                         int32_t n_sink) {
+  const std::vector<int32_t> order = slots_by_position(positions);
+  const int32_t n = static_cast<int32_t>(order.size());
+  const int32_t n_kept_sinks = std::min({n_sink, n, budget});
+  std::vector<int32_t> keep(order.begin(), order.begin() + n_kept_sinks);
+  const std::vector<int32_t> rest(order.begin() + n_kept_sinks, order.end());
+  const std::vector<float> score(scores, scores + n);
+  const auto top = top_slots(rest, score, budget - n_kept_sinks, positions);
+  keep.insert(keep.end(), top.begin(), top.end());
+  std::sort(keep.begin(), keep.end());
+  return keep;
+}
+
 }  // namespace longctx::kv

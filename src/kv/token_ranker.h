@@ -25,6 +25,17 @@ class TokenRanker {
   virtual int32_t budget() const = 0;
   // Queries at positions >= this vote at prefill end (n_prompt: the prompt's length); INT_MAX: scores unused.
   virtual int32_t prefill_score_from(int32_t n_prompt) const { return INT_MAX; }
+  // Queries at positions >= this are gathered into KvScores::queries (KvPolicy::prefill_query_stats_from).
+  virtual int32_t prefill_query_stats_from(int32_t n_prompt) const { return INT_MAX; }
+  // The reconstruction pass that scores the cache after prefill (KvPolicy::reconstruction); chunk 0: none.
+  virtual KvReconstruction reconstruction() const { return {}; }
+  // A ranker that scores a head's tokens itself, from what the cache holds (keys, values) and what the forward
+  // gathered (query statistics), rather than ranking the gathered attention as it is: fills out (n_slots of the
+  // head) and returns true. The default scores nothing and returns false.
+  virtual bool score_from_cache(const KvSequence& seq, int32_t layer, int32_t kv_head, const KvScores& gathered,
+                                std::vector<float>& out) const {
+    return false;
+  }
   virtual bool wants_decode_scores() const { return false; }
   // Keeps the cache at its budget as decoding goes on (else the cache is cut once, after prefill, and grows).
   virtual bool evicts_during_decode() const { return false; }
@@ -37,6 +48,14 @@ class TokenRanker {
   // Tokens kept on top of the scored selection whatever their scores (SnapKV's observation window). A budget
   // shape gives them to every layer before it shares out the rest (PyramidKV).
   virtual int32_t n_window() const { return 0; }
+  // Whether the heads this ranker manages share one budget at prefill end (KVzip's non-uniform heads): share_budget
+  // then divides `total` tokens among them from their scores, returning each head's budget (its select() gets it).
+  // positions and scores: (n_heads) of each head's (n_slots).
+  virtual bool shares_budget() const { return false; }
+  virtual std::vector<int32_t> share_budget(const std::vector<const std::vector<int32_t>*>& positions,
+                                            const std::vector<const float*>& scores, int64_t total) const {
+    return {};
+  }
   // The slots to keep, sorted ascending, at most `budget` of them. positions: (n_slots); scores: (n_slots),
   // the attention gathered for this head (null when the ranker asks for none).
   virtual std::vector<int32_t> select(const std::vector<int32_t>& positions, const float* scores,
@@ -58,6 +77,12 @@ std::unique_ptr<TokenRanker> make_h2o_ranker(const SpecArgs& args);
 std::unique_ptr<TokenRanker> make_snapkv_ranker(const SpecArgs& args);
 std::unique_ptr<TokenRanker> make_tova_ranker(const SpecArgs& args);
 std::unique_ptr<TokenRanker> make_chunkkv_ranker(const SpecArgs& args);
+std::unique_ptr<TokenRanker> make_kvzip_ranker(const SpecArgs& args);
+std::unique_ptr<TokenRanker> make_expected_attention_ranker(const SpecArgs& args);
+
+// Expected Attention's closed form (policy_expected_attention.cpp): log E[exp(scale q.k)] for q ~ N(mean, cov),
+// = scale mean.k + scale^2 k^T cov k / 2. mean (d), cov (d, d) row-major, k (d).
+double expected_attention_logit(const double* mean, const double* cov, const float* k, int32_t d, double scale);
 
 // Helpers shared by the rankers.
 // Slots sorted by position, ascending.
@@ -71,5 +96,9 @@ std::vector<float> pool_along_positions(const std::vector<int32_t>& order, int32
 // The `count` slots with the highest score among `candidates` (ties to the earlier position), sorted ascending.
 std::vector<int32_t> top_slots(const std::vector<int32_t>& candidates, const std::vector<float>& score, int32_t count,
                                const std::vector<int32_t>& positions);
+// The n_sink earliest tokens (attention sinks) and the (budget - those) highest-scored others, sorted ascending:
+// scores (n_slots).
+std::vector<int32_t> sinks_and_top_slots(const std::vector<int32_t>& positions, const float* scores, int32_t budget,
+                                         int32_t n_sink);
 
 }  // namespace longctx::kv

@@ -163,6 +163,18 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
       cpu::rmsnorm(k_.data(), w.k_norm.data(), k_.data(), n * c.n_head_kv, D, c.rms_eps);
     }
     const float base = local ? c.rope_base_local : c.rope_base;
+    if (scores != nullptr && scores->queries.wanted()) {
+      // The queries before RoPE, for a policy that models the queries to come (Expected Attention).
+      kv::KvQueryStats& qs = scores->queries;
+      if (static_cast<int32_t>(qs.layers.size()) != c.n_layer || qs.n_head != c.n_head || qs.head_dim != D)
+        fail("internal: query statistics sized for {} layers of {} heads of {}", qs.layers.size(), qs.n_head, qs.head_dim);
+      kv::KvQueryStats::Layer& ql = qs.layers[static_cast<size_t>(il)];
+      ql.rope_base = base;
+      ql.n_rot = c.n_rot;
+      ql.rope_order = c.rope_order;
+      ql.scale = c.attn_scale;
+      qs.add(pool_, il, q_.data(), positions, n);
+    }
     cpu::rope(q_.data(), positions, n, c.n_head, D, c.n_rot, base, c.rope_order);
     cpu::rope(k_.data(), positions, n, c.n_head_kv, D, c.n_rot, base, c.rope_order);
     kv.append(il, k_.data(), v_.data(), positions, n);
@@ -184,7 +196,7 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
       if (first_row < n) {
         if (kv.n_tokens_max() > scores->stride) fail("internal: KV scores hold {} slots, the cache {}", scores->stride, kv.n_tokens_max());
         cpu::attention_scores(pool_, ap, q_.data(), positions, n, first_row, view,
-                              scores->layers[static_cast<size_t>(il)].data(), scores->stride);
+                              scores->layers[static_cast<size_t>(il)].data(), scores->stride, scores->reduce);
       }
     }
     matmul(w.wo, attn_.data(), n, out_.data());

@@ -77,7 +77,8 @@ class Forward {
   // Runs n tokens at the given positions, appending their keys and values to `kv`, and writes the logits of the
   // chunk rows listed in logit_rows: logits (logit_rows.size(), n_vocab). n <= n_batch.
   // When scores is given and wanted, the attention of the queries at positions >= scores->first_pos is added
-  // into it, layer by layer, for the KV policy. key_positions InCache (one token at a time only) applies
+  // into it (or max'ed, scores->reduce), layer by layer, for the KV policy; when scores->queries is wanted, the
+  // queries at positions >= its first_pos are added to its statistics, before RoPE. key_positions InCache (one token at a time only) applies
   // StreamingLLM's in-cache positions (KvInCacheRotation); positions stay the tokens' original ones. read, when
   // given, narrows each layer's attention to part of the cache (KvReadFilter).
   void run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,

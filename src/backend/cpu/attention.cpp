@@ -436,7 +436,7 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
 // computed first (page by page, with the attention kernel's tiles), then normalized in two vector passes.
 template <class D>
 void HeadScores(D d, const AttentionParams& p, int32_t h, const float* q, const int32_t* q_pos, int32_t n_tok,
-                int32_t first_row, const KvLayerView& kv, float* acc) {
+                int32_t first_row, const KvLayerView& kv, float* acc, bool take_max) {
   const int32_t dim = p.head_dim, group = p.n_head / p.n_head_kv, pt = kv.page_tokens;
   const KvHeadView& hv = kv.heads[static_cast<size_t>(h / group)];
   const int32_t n = hv.n_tokens;
@@ -485,7 +485,11 @@ void HeadScores(D d, const AttentionParams& p, int32_t h, const float* q, const 
     for (int32_t pi = 0; pi < n_pages; ++pi) {
       const float* Lp = Lr + static_cast<size_t>(pi) * pt;
       const int32_t s0 = hv.slot0[static_cast<size_t>(pi)], nv = hv.page_rows(pi);
-      for (int32_t j = 0; j < nv; ++j) acc[s0 + j] += Lp[j] * inv;
+      if (take_max) {
+        for (int32_t j = 0; j < nv; ++j) acc[s0 + j] = std::max(acc[s0 + j], Lp[j] * inv);
+      } else {
+        for (int32_t j = 0; j < nv; ++j) acc[s0 + j] += Lp[j] * inv;
+      }
     }
   }
 }
@@ -511,21 +515,27 @@ void AttentionImpl(ThreadPool& pool, const AttentionParams& p, const float* q, c
 
 void AttentionScoresImpl(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos,
                          int32_t n_tok, int32_t first_row, const KvLayerView& kv, float* scores,
-                         int32_t n_slots_stride) {
+                         int32_t n_slots_stride, ScoreReduce reduce) {
   if (first_row >= n_tok) return;
+  const bool take_max = reduce == ScoreReduce::Max;
   const int32_t group = p.n_head / p.n_head_kv;
   // One private row of scores per query head, so heads of a group run in parallel; summed per group at the end.
   std::vector<float> per_head(static_cast<size_t>(p.n_head) * n_slots_stride, 0.0f);
   WithLanes(p, kv, [&](auto d) {
     pool.run(p.n_head, [&](int64_t h) {
       HeadScores(d, p, static_cast<int32_t>(h), q, q_pos, n_tok, first_row, kv,
-                 per_head.data() + static_cast<size_t>(h) * n_slots_stride);
+                 per_head.data() + static_cast<size_t>(h) * n_slots_stride, take_max);
     });
   });
   for (int32_t h = 0; h < p.n_head; ++h) {
     float* dst = scores + static_cast<size_t>(h / group) * n_slots_stride;
     const float* src = per_head.data() + static_cast<size_t>(h) * n_slots_stride;
-    for (int32_t j = 0; j < kv.heads[static_cast<size_t>(h / group)].n_tokens; ++j) dst[j] += src[j];
+    const int32_t n = kv.heads[static_cast<size_t>(h / group)].n_tokens;
+    if (take_max) {
+      for (int32_t j = 0; j < n; ++j) dst[j] = std::max(dst[j], src[j]);
+    } else {
+      for (int32_t j = 0; j < n; ++j) dst[j] += src[j];
+    }
   }
 }
 
@@ -570,8 +580,9 @@ void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const
 }
 
 void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
-                      int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride) {
-  HWY_DYNAMIC_DISPATCH(AttentionScoresImpl)(pool, p, q, q_pos, n_tok, first_row, kv, scores, n_slots_stride);
+                      int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride,
+                      ScoreReduce reduce) {
+  HWY_DYNAMIC_DISPATCH(AttentionScoresImpl)(pool, p, q, q_pos, n_tok, first_row, kv, scores, n_slots_stride, reduce);
 }
 
 
@@ -602,7 +613,8 @@ std::vector<double> reference_logits(const AttentionParams& p, const float* qr, 
 }  // namespace
 
 void attention_scores_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
-                                int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride) {
+                                int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride,
+                                ScoreReduce reduce) {
   const int32_t d = p.head_dim;
   const int32_t group = p.n_head / p.n_head_kv;
   for (int32_t h = 0; h < p.n_head; ++h) {
@@ -615,8 +627,10 @@ void attention_scores_reference(const AttentionParams& p, const float* q, const 
       if (mx == -INFINITY) continue;
       double sum = 0;
       for (double l : logit) sum += std::exp(l - mx);
-      for (int32_t j = 0; j < hv.n_tokens; ++j)
-        acc[j] += static_cast<float>(std::exp(logit[static_cast<size_t>(j)] - mx) / sum);
+      for (int32_t j = 0; j < hv.n_tokens; ++j) {
+        const float prob = static_cast<float>(std::exp(logit[static_cast<size_t>(j)] - mx) / sum);
+        acc[j] = reduce == ScoreReduce::Max ? std::max(acc[j], prob) : acc[j] + prob;
+      }
     }
   }
 }

@@ -50,17 +50,24 @@ struct AttentionParams {
 void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                const KvLayerView& kv, float* out);
 
+// How attention_scores folds the probabilities of many queries into one score per slot: their sum (SnapKV's vote,
+// H2O's accumulation), or their maximum (KVzip: a token matters if any query of the reconstruction needs it).
+enum class ScoreReduce { Sum, Max };
+
 // The attention that queries paid to cached tokens, for the token policies (SnapKV's observation window, H2O's
-// accumulation, TOVA): for each chunk row t >= first_row and each query head, the softmax probabilities over the
-// head's visible slots, summed over those rows and over the query heads sharing a kv-head (GQA-aware voting).
-// scores: (n_head_kv, n_slots_stride), accumulated into (not cleared); n_slots_stride >= every head's n_tokens.
-// Costs one more pass of q·k over the selected rows only, and nothing when no policy asks.
+// accumulation, TOVA, KVzip): for each chunk row t >= first_row and each query head, the softmax probabilities over
+// the head's visible slots, reduced over those rows and over the query heads sharing a kv-head (GQA-aware voting):
+// summed, or with ScoreReduce::Max the maximum taken. scores: (n_head_kv, n_slots_stride), accumulated into (not
+// cleared: added to, or max'ed with); n_slots_stride >= every head's n_tokens. Costs one more pass of q·k over the
+// selected rows only, and nothing when no policy asks.
 void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
-                      int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride);
+                      int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride,
+                      ScoreReduce reduce = ScoreReduce::Sum);
 
 // The plain reference of attention_scores: one query head and row at a time, in double.
 void attention_scores_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
-                                int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride);
+                                int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride,
+                                ScoreReduce reduce = ScoreReduce::Sum);
 
 // The plain reference: for every query and head, softmax over all visible keys in one pass, in double.
 void attention_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
