@@ -155,6 +155,7 @@ int calibrate_duo(const CalibrateHeadsOptions& o, const Model& model, ThreadPool
   const ModelConfig& c = model.config();
   eval::DuoCalibrationParams p;
   p.task = eval::parse_task(o.task);
+  eval::check_duo_task(p.task);
   p.length = o.length > 0 ? o.length : 2048;
   p.n_prompts = o.n_prompts;
   p.seed = o.seed;

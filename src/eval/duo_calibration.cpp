@@ -43,10 +43,14 @@ void drop_newest(kv::KvSequence& seq, int32_t n) {
 
 }  // namespace
 
+void check_duo_task(Task t) {
+  if (t == Task::MultiValue || t == Task::Perplexity)
+    fail("duo calibration needs a task with one answer (passkey, needle, multikey, kvret), not {}", task_name(t));
+}
+
 DuoPrompt duo_prompt(const Model& model, const Tokenizer& tok, const DuoCalibrationParams& p, int32_t index,
                      const std::vector<std::string>& haystack) {
-  if (p.task == Task::MultiValue || p.task == Task::Perplexity)
-    fail("duo calibration needs a task with one answer (passkey, needle, multikey, kvret), not {}", task_name(p.task));
+  check_duo_task(p.task);
   if (p.length < 256) fail("duo calibration: a prompt length of {} is too short (at least 256)", p.length);
   // The facts sit at depths spread over [0.1, 0.8] of the context: far enough from its end that a streaming head's
   // recent window does not reach them at the lengths the calibration runs at.

@@ -35,6 +35,9 @@ struct DuoCalibrationParams {
   int32_t n_batch = 256;       // prefill chunk
 };
 
+// Throws Error unless the task's cases ask for one value (passkey, needle, multikey, kvret).
+void check_duo_task(Task t);
+
 // Called after every run: (runs done, runs in all) where a prompt counts 1 + n_layer * n_head_kv runs.
 using DuoProgress = std::function<void(int64_t done, int64_t total)>;
 
