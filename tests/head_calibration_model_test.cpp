@@ -38,6 +38,7 @@ TEST(CalibrateHeads, SmolLM2HasInductionHeads) {
   CalibrateHeadsOptions o;
   o.model = test::smollm2_path();
   o.out = ::testing::TempDir() + "/smollm2_heads.json";
+  o.method = "razor";
   o.length = 48;
   o.count = 9;
   o.n_threads = 2;

@@ -1,6 +1,6 @@
-// `longctx calibrate-heads`, after "RazorAttention: Efficient KV Cache Compression Through Retrieval Heads" (the
-// default method) and "DuoAttention: Efficient Long-Context LLM Inference with Retrieval and Streaming Heads"
-// (--method duo, measured forward-only).
+// `longctx calibrate-heads`, after "DuoAttention: Efficient Long-Context LLM Inference with Retrieval and Streaming
+// Heads" (the default method, measured forward-only) and "RazorAttention: Efficient KV Cache Compression Through
+// Retrieval Heads" (--method razor).
 #include "calibrate_heads_command.h"
 
 #include <CLI/CLI.hpp>
@@ -30,9 +30,10 @@ CLI::App* add_calibrate_heads_subcommand(CLI::App& app, CalibrateHeadsOptions& o
   auto* c = app.add_subcommand(
       "calibrate-heads",
       "Find the retrieval heads and write the roles file for --kv heads:file=FILE. Retrieval heads keep the whole\n"
-      "cache, the others sinks + a window. --method razor (RazorAttention): echo and induction heads on a repeated\n"
-      "random sequence, in seconds. --method duo (DuoAttention, forward-only): each kv-head alone made streaming on\n"
-      "passkey prompts, ranked by how far the answer's logits move; n_layer x n_head_kv runs of the answer per prompt.");
+      "cache, the others sinks + a window. --method duo (the default; DuoAttention, forward-only): each kv-head alone\n"
+      "made streaming on passkey prompts, ranked by how far the answer's logits move; n_layer x n_head_kv runs of the\n"
+      "answer per prompt (minutes). --method razor (RazorAttention): echo and induction heads on a repeated random\n"
+      "sequence (seconds).");
   c->add_option("-m,--model", o.model, "GGUF model file")->required();
   c->add_option("-o,--out", o.out, "Roles file to write (JSON)")->required();
   c->add_option("--method", o.method, "razor or duo")->capture_default_str()->check(CLI::IsMember({"razor", "duo"}));

@@ -21,10 +21,12 @@ class HeadCalibration;
 struct CalibrateHeadsOptions {
   std::string model;
   std::string out;
-  std::string method = "razor";  // razor or duo
+  // duo (the default): on SmolLM2 at 4K its heads kept the full cache's needle/multikey answers in 14 of 14 cases,
+  // razor's at the same count (23 of 90) in 6; razor takes seconds instead of minutes.
+  std::string method = "duo";
   int32_t length = -1;           // razor: tokens in one copy of the random sequence (256); duo: of each prompt (2048)
   uint64_t seed = 1;
-  double fraction = 0.15;        // of all (layer, kv-head), kept by induction score
+  double fraction = 0.15;        // of all (layer, kv-head), kept by induction (razor) or duo score
   int32_t count = -1;            // >= 0: this many by induction score instead of --fraction
   double echo_fraction = 0.01;   // razor: of all heads, kept by echo score besides (at least one when > 0)
   // duo only
