@@ -62,6 +62,10 @@ fi
 printf 'In the beginning God created the heaven and the earth. %.0s' $(seq 1 40) > "$tmp/stream.txt"
 expect_error "stream prefix"  "must exceed --prefix (64)" "$bin" stream-ppl -m "$smol" --text "$tmp/stream.txt" --tokens 10
 expect_error "stream prefix ctx" "the 40-token prefix does not fit the context of 32" "$bin" stream-ppl -m "$smol" --text "$tmp/stream.txt" --tokens 100 --prefix 40 --ctx 32 --kv full
+# calibrate-heads --method duo: a task without one answer, a missing haystack, a prompt too short.
+expect_error "duo task" "needs a task with one answer" "$bin" calibrate-heads --method duo -m "$smol" -o "$tmp/roles.json" --task multivalue
+expect_error "duo haystack" "cannot read the haystack" "$bin" calibrate-heads --method duo -m "$smol" -o "$tmp/roles.json" --task needle --haystack "$tmp/nope.txt"
+expect_error "duo length" "too short" "$bin" calibrate-heads --method duo -m "$smol" -o "$tmp/roles.json" --length 100
 # Found while reading, after the progress line: exit 1 and the error last.
 "$bin" stream-ppl -m "$smol" --text "$tmp/stream.txt" --tokens 60 --prefix 8 --ctx 32 --kv streaming:budget=48 -t 2 > "$tmp/out" 2> "$tmp/err"
 rc=$?
