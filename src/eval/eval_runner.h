@@ -33,6 +33,9 @@ struct EvalOptions {
   int32_t n_batch = 256;
   PromptStyle style = PromptStyle::Auto;
   ProgressMode progress = ProgressMode::Bar;
+  // --spec self[:...]: answers decoded speculatively (lossless: the --kv policies must be the full cache); ppl's
+  // teacher-forced scoring has nothing to draft and runs as without it. Empty: plain decode.
+  std::string spec;
 };
 
 // One line of the summary: a policy over all lengths (or one length).
