@@ -110,6 +110,29 @@ TEST(Speculative, GreedyIsThePlainDecodeOnTheTinyModel) {
   EXPECT_LT(n_accepted, n_drafted);
 }
 
+// decode() repeated on one prefill (bench --spec's use): plain and speculative alternate on the same cache and each
+// gives the plain decode's tokens.
+TEST(Speculative, DecodesRepeatOnOnePrefill) {
+  const auto m = Model::synthetic("tiny:7");
+  ThreadPool pool(2);
+  const auto prompt = random_prompt(400, m->config().n_vocab, 77);
+  const std::vector<int32_t> want = plain_greedy(*m, pool, prompt, 64, 30);
+  SpecParams sp;
+  sp.gamma = 3;
+  sp.draft = "snapkv:budget=128,window=16";
+  SpeculativeGenerator sg(*m, pool, greedy_params(30), sp);
+  std::vector<float> logits;
+  sg.prefill(prompt, {}, logits);
+  const TokenFn all = [](int32_t, StopReason*) { return true; };
+  using Mode = SpeculativeGenerator::DecodeMode;
+  for (Mode mode : {Mode::Plain, Mode::Speculative, Mode::Plain, Mode::Speculative}) {
+    const GenerateStats st = sg.decode(prompt, logits, all, mode);
+    EXPECT_EQ(st.tokens, want) << (mode == Mode::Plain ? "plain" : "speculative");
+    EXPECT_EQ(sg.spec_stats().n_steps > 0 && sg.spec_stats().n_drafted > 0, mode == Mode::Speculative);
+  }
+  EXPECT_EQ(sg.sequence().n_tokens_max(), 400 + 29);  // the last decode's tokens, the final one never run
+}
+
 // The cache's content: every kept row's keys and values as the page codec reads them (f16 -> f32 is one-to-one),
 // positions, page ids and row counts, for every (layer, kv-head).
 uint64_t cache_hash(const kv::KvSequence& kv) {

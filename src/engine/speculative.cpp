@@ -305,6 +305,8 @@ void SpeculativeGenerator::prefill(const std::vector<int32_t>& prompt, const Pro
   }
   view_.select(*seq_, &scores_, n);
   kv_expire_window(c, *seq_, *full_, n);
+  prefilled_ = n;
+  decoded_ = false;
 }
 
 std::vector<int32_t> SpeculativeGenerator::draft(int32_t cur, int32_t pos, int32_t g, Sampler& sampler) {
@@ -334,15 +336,31 @@ std::vector<int32_t> SpeculativeGenerator::draft(int32_t cur, int32_t pos, int32
 
 GenerateStats SpeculativeGenerator::generate_tokens(const std::vector<int32_t>& prompt, const TokenFn& on_token,
                                                     const ProgressFn& on_progress) {
+  std::vector<float> logits;
+  const auto t0 = std::chrono::steady_clock::now();
+  prefill(prompt, on_progress, logits);
+  const double prefill_seconds = seconds_since(t0);
+  GenerateStats st = decode(prompt, logits, on_token, DecodeMode::Speculative);
+  st.prefill_seconds = prefill_seconds;
+  return st;
+}
+
+GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, const std::vector<float>& logits,
+                                           const TokenFn& on_token, DecodeMode mode) {
   GenerateStats st;
   const ModelConfig& c = model_.config();
   const int32_t V = c.n_vocab;
   st.n_prompt = static_cast<int32_t>(prompt.size());
-  std::vector<float> logits;
-  auto t0 = std::chrono::steady_clock::now();
-  prefill(prompt, on_progress, logits);
-  st.prefill_seconds = seconds_since(t0);
-  t0 = std::chrono::steady_clock::now();
+  if (prefilled_ != st.n_prompt) fail("internal: decode() after a prefill of {} tokens, not of this prompt ({})", prefilled_, st.n_prompt);
+  if (decoded_ && c.sliding_window > 0)
+    fail("internal: decoding twice on one prefill needs a model without sliding-window layers (their expired tokens "
+         "do not come back); prefill again");
+  decoded_ = true;
+  truncate(st.n_prompt);                 // back to the prompt: what an earlier decode appended goes
+  view_.select(*seq_, &scores_, st.n_prompt);  // the prompt's selection (slots are the prefill's again)
+  spec_stats_ = SpecStats{};
+  const int64_t read0 = view_.n_tokens_read(), full0 = view_.n_tokens_full();
+  const auto t0 = std::chrono::steady_clock::now();
 
   Sampler sampler(params_.sampling);
   for (int32_t t : prompt) sampler.accept(t);
@@ -381,7 +399,9 @@ GenerateStats SpeculativeGenerator::generate_tokens(const std::vector<int32_t>& 
       break;
     }
     // The step runs positions pos..pos+g, all inside the context, and emits at most g + 1 tokens.
-    const int32_t g = std::min({spec_.gamma, params_.n_ctx - 1 - pos, params_.n_predict - st.n_generated - 1});
+    const int32_t g = mode == DecodeMode::Plain
+                          ? 0
+                          : std::min({spec_.gamma, params_.n_ctx - 1 - pos, params_.n_predict - st.n_generated - 1});
     const std::vector<int32_t> drafts = g > 0 ? draft(cur, pos, g, sampler) : std::vector<int32_t>{};
 
     const auto tv = std::chrono::steady_clock::now();
@@ -435,8 +455,9 @@ GenerateStats SpeculativeGenerator::generate_tokens(const std::vector<int32_t>& 
     kv_expire_window(c, *seq_, *full_, pos);
   }
   st.decode_seconds = seconds_since(t0);
-  if (view_.n_tokens_full() > 0)
-    spec_stats_.draft_read_fraction = static_cast<double>(view_.n_tokens_read()) / view_.n_tokens_full();
+  if (view_.n_tokens_full() > full0)
+    spec_stats_.draft_read_fraction =
+        static_cast<double>(view_.n_tokens_read() - read0) / static_cast<double>(view_.n_tokens_full() - full0);
   st.kv_bytes = seq_->bytes();
   st.kv_full_f16_bytes = seq_->full_f16_bytes(pos);
   st.kv_pool_bytes = pages_->bytes_reserved();

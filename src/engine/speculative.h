@@ -127,6 +127,14 @@ class SpeculativeGenerator {
   // The whole request on tokens: prefill, then speculative steps; stops at n_predict, at the context's end, or when
   // on_token says so. Tokens and their order are the non-speculative decode's under greedy sampling.
   GenerateStats generate_tokens(const std::vector<int32_t>& prompt, const TokenFn& on_token, const ProgressFn& on_progress);
+  // How decode() steps: speculatively, or the plain full-cache decode (one token per forward, no draft), the
+  // reference a benchmark compares against on the same prefilled cache.
+  enum class DecodeMode { Speculative, Plain };
+  // After prefill(prompt, ..., logits): decodes from the prompt's last logits. The cache is first cut back to the
+  // prompt, so several decodes may follow one prefill (not on models with sliding-window layers, whose expired
+  // tokens do not come back: that is refused).
+  GenerateStats decode(const std::vector<int32_t>& prompt, const std::vector<float>& logits, const TokenFn& on_token,
+                       DecodeMode mode);
   // With text out, end-of-generation tokens and stop strings, as Generator::generate.
   GenerateStats generate(const std::vector<int32_t>& prompt, const Tokenizer& tok, const TextFn& on_text,
                          const ProgressFn& on_progress);
@@ -154,6 +162,8 @@ class SpeculativeGenerator {
   std::vector<float> residual_; // (n_vocab)
   SpecStats spec_stats_;
   size_t peak_bytes_ = 0;
+  int32_t prefilled_ = -1;  // the prompt length of the last prefill
+  bool decoded_ = false;    // a decode ran since it
 };
 
 }  // namespace longctx
