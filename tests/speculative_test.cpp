@@ -10,7 +10,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -131,6 +133,111 @@ TEST(Speculative, DecodesRepeatOnOnePrefill) {
     EXPECT_EQ(sg.spec_stats().n_steps > 0 && sg.spec_stats().n_drafted > 0, mode == Mode::Speculative);
   }
   EXPECT_EQ(sg.sequence().n_tokens_max(), 400 + 29);  // the last decode's tokens, the final one never run
+}
+
+// Chi-square's upper quantile at significance 0.001 (Wilson-Hilferty: within 1% for df >= 3).
+double chi_square_critical_001(int32_t df) {
+  const double z = 3.0902, a = 2.0 / (9.0 * df);
+  return df * std::pow(1 - a + z * std::sqrt(a), 3);
+}
+
+// The engine's speculative sampling end to end on the tiny model: the second generated token (the first a
+// speculative step emits; gamma 1, a streaming draft over a quarter of the cache, so q != p) drawn over many seeds on
+// one prefill, among the draws whose first token was the most frequent one, against the verifier's distribution
+// given that first token (a plain full-cache forward). Chi-square at significance 0.001, categories of expected
+// count < 5 pooled.
+TEST(Speculative, SampledTokensFollowTheVerifiersDistribution) {
+  const auto m = Model::synthetic("tiny:7");
+  const ModelConfig& c = m->config();
+  ThreadPool pool(2);
+  const auto prompt = random_prompt(256, c.n_vocab, 21);
+  GenerateParams gp;
+  gp.n_predict = 3;  // t1 from the prompt's logits; one step of gamma 1 emits t2 (and t3 when d1 is accepted)
+  gp.n_ctx = 512;
+  gp.n_batch = 64;
+  gp.sampling.temperature = 0.7f;
+  gp.sampling.top_k = 0;
+  gp.sampling.top_p = 1.0f;
+  gp.sampling.min_p = 0.0f;
+  SpecParams sp;
+  sp.gamma = 1;
+  sp.draft = "streaming:budget=64,sink=4";
+  SpeculativeGenerator sg(*m, pool, gp, sp);
+  std::vector<float> logits;
+  sg.prefill(prompt, {}, logits);
+  const int32_t n_draws = 6000;
+  std::vector<std::pair<int32_t, int32_t>> draws;  // (t1, t2)
+  int64_t n_drafted = 0, n_accepted = 0;
+  for (int32_t i = 0; i < n_draws; ++i) {
+    sg.set_seed(1000 + static_cast<uint64_t>(i));
+    const GenerateStats st = sg.decode(prompt, logits, [](int32_t, StopReason*) { return true; },
+                                       SpeculativeGenerator::DecodeMode::Speculative);
+    ASSERT_GE(st.tokens.size(), 2u);
+    draws.emplace_back(st.tokens[0], st.tokens[1]);
+    n_drafted += sg.spec_stats().n_drafted;
+    n_accepted += sg.spec_stats().n_accepted;
+  }
+  // Both branches of the rule ran.
+  EXPECT_GT(n_accepted, 0);
+  EXPECT_LT(n_accepted, n_drafted);
+  std::vector<int32_t> count1(static_cast<size_t>(c.n_vocab), 0);
+  for (const auto& d : draws) ++count1[static_cast<size_t>(d.first)];
+  const int32_t t1 = static_cast<int32_t>(std::max_element(count1.begin(), count1.end()) - count1.begin());
+  const int64_t n = count1[static_cast<size_t>(t1)];
+  ASSERT_GE(n, 400) << "too few draws share a first token for the test to mean anything";
+
+  // The verifier's distribution of t2 given prompt + t1: a plain forward over a full cache.
+  kv::KvGeometry geo;
+  geo.n_layer = c.n_layer;
+  geo.n_head_kv = c.n_head_kv;
+  geo.head_dim = c.head_dim;
+  kv::KvPagePool pages(geo.page_tokens, geo.head_dim, size_t{1} << 28);
+  kv::KvSequence seq(geo, pages);
+  Forward fwd(*m, pool, 64);
+  std::vector<int32_t> toks = prompt;
+  toks.push_back(t1);
+  std::vector<int32_t> pos(64);
+  std::vector<float> row(static_cast<size_t>(c.n_vocab));
+  const int32_t n_tok = static_cast<int32_t>(toks.size());
+  for (int32_t s = 0; s < n_tok; s += 64) {
+    const int32_t len = std::min(64, n_tok - s);
+    for (int32_t i = 0; i < len; ++i) pos[static_cast<size_t>(i)] = s + i;
+    std::vector<int32_t> rows;
+    if (s + len == n_tok) rows.push_back(len - 1);
+    fwd.run(seq, toks.data() + s, pos.data(), len, rows, row.data());
+  }
+  Sampler sampler(gp.sampling);
+  std::vector<float> p;
+  sampler.probabilities(row.data(), c.n_vocab, p);
+
+  std::vector<int64_t> count2(static_cast<size_t>(c.n_vocab), 0);
+  for (const auto& d : draws)
+    if (d.first == t1) ++count2[static_cast<size_t>(d.second)];
+  // Pool the categories expected below 5 into one.
+  double x2 = 0, pooled_e = 0;
+  int64_t pooled_o = 0;
+  int32_t n_cat = 0;
+  for (int32_t t = 0; t < c.n_vocab; ++t) {
+    const double e = static_cast<double>(n) * p[static_cast<size_t>(t)];
+    const int64_t o = count2[static_cast<size_t>(t)];
+    if (e < 5) {
+      pooled_e += e;
+      pooled_o += o;
+      continue;
+    }
+    x2 += (o - e) * (o - e) / e;
+    ++n_cat;
+  }
+  if (pooled_e > 0) {
+    x2 += (pooled_o - pooled_e) * (pooled_o - pooled_e) / pooled_e;
+    ++n_cat;
+  }
+  ASSERT_GE(n_cat, 4) << "the distribution is too peaked to test";
+  const double critical = chi_square_critical_001(n_cat - 1);
+  std::printf("  t1 = %d in %lld draws, %d categories, chi-square %.2f (critical %.2f), %lld of %lld drafts accepted\n",
+              t1, static_cast<long long>(n), n_cat, x2, critical, static_cast<long long>(n_accepted),
+              static_cast<long long>(n_drafted));
+  EXPECT_LT(x2, critical);
 }
 
 // The cache's content: every kept row's keys and values as the page codec reads them (f16 -> f32 is one-to-one),

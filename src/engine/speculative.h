@@ -139,6 +139,9 @@ class SpeculativeGenerator {
   GenerateStats generate(const std::vector<int32_t>& prompt, const Tokenizer& tok, const TextFn& on_text,
                          const ProgressFn& on_progress);
 
+  // The sampler's seed for the next decode (many seeded draws on one prefill).
+  void set_seed(uint64_t seed) { params_.sampling.seed = seed; }
+
   const SpecStats& spec_stats() const { return spec_stats_; }
   const SpecDraftView& draft_view() const { return view_; }
   kv::KvSequence& sequence() { return *seq_; }
