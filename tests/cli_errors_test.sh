@@ -38,6 +38,10 @@ long_prompt="$(for i in $(seq 1 200); do printf 'word%d ' "$i"; done)"
 expect_error "prompt > ctx"   "more than the context of 64" "$bin" run -m "$smol" -p "$long_prompt" --ctx 64 -n 4
 expect_error "bad kv spec"    "unknown KV policy 'snapkvv'" "$bin" run -m "$smol" -p hi --kv snapkvv:budget=10 -n 4
 expect_error "bad kv key"     "unknown key 'budgit'"   "$bin" run -m "$smol" -p hi --kv snapkv:budgit=10 -n 4
+expect_error "spec + evicting kv" "verifies against the full cache" "$bin" run -m "$smol" -p hi --kv snapkv:budget=64 --spec self -n 4
+expect_error "spec bad gamma" "gamma must be an integer" "$bin" run -m "$smol" -p hi --spec self:gamma=0 -n 4
+expect_error "spec bad draft" "ranks tokens by the attention of every decode step" "$bin" run -m "$smol" -p hi --spec self:draft=h2o:budget=64 -n 4
+expect_error "spec bench synthetic" "needs a model file" "$bin" bench --synthetic tiny --spec self -n 8
 # eval: each refused before any case runs.
 printf 'Some text. More text.\n' > "$tmp/hay.txt"; printf ' \n\n' > "$tmp/blank.txt"
 expect_error "eval task"      "unknown eval task 'needles'" "$bin" eval needles -m "$smol" --haystack "$tmp/hay.txt" -o "$tmp/r.json"

@@ -65,6 +65,10 @@ CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o) {
                 "--synthetic weights and the full cache; pp runs at depth 0 there")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  b->add_option("--spec", o.spec,
+                "Speculative decoding against plain decode, greedy, side by side at each depth (-m only): "
+                "self[:gamma=N,draft=SPEC]");
+  b->add_option("--file", o.file, "With --spec: fill each depth with this text's tokens, cycled (default: fixed ids)");
   return b;
 }
 

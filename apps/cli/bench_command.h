@@ -33,6 +33,8 @@ struct BenchOptions {
   uint64_t seed = 1;          // of the token ids
   bool json = false;
   std::string device = "cpu";  // "cpu", or "cuda" in builds with the CUDA backend (synthetic weights, full cache)
+  std::string spec;            // --spec self[:...]: plain decode against speculative decode (bench_spec.cpp)
+  std::string file;            // --spec: the depth's context is this text, cycled (else the fixed ids)
 };
 
 // Adds the `bench` subcommand to the app, its options bound to o (which must outlive parsing).
@@ -40,6 +42,9 @@ CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o);
 // Runs it; throws Error for bad input (missing model, both or neither of -m and --synthetic, a bad synthetic shape,
 // bad --depth, a depth beyond the model's context, --device cuda in a build without the CUDA backend).
 int bench_command(const BenchOptions& o);
+// bench --spec (bench_spec.cpp): greedy decode plain against speculative at each depth, interleaved; the speed-up,
+// acceptance, tokens per verify step, the draft's share of time, and whether the tokens are identical.
+int bench_spec_command(const BenchOptions& o);
 
 // ---- pieces of bench, exposed for tests ----
 

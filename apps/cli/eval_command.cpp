@@ -18,6 +18,8 @@ CLI::App* add_eval_subcommand(CLI::App& app, eval::EvalOptions& o) {
                 "KV policy (repeatable; every one runs the same prompts). budget=1/4 is a quarter of each case's "
                 "length. Syntax as in `longctx run --help`")
       ->capture_default_str();
+  e->add_option("--spec", o.spec,
+                "Decode answers speculatively, lossless (--kv full only): self[:gamma=N,draft=SPEC]; ppl runs as without");
   e->add_option("--lengths", o.lengths, "Tokens per case (prompt + answer), like 1k,2k,4096")->capture_default_str();
   e->add_option("--depths", o.depths, "Where the fact sits, as fractions of the context")->capture_default_str();
   e->add_option("--seed", o.seed, "First seed of the case generator")->capture_default_str();

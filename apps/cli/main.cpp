@@ -18,6 +18,7 @@
 #include "plan_command.h"
 #include "core/error.h"
 #include "engine/generator.h"
+#include "engine/speculative.h"
 #include "kv/policy.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
@@ -82,6 +83,7 @@ struct RunOptions {
   float repeat_penalty = 1.0f;
   uint64_t seed = 0;
   std::string kv = "full";
+  std::string spec;  // --spec self[:...]; empty: plain decode
   std::vector<std::string> stop;
   bool quiet = false;
   bool ignore_eos = false;
@@ -95,7 +97,9 @@ int run_command(const RunOptions& o) {
   auto model = Model::load(o.model);
   auto tok = Tokenizer::from_gguf(model->file());
   const ModelConfig& c = model->config();
-  auto policy = kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv);
+  auto policy = o.spec.empty() ? kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv)
+                               : make_verifier_policy(o.kv, c.n_layer, c.n_head_kv);
+  const SpecParams spec = o.spec.empty() ? SpecParams{} : parse_spec(o.spec);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
 
   std::string user_text = o.prompt;
@@ -147,18 +151,29 @@ int run_command(const RunOptions& o) {
   }
 
   ThreadPool pool(n_threads);
-  Generator gen(*model, *tok, pool, *policy, gp);
+  std::unique_ptr<Generator> plain;
+  std::unique_ptr<SpeculativeGenerator> specgen;
+  if (o.spec.empty()) {
+    plain = std::make_unique<Generator>(*model, *tok, pool, *policy, gp);
+  } else {
+    specgen = std::make_unique<SpeculativeGenerator>(*model, pool, gp, spec);
+    if (!o.quiet)
+      fmt::print(stderr, "longctx: speculative decoding, gamma {}, the draft reading {}\n", spec.gamma,
+                 specgen->draft_view().describe());
+  }
   // The bar is worth drawing only for prompts that take a while.
   ProgressBar bar("prefill");
   const bool show_bar = !o.quiet && prompt.size() > 2 * static_cast<size_t>(gp.n_batch);
-  GenerateStats st = gen.generate(
-      prompt,
-      [](std::string_view s) {
-        std::fwrite(s.data(), 1, s.size(), stdout);
-        std::fflush(stdout);
-        return true;
-      },
-      show_bar ? ProgressFn([&](int32_t d, int32_t t) { bar.update(d, t); }) : ProgressFn());
+  const TextFn print_text = [](std::string_view s) {
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+    return true;
+  };
+  const ProgressFn progress =
+      show_bar ? ProgressFn([&](int32_t d, int32_t t) { bar.update(d, t); }) : ProgressFn();
+  GenerateStats st = plain ? plain->generate(prompt, print_text, progress)
+                           : specgen->generate(prompt, *tok, print_text, progress);
+  kv::KvSequence& seq = plain ? plain->sequence() : specgen->sequence();
   std::fputc('\n', stdout);
   std::fflush(stdout);
 
@@ -175,13 +190,23 @@ int run_command(const RunOptions& o) {
     const double ratio = st.kv_bytes.total() > 0 ? static_cast<double>(st.kv_full_f16_bytes) / st.kv_bytes.total() : 0;
     fmt::print(stderr, "kv:      {} held ({} pages + {} metadata) for {} tokens; full f16 cache: {} ({:.2f}x)\n",
                human_bytes(static_cast<double>(st.kv_bytes.total())), human_bytes(static_cast<double>(st.kv_bytes.payload)),
-               human_bytes(static_cast<double>(st.kv_bytes.metadata)), gen.sequence().n_tokens_max(),
+               human_bytes(static_cast<double>(st.kv_bytes.metadata)), seq.n_tokens_max(),
                human_bytes(static_cast<double>(st.kv_full_f16_bytes)), ratio);
     // What the page allocator holds from the system (freed pages go back at once), at the end and at its peak
     // (the whole prompt at f16 before the policy cuts it, unless --kv-prefill-compress), and the process's peak.
     fmt::print(stderr, "kv pool: {} held now, {} at peak (sequence peak {}); process peak RSS {}\n",
                human_bytes(static_cast<double>(st.kv_pool_bytes)), human_bytes(static_cast<double>(st.kv_pool_peak_bytes)),
                human_bytes(static_cast<double>(st.kv_peak_bytes)), human_bytes(static_cast<double>(peak_rss_bytes())));
+    if (specgen) {
+      const SpecStats& ss = specgen->spec_stats();
+      const double busy = ss.draft_seconds + ss.verify_seconds;
+      fmt::print(stderr,
+                 "spec:    {} verify steps, {:.2f} tokens per step, {} of {} drafts accepted ({:.1f}%); draft {:.0f}% "
+                 "/ verify {:.0f}% of decode time; the draft read {:.1f}% of the cache\n",
+                 ss.n_steps, ss.tokens_per_step(), ss.n_accepted, ss.n_drafted, 100 * ss.acceptance_rate(),
+                 busy > 0 ? 100 * ss.draft_seconds / busy : 0.0, busy > 0 ? 100 * ss.verify_seconds / busy : 0.0,
+                 100 * ss.draft_read_fraction);
+    }
     fmt::print(stderr, "logits hash: {}\n", st.logits_hash);
   }
   return 0;
@@ -263,6 +288,7 @@ int main(int argc, char** argv) {
   run->add_option("--repeat-penalty", ro.repeat_penalty, "Penalty for the last 64 tokens; 1 is off")->capture_default_str()->check(CLI::Range(0.0f, 10.0f));
   run->add_option("-s,--seed", ro.seed, "Sampling seed")->capture_default_str();
   run->add_option("--kv", ro.kv, "KV cache policy. " + kv::kv_policy_help())->capture_default_str();
+  run->add_option("--spec", ro.spec, "Speculative decoding, lossless (--kv must be the full cache): " + spec_help());
   run->add_flag("--kv-prefill-compress", ro.prefill_compress,
                 "Apply the KV policy after every prefill chunk, so a prompt longer than memory is read within the "
                 "budget. Costs quality: tokens are evicted before the end of the prompt (the question) is seen");
@@ -294,7 +320,7 @@ int main(int argc, char** argv) {
   try {
     if (run->parsed()) return run_command(ro);
     if (info->parsed()) return info_command(info_path, info_all);
-    if (bench->parsed()) return bench_command(bench_options);
+    if (bench->parsed()) return bench_options.spec.empty() ? bench_command(bench_options) : bench_spec_command(bench_options);
     if (calibrate->parsed()) return calibrate_heads_command(calibrate_options);
     if (eval->parsed()) return eval_command(eval_options);
     if (stream_ppl->parsed()) return stream_ppl_command(stream_ppl_options);

@@ -200,6 +200,30 @@ int32_t Sampler::sample(const float* logits, int32_t n_vocab) {
   return cand_.back().id;  // u within rounding of the total
 }
 
+void Sampler::probabilities(const float* logits, int32_t n_vocab, std::vector<float>& probs) {
+  const double total = filter(logits, n_vocab, false);
+  probs.assign(static_cast<size_t>(n_vocab), 0.0f);
+  for (const auto& c : cand_) probs[static_cast<size_t>(c.id)] = static_cast<float>(c.logit / total);
+}
+
+double Sampler::uniform() { return uniform01(rng_); }
+
+int32_t sample_from(const float* probs, int32_t n, double u) {
+  double total = 0.0;
+  for (int32_t i = 0; i < n; ++i) total += probs[i];
+  if (!(total > 0.0)) fail("internal: sampling from a distribution with no mass (n {})", n);
+  const double target = u * total;
+  double cum = 0.0;
+  int32_t last = -1;
+  for (int32_t i = 0; i < n; ++i) {
+    if (probs[i] <= 0.0f) continue;
+    cum += probs[i];
+    last = i;
+    if (target < cum) return i;
+  }
+  return last;  // u within rounding of the total
+}
+
 std::vector<std::pair<int32_t, float>> Sampler::candidates(const float* logits, int32_t n_vocab) {
   const double total = filter(logits, n_vocab, true);
   std::vector<std::pair<int32_t, float>> out;

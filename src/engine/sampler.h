@@ -41,6 +41,13 @@ class Sampler {
   // are left out. With temperature 0 it is the argmax alone. Draws nothing: the random state is unchanged.
   std::vector<std::pair<int32_t, float>> candidates(const float* logits, int32_t n_vocab);
 
+  // The same distribution, dense: probs (n_vocab), zero for every filtered-out token, summing to 1 (the p and q of
+  // speculative sampling). Draws nothing. Greedy gives a one-hot vector at the argmax.
+  void probabilities(const float* logits, int32_t n_vocab, std::vector<float>& probs);
+
+  // One uniform draw in [0, 1) from the sampler's random sequence (53 bits, the same on every standard library).
+  double uniform();
+
   const SamplerParams& params() const { return params_; }
 
  private:
@@ -59,5 +66,9 @@ class Sampler {
   std::vector<Candidate> cand_;    // (n_vocab) scratch, reused between calls
   std::vector<int32_t> penalized_;  // scratch: the distinct tokens of recent_
 };
+
+// Inverse CDF: the first token whose cumulative probability exceeds u * sum(probs). probs (n) >= 0, not all zero;
+// u in [0, 1). Used on distributions that are not renormalized (speculative sampling's residual).
+int32_t sample_from(const float* probs, int32_t n, double u);
 
 }  // namespace longctx

@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "engine/generator.h"
+#include "engine/speculative.h"
 #include "kv/policy.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
@@ -90,6 +91,8 @@ struct CaseResult {
   double prefill_s = 0, decode_s = 0;
   double nll_sum = 0;
   int32_t n_scored = 0;
+  bool speculative = false;
+  SpecStats spec;  // with --spec: the answer's speculative steps
 };
 
 nlohmann::json to_json(const CaseResult& r) {
@@ -121,6 +124,14 @@ nlohmann::json to_json(const CaseResult& r) {
     j["expected"] = r.expected;
     j["got"] = r.got;
     j["correct"] = r.correct;
+    if (r.speculative) {
+      j["spec_steps"] = r.spec.n_steps;
+      j["spec_drafted"] = r.spec.n_drafted;
+      j["spec_accepted"] = r.spec.n_accepted;
+      j["spec_tokens_per_step"] = r.spec.tokens_per_step();
+      j["spec_draft_seconds"] = r.spec.draft_seconds;
+      j["spec_verify_seconds"] = r.spec.verify_seconds;
+    }
   }
   return j;
 }
@@ -255,6 +266,9 @@ EvalReport run_eval(const EvalOptions& o) {
   }
   for (const std::string& spec : o.kv_specs)
     for (int32_t len : lengths) (void)kv::make_kv_policy(resolve_budget(spec, len), mc.n_layer, mc.n_head_kv);
+  const SpecParams spec_params = o.spec.empty() ? SpecParams{} : parse_spec(o.spec);
+  if (!o.spec.empty())
+    for (const std::string& spec : o.kv_specs) (void)make_verifier_policy(spec, mc.n_layer, mc.n_head_kv);
 
   const bool chat = o.style == PromptStyle::Chat ||
                     (o.style == PromptStyle::Auto && model->file().has("tokenizer.chat_template"));
@@ -350,6 +364,7 @@ EvalReport run_eval(const EvalOptions& o) {
   meta["n_score"] = o.n_score;
   meta["n_threads"] = n_threads;
   meta["question_after_compress"] = o.question_after_compress;
+  meta["spec"] = o.spec;
 
   const int32_t n_runs = static_cast<int32_t>(built.size() * o.kv_specs.size());
   int64_t n_work = 0;
@@ -400,8 +415,19 @@ EvalReport run_eval(const EvalOptions& o) {
         r.kv_bytes_per_token = static_cast<double>(r.kv_bytes) / std::max(1, n_prompt + st.n_scored - 1);
       } else {
         std::string answer;
-        GenerateStats st = gen.generate(b.p.tokens, [&](std::string_view s) { answer += s; return true; }, on_progress,
-                                        b.p.n_compressed);
+        const TextFn collect = [&](std::string_view s) {
+          answer += s;
+          return true;
+        };
+        GenerateStats st;
+        if (o.spec.empty()) {
+          st = gen.generate(b.p.tokens, collect, on_progress, b.p.n_compressed);
+        } else {  // the full cache (--spec refuses compression): nothing is compressed before the question
+          SpeculativeGenerator sg(*model, pool, gp, spec_params);
+          st = sg.generate(b.p.tokens, *tok, collect, on_progress);
+          r.speculative = true;
+          r.spec = sg.spec_stats();
+        }
         r.got = answer;
         r.correct = score_answer(b.c.expected, answer);
         r.n_prompt = st.n_prompt;

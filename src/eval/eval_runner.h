@@ -37,6 +37,9 @@ struct EvalOptions {
   // read over the compressed cache and answered (a cached document serving questions not yet asked). ppl cases
   // are unaffected.
   bool question_after_compress = false;
+  // --spec self[:...]: answers decoded speculatively (lossless: the --kv policies must be the full cache); ppl's
+  // teacher-forced scoring has nothing to draft and runs as without it. Empty: plain decode.
+  std::string spec;
 };
 
 // One line of the summary: a policy over all lengths (or one length).

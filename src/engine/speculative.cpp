@@ -1,0 +1,496 @@
+#include "engine/speculative.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstring>
+
+#include "backend/cpu/kv_page_codec.h"
+#include "core/error.h"
+#include "engine/stop_filter.h"
+#include "kv/policy_registry.h"
+
+namespace longctx {
+namespace {
+
+constexpr int32_t kMaxGamma = 32;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t at = s.find(sep, start);
+    out.push_back(s.substr(start, at == std::string::npos ? std::string::npos : at - start));
+    if (at == std::string::npos) break;
+    start = at + 1;
+  }
+  return out;
+}
+
+// The draft's token policy from its --kv spec; owned keeps it alive.
+const kv::TokenRanker* make_draft_ranker(const std::string& spec, std::vector<std::unique_ptr<kv::TokenRanker>>& owned) {
+  if (spec.empty()) fail("--spec: draft= is empty; give a token policy, e.g. draft=streaming:budget=512");
+  if (spec.find('+') != std::string::npos)
+    fail("--spec draft '{}': the draft is one token policy's view of the full cache (streaming or snapkv), not a "
+         "composition of several",
+         spec);
+  const std::string name = spec.substr(0, spec.find(':'));
+  const kv::KvComponent* c = kv::find_kv_component(name);
+  if (c == nullptr) fail("--spec draft '{}': unknown policy '{}'; the draft takes streaming or snapkv", spec, name);
+  if (c->kind != kv::KvComponentKind::TokenPolicy)
+    fail("--spec draft '{}': {} is not a token policy; the draft reads the pages a token policy selects (streaming "
+         "or snapkv)",
+         spec, name);
+  std::vector<std::string> keys;
+  for (const kv::SpecArg& a : c->args) keys.push_back(a.name);
+  kv::KvPolicyDraft d;
+  d.n_layer = 1;
+  d.n_head_kv = 1;
+  c->apply(kv::SpecArgs(spec, keys), d);
+  if (d.ranker == nullptr) fail("internal: --spec draft '{}' made no token policy", spec);
+  if (d.ranker->wants_decode_scores())
+    fail("--spec draft '{}': {} ranks tokens by the attention of every decode step, which the draft view does not "
+         "gather; use streaming or snapkv",
+         spec, name);
+  if (d.ranker->budget() <= 0) fail("--spec draft '{}': the draft needs a budget", spec);
+  const kv::TokenRanker* r = d.ranker;
+  for (auto& x : d.rankers) owned.push_back(std::move(x));
+  return r;
+}
+
+}  // namespace
+
+SpecParams parse_spec(const std::string& spec) {
+  SpecParams sp;
+  const size_t colon = spec.find(':');
+  const std::string name = spec.substr(0, colon);
+  if (name != "self") fail("--spec '{}': unknown method '{}'; valid: {}", spec, name, spec_help());
+  if (colon != std::string::npos) {
+    std::string rest = spec.substr(colon + 1);
+    // draft= takes the rest of the spec: its own arguments are separated by commas too.
+    const size_t d = rest.find("draft=");
+    if (d != std::string::npos && (d == 0 || rest[d - 1] == ',')) {
+      sp.draft = rest.substr(d + 6);
+      rest = d == 0 ? std::string() : rest.substr(0, d - 1);
+    }
+    if (!rest.empty())
+      for (const std::string& item : split(rest, ',')) {
+        const size_t eq = item.find('=');
+        const std::string key = item.substr(0, eq);
+        if (key != "gamma" || eq == std::string::npos)
+          fail("--spec '{}': unknown argument '{}'; valid: gamma=N (1..{}), draft=SPEC (last)", spec, item, kMaxGamma);
+        const std::string value = item.substr(eq + 1);
+        char* end = nullptr;
+        const long g = std::strtol(value.c_str(), &end, 10);
+        if (value.empty() || *end != '\0' || g < 1 || g > kMaxGamma)
+          fail("--spec '{}': gamma must be an integer in [1, {}], not '{}'", spec, kMaxGamma, value);
+        sp.gamma = static_cast<int32_t>(g);
+      }
+  }
+  std::vector<std::unique_ptr<kv::TokenRanker>> owned;
+  make_draft_ranker(sp.draft, owned);  // refuses a draft that cannot draft, before any work
+  return sp;
+}
+
+std::string spec_help() {
+  return "self[:gamma=N,draft=SPEC]: lossless self-speculation (TriForce): the same model drafts gamma tokens "
+         "(default 4) over the pages of the cache that a token policy selects (draft=streaming:budget=512,sink=4 by "
+         "default, or snapkv:budget=N), the full cache verifies them in one forward";
+}
+
+std::unique_ptr<kv::KvPolicy> make_verifier_policy(const std::string& kv_spec, int32_t n_layer, int32_t n_head_kv) {
+  const std::string spec = kv_spec == "lossless" ? "full" : kv_spec;
+  for (const std::string& part : split(spec, '+'))
+    if (part.substr(0, part.find(':')) != "full")
+      fail("--spec self verifies against the full cache, so --kv '{}' cannot go with it (it evicts or packs); the "
+           "draft's view is chosen by --spec self:draft=SPEC instead; use --kv full (or full:type=f32)",
+           kv_spec);
+  return kv::make_kv_policy(spec, n_layer, n_head_kv);
+}
+
+SpecVerdict speculative_verify_token(const float* p, const float* q, int32_t n, int32_t draft, double u_accept,
+                                     double u_resample, std::vector<float>& residual) {
+  if (draft < 0 || draft >= n) fail("internal: draft token {} outside a vocabulary of {}", draft, n);
+  const float pd = p[draft], qd = q[draft];
+  // u < min(1, p/q), without the division: a draft token q could not give (qd == 0) is never accepted.
+  if (qd > 0.0f && u_accept * qd < pd) return {true, draft};
+  residual.resize(static_cast<size_t>(n));
+  double mass = 0.0;
+  for (int32_t i = 0; i < n; ++i) {
+    residual[static_cast<size_t>(i)] = std::max(0.0f, p[i] - q[i]);
+    mass += residual[static_cast<size_t>(i)];
+  }
+  // The residual is empty only when p == q up to rounding, where a rejection has probability ~0: p itself then.
+  if (!(mass > 0.0)) return {false, sample_from(p, n, u_resample)};
+  return {false, sample_from(residual.data(), n, u_resample)};
+}
+
+SpecDraftView::SpecDraftView(const std::string& draft_spec, const ModelConfig& c)
+    : spec_(draft_spec), n_layer_(c.n_layer), n_head_kv_(c.n_head_kv) {
+  ranker_ = make_draft_ranker(draft_spec, owned_);
+  local_.assign(c.layer_is_local.begin(), c.layer_is_local.end());
+  local_.resize(static_cast<size_t>(c.n_layer), false);
+  sel_.resize(static_cast<size_t>(n_layer_) * n_head_kv_);
+}
+
+std::string SpecDraftView::describe() const { return "pages of " + ranker_->describe(); }
+
+namespace {
+
+// The page holding each slot's first row: slot0 (n_pages + 1).
+std::vector<int32_t> page_starts(const kv::KvHeadCache& h) {
+  std::vector<int32_t> s0(h.pages.size() + 1, 0);
+  for (size_t p = 0; p < h.pages.size(); ++p) s0[p + 1] = s0[p] + h.pages[p].n_rows;
+  return s0;
+}
+
+}  // namespace
+
+void SpecDraftView::select(const kv::KvSequence& kv, const kv::KvScores* scores, int32_t next_pos) {
+  kv_ = &kv;
+  tail_from_ = next_pos;
+  const int32_t budget = ranker_->budget();
+  const int32_t T = kv.geometry().page_tokens;
+  const size_t n_pick = static_cast<size_t>((budget + T - 1) / T + 2);
+  const bool want_scores = ranker_->prefill_score_from(1 << 30) != INT_MAX;
+  for (int32_t il = 0; il < n_layer_; ++il) {
+    if (local_[static_cast<size_t>(il)]) continue;  // a sliding-window layer's cache is already small: read it all
+    for (int32_t g = 0; g < n_head_kv_; ++g) {
+      const kv::KvHeadCache& h = kv.head(il, g);
+      std::vector<int32_t>& sel = sel_[static_cast<size_t>(il) * n_head_kv_ + g];
+      sel.clear();
+      const int32_t n = h.n_tokens();
+      const std::vector<int32_t> s0 = page_starts(h);
+      const int32_t n_pages = static_cast<int32_t>(h.pages.size());
+      if (n <= budget) {
+        for (int32_t p = 0; p < n_pages; ++p) sel.push_back(p);
+        continue;
+      }
+      if (want_scores && (scores == nullptr || !scores->wanted()))
+        fail("internal: the draft policy {} needs the prompt's attention scores", ranker_->describe());
+      const std::vector<int32_t> keep =
+          ranker_->select(h.positions, want_scores ? scores->head(il, g) : nullptr, budget);
+      std::vector<int32_t> count(static_cast<size_t>(n_pages), 0);
+      int32_t p = 0;
+      for (int32_t s : keep) {  // keep is ascending
+        while (s >= s0[static_cast<size_t>(p) + 1]) ++p;
+        ++count[static_cast<size_t>(p)];
+      }
+      std::vector<int32_t> order;
+      for (int32_t q = 0; q < n_pages; ++q)
+        if (count[static_cast<size_t>(q)] > 0) order.push_back(q);
+      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        const int32_t ca = count[static_cast<size_t>(a)], cb = count[static_cast<size_t>(b)];
+        return ca > cb || (ca == cb && a > b);
+      });
+      if (order.size() > n_pick) order.resize(n_pick);
+      std::sort(order.begin(), order.end());
+      sel = std::move(order);
+    }
+  }
+}
+
+void SpecDraftView::refresh(const kv::KvSequence& kv, int32_t next_pos) {
+  kv_ = &kv;
+  if (ranker_->evicts_during_decode() && next_pos - tail_from_ >= kv.geometry().page_tokens) select(kv, nullptr, next_pos);
+}
+
+std::vector<int32_t> SpecDraftView::pages(const kv::KvSequence& kv, int32_t layer, int32_t kv_head) const {
+  const kv::KvHeadCache& h = kv.head(layer, kv_head);
+  const int32_t n_pages = static_cast<int32_t>(h.pages.size());
+  std::vector<int32_t> out;
+  if (local_[static_cast<size_t>(layer)]) {
+    for (int32_t p = 0; p < n_pages; ++p) out.push_back(p);
+    return out;
+  }
+  // Pages from the one holding the first position >= tail_from_ on are read whole.
+  const int32_t first_tail_slot = static_cast<int32_t>(
+      std::lower_bound(h.positions.begin(), h.positions.end(), tail_from_) - h.positions.begin());
+  int32_t tail_page = n_pages, s0 = 0;
+  for (int32_t p = 0; p < n_pages; ++p) {
+    if (first_tail_slot < s0 + h.pages[static_cast<size_t>(p)].n_rows) {
+      tail_page = p;
+      break;
+    }
+    s0 += h.pages[static_cast<size_t>(p)].n_rows;
+  }
+  for (int32_t p : sel_[static_cast<size_t>(layer) * n_head_kv_ + kv_head])
+    if (p < tail_page) out.push_back(p);
+  for (int32_t p = tail_page; p < n_pages; ++p) out.push_back(p);
+  return out;
+}
+
+void SpecDraftView::narrow(int32_t layer, const float*, const int32_t*, int32_t, cpu::KvLayerView& view) {
+  if (kv_ == nullptr) fail("internal: the draft view was never selected");
+  positions_.resize(view.heads.size());
+  for (size_t g = 0; g < view.heads.size(); ++g) {
+    cpu::KvHeadView& hv = view.heads[g];
+    n_full_ += hv.n_tokens;
+    const std::vector<int32_t> keep = pages(*kv_, layer, static_cast<int32_t>(g));
+    if (static_cast<int32_t>(keep.size()) != hv.n_pages()) hv = cpu::keep_pages(hv, keep, positions_[g]);
+    n_read_ += hv.n_tokens;
+  }
+}
+
+SpeculativeGenerator::SpeculativeGenerator(const Model& model, ThreadPool& pool, const GenerateParams& params,
+                                           const SpecParams& spec)
+    : model_(model),
+      params_(params),
+      spec_(spec),
+      forward_(model, pool, std::max({1, params.n_batch, spec.gamma + 1})),
+      full_(make_verifier_policy(spec.verifier_kv, model.config().n_layer, model.config().n_head_kv)),
+      view_(spec.draft, model.config()) {
+  const ModelConfig& c = model.config();
+  if (params.n_ctx <= 0) fail("--ctx must be positive (got {})", params.n_ctx);
+  if (params.n_batch <= 0) fail("--batch must be positive (got {})", params.n_batch);
+  if (spec.gamma < 1 || spec.gamma > kMaxGamma) fail("--spec: gamma must be in [1, {}], not {}", kMaxGamma, spec.gamma);
+  kv::KvGeometry geo;
+  geo.n_layer = c.n_layer;
+  geo.n_head_kv = c.n_head_kv;
+  geo.head_dim = c.head_dim;
+  geo.format = full_->page_format();
+  geo.sealed_format = full_->sealed_format();
+  // The full cache of n_ctx tokens, the gamma tokens a step appends past the last verified one, and a page of slack.
+  const size_t pages_per_head =
+      (static_cast<size_t>(params.n_ctx) + spec.gamma + 1 + geo.page_tokens - 1) / geo.page_tokens + 1;
+  const size_t max_bytes =
+      (pages_per_head + 64) * c.n_layer * c.n_head_kv * cpu::kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim);
+  pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, max_bytes);
+  seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
+}
+
+void SpeculativeGenerator::truncate(int32_t from_pos) {
+  const ModelConfig& c = model_.config();
+  std::vector<int32_t> slots;
+  for (int32_t il = 0; il < c.n_layer; ++il)
+    for (int32_t g = 0; g < c.n_head_kv; ++g) {
+      const kv::KvHeadCache& h = seq_->head(il, g);
+      const auto first = std::lower_bound(h.positions.begin(), h.positions.end(), from_pos) - h.positions.begin();
+      slots.clear();
+      for (int32_t s = static_cast<int32_t>(first); s < h.n_tokens(); ++s) slots.push_back(s);
+      seq_->remove_slots(il, g, slots);
+    }
+}
+
+void SpeculativeGenerator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
+                                   std::vector<float>& logits) {
+  const int32_t n = static_cast<int32_t>(prompt.size());
+  const ModelConfig& c = model_.config();
+  if (n == 0) fail("the prompt is empty");
+  if (n > params_.n_ctx)
+    fail("the prompt has {} tokens, more than the context of {} (--ctx); raise --ctx or shorten the prompt", n,
+         params_.n_ctx);
+  seq_->clear();
+  full_->reset();
+  peak_bytes_ = 0;
+  spec_stats_ = SpecStats{};
+  scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, params_.n_ctx);
+  scores_.first_pos = view_.prefill_score_from(n);
+  logits.assign(static_cast<size_t>(c.n_vocab), 0.0f);
+  std::vector<int32_t> positions(static_cast<size_t>(params_.n_batch));
+  for (int32_t start = 0; start < n; start += params_.n_batch) {
+    const int32_t len = std::min(params_.n_batch, n - start);
+    for (int32_t i = 0; i < len; ++i) positions[static_cast<size_t>(i)] = start + i;
+    std::vector<int32_t> rows;
+    if (start + len == n) rows.push_back(len - 1);
+    forward_.run(*seq_, prompt.data() + start, positions.data(), len, rows, logits.data(), &scores_);
+    peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total());
+    // Sliding-window expiry renumbers slots, so it waits while the draft policy's scores are being gathered.
+    if (!(scores_.wanted() && start + len > scores_.first_pos)) kv_expire_window(c, *seq_, *full_, start + len);
+    if (on_progress) on_progress(start + len, n);
+  }
+  view_.select(*seq_, &scores_, n);
+  kv_expire_window(c, *seq_, *full_, n);
+  prefilled_ = n;
+  decoded_ = false;
+}
+
+std::vector<int32_t> SpeculativeGenerator::draft(int32_t cur, int32_t pos, int32_t g, Sampler& sampler) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int32_t V = model_.config().n_vocab;
+  view_.refresh(*seq_, pos);
+  Sampler qs = sampler;  // the repetition history, extended by the draft's own tokens
+  q_.resize(static_cast<size_t>(g) * V);
+  logits_.resize(static_cast<size_t>(spec_.gamma + 1) * V);
+  std::vector<float> probs;
+  std::vector<int32_t> out;
+  int32_t tok = cur;
+  for (int32_t i = 0; i < g; ++i) {
+    const int32_t p = pos + i;
+    forward_.run(*seq_, &tok, &p, 1, {0}, logits_.data(), nullptr, kv::KvPositions::Original, &view_);
+    qs.probabilities(logits_.data(), V, probs);
+    std::copy(probs.begin(), probs.end(), q_.begin() + static_cast<ptrdiff_t>(i) * V);
+    tok = sample_from(probs.data(), V, sampler.uniform());
+    qs.accept(tok);
+    out.push_back(tok);
+  }
+  peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total());
+  truncate(pos);  // the draft's keys and values are not the verifier's
+  spec_stats_.draft_seconds += seconds_since(t0);
+  return out;
+}
+
+GenerateStats SpeculativeGenerator::generate_tokens(const std::vector<int32_t>& prompt, const TokenFn& on_token,
+                                                    const ProgressFn& on_progress) {
+  std::vector<float> logits;
+  const auto t0 = std::chrono::steady_clock::now();
+  prefill(prompt, on_progress, logits);
+  const double prefill_seconds = seconds_since(t0);
+  GenerateStats st = decode(prompt, logits, on_token, DecodeMode::Speculative);
+  st.prefill_seconds = prefill_seconds;
+  return st;
+}
+
+GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, const std::vector<float>& logits,
+                                           const TokenFn& on_token, DecodeMode mode) {
+  GenerateStats st;
+  const ModelConfig& c = model_.config();
+  const int32_t V = c.n_vocab;
+  st.n_prompt = static_cast<int32_t>(prompt.size());
+  if (prefilled_ != st.n_prompt) fail("internal: decode() after a prefill of {} tokens, not of this prompt ({})", prefilled_, st.n_prompt);
+  if (decoded_ && c.sliding_window > 0)
+    fail("internal: decoding twice on one prefill needs a model without sliding-window layers (their expired tokens "
+         "do not come back); prefill again");
+  decoded_ = true;
+  truncate(st.n_prompt);                 // back to the prompt: what an earlier decode appended goes
+  view_.select(*seq_, &scores_, st.n_prompt);  // the prompt's selection (slots are the prefill's again)
+  spec_stats_ = SpecStats{};
+  const int64_t read0 = view_.n_tokens_read(), full0 = view_.n_tokens_full();
+  const auto t0 = std::chrono::steady_clock::now();
+
+  Sampler sampler(params_.sampling);
+  for (int32_t t : prompt) sampler.accept(t);
+  bool stopped = false;
+  // Hands one token out; an end-of-generation token is not counted.
+  auto emit = [&](int32_t id) {
+    StopReason why = StopReason::Length;
+    const bool more = on_token(id, &why);
+    if (!(!more && why == StopReason::Eog)) {
+      st.tokens.push_back(id);
+      ++st.n_generated;
+    }
+    if (!more) {
+      st.stop_reason = why;
+      stopped = true;
+    }
+    return more;
+  };
+  std::string last_hash = logits_hash(logits.data(), V);
+  int32_t cur = -1;
+  if (params_.n_predict > 0) {
+    cur = sampler.sample(logits.data(), V);
+    sampler.accept(cur);
+    emit(cur);
+  }
+  int32_t pos = st.n_prompt;
+  std::vector<int32_t> toks, poss, rows;
+  std::vector<float> prow;
+  while (!stopped) {
+    if (st.n_generated >= params_.n_predict) {
+      st.stop_reason = StopReason::Length;
+      break;
+    }
+    if (pos >= params_.n_ctx) {
+      st.stop_reason = StopReason::ContextFull;
+      break;
+    }
+    // The step runs positions pos..pos+g, all inside the context, and emits at most g + 1 tokens.
+    const int32_t g = mode == DecodeMode::Plain
+                          ? 0
+                          : std::min({spec_.gamma, params_.n_ctx - 1 - pos, params_.n_predict - st.n_generated - 1});
+    const std::vector<int32_t> drafts = g > 0 ? draft(cur, pos, g, sampler) : std::vector<int32_t>{};
+
+    const auto tv = std::chrono::steady_clock::now();
+    toks.assign(1, cur);
+    toks.insert(toks.end(), drafts.begin(), drafts.end());
+    poss.resize(static_cast<size_t>(g) + 1);
+    rows.resize(static_cast<size_t>(g) + 1);
+    for (int32_t i = 0; i <= g; ++i) {
+      poss[static_cast<size_t>(i)] = pos + i;
+      rows[static_cast<size_t>(i)] = i;
+    }
+    logits_.resize(static_cast<size_t>(spec_.gamma + 1) * V);
+    forward_.run(*seq_, toks.data(), poss.data(), g + 1, rows, logits_.data());
+    peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total());
+    Sampler ps = sampler;  // the verifier's repetition history follows the accepted drafts
+    int32_t n_acc = 0, next = -1;
+    for (int32_t i = 0; i <= g; ++i) {
+      const float* row = logits_.data() + static_cast<size_t>(i) * V;
+      last_hash = logits_hash(row, V);
+      ps.probabilities(row, V, prow);
+      if (i == g) {  // every draft accepted: the verifier's own next token
+        next = sample_from(prow.data(), V, sampler.uniform());
+        break;
+      }
+      const double u_accept = sampler.uniform(), u_resample = sampler.uniform();
+      const SpecVerdict v = speculative_verify_token(prow.data(), q_.data() + static_cast<size_t>(i) * V, V,
+                                                     drafts[static_cast<size_t>(i)], u_accept, u_resample, residual_);
+      if (!v.accepted) {
+        next = v.token;
+        break;
+      }
+      ++n_acc;
+      ps.accept(v.token);
+    }
+    // Cached: cur and the accepted drafts; the rejected drafts' slots go.
+    truncate(pos + n_acc + 1);
+    spec_stats_.n_steps += 1;
+    spec_stats_.n_drafted += g;
+    spec_stats_.n_accepted += n_acc;
+    spec_stats_.n_emitted += n_acc + 1;
+    spec_stats_.verify_seconds += seconds_since(tv);
+    for (int32_t i = 0; i < n_acc && !stopped; ++i) {
+      sampler.accept(drafts[static_cast<size_t>(i)]);
+      emit(drafts[static_cast<size_t>(i)]);
+    }
+    if (stopped) break;
+    sampler.accept(next);
+    emit(next);
+    cur = next;
+    pos += n_acc + 1;
+    kv_expire_window(c, *seq_, *full_, pos);
+  }
+  st.decode_seconds = seconds_since(t0);
+  if (view_.n_tokens_full() > full0)
+    spec_stats_.draft_read_fraction =
+        static_cast<double>(view_.n_tokens_read() - read0) / static_cast<double>(view_.n_tokens_full() - full0);
+  st.kv_bytes = seq_->bytes();
+  st.kv_full_f16_bytes = seq_->full_f16_bytes(pos);
+  st.kv_pool_bytes = pages_->bytes_reserved();
+  st.kv_pool_peak_bytes = pages_->bytes_reserved_peak();
+  st.kv_peak_bytes = peak_bytes_;
+  st.logits_hash = last_hash;
+  return st;
+}
+
+GenerateStats SpeculativeGenerator::generate(const std::vector<int32_t>& prompt, const Tokenizer& tok,
+                                             const TextFn& on_text, const ProgressFn& on_progress) {
+  StopFilter filter(params_.stop);
+  bool keep_going = true;
+  GenerateStats st = generate_tokens(
+      prompt,
+      [&](int32_t id, StopReason* why) {
+        if (!params_.ignore_eog && tok.is_eog(id)) {
+          *why = StopReason::Eog;
+          return false;
+        }
+        if (filter.push(tok.token_bytes(id), on_text, keep_going)) {
+          *why = StopReason::StopString;
+          return false;
+        }
+        if (!keep_going) {
+          *why = StopReason::Cancelled;
+          return false;
+        }
+        return true;
+      },
+      on_progress);
+  if (st.stop_reason != StopReason::StopString) filter.flush(on_text);
+  return st;
+}
+
+}  // namespace longctx
