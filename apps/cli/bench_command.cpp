@@ -257,6 +257,7 @@ class BenchRunner {
     geo.format = policy.page_format();
     geo.sealed_format = policy.sealed_format();
     geo.n_recent_full_precision = policy.n_recent_full_precision();
+    geo.key_summaries = policy.wants_key_summaries();
     // No byte limit: the context check in bench_command bounds the tokens, and the pool allocates on demand.
     pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
     seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
@@ -319,7 +320,8 @@ class BenchRunner {
         scores_.reset(c.n_layer, c.n_head_kv, n_ctx_, seq_->n_tokens_max() + 1);
         scores_.first_pos = pos;
       }
-      forward_.run(*seq_, &id, &pos, 1, {0}, logits_.data(), want_scores ? &scores_ : nullptr, policy_.positions());
+      forward_.run(*seq_, &id, &pos, 1, {0}, logits_.data(), want_scores ? &scores_ : nullptr, policy_.positions(),
+                   policy_.read_filter());
       policy_.after_decode_step(*seq_, scores_);
     }
     return seconds_since(t0);

@@ -91,6 +91,7 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
   geo.format = policy.page_format();
   geo.sealed_format = policy.sealed_format();
   geo.n_recent_full_precision = policy.n_recent_full_precision();
+  geo.key_summaries = policy.wants_key_summaries();
   // The full cache of n_ctx tokens in the open format, plus a slab of every format per head for the
   // transitions between them: the most it may hold.
   const size_t pages_per_head = (static_cast<size_t>(params.n_ctx) + geo.page_tokens - 1) / geo.page_tokens;
@@ -108,7 +109,8 @@ void Generator::decode_step(int32_t id, int32_t pos, std::vector<float>& logits)
   } else {
     scores_.first_pos = INT_MAX;
   }
-  forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_, policy_.positions());
+  // Decode reads what the policy's read filter (Quest) chooses; prefill read everything.
+  forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_, policy_.positions(), policy_.read_filter());
   note_peak();
   policy_.after_decode_step(*seq_, scores_);
   kv_expire_window(c, *seq_, policy_, pos + 1);

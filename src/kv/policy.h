@@ -12,6 +12,7 @@
 
 #include "core/kv_format.h"
 #include "kv/kv_store.h"
+#include "kv/read_filter.h"
 
 namespace longctx::kv {
 
@@ -66,6 +67,11 @@ class KvPolicy {
   // Someone else removed these slots (sorted ascending) of a head that held n_before, in KvSequence::remove_slots
   // order (sliding-window expiry): per-slot state kept beside the store must follow.
   virtual void on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before, const std::vector<int32_t>& slots) {}
+  // What each decode step reads of the cache (Quest's query-aware pages), passed to Forward::run during decode;
+  // null: everything. Prefill always reads the whole cache.
+  virtual KvReadFilter* read_filter() { return nullptr; }
+  // Whether the store must keep per-page key summaries (KvGeometry::key_summaries) for the read filter.
+  virtual bool wants_key_summaries() const { return false; }
 };
 
 // Parses a --kv spec: components joined by '+', each "name" or "name:key=value,key=value". A bad spec gets an
