@@ -135,7 +135,7 @@ TEST(Quest, SelectionEqualsAPlainLoop) {
 // the min/max of the keys read back from the page; a packed page still holding the rows it was sealed with equals
 // the min/max of its exact (pre-packing, f16-rounded) keys. Tolerance: exact (no arithmetic beyond min/max).
 void expect_summaries(const kv::KvSequence& seq, int32_t layer, const std::map<int32_t, std::vector<float>>& exact,
-                      const std::map<int32_t, std::vector<int32_t>>& sealed_pages, int* n_packed_checked) {
+                      int* n_packed_checked) {
   const kv::KvGeometry& geo = seq.geometry();
   const int32_t d = geo.head_dim, T = geo.page_tokens;
   for (int32_t g = 0; g < geo.n_head_kv; ++g) {
@@ -163,7 +163,6 @@ void expect_summaries(const kv::KvSequence& seq, int32_t layer, const std::map<i
       s0 += n;
     }
   }
-  (void)sealed_pages;
 }
 
 TEST(Quest, SummariesFollowAppendsEvictionAndKiviPacking) {
@@ -198,7 +197,7 @@ TEST(Quest, SummariesFollowAppendsEvictionAndKiviPacking) {
       next += n;
     };
     append(100);
-    expect_summaries(seq, 0, exact, {}, &n_packed);
+    expect_summaries(seq, 0, exact, &n_packed);
     for (int round = 0; round < 12; ++round) {
       // Evict a random quarter of each head (different per head), then append a few more, one at a time.
       for (int32_t g = 0; g < n_head_kv; ++g) {
@@ -207,10 +206,10 @@ TEST(Quest, SummariesFollowAppendsEvictionAndKiviPacking) {
           if (rng() % 4 == 0) drop.push_back(s);
         seq.remove_slots(0, g, drop);
       }
-      expect_summaries(seq, 0, exact, {}, &n_packed);
+      expect_summaries(seq, 0, exact, &n_packed);
       for (int i = 0; i < 7; ++i) append(1);
       append(20);
-      expect_summaries(seq, 0, exact, {}, &n_packed);
+      expect_summaries(seq, 0, exact, &n_packed);
     }
     if (sealed != KvFormat::F16) EXPECT_GT(n_packed, 0) << "no sealed page was checked against its exact keys";
     // Accounting: the summaries are bytes the sequence holds, counted apart and in the total.
