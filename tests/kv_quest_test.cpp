@@ -211,7 +211,9 @@ TEST(Quest, SummariesFollowAppendsEvictionAndKiviPacking) {
       append(20);
       expect_summaries(seq, 0, exact, &n_packed);
     }
-    if (sealed != KvFormat::F16) EXPECT_GT(n_packed, 0) << "no sealed page was checked against its exact keys";
+    if (sealed != KvFormat::F16) {
+      EXPECT_GT(n_packed, 0) << "no sealed page was checked against its exact keys";
+    }
     // Accounting: the summaries are bytes the sequence holds, counted apart and in the total.
     const kv::KvBytes b = seq.bytes();
     size_t want = 0;
