@@ -26,8 +26,16 @@ constexpr int32_t kDefaultDenseLayers = 2;
 float quest_page_bound(const float* q, const float* summary, int32_t d) {
   const float* mn = summary;
   const float* mx = summary + d;
+  // Eight independent partial sums: one dependent chain of d adds would cost more than the rest of the selection,
+  // which runs on the forward's thread while the pool waits.
+  constexpr int32_t kLanes = 8;
+  float acc[kLanes] = {};
+  int32_t i = 0;
+  for (; i + kLanes <= d; i += kLanes)
+    for (int32_t j = 0; j < kLanes; ++j) acc[j] += std::max(q[i + j] * mx[i + j], q[i + j] * mn[i + j]);
   float s = 0;
-  for (int32_t i = 0; i < d; ++i) s += std::max(q[i] * mx[i], q[i] * mn[i]);
+  for (int32_t j = 0; j < kLanes; ++j) s += acc[j];
+  for (; i < d; ++i) s += std::max(q[i] * mx[i], q[i] * mn[i]);
   return s;
 }
 

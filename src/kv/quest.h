@@ -12,7 +12,7 @@
 
 namespace longctx::kv {
 
-// The upper bound of q.k over a page's keys, from its summary (2, d): min then max. f32, summed in index order.
+// The upper bound of q.k over a page's keys, from its summary (2, d): min then max. f32, in eight partial sums.
 float quest_page_bound(const float* q, const float* summary, int32_t d);
 
 // The pages (ascending) a kv-head reads for the query heads q (n_q, d, rows q_stride floats apart): the newest page
