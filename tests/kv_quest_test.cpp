@@ -292,7 +292,12 @@ TEST(Quest, SpecComposesAndRejectsBadInput) {
   ASSERT_NE(f, nullptr);
   EXPECT_EQ(f->budget(), 512);
   EXPECT_EQ(f->dense_layers(), 0);
+  EXPECT_EQ(q->page_tokens(), 64);
+  auto fine = kv::make_kv_policy("h2o:budget=2048+quest:budget=512,page=16", 30, 3);
+  EXPECT_EQ(fine->page_tokens(), 16);
+  EXPECT_NE(fine->describe().find("page=16"), std::string::npos) << fine->describe();
   auto full = kv::make_kv_policy("full", 30, 3);
+  EXPECT_EQ(full->page_tokens(), 0);
   EXPECT_EQ(full->read_filter(), nullptr);
   EXPECT_FALSE(full->wants_key_summaries());
   auto throws_with = [](const std::string& spec, const std::string& what) {
@@ -308,6 +313,7 @@ TEST(Quest, SpecComposesAndRejectsBadInput) {
   throws_with("quest:budget=64+quest:budget=128", "twice");
   throws_with("streaming:budget=256+quest:budget=128", "in-cache");
   throws_with("quest:budget=64,pages=3", "pages");
+  throws_with("quest:budget=64,page=48", "page");
 }
 
 }  // namespace

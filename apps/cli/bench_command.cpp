@@ -274,6 +274,7 @@ class BenchRunner {
     geo.sealed_format = policy.sealed_format();
     geo.n_recent_full_precision = policy.n_recent_full_precision();
     geo.key_summaries = policy.wants_key_summaries();
+    if (policy.page_tokens() > 0) geo.page_tokens = policy.page_tokens();
     // No byte limit: the context check in bench_command bounds the tokens, and the pool allocates on demand.
     pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
     seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);

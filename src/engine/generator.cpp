@@ -92,6 +92,7 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
   geo.sealed_format = policy.sealed_format();
   geo.n_recent_full_precision = policy.n_recent_full_precision();
   geo.key_summaries = policy.wants_key_summaries();
+  if (policy.page_tokens() > 0) geo.page_tokens = policy.page_tokens();
   // The full cache of n_ctx tokens in the open format, plus a slab of every format per head for the
   // transitions between them: the most it may hold.
   const size_t pages_per_head = (static_cast<size_t>(params.n_ctx) + geo.page_tokens - 1) / geo.page_tokens;

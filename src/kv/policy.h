@@ -72,6 +72,9 @@ class KvPolicy {
   virtual KvReadFilter* read_filter() { return nullptr; }
   // Whether the store must keep per-page key summaries (KvGeometry::key_summaries) for the read filter.
   virtual bool wants_key_summaries() const { return false; }
+  // Tokens per store page the policy asks for (Quest selects whole pages, so its page size is its granularity);
+  // 0: the store's default.
+  virtual int32_t page_tokens() const { return 0; }
 };
 
 // Parses a --kv spec: components joined by '+', each "name" or "name:key=value,key=value". A bad spec gets an

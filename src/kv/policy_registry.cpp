@@ -153,7 +153,7 @@ std::unique_ptr<KvPolicy> make_kv_policy(const std::string& spec_in, int32_t n_l
     // In-cache positions re-rotate the oldest keys each step, which the stored key summaries do not follow.
     if (policy->positions() == KvPositions::InCache)
       fail("--kv '{}': a read policy does not compose with streaming's in-cache positions", spec_in);
-    policy->set_read_filter(std::move(d.read_filter), d.key_summaries);
+    policy->set_read_filter(std::move(d.read_filter), d.key_summaries, d.page_tokens);
   }
   return policy;
 }

@@ -34,6 +34,7 @@ struct KvPolicyDraft {
   std::string format;               // the format's description
   std::unique_ptr<KvReadFilter> read_filter;  // the read policy's filter; null: decode reads everything
   bool key_summaries = false;                 // the read policy needs per-page key summaries in the store
+  int32_t page_tokens = 0;                    // the store page size the read policy asks for; 0: the default
   std::string read;                           // the read policy's description
 
   const TokenRanker* add_ranker(std::unique_ptr<TokenRanker> r);
