@@ -20,7 +20,7 @@
 namespace longctx::kv {
 
 namespace {
-constexpr int32_t kDefaultDenseLayers = 2, kDefaultPage = 64;
+constexpr int32_t kDefaultBudget = 1024, kDefaultDenseLayers = 2, kDefaultPage = 64;
 }  // namespace
 
 float quest_page_bound(const float* q, const float* summary, int32_t d) {
@@ -119,13 +119,12 @@ KvComponent kv_component_quest() {
           KvComponentKind::ReadPolicy,
           "Quest (\"Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference\"): each decode step reads "
           "only the pages whose key min/max bound the query's scores highest",
-          {{"budget", "", "tokens read per (layer, kv-head) each decode step, in whole pages"},
+          {{"budget", std::to_string(kDefaultBudget), "tokens read per (layer, kv-head) each decode step, in whole pages"},
            {"dense_layers", std::to_string(kDefaultDenseLayers), "first layers that read the whole cache"},
            {"page", std::to_string(kDefaultPage), "tokens per store page, the selection's granularity (16, 32 or 64; "
             "the paper uses 16)"}},
           [](const SpecArgs& args, KvPolicyDraft& d) {
-            if (!args.has("budget")) fail("quest needs budget=TOKENS (tokens read per decode step and kv-head)");
-            const int32_t budget = args.get_int("budget", 0, 1, 1 << 30);
+            const int32_t budget = args.get_int("budget", kDefaultBudget, 1, 1 << 30);
             const int32_t dense = args.get_int("dense_layers", kDefaultDenseLayers, 0, 1 << 20);
             const int32_t page = args.get_int("page", kDefaultPage, 16, 64);
             if (page != 16 && page != 32 && page != 64) fail("quest: page must be 16, 32 or 64, not {}", page);
