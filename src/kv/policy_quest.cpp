@@ -3,8 +3,9 @@
 // (quest.h). It composes with a token policy (Quest reads a subset of what the token policy kept) and with KIVI
 // (summaries are taken from the exact keys before a page is packed). Prefill reads everything.
 //
-// Pages are the store's (64 tokens; the paper uses 16): a budget of B tokens reads B / 64 pages per (layer,
-// kv-head), the newest (still filling) page always among them. GQA: the query heads of a kv-head share its pages,
+// Pages are the store's, 64 tokens unless page=16 or 32 asks the store for smaller ones (the paper uses 16: a
+// smaller page's min/max bound is tighter, at four times the summaries): a budget of B tokens reads B / page pages
+// per (layer, kv-head), the newest (still filling) page always among them. GQA: the query heads of a kv-head share its pages,
 // ranked by the largest of their bounds, not the sum: a page one head needs (a retrieval head finding a needle)
 // must not be outvoted by heads that spread their attention elsewhere, and the max is still an upper bound of the
 // score any of the heads could give the page. The first layers stay dense, as in the paper (their attention is
