@@ -20,6 +20,7 @@
 #include "core/thread_pool.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"
+#include "kv/quest.h"
 #include "model/forward.h"
 #include "model/model.h"
 
@@ -159,6 +160,21 @@ int64_t kv_bytes_read(const kv::KvSequence& seq, const kv::KvPagePool& pool, con
   return n;
 }
 
+namespace {
+int64_t quest_bytes_read(const kv::QuestReadFilter& quest, const kv::KvSequence& seq, int64_t dense_bytes) {
+  // The rows its pages held, as a fraction of what a dense step reads (formats mixed alike in both), plus the key
+  // summaries of every page it ranked (layers past the dense ones; an f32 min and max per channel).
+  if (quest.rows_held() == 0) return dense_bytes;
+  const kv::KvGeometry& geo = seq.geometry();
+  int64_t summaries = 0;
+  for (int32_t il = quest.dense_layers(); il < geo.n_layer; ++il)
+    for (int32_t g = 0; g < geo.n_head_kv; ++g)
+      summaries += static_cast<int64_t>(seq.head(il, g).pages.size()) * 2 * geo.head_dim * static_cast<int64_t>(sizeof(float));
+  return static_cast<int64_t>(static_cast<double>(dense_bytes) * static_cast<double>(quest.rows_read()) /
+                              static_cast<double>(quest.rows_held())) + summaries;
+}
+}  // namespace
+
 std::string json_quote(std::string_view s) {
   std::string out = "\"";
   for (const char ch : s) {
@@ -261,6 +277,8 @@ class BenchRunner {
     geo.format = policy.page_format();
     geo.sealed_format = policy.sealed_format();
     geo.n_recent_full_precision = policy.n_recent_full_precision();
+    geo.key_summaries = policy.wants_key_summaries();
+    if (policy.page_tokens() > 0) geo.page_tokens = policy.page_tokens();
     // No byte limit: the context check in bench_command bounds the tokens, and the pool allocates on demand.
     pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
     seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
@@ -323,7 +341,8 @@ class BenchRunner {
         scores_.reset(c.n_layer, c.n_head_kv, n_ctx_, seq_->n_tokens_max() + 1);
         scores_.first_pos = pos;
       }
-      forward_.run(*seq_, &id, &pos, 1, {0}, logits_.data(), want_scores ? &scores_ : nullptr, policy_.positions());
+      forward_.run(*seq_, &id, &pos, 1, {0}, logits_.data(), want_scores ? &scores_ : nullptr, policy_.positions(),
+                   policy_.read_filter());
       policy_.after_decode_step(*seq_, scores_);
     }
     return seconds_since(t0);
@@ -461,6 +480,8 @@ int bench_command(const BenchOptions& o) {
   const bool probe_each_rep = o.n_gen > 0 && reset_peak_rss();
   int64_t rss = 0;
   std::vector<CaseResult> results;
+  // Quest reads part of the cache each step: its row counts say how much.
+  auto* quest = dynamic_cast<kv::QuestReadFilter*>(policy->read_filter());
   for (int32_t d : depths) {
     const auto t_fill = std::chrono::steady_clock::now();
     runner.fill(d);
@@ -475,6 +496,7 @@ int bench_command(const BenchOptions& o) {
       }
       if (o.n_gen > 0) {
         runner.restore();
+        if (quest != nullptr) quest->reset_counts();
         tg.tokens_per_s.push_back(o.n_gen / runner.time_generation(o.n_gen));
         if (probe_each_rep) {
           rss = std::max(rss, peak_rss_bytes());
@@ -487,6 +509,7 @@ int bench_command(const BenchOptions& o) {
           const int64_t first = kv_bytes_read(runner.sequence(), runner.pages(), c, d);
           const int64_t last = kv_bytes_read(runner.sequence(), runner.pages(), c, d + o.n_gen - 1);
           tg.kv_bytes_per_token = (first + last) / 2;
+          if (quest != nullptr) tg.kv_bytes_per_token = quest_bytes_read(*quest, runner.sequence(), tg.kv_bytes_per_token);
         }
       }
     }

@@ -188,9 +188,12 @@ int run_command(const RunOptions& o) {
     fmt::print(stderr, "prefill: {} tokens in {:.2f}s ({:.1f} tok/s)\n", st.n_prompt, st.prefill_seconds, pp);
     fmt::print(stderr, "decode:  {} tokens in {:.2f}s ({:.1f} tok/s)\n", st.n_generated, st.decode_seconds, tg);
     const double ratio = st.kv_bytes.total() > 0 ? static_cast<double>(st.kv_full_f16_bytes) / st.kv_bytes.total() : 0;
-    fmt::print(stderr, "kv:      {} held ({} pages + {} metadata) for {} tokens; full f16 cache: {} ({:.2f}x)\n",
+    // Quest's per-page key summaries, where kept, are bytes the sequence holds too.
+    const std::string summaries = st.kv_bytes.summaries == 0 ? std::string() :
+        fmt::format(" + {} key summaries", human_bytes(static_cast<double>(st.kv_bytes.summaries)));
+    fmt::print(stderr, "kv:      {} held ({} pages + {} metadata{}) for {} tokens; full f16 cache: {} ({:.2f}x)\n",
                human_bytes(static_cast<double>(st.kv_bytes.total())), human_bytes(static_cast<double>(st.kv_bytes.payload)),
-               human_bytes(static_cast<double>(st.kv_bytes.metadata)), seq.n_tokens_max(),
+               human_bytes(static_cast<double>(st.kv_bytes.metadata)), summaries, seq.n_tokens_max(),
                human_bytes(static_cast<double>(st.kv_full_f16_bytes)), ratio);
     // What the page allocator holds from the system (freed pages go back at once), at the end and at its peak
     // (the whole prompt at f16 before the policy cuts it, unless --kv-prefill-compress), and the process's peak.

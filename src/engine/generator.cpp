@@ -54,6 +54,8 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
   geo.format = policy.page_format();
   geo.sealed_format = policy.sealed_format();
   geo.n_recent_full_precision = policy.n_recent_full_precision();
+  geo.key_summaries = policy.wants_key_summaries();
+  if (policy.page_tokens() > 0) geo.page_tokens = policy.page_tokens();
   // The full cache of n_ctx tokens in the open format, plus a slab of every format per head for the
   // transitions between them: the most it may hold.
   // KVzip's reconstruction pass (kv::KvReconstruction) appends up to a chunk and its instruction for a while.
@@ -74,7 +76,8 @@ void Generator::decode_step(int32_t id, int32_t pos, std::vector<float>& logits)
   } else {
     scores_.first_pos = INT_MAX;
   }
-  forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_, policy_.positions());
+  // Decode reads what the policy's read filter (Quest) chooses; prefill read everything.
+  forward_.run(*seq_, &id, &pos, 1, {0}, logits.data(), &scores_, policy_.positions(), policy_.read_filter());
   note_peak();
   policy_.after_decode_step(*seq_, scores_);
   kv_expire_window(c, *seq_, policy_, pos + 1);

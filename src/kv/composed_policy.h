@@ -66,6 +66,16 @@ class ComposedPolicy final : public KvPolicy {
   void after_prefill(KvSequence& seq, const KvScores& scores) override;
   void after_decode_step(KvSequence& seq, const KvScores& scores) override;
   void on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before, const std::vector<int32_t>& slots) override;
+  KvReadFilter* read_filter() override { return read_filter_.get(); }
+  bool wants_key_summaries() const override { return key_summaries_; }
+  int32_t page_tokens() const override { return page_tokens_; }
+  // The read policy (Quest): what decode reads of what this policy keeps, whether it needs key summaries, and the
+  // page size it selects in (0: the store's default).
+  void set_read_filter(std::unique_ptr<KvReadFilter> filter, bool key_summaries, int32_t page_tokens) {
+    read_filter_ = std::move(filter);
+    key_summaries_ = key_summaries;
+    page_tokens_ = page_tokens;
+  }
 
   const HeadPlan& plan(int32_t layer, int32_t kv_head) const { return plans_[index(layer, kv_head)]; }
 
@@ -104,6 +114,9 @@ class ComposedPolicy final : public KvPolicy {
   std::string description_;
   std::vector<std::vector<float>> accumulated_;  // (n_layer * n_head_kv) of (n_slots), for accumulating rankers
   std::vector<Compensation> compensation_;      // (n_layer * n_head_kv)
+  std::unique_ptr<KvReadFilter> read_filter_;
+  bool key_summaries_ = false;
+  int32_t page_tokens_ = 0;
 };
 
 // PyramidKV ("PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information Funneling"): attention

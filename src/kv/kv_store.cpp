@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <numeric>
 
 #include "backend/cpu/kv_page_codec.h"
@@ -120,6 +121,7 @@ void KvSequence::clear() {
     for (const KvPage& p : h.pages) pool_.kv_page_free(p);
     h.pages.clear();
     h.positions.clear();
+    h.key_summary.clear();
   }
 }
 
@@ -150,12 +152,55 @@ void KvSequence::append_row(KvHeadCache& h, const float* k, const float* v, int3
     for (size_t p = first; p < h.pages.size(); ++p) n_free += T - h.pages[p].n_rows;
     if (n_free > 0) pack_open_pages(h, first);
   }
-  if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == T)
+  if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == T) {
     h.pages.push_back(pool_.kv_page_alloc(geo_.format));
+    if (geo_.key_summaries) {
+      h.key_summary.resize(h.pages.size() * 2 * static_cast<size_t>(geo_.head_dim));
+      summarize_page(h, h.pages.size() - 1);  // empty: min +inf, max -inf
+    }
+  }
   KvPage& page = h.pages.back();
-  cpu::kv_page_write(page.format, T, geo_.head_dim, k, v, page.n_rows, 1, pool_.page_data(page));
+  uint8_t* data = pool_.page_data(page);
+  cpu::kv_page_write(page.format, T, geo_.head_dim, k, v, page.n_rows, 1, data);
   ++page.n_rows;
   h.positions.push_back(position);
+  if (geo_.key_summaries) {
+    // The row as stored (f16 rounds), so the page's bound covers the key the kernel reads.
+    const int32_t d = geo_.head_dim;
+    float stored[512];
+    cpu::kv_page_read_keys(page.format, T, d, data, page.n_rows - 1, 1, stored);
+    float* mn = h.key_summary.data() + (h.pages.size() - 1) * 2 * static_cast<size_t>(d);
+    float* mx = mn + d;
+    for (int32_t i = 0; i < d; ++i) {
+      mn[i] = std::min(mn[i], stored[i]);
+      mx[i] = std::max(mx[i], stored[i]);
+    }
+  }
+}
+
+void KvSequence::summarize_page(KvHeadCache& h, size_t p) {
+  if (!geo_.key_summaries) return;
+  const int32_t T = geo_.page_tokens, d = geo_.head_dim;
+  float* mn = h.key_summary.data() + p * 2 * static_cast<size_t>(d);
+  float* mx = mn + d;
+  std::fill(mn, mn + d, std::numeric_limits<float>::infinity());
+  std::fill(mx, mx + d, -std::numeric_limits<float>::infinity());
+  const KvPage& page = h.pages[p];
+  if (page.n_rows == 0) return;
+  std::vector<float> k(static_cast<size_t>(page.n_rows) * d);
+  cpu::kv_page_read_keys(page.format, T, d, pool_.page_data(page), 0, page.n_rows, k.data());
+  for (int32_t r = 0; r < page.n_rows; ++r)
+    for (int32_t i = 0; i < d; ++i) {
+      const float x = k[static_cast<size_t>(r) * d + i];
+      mn[i] = std::min(mn[i], x);
+      mx[i] = std::max(mx[i], x);
+    }
+}
+
+void KvSequence::summarize_pages_from(KvHeadCache& h, size_t first) {
+  if (!geo_.key_summaries) return;
+  h.key_summary.resize(h.pages.size() * 2 * static_cast<size_t>(geo_.head_dim));
+  for (size_t p = first; p < h.pages.size(); ++p) summarize_page(h, p);
 }
 
 void KvSequence::append(int32_t layer, const float* k, const float* v, const int32_t* positions, int32_t n) {
@@ -189,6 +234,7 @@ void KvSequence::seal_page(KvHeadCache& h, size_t pi) {
   packed.n_rows = T;
   pool_.kv_page_free(page);  // the packed page replaces the open one: never both held
   page = packed;
+  // The key summary stays the one of the exact keys read above: packing does not touch it.
 }
 
 void KvSequence::seal_old_pages(KvHeadCache& h) {
@@ -256,6 +302,7 @@ void KvSequence::pack_open_pages(KvHeadCache& h, size_t first) {
     pool_.kv_page_free(h.pages.back());
     h.pages.pop_back();
   }
+  summarize_pages_from(h, first);  // open pages hold exact keys (f16/f32): their rows moved
 }
 
 void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& slots) {
@@ -283,20 +330,28 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
       }
       cpu::kv_page_compact(page.format, T, d, pool_.page_data(page), keep.data(), static_cast<int32_t>(keep.size()));
       page.n_rows = static_cast<int32_t>(keep.size());
+      // The compacted page's summary, from the rows it still holds (a packed page: as dequantized, which is what
+      // attention reads of it; the exact keys are gone).
+      summarize_page(h, static_cast<size_t>(&page - h.pages.data()));
     }
     s0 = s1;
   }
   erase_slots(h.positions, slots);
   // Emptied pages go back to the pool at once.
   size_t w = 0;
+  const size_t sd = 2 * static_cast<size_t>(d);
   for (size_t p = 0; p < h.pages.size(); ++p) {
     if (h.pages[p].n_rows == 0) {
       pool_.kv_page_free(h.pages[p]);
     } else {
+      if (geo_.key_summaries && w != p)
+        std::copy_n(h.key_summary.begin() + static_cast<std::ptrdiff_t>(p * sd), sd,
+                    h.key_summary.begin() + static_cast<std::ptrdiff_t>(w * sd));
       h.pages[w++] = h.pages[p];
     }
   }
   h.pages.resize(w);
+  if (geo_.key_summaries) h.key_summary.resize(w * sd);
   // Open pages are packed together as soon as fewer pages would hold their rows (their free rows, the last page's
   // included, add up to a page), so they are always the fewest that can hold them. An append and an eviction a step
   // leave that sum as it is, so under decode-time eviction the packing runs once every page_tokens steps.
@@ -311,6 +366,7 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
   if (h.positions.capacity() > 2 * h.positions.size() + static_cast<size_t>(T)) {
     h.positions.shrink_to_fit();
     h.pages.shrink_to_fit();
+    h.key_summary.shrink_to_fit();
   }
 }
 
@@ -370,6 +426,7 @@ cpu::KvLayerView KvSequence::layer_view(int32_t layer) const {
     hv.slot0.push_back(s0);
     hv.positions = h.positions.data();
     hv.n_tokens = h.n_tokens();
+    hv.key_summary = geo_.key_summaries ? h.key_summary.data() : nullptr;
   }
   return view;
 }
@@ -391,6 +448,7 @@ KvBytes KvSequence::bytes() const {
   for (const auto& h : heads_) {
     for (const KvPage& p : h.pages) b.payload += pool_.page_bytes(p.format);
     b.metadata += h.pages.capacity() * sizeof(KvPage) + h.positions.capacity() * sizeof(int32_t);
+    b.summaries += h.key_summary.capacity() * sizeof(float);
   }
   b.metadata += heads_.capacity() * sizeof(KvHeadCache);
   return b;

@@ -28,6 +28,7 @@ struct KvGeometry {
   KvFormat format = KvFormat::F16;         // open pages
   KvFormat sealed_format = KvFormat::F16;  // what full pages become when sealed (== format: never repacked)
   int32_t n_recent_full_precision = 0;     // the newest tokens of each head are never sealed (KIVI's residual)
+  bool key_summaries = false;              // keep each page's key min/max (KvHeadCache::key_summary), for Quest
 };
 
 struct KvPage {
@@ -88,13 +89,19 @@ class KvPagePool {
 struct KvHeadCache {
   std::vector<KvPage> pages;
   std::vector<int32_t> positions;  // (n_tokens) original position of each kept token
+  // With KvGeometry::key_summaries, per page the element-wise min then max of its keys, (n_pages, 2, head_dim) f32
+  // ("Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference"); empty otherwise. The keys summarized
+  // are the ones the page holds as read back from its format (so the bound covers what attention reads), except
+  // that a page packed by sealing keeps the summary of its exact keys from before packing.
+  std::vector<float> key_summary;
   int32_t n_tokens() const { return static_cast<int32_t>(positions.size()); }
 };
 
 struct KvBytes {
   size_t payload = 0;   // page bytes of this sequence
   size_t metadata = 0;  // positions and page tables
-  size_t total() const { return payload + metadata; }
+  size_t summaries = 0;  // per-page key summaries (KvGeometry::key_summaries), 0 when none are kept
+  size_t total() const { return payload + metadata + summaries; }
 };
 
 // What KvSequence::remove_slots does to slot numbers: the removed slots go, the rest keep their order. Per-slot
@@ -165,6 +172,10 @@ class KvSequence {
   // The page holding a slot, and the slot's row in it.
   std::pair<size_t, int32_t> locate(const KvHeadCache& h, int32_t slot) const;
   void seal_page(KvHeadCache& h, size_t page_index);
+  // Key summaries (no-ops without KvGeometry::key_summaries): page p's min/max recomputed from the keys it holds;
+  // the summaries of pages [first, end) recomputed and the table cut to the page count.
+  void summarize_page(KvHeadCache& h, size_t p);
+  void summarize_pages_from(KvHeadCache& h, size_t first);
   // Seals the oldest open pages while a full page's worth of tokens beyond the full-precision window is open.
   void seal_old_pages(KvHeadCache& h);
   // Moves the rows of the open pages from page `first` on to the front, in order, and frees emptied pages.

@@ -15,6 +15,7 @@
 #include "core/kv_format.h"
 #include "core/thread_pool.h"
 #include "kv/kv_store.h"
+#include "kv/read_filter.h"
 
 namespace longctx::kv {
 
@@ -116,6 +117,14 @@ class KvPolicy {
   // Someone else removed these slots (sorted ascending) of a head that held n_before, in KvSequence::remove_slots
   // order (sliding-window expiry): per-slot state kept beside the store must follow.
   virtual void on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before, const std::vector<int32_t>& slots) {}
+  // What each decode step reads of the cache (Quest's query-aware pages), passed to Forward::run during decode;
+  // null: everything. Prefill always reads the whole cache.
+  virtual KvReadFilter* read_filter() { return nullptr; }
+  // Whether the store must keep per-page key summaries (KvGeometry::key_summaries) for the read filter.
+  virtual bool wants_key_summaries() const { return false; }
+  // Tokens per store page the policy asks for (Quest selects whole pages, so its page size is its granularity);
+  // 0: the store's default.
+  virtual int32_t page_tokens() const { return 0; }
 };
 
 // Parses a --kv spec: components joined by '+', each "name" or "name:key=value,key=value". A bad spec gets an

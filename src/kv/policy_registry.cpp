@@ -17,6 +17,7 @@ const std::vector<KvComponent>& kv_components() {
       kv_component_tova(),      kv_component_kvzip(), kv_component_expected_attention(),
       kv_component_pyramid(),   kv_component_heads(), kv_component_adakv(),
       kv_component_full(),      kv_component_kivi(),
+      kv_component_quest(),
   };
   return all;
 }
@@ -52,6 +53,7 @@ const char* kind_name(KvComponentKind k) {
     case KvComponentKind::TokenPolicy: return "token policies";
     case KvComponentKind::BudgetShape: return "budget shapes";
     case KvComponentKind::Format: return "formats";
+    case KvComponentKind::ReadPolicy: return "read policies (what each decode step reads)";
   }
   return "";
 }
@@ -82,9 +84,10 @@ std::string synopsis(const KvComponent& c) {
 
 std::string kv_policy_help() {
   std::string s =
-      "Components joined by '+': at most one token policy, any budget shapes, at most one format; each "
-      "name[:key=value,...] (defaults shown).";
-  for (KvComponentKind kind : {KvComponentKind::TokenPolicy, KvComponentKind::BudgetShape, KvComponentKind::Format}) {
+      "Components joined by '+': at most one token policy, any budget shapes, at most one format, at most one read "
+      "policy; each name[:key=value,...] (defaults shown).";
+  for (KvComponentKind kind : {KvComponentKind::TokenPolicy, KvComponentKind::BudgetShape, KvComponentKind::Format,
+                               KvComponentKind::ReadPolicy}) {
     s += std::string("\n") + kind_name(kind) + ":";
     for (const KvComponent& c : kv_components()) {
       if (c.kind != kind) continue;
@@ -95,7 +98,7 @@ std::string kv_policy_help() {
   s += "\npresets:";
   for (const auto& [name, spec] : presets()) s += " " + name + " (" + spec + ")";
   s += "\nExamples: snapkv:budget=1024+kivi:bits=2, pyramid:budget=2048+snapkv, chunkkv:budget=512, "
-       "snapkv:budget=1024+adakv, heads:file=heads.json+kivi:bits=4.";
+       "snapkv:budget=1024+adakv, heads:file=heads.json+kivi:bits=4, snapkv:budget=4096+quest:budget=1024+kivi:bits=4.";
   return s;
 }
 
@@ -119,6 +122,8 @@ std::unique_ptr<KvPolicy> make_kv_policy(const std::string& spec_in, int32_t n_l
         fail("--kv '{}' has two token policies ({} and {}); use one", spec_in, p.component->name, name);
       if (p.component->kind == c->kind && c->kind == KvComponentKind::Format)
         fail("--kv '{}' has two formats ({} and {}); use one", spec_in, p.component->name, name);
+      if (p.component->kind == c->kind && c->kind == KvComponentKind::ReadPolicy)
+        fail("--kv '{}' has two read policies ({} and {}); use one", spec_in, p.component->name, name);
     }
     std::vector<std::string> keys;
     for (const SpecArg& a : c->args) keys.push_back(a.name);
@@ -128,7 +133,7 @@ std::unique_ptr<KvPolicy> make_kv_policy(const std::string& spec_in, int32_t n_l
   KvPolicyDraft d;
   d.n_layer = n_layer;
   d.n_head_kv = n_head_kv;
-  for (KvComponentKind kind : {KvComponentKind::Format, KvComponentKind::TokenPolicy})
+  for (KvComponentKind kind : {KvComponentKind::Format, KvComponentKind::TokenPolicy, KvComponentKind::ReadPolicy})
     for (const Part& p : parts)
       if (p.component->kind == kind) p.component->apply(p.args, d);
   d.plans.assign(static_cast<size_t>(n_layer) * n_head_kv,
@@ -143,8 +148,16 @@ std::unique_ptr<KvPolicy> make_kv_policy(const std::string& spec_in, int32_t n_l
   for (const std::string& s : what) description += (description.empty() ? "" : " + ") + s;
   if (description.empty()) description = "full";
   description += ", " + (d.format.empty() ? std::string(kv_format_name(d.open)) : d.format);
-  return std::make_unique<ComposedPolicy>(std::move(d.rankers), std::move(d.plans), n_head_kv, d.open, d.sealed,
-                                          d.n_recent_full_precision, description, std::move(d.share));
+  if (!d.read.empty()) description += ", read " + d.read;
+  auto policy = std::make_unique<ComposedPolicy>(std::move(d.rankers), std::move(d.plans), n_head_kv, d.open, d.sealed,
+                                                 d.n_recent_full_precision, description, std::move(d.share));
+  if (d.read_filter) {
+    // In-cache positions re-rotate the oldest keys each step, which the stored key summaries do not follow.
+    if (policy->positions() == KvPositions::InCache)
+      fail("--kv '{}': a read policy does not compose with streaming's in-cache positions", spec_in);
+    policy->set_read_filter(std::move(d.read_filter), d.key_summaries, d.page_tokens);
+  }
+  return policy;
 }
 
 }  // namespace longctx::kv

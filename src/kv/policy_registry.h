@@ -15,8 +15,9 @@
 
 namespace longctx::kv {
 
-// A spec names at most one token policy and one format, and any budget shapes, each at most once.
-enum class KvComponentKind { TokenPolicy, BudgetShape, Format };
+// A spec names at most one token policy, one format and one read policy, and any budget shapes, each at most once.
+// A read policy (Quest) decides what each decode step reads of what the others keep.
+enum class KvComponentKind { TokenPolicy, BudgetShape, Format, ReadPolicy };
 
 // What the parts of one spec put together. The parts apply in the order formats, token policy, budget shapes (in
 // registry order), so that a budget shape sees the token policy it shapes; the plans are the token policy's
@@ -32,6 +33,10 @@ struct KvPolicyDraft {
   std::unique_ptr<LayerBudgetShare> share;  // a shape that shares each layer's budget at the cut (AdaKV); null: none
   std::vector<std::string> shapes;  // what each budget shape did, for describe()
   std::string format;               // the format's description
+  std::unique_ptr<KvReadFilter> read_filter;  // the read policy's filter; null: decode reads everything
+  bool key_summaries = false;                 // the read policy needs per-page key summaries in the store
+  int32_t page_tokens = 0;                    // the store page size the read policy asks for; 0: the default
+  std::string read;                           // the read policy's description
 
   const TokenRanker* add_ranker(std::unique_ptr<TokenRanker> r);
   HeadPlan& plan(int32_t layer, int32_t kv_head) { return plans[static_cast<size_t>(layer) * n_head_kv + kv_head]; }
@@ -58,8 +63,10 @@ KvComponent kv_component_heads();      // policy_heads.cpp
 KvComponent kv_component_adakv();      // policy_adakv.cpp
 KvComponent kv_component_full();       // policy_full.cpp
 KvComponent kv_component_kivi();       // policy_kivi.cpp
+KvComponent kv_component_quest();      // policy_quest.cpp
 
-// Every component, token policies first, then budget shapes (in the order they apply), then formats.
+// Every component, token policies first, then budget shapes (in the order they apply), then formats, then read
+// policies.
 const std::vector<KvComponent>& kv_components();
 // The entry named `name`, null if none.
 const KvComponent* find_kv_component(const std::string& name);

@@ -186,6 +186,7 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
       cpu::attention(pool_, ap, q_.data(), positions, n, view, attn_.data());
     } else {
       cpu::KvLayerView narrowed = view;
+      narrowed.n_head = c.n_head;
       read->narrow(il, q_.data(), positions, n, narrowed);
       cpu::attention(pool_, ap, q_.data(), positions, n, narrowed, attn_.data());
     }

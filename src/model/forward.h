@@ -7,6 +7,7 @@
 #include "core/thread_pool.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"
+#include "kv/read_filter.h"
 #include "model/model.h"
 
 namespace longctx {
@@ -59,15 +60,7 @@ class KvInCacheRotation {
   std::vector<float> cos_, sin_;  // (n_rot / 2)
 };
 
-// Narrows what one layer's attention reads to part of the cache, given that layer's queries (Quest's query-aware
-// pages, a speculative draft's view of the cache): called after the chunk's keys are appended, with q
-// (n_tok, n_head, head_dim) rotated; it may replace view's heads with cpu::keep_pages subsets. The store is not
-// changed, and the scores gathered for the policies are still over the whole view.
-class KvReadFilter {
- public:
-  virtual ~KvReadFilter() = default;
-  virtual void narrow(int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok, cpu::KvLayerView& view) = 0;
-};
+// KvReadFilter (kv/read_filter.h): what a forward reads of each layer's cache.
 
 class Forward {
  public:

@@ -20,6 +20,9 @@ struct KvHeadView {
   std::vector<int32_t> slot0;         // (n_pages + 1) first slot of each page; slot0[n_pages] == n_tokens
   const int32_t* positions = nullptr;  // (n_tokens) original position of each slot
   int32_t n_tokens = 0;
+  // Per page, the element-wise min then max of its keys ((n_pages, 2, head_dim) f32), where the store keeps them
+  // (Quest's page summaries); null otherwise. The attention kernels do not read it; keep_pages leaves it null.
+  const float* key_summary = nullptr;
   int32_t n_pages() const { return static_cast<int32_t>(pages.size()); }
   int32_t page_rows(int32_t p) const { return slot0[static_cast<size_t>(p) + 1] - slot0[static_cast<size_t>(p)]; }
   int32_t page_of(int32_t slot) const;  // the page holding a slot (binary search)
@@ -34,6 +37,7 @@ struct KvLayerView {
   std::vector<KvHeadView> heads;  // (n_head_kv)
   int32_t page_tokens = 0;
   int32_t head_dim = 0;
+  int32_t n_head = 0;  // query heads of the q handed to a read filter with this view (set by the forward); 0: unset
 };
 
 struct AttentionParams {
