@@ -428,7 +428,8 @@ TEST(Speculative, SpecParsing) {
   EXPECT_NE(error_of("self:draft=h2o:budget=64").find("every decode step"), std::string::npos);
   EXPECT_NE(error_of("self:draft=kivi:bits=2").find("not a token policy"), std::string::npos);
   EXPECT_NE(error_of("self:draft=snapkv:budget=64+kivi:bits=2").find("not a composition"), std::string::npos);
-  EXPECT_NE(error_of("self:draft=quest").find("unknown policy"), std::string::npos);
+  EXPECT_NE(error_of("self:draft=nosuchpolicy").find("unknown policy"), std::string::npos);
+  EXPECT_NE(error_of("self:draft=quest").find("not a token policy"), std::string::npos);
   EXPECT_NE(error_of("self:draft=streaming:budget=64,nope=1").find("nope"), std::string::npos);
 
   EXPECT_NO_THROW(make_verifier_policy("full", 2, 2));
