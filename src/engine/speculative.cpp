@@ -19,18 +19,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (true) {
-    const size_t at = s.find(sep, start);
-    out.push_back(s.substr(start, at == std::string::npos ? std::string::npos : at - start));
-    if (at == std::string::npos) break;
-    start = at + 1;
-  }
-  return out;
-}
-
 // The draft's token policy from its --kv spec; owned keeps it alive.
 const kv::TokenRanker* make_draft_ranker(const std::string& spec, std::vector<std::unique_ptr<kv::TokenRanker>>& owned) {
   if (spec.empty()) fail("--spec: draft= is empty; give a token policy, e.g. draft=streaming:budget=512");
@@ -78,7 +66,7 @@ SpecParams parse_spec(const std::string& spec) {
       rest = d == 0 ? std::string() : rest.substr(0, d - 1);
     }
     if (!rest.empty())
-      for (const std::string& item : split(rest, ',')) {
+      for (const std::string& item : kv::split_spec(rest, ',')) {
         const size_t eq = item.find('=');
         const std::string key = item.substr(0, eq);
         if (key != "gamma" || eq == std::string::npos)
@@ -104,7 +92,7 @@ std::string spec_help() {
 
 std::unique_ptr<kv::KvPolicy> make_verifier_policy(const std::string& kv_spec, int32_t n_layer, int32_t n_head_kv) {
   const std::string spec = kv_spec == "lossless" ? "full" : kv_spec;
-  for (const std::string& part : split(spec, '+'))
+  for (const std::string& part : kv::split_spec(spec, '+'))
     if (part.substr(0, part.find(':')) != "full")
       fail("--spec self verifies against the full cache, so --kv '{}' cannot go with it (it evicts or packs); the "
            "draft's view is chosen by --spec self:draft=SPEC instead; use --kv full (or full:type=f32)",

@@ -58,17 +58,6 @@ const char* kind_name(KvComponentKind k) {
   return "";
 }
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (true) {
-    const size_t at = s.find(sep, start);
-    out.push_back(s.substr(start, at == std::string::npos ? std::string::npos : at - start));
-    if (at == std::string::npos) return out;
-    start = at + 1;
-  }
-}
-
 // "name[:a=1,b=2]", or "name:file=FILE[,a=1]" when the first argument is required.
 std::string synopsis(const KvComponent& c) {
   std::string required, optional;
@@ -112,7 +101,7 @@ std::unique_ptr<KvPolicy> make_kv_policy(const std::string& spec_in, int32_t n_l
     SpecArgs args;
   };
   std::vector<Part> parts;
-  for (const std::string& text : split(spec, '+')) {
+  for (const std::string& text : split_spec(spec, '+')) {
     const std::string name = text.substr(0, text.find(':'));
     const KvComponent* c = find_kv_component(name);
     if (c == nullptr) fail("unknown KV policy '{}' in --kv '{}'; valid: {}", name, spec_in, valid_names());

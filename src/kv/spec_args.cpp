@@ -70,4 +70,15 @@ std::string SpecArgs::get_string(const std::string& key, const std::string& fall
   return it == values_.end() ? fallback : it->second;
 }
 
+std::vector<std::string> split_spec(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t at = s.find(sep, start);
+    out.push_back(s.substr(start, at == std::string::npos ? std::string::npos : at - start));
+    if (at == std::string::npos) return out;
+    start = at + 1;
+  }
+}
+
 }  // namespace longctx::kv

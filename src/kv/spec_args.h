@@ -33,4 +33,7 @@ class SpecArgs {
   std::map<std::string, std::string> values_;
 };
 
+// The parts of a spec between separators ('+' between components, ',' between arguments), empty parts kept.
+std::vector<std::string> split_spec(const std::string& s, char sep);
+
 }  // namespace longctx::kv
