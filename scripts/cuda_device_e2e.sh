@@ -49,7 +49,7 @@ if [ -z "${E2E_CHECK_ONLY:-}" ]; then  # E2E_CHECK_ONLY=1: the checks alone, no 
   "$B/e2e_bench" "$OUT/e2e.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench.txt"
   bench_rc=${PIPESTATUS[0]}
 fi
-if [ -n "${E2E_SWEEP:-}" ]; then  # variants of the fused GEMV (NOTES.md): no programmatic dependent launch; 8 loads in flight
+if [ -n "${E2E_SWEEP:-}" ]; then  # variants of the fused GEMV (docs/cuda-backend-notes.md): no programmatic dependent launch; 8 loads in flight
   LONGCTX_PDL=0 "$B/e2e_bench" "$OUT/e2e_nopdl.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_nopdl.txt"
   LONGCTX_GEMV_UNROLL=8 "$B/e2e_bench" "$OUT/e2e_unroll8.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_unroll8.txt"
 fi

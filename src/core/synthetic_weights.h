@@ -1,4 +1,4 @@
-// Synthetic weights of a real model's shapes, built from a seed (issue 6, item 4), so that benchmarks need no model
+// Synthetic weights of a real model's shapes, built from a seed, so that benchmarks need no model
 // files and any backend (the CPU model, the CUDA decode step, a plain test reference) rebuilds exactly the same
 // weights.
 //

@@ -51,7 +51,7 @@ namespace longctx::cuda {
 namespace {
 
 constexpr int kTile = 16;     // tokens per tensor-core tile
-// Warps and stages are overridable at compile time only for tuning sweeps (NOTES.md has the measurements).
+// Warps and stages are overridable at compile time only for tuning sweeps (docs/cuda-backend-notes.md has the measurements).
 #ifndef LONGCTX_DECODE_WARPS
 #define LONGCTX_DECODE_WARPS 8
 #endif
@@ -227,7 +227,7 @@ template <typename E, int kChunks>
 __device__ __forceinline__ void score_products(float (&sc)[4], const uint4 (&klo)[kChunks], const uint4 (&khi)[kChunks],
                                                const uint4 (&qf)[kChunks]) {
   // Two independent chains of mma, added at the end: the tile's math is a latency chain at 2 warps per scheduler,
-  // and this halves its longest link (measured 1-3% faster, bf16 and KIVI alike; NOTES.md).
+  // and this halves its longest link (measured 1-3% faster, bf16 and KIVI alike; docs/cuda-backend-notes.md).
   float sb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
   for (int j = 0; j < kChunks; ++j) {
@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(const Dec
 
   // Tile k is read from its stage into registers and the stage is refilled with tile k + kStages before tile k is
   // computed, so all kStages tiles of the ring stay in flight while the warp computes. (Measured no faster than
-  // refilling after the compute: bytes in flight are not what limits this kernel; NOTES.md.)
+  // refilling after the compute: bytes in flight are not what limits this kernel; docs/cuda-backend-notes.md.)
 #pragma unroll
   for (int k = 0; k < kStages; ++k) issue(k);
   for (int k = 0; k < n_k; ++k) {

@@ -1,4 +1,4 @@
-// GEMMs of the forward through cuBLASLt in bf16 (issue 6, item 2), behind a plain C++ interface.
+// GEMMs of the forward through cuBLASLt in bf16, behind a plain C++ interface.
 //
 // One layout for every product of a llama forward: y = x W^T with W (n_out, n_in) bf16 row-major (the GGUF and
 // PyTorch layout), x (n_cols, n_in) bf16, y (n_cols, n_out) f32, products accumulated in f32. At decode n_cols = 1

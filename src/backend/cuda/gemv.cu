@@ -1,7 +1,7 @@
 // The decode step's matrix-vector products (batch 1) with their neighbours fused in (ops.h, gemv).
 //
 // Why not cuBLASLt alone: at n_cols = 1 its kernels read the small matrices of a llama layer well under the
-// bandwidth (measured on the H200, NOTES.md: 2.45 TB/s for 4096 x 4096, 2.84 for 6144 x 4096, 3.6 for
+// bandwidth (measured on the H200, docs/cuda-backend-notes.md: 2.45 TB/s for 4096 x 4096, 2.84 for 6144 x 4096, 3.6 for
 // 4096 x 14336, against 4.54 for a read-only kernel), and every product is flanked by a norm or an activation that
 // costs a launch of its own. Here each warp streams rows of W with 16-byte loads, many in flight (kUnroll per row,
 // two rows at once), against x held in shared memory; the block's prologue builds that x (a bf16 copy, or the RMSNorm
@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
 
   // Prologue: x into shared memory as bf16. Its loads go in batches of kBatch per thread, all issued before the
   // first use: x sits in L2, and a chain of dependent round trips here is time in which no weight streams (a loop
-  // of one load per iteration measured ~2.5 us for the RMSNorm prologue; NOTES.md).
+  // of one load per iteration measured ~2.5 us for the RMSNorm prologue; docs/cuda-backend-notes.md).
   constexpr int kBatch = 4;
   const int32_t stride = blockDim.x * kBatch;
   if (a.x_f32 == nullptr) {
@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
 // round a full memory latency), so the busiest warp's count, ceil(units / warps) * ceil(chunks / (32 * kUnroll)),
 // is what the choice minimizes; 8 loads in flight halve the rounds but, at ~116 registers against 76, leave 2 blocks
 // a multiprocessor instead of 3. A tie keeps 4 (its spare warps hide more of the ramp). LONGCTX_GEMV_UNROLL=4 or 8
-// forces one instance for every product (NOTES.md has the measurements).
+// forces one instance for every product (docs/cuda-backend-notes.md has the measurements).
 int pick_unroll(int32_t n_units, int32_t n_chunks, int32_t warps4, int32_t warps8) {
   static const int forced = [] {
     const char* e = std::getenv("LONGCTX_GEMV_UNROLL");

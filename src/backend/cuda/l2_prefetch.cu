@@ -1,7 +1,7 @@
 // Warming L2 with weights that the next product will read (ops.h, l2_prefetch).
 //
 // At batch 1 the step's attention at short context reads its K/V well under the memory bandwidth (4K context:
-// ~1.5 TB/s, NOTES.md), so the bandwidth left over while it runs can bring the next weight matrix (Wo, 33.5 MB for
+// ~1.5 TB/s, docs/cuda-backend-notes.md), so the bandwidth left over while it runs can bring the next weight matrix (Wo, 33.5 MB for
 // llama3-8b, inside the H200's 60 MB L2) into L2; the Wo product then reads L2 instead of HBM. The bulk prefetch of
 // sm_90 (cp.async.bulk.prefetch.L2) moves a whole range per instruction and completes on its own: the kernel only
 // issues the requests and exits, so it costs a launch, not the transfer. It is a hint: no result depends on it.

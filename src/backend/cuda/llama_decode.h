@@ -1,4 +1,4 @@
-// A llama decode step on the device (issue 6, item 1): the whole forward of one token at batch 1, captured once into
+// A llama decode step on the device: the whole forward of one token at batch 1, captured once into
 // a CUDA graph and replayed for every token.
 //
 // The graph is reusable because nothing that changes between steps is baked into it: the input token, the position

@@ -1,4 +1,4 @@
-// The element-wise and row-wise ops of a llama decode step on the device (issue 6, item 2), behind the plain
+// The element-wise and row-wise ops of a llama decode step on the device, behind the plain
 // interface of cuda_backend.h: no CUDA header, device pointers as void* / typed pointers, streams as opaque handles,
 // every call returns a Status (a bad shape is refused before anything is launched).
 //

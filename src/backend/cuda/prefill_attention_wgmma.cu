@@ -30,7 +30,7 @@
 namespace longctx::cuda {
 namespace {
 
-// Overridable at compile time for tuning sweeps only (NOTES.md has the measurements).
+// Overridable at compile time for tuning sweeps only (docs/cuda-backend-notes.md has the measurements).
 #ifndef LONGCTX_PREFILL_GROUPS
 #define LONGCTX_PREFILL_GROUPS 2
 #endif

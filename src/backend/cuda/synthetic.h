@@ -1,4 +1,4 @@
-// The device side of the synthetic weights (issue 6, item 4): filling device memory from the counter-based generator
+// The device side of the synthetic weights: filling device memory from the counter-based generator
 // of core/synthetic_weights.h, whose inline functions nvcc compiles for the device too, so the device's bits are the
 // host's. This header includes no CUDA header.
 #pragma once
