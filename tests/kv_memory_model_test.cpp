@@ -26,11 +26,8 @@ class KvMemory : public ::testing::Test {
     LONGCTX_REQUIRE_MODEL(test::smollm2_path());
     model_ = Model::load(test::smollm2_path()).release();
     tok_ = Tokenizer::from_gguf(model_->file()).release();
-    std::ifstream in(std::string(LONGCTX_SOURCE_DIR) + "/data/kjv.txt");
-    ASSERT_TRUE(in) << "data/kjv.txt is missing: run scripts/setup.sh (README) first";
-    std::string text(60000, '\0');
-    in.read(text.data(), static_cast<std::streamsize>(text.size()));
-    text.resize(static_cast<size_t>(in.gcount()));
+    std::string text;
+    ASSERT_NO_FATAL_FAILURE(test::read_kjv_head(60000, &text));
     prompt_ = tok_->encode(text, tok_->add_bos(), false);
     prompt_.resize(3000);
     full_ = run("full", false);

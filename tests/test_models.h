@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 namespace longctx::test {
@@ -24,5 +25,15 @@ inline std::string golden_dir() { return std::string(LONGCTX_SOURCE_DIR) + "/tes
 #define LONGCTX_REQUIRE_MODEL(path)                                                                  \
   ASSERT_TRUE(std::filesystem::exists(path)) << "model file " << (path)                              \
                                              << " is missing: run scripts/setup.sh (README) first"
+
+// The first n_bytes of the eval haystack (data/kjv.txt, made by scripts/setup.sh) into text; a fatal failure when it
+// is missing (call under ASSERT_NO_FATAL_FAILURE).
+inline void read_kjv_head(size_t n_bytes, std::string* text) {
+  std::ifstream in(std::string(LONGCTX_SOURCE_DIR) + "/data/kjv.txt");
+  ASSERT_TRUE(in) << "data/kjv.txt is missing: run scripts/setup.sh (README) first";
+  text->assign(n_bytes, '\0');
+  in.read(text->data(), static_cast<std::streamsize>(text->size()));
+  text->resize(static_cast<size_t>(in.gcount()));
+}
 
 }  // namespace longctx::test
