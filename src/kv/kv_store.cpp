@@ -33,7 +33,7 @@ KvPagePool::~KvPagePool() {
     for (const Slab& s : fp.slabs) munmap(s.base, s.bytes);
 }
 
-size_t KvPagePool::page_bytes(KvFormat f) const { return cpu::kv_page_bytes(f, page_tokens_, head_dim_); }
+size_t KvPagePool::page_bytes(KvFormat f) const { return kv_page_bytes(f, page_tokens_, head_dim_); }
 
 KvPagePool::FormatPages& KvPagePool::format_pages(KvFormat f) {
   FormatPages& fp = by_format_[static_cast<int>(f)];
@@ -110,7 +110,7 @@ KvSequence::KvSequence(const KvGeometry& geo, KvPagePool& pool)
     : geo_(geo), pool_(pool), heads_(static_cast<size_t>(geo.n_layer) * geo.n_head_kv) {
   if (kv_format_is_packed(geo.format)) fail("internal: open KV pages must be f16 or f32");
   if (geo.n_recent_full_precision < 0) fail("internal: negative full-precision window");
-  if (pool.page_bytes(geo.format) != cpu::kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim))
+  if (pool.page_bytes(geo.format) != kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim))
     fail("internal: KV pool geometry does not match the sequence's");
 }
 
@@ -405,8 +405,8 @@ void KvSequence::read_values(int32_t layer, int32_t kv_head, int32_t slot, int32
   cpu::kv_page_read_values(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, n, out);
 }
 
-cpu::KvLayerView KvSequence::layer_view(int32_t layer) const {
-  cpu::KvLayerView view;
+KvLayerView KvSequence::layer_view(int32_t layer) const {
+  KvLayerView view;
   view.page_tokens = geo_.page_tokens;
   view.head_dim = geo_.head_dim;
   view.heads.resize(static_cast<size_t>(geo_.n_head_kv));

@@ -15,7 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include "backend/cpu/attention.h"
+#include "backend/backend.h"
 #include "core/kv_format.h"
 
 namespace longctx::kv {
@@ -157,7 +157,7 @@ class KvSequence {
   void read_values(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const; // (n, head_dim)
 
   // The kernels' view of one layer: page addresses, formats and positions. Valid until the next change.
-  cpu::KvLayerView layer_view(int32_t layer) const;
+  KvLayerView layer_view(int32_t layer) const;
 
   int32_t n_tokens_max() const;  // tokens held by the most populated head
   int64_t n_tokens_total() const;  // summed over all (layer, kv-head)

@@ -57,9 +57,9 @@ std::vector<KvKeyShift> kv_in_cache_shifts(const std::vector<int32_t>& positions
 }
 
 int32_t KvInCacheRotation::apply(const kv::KvSequence& kv, int32_t layer, int32_t q_pos, float rope_base,
-                                 int32_t n_rot, cpu::RopeOrder order, cpu::KvLayerView& view) {
+                                 int32_t n_rot, RopeOrder order, KvLayerView& view) {
   const int32_t T = view.page_tokens, D = view.head_dim;
-  const size_t page_floats = cpu::kv_page_bytes(KvFormat::F32, T, D) / sizeof(float);
+  const size_t page_floats = kv_page_bytes(KvFormat::F32, T, D) / sizeof(float);
   k_.resize(static_cast<size_t>(T) * D);
   v_.resize(static_cast<size_t>(T) * D);
   size_t n_scratch = 0;
@@ -67,7 +67,7 @@ int32_t KvInCacheRotation::apply(const kv::KvSequence& kv, int32_t layer, int32_
   for (int32_t g = 0; g < static_cast<int32_t>(view.heads.size()); ++g) {
     const kv::KvHeadCache& h = kv.head(layer, g);
     const std::vector<KvKeyShift> shifts = kv_in_cache_shifts(h.positions, q_pos);
-    cpu::KvHeadView& hv = view.heads[static_cast<size_t>(g)];
+    KvHeadView& hv = view.heads[static_cast<size_t>(g)];
     for (size_t i = 0; i < shifts.size();) {
       // One page at a time: decode it whole, turn its moving keys, and let the view read the copy.
       const int32_t page = hv.page_of(shifts[i].slot), row0 = hv.slot0[static_cast<size_t>(page)];
@@ -82,7 +82,7 @@ int32_t KvInCacheRotation::apply(const kv::KvSequence& kv, int32_t layer, int32_
         if (cos_.empty() || delta != angles_delta_ || rope_base != angles_base_ || n_rot != angles_n_rot_) {
           cos_.resize(static_cast<size_t>(n_rot / 2));
           sin_.resize(static_cast<size_t>(n_rot / 2));
-          cpu::rope_angles(delta, n_rot, rope_base, cos_.data(), sin_.data());
+          rope_angles(delta, n_rot, rope_base, cos_.data(), sin_.data());
           angles_delta_ = delta;
           angles_base_ = rope_base;
           angles_n_rot_ = n_rot;
@@ -141,7 +141,7 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
       for (int64_t i = 0; i < E; ++i) xr[i] *= c.embd_scale;
   }
 
-  cpu::AttentionParams ap;
+  AttentionParams ap;
   ap.n_head = c.n_head;
   ap.n_head_kv = c.n_head_kv;
   ap.head_dim = c.head_dim;
@@ -179,13 +179,13 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
     cpu::rope(k_.data(), positions, n, c.n_head_kv, D, c.n_rot, base, c.rope_order);
     kv.append(il, k_.data(), v_.data(), positions, n);
     ap.window = local ? c.sliding_window : 0;
-    cpu::KvLayerView view = kv.layer_view(il);
+    KvLayerView view = kv.layer_view(il);
     if (key_positions == kv::KvPositions::InCache)
       in_cache_.apply(kv, il, positions[0], base, c.n_rot, c.rope_order, view);
     if (read == nullptr) {
       cpu::attention(pool_, ap, q_.data(), positions, n, view, attn_.data());
     } else {
-      cpu::KvLayerView narrowed = view;
+      KvLayerView narrowed = view;
       narrowed.n_head = c.n_head;
       read->narrow(il, q_.data(), positions, n, narrowed);
       cpu::attention(pool_, ap, q_.data(), positions, n, narrowed, attn_.data());

@@ -47,7 +47,7 @@ std::vector<KvKeyShift> kv_in_cache_shifts(const std::vector<int32_t>& positions
 class KvInCacheRotation {
  public:
   int32_t apply(const kv::KvSequence& kv, int32_t layer, int32_t q_pos, float rope_base, int32_t n_rot,
-                cpu::RopeOrder order, cpu::KvLayerView& view);
+                RopeOrder order, KvLayerView& view);
 
  private:
   std::vector<std::vector<float>> pages_;  // scratch pages in the F32 page layout, reused from layer to layer
