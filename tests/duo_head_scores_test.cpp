@@ -12,6 +12,7 @@
 #include <random>
 #include <set>
 
+#include "backend/cpu/attention.h"
 #include "core/error.h"
 #include "kv/composed_policy.h"
 #include "kv/kv_store.h"

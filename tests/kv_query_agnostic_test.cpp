@@ -94,7 +94,7 @@ TEST(KvzipPolicy, KeepsSinksAndTheTokensReconstructionAttendedMost) {
     KvScores scores;
     scores.reset(n_layer, n_head_kv, n + 1, n + 1);
     scores.first_pos = n;
-    scores.reduce = cpu::ScoreReduce::Max;
+    scores.reduce = ScoreReduce::Max;
     std::mt19937 rng(budget);
     std::map<std::pair<int32_t, int32_t>, std::map<int32_t, double>> ref_scores;
     for (int32_t l = 0; l < n_layer; ++l)
@@ -124,7 +124,7 @@ TEST(KvzipPolicy, GlobalAllocationSharesOneThresholdOverAllHeads) {
   KvScores scores;
   scores.reset(n_layer, n_head_kv, n, n);
   scores.first_pos = n;
-  scores.reduce = cpu::ScoreReduce::Max;
+  scores.reduce = ScoreReduce::Max;
   std::mt19937 rng(17);
   std::uniform_real_distribution<float> u(0.0f, 1.0f);
   struct Entry {

@@ -10,6 +10,7 @@
 #include <map>
 #include <random>
 
+#include "backend/cpu/attention.h"
 #include "core/fp16.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"

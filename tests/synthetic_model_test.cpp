@@ -53,7 +53,7 @@ TEST(SyntheticModel, ConfigIsTheShapes) {
   EXPECT_EQ(c.n_rot, s.head_dim);
   EXPECT_EQ(c.rope_base, s.rope_base);
   EXPECT_EQ(c.rms_eps, s.rms_eps);
-  EXPECT_EQ(c.rope_order, cpu::RopeOrder::Adjacent);
+  EXPECT_EQ(c.rope_order, RopeOrder::Adjacent);
   EXPECT_EQ(c.sliding_window, 0);
   EXPECT_FALSE(c.has_qk_norm);
   EXPECT_FALSE(c.has_post_norms);

@@ -228,7 +228,7 @@ int info_command(const std::string& path, bool all_metadata) {
   fmt::print("vocab:         {}\ncontext:       {} (trained)\n", c.n_vocab, c.n_ctx_train);
   fmt::print("rope:          base {:g}{}, {} dims, {} order\n", c.rope_base,
              c.sliding_window ? fmt::format(" (local {:g})", c.rope_base_local) : "", c.n_rot,
-             c.rope_order == cpu::RopeOrder::Adjacent ? "adjacent-pair" : "half-split (neox)");
+             c.rope_order == RopeOrder::Adjacent ? "adjacent-pair" : "half-split (neox)");
   if (c.sliding_window) {
     int n_local = 0;
     for (bool b : c.layer_is_local) n_local += b;

@@ -63,6 +63,12 @@ struct KvHeadView {
   int32_t page_of(int32_t slot) const;  // the page holding a slot (binary search)
 };
 
+// The view of a head restricted to some of its pages (Quest's query-aware pages, a speculative draft's part of the
+// cache): pages in ascending order. The kept slots are renumbered from 0 in order; their original positions are
+// gathered into `positions` (host; the returned view points into it, so it must outlive the view). key_summary is
+// left null.
+KvHeadView keep_pages(const KvHeadView& head, const std::vector<int32_t>& pages, std::vector<int32_t>& positions);
+
 struct KvLayerView {
   std::vector<KvHeadView> heads;  // (n_head_kv)
   int32_t page_tokens = 0;
@@ -87,6 +93,27 @@ struct KvRowDest {
   uint8_t* page = nullptr;
   int32_t row = 0;
 };
+
+// Where the parts of a packed (KIVI) page start, in bytes from the page's start: kv/page_codec's layout, which every
+// backend's codec follows. Key codes channel-major (head_dim rows of page_tokens codes), key scale and min f16 per
+// channel, value codes token-major, value scale and min f16 per (token, group of kKiviValueGroup channels).
+constexpr int32_t kKiviValueGroup = 32;
+struct KiviPageLayout {
+  int bits;
+  size_t k_codes, k_scale, k_min, v_codes, v_scale, v_min, total;
+  size_t k_row_bytes, v_row_bytes;  // one channel's key codes, one token's value codes
+};
+KiviPageLayout kivi_page_layout(KvFormat f, int32_t page_tokens, int32_t head_dim);
+// Bytes of one page (keys then values); for the packed formats head_dim must be a multiple of kKiviValueGroup and
+// page_tokens a multiple of 4 (throws Error otherwise).
+size_t kv_page_bytes(KvFormat f, int32_t page_tokens, int32_t head_dim);
+
+// RoPE's two halves on the host, for code that turns vectors there (StreamingLLM's in-cache positions, Expected
+// Attention's query statistics): the cos and sin (n_rot / 2) of position pos (angles formed in double), then the
+// rotation of x (n_heads, head_dim) by them. Backend::rope is exactly the two in a row for each token.
+void rope_angles(int32_t pos, int64_t n_rot, float base, float* cos_t, float* sin_t);
+void rope_rotate(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float* cos_t, const float* sin_t,
+                 RopeOrder order);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Where KV pages live, and their bytes written and read in every format (the one codec description, kv/page_codec
@@ -126,6 +153,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;  // "cpu", "cuda"
+  // Whether the backend's memory is the host's (its pointers may be read and written in place by host code).
+  virtual bool host_memory() const { return false; }
 
   // Activation memory of n floats, freed with the returned handle.
   struct FreeFn {

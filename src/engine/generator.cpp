@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "backend/cpu/kv_page_codec.h"
+#include "backend/backend.h"
 #include "core/error.h"
 #include "engine/stop_filter.h"
 
@@ -63,7 +63,7 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
   const size_t n_tokens_most = static_cast<size_t>(params.n_ctx) + (rec.chunk > 0 ? rec.chunk + rec.n_overlap + 256 : 0);
   const size_t pages_per_head = (n_tokens_most + geo.page_tokens - 1) / geo.page_tokens;
   const size_t max_bytes = (pages_per_head + 2 * 64) * c.n_layer * c.n_head_kv *
-                           cpu::kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim);
+                           kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim);
   pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, max_bytes);
   seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
 }
@@ -108,7 +108,7 @@ void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on
   seq_->set_auto_seal(false);  // token selection runs on unpacked pages; packing follows it
   peak_bytes_ = 0;
   scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, params_.n_ctx);
-  scores_.reduce = cpu::ScoreReduce::Sum;
+  scores_.reduce = ScoreReduce::Sum;
   scores_.first_pos = apply_policy ? policy_.prefill_score_from(m) : INT_MAX;
   scores_.queries.first_pos = apply_policy ? policy_.prefill_query_stats_from(m) : INT_MAX;
   if (scores_.queries.wanted()) scores_.queries.reset(c.n_layer, c.n_head, c.head_dim);
@@ -178,7 +178,7 @@ void Generator::reconstruct(const std::vector<int32_t>& prompt, int32_t m) {
   // Every reconstruction query votes, each slot keeping the most any of them paid it.
   scores_.reset(c.n_layer, c.n_head_kv, m + n_extra_max, m + n_extra_max);
   scores_.first_pos = m;
-  scores_.reduce = cpu::ScoreReduce::Max;
+  scores_.reduce = ScoreReduce::Max;
   scores_.queries.first_pos = INT_MAX;
   std::vector<int32_t> ids, positions;
   std::vector<int32_t> gone;

@@ -5,7 +5,7 @@
 #include <climits>
 #include <cstring>
 
-#include "backend/cpu/kv_page_codec.h"
+#include "backend/backend.h"
 #include "core/error.h"
 #include "engine/stop_filter.h"
 #include "kv/policy_registry.h"
@@ -212,14 +212,14 @@ std::vector<int32_t> SpecDraftView::pages(const kv::KvSequence& kv, int32_t laye
   return out;
 }
 
-void SpecDraftView::narrow(int32_t layer, const float*, const int32_t*, int32_t, cpu::KvLayerView& view) {
+void SpecDraftView::narrow(int32_t layer, const float*, const int32_t*, int32_t, KvLayerView& view) {
   if (kv_ == nullptr) fail("internal: the draft view was never selected");
   positions_.resize(view.heads.size());
   for (size_t g = 0; g < view.heads.size(); ++g) {
-    cpu::KvHeadView& hv = view.heads[g];
+    KvHeadView& hv = view.heads[g];
     n_full_ += hv.n_tokens;
     const std::vector<int32_t> keep = pages(*kv_, layer, static_cast<int32_t>(g));
-    if (static_cast<int32_t>(keep.size()) != hv.n_pages()) hv = cpu::keep_pages(hv, keep, positions_[g]);
+    if (static_cast<int32_t>(keep.size()) != hv.n_pages()) hv = keep_pages(hv, keep, positions_[g]);
     n_read_ += hv.n_tokens;
   }
 }
@@ -246,7 +246,7 @@ SpeculativeGenerator::SpeculativeGenerator(const Model& model, ThreadPool& pool,
   const size_t pages_per_head =
       (static_cast<size_t>(params.n_ctx) + spec.gamma + 1 + geo.page_tokens - 1) / geo.page_tokens + 1;
   const size_t max_bytes =
-      (pages_per_head + 64) * c.n_layer * c.n_head_kv * cpu::kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim);
+      (pages_per_head + 64) * c.n_layer * c.n_head_kv * kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim);
   pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, max_bytes);
   seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
 }

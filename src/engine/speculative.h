@@ -8,7 +8,7 @@
 // greedy decoding they are the full cache's argmax tokens.
 //
 // No second copy of the weights or of the kept tokens exists: the draft view is a list of the full cache's own pages
-// (cpu::keep_pages through a KvReadFilter). The draft's forwards append their tokens to the cache (their keys and
+// (keep_pages through a KvReadFilter). The draft's forwards append their tokens to the cache (their keys and
 // values come from the draft's hidden states, wrong for the verifier), and are rolled back before the verifier
 // appends the same tokens with their true keys and values; only trailing slots are ever removed, so the pages of
 // the verified tokens are never touched.
@@ -79,7 +79,7 @@ class SpecDraftView final : public KvReadFilter {
   // The pages the draft reads of one (layer, kv-head), ascending, for the cache as it is now.
   std::vector<int32_t> pages(const kv::KvSequence& kv, int32_t layer, int32_t kv_head) const;
 
-  void narrow(int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok, cpu::KvLayerView& view) override;
+  void narrow(int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok, KvLayerView& view) override;
   // Tokens the draft read in its last forward, summed over (layer, kv-head), and what the full cache holds.
   int64_t n_tokens_read() const { return n_read_; }
   int64_t n_tokens_full() const { return n_full_; }

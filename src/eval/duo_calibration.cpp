@@ -18,9 +18,9 @@ class OneStreamingHead final : public KvReadFilter {
  public:
   OneStreamingHead(int32_t layer, int32_t kv_head, int32_t sink, int32_t window)
       : layer_(layer), kv_head_(kv_head), sink_(sink), window_(window) {}
-  void narrow(int32_t layer, const float*, const int32_t* q_pos, int32_t, cpu::KvLayerView& view) override {
+  void narrow(int32_t layer, const float*, const int32_t* q_pos, int32_t, KvLayerView& view) override {
     if (layer != layer_) return;
-    cpu::KvHeadView& h = view.heads[static_cast<size_t>(kv_head_)];
+    KvHeadView& h = view.heads[static_cast<size_t>(kv_head_)];
     h = kv::streaming_head_view(h, sink_, window_, q_pos[0], positions_);
   }
 

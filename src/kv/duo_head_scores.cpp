@@ -11,10 +11,10 @@
 
 namespace longctx::kv {
 
-cpu::KvHeadView streaming_head_view(const cpu::KvHeadView& head, int32_t sink, int32_t window, int32_t q_first,
+KvHeadView streaming_head_view(const KvHeadView& head, int32_t sink, int32_t window, int32_t q_first,
                                     std::vector<int32_t>& positions) {
   if (sink < 0 || window < 0) fail("streaming view: sink {} and window {} must be >= 0", sink, window);
-  cpu::KvHeadView out;
+  KvHeadView out;
   positions.clear();
   out.slot0.push_back(0);
   const int64_t recent_from = static_cast<int64_t>(q_first) - window;

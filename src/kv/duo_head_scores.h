@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/attention.h"
+#include "backend/backend.h"
 
 namespace longctx::kv {
 
@@ -24,7 +24,7 @@ namespace longctx::kv {
 // window + page_tokens - 1 tokens before q_first; the queries' own keys are always in it). A page that is both
 // keeps all its rows. The pages are read where they are (the store is not changed); positions: storage for the
 // returned view's positions, which must outlive it.
-cpu::KvHeadView streaming_head_view(const cpu::KvHeadView& head, int32_t sink, int32_t window, int32_t q_first,
+KvHeadView streaming_head_view(const KvHeadView& head, int32_t sink, int32_t window, int32_t q_first,
                                     std::vector<int32_t>& positions);
 
 // KL(softmax(ref) || softmax(test)) over a vocabulary of n logits, in double: how much the prediction with the

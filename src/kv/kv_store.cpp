@@ -1,6 +1,5 @@
 #include "kv/kv_store.h"
 
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,7 +8,6 @@
 #include <limits>
 #include <numeric>
 
-#include "backend/cpu/kv_page_codec.h"
 #include "core/error.h"
 
 namespace longctx::kv {
@@ -23,17 +21,17 @@ size_t kv_pool_chunk_bytes(size_t page_bytes) {
   return std::lcm(page_bytes, static_cast<size_t>(sysconf(_SC_PAGESIZE)));
 }
 
-KvPagePool::KvPagePool(int32_t page_tokens, int32_t head_dim, size_t max_bytes)
-    : page_tokens_(page_tokens), head_dim_(head_dim), max_bytes_(max_bytes) {
+KvPagePool::KvPagePool(int32_t page_tokens, int32_t head_dim, size_t max_bytes, KvPageMemory& memory)
+    : page_tokens_(page_tokens), head_dim_(head_dim), max_bytes_(max_bytes), memory_(memory) {
   if (page_tokens <= 0 || head_dim <= 0 || head_dim > 512) fail("unsupported KV geometry: head size {}", head_dim);
 }
 
 KvPagePool::~KvPagePool() {
   for (auto& fp : by_format_)
-    for (const Slab& s : fp.slabs) munmap(s.base, s.bytes);
+    for (const Slab& s : fp.slabs) memory_.unmap(s.base, s.bytes);
 }
 
-size_t KvPagePool::page_bytes(KvFormat f) const { return cpu::kv_page_bytes(f, page_tokens_, head_dim_); }
+size_t KvPagePool::page_bytes(KvFormat f) const { return kv_page_bytes(f, page_tokens_, head_dim_); }
 
 KvPagePool::FormatPages& KvPagePool::format_pages(KvFormat f) {
   FormatPages& fp = by_format_[static_cast<int>(f)];
@@ -58,10 +56,10 @@ KvPage KvPagePool::kv_page_alloc(KvFormat f) {
   const size_t chunk_bytes = fp.pages_per_chunk * fp.page_bytes;
   if (fp.free.empty()) {
     const size_t slab_bytes = fp.chunks_per_slab * chunk_bytes;
-    void* p = mmap(nullptr, slab_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) fail("out of memory mapping {} bytes of KV cache", slab_bytes);
+    uint8_t* p = memory_.map(slab_bytes);
+    if (p == nullptr) fail("out of memory mapping {} bytes of KV cache", slab_bytes);
     const int32_t first = static_cast<int32_t>(fp.slabs.size() * fp.chunks_per_slab * fp.pages_per_chunk);
-    fp.slabs.push_back(Slab{static_cast<uint8_t*>(p), slab_bytes});
+    fp.slabs.push_back(Slab{p, slab_bytes});
     fp.chunk_in_use.resize(fp.chunk_in_use.size() + fp.chunks_per_slab, 0);
     for (size_t i = 0; i < fp.chunks_per_slab * fp.pages_per_chunk; ++i) {
       fp.free.push_back(first + static_cast<int32_t>(i));
@@ -91,7 +89,7 @@ void KvPagePool::kv_page_free(const KvPage& page) {
   if (--in_use == 0) {
     // The chunk's last live page went: its memory goes back to the system now (reads as zeros if reused).
     const size_t chunk_bytes = fp.pages_per_chunk * fp.page_bytes;
-    madvise(chunk_data(fp, chunk), chunk_bytes, MADV_DONTNEED);
+    memory_.release(chunk_data(fp, chunk), chunk_bytes);
     bytes_held_ -= chunk_bytes;
   }
   fp.free.push_back(page.id);
@@ -107,10 +105,10 @@ uint8_t* KvPagePool::page_data(const KvPage& page) {
 const uint8_t* KvPagePool::page_data(const KvPage& page) const { return const_cast<KvPagePool*>(this)->page_data(page); }
 
 KvSequence::KvSequence(const KvGeometry& geo, KvPagePool& pool)
-    : geo_(geo), pool_(pool), heads_(static_cast<size_t>(geo.n_layer) * geo.n_head_kv) {
+    : geo_(geo), pool_(pool), mem_(pool.memory()), heads_(static_cast<size_t>(geo.n_layer) * geo.n_head_kv) {
   if (kv_format_is_packed(geo.format)) fail("internal: open KV pages must be f16 or f32");
   if (geo.n_recent_full_precision < 0) fail("internal: negative full-precision window");
-  if (pool.page_bytes(geo.format) != cpu::kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim))
+  if (pool.page_bytes(geo.format) != kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim))
     fail("internal: KV pool geometry does not match the sequence's");
 }
 
@@ -161,14 +159,14 @@ void KvSequence::append_row(KvHeadCache& h, const float* k, const float* v, int3
   }
   KvPage& page = h.pages.back();
   uint8_t* data = pool_.page_data(page);
-  cpu::kv_page_write(page.format, T, geo_.head_dim, k, v, page.n_rows, 1, data);
+  mem_.write_page_rows_host(page.format, T, geo_.head_dim, k, v, page.n_rows, 1, data);
   ++page.n_rows;
   h.positions.push_back(position);
   if (geo_.key_summaries) {
     // The row as stored (f16 rounds), so the page's bound covers the key the kernel reads.
     const int32_t d = geo_.head_dim;
     float stored[512];
-    cpu::kv_page_read_keys(page.format, T, d, data, page.n_rows - 1, 1, stored);
+    mem_.read_keys_host(page.format, T, d, data, page.n_rows - 1, 1, stored);
     float* mn = h.key_summary.data() + (h.pages.size() - 1) * 2 * static_cast<size_t>(d);
     float* mx = mn + d;
     for (int32_t i = 0; i < d; ++i) {
@@ -188,7 +186,7 @@ void KvSequence::summarize_page(KvHeadCache& h, size_t p) {
   const KvPage& page = h.pages[p];
   if (page.n_rows == 0) return;
   std::vector<float> k(static_cast<size_t>(page.n_rows) * d);
-  cpu::kv_page_read_keys(page.format, T, d, pool_.page_data(page), 0, page.n_rows, k.data());
+  mem_.read_keys_host(page.format, T, d, pool_.page_data(page), 0, page.n_rows, k.data());
   for (int32_t r = 0; r < page.n_rows; ++r)
     for (int32_t i = 0; i < d; ++i) {
       const float x = k[static_cast<size_t>(r) * d + i];
@@ -204,14 +202,96 @@ void KvSequence::summarize_pages_from(KvHeadCache& h, size_t first) {
 }
 
 void KvSequence::append(int32_t layer, const float* k, const float* v, const int32_t* positions, int32_t n) {
-  const int32_t d = geo_.head_dim;
-  for (int32_t g = 0; g < geo_.n_head_kv; ++g) {
+  const int32_t G = geo_.n_head_kv, d = geo_.head_dim;
+  const size_t n_rows = static_cast<size_t>(n) * G;
+  dests_.resize(n_rows);
+  dest_page_.resize(n_rows);
+  pending_begin_.assign(static_cast<size_t>(G), 0);
+  append_layer_ = layer;
+  // Where every row goes, head by head as append_row places them; the bytes are written at the end in one call,
+  // or earlier for a head whose pages are packed or sealed meanwhile (those read its rows back).
+  for (int32_t g = 0; g < G; ++g) {
     KvHeadCache& h = heads_[index(layer, g)];
     for (int32_t t = 0; t < n; ++t) {
-      const size_t off = (static_cast<size_t>(t) * geo_.n_head_kv + g) * d;
-      append_row(h, k + off, v + off, positions[t]);
+      dests_[static_cast<size_t>(t) * G + g] = place_row(g, h, k, v, t);
+      h.positions.push_back(positions[t]);
     }
-    if (auto_seal_) seal_old_pages(h);
+    if (auto_seal_ && seal_due(h)) {
+      flush_head(g, k, v, n);
+      seal_old_pages(h);
+    }
+  }
+  bool all_pending = true;
+  for (int32_t b : pending_begin_) all_pending = all_pending && b == 0;
+  if (all_pending) {
+    mem_.write_rows(geo_.format, geo_.page_tokens, d, k, v, d, dests_.data(), static_cast<int32_t>(n_rows));
+    if (geo_.key_summaries)
+      for (int32_t g = 0; g < G; ++g)
+        for (int32_t t = 0; t < n; ++t) {
+          const size_t i = static_cast<size_t>(t) * G + g;
+          summarize_row(heads_[index(layer, g)], dests_[i], dest_page_[i]);
+        }
+  } else {
+    for (int32_t g = 0; g < G; ++g) flush_head(g, k, v, n);
+  }
+}
+
+KvRowDest KvSequence::place_row(int32_t g, KvHeadCache& h, const float* k, const float* v, int32_t t) {
+  const int32_t T = geo_.page_tokens;
+  if (!h.pages.empty() && h.pages.back().format == geo_.format && h.pages.back().n_rows == T) {
+    // As append_row: rows freed in the open pages are taken back before a new page opens. Packing reads the rows,
+    // so this head's rows placed so far are written first.
+    const size_t first = first_open_page(h);
+    int32_t n_free = 0;
+    for (size_t p = first; p < h.pages.size(); ++p) n_free += T - h.pages[p].n_rows;
+    if (n_free > 0) {
+      flush_head(g, k, v, t);
+      pack_open_pages(h, first);
+    }
+  }
+  if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == T) {
+    h.pages.push_back(pool_.kv_page_alloc(geo_.format));
+    if (geo_.key_summaries) {
+      h.key_summary.resize(h.pages.size() * 2 * static_cast<size_t>(geo_.head_dim));
+      summarize_page(h, h.pages.size() - 1);  // empty: min +inf, max -inf
+    }
+  }
+  KvPage& page = h.pages.back();
+  const KvRowDest dst{pool_.page_data(page), page.n_rows};
+  dest_page_[static_cast<size_t>(t) * geo_.n_head_kv + g] = static_cast<int32_t>(h.pages.size() - 1);
+  ++page.n_rows;
+  return dst;
+}
+
+void KvSequence::flush_head(int32_t g, const float* k, const float* v, int32_t t_end) {
+  const int32_t G = geo_.n_head_kv, d = geo_.head_dim;
+  const int32_t t0 = pending_begin_[static_cast<size_t>(g)];
+  if (t_end <= t0) return;
+  head_dests_.clear();
+  for (int32_t t = t0; t < t_end; ++t) head_dests_.push_back(dests_[static_cast<size_t>(t) * G + g]);
+  const size_t off = (static_cast<size_t>(t0) * G + g) * d;
+  mem_.write_rows(geo_.format, geo_.page_tokens, d, k + off, v + off, static_cast<int64_t>(G) * d, head_dests_.data(),
+                  t_end - t0);
+  if (geo_.key_summaries) {
+    KvHeadCache& h = heads_[index(append_layer_, g)];
+    for (int32_t t = t0; t < t_end; ++t) {
+      const size_t i = static_cast<size_t>(t) * G + g;
+      summarize_row(h, dests_[i], dest_page_[i]);
+    }
+  }
+  pending_begin_[static_cast<size_t>(g)] = t_end;
+}
+
+void KvSequence::summarize_row(KvHeadCache& h, const KvRowDest& dst, int32_t page) {
+  // The row as stored (f16 rounds), so the page's bound covers the key the kernel reads.
+  const int32_t d = geo_.head_dim;
+  float stored[512];
+  mem_.read_keys_host(geo_.format, geo_.page_tokens, d, dst.page, dst.row, 1, stored);
+  float* mn = h.key_summary.data() + static_cast<size_t>(page) * 2 * static_cast<size_t>(d);
+  float* mx = mn + d;
+  for (int32_t i = 0; i < d; ++i) {
+    mn[i] = std::min(mn[i], stored[i]);
+    mx[i] = std::max(mx[i], stored[i]);
   }
 }
 
@@ -227,14 +307,22 @@ void KvSequence::seal_page(KvHeadCache& h, size_t pi) {
   if (page.n_rows != T) fail("internal: sealing a page of {} rows", page.n_rows);
   std::vector<float> K(static_cast<size_t>(T) * d), V(K.size());
   const uint8_t* src = pool_.page_data(page);
-  cpu::kv_page_read_keys(page.format, T, d, src, 0, T, K.data());
-  cpu::kv_page_read_values(page.format, T, d, src, 0, T, V.data());
+  mem_.read_keys_host(page.format, T, d, src, 0, T, K.data());
+  mem_.read_values_host(page.format, T, d, src, 0, T, V.data());
   KvPage packed = pool_.kv_page_alloc(geo_.sealed_format);
-  cpu::kv_page_write(geo_.sealed_format, T, d, K.data(), V.data(), 0, T, pool_.page_data(packed));
+  mem_.write_page_rows_host(geo_.sealed_format, T, d, K.data(), V.data(), 0, T, pool_.page_data(packed));
   packed.n_rows = T;
   pool_.kv_page_free(page);  // the packed page replaces the open one: never both held
   page = packed;
   // The key summary stays the one of the exact keys read above: packing does not touch it.
+}
+
+bool KvSequence::seal_due(const KvHeadCache& h) const {
+  if (geo_.sealed_format == geo_.format) return false;
+  const size_t first = first_open_page(h);
+  int32_t n_open = 0;
+  for (size_t p = first; p < h.pages.size(); ++p) n_open += h.pages[p].n_rows;
+  return first < h.pages.size() && n_open >= geo_.page_tokens + geo_.n_recent_full_precision;
 }
 
 void KvSequence::seal_old_pages(KvHeadCache& h) {
@@ -273,7 +361,7 @@ void KvSequence::pack_open_pages(KvHeadCache& h, size_t first) {
           keep.resize(static_cast<size_t>(wr + n_rows - i));
           std::iota(keep.begin(), keep.begin() + wr, 0);
           std::iota(keep.begin() + wr, keep.end(), i);
-          cpu::kv_page_compact(h.pages[r].format, T, d, pool_.page_data(h.pages[r]), keep.data(),
+          mem_.compact(h.pages[r].format, T, d, pool_.page_data(h.pages[r]), keep.data(),
                                static_cast<int32_t>(keep.size()));
         }
         wr += n_rows - i;
@@ -284,9 +372,9 @@ void KvSequence::pack_open_pages(KvHeadCache& h, size_t first) {
       const int32_t n = std::min(T - wr, n_rows - i);
       const KvPage& src = h.pages[r];
       const uint8_t* s = pool_.page_data(src);
-      cpu::kv_page_read_keys(src.format, T, d, s, i, n, k.data());
-      cpu::kv_page_read_values(src.format, T, d, s, i, n, v.data());
-      cpu::kv_page_write(h.pages[w].format, T, d, k.data(), v.data(), wr, n, pool_.page_data(h.pages[w]));
+      mem_.read_keys_host(src.format, T, d, s, i, n, k.data());
+      mem_.read_values_host(src.format, T, d, s, i, n, v.data());
+      mem_.write_page_rows_host(h.pages[w].format, T, d, k.data(), v.data(), wr, n, pool_.page_data(h.pages[w]));
       wr += n;
       i += n;
       n_written[w] = wr;
@@ -328,7 +416,7 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
           keep.push_back(s - s0);
         }
       }
-      cpu::kv_page_compact(page.format, T, d, pool_.page_data(page), keep.data(), static_cast<int32_t>(keep.size()));
+      mem_.compact(page.format, T, d, pool_.page_data(page), keep.data(), static_cast<int32_t>(keep.size()));
       page.n_rows = static_cast<int32_t>(keep.size());
       // The compacted page's summary, from the rows it still holds (a packed page: as dequantized, which is what
       // attention reads of it; the exact keys are gone).
@@ -394,7 +482,7 @@ void KvSequence::read_keys(int32_t layer, int32_t kv_head, int32_t slot, int32_t
   const auto [p, row] = locate(h, slot);
   if (row + n > h.pages[p].n_rows) fail("internal: reading slots {}..{} across a page", slot, slot + n);
   const KvPage& page = h.pages[p];
-  cpu::kv_page_read_keys(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, n, out);
+  mem_.read_keys_host(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, n, out);
 }
 
 void KvSequence::read_values(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const {
@@ -402,11 +490,11 @@ void KvSequence::read_values(int32_t layer, int32_t kv_head, int32_t slot, int32
   const auto [p, row] = locate(h, slot);
   if (row + n > h.pages[p].n_rows) fail("internal: reading slots {}..{} across a page", slot, slot + n);
   const KvPage& page = h.pages[p];
-  cpu::kv_page_read_values(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, n, out);
+  mem_.read_values_host(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, n, out);
 }
 
-cpu::KvLayerView KvSequence::layer_view(int32_t layer) const {
-  cpu::KvLayerView view;
+KvLayerView KvSequence::layer_view(int32_t layer) const {
+  KvLayerView view;
   view.page_tokens = geo_.page_tokens;
   view.head_dim = geo_.head_dim;
   view.heads.resize(static_cast<size_t>(geo_.n_head_kv));

@@ -15,7 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include "backend/cpu/attention.h"
+#include "backend/backend.h"
 #include "core/kv_format.h"
 
 namespace longctx::kv {
@@ -45,10 +45,11 @@ size_t kv_pool_chunk_bytes(size_t page_bytes);
 // system pages. A freed page goes back to its free list at once, and a chunk whose pages are all free goes back to
 // the system at once (madvise), so what the pool reports is what the process holds. Pages are handed out lowest
 // address first, so live pages gather in few chunks and emptied chunks can be returned. The pool refuses to hold
-// more than max_bytes, so a budget that cannot fit fails with a clear error instead of swapping.
+// more than max_bytes, so a budget that cannot fit fails with a clear error instead of swapping. The slabs are the
+// backend's memory (KvPageMemory: the host's by default), and every page byte is written and read through it.
 class KvPagePool {
  public:
-  KvPagePool(int32_t page_tokens, int32_t head_dim, size_t max_bytes);
+  KvPagePool(int32_t page_tokens, int32_t head_dim, size_t max_bytes, KvPageMemory& memory = host_kv_memory());
   ~KvPagePool();
   KvPagePool(const KvPagePool&) = delete;
   KvPagePool& operator=(const KvPagePool&) = delete;
@@ -61,6 +62,7 @@ class KvPagePool {
   size_t bytes_reserved() const { return bytes_held_; }  // chunks holding a live page: what the system gave
   size_t bytes_reserved_peak() const { return bytes_held_peak_; }
   size_t n_pages_in_use() const { return n_in_use_; }
+  KvPageMemory& memory() const { return memory_; }
 
  private:
   static constexpr int kNumFormats = 5;
@@ -80,6 +82,7 @@ class KvPagePool {
 
   int32_t page_tokens_, head_dim_;
   size_t max_bytes_;
+  KvPageMemory& memory_;
   FormatPages by_format_[kNumFormats];
   size_t n_in_use_ = 0;
   size_t bytes_held_ = 0, bytes_held_peak_ = 0;
@@ -134,11 +137,13 @@ class KvSequence {
   const KvGeometry& geometry() const { return geo_; }
   const KvHeadCache& head(int32_t layer, int32_t kv_head) const { return heads_[index(layer, kv_head)]; }
 
-  // Appends n tokens to every kv-head of a layer. k and v: (n, n_head_kv, head_dim) f32, already rotated.
-  // With auto-sealing on, pages that left the full-precision window are sealed at once.
+  // Appends n tokens to every kv-head of a layer. k and v: (n, n_head_kv, head_dim) f32, already rotated, in the
+  // pool's memory (the backend's). The rows' places are found on the host and written in one
+  // KvPageMemory::write_rows call (more only when a head's open pages are packed or sealed in between, which
+  // reads rows back). With auto-sealing on, pages that left the full-precision window are sealed at once.
   void append(int32_t layer, const float* k, const float* v, const int32_t* positions, int32_t n);
   // Appends one row to one kv-head only (a token that is not the text's, such as a compensation token).
-  // k, v: (head_dim) f32, already rotated.
+  // k, v: (head_dim) f32 in host memory, already rotated.
   void append_head(int32_t layer, int32_t kv_head, const float* k, const float* v, int32_t position);
 
   // Packs every full open page older than the full-precision window (no-op when nothing is packed).
@@ -152,12 +157,13 @@ class KvSequence {
   // Keeps exactly the given slots (sorted ascending, unique); the others are removed as above.
   void keep_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& keep);
 
-  // Reads slot rows as f32 (the kernels' view of any page format); slots [slot, slot + n) lie in one page.
+  // Reads slot rows as f32 into host memory (the kernels' view of any page format); slots [slot, slot + n) lie in
+  // one page.
   void read_keys(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const;   // (n, head_dim)
   void read_values(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const; // (n, head_dim)
 
   // The kernels' view of one layer: page addresses, formats and positions. Valid until the next change.
-  cpu::KvLayerView layer_view(int32_t layer) const;
+  KvLayerView layer_view(int32_t layer) const;
 
   int32_t n_tokens_max() const;  // tokens held by the most populated head
   int64_t n_tokens_total() const;  // summed over all (layer, kv-head)
@@ -168,7 +174,15 @@ class KvSequence {
 
  private:
   size_t index(int32_t layer, int32_t kv_head) const { return static_cast<size_t>(layer) * geo_.n_head_kv + kv_head; }
-  void append_row(KvHeadCache& h, const float* k, const float* v, int32_t position);
+  void append_row(KvHeadCache& h, const float* k, const float* v, int32_t position);  // k, v: host
+  // append's bookkeeping of one row: opens a page where needed (packing the open pages first, as append_row does,
+  // after writing out this head's rows so far with flush_head) and returns where the row goes.
+  KvRowDest place_row(int32_t kv_head, KvHeadCache& h, const float* k, const float* v, int32_t t);
+  // Writes rows [pending_begin_[kv_head], t_end) of a head that append placed but has not written, and updates the
+  // key summaries of their pages.
+  void flush_head(int32_t kv_head, const float* k, const float* v, int32_t t_end);
+  // Widens page `page`'s key summary by a row as stored.
+  void summarize_row(KvHeadCache& h, const KvRowDest& dst, int32_t page);
   // The page holding a slot, and the slot's row in it.
   std::pair<size_t, int32_t> locate(const KvHeadCache& h, int32_t slot) const;
   void seal_page(KvHeadCache& h, size_t page_index);
@@ -178,12 +192,21 @@ class KvSequence {
   void summarize_pages_from(KvHeadCache& h, size_t first);
   // Seals the oldest open pages while a full page's worth of tokens beyond the full-precision window is open.
   void seal_old_pages(KvHeadCache& h);
+  bool seal_due(const KvHeadCache& h) const;  // whether seal_old_pages would seal a page now
   // Moves the rows of the open pages from page `first` on to the front, in order, and frees emptied pages.
   void pack_open_pages(KvHeadCache& h, size_t first);
   size_t first_open_page(const KvHeadCache& h) const;
 
   KvGeometry geo_;
   KvPagePool& pool_;
+  KvPageMemory& mem_;
+  // append's rows of the layer being appended: where each goes ((n, n_head_kv) order) and its page's index in its
+  // head; per head the first row not yet written.
+  std::vector<KvRowDest> dests_;
+  std::vector<int32_t> dest_page_;
+  std::vector<int32_t> pending_begin_;
+  std::vector<KvRowDest> head_dests_;
+  int32_t append_layer_ = 0;
   bool auto_seal_ = false;
   std::vector<KvHeadCache> heads_;  // (n_layer, n_head_kv)
 };

@@ -10,8 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/attention.h"
-#include "backend/cpu/ops.h"
+#include "backend/backend.h"
 #include "core/kv_format.h"
 #include "core/thread_pool.h"
 #include "kv/kv_store.h"
@@ -30,7 +29,7 @@ struct KvQueryStats {
     std::vector<double> outer;  // (n_head, head_dim, head_dim): sum of q q^T
     float rope_base = 0;
     int32_t n_rot = 0;
-    cpu::RopeOrder rope_order = cpu::RopeOrder::Adjacent;
+    RopeOrder rope_order = RopeOrder::Adjacent;
     float scale = 1;            // of q·k in the layer's attention
   };
   int32_t first_pos = INT_MAX;
@@ -52,7 +51,7 @@ struct KvQueryStats {
 struct KvScores {
   int32_t first_pos = INT_MAX;
   int32_t stride = 0;                     // >= every head's slot count
-  cpu::ScoreReduce reduce = cpu::ScoreReduce::Sum;
+  ScoreReduce reduce = ScoreReduce::Sum;
   std::vector<std::vector<float>> layers;  // (n_layer) of (n_head_kv, stride)
   KvQueryStats queries;
 

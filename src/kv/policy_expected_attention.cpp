@@ -46,15 +46,15 @@ std::vector<double> mean_rope_rotation(const KvQueryStats::Layer& l, int32_t d, 
   std::vector<double> c(static_cast<size_t>(half), 0.0), s(c.size(), 0.0);
   std::vector<float> ct(c.size()), st(c.size());
   for (int32_t p = p0; p < p0 + n_future; ++p) {
-    cpu::rope_angles(p, l.n_rot, l.rope_base, ct.data(), st.data());
+    rope_angles(p, l.n_rot, l.rope_base, ct.data(), st.data());
     for (int32_t i = 0; i < half; ++i) {
       c[static_cast<size_t>(i)] += ct[static_cast<size_t>(i)];
       s[static_cast<size_t>(i)] += st[static_cast<size_t>(i)];
     }
   }
   for (int32_t i = 0; i < half; ++i) {
-    const int32_t a = l.rope_order == cpu::RopeOrder::Adjacent ? 2 * i : i;
-    const int32_t b = l.rope_order == cpu::RopeOrder::Adjacent ? 2 * i + 1 : i + half;
+    const int32_t a = l.rope_order == RopeOrder::Adjacent ? 2 * i : i;
+    const int32_t b = l.rope_order == RopeOrder::Adjacent ? 2 * i + 1 : i + half;
     const double ci = c[static_cast<size_t>(i)] / n_future, si = s[static_cast<size_t>(i)] / n_future;
     r[static_cast<size_t>(a) * d + a] = ci;
     r[static_cast<size_t>(a) * d + b] = -si;

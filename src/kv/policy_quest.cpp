@@ -40,7 +40,7 @@ float quest_page_bound(const float* q, const float* summary, int32_t d) {
   return s;
 }
 
-void quest_select_pages(const cpu::KvHeadView& head, const float* q, int32_t n_q, int64_t q_stride, int32_t d,
+void quest_select_pages(const KvHeadView& head, const float* q, int32_t n_q, int64_t q_stride, int32_t d,
                         int32_t n_read, std::vector<int32_t>& pages, std::vector<float>& scores) {
   const int32_t P = head.n_pages();
   pages.clear();
@@ -75,13 +75,13 @@ QuestReadFilter::QuestReadFilter(int32_t budget, int32_t dense_layers) : budget_
 }
 
 void QuestReadFilter::narrow(int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok,
-                             cpu::KvLayerView& view) {
+                             KvLayerView& view) {
   (void)q_pos;  // every page the forward appended to is before or at the chunk's queries; causality is the kernel's
   const auto n_head_kv = static_cast<int32_t>(view.heads.size());
   const int32_t d = view.head_dim;
-  for (const cpu::KvHeadView& hv : view.heads) rows_held_ += hv.n_tokens;
+  for (const KvHeadView& hv : view.heads) rows_held_ += hv.n_tokens;
   if (layer < dense_layers_) {
-    for (const cpu::KvHeadView& hv : view.heads) rows_read_ += hv.n_tokens;
+    for (const KvHeadView& hv : view.heads) rows_read_ += hv.n_tokens;
     return;
   }
   if (view.n_head <= 0 || n_head_kv <= 0 || view.n_head % n_head_kv != 0)
@@ -90,7 +90,7 @@ void QuestReadFilter::narrow(int32_t layer, const float* q, const int32_t* q_pos
   const int32_t n_read = std::max(1, budget_ / view.page_tokens);
   positions_.resize(static_cast<size_t>(n_head_kv));
   for (int32_t g = 0; g < n_head_kv; ++g) {
-    cpu::KvHeadView& hv = view.heads[static_cast<size_t>(g)];
+    KvHeadView& hv = view.heads[static_cast<size_t>(g)];
     if (hv.n_pages() <= n_read) {
       rows_read_ += hv.n_tokens;
       continue;
@@ -110,7 +110,7 @@ void QuestReadFilter::narrow(int32_t layer, const float* q, const int32_t* q_pos
       for (int32_t p = 0; p < hv.n_pages(); ++p)
         if (chosen_[static_cast<size_t>(p)]) union_.push_back(p);
     }
-    hv = cpu::keep_pages(hv, union_, positions_[static_cast<size_t>(g)]);
+    hv = keep_pages(hv, union_, positions_[static_cast<size_t>(g)]);
     rows_read_ += hv.n_tokens;
   }
 }

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "backend/cpu/attention.h"
+#include "backend/backend.h"
 #include "kv/read_filter.h"
 
 namespace longctx::kv {
@@ -18,7 +18,7 @@ float quest_page_bound(const float* q, const float* summary, int32_t d);
 // The pages (ascending) a kv-head reads for the query heads q (n_q, d, rows q_stride floats apart): the newest page
 // always, and the n_read - 1 others whose bound, the largest over the query heads, is highest (ties: the older
 // page). All pages when there are no more than n_read. head.key_summary must be set. scores: scratch.
-void quest_select_pages(const cpu::KvHeadView& head, const float* q, int32_t n_q, int64_t q_stride, int32_t d,
+void quest_select_pages(const KvHeadView& head, const float* q, int32_t n_q, int64_t q_stride, int32_t d,
                         int32_t n_read, std::vector<int32_t>& pages, std::vector<float>& scores);
 
 // The read filter of a Quest policy: each decode step, every (layer >= dense_layers, kv-head) reads the pages
@@ -28,7 +28,7 @@ class QuestReadFilter final : public KvReadFilter {
   // budget: tokens read per (layer, kv-head), in whole pages (budget / page_tokens of them, at least one);
   // dense_layers: the first layers read everything (the paper keeps its first two layers dense).
   QuestReadFilter(int32_t budget, int32_t dense_layers);
-  void narrow(int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok, cpu::KvLayerView& view) override;
+  void narrow(int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok, KvLayerView& view) override;
 
   int32_t budget() const { return budget_; }
   int32_t dense_layers() const { return dense_layers_; }

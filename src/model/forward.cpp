@@ -2,11 +2,6 @@
 
 #include <algorithm>
 
-#include "backend/cpu/attention.h"
-#include "backend/cpu/kv_page_codec.h"
-#include "backend/cpu/matmul.h"
-#include "backend/cpu/ops.h"
-#include "backend/cpu/quant.h"
 #include "core/error.h"
 
 namespace longctx {
@@ -57,9 +52,9 @@ std::vector<KvKeyShift> kv_in_cache_shifts(const std::vector<int32_t>& positions
 }
 
 int32_t KvInCacheRotation::apply(const kv::KvSequence& kv, int32_t layer, int32_t q_pos, float rope_base,
-                                 int32_t n_rot, cpu::RopeOrder order, cpu::KvLayerView& view) {
+                                 int32_t n_rot, RopeOrder order, KvLayerView& view) {
   const int32_t T = view.page_tokens, D = view.head_dim;
-  const size_t page_floats = cpu::kv_page_bytes(KvFormat::F32, T, D) / sizeof(float);
+  const size_t page_floats = kv_page_bytes(KvFormat::F32, T, D) / sizeof(float);
   k_.resize(static_cast<size_t>(T) * D);
   v_.resize(static_cast<size_t>(T) * D);
   size_t n_scratch = 0;
@@ -67,7 +62,7 @@ int32_t KvInCacheRotation::apply(const kv::KvSequence& kv, int32_t layer, int32_
   for (int32_t g = 0; g < static_cast<int32_t>(view.heads.size()); ++g) {
     const kv::KvHeadCache& h = kv.head(layer, g);
     const std::vector<KvKeyShift> shifts = kv_in_cache_shifts(h.positions, q_pos);
-    cpu::KvHeadView& hv = view.heads[static_cast<size_t>(g)];
+    KvHeadView& hv = view.heads[static_cast<size_t>(g)];
     for (size_t i = 0; i < shifts.size();) {
       // One page at a time: decode it whole, turn its moving keys, and let the view read the copy.
       const int32_t page = hv.page_of(shifts[i].slot), row0 = hv.slot0[static_cast<size_t>(page)];
@@ -82,18 +77,18 @@ int32_t KvInCacheRotation::apply(const kv::KvSequence& kv, int32_t layer, int32_
         if (cos_.empty() || delta != angles_delta_ || rope_base != angles_base_ || n_rot != angles_n_rot_) {
           cos_.resize(static_cast<size_t>(n_rot / 2));
           sin_.resize(static_cast<size_t>(n_rot / 2));
-          cpu::rope_angles(delta, n_rot, rope_base, cos_.data(), sin_.data());
+          rope_angles(delta, n_rot, rope_base, cos_.data(), sin_.data());
           angles_delta_ = delta;
           angles_base_ = rope_base;
           angles_n_rot_ = n_rot;
         }
-        cpu::rope_rotate(k_.data() + static_cast<size_t>(slot - row0) * D, 1, D, n_rot, cos_.data(), sin_.data(), order);
+        rope_rotate(k_.data() + static_cast<size_t>(slot - row0) * D, 1, D, n_rot, cos_.data(), sin_.data(), order);
         ++n_moved;
       }
       if (n_scratch == pages_.size()) pages_.emplace_back(page_floats);
       std::vector<float>& dst = pages_[n_scratch++];
       auto* bytes = reinterpret_cast<uint8_t*>(dst.data());
-      cpu::kv_page_write(KvFormat::F32, T, D, k_.data(), v_.data(), 0, n_rows, bytes);
+      host_kv_memory().write_page_rows_host(KvFormat::F32, T, D, k_.data(), v_.data(), 0, n_rows, bytes);
       hv.pages[static_cast<size_t>(page)] = bytes;
       hv.formats[static_cast<size_t>(page)] = KvFormat::F32;
     }
@@ -101,23 +96,56 @@ int32_t KvInCacheRotation::apply(const kv::KvSequence& kv, int32_t layer, int32_
   return n_moved;
 }
 
-Forward::Forward(const Model& model, ThreadPool& pool, int32_t n_batch)
-    : model_(model), pool_(pool), n_batch_(n_batch) {
+Forward::Forward(const Model& model, Backend& backend, int32_t n_batch, ThreadPool* host_pool)
+    : model_(model),
+      backend_(backend),
+      owned_host_pool_(host_pool == nullptr ? std::make_unique<ThreadPool>(1) : nullptr),
+      host_pool_(host_pool == nullptr ? *owned_host_pool_ : *host_pool),
+      n_batch_(n_batch) {
   const ModelConfig& c = model.config();
   const size_t nb = static_cast<size_t>(n_batch);
-  x_.resize(nb * c.n_embd);
-  xn_.resize(nb * c.n_embd);
-  q_.resize(nb * c.n_head * c.head_dim);
-  k_.resize(nb * c.n_head_kv * c.head_dim);
-  v_.resize(nb * c.n_head_kv * c.head_dim);
-  attn_.resize(nb * c.n_head * c.head_dim);
-  out_.resize(nb * c.n_embd);
-  gate_.resize(nb * c.n_ff);
-  up_.resize(nb * c.n_ff);
+  x_ = backend_.alloc_floats(nb * c.n_embd);
+  xn_ = backend_.alloc_floats(nb * c.n_embd);
+  q_ = backend_.alloc_floats(nb * c.n_head * c.head_dim);
+  k_ = backend_.alloc_floats(nb * c.n_head_kv * c.head_dim);
+  v_ = backend_.alloc_floats(nb * c.n_head_kv * c.head_dim);
+  attn_ = backend_.alloc_floats(nb * c.n_head * c.head_dim);
+  out_ = backend_.alloc_floats(nb * c.n_embd);
+  gate_ = backend_.alloc_floats(nb * c.n_ff);
+  up_ = backend_.alloc_floats(nb * c.n_ff);
+  // Every matrix and norm vector the ops will be given, once.
+  std::vector<const Weight*> matrices = {&model.token_embd()};
+  if (&model.output() != &model.token_embd()) matrices.push_back(&model.output());
+  std::vector<const std::vector<float>*> vectors = {&model.output_norm()};
+  for (int32_t il = 0; il < c.n_layer; ++il) {
+    const LayerWeights& w = model.layer(il);
+    for (const Weight* m : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) matrices.push_back(m);
+    for (const std::vector<float>* v :
+         {&w.attn_norm, &w.ffn_norm, &w.q_norm, &w.k_norm, &w.post_attn_norm, &w.post_ffn_norm})
+      if (!v->empty()) vectors.push_back(v);
+  }
+  backend_.prepare(matrices, vectors);
 }
 
+Forward::Forward(const Model& model, std::unique_ptr<Backend> owned, ThreadPool* host_pool, int32_t n_batch)
+    : Forward(model, *owned, n_batch, host_pool) {
+  owned_ = std::move(owned);
+}
+
+Forward::Forward(const Model& model, ThreadPool& pool, int32_t n_batch)
+    : Forward(model, make_backend(Device::Cpu, pool), &pool, n_batch) {}
+
 void Forward::matmul(const Weight& w, const float* x, int32_t n, float* y) {
-  cpu::matmul(pool_, w.type, w.data, w.n_out, w.n_in, x, n, y);
+  const MatmulOutput o{&w, y};
+  backend_.matmul(&o, 1, x, n);
+}
+
+const float* Forward::q_on_host(int32_t n) {
+  if (backend_.host_memory()) return q_.get();
+  const ModelConfig& c = model_.config();
+  q_host_.resize(static_cast<size_t>(n) * c.n_head * c.head_dim);
+  backend_.to_host(q_host_.data(), q_.get(), q_host_.size() * sizeof(float));
+  return q_host_.data();
 }
 
 void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
@@ -130,18 +158,18 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
     fail("internal: in-cache key positions take one token at a time, not {}", n);
   const int64_t E = c.n_embd, D = c.head_dim;
 
-  // Embeddings: one dequantized row per token.
-  const Weight& emb = model_.token_embd();
-  const size_t emb_row_bytes = ggml_row_bytes(emb.type, E);
-  for (int32_t t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) fail("token id {} is outside the vocabulary of {}", tokens[t], c.n_vocab);
-    float* xr = x_.data() + t * E;
-    cpu::dequantize_row(emb.type, emb.data + static_cast<size_t>(tokens[t]) * emb_row_bytes, xr, E);
-    if (c.embd_scale != 1.0f)
-      for (int64_t i = 0; i < E; ++i) xr[i] *= c.embd_scale;
-  }
+  if (key_positions == kv::KvPositions::InCache && !backend_.host_memory())
+    fail("in-cache key positions are not yet supported on {}", backend_.name());
+  Backend& be = backend_;
+  float *x = x_.get(), *xn = xn_.get(), *q = q_.get(), *k = k_.get(), *v = v_.get(), *attn = attn_.get(),
+        *out = out_.get(), *gate = gate_.get(), *up = up_.get();
 
-  cpu::AttentionParams ap;
+  // Embeddings: one dequantized row per token.
+  for (int32_t t = 0; t < n; ++t)
+    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) fail("token id {} is outside the vocabulary of {}", tokens[t], c.n_vocab);
+  be.embed(model_.token_embd(), tokens, n, c.embd_scale, x);
+
+  AttentionParams ap;
   ap.n_head = c.n_head;
   ap.n_head_kv = c.n_head_kv;
   ap.head_dim = c.head_dim;
@@ -152,15 +180,13 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
     const bool local = c.layer_is_local[static_cast<size_t>(il)];
 
     // Attention block.
-    cpu::rmsnorm(x_.data(), w.attn_norm.data(), xn_.data(), n, E, c.rms_eps);
-    // q, k and v in one parallel region, the activations quantized once (matmul_multi: the same values).
-    const cpu::MatmulOutput qkv[] = {{w.wq.type, w.wq.data, w.wq.n_out, q_.data()},
-                                     {w.wk.type, w.wk.data, w.wk.n_out, k_.data()},
-                                     {w.wv.type, w.wv.data, w.wv.n_out, v_.data()}};
-    cpu::matmul_multi(pool_, qkv, 3, w.wq.n_in, xn_.data(), n);
+    be.rmsnorm(x, w.attn_norm, xn, n, E, c.rms_eps);
+    // q, k and v in one call (the CPU: one parallel region, the activations quantized once; the same values).
+    const MatmulOutput qkv[] = {{&w.wq, q}, {&w.wk, k}, {&w.wv, v}};
+    be.matmul(qkv, 3, xn, n);
     if (c.has_qk_norm) {
-      cpu::rmsnorm(q_.data(), w.q_norm.data(), q_.data(), n * c.n_head, D, c.rms_eps);
-      cpu::rmsnorm(k_.data(), w.k_norm.data(), k_.data(), n * c.n_head_kv, D, c.rms_eps);
+      be.rmsnorm(q, w.q_norm, q, n * c.n_head, D, c.rms_eps);
+      be.rmsnorm(k, w.k_norm, k, n * c.n_head_kv, D, c.rms_eps);
     }
     const float base = local ? c.rope_base_local : c.rope_base;
     if (scores != nullptr && scores->queries.wanted()) {
@@ -173,22 +199,22 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
       ql.n_rot = c.n_rot;
       ql.rope_order = c.rope_order;
       ql.scale = c.attn_scale;
-      qs.add(pool_, il, q_.data(), positions, n);
+      qs.add(host_pool_, il, q_on_host(n), positions, n);
     }
-    cpu::rope(q_.data(), positions, n, c.n_head, D, c.n_rot, base, c.rope_order);
-    cpu::rope(k_.data(), positions, n, c.n_head_kv, D, c.n_rot, base, c.rope_order);
-    kv.append(il, k_.data(), v_.data(), positions, n);
+    be.rope(q, positions, n, c.n_head, D, c.n_rot, base, c.rope_order);
+    be.rope(k, positions, n, c.n_head_kv, D, c.n_rot, base, c.rope_order);
+    kv.append(il, k, v, positions, n);
     ap.window = local ? c.sliding_window : 0;
-    cpu::KvLayerView view = kv.layer_view(il);
+    KvLayerView view = kv.layer_view(il);
     if (key_positions == kv::KvPositions::InCache)
       in_cache_.apply(kv, il, positions[0], base, c.n_rot, c.rope_order, view);
     if (read == nullptr) {
-      cpu::attention(pool_, ap, q_.data(), positions, n, view, attn_.data());
+      be.attention(ap, q, positions, n, view, attn);
     } else {
-      cpu::KvLayerView narrowed = view;
+      KvLayerView narrowed = view;
       narrowed.n_head = c.n_head;
-      read->narrow(il, q_.data(), positions, n, narrowed);
-      cpu::attention(pool_, ap, q_.data(), positions, n, narrowed, attn_.data());
+      read->narrow(il, q_on_host(n), positions, n, narrowed);
+      be.attention(ap, q, positions, n, narrowed, attn);
     }
     if (scores != nullptr && scores->wanted()) {
       // Chunk rows are in position order: the voters are a suffix of the chunk.
@@ -196,23 +222,22 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
       while (first_row < n && positions[first_row] < scores->first_pos) ++first_row;
       if (first_row < n) {
         if (kv.n_tokens_max() > scores->stride) fail("internal: KV scores hold {} slots, the cache {}", scores->stride, kv.n_tokens_max());
-        cpu::attention_scores(pool_, ap, q_.data(), positions, n, first_row, view,
-                              scores->layers[static_cast<size_t>(il)].data(), scores->stride, scores->reduce);
+        be.attention_scores(ap, q, positions, n, first_row, view,
+                            scores->layers[static_cast<size_t>(il)].data(), scores->stride, scores->reduce);
       }
     }
-    matmul(w.wo, attn_.data(), n, out_.data());
-    if (c.has_post_norms) cpu::rmsnorm(out_.data(), w.post_attn_norm.data(), out_.data(), n, E, c.rms_eps);
-    cpu::add_in_place(x_.data(), out_.data(), n * E);
+    matmul(w.wo, attn, n, out);
+    if (c.has_post_norms) be.rmsnorm(out, w.post_attn_norm, out, n, E, c.rms_eps);
+    be.add_in_place(x, out, n * E);
 
     // Feed-forward block.
-    cpu::rmsnorm(x_.data(), w.ffn_norm.data(), xn_.data(), n, E, c.rms_eps);
-    const cpu::MatmulOutput gate_up[] = {{w.w_gate.type, w.w_gate.data, w.w_gate.n_out, gate_.data()},
-                                         {w.w_up.type, w.w_up.data, w.w_up.n_out, up_.data()}};
-    cpu::matmul_multi(pool_, gate_up, 2, w.w_gate.n_in, xn_.data(), n);
-    cpu::gated_activation(gate_.data(), up_.data(), static_cast<int64_t>(n) * c.n_ff, c.ffn_act);
-    matmul(w.w_down, gate_.data(), n, out_.data());
-    if (c.has_post_norms) cpu::rmsnorm(out_.data(), w.post_ffn_norm.data(), out_.data(), n, E, c.rms_eps);
-    cpu::add_in_place(x_.data(), out_.data(), n * E);
+    be.rmsnorm(x, w.ffn_norm, xn, n, E, c.rms_eps);
+    const MatmulOutput gate_up[] = {{&w.w_gate, gate}, {&w.w_up, up}};
+    be.matmul(gate_up, 2, xn, n);
+    be.gated_activation(gate, up, static_cast<int64_t>(n) * c.n_ff, c.ffn_act);
+    matmul(w.w_down, gate, n, out);
+    if (c.has_post_norms) be.rmsnorm(out, w.post_ffn_norm, out, n, E, c.rms_eps);
+    be.add_in_place(x, out, n * E);
   }
 
   // Output head, only for the rows asked for (usually just the last).
@@ -221,9 +246,19 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
   for (int32_t i = 0; i < n_out; ++i) {
     const int32_t r = logit_rows[static_cast<size_t>(i)];
     if (r < 0 || r >= n) fail("internal: logit row {} outside a chunk of {}", r, n);
-    cpu::rmsnorm(x_.data() + r * E, model_.output_norm().data(), xn_.data() + i * E, 1, E, c.rms_eps);
+    be.rmsnorm(x + r * E, model_.output_norm(), xn + i * E, 1, E, c.rms_eps);
   }
-  matmul(model_.output(), xn_.data(), n_out, logits);
+  if (be.host_memory()) {
+    matmul(model_.output(), xn, n_out, logits);
+    return;
+  }
+  const size_t n_logits = static_cast<size_t>(n_out) * c.n_vocab;
+  if (logits_floats_ < n_logits) {
+    logits_ = be.alloc_floats(n_logits);
+    logits_floats_ = n_logits;
+  }
+  matmul(model_.output(), xn, n_out, logits_.get());
+  be.to_host(logits, logits_.get(), n_logits * sizeof(float));
 }
 
 }  // namespace longctx

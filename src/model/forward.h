@@ -2,8 +2,10 @@
 // goes through each layer at once (matrix-matrix products), so prefill never runs token by token.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/thread_pool.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"
@@ -47,7 +49,7 @@ std::vector<KvKeyShift> kv_in_cache_shifts(const std::vector<int32_t>& positions
 class KvInCacheRotation {
  public:
   int32_t apply(const kv::KvSequence& kv, int32_t layer, int32_t q_pos, float rope_base, int32_t n_rot,
-                cpu::RopeOrder order, cpu::KvLayerView& view);
+                RopeOrder order, KvLayerView& view);  // host pages only (the scratch copies are host memory)
 
  private:
   std::vector<std::vector<float>> pages_;  // scratch pages in the F32 page layout, reused from layer to layer
@@ -64,38 +66,54 @@ class KvInCacheRotation {
 
 class Forward {
  public:
-  // n_batch: the most tokens one call to run() takes; activation buffers are sized for it.
+  // n_batch: the most tokens one call to run() takes; activation buffers (backend memory) are sized for it. Every
+  // op runs on `backend`; the model's matrices and norm vectors are handed to its prepare() here. The KV sequences
+  // given to run() must keep their pages in backend.kv_memory(). Host-side work of the policies (query statistics)
+  // runs on host_pool when given, else on the calling thread.
+  Forward(const Model& model, Backend& backend, int32_t n_batch, ThreadPool* host_pool = nullptr);
+  // The CPU backend on pool's threads, owned by the forward.
   Forward(const Model& model, ThreadPool& pool, int32_t n_batch);
 
   // Runs n tokens at the given positions, appending their keys and values to `kv`, and writes the logits of the
-  // chunk rows listed in logit_rows: logits (logit_rows.size(), n_vocab). n <= n_batch.
+  // chunk rows listed in logit_rows into host memory: logits (logit_rows.size(), n_vocab). n <= n_batch.
   // When scores is given and wanted, the attention of the queries at positions >= scores->first_pos is added
   // into it (or max'ed, scores->reduce), layer by layer, for the KV policy; when scores->queries is wanted, the
-  // queries at positions >= its first_pos are added to its statistics, before RoPE. key_positions InCache (one token at a time only) applies
-  // StreamingLLM's in-cache positions (KvInCacheRotation); positions stay the tokens' original ones. read, when
-  // given, narrows each layer's attention to part of the cache (KvReadFilter).
+  // queries at positions >= its first_pos are added to its statistics, before RoPE (read on the host). key_positions
+  // InCache (one token at a time only, host-memory backends only) applies StreamingLLM's in-cache positions
+  // (KvInCacheRotation); positions stay the tokens' original ones. read, when given, narrows each layer's attention
+  // to part of the cache (KvReadFilter; it is handed q in host memory).
   void run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
            const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores = nullptr,
            kv::KvPositions key_positions = kv::KvPositions::Original, KvReadFilter* read = nullptr);
 
   int32_t n_batch() const { return n_batch_; }
   const Model& model() const { return model_; }
+  Backend& backend() { return backend_; }
 
  private:
+  Forward(const Model& model, std::unique_ptr<Backend> owned, ThreadPool* host_pool, int32_t n_batch);
   void matmul(const Weight& w, const float* x, int32_t n, float* y);  // y (n, w.n_out) = x (n, w.n_in) W^T
+  // q_ (n rows) as host memory: q_ itself on a host backend, else a copy.
+  const float* q_on_host(int32_t n);
 
   const Model& model_;
-  ThreadPool& pool_;
+  std::unique_ptr<Backend> owned_;  // the CPU backend of the ThreadPool constructor
+  Backend& backend_;
+  std::unique_ptr<ThreadPool> owned_host_pool_;
+  ThreadPool& host_pool_;
   int32_t n_batch_;
-  std::vector<float> x_;     // (n_batch, n_embd) residual stream
-  std::vector<float> xn_;    // (n_batch, n_embd) normalized input of a block
-  std::vector<float> q_;     // (n_batch, n_head, head_dim)
-  std::vector<float> k_;     // (n_batch, n_head_kv, head_dim)
-  std::vector<float> v_;     // (n_batch, n_head_kv, head_dim)
-  std::vector<float> attn_;  // (n_batch, n_head, head_dim)
-  std::vector<float> out_;   // (n_batch, n_embd) block output before the residual add
-  std::vector<float> gate_;  // (n_batch, n_ff)
-  std::vector<float> up_;    // (n_batch, n_ff)
+  Backend::Floats x_;     // (n_batch, n_embd) residual stream
+  Backend::Floats xn_;    // (n_batch, n_embd) normalized input of a block
+  Backend::Floats q_;     // (n_batch, n_head, head_dim)
+  Backend::Floats k_;     // (n_batch, n_head_kv, head_dim)
+  Backend::Floats v_;     // (n_batch, n_head_kv, head_dim)
+  Backend::Floats attn_;  // (n_batch, n_head, head_dim)
+  Backend::Floats out_;   // (n_batch, n_embd) block output before the residual add
+  Backend::Floats gate_;  // (n_batch, n_ff)
+  Backend::Floats up_;    // (n_batch, n_ff)
+  Backend::Floats logits_;  // (rows, n_vocab) on a device backend, grown as asked
+  size_t logits_floats_ = 0;
+  std::vector<float> q_host_;  // q_ copied to the host for host-side readers, on a device backend
   KvInCacheRotation in_cache_;
 };
 

@@ -102,9 +102,9 @@ ModelConfig read_config(const gguf::File& f) {
     c.sliding_window = positive_int(f, p + "attention.sliding_window");
     for (int32_t i = 0; i < c.n_layer; ++i) c.layer_is_local[static_cast<size_t>(i)] = (i + 1) % 6 != 0;
     c.rope_base_local = 10000.0f;
-    c.rope_order = cpu::RopeOrder::Halves;
+    c.rope_order = RopeOrder::Halves;
     c.embd_scale = std::sqrt(static_cast<float>(c.n_embd));
-    c.ffn_act = cpu::GatedActivation::GeluTanh;
+    c.ffn_act = GatedActivation::GeluTanh;
     c.has_qk_norm = true;
     c.has_post_norms = true;
     // query_pre_attn_scalar equals head_dim for the released sizes; the GGUF does not store it.
@@ -186,7 +186,7 @@ std::unique_ptr<Model> Model::synthetic(const std::string& spec, ThreadPool* poo
   c.n_rot = shape.head_dim;
   c.rms_eps = shape.rms_eps;
   c.rope_base = c.rope_base_local = shape.rope_base;
-  c.rope_order = cpu::RopeOrder::Adjacent;
+  c.rope_order = RopeOrder::Adjacent;
   c.layer_is_local.assign(static_cast<size_t>(c.n_layer), false);
   c.attn_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/ops.h"
+#include "backend/backend.h"
 #include "core/ggml_type.h"
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
@@ -32,22 +32,14 @@ struct ModelConfig {
   float rms_eps = 1e-5f;
   float rope_base = 10000.0f;        // global-attention layers
   float rope_base_local = 10000.0f;  // sliding-window layers (gemma3)
-  cpu::RopeOrder rope_order = cpu::RopeOrder::Adjacent;
+  RopeOrder rope_order = RopeOrder::Adjacent;
   int32_t sliding_window = 0;        // 0: no sliding-window layers
   std::vector<bool> layer_is_local;  // (n_layer) true where the layer attends within sliding_window
   float embd_scale = 1.0f;           // gemma multiplies embeddings by sqrt(n_embd)
   float attn_scale = 1.0f;           // applied to q·k
-  cpu::GatedActivation ffn_act = cpu::GatedActivation::SiLU;
+  GatedActivation ffn_act = GatedActivation::SiLU;
   bool has_qk_norm = false;          // gemma3: RMSNorm over each head of q and k before RoPE
   bool has_post_norms = false;       // gemma3: RMSNorm after attention and after the FFN, before the residual
-};
-
-// A weight matrix (n_out, n_in) in a GGUF format, used in place from the mapping.
-struct Weight {
-  GgmlType type = GgmlType::F32;
-  const uint8_t* data = nullptr;
-  int64_t n_out = 0;
-  int64_t n_in = 0;
 };
 
 struct LayerWeights {

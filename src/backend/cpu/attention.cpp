@@ -546,31 +546,6 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace longctx::cpu {
 
-int32_t KvHeadView::page_of(int32_t slot) const {
-  // The last page whose first slot is <= slot (empty pages share a first slot with the next; skip them).
-  const auto it = std::upper_bound(slot0.begin(), slot0.end() - 1, slot);
-  return static_cast<int32_t>(it - slot0.begin()) - 1;
-}
-
-KvHeadView keep_pages(const KvHeadView& head, const std::vector<int32_t>& pages, std::vector<int32_t>& positions) {
-  KvHeadView out;
-  positions.clear();
-  out.slot0.push_back(0);
-  int32_t prev = -1;
-  for (int32_t p : pages) {
-    if (p <= prev || p >= head.n_pages()) fail("internal: page {} of {} out of order or range", p, head.n_pages());
-    prev = p;
-    const int32_t s0 = head.slot0[static_cast<size_t>(p)], rows = head.page_rows(p);
-    out.pages.push_back(head.pages[static_cast<size_t>(p)]);
-    out.formats.push_back(head.formats[static_cast<size_t>(p)]);
-    positions.insert(positions.end(), head.positions + s0, head.positions + s0 + rows);
-    out.slot0.push_back(out.slot0.back() + rows);
-  }
-  out.positions = positions.data();
-  out.n_tokens = out.slot0.back();
-  return out;
-}
-
 HWY_EXPORT(AttentionImpl);
 HWY_EXPORT(AttentionScoresImpl);
 

@@ -10,30 +10,6 @@
 
 namespace longctx {
 
-const char* kv_format_name(KvFormat f) {
-  switch (f) {
-    case KvFormat::F32: return "f32";
-    case KvFormat::F16: return "f16";
-    case KvFormat::Kivi8: return "kivi8";
-    case KvFormat::Kivi4: return "kivi4";
-    case KvFormat::Kivi2: return "kivi2";
-  }
-  return "?";
-}
-
-int kv_format_bits(KvFormat f) {
-  switch (f) {
-    case KvFormat::F32: return 32;
-    case KvFormat::F16: return 16;
-    case KvFormat::Kivi8: return 8;
-    case KvFormat::Kivi4: return 4;
-    case KvFormat::Kivi2: return 2;
-  }
-  return 0;
-}
-
-bool kv_format_is_packed(KvFormat f) { return f != KvFormat::F32 && f != KvFormat::F16; }
-
 namespace cpu {
 namespace {
 
@@ -106,30 +82,6 @@ void write_kivi(KvFormat f, int32_t T, int32_t d, const float* k, const float* v
 }
 
 }  // namespace
-
-KiviPageLayout kivi_page_layout(KvFormat f, int32_t T, int32_t d) {
-  KiviPageLayout L{};
-  L.bits = kv_format_bits(f);
-  L.k_row_bytes = static_cast<size_t>(T) * L.bits / 8;
-  L.v_row_bytes = static_cast<size_t>(d) * L.bits / 8;
-  const size_t codes = static_cast<size_t>(T) * d * L.bits / 8;
-  L.k_codes = 0;
-  L.k_scale = codes;
-  L.k_min = L.k_scale + static_cast<size_t>(d) * 2;
-  L.v_codes = L.k_min + static_cast<size_t>(d) * 2;
-  const size_t n_groups = static_cast<size_t>(T) * (d / kKiviValueGroup);
-  L.v_scale = L.v_codes + codes;
-  L.v_min = L.v_scale + n_groups * 2;
-  L.total = L.v_min + n_groups * 2;
-  return L;
-}
-
-size_t kv_page_bytes(KvFormat f, int32_t page_tokens, int32_t head_dim) {
-  if (!kv_format_is_packed(f)) return 2 * static_cast<size_t>(page_tokens) * head_dim * (f == KvFormat::F32 ? 4 : 2);
-  if (head_dim % kKiviValueGroup != 0) fail("KIVI formats need a head size that is a multiple of {}", kKiviValueGroup);
-  if (page_tokens % 4 != 0) fail("KIVI formats need a page size that is a multiple of 4 tokens");
-  return kivi_page_layout(f, page_tokens, head_dim).total;
-}
 
 void kv_page_write(KvFormat f, int32_t T, int32_t d, const float* k, const float* v, int32_t row0, int32_t n_rows,
                    uint8_t* page) {

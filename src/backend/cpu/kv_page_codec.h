@@ -14,28 +14,21 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/backend.h"
 #include "core/kv_format.h"
 
 namespace longctx::cpu {
 
-constexpr int32_t kKiviValueGroup = 32;
-
-// Where the parts of a packed page start (bytes from the page's start).
-struct KiviPageLayout {
-  int bits;
-  size_t k_codes, k_scale, k_min, v_codes, v_scale, v_min, total;
-  size_t k_row_bytes, v_row_bytes;  // one channel's key codes, one token's value codes
-};
-KiviPageLayout kivi_page_layout(KvFormat f, int32_t page_tokens, int32_t head_dim);
+// The layout and size of a page are backend.h's (the one codec description), named here as the codec's.
+using longctx::kivi_page_layout;
+using longctx::KiviPageLayout;
+using longctx::kKiviValueGroup;
+using longctx::kv_page_bytes;
 
 // Code i of a packed row of n codes (the layout above).
 inline uint32_t kivi_code(const uint8_t* row, int bits, size_t row_bytes, size_t i) {
   return (static_cast<uint32_t>(row[i % row_bytes]) >> (bits * (i / row_bytes))) & ((1u << bits) - 1);
 }
-
-// Bytes of one page; for the packed formats head_dim must be a multiple of kKiviValueGroup and page_tokens a
-// multiple of 4.
-size_t kv_page_bytes(KvFormat f, int32_t page_tokens, int32_t head_dim);
 
 // Writes a page from f32 rows. k, v: (n_rows, head_dim), n_rows <= page_tokens. Packed formats need a full
 // page (n_rows == page_tokens) since the key scales span all its tokens.

@@ -65,32 +65,6 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n_rows, int64_t n
   }
 }
 
-void rope_angles(int32_t pos, int64_t n_rot, float base, float* cos_t, float* sin_t) {
-  // Angles in double: positions reach 10^5 and beyond, where an f32 product would be off by whole radians' fractions.
-  for (int64_t i = 0; i < n_rot / 2; ++i) {
-    const double inv_freq = std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) / static_cast<double>(n_rot));
-    const double a = static_cast<double>(pos) * inv_freq;
-    cos_t[i] = static_cast<float>(std::cos(a));
-    sin_t[i] = static_cast<float>(std::sin(a));
-  }
-}
-
-void rope_rotate(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float* cos_t, const float* sin_t,
-                 RopeOrder order) {
-  const int64_t half = n_rot / 2;
-  for (int64_t h = 0; h < n_heads; ++h) {
-    float* v = x + h * head_dim;
-    for (int64_t i = 0; i < half; ++i) {
-      const int64_t a = order == RopeOrder::Adjacent ? 2 * i : i;
-      const int64_t b = order == RopeOrder::Adjacent ? 2 * i + 1 : i + half;
-      const float c = cos_t[i], s = sin_t[i];
-      const float x0 = v[a], x1 = v[b];
-      v[a] = x0 * c - x1 * s;
-      v[b] = x0 * s + x1 * c;
-    }
-  }
-}
-
 void rope(float* x, const int32_t* positions, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_rot,
           float base, RopeOrder order) {
   std::vector<float> cos_t(static_cast<size_t>(n_rot / 2)), sin_t(static_cast<size_t>(n_rot / 2));
