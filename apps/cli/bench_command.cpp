@@ -18,10 +18,10 @@
 #include "core/memory_bandwidth.h"
 #include "core/synthetic_weights.h"
 #include "core/thread_pool.h"
+#include "engine/session.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"
 #include "kv/quest.h"
-#include "model/forward.h"
 #include "model/model.h"
 
 #if LONGCTX_WITH_CUDA
@@ -262,147 +262,98 @@ uint64_t prefix_fingerprint(const kv::KvSequence& seq, const std::vector<int32_t
   return h;
 }
 
-// One model, one pool, one cache, reused by every test.
+// One session of one sequence, reused by every test.
 class BenchRunner {
  public:
   // n_ctx: the most tokens the cache will hold (depth plus the longest test).
   BenchRunner(const Model& model, ThreadPool& pool, kv::KvPolicy& policy, int32_t n_batch, int32_t n_ctx,
               uint64_t seed)
-      : model_(model), policy_(policy), seed_(seed), n_ctx_(n_ctx), forward_(model, pool, n_batch) {
-    const ModelConfig& c = model.config();
-    kv::KvGeometry geo;
-    geo.n_layer = c.n_layer;
-    geo.n_head_kv = c.n_head_kv;
-    geo.head_dim = c.head_dim;
-    geo.format = policy.page_format();
-    geo.sealed_format = policy.sealed_format();
-    geo.n_recent_full_precision = policy.n_recent_full_precision();
-    geo.key_summaries = policy.wants_key_summaries();
-    if (policy.page_tokens() > 0) geo.page_tokens = policy.page_tokens();
-    // No byte limit: the context check in bench_command bounds the tokens, and the pool allocates on demand.
-    pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
-    seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
-    logits_.resize(static_cast<size_t>(c.n_vocab));
+      : model_(model), seed_(seed), session_(model, pool, session_options(n_batch, n_ctx)),
+        seq_(session_.add_sequence(policy)) {
+    if (policy.reconstruction().chunk > 0)
+      fail("bench does not run KVzip's reconstruction pass after prefill; measure kvzip with `longctx run` or `eval`");
+    logits_.resize(static_cast<size_t>(model.config().n_vocab));
   }
 
   // Untimed: the cache holds exactly `depth` tokens at positions [0, depth) afterwards (before the policy acts).
+  // With window expiry on, sliding-window layers free the tokens that left their window after every chunk, as
+  // `run` does, so the depth is held in the memory a real run holds.
   void fill(int32_t depth) {
-    seq_->clear();
-    policy_.reset();  // no scores of the previous fill carry over
-    prefill(0, depth, /*want_logits=*/false, WindowExpiry::kOn);
-    const kv::KvGeometry& geo = seq_->geometry();
+    session_.reset_sequence(seq_);  // no scores of the previous fill carry over
+    prefill(depth, /*want_logits=*/false, WindowExpiry::On);
+    const kv::KvGeometry& geo = sequence().geometry();
     depth_ = depth;
     n_keep_.assign(static_cast<size_t>(geo.n_layer) * geo.n_head_kv, 0);
     for (int32_t il = 0; il < geo.n_layer; ++il)
       for (int32_t g = 0; g < geo.n_head_kv; ++g)
-        n_keep_[static_cast<size_t>(il * geo.n_head_kv + g)] = seq_->head(il, g).n_tokens();
-    fingerprint_ = prefix_fingerprint(*seq_, n_keep_);
+        n_keep_[static_cast<size_t>(il * geo.n_head_kv + g)] = sequence().head(il, g).n_tokens();
+    fingerprint_ = prefix_fingerprint(sequence(), n_keep_);
   }
 
-  // Back to the state right after fill(depth), by dropping what a test appended, or by refilling when the policy
-  // changed the old part of the cache (prefix_fingerprint).
+  // Back to the state right after fill(depth), by dropping what a test appended (every slot at a position >= depth),
+  // or by refilling when the policy changed the old part of the cache (prefix_fingerprint).
   void restore() {
-    if (prefix_fingerprint(*seq_, n_keep_) != fingerprint_) {
+    if (prefix_fingerprint(sequence(), n_keep_) != fingerprint_) {
       fill(depth_);
       return;
     }
-    const kv::KvGeometry& geo = seq_->geometry();
-    std::vector<int32_t> slots;
-    for (int32_t il = 0; il < geo.n_layer; ++il)
-      for (int32_t g = 0; g < geo.n_head_kv; ++g) {
-        const int32_t keep = n_keep_[static_cast<size_t>(il * geo.n_head_kv + g)];
-        const int32_t n = seq_->head(il, g).n_tokens();
-        if (n <= keep) continue;
-        slots.resize(static_cast<size_t>(n - keep));
-        std::iota(slots.begin(), slots.end(), keep);
-        seq_->remove_slots(il, g, slots);
-      }
+    session_.truncate(seq_, depth_);
   }
 
   // pp: n tokens at positions [depth, depth + n) in chunks of n_batch, the last row's logits computed, with the
-  // policy's prefill hooks as Generator runs them (part of what a prompt costs under a compressing policy).
-  // Returns seconds.
+  // policy's prefill hooks as `run` calls them (part of what a prompt costs under a compressing policy). Window
+  // expiry is off in the timed tests, so that restore() can rewind by dropping what they appended (they then hold at
+  // most window + test tokens more on sliding-window layers). Returns seconds.
   double time_prompt(int32_t n) {
     const auto t0 = std::chrono::steady_clock::now();
-    prefill(depth_, n, /*want_logits=*/true, WindowExpiry::kOff);
+    prefill(n, /*want_logits=*/true, WindowExpiry::Off);
     return seconds_since(t0);
   }
 
-  // tg: n forwards of one token each at positions [depth, depth + n), logits of each computed, with the policy's
-  // per-step hook as Generator runs it; the ids are fixed (no sampling). Returns seconds.
+  // tg: n decode steps of one token each at positions [depth, depth + n), logits of each computed, with the
+  // policy's per-step hook as `run` calls it; the ids are fixed (no sampling). Returns seconds.
   double time_generation(int32_t n) {
     const ModelConfig& c = model_.config();
-    const bool want_scores = policy_.wants_decode_scores();
     const auto t0 = std::chrono::steady_clock::now();
     for (int32_t i = 0; i < n; ++i) {
-      const int32_t pos = depth_ + i;
-      const int32_t id = bench_token_id(seed_, pos, c.n_vocab);
-      if (want_scores) {
-        scores_.reset(c.n_layer, c.n_head_kv, n_ctx_, seq_->n_tokens_max() + 1);
-        scores_.first_pos = pos;
-      }
-      forward_.run(*seq_, &id, &pos, 1, {0}, logits_.data(), want_scores ? &scores_ : nullptr, policy_.positions(),
-                   policy_.read_filter());
-      policy_.after_decode_step(*seq_, scores_);
+      const SequenceStep st{seq_, bench_token_id(seed_, session_.position(seq_), c.n_vocab)};
+      session_.step({&st, 1}, logits_.data(), WindowExpiry::Off);
     }
     return seconds_since(t0);
   }
 
-  const kv::KvSequence& sequence() const { return *seq_; }
-  const kv::KvPagePool& pages() const { return *pages_; }
+  const kv::KvSequence& sequence() const { return session_.sequence(seq_); }
+  const kv::KvPagePool& pages() const { return session_.pages(); }
 
  private:
-  // Tokens [first_pos, first_pos + n) as one prompt on top of what the cache holds, wired as Generator::prefill:
-  // pages stay unpacked while the policy may still select tokens, then full pages are sealed. With expiry on
-  // (the untimed fill), sliding-window layers free the tokens that left their window after every chunk, as
-  // Generator does, so the depth is held in the memory a real run holds; the timed tests leave it off, so that
-  // restore() can rewind by dropping what they appended (they then hold at most window + test tokens there).
-  enum class WindowExpiry { kOff, kOn };
-  void prefill(int32_t first_pos, int32_t n, bool want_logits, WindowExpiry expiry) {
-    const ModelConfig& c = model_.config();
-    const int32_t n_batch = forward_.n_batch();
-    if (policy_.reconstruction().chunk > 0)
-      fail("bench does not run KVzip's reconstruction pass after prefill; measure kvzip with `longctx run` or `eval`");
-    const int32_t score_from = policy_.prefill_score_from(first_pos + n);
-    const int32_t query_stats_from = policy_.prefill_query_stats_from(first_pos + n);
-    const bool want_scores = score_from != INT_MAX || query_stats_from != INT_MAX;
-    scores_.first_pos = INT_MAX;
-    scores_.queries.first_pos = query_stats_from;
-    if (query_stats_from != INT_MAX) scores_.queries.reset(c.n_layer, c.n_head, c.head_dim);
-    if (score_from != INT_MAX) {
-      scores_.reset(c.n_layer, c.n_head_kv, n_ctx_, n_ctx_);
-      scores_.first_pos = score_from;
-    }
-    seq_->set_auto_seal(false);
-    std::vector<int32_t> ids(static_cast<size_t>(n_batch)), positions(static_cast<size_t>(n_batch));
-    for (int32_t start = 0; start < n; start += n_batch) {
-      const int32_t len = std::min(n_batch, n - start);
-      for (int32_t i = 0; i < len; ++i) {
-        positions[static_cast<size_t>(i)] = first_pos + start + i;
-        ids[static_cast<size_t>(i)] = bench_token_id(seed_, first_pos + start + i, c.n_vocab);
-      }
-      std::vector<int32_t> rows;
-      if (want_logits && start + len == n) rows.push_back(len - 1);
-      forward_.run(*seq_, ids.data(), positions.data(), len, rows, logits_.data(), want_scores ? &scores_ : nullptr);
-      const bool scores_pending = score_from != INT_MAX && first_pos + start + len > score_from;
-      if (expiry == WindowExpiry::kOn && !scores_pending) kv_expire_window(c, *seq_, policy_, first_pos + start + len);
-    }
-    if (n > 0) policy_.after_prefill(*seq_, scores_);
-    scores_.queries.first_pos = INT_MAX;  // gathered for this prompt only
-    if (expiry == WindowExpiry::kOn) kv_expire_window(c, *seq_, policy_, first_pos + n);
-    seq_->seal_full_pages();
-    seq_->set_auto_seal(true);
+  static SessionOptions session_options(int32_t n_batch, int32_t n_ctx) {
+    SessionOptions o;
+    o.n_ctx = n_ctx;
+    o.n_batch = n_batch;
+    // No byte limit: the context check in bench_command bounds the tokens, and the pool allocates on demand.
+    o.kv_max_bytes = SessionOptions::kUnlimited;
+    return o;
+  }
+
+  // The next n fixed ids as one prompt on top of what the cache holds, with the policy's hooks.
+  void prefill(int32_t n, bool want_logits, WindowExpiry expiry) {
+    const int32_t first_pos = session_.position(seq_);
+    ids_.resize(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i)
+      ids_[static_cast<size_t>(i)] = bench_token_id(seed_, first_pos + i, model_.config().n_vocab);
+    PrefillOptions po;
+    if (want_logits && n > 0) po.logit_positions = {n - 1};
+    po.expiry = expiry;
+    session_.prefill(seq_, ids_, po, prefill_logits_);
   }
 
   const Model& model_;
-  kv::KvPolicy& policy_;
   uint64_t seed_;
-  int32_t n_ctx_;
-  Forward forward_;
-  std::unique_ptr<kv::KvPagePool> pages_;
-  std::unique_ptr<kv::KvSequence> seq_;
-  std::vector<float> logits_;  // (n_vocab) the last row asked for
-  kv::KvScores scores_;        // sized only when the policy asks for attention scores
+  EngineSession session_;
+  SequenceId seq_;
+  std::vector<int32_t> ids_;
+  std::vector<float> logits_;          // (n_vocab) the last step's
+  std::vector<float> prefill_logits_;  // (n_vocab) the last prompt row's
   int32_t depth_ = 0;
   std::vector<int32_t> n_keep_;  // (n_layer, n_head_kv) slots held right after fill
   uint64_t fingerprint_ = 0;

@@ -20,7 +20,7 @@
 #include "kv/head_calibration.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"
-#include "model/forward.h"
+#include "engine/session.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -73,37 +73,35 @@ kv::HeadCalibration calibrate_heads(const Model& model, ThreadPool& pool, int32_
   const int32_t n = static_cast<int32_t>(ids.size()), first_copy = bos >= 0 ? 1 : 0;
   if (n > c.n_ctx_train) fail("calibrate-heads: 2 x --length ({}) exceeds the model's context ({})", n, c.n_ctx_train);
 
-  kv::KvGeometry geo;
-  geo.n_layer = c.n_layer;
-  geo.n_head_kv = c.n_head_kv;
-  geo.head_dim = c.head_dim;
-  geo.format = geo.sealed_format = KvFormat::F32;  // the scores of the model itself, not of a compressed cache
-  kv::KvPagePool pages(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
-  kv::KvSequence seq(geo, pages);
   const int32_t n_batch = 256;
-  Forward forward(model, pool, n_batch);
+  SessionOptions so;
+  so.n_ctx = n;
+  so.n_batch = n_batch;
+  so.kv_max_bytes = SessionOptions::kUnlimited;
+  EngineSession session(model, pool, so);
+  // f32 pages: the scores of the model itself, not of a compressed cache.
+  const SequenceId seq = session.add_sequence("full:type=f32");
   std::vector<float> logits(static_cast<size_t>(c.n_vocab));
-  std::vector<int32_t> positions(static_cast<size_t>(n));
-  for (int32_t i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = i;
 
   // The first copy (and the second's first token, whose echo target is the first copy's first token) in chunks;
   // then every second-copy token on its own, so that the scores the forward pass gathers are that one query's
-  // (they are summed over the queries of a call).
+  // (they are summed over the queries of a call). Nothing expires: every key stays for the scores.
   const int32_t second = first_copy + length;
-  for (int32_t start = 0; start < second; start += n_batch) {
-    const int32_t len = std::min(n_batch, second - start);
-    forward.run(seq, ids.data() + start, positions.data() + start, len, {len - 1}, logits.data(), nullptr);
-  }
+  PrefillOptions po;
+  po.hooks = PolicyHooks::Off;
+  po.expiry = WindowExpiry::Off;
+  std::vector<float> unused;
+  session.prefill(seq, std::span<const int32_t>(ids).first(static_cast<size_t>(second)), po, unused);
   kv::HeadCalibration cal(c.n_layer, c.n_head_kv, first_copy, length);
   kv::KvScores scores;
   const int32_t n_group = c.n_head / c.n_head_kv;
   for (int32_t p = second; p < n; ++p) {
     scores.reset(c.n_layer, c.n_head_kv, n, p + 1);
     scores.first_pos = p;
-    forward.run(seq, &ids[static_cast<size_t>(p)], &positions[static_cast<size_t>(p)], 1, {0}, logits.data(), &scores);
+    session.extend(seq, &ids[static_cast<size_t>(p)], 1, {0}, logits.data(), &scores);
     for (int32_t l = 0; l < c.n_layer; ++l)
       for (int32_t g = 0; g < c.n_head_kv; ++g)
-        cal.add_query(l, g, p, scores.head(l, g), seq.head(l, g).positions, n_group);
+        cal.add_query(l, g, p, scores.head(l, g), session.sequence(seq).head(l, g).positions, n_group);
   }
   return cal;
 }

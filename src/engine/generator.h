@@ -10,6 +10,7 @@
 
 #include "core/thread_pool.h"
 #include "engine/sampler.h"
+#include "engine/session.h"
 #include "kv/policy.h"
 #include "model/forward.h"
 #include "model/model.h"
@@ -73,11 +74,11 @@ struct ScoreStep {
 };
 using ScoreStepFn = std::function<void(const ScoreStep&)>;
 
-// Progress of prefill: tokens done, tokens in all.
-using ProgressFn = std::function<void(int32_t, int32_t)>;
 // Receives generated text as it becomes final; returns false to stop.
 using TextFn = std::function<bool(std::string_view)>;
 
+// The sampling loop of one request over an EngineSession of one sequence (session.h does the cache, the prefill
+// with the policy's hooks and the decode steps).
 class Generator {
  public:
   Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool, kv::KvPolicy& policy,
@@ -89,7 +90,8 @@ class Generator {
   GenerateStats generate(const std::vector<int32_t>& prompt, const TextFn& on_text, const ProgressFn& on_progress,
                          int32_t n_compressed = 0);
 
-  // Prefill only: returns the logits of every listed prompt position (rows, n_vocab), for tests and eval.
+  // Prefill only, the policy's hooks off: returns the logits of every listed prompt position (rows, n_vocab), for
+  // tests and eval.
   std::vector<float> prompt_logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& positions);
 
   // Teacher-forced scoring (perplexity under a policy): prefills prefix with the policy applied as generate() does,
@@ -99,37 +101,19 @@ class Generator {
   ScoreStats score_continuation(const std::vector<int32_t>& prefix, const std::vector<int32_t>& continuation,
                                 const ProgressFn& on_progress, const ScoreStepFn& on_step = {});
 
-  kv::KvSequence& sequence() { return *seq_; }
+  kv::KvSequence& sequence() { return session_.sequence(seq_); }
+  EngineSession& session() { return session_; }
 
  private:
-  // Runs prompt tokens [0, n) in chunks; returns the logits of the last one.
-  // With apply_policy, the policy sees the prompt's attention and cuts the cache (at the end, or after every
-  // chunk with prefill_compress); n_compressed > 0 moves that end to the first n_compressed tokens, the rest being
-  // read afterwards, unscored, over the compressed cache.
-  void prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
-               const std::vector<int32_t>& logit_positions, std::vector<float>& logits, bool apply_policy,
-               int32_t n_compressed = 0);
-  // KVzip's reconstruction pass (kv::KvReconstruction) over the first m prompt tokens, all cached: leaves in
-  // scores_ the most attention any reconstruction query paid each slot, and the cache as it was. Costs one more
-  // forward over about m tokens (each query attending to the m cached ones and its chunk), plus the score pass.
-  void reconstruct(const std::vector<int32_t>& prompt, int32_t m);
-  void note_peak();
-  // Whether a token at original position pos may still be run: its position as the model sees it, the original one
-  // or (in-cache positions) the count of tokens cached before it, must be inside the context.
-  bool context_has_room(int32_t pos) const;
-  // One generated (or teacher-forced) token at pos: forward, logits (n_vocab), then the policy's decode hook and
-  // sliding-window expiry.
-  void decode_step(int32_t id, int32_t pos, std::vector<float>& logits);
+  // Empties the sequence and prefills the prompt (the checks of generate()); logits of its last token.
+  void prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress, std::vector<float>& logits,
+               PolicyHooks hooks, int32_t n_compressed, const std::vector<int32_t>& logit_positions);
 
   const Model& model_;
   const Tokenizer& tok_;
-  kv::KvPolicy& policy_;
   GenerateParams params_;
-  Forward forward_;
-  std::unique_ptr<kv::KvPagePool> pages_;
-  std::unique_ptr<kv::KvSequence> seq_;
-  kv::KvScores scores_;
-  size_t peak_bytes_ = 0;
+  EngineSession session_;
+  SequenceId seq_;
 };
 
 std::string logits_hash(const float* logits, int64_t n);

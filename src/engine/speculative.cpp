@@ -224,75 +224,44 @@ void SpecDraftView::narrow(int32_t layer, const float*, const int32_t*, int32_t,
   }
 }
 
+namespace {
+
+SessionOptions spec_session_options(const GenerateParams& p, const SpecParams& spec) {
+  if (spec.gamma < 1 || spec.gamma > kMaxGamma) fail("--spec: gamma must be in [1, {}], not {}", kMaxGamma, spec.gamma);
+  SessionOptions o;
+  o.n_ctx = p.n_ctx;
+  o.n_batch = p.n_batch;
+  o.n_step_tokens = spec.gamma + 1;  // a verify step runs the current token and gamma drafts in one forward
+  return o;
+}
+
+}  // namespace
+
 SpeculativeGenerator::SpeculativeGenerator(const Model& model, ThreadPool& pool, const GenerateParams& params,
                                            const SpecParams& spec)
     : model_(model),
       params_(params),
       spec_(spec),
-      forward_(model, pool, std::max({1, params.n_batch, spec.gamma + 1})),
-      full_(make_verifier_policy(spec.verifier_kv, model.config().n_layer, model.config().n_head_kv)),
-      view_(spec.draft, model.config()) {
-  const ModelConfig& c = model.config();
-  if (params.n_ctx <= 0) fail("--ctx must be positive (got {})", params.n_ctx);
-  if (params.n_batch <= 0) fail("--batch must be positive (got {})", params.n_batch);
-  if (spec.gamma < 1 || spec.gamma > kMaxGamma) fail("--spec: gamma must be in [1, {}], not {}", kMaxGamma, spec.gamma);
-  kv::KvGeometry geo;
-  geo.n_layer = c.n_layer;
-  geo.n_head_kv = c.n_head_kv;
-  geo.head_dim = c.head_dim;
-  geo.format = full_->page_format();
-  geo.sealed_format = full_->sealed_format();
-  // The full cache of n_ctx tokens, the gamma tokens a step appends past the last verified one, and a page of slack.
-  const size_t pages_per_head =
-      (static_cast<size_t>(params.n_ctx) + spec.gamma + 1 + geo.page_tokens - 1) / geo.page_tokens + 1;
-  const size_t max_bytes =
-      (pages_per_head + 64) * c.n_layer * c.n_head_kv * kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim);
-  pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, max_bytes);
-  seq_ = std::make_unique<kv::KvSequence>(geo, *pages_);
-}
-
-void SpeculativeGenerator::truncate(int32_t from_pos) {
-  const ModelConfig& c = model_.config();
-  std::vector<int32_t> slots;
-  for (int32_t il = 0; il < c.n_layer; ++il)
-    for (int32_t g = 0; g < c.n_head_kv; ++g) {
-      const kv::KvHeadCache& h = seq_->head(il, g);
-      const auto first = std::lower_bound(h.positions.begin(), h.positions.end(), from_pos) - h.positions.begin();
-      slots.clear();
-      for (int32_t s = static_cast<int32_t>(first); s < h.n_tokens(); ++s) slots.push_back(s);
-      seq_->remove_slots(il, g, slots);
-    }
-}
+      view_(spec.draft, model.config()),
+      session_(model, pool, spec_session_options(params, spec)),
+      seq_(session_.add_sequence(make_verifier_policy(spec.verifier_kv, model.config().n_layer, model.config().n_head_kv))) {}
 
 void SpeculativeGenerator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
                                    std::vector<float>& logits) {
   const int32_t n = static_cast<int32_t>(prompt.size());
-  const ModelConfig& c = model_.config();
   if (n == 0) fail("the prompt is empty");
-  if (n > params_.n_ctx)
-    fail("the prompt has {} tokens, more than the context of {} (--ctx); raise --ctx or shorten the prompt", n,
-         params_.n_ctx);
-  seq_->clear();
-  full_->reset();
-  peak_bytes_ = 0;
+  session_.reset_sequence(seq_);
   spec_stats_ = SpecStats{};
-  scores_.reset(c.n_layer, c.n_head_kv, params_.n_ctx, params_.n_ctx);
-  scores_.first_pos = view_.prefill_score_from(n);
-  logits.assign(static_cast<size_t>(c.n_vocab), 0.0f);
-  std::vector<int32_t> positions(static_cast<size_t>(params_.n_batch));
-  for (int32_t start = 0; start < n; start += params_.n_batch) {
-    const int32_t len = std::min(params_.n_batch, n - start);
-    for (int32_t i = 0; i < len; ++i) positions[static_cast<size_t>(i)] = start + i;
-    std::vector<int32_t> rows;
-    if (start + len == n) rows.push_back(len - 1);
-    forward_.run(*seq_, prompt.data() + start, positions.data(), len, rows, logits.data(), &scores_);
-    peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total());
-    // Sliding-window expiry renumbers slots, so it waits while the draft policy's scores are being gathered.
-    if (!(scores_.wanted() && start + len > scores_.first_pos)) kv_expire_window(c, *seq_, *full_, start + len);
-    if (on_progress) on_progress(start + len, n);
-  }
-  view_.select(*seq_, &scores_, n);
-  kv_expire_window(c, *seq_, *full_, n);
+  PrefillOptions po;
+  po.logit_positions = {n - 1};
+  po.progress = on_progress;
+  po.score_from = view_.prefill_score_from(n);
+  po.on_scores = [&](const kv::KvSequence& kv, const kv::KvScores& scores) {
+    view_.select(kv, &scores, n);
+    if (scores.wanted()) scores_ = scores;  // decode() selects over the prompt again
+  };
+  scores_ = kv::KvScores{};
+  session_.prefill(seq_, prompt, po, logits);
   prefilled_ = n;
   decoded_ = false;
 }
@@ -300,7 +269,8 @@ void SpeculativeGenerator::prefill(const std::vector<int32_t>& prompt, const Pro
 std::vector<int32_t> SpeculativeGenerator::draft(int32_t cur, int32_t pos, int32_t g, Sampler& sampler) {
   const auto t0 = std::chrono::steady_clock::now();
   const int32_t V = model_.config().n_vocab;
-  view_.refresh(*seq_, pos);
+  if (session_.position(seq_) != pos) fail("internal: drafting at {} after {} cached positions", pos, session_.position(seq_));
+  view_.refresh(sequence(), pos);
   Sampler qs = sampler;  // the repetition history, extended by the draft's own tokens
   q_.resize(static_cast<size_t>(g) * V);
   logits_.resize(static_cast<size_t>(spec_.gamma + 1) * V);
@@ -308,16 +278,14 @@ std::vector<int32_t> SpeculativeGenerator::draft(int32_t cur, int32_t pos, int32
   std::vector<int32_t> out;
   int32_t tok = cur;
   for (int32_t i = 0; i < g; ++i) {
-    const int32_t p = pos + i;
-    forward_.run(*seq_, &tok, &p, 1, {0}, logits_.data(), nullptr, kv::KvPositions::Original, &view_);
+    session_.extend(seq_, &tok, 1, {0}, logits_.data(), nullptr, &view_);
     qs.probabilities(logits_.data(), V, probs);
     std::copy(probs.begin(), probs.end(), q_.begin() + static_cast<ptrdiff_t>(i) * V);
     tok = sample_from(probs.data(), V, sampler.uniform());
     qs.accept(tok);
     out.push_back(tok);
   }
-  peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total());
-  truncate(pos);  // the draft's keys and values are not the verifier's
+  session_.truncate(seq_, pos);  // the draft's keys and values are not the verifier's
   spec_stats_.draft_seconds += seconds_since(t0);
   return out;
 }
@@ -344,8 +312,8 @@ GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, c
     fail("internal: decoding twice on one prefill needs a model without sliding-window layers (their expired tokens "
          "do not come back); prefill again");
   decoded_ = true;
-  truncate(st.n_prompt);                 // back to the prompt: what an earlier decode appended goes
-  view_.select(*seq_, &scores_, st.n_prompt);  // the prompt's selection (slots are the prefill's again)
+  session_.truncate(seq_, st.n_prompt);  // back to the prompt: what an earlier decode appended goes
+  view_.select(sequence(), &scores_, st.n_prompt);  // the prompt's selection (slots are the prefill's again)
   spec_stats_ = SpecStats{};
   const int64_t read0 = view_.n_tokens_read(), full0 = view_.n_tokens_full();
   const auto t0 = std::chrono::steady_clock::now();
@@ -375,7 +343,7 @@ GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, c
     emit(cur);
   }
   int32_t pos = st.n_prompt;
-  std::vector<int32_t> toks, poss, rows;
+  std::vector<int32_t> toks, rows;
   std::vector<float> prow;
   while (!stopped) {
     if (st.n_generated >= params_.n_predict) {
@@ -395,15 +363,12 @@ GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, c
     const auto tv = std::chrono::steady_clock::now();
     toks.assign(1, cur);
     toks.insert(toks.end(), drafts.begin(), drafts.end());
-    poss.resize(static_cast<size_t>(g) + 1);
     rows.resize(static_cast<size_t>(g) + 1);
     for (int32_t i = 0; i <= g; ++i) {
-      poss[static_cast<size_t>(i)] = pos + i;
       rows[static_cast<size_t>(i)] = i;
     }
     logits_.resize(static_cast<size_t>(spec_.gamma + 1) * V);
-    forward_.run(*seq_, toks.data(), poss.data(), g + 1, rows, logits_.data());
-    peak_bytes_ = std::max(peak_bytes_, seq_->bytes().total());
+    session_.extend(seq_, toks.data(), g + 1, rows, logits_.data());
     Sampler ps = sampler;  // the verifier's repetition history follows the accepted drafts
     int32_t n_acc = 0, next = -1;
     for (int32_t i = 0; i <= g; ++i) {
@@ -425,7 +390,7 @@ GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, c
       ps.accept(v.token);
     }
     // Cached: cur and the accepted drafts; the rejected drafts' slots go.
-    truncate(pos + n_acc + 1);
+    session_.truncate(seq_, pos + n_acc + 1);
     spec_stats_.n_steps += 1;
     spec_stats_.n_drafted += g;
     spec_stats_.n_accepted += n_acc;
@@ -440,17 +405,17 @@ GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, c
     emit(next);
     cur = next;
     pos += n_acc + 1;
-    kv_expire_window(c, *seq_, *full_, pos);
+    session_.expire_window(seq_, pos);
   }
   st.decode_seconds = seconds_since(t0);
   if (view_.n_tokens_full() > full0)
     spec_stats_.draft_read_fraction =
         static_cast<double>(view_.n_tokens_read() - read0) / static_cast<double>(view_.n_tokens_full() - full0);
-  st.kv_bytes = seq_->bytes();
-  st.kv_full_f16_bytes = seq_->full_f16_bytes(pos);
-  st.kv_pool_bytes = pages_->bytes_reserved();
-  st.kv_pool_peak_bytes = pages_->bytes_reserved_peak();
-  st.kv_peak_bytes = peak_bytes_;
+  st.kv_bytes = session_.bytes(seq_);
+  st.kv_full_f16_bytes = sequence().full_f16_bytes(pos);
+  st.kv_pool_bytes = session_.pages().bytes_reserved();
+  st.kv_pool_peak_bytes = session_.pages().bytes_reserved_peak();
+  st.kv_peak_bytes = session_.peak_bytes(seq_);
   st.logits_hash = last_hash;
   return st;
 }

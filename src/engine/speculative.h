@@ -22,6 +22,7 @@
 #include "core/thread_pool.h"
 #include "engine/generator.h"
 #include "engine/sampler.h"
+#include "engine/session.h"
 #include "kv/policy.h"
 #include "kv/token_ranker.h"
 #include "model/forward.h"
@@ -144,27 +145,23 @@ class SpeculativeGenerator {
 
   const SpecStats& spec_stats() const { return spec_stats_; }
   const SpecDraftView& draft_view() const { return view_; }
-  kv::KvSequence& sequence() { return *seq_; }
+  kv::KvSequence& sequence() { return session_.sequence(seq_); }
 
  private:
-  // Removes every slot at a position >= from_pos in every (layer, kv-head): the draft's or rejected tokens.
-  void truncate(int32_t from_pos);
-
   const Model& model_;
   GenerateParams params_;
   SpecParams spec_;
-  Forward forward_;
-  std::unique_ptr<kv::KvPolicy> full_;  // the verifier's policy: keep all (sliding-window expiry reports to it)
   SpecDraftView view_;
-  std::unique_ptr<kv::KvPagePool> pages_;
-  std::unique_ptr<kv::KvSequence> seq_;
-  kv::KvScores scores_;
+  // One sequence under the verifier's policy (keep all; sliding-window expiry reports to it). Prefill with the draft
+  // view's scores, the draft's and the verifier's forwards (extend) and their rollback (truncate) run through it.
+  EngineSession session_;
+  SequenceId seq_;
+  kv::KvScores scores_;         // the prompt's attention for the draft view's selection (when it wants any)
   std::vector<float> q_;        // (gamma, n_vocab) draft distributions of the last draft
   std::vector<float> p_;        // (gamma + 1, n_vocab) verifier distributions
   std::vector<float> logits_;   // (gamma + 1, n_vocab)
   std::vector<float> residual_; // (n_vocab)
   SpecStats spec_stats_;
-  size_t peak_bytes_ = 0;
   int32_t prefilled_ = -1;  // the prompt length of the last prefill
   bool decoded_ = false;    // a decode ran since it
 };

@@ -6,8 +6,8 @@
 #include <limits>
 
 #include "core/error.h"
+#include "engine/session.h"
 #include "kv/kv_store.h"
-#include "model/forward.h"
 #include "tokenizer/chat_template.h"
 
 namespace longctx::eval {
@@ -28,18 +28,6 @@ class OneStreamingHead final : public KvReadFilter {
   int32_t layer_, kv_head_, sink_, window_;
   std::vector<int32_t> positions_;
 };
-
-// Removes the newest n slots of every head: what one run of the answer span appended.
-void drop_newest(kv::KvSequence& seq, int32_t n) {
-  const kv::KvGeometry& g = seq.geometry();
-  std::vector<int32_t> slots(static_cast<size_t>(n));
-  for (int32_t l = 0; l < g.n_layer; ++l)
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      const int32_t n_tok = seq.head(l, h).n_tokens();
-      for (int32_t i = 0; i < n; ++i) slots[static_cast<size_t>(i)] = n_tok - n + i;
-      seq.remove_slots(l, h, slots);
-    }
-}
 
 }  // namespace
 
@@ -98,12 +86,14 @@ kv::DuoHeadScores duo_calibrate(const Model& model, const Tokenizer& tok, Thread
   for (const DuoPrompt& dp : prompts)
     n_span_max = std::max(n_span_max, static_cast<int32_t>(dp.tokens.size()) - dp.answer_begin);
 
-  kv::KvGeometry geo;  // f16 pages, as the policies' caches hold them
-  geo.n_layer = c.n_layer;
-  geo.n_head_kv = c.n_head_kv;
-  geo.head_dim = c.head_dim;
-  kv::KvPagePool pages(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
-  Forward forward(model, pool, std::max(p.n_batch, n_span_max));
+  int32_t n_tokens_max = 0;
+  for (const DuoPrompt& dp : prompts) n_tokens_max = std::max(n_tokens_max, static_cast<int32_t>(dp.tokens.size()));
+  SessionOptions so;
+  so.n_ctx = n_tokens_max;
+  so.n_batch = p.n_batch;
+  so.n_step_tokens = n_span_max;  // the answer span runs in one forward
+  so.kv_max_bytes = SessionOptions::kUnlimited;
+  EngineSession session(model, pool, so);
   kv::DuoHeadScores scores(c.n_layer, c.n_head_kv);
   const int64_t runs_per_prompt = 1 + static_cast<int64_t>(c.n_layer) * c.n_head_kv;
   const int64_t total = runs_per_prompt * p.n_prompts;
@@ -111,33 +101,33 @@ kv::DuoHeadScores duo_calibrate(const Model& model, const Tokenizer& tok, Thread
 
   for (const DuoPrompt& dp : prompts) {
     const int32_t n = static_cast<int32_t>(dp.tokens.size()), a = dp.answer_begin;
-    std::vector<int32_t> positions(static_cast<size_t>(n));
-    for (int32_t i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = i;
-    kv::KvSequence seq(geo, pages);
+    const SequenceId seq = session.add_sequence("full");  // f16 pages, as the policies' caches hold them
     // The prompt up to (not including) its last token; the span is that token and the answer's but the last, and
-    // its row r predicts answer token r.
-    for (int32_t start = 0; start < a - 1; start += p.n_batch) {
-      const int32_t len = std::min(p.n_batch, a - 1 - start);
-      forward.run(seq, dp.tokens.data() + start, positions.data() + start, len, {}, nullptr);
-    }
+    // its row r predicts answer token r. Nothing expires: the cache serves every run unchanged.
+    PrefillOptions po;
+    po.hooks = PolicyHooks::Off;
+    po.expiry = WindowExpiry::Off;
+    std::vector<float> unused;
+    session.prefill(seq, std::span<const int32_t>(dp.tokens).first(static_cast<size_t>(a - 1)), po, unused);
     const int32_t k = n - a;
     std::vector<int32_t> rows(static_cast<size_t>(k));
     for (int32_t r = 0; r < k; ++r) rows[static_cast<size_t>(r)] = r;
     const int32_t* span = dp.tokens.data() + a - 1;
-    const int32_t* span_pos = positions.data() + a - 1;
     const int32_t* targets = dp.tokens.data() + a;
     std::vector<float> ref(static_cast<size_t>(k) * c.n_vocab), test(ref.size());
-    forward.run(seq, span, span_pos, k, rows, ref.data());
-    drop_newest(seq, k);
+    // A run appends the span's keys to the cache; truncating removes them again.
+    session.extend(seq, span, k, rows, ref.data());
+    session.truncate(seq, a - 1);
     if (progress) progress(++done, total);
     for (int32_t l = 0; l < c.n_layer; ++l)
       for (int32_t h = 0; h < c.n_head_kv; ++h) {
         OneStreamingHead filter(l, h, p.sink, p.window);
-        forward.run(seq, span, span_pos, k, rows, test.data(), nullptr, kv::KvPositions::Original, &filter);
-        drop_newest(seq, k);
+        session.extend(seq, span, k, rows, test.data(), nullptr, &filter);
+        session.truncate(seq, a - 1);
         scores.add(l, h, ref.data(), test.data(), targets, k, c.n_vocab);
         if (progress) progress(++done, total);
       }
+    session.remove_sequence(seq);
   }
   return scores;
 }
