@@ -31,6 +31,9 @@ struct GenerateParams {
   // fit is read in memory bounded by the budget. Costs quality: each chunk's eviction is decided by the queries
   // seen so far, before the question at the end of the prompt is read.
   bool prefill_compress = false;
+  // Called with each generated token and the logits (n_vocab) it was drawn from, before its text goes out (the
+  // server's logprobs and per-token timing); returning false stops generation (StopReason::Cancelled).
+  std::function<bool(int32_t id, const float* logits)> on_token;
 };
 
 enum class StopReason { Eog, StopString, Length, ContextFull, Cancelled };
@@ -100,6 +103,7 @@ class Generator {
                                 const ProgressFn& on_progress, const ScoreStepFn& on_step = {});
 
   kv::KvSequence& sequence() { return *seq_; }
+  const kv::KvPagePool& page_pool() const { return *pages_; }
 
  private:
   // Runs prompt tokens [0, n) in chunks; returns the logits of the last one.
