@@ -105,10 +105,9 @@ int serve_http(OpenAiService& service, RequestEngine& engine, const HttpOptions&
 
   ServerMetrics& m = service.metrics();
   const auto count = [&m](const httplib::Request& req, int status) {
-    std::string ep = req.path;
-    if (ep.rfind("/v1/", 0) == 0) ep = ep.substr(4);
-    if (ep != "chat/completions" && ep != "completions" && ep != "models" && ep != "/health" && ep != "/metrics")
-      ep = "other";
+    std::string ep = req.path.empty() ? "" : req.path.substr(req.path.rfind("/v1/", 0) == 0 ? 4 : 1);
+    if (ep != "chat/completions" && ep != "completions" && ep != "models" && ep != "health" && ep != "metrics")
+      ep = "other";  // any path a client makes up would otherwise grow the label set without bound
     m.count_request(ep, status);
   };
 
