@@ -27,6 +27,22 @@ int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+// Asks whether the client is still there at most once per kPoll, however fast events come.
+class ClientWatch {
+ public:
+  explicit ClientWatch(const std::function<bool()>& alive) : alive_(alive), last_(std::chrono::steady_clock::now()) {}
+  bool gone() {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < kPoll) return false;
+    last_ = now;
+    return !alive_();
+  }
+
+ private:
+  const std::function<bool()>& alive_;
+  std::chrono::steady_clock::time_point last_;
+};
+
 ApiError engine_failure(const std::string& what) { return ApiError(500, "generation failed: " + what, "server_error"); }
 
 }  // namespace
@@ -47,6 +63,14 @@ std::vector<int32_t> OpenAiService::tokenize(const CompletionRequest& r) const {
   if (r.endpoint == Endpoint::Chat) {
     if (!chat_) throw ApiError(400, "this model has no chat template the server knows: " + chat_error_,
                                "invalid_request_error", "messages");
+    // The template's own control tokens are parsed as such, so a message must not spell one: its text would
+    // otherwise end a turn or open another role's.
+    for (size_t i = 0; i < r.messages.size(); ++i) {
+      const std::string& content = r.messages[i].content;
+      if (tok_.encode(content, false, /*parse_special=*/true) != tok_.encode(content, false, /*parse_special=*/false))
+        bad_field(fmt::format("messages[{}].content", i),
+                  fmt::format("messages[{}].content holds the text of one of the model's control tokens", i));
+    }
     std::string text;
     try {
       text = apply_chat_template(*chat_, r.messages, /*add_generation_prompt=*/true);
@@ -57,9 +81,9 @@ std::vector<int32_t> OpenAiService::tokenize(const CompletionRequest& r) const {
     return tok_.encode(text, tok_.add_bos(), /*parse_special=*/true);
   }
   if (!r.prompt_tokens.empty()) {
+    const int32_t n_vocab = std::min(tok_.n_vocab(), model_.config().n_vocab);
     for (int32_t t : r.prompt_tokens)
-      if (t >= tok_.n_vocab())
-        bad_field("prompt", fmt::format("token id {} is outside the vocabulary of {}", t, tok_.n_vocab()));
+      if (t >= n_vocab) bad_field("prompt", fmt::format("token id {} is outside the vocabulary of {}", t, n_vocab));
     return r.prompt_tokens;
   }
   return tok_.encode(r.prompt, tok_.add_bos(), /*parse_special=*/false);
@@ -127,15 +151,15 @@ json OpenAiService::collect(StartedRequest& s, const std::function<bool()>& aliv
   std::string text;
   std::vector<TokenLogprob> lps;
   std::vector<GenerationEvent> events;
+  ClientWatch watch(alive);
   while (true) {
     events.clear();
-    if (!s.channel->wait_pop(events, kPoll)) {
-      if (!alive()) {
-        s.channel->cancel();
-        throw ApiError(499, "the client closed the connection", "invalid_request_error", "", "client_closed");
-      }
-      continue;
+    const bool got = s.channel->wait_pop(events, kPoll);
+    if (watch.gone()) {
+      s.channel->cancel();
+      throw ApiError(499, "the client closed the connection", "invalid_request_error", "", "client_closed");
     }
+    if (!got) continue;
     for (GenerationEvent& e : events) {
       text += e.text;
       for (auto& lp : e.logprobs) lps.push_back(std::move(lp));
@@ -161,12 +185,12 @@ bool OpenAiService::stream(StartedRequest& s, const std::function<bool(const std
     s.channel->cancel();
     return false;
   };
+  ClientWatch watch(alive);
   while (true) {
     events.clear();
-    if (!s.channel->wait_pop(events, kPoll)) {
-      if (!alive()) return gone();
-      continue;
-    }
+    const bool got = s.channel->wait_pop(events, kPoll);
+    if (watch.gone()) return gone();
+    if (!got) continue;
     for (GenerationEvent& e : events) {
       held += e.text;
       for (auto& lp : e.logprobs) held_lps.push_back(std::move(lp));
