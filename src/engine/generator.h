@@ -32,6 +32,9 @@ struct GenerateParams {
   // fit is read in memory bounded by the budget. Costs quality: each chunk's eviction is decided by the queries
   // seen so far, before the question at the end of the prompt is read.
   bool prefill_compress = false;
+  // Called with each generated token and the logits (n_vocab) it was drawn from, before its text goes out (the
+  // server's logprobs and per-token timing); returning false stops generation (StopReason::Cancelled).
+  std::function<bool(int32_t id, const float* logits)> on_token;
 };
 
 enum class StopReason { Eog, StopString, Length, ContextFull, Cancelled };
@@ -103,6 +106,7 @@ class Generator {
 
   kv::KvSequence& sequence() { return session_.sequence(seq_); }
   EngineSession& session() { return session_; }
+  const kv::KvPagePool& page_pool() const { return session_.pages(); }
 
  private:
   // Empties the sequence and prefills the prompt (the checks of generate()); logits of its last token.
