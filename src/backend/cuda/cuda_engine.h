@@ -1,0 +1,29 @@
+// The CUDA backend behind the one backend interface (backend/backend.h): the model's forward and the KV store run on
+// the GPU through it exactly as on the CPU. make_backend (backend.cpp) calls this factory in builds with CUDA.
+//
+// What it does, in the interface's terms:
+// - Memory: activations are device memory (cudaMalloc); prepare() copies every weight and norm vector once, after
+//   checking their bytes against the device's free memory, and finds the copy by the host object's address.
+// - KV pages live in device memory (KvPageMemory: slabs from cudaMalloc; release() is a no-op, so a slab's memory
+//   goes back only when it is unmapped), in the CPU codec's byte layout (cpu/kv_page_codec.h). write_rows is one
+//   kernel a call for F16 and F32 pages; the host-side reads, writes and compaction copy the page to the host, run the
+//   CPU codec and copy it back. KIVI (packed) pages are held and moved, but attention over them is not implemented on
+//   the device yet: attention and attention_scores throw Error naming the format.
+// - matmul: a few rows (decode, n <= 8) read the quantized bytes (cuda::quant_gemv, bf16 activations; the f32
+//   cuda::matmul_f32 for the formats it lacks, Q5_0 and Q5_1); more rows (prefill) dequantize the weight to bf16 and
+//   run a cuBLASLt GEMM. Formats: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; any other is refused
+//   by prepare() with an Error naming it.
+// - Host arrays an op takes (token ids, positions, page tables) are uploaded on each call; every op runs on the
+//   default stream in issue order, and to_host() waits for what came before.
+#pragma once
+#include <memory>
+
+#include "backend/backend.h"
+#include "core/thread_pool.h"
+
+namespace longctx {
+
+// Throws Error saying why when no GPU or driver is usable.
+std::unique_ptr<Backend> make_cuda_backend(ThreadPool& pool);
+
+}  // namespace longctx
