@@ -139,6 +139,14 @@ std::vector<uint8_t> random_weight(GgmlType t, int64_t n_out, int64_t n_in, std:
   return w;
 }
 
+// The backend finds a prepared copy by the host address of its bytes, so every weight a test prepares lives until the
+// end of the run (a freed buffer's address could come back for the next weight).
+struct HostWeight;
+std::vector<std::unique_ptr<HostWeight>>& kept_weights() {
+  static std::vector<std::unique_ptr<HostWeight>> w;
+  return w;
+}
+
 struct HostWeight {
   std::vector<uint8_t> bytes;
   Weight w;
@@ -155,10 +163,13 @@ struct HostWeight {
 
 TEST(CudaBackendOps, RmsNorm) {
   std::mt19937_64 rng(1);
+  static std::vector<std::vector<float>> norms;  // alive for the run, as the weights
+  norms.reserve(4);
   for (int32_t dim : {64, 576, 640, 2048}) {
     const int64_t rows = 5;
     const std::vector<float> x = random_vec(rows * dim, -3.0f, 3.0f, rng);
-    const std::vector<float> w = random_vec(dim, -2.0f, 2.0f, rng);
+    norms.push_back(random_vec(dim, -2.0f, 2.0f, rng));
+    const std::vector<float>& w = norms.back();
     gpu().prepare({}, {&w});
     std::vector<float> ref(x.size());
     cpu::rmsnorm(x.data(), w.data(), ref.data(), rows, dim, 1e-6f);
@@ -222,7 +233,8 @@ TEST(CudaBackendOps, EmbedEveryFormat) {
   const int64_t vocab = 100, dim = 512;
   const std::vector<int32_t> tokens = {5, 0, 99, 42, 5};
   for (GgmlType t : kFormats) {
-    HostWeight hw(t, vocab, dim, rng);
+    kept_weights().push_back(std::make_unique<HostWeight>(t, vocab, dim, rng));
+    const HostWeight& hw = *kept_weights().back();
     gpu().prepare({&hw.w}, {});
     for (float scale : {1.0f, std::sqrt(640.0f)}) {
       std::vector<float> ref(tokens.size() * dim);
@@ -270,7 +282,11 @@ TEST(CudaBackendOps, MatmulEveryFormat) {
   std::mt19937_64 rng(6);
   const int64_t n_in = 512;
   for (GgmlType t : kFormats) {
-    HostWeight a(t, 72, n_in, rng), b(GgmlType::Q8_0, 40, n_in, rng);  // two outputs of one call, 72: not a tile multiple
+    // Two outputs of one call; 72 rows: not a multiple of the GEMV's 16-row tiles.
+    kept_weights().push_back(std::make_unique<HostWeight>(t, 72, n_in, rng));
+    kept_weights().push_back(std::make_unique<HostWeight>(GgmlType::Q8_0, 40, n_in, rng));
+    const HostWeight& a = *kept_weights()[kept_weights().size() - 2];
+    const HostWeight& b = *kept_weights().back();
     gpu().prepare({&a.w, &b.w}, {});
     for (int32_t n : {1, 3, 8, 9, 40}) {
       const std::vector<float> x = random_vec(static_cast<size_t>(n) * n_in, -1.0f, 1.0f, rng);

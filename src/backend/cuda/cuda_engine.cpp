@@ -143,8 +143,8 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(ThreadPool& pool, std::unique_ptr<cuda::GemmRunner> gemm) : pool_(pool), gemm_(std::move(gemm)) {}
   ~CudaBackend() override {
-    for (auto& [host, dev] : weights_) cuda::device_free(dev);
-    for (auto& [host, dev] : vectors_) cuda::device_free(dev);
+    for (auto& [host, dw] : weights_) cuda::device_free(dw.dev);
+    for (auto& [host, dv] : vectors_) cuda::device_free(dv.dev);
   }
 
   const char* name() const override { return "cuda"; }
@@ -163,7 +163,10 @@ class CudaBackend final : public Backend {
     std::vector<const std::vector<float>*> new_v;
     size_t need = 0;
     for (const Weight* w : matrices) {
-      if (!w || weights_.count(w->data)) continue;
+      if (!w) continue;
+      if (const auto it = weights_.find(w->data);
+          it != weights_.end() && it->second.type == w->type && it->second.n_out == w->n_out && it->second.n_in == w->n_in)
+        continue;
       bool seen = false;  // tied weights (gemma's embedding is its output too) share one copy
       for (const Weight* o : new_m) seen = seen || o->data == w->data;
       if (seen) continue;
@@ -172,7 +175,8 @@ class CudaBackend final : public Backend {
       new_m.push_back(w);
     }
     for (const std::vector<float>* v : vectors) {
-      if (!v || v->empty() || vectors_.count(v->data()) || std::count(new_v.begin(), new_v.end(), v)) continue;
+      if (!v || v->empty() || std::count(new_v.begin(), new_v.end(), v)) continue;
+      if (const auto it = vectors_.find(v->data()); it != vectors_.end() && it->second.size == v->size()) continue;
       need += v->size() * sizeof(float);
       new_v.push_back(v);
     }
@@ -183,9 +187,15 @@ class CudaBackend final : public Backend {
       fail("CUDA backend: the model's weights need {} bytes on the GPU (plus {} of working memory), but only {} of "
            "its {} are free",
            need, kHeadroom, free_b, total_b);
-    for (const Weight* w : new_m) weights_[w->data] = upload(w->data, weight_bytes(*w));
-    for (const std::vector<float>* v : new_v)
-      vectors_[v->data()] = static_cast<float*>(upload(v->data(), v->size() * sizeof(float)));
+    // An address seen before with another shape held a weight since freed: its copy goes.
+    for (const Weight* w : new_m) {
+      if (const auto it = weights_.find(w->data); it != weights_.end()) cuda::device_free(it->second.dev);
+      weights_[w->data] = {upload(w->data, weight_bytes(*w)), w->type, w->n_out, w->n_in};
+    }
+    for (const std::vector<float>* v : new_v) {
+      if (const auto it = vectors_.find(v->data()); it != vectors_.end()) cuda::device_free(it->second.dev);
+      vectors_[v->data()] = {static_cast<float*>(upload(v->data(), v->size() * sizeof(float))), v->size()};
+    }
   }
 
   KvPageMemory& kv_memory() override { return kv_memory_; }
@@ -345,13 +355,20 @@ class CudaBackend final : public Backend {
     const auto it = weights_.find(w.data);
     if (it == weights_.end())
       fail("CUDA backend: a weight ({} x {}) was used before prepare() copied it to the GPU", w.n_out, w.n_in);
-    return it->second;
+    if (it->second.type != w.type || it->second.n_out != w.n_out || it->second.n_in != w.n_in)
+      fail("CUDA backend: a weight ({} x {}) is not the one prepare() copied from its address ({} x {}): host weights "
+           "must outlive the backend's use of them",
+           w.n_out, w.n_in, it->second.n_out, it->second.n_in);
+    return it->second.dev;
   }
   const float* device_vector(const std::vector<float>& v) const {
     const auto it = vectors_.find(v.data());
     if (it == vectors_.end())
       fail("CUDA backend: a norm vector ({} values) was used before prepare() copied it to the GPU", v.size());
-    return it->second;
+    if (it->second.size != v.size())
+      fail("CUDA backend: a norm vector of {} values is not the one prepare() copied from its address ({} values)",
+           v.size(), it->second.size);
+    return it->second.dev;
   }
   int32_t gemm_shape(int32_t n_out, int32_t n_in, int32_t n) {
     const auto key = std::make_tuple(n_out, n_in, n);
@@ -431,8 +448,17 @@ class CudaBackend final : public Backend {
   ThreadPool& pool_;
   std::unique_ptr<cuda::GemmRunner> gemm_;
   CudaKvMemory kv_memory_;
-  std::unordered_map<const void*, void*> weights_;
-  std::unordered_map<const float*, float*> vectors_;
+  struct DeviceWeight {
+    void* dev;
+    GgmlType type;
+    int64_t n_out, n_in;
+  };
+  std::unordered_map<const void*, DeviceWeight> weights_;  // by the host address of the weight's bytes
+  struct DeviceVector {
+    float* dev;
+    size_t size;
+  };
+  std::unordered_map<const float*, DeviceVector> vectors_;
   std::map<std::tuple<int32_t, int32_t, int32_t>, int32_t> gemm_shapes_;
   Scratch upload_, x_bf16_, w_bf16_, scores_;
   std::vector<float> host_scores_;

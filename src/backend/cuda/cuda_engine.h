@@ -3,7 +3,9 @@
 //
 // What it does, in the interface's terms:
 // - Memory: activations are device memory (cudaMalloc); prepare() copies every weight and norm vector once, after
-//   checking their bytes against the device's free memory, and finds the copy by the host object's address.
+//   checking their bytes against the device's free memory, and finds the copy by the host object's address (so a
+//   weight's bytes must not change after prepare(), and a weight freed and another made at its address must be
+//   prepared again: prepare() replaces a copy whose shape or format differs, an op given one throws).
 // - KV pages live in device memory (KvPageMemory: slabs from cudaMalloc; release() is a no-op, so a slab's memory
 //   goes back only when it is unmapped), in the CPU codec's byte layout (cpu/kv_page_codec.h). write_rows is one
 //   kernel a call for F16 and F32 pages; the host-side reads, writes and compaction copy the page to the host, run the
