@@ -67,9 +67,9 @@ bool dequantize_supported(GgmlType t) { return unit_row_bytes(t, 256) != 0; }
 Status dequantize_rows_f32(GgmlType type, const void* w, int32_t n_in, const int32_t* rows, int32_t n_rows,
                            float scale, float* out, void* stream) {
   if (!dequantize_supported(type))
-    return Status::error(std::string("dequantize_rows_f32: weight format ") +
-                         std::string(ggml_traits(type).name) + " is not supported on the GPU");
-  const int32_t block = std::max<int32_t>(32, static_cast<int32_t>(ggml_traits(type).block_values));
+    return Status::error("dequantize_rows_f32: weight format " + std::to_string(static_cast<uint32_t>(type)) +
+                         " is not supported on the GPU");
+  const int32_t block = unit_block_values(type);
   if (n_in < 1 || n_in % block != 0)
     return Status::error("dequantize_rows_f32: n_in (" + std::to_string(n_in) + ") must be a positive multiple of " +
                          std::to_string(block) + " for this format");
@@ -88,7 +88,7 @@ Status dequantize_bf16(GgmlType type, const void* w, int32_t n_in, int64_t row_b
   if (!dequantize_supported(type))
     return Status::error("dequantize_bf16: weight format " + std::to_string(static_cast<uint32_t>(type)) +
                          " is not supported on the GPU");
-  const int32_t block = std::max<int32_t>(32, static_cast<int32_t>(ggml_traits(type).block_values));
+  const int32_t block = unit_block_values(type);
   if (n_in < 1 || n_in % block != 0)
     return Status::error("dequantize_bf16: n_in (" + std::to_string(n_in) + ") must be a positive multiple of " +
                          std::to_string(block) + " for this format");

@@ -112,6 +112,12 @@ __device__ inline void unit_values(GgmlType t, const uint8_t* row, int u, float 
   }
 }
 
+// The unit the rows of a format come in, in values: its block, and at least the 32 values unit_values decodes
+// (ggml_traits needs core/ggml_type.cpp, which the nvcc-only device builds leave out).
+inline int32_t unit_block_values(GgmlType t) {
+  return t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K ? 256 : 32;
+}
+
 // Bytes of one row of n_in values in a format unit_values decodes (0 for any other).
 inline int64_t unit_row_bytes(GgmlType t, int64_t n_in) {
   switch (t) {

@@ -53,9 +53,9 @@ __global__ void matmul_f32_kernel(GgmlType t, const uint8_t* w, int64_t row_byte
 Status matmul_f32(GgmlType type, const void* w, int32_t n_out, int32_t n_in, const float* x, int32_t n, float* y,
                   void* stream) {
   if (!dequantize_supported(type))
-    return Status::error(std::string("matmul_f32: weight format ") + std::string(ggml_traits(type).name) +
+    return Status::error("matmul_f32: weight format " + std::to_string(static_cast<uint32_t>(type)) +
                          " is not supported on the GPU");
-  const int32_t block = std::max<int32_t>(32, static_cast<int32_t>(ggml_traits(type).block_values));
+  const int32_t block = unit_block_values(type);
   if (n_out < 1 || n_in < 1 || n_in % block != 0)
     return Status::error("matmul_f32: n_in (" + std::to_string(n_in) + ") must be a positive multiple of " +
                          std::to_string(block) + " for this format");
