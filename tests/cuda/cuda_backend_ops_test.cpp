@@ -11,7 +11,8 @@
 //   matmul, against cpu::matmul_reference (double), bounded by S = sum_k |w_k x_k| of the output: the f32 GEMV of
 //     Q5_0/Q5_1 at <= 8 rows 1e-5 S (f32 sums); the quantized GEMV at <= 8 rows 4e-3 S (x rounded to bf16: 2^-9
 //     relative per element, plus f32 sums); the bf16 GEMM above 8 rows 8e-3 S (x and W each rounded to bf16).
-//   attention, against cpu::attention_reference (double): atol 2e-5, rtol 1e-4 (f32 scores, softmax and sums).
+//   attention, against cpu::attention_reference (double): atol 2e-5, rtol 1e-4 (f32 scores, softmax and sums; KIVI
+//     pages decode to the same f32 values on both).
 //   attention_scores, against cpu::attention_scores_reference (double): atol 1e-5 (each probability's f32 error is
 //     ~1e-7; at most 8 rows x 4 heads are summed).
 #include <gtest/gtest.h>
@@ -500,6 +501,13 @@ const std::vector<LayerCase>& layer_cases() {
       {"gemma 4/1 d256 f32 window 512", 4, 1, 256, 64, {700}, 512, 3, {KvFormat::F32}, false},
       {"mha 4/4 d64 page 256 mixed, empty head", 4, 4, 64, 256, {600, 0, 333, 129}, 0, 9,
        {KvFormat::F16, KvFormat::F32}, false},
+      // KIVI pages beside plain ones (sealed pages then the open one); packed pages written whole, then read in part
+      // as after compaction.
+      {"smollm 9/3 d64 kivi4 + f16", 9, 3, 64, 32, {300, 270, 300}, 0, 5,
+       {KvFormat::Kivi4, KvFormat::Kivi4, KvFormat::F16}, true},
+      {"gemma 4/1 d256 kivi2 kivi8 f32 window 40, evicted", 4, 1, 256, 64, {500}, 40, 6,
+       {KvFormat::Kivi2, KvFormat::Kivi8, KvFormat::F32}, false},
+      {"llama 8/2 d128 kivi8 decode", 8, 2, 128, 16, {150, 150}, 0, 1, {KvFormat::Kivi8}, true},
   };
   return cases;
 }
@@ -563,21 +571,18 @@ TEST(CudaBackendOps, AttentionScores) {
     }
 }
 
-TEST(CudaBackendOps, PackedPagesAreRefusedByAttention) {
+TEST(CudaBackendOps, AttentionRefusesAViewThatDoesNotMatch) {
   std::mt19937_64 rng(12);
-  const LayerCase c{"kivi4", 2, 1, 64, 32, {64}, 0, 1, {KvFormat::F16, KvFormat::Kivi4}, true};
+  const LayerCase c{"two kv-heads", 4, 2, 64, 32, {64, 64}, 0, 1, {KvFormat::F16}, true};
   TestLayer L;
   build_layer(c, rng, L);
   AttentionParams p;
-  p.n_head = 2, p.n_head_kv = 1, p.head_dim = 64, p.scale = 0.125f;
-  Backend::Floats dq = upload(std::vector<float>(128, 0.5f)), dout = poisoned(128);
+  p.n_head = 4, p.n_head_kv = 4, p.head_dim = 64, p.scale = 0.125f;  // four kv-heads asked of a view of two
+  Backend::Floats dq = upload(std::vector<float>(256, 0.5f)), dout = poisoned(256);
   const int32_t qp = L.max_pos;
-  try {
-    gpu().attention(p, dq.get(), &qp, 1, L.dev_view, dout.get());
-    ADD_FAILURE() << "attention over a KIVI page was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("kivi"), std::string::npos) << e.what();
-  }
+  EXPECT_THROW(gpu().attention(p, dq.get(), &qp, 1, L.dev_view, dout.get()), Error);
+  p.n_head_kv = 2, p.head_dim = 128;  // the view's pages hold 64 channels
+  EXPECT_THROW(gpu().attention(p, dq.get(), &qp, 1, L.dev_view, dout.get()), Error);
 }
 
 }  // namespace

@@ -40,13 +40,13 @@ Status matmul_f32(GgmlType type, const void* w, int32_t n_out, int32_t n_in, con
 Status f32_to_bf16(const float* x, void* y, int64_t n, void* stream = nullptr);
 
 // One layer of the paged KV store on the device as the kernels below read it (the device twin of
-// backend.h's KvLayerView): pages in the CPU codec's layout, F32 or F16. Every array is device memory, built by the
+// backend.h's KvLayerView): pages in the CPU codec's layout, any format. Every array is device memory, built by the
 // caller from the host view for each call. For kv-head h: pages [page_begin[h], page_begin[h+1]) of page_addr, page
 // i holding slots [slot0[i + h] - slot0[page_begin[h] + h], ...) in its first rows (slot0 has n_pages + 1 entries a
 // head, so head h's start at page_begin[h] + h), the slots' positions at positions[token_begin[h] + slot].
 struct PagedLayer {
   const uint64_t* page_addr = nullptr;
-  const uint8_t* page_f16 = nullptr;  // 1: F16 page, 0: F32 page
+  const uint8_t* page_fmt = nullptr;     // kPageF32, kPageF16, or a KIVI page's bits (2, 4, 8)
   const int32_t* page_begin = nullptr;   // (n_head_kv + 1)
   const int32_t* slot0 = nullptr;        // (n_pages + n_head_kv)
   const int32_t* token_begin = nullptr;  // (n_head_kv + 1)
@@ -56,6 +56,8 @@ struct PagedLayer {
   int32_t page_tokens = 0;
 };
 constexpr int32_t kPagedMaxHeadDim = 512;
+constexpr int kPageF32 = 0, kPageF16 = 1;  // page_fmt codes; 2, 4 and 8 are KIVI pages of that many bits
+// KIVI pages need head_dim a multiple of 32 and page_tokens a multiple of 4 (the codec's rule).
 
 struct PagedAttentionParams {
   int32_t n_head = 0;  // a multiple of n_head_kv
@@ -64,7 +66,8 @@ struct PagedAttentionParams {
 };
 
 // q, out: device (n, n_head, head_dim) f32; q_pos: device (n). Causal by position; online softmax in f32 over the
-// head's pages, one block per (query row, query head); a query that sees no key gets zeros. (paged_attention.cu)
+// head's pages, one block per (query row, query head), packed pages decoded in place as the CPU codec decodes them;
+// a query that sees no key gets zeros. (paged_attention.cu)
 Status paged_attention(const PagedAttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
                        const PagedLayer& kv, float* out, void* stream = nullptr);
 

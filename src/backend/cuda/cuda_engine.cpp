@@ -388,7 +388,7 @@ class CudaBackend final : public Backend {
   }
 
   struct LayerOffsets {
-    size_t page_addr, page_f16, page_begin, slot0, token_begin, positions;
+    size_t page_addr, page_fmt, page_begin, slot0, token_begin, positions;
   };
   // The host view flattened into the arrays of cuda::PagedLayer (checked: formats, shapes).
   LayerOffsets pack_layer(const AttentionParams& p, const KvLayerView& kv, Upload& up) {
@@ -396,18 +396,20 @@ class CudaBackend final : public Backend {
       fail("CUDA backend: the KV view has {} heads for {} kv-heads", kv.heads.size(), p.n_head_kv);
     if (kv.head_dim != p.head_dim) fail("CUDA backend: the KV view's head_dim {} is not {}", kv.head_dim, p.head_dim);
     std::vector<uint64_t> addr;
-    std::vector<uint8_t> f16;
+    std::vector<uint8_t> fmt;
     std::vector<int32_t> page_begin{0}, slot0, token_begin{0}, positions;
     for (const KvHeadView& h : kv.heads) {
       const int32_t np = h.n_pages();
       if (static_cast<int32_t>(h.formats.size()) != np) fail("CUDA backend: KV view with {} formats for {} pages", h.formats.size(), np);
       for (int32_t i = 0; i < np; ++i) {
         const KvFormat f = h.formats[static_cast<size_t>(i)];
-        if (f != KvFormat::F16 && f != KvFormat::F32)
-          fail("CUDA backend: attention over {} pages is not implemented on the GPU yet (f16 and f32 pages are)",
-               kv_format_name(f));
+        if (kv_format_is_packed(f) && (kv.head_dim % cpu::kKiviValueGroup != 0 || kv.page_tokens % 4 != 0))
+          fail("CUDA backend: {} pages need head_dim a multiple of {} and page_tokens of 4 ({} and {} given)",
+               kv_format_name(f), cpu::kKiviValueGroup, kv.head_dim, kv.page_tokens);
         addr.push_back(reinterpret_cast<uint64_t>(h.pages[static_cast<size_t>(i)]));
-        f16.push_back(f == KvFormat::F16 ? 1 : 0);
+        fmt.push_back(static_cast<uint8_t>(f == KvFormat::F32   ? cuda::kPageF32
+                                           : f == KvFormat::F16 ? cuda::kPageF16
+                                                                : kv_format_bits(f)));
       }
       if (np == 0) {
         slot0.push_back(0);
@@ -428,13 +430,13 @@ class CudaBackend final : public Backend {
     o.slot0 = up.add(slot0.data(), slot0.size());
     o.token_begin = up.add(token_begin.data(), token_begin.size());
     o.positions = up.add(positions.data(), positions.size());
-    o.page_f16 = up.add(f16.data(), f16.size());
+    o.page_fmt = up.add(fmt.data(), fmt.size());
     return o;
   }
   static cuda::PagedLayer layer_at(const LayerOffsets& o, const KvLayerView& kv, uint8_t* base) {
     cuda::PagedLayer l;
     l.page_addr = reinterpret_cast<const uint64_t*>(base + o.page_addr);
-    l.page_f16 = base + o.page_f16;
+    l.page_fmt = base + o.page_fmt;
     l.page_begin = reinterpret_cast<const int32_t*>(base + o.page_begin);
     l.slot0 = reinterpret_cast<const int32_t*>(base + o.slot0);
     l.token_begin = reinterpret_cast<const int32_t*>(base + o.token_begin);

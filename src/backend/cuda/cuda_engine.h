@@ -9,8 +9,8 @@
 // - KV pages live in device memory (KvPageMemory: slabs from cudaMalloc; release() is a no-op, so a slab's memory
 //   goes back only when it is unmapped), in the CPU codec's byte layout (cpu/kv_page_codec.h). write_rows is one
 //   kernel a call for F16 and F32 pages; the host-side reads, writes and compaction copy the page to the host, run the
-//   CPU codec and copy it back. KIVI (packed) pages are held and moved, but attention over them is not implemented on
-//   the device yet: attention and attention_scores throw Error naming the format.
+//   CPU codec and copy it back (packing a page into KIVI runs there too, for now). attention and attention_scores
+//   read every format, KIVI pages decoded in place as the CPU codec decodes them.
 // - matmul: a few rows (decode, n <= 8) read the quantized bytes (cuda::quant_gemv, bf16 activations; the f32
 //   cuda::matmul_f32 for the formats it lacks, Q5_0 and Q5_1); more rows (prefill) dequantize the weight to bf16 and
 //   run a cuBLASLt GEMM. Formats: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; any other is refused

@@ -38,13 +38,13 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(PagedAttentio
   for (int32_t pi = kv.page_begin[kvh]; pi < kv.page_begin[kvh + 1]; ++pi) {
     const int32_t first = kv.slot0[pi + kvh], rows = kv.slot0[pi + kvh + 1] - first;
     const auto* page = reinterpret_cast<const uint8_t*>(kv.page_addr[pi]);
-    const bool f16 = kv.page_f16[pi] != 0;
+    const int fmt = kv.page_fmt[pi];
     for (int32_t c0 = 0; c0 < rows; c0 += kThreads) {
       const int32_t j = c0 + static_cast<int32_t>(threadIdx.x);
       float s = -INFINITY;
       if (j < rows && paged_visible(pos[first + j], qp, p.window)) {
         float dot = 0.0f;
-        for (int32_t d = 0; d < D; ++d) dot = fmaf(q_s[d], paged_key(page, f16, T, d, j), dot);
+        for (int32_t d = 0; d < D; ++d) dot = fmaf(q_s[d], paged_key(page, fmt, T, D, d, j), dot);
         s = dot * p.scale;
       }
       const float m_new = fmaxf(m, block_max(s, red));
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(PagedAttentio
         const int32_t d = static_cast<int32_t>(threadIdx.x) + c * kThreads;
         if (d < D) {
           float a = acc[c] * corr;
-          for (int32_t jj = 0; jj < cnt; ++jj) a = fmaf(p_s[jj], paged_value(page, f16, T, D, c0 + jj, d), a);
+          for (int32_t jj = 0; jj < cnt; ++jj) a = fmaf(p_s[jj], paged_value(page, fmt, T, D, c0 + jj, d), a);
           acc[c] = a;
         }
       }
@@ -84,7 +84,7 @@ Status paged_layer_check(const PagedAttentionParams& p, const PagedLayer& kv, co
     return Status::error(std::string(what) + ": head_dim " + std::to_string(kv.head_dim) + " outside 1.." +
                          std::to_string(kPagedMaxHeadDim));
   if (kv.page_tokens < 1) return Status::error(std::string(what) + ": page_tokens must be positive");
-  if (!kv.page_addr || !kv.page_f16 || !kv.page_begin || !kv.slot0 || !kv.token_begin || !kv.positions)
+  if (!kv.page_addr || !kv.page_fmt || !kv.page_begin || !kv.slot0 || !kv.token_begin || !kv.positions)
     return Status::error(std::string(what) + ": null array in the layer");
   return Status::success();
 }

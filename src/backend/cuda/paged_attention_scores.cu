@@ -16,10 +16,10 @@ namespace {
 
 constexpr int kThreads = 128;
 
-__device__ float slot_logit(const float* q_s, const uint8_t* page, bool f16, int32_t T, int32_t D, int32_t j,
+__device__ float slot_logit(const float* q_s, const uint8_t* page, int fmt, int32_t T, int32_t D, int32_t j,
                             float scale) {
   float dot = 0.0f;
-  for (int32_t d = 0; d < D; ++d) dot = fmaf(q_s[d], paged_key(page, f16, T, d, j), dot);
+  for (int32_t d = 0; d < D; ++d) dot = fmaf(q_s[d], paged_key(page, fmt, T, D, d, j), dot);
   return dot * scale;
 }
 
@@ -42,11 +42,11 @@ __global__ void __launch_bounds__(kThreads) paged_attention_scores_kernel(PagedA
   for (int32_t pi = kv.page_begin[kvh]; pi < kv.page_begin[kvh + 1]; ++pi) {
     const int32_t first = kv.slot0[pi + kvh], rows = kv.slot0[pi + kvh + 1] - first;
     const auto* page = reinterpret_cast<const uint8_t*>(kv.page_addr[pi]);
-    const bool f16 = kv.page_f16[pi] != 0;
+    const int fmt = kv.page_fmt[pi];
     for (int32_t c0 = 0; c0 < rows; c0 += kThreads) {
       const int32_t j = c0 + static_cast<int32_t>(threadIdx.x);
       float s = -INFINITY;
-      if (j < rows && paged_visible(pos[first + j], qp, p.window)) s = slot_logit(q_s, page, f16, T, D, j, p.scale);
+      if (j < rows && paged_visible(pos[first + j], qp, p.window)) s = slot_logit(q_s, page, fmt, T, D, j, p.scale);
       const float m_new = fmaxf(m, block_max(s, red));
       if (m_new == -INFINITY) continue;
       const float corr = m == -INFINITY ? 0.0f : expf(m - m_new);
@@ -59,11 +59,11 @@ __global__ void __launch_bounds__(kThreads) paged_attention_scores_kernel(PagedA
   for (int32_t pi = kv.page_begin[kvh]; pi < kv.page_begin[kvh + 1]; ++pi) {
     const int32_t first = kv.slot0[pi + kvh], rows = kv.slot0[pi + kvh + 1] - first;
     const auto* page = reinterpret_cast<const uint8_t*>(kv.page_addr[pi]);
-    const bool f16 = kv.page_f16[pi] != 0;
+    const int fmt = kv.page_fmt[pi];
     for (int32_t j = threadIdx.x; j < rows; j += kThreads) {
       float prob = 0.0f;
       if (paged_visible(pos[first + j], qp, p.window))
-        prob = expf(slot_logit(q_s, page, f16, T, D, j, p.scale) - m) / l;
+        prob = expf(slot_logit(q_s, page, fmt, T, D, j, p.scale) - m) / l;
       if (reduce_max)
         atomicMax(reinterpret_cast<int*>(acc + first + j), __float_as_int(prob));  // prob >= 0: int order is float order
       else
