@@ -10,9 +10,10 @@
 #
 # Sections (any of them, in order):
 #   ops  every backend op on the GPU against the CPU kernels (cuda_backend_ops_test), and the quantized GEMV's own test
-#   e2e  a model's logits through Forward on both backends (cuda_forward_test) on a GGUF carried in model/: not the
-#        98 MB SmolLM2 file (over one call's 64 MiB carry) but its first 8 blocks with every tensor's format and bytes
-#        kept, made here by scripts/make_small_gguf.py (needs the gguf package); its sha256 is checked first.
+#   e2e  the models' logits through Forward on both backends (cuda_forward_test) on GGUFs carried in model/: not the
+#        real files (98 and 241 MB, over one call's 64 MiB carry) but files of the same architectures and tensor formats
+#        made from them here by scripts/make_small_gguf.py (fewer blocks, the first 8192 embedding rows; needs the gguf
+#        package); their sha256 is checked first.
 # Logs go to $OUT (the tool's return folder) or DIR/out.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -25,8 +26,13 @@ if [ "${1:-}" = --stage ]; then  # run here, from the repository
     [ -e "$ROOT/build/cuda/tests/cuda/$t" ] && cp "$ROOT/build/cuda/tests/cuda/$t" "$D/bin/"
   done
   cp -L /usr/lib/x86_64-linux-gnu/libhwy.so.1 /usr/lib/x86_64-linux-gnu/libfmt.so.9 "$D/lib/"
-  M="$D/model/SmolLM2-135M-Instruct.Q4_1.gguf"  # the name the tests look for; 8 of its 30 blocks
-  [ -e "$M" ] || python3 "$ROOT/scripts/make_small_gguf.py" "${LONGCTX_MODEL_DIR:-$HOME/.cache/longctx}/SmolLM2-135M-Instruct.Q4_1.gguf" "$M" 8
+  MD="${LONGCTX_MODEL_DIR:-$HOME/.cache/longctx}"
+  # The names cuda_forward_test looks for: 8 of SmolLM2's 30 blocks, 6 of gemma-3-270m's 18 (5 sliding-window
+  # layers and a global one), each with the first 8192 rows of its embedding (make_small_gguf.py says why).
+  [ -e "$D/model/smollm2-8l-v8k.gguf" ] ||
+    python3 "$ROOT/scripts/make_small_gguf.py" "$MD/SmolLM2-135M-Instruct.Q4_1.gguf" "$D/model/smollm2-8l-v8k.gguf" 8 --vocab 8192
+  [ -e "$D/model/gemma3-6l-v8k.gguf" ] ||
+    python3 "$ROOT/scripts/make_small_gguf.py" "$MD/gemma-3-270m-q4_k_m.gguf" "$D/model/gemma3-6l-v8k.gguf" 6 --vocab 8192
   (cd "$D/model" && sha256sum ./*.gguf > SHA256SUMS)
   du -sh "$D"
   exit 0
