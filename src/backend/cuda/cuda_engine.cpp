@@ -36,10 +36,10 @@ class Scratch {
   }
   void* get(size_t bytes) {
     if (bytes > cap_) {
+      const size_t want = std::max(bytes, cap_ * 2);  // doubling: a growing prompt reallocates a few times only
       if (p_) check(cuda::device_free(p_));
       p_ = nullptr;
       cap_ = 0;
-      const size_t want = std::max(bytes, cap_ * 2);
       check(cuda::device_alloc(&p_, want));
       cap_ = want;
     }
