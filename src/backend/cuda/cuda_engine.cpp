@@ -468,6 +468,13 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
+bool cuda_device_usable(std::string* why_not) {
+  cuda::DeviceInfo info;
+  const cuda::Status s = cuda::device_query(&info);
+  if (!s.ok() && why_not) *why_not = s.message();
+  return s.ok();
+}
+
 std::unique_ptr<Backend> make_cuda_backend(ThreadPool& pool) {
   cuda::DeviceInfo info;
   if (const cuda::Status s = cuda::device_query(&info); !s.ok()) fail("the CUDA backend cannot start: {}", s.message());

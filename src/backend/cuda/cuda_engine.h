@@ -19,6 +19,7 @@
 //   default stream in issue order, and to_host() waits for what came before.
 #pragma once
 #include <memory>
+#include <string>
 
 #include "backend/backend.h"
 #include "core/thread_pool.h"
@@ -27,5 +28,9 @@ namespace longctx {
 
 // Throws Error saying why when no GPU or driver is usable.
 std::unique_ptr<Backend> make_cuda_backend(ThreadPool& pool);
+
+// Whether a GPU and driver are usable (what make_cuda_backend would need), without starting the backend; why_not says
+// why not. For device_available and the default device choice.
+bool cuda_device_usable(std::string* why_not = nullptr);
 
 }  // namespace longctx
