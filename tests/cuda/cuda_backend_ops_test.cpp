@@ -162,6 +162,13 @@ struct HostWeight {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+TEST(CudaBackendOps, Factory) {
+  std::string why = "unset";
+  EXPECT_TRUE(cuda_device_usable(&why));  // main() skipped the run without a GPU
+  EXPECT_EQ(why, "unset");
+  EXPECT_STREQ(gpu().name(), "cuda");
+}
+
 TEST(CudaBackendOps, RmsNorm) {
   std::mt19937_64 rng(1);
   static std::vector<std::vector<float>> norms;  // alive for the run, as the weights
