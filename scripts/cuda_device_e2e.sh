@@ -21,13 +21,16 @@ srcs=(src/backend/cuda/*.cu src/backend/cuda/*.cpp src/core/synthetic_weights.cp
 pids=()
 for f in "${srcs[@]}"; do
   [ -e "$f" ] || continue
+  [[ "$f" == */cuda_engine.cpp ]] && continue  # CudaBackend needs fmt and the CPU codec, which this nvcc-only build lacks
   o="$B/$(basename "${f%.*}").o"
   "${NVCC[@]}" -Xptxas -v -c "$f" -o "$o" >"$o.log" 2>&1 & pids+=($!)
 done
 build_ok=1
 for p in "${pids[@]}"; do wait "$p" || build_ok=0; done
 lib=()
-for f in src/backend/cuda/*.cu src/backend/cuda/*.cpp src/core/synthetic_weights.cpp; do [ -e "$f" ] && lib+=("$B/$(basename "${f%.*}").o"); done
+for f in src/backend/cuda/*.cu src/backend/cuda/*.cpp src/core/synthetic_weights.cpp; do
+  [ -e "$f" ] && [[ "$f" != */cuda_engine.cpp ]] && lib+=("$B/$(basename "${f%.*}").o")
+done
 if [ "$build_ok" = 1 ]; then
   for t in ops_test llama_decode_test e2e_bench; do
     "${NVCC[@]}" -o "$B/$t" "$B/$t.o" "${lib[@]}" -lcublasLt || build_ok=0

@@ -17,7 +17,8 @@ expect_error() {  # name, expected substring, command...
   local name="$1" want="$2"; shift 2
   "$@" > "$tmp/out" 2> "$tmp/err"
   local rc=$?
-  local lines; lines=$(grep -c . "$tmp/err")
+  # One error line; the device choice (--device auto) may come before it.
+  local lines; lines=$(grep -v '^device: ' "$tmp/err" | grep -c .)
   if [ $rc -ne 1 ] || ! grep -q "^error: .*$want" "$tmp/err" || [ "$lines" -ne 1 ]; then
     echo "FAIL $name: exit $rc, $lines stderr lines, wanted one line 'error: ...$want'"; sed 's/^/    /' "$tmp/err" | head -20
     failures=$((failures + 1))

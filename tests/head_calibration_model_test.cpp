@@ -23,7 +23,7 @@ TEST(CalibrateHeads, SmolLM2HasInductionHeads) {
   LONGCTX_REQUIRE_MODEL(test::smollm2_path());
   auto model = Model::load(test::smollm2_path());
   ThreadPool pool(2);
-  const kv::HeadCalibration cal = calibrate_heads(*model, pool, 48, 1);
+  const kv::HeadCalibration cal = calibrate_heads(*model, pool, Device::Cpu, 48, 1);
   const auto ind = cal.induction_scores(), echo = cal.echo_scores();
   ASSERT_EQ(ind.size(), static_cast<size_t>(30 * 3));
   for (size_t i = 0; i < ind.size(); ++i) {

@@ -23,6 +23,7 @@
 #include "kv/policy.h"
 #include "kv/quest.h"
 #include "model/model.h"
+#include "device_option.h"
 
 #if LONGCTX_WITH_CUDA
 #include "bench_cuda.h"
@@ -61,11 +62,7 @@ CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o) {
   b->add_option("--kv", o.kv, "KV cache policy. " + kv::kv_policy_help())->capture_default_str();
   b->add_option("-s,--seed", o.seed, "Seed of the token ids")->capture_default_str();
   b->add_flag("--json", o.json, "Print one JSON record per test on stdout instead of the table");
-  b->add_option("--device", o.device,
-                "cpu, or cuda: the GPU backend (builds with -DLONGCTX_CUDA=ON, the cmake preset 'cuda'), for "
-                "--synthetic weights and the full cache; pp runs at depth 0 there")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"cpu", "cuda"}));
+  add_device_option(b, o.device);
   b->add_option("--spec", o.spec,
                 "Speculative decoding against plain decode, greedy, side by side at each depth (-m only): "
                 "self[:gamma=N,draft=SPEC]");
@@ -266,9 +263,9 @@ uint64_t prefix_fingerprint(const kv::KvSequence& seq, const std::vector<int32_t
 class BenchRunner {
  public:
   // n_ctx: the most tokens the cache will hold (depth plus the longest test).
-  BenchRunner(const Model& model, ThreadPool& pool, kv::KvPolicy& policy, int32_t n_batch, int32_t n_ctx,
-              uint64_t seed)
-      : model_(model), seed_(seed), session_(model, pool, session_options(n_batch, n_ctx)),
+  BenchRunner(const Model& model, ThreadPool& pool, Device device, kv::KvPolicy& policy, int32_t n_batch,
+              int32_t n_ctx, uint64_t seed)
+      : model_(model), seed_(seed), session_(model, pool, session_options(device, n_batch, n_ctx)),
         seq_(session_.add_sequence(policy)) {
     if (policy.reconstruction().chunk > 0)
       fail("bench does not run KVzip's reconstruction pass after prefill; measure kvzip with `longctx run` or `eval`");
@@ -326,8 +323,9 @@ class BenchRunner {
   const kv::KvPagePool& pages() const { return session_.pages(); }
 
  private:
-  static SessionOptions session_options(int32_t n_batch, int32_t n_ctx) {
+  static SessionOptions session_options(Device device, int32_t n_batch, int32_t n_ctx) {
     SessionOptions o;
+    o.device = device;
     o.n_ctx = n_ctx;
     o.n_batch = n_batch;
     // No byte limit: the context check in bench_command bounds the tokens, and the pool allocates on demand.
@@ -366,15 +364,7 @@ std::string test_name(const CaseResult& r) {
 }  // namespace
 
 int bench_command(const BenchOptions& o) {
-  if (o.device == "cuda") {
-#if LONGCTX_WITH_CUDA
-    return bench_command_cuda(o);
-#else
-    fail("--device cuda: this build has no CUDA backend (configure with -DLONGCTX_CUDA=ON, e.g. cmake --preset "
-         "cuda, on a machine with nvcc)");
-#endif
-  }
-  if (o.device != "cpu") fail("--device {}: expected cpu or cuda", o.device);
+  const Device device = pick_device(o.device);
   if (o.model.empty() == o.synthetic.empty())
     fail("bench needs exactly one model: -m MODEL.gguf or --synthetic SHAPE[:SEED] (shapes: {}){}",
          synthetic_shape_names(), o.model.empty() ? "" : ", not both");
@@ -415,7 +405,7 @@ int bench_command(const BenchOptions& o) {
              model_name, arch_name(c.arch), human_bytes(static_cast<double>(model->weight_bytes())),
              human_bytes(static_cast<double>(weight_bytes)), n_threads, policy->describe(), o.n_reps);
 
-  BenchRunner runner(*model, pool, *policy, o.n_batch, depth_max + n_test_max, o.seed);
+  BenchRunner runner(*model, pool, device, *policy, o.n_batch, depth_max + n_test_max, o.seed);
   {
     // Warm-up, untimed: faults the weights' pages in and wakes the workers, as llama-bench does.
     runner.fill(0);
@@ -429,6 +419,13 @@ int bench_command(const BenchOptions& o) {
   // probe's buffers must not count as the engine's peak RSS: the peak is sampled before each probe and reset after it;
   // where the mark cannot be reset, only one probe runs, at the end.
   const bool probe_each_rep = o.n_gen > 0 && reset_peak_rss();
+  // The ceiling decode is held against: the host's copy bandwidth, or the GPU's where the model runs there.
+  auto copy_probe = [&]() -> CopyBandwidth {
+#if LONGCTX_WITH_CUDA
+    if (device == Device::Cuda) return cuda_copy_bandwidth();
+#endif
+    return measure_copy_bandwidth(pool);
+  };
   int64_t rss = 0;
   std::vector<CaseResult> results;
   // Quest reads part of the cache each step: its row counts say how much.
@@ -451,7 +448,7 @@ int bench_command(const BenchOptions& o) {
         tg.tokens_per_s.push_back(o.n_gen / runner.time_generation(o.n_gen));
         if (probe_each_rep) {
           rss = std::max(rss, peak_rss_bytes());
-          tg.copy_gbs.push_back(measure_copy_bandwidth(pool).bytes_per_s / 1e9);
+          tg.copy_gbs.push_back(copy_probe().bytes_per_s / 1e9);
           reset_peak_rss();
         }
         if (rep == 0) {
@@ -477,7 +474,7 @@ int bench_command(const BenchOptions& o) {
   rss = std::max(rss, peak_rss_bytes());
   // What the KV page pool holds from the system after the last case, and the most it held (the deepest fill).
   const size_t kv_pool_bytes = runner.pages().bytes_reserved(), kv_pool_peak_bytes = runner.pages().bytes_reserved_peak();
-  const CopyBandwidth bw = measure_copy_bandwidth(pool);
+  const CopyBandwidth bw = copy_probe();
   // A tg case's decode GB/s and its fraction of the copy bandwidth: the per-repetition ratios' median where each
   // repetition was probed, otherwise against the one probe at the end.
   struct DecodeRate {
@@ -545,9 +542,10 @@ int bench_command(const BenchOptions& o) {
              "forward, fixed token ids (seed {}), logits computed, no sampling.\n",
              o.n_reps, o.n_prompt, o.n_batch, o.seed);
   fmt::print("decode GB/s = ({} of weights + KV read at that depth) per token x tok/s, against a copy bandwidth of "
-             "{:.2f} GB/s\n(memcpy of 2 x {} with {} threads, read + write bytes, best of {}). peak RSS: {}\n",
+             "{:.2f} GB/s\n(memcpy of 2 x {} {}, read + write bytes, best of {}). peak RSS: {}\n",
              human_bytes(static_cast<double>(weight_bytes)), bw.bytes_per_s / 1e9,
-             human_bytes(static_cast<double>(bw.buffer_bytes)), bw.n_threads, bw.n_reps,
+             human_bytes(static_cast<double>(bw.buffer_bytes)),
+             bw.n_threads > 0 ? fmt::format("with {} threads", bw.n_threads) : std::string("on the GPU"), bw.n_reps,
              human_bytes(static_cast<double>(rss)));
   if (probe_each_rep)
     fmt::print("% of copy: the median over repetitions of decode GB/s against a copy probe (best of 10) taken right "

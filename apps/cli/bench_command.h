@@ -32,7 +32,7 @@ struct BenchOptions {
   std::string kv = "full";
   uint64_t seed = 1;          // of the token ids
   bool json = false;
-  std::string device = "cpu";  // "cpu", or "cuda" in builds with the CUDA backend (synthetic weights, full cache)
+  std::string device = "auto";  // --device (device_option.h)
   std::string spec;            // --spec self[:...]: plain decode against speculative decode (bench_spec.cpp)
   std::string file;            // --spec: the depth's context is this text, cycled (else the fixed ids)
 };

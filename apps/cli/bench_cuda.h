@@ -1,12 +1,11 @@
-// `longctx bench --device cuda`: the same pp / tg measurements on the CUDA backend (src/backend/cuda/llama_decode.h),
-// for synthetic weights built on the device. Compiled only into builds with the CUDA backend (LONGCTX_CUDA).
+// What `longctx bench --device cuda` needs from the CUDA backend beyond the engine itself: the GPU's copy bandwidth,
+// the ceiling decode is held against. Compiled only into builds with the CUDA backend (LONGCTX_CUDA).
 #pragma once
-#include "bench_command.h"
+#include "core/memory_bandwidth.h"
 
 namespace longctx {
 
-// Runs the bench on the GPU; throws Error for what the device path cannot do yet (a GGUF file, a KV policy other
-// than the full cache) and for a device that is missing or too small (the backend's message).
-int bench_command_cuda(const BenchOptions& o);
+// Device to device, 2 x 1 GiB, read + write bytes, best of 10. Throws Error when the device fails.
+CopyBandwidth cuda_copy_bandwidth();
 
 }  // namespace longctx

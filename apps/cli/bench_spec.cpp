@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "bench_command.h"
+#include "device_option.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/generator.h"
@@ -23,7 +24,6 @@
 namespace longctx {
 
 int bench_spec_command(const BenchOptions& o) {
-  if (o.device != "cpu") fail("bench --spec runs on the CPU only (--device cpu)");
   if (o.model.empty() || !o.synthetic.empty())
     fail("bench --spec needs a model file (-m): speculative decoding generates real tokens through the tokenizer's "
          "end-of-text rules, which --synthetic weights lack");
@@ -67,12 +67,14 @@ int bench_spec_command(const BenchOptions& o) {
   fmt::print("| depth | plain tok/s | spec tok/s | speed-up (median, min .. max) | acceptance | tokens/step | draft "
              "share | draft reads | identical |\n");
   fmt::print("|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+  const Device device = pick_device(o.device);
   for (int32_t d : depths) {
     const std::vector<int32_t> prompt = context(d);
     GenerateParams gp;
     gp.n_predict = o.n_gen;
     gp.n_ctx = d + o.n_gen;
     gp.n_batch = o.n_batch;
+    gp.device = device;
     gp.ignore_eog = true;  // -n tokens in both, whatever they are
     gp.sampling.temperature = 0;
     // One prefill (untimed) serves every repetition of both: each decode starts by cutting the cache back to the

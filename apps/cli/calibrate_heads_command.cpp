@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "device_option.h"
 #include "core/error.h"
 #include "eval/duo_calibration.h"
 #include "eval/eval_tasks.h"
@@ -59,10 +60,12 @@ CLI::App* add_calibrate_heads_subcommand(CLI::App& app, CalibrateHeadsOptions& o
       ->capture_default_str()->check(CLI::IsMember({"kl", "answer"}));
   c->add_option("--haystack", o.haystack, "duo with needle tasks: the text the facts hide in")->capture_default_str();
   c->add_option("-t,--threads", o.n_threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
+  add_device_option(c, o.device);
   return c;
 }
 
-kv::HeadCalibration calibrate_heads(const Model& model, ThreadPool& pool, int32_t length, uint64_t seed) {
+kv::HeadCalibration calibrate_heads(const Model& model, ThreadPool& pool, Device device, int32_t length,
+                                    uint64_t seed) {
   const ModelConfig& c = model.config();
   auto tok = Tokenizer::from_gguf(model.file());
   // Ordinary vocabulary only: the low ids of these vocabularies hold control and byte tokens, and the highest
@@ -77,6 +80,7 @@ kv::HeadCalibration calibrate_heads(const Model& model, ThreadPool& pool, int32_
   SessionOptions so;
   so.n_ctx = n;
   so.n_batch = n_batch;
+  so.device = device;
   so.kv_max_bytes = SessionOptions::kUnlimited;
   EngineSession session(model, pool, so);
   // f32 pages: the scores of the model itself, not of a compressed cache.
@@ -124,7 +128,7 @@ int calibrate_razor(const CalibrateHeadsOptions& o, const Model& model, ThreadPo
                     std::chrono::steady_clock::time_point t0) {
   const ModelConfig& c = model.config();
   const int32_t length = o.length > 0 ? o.length : 256;
-  const kv::HeadCalibration cal = calibrate_heads(model, pool, length, o.seed);
+  const kv::HeadCalibration cal = calibrate_heads(model, pool, pick_device(o.device), length, o.seed);
   const int32_t n_heads = c.n_layer * c.n_head_kv;
   const int32_t n_induction = heads_to_keep(o, n_heads);
   const int32_t n_echo = o.echo_fraction > 0
@@ -160,6 +164,7 @@ int calibrate_duo(const CalibrateHeadsOptions& o, const Model& model, ThreadPool
   p.seed = o.seed;
   p.sink = o.sink;
   p.window = o.window;
+  p.device = pick_device(o.device);
   const kv::DuoScore score = kv::parse_duo_score(o.score);
   const std::vector<std::string> haystack =
       p.task == eval::Task::Passkey ? std::vector<std::string>{} : eval::split_sentences(read_file(o.haystack));

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "backend/backend.h"
+
 namespace CLI {
 class App;
 }
@@ -36,12 +38,14 @@ struct CalibrateHeadsOptions {
   std::string score = "kl";        // kl or answer (kv::DuoScore)
   std::string haystack = "data/kjv.txt";  // needle tasks only
   int32_t n_threads = 0;
+  std::string device = "auto";  // --device (device_option.h)
 };
 
 CLI::App* add_calibrate_heads_subcommand(CLI::App& app, CalibrateHeadsOptions& o);
 int calibrate_heads_command(const CalibrateHeadsOptions& o);
 
 // The scoring pass alone, for tests: runs the repeated sequence through the model and returns the scores.
-kv::HeadCalibration calibrate_heads(const Model& model, ThreadPool& pool, int32_t length, uint64_t seed);
+kv::HeadCalibration calibrate_heads(const Model& model, ThreadPool& pool, Device device, int32_t length,
+                                    uint64_t seed);
 
 }  // namespace longctx

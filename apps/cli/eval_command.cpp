@@ -5,9 +5,11 @@
 
 #include <map>
 
+#include "device_option.h"
+
 namespace longctx {
 
-CLI::App* add_eval_subcommand(CLI::App& app, eval::EvalOptions& o) {
+CLI::App* add_eval_subcommand(CLI::App& app, eval::EvalOptions& o, std::string& device) {
   auto* e = app.add_subcommand(
       "eval", "Quality against KV memory: needle, multikey, multivalue, kvret, passkey and ppl cases under every "
               "--kv policy on the same prompts; writes a JSON of results (plot it with scripts/plot_eval.py)");
@@ -31,6 +33,7 @@ CLI::App* add_eval_subcommand(CLI::App& app, eval::EvalOptions& o) {
   e->add_option("--ppl-tokens", o.n_score, "ppl: tokens scored after the prefix")->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   e->add_option("-t,--threads", o.n_threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
+  add_device_option(e, device);
   e->add_option("-b,--batch", o.n_batch, "Prompt tokens per prefill chunk")->capture_default_str()->check(CLI::Range(1, 8192));
   static const std::map<std::string, eval::PromptStyle> styles{
       {"auto", eval::PromptStyle::Auto}, {"chat", eval::PromptStyle::Chat}, {"completion", eval::PromptStyle::Completion}};
@@ -45,7 +48,8 @@ CLI::App* add_eval_subcommand(CLI::App& app, eval::EvalOptions& o) {
   return e;
 }
 
-int eval_command(const eval::EvalOptions& o) {
+int eval_command(eval::EvalOptions o, const std::string& device) {
+  o.device = pick_device(device);
   const eval::EvalReport rep = eval::run_eval(o);
   fmt::print("{}", rep.table);
   fmt::print(stderr, "eval: {} runs written to {}\n", rep.n_cases, o.out);

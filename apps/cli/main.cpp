@@ -13,6 +13,7 @@
 
 #include "bench_command.h"
 #include "calibrate_heads_command.h"
+#include "device_option.h"
 #include "eval_command.h"
 #include "stream_ppl_command.h"
 #include "plan_command.h"
@@ -89,6 +90,7 @@ struct RunOptions {
   bool quiet = false;
   bool ignore_eos = false;
   bool prefill_compress = false;
+  std::string device = "auto";
 };
 
 int run_command(const RunOptions& o) {
@@ -124,6 +126,7 @@ int run_command(const RunOptions& o) {
   gp.stop = o.stop;
   gp.ignore_eog = o.ignore_eos;
   gp.prefill_compress = o.prefill_compress;
+  gp.device = pick_device(o.device);
   gp.sampling.temperature = o.temp;
   gp.sampling.top_k = o.top_k;
   gp.sampling.top_p = o.top_p;
@@ -285,6 +288,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 24));
   run->add_option("-b,--batch", ro.n_batch, "Prompt tokens per prefill chunk")->capture_default_str()->check(CLI::Range(1, 8192));
   run->add_option("-t,--threads", ro.threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
+  add_device_option(run, ro.device);
   run->add_option("--temp", ro.temp, "Sampling temperature; 0 is greedy")->capture_default_str()->check(CLI::Range(0.0f, 100.0f));
   run->add_option("--top-k", ro.top_k, "Keep the k most likely tokens; 0 is off")->capture_default_str()->check(CLI::Range(0, 1 << 30));
   run->add_option("--top-p", ro.top_p, "Nucleus sampling mass; 1 is off")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
@@ -313,7 +317,8 @@ int main(int argc, char** argv) {
   auto* calibrate = add_calibrate_heads_subcommand(app, calibrate_options);
 
   eval::EvalOptions eval_options;
-  auto* eval = add_eval_subcommand(app, eval_options);
+  std::string eval_device = "auto";
+  auto* eval = add_eval_subcommand(app, eval_options, eval_device);
 
   eval::StreamPplOptions stream_ppl_options;
   auto* stream_ppl = add_stream_ppl_subcommand(app, stream_ppl_options);
@@ -329,7 +334,7 @@ int main(int argc, char** argv) {
     if (info->parsed()) return info_command(info_path, info_all);
     if (bench->parsed()) return bench_options.spec.empty() ? bench_command(bench_options) : bench_spec_command(bench_options);
     if (calibrate->parsed()) return calibrate_heads_command(calibrate_options);
-    if (eval->parsed()) return eval_command(eval_options);
+    if (eval->parsed()) return eval_command(eval_options, eval_device);
     if (stream_ppl->parsed()) return stream_ppl_command(stream_ppl_options);
     if (plan->parsed()) return plan_command(plan_options);
     if (serve->parsed()) return serve_command(serve_options);

@@ -108,6 +108,7 @@ void SerialEngine::run(Item& item) {
       gp.n_predict = job.max_tokens;
       gp.n_ctx = opt_.n_ctx;
       gp.n_batch = opt_.n_batch;
+      gp.device = opt_.device;
       gp.sampling = job.sampling;
       gp.stop = job.stop;
       std::vector<TokenLogprob> pending;  // of tokens whose text the stop filter still holds

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "backend/backend.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
 #include "request_engine.h"
@@ -22,6 +23,7 @@ struct SerialEngineOptions {
   int32_t n_batch = 256;    // prefill chunk
   int32_t max_queue = 16;   // jobs waiting, the running one not counted; one more is QueueFull
   int32_t n_threads = 1;
+  Device device = Device::Cpu;  // where the model runs
 };
 
 class SerialEngine final : public RequestEngine {

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "device_option.h"
 #include "http_server.h"
 #include "kv/policy.h"
 #include "model/model.h"
@@ -35,6 +36,7 @@ CLI::App* add_serve_subcommand(CLI::App& app, ServeOptions& o) {
       ->check(CLI::Range(size_t{1}, size_t{1} << 34));
   s->add_option("-b,--batch", o.n_batch, "Prompt tokens per prefill chunk")->capture_default_str()->check(CLI::Range(1, 8192));
   s->add_option("-t,--threads", o.threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
+  add_device_option(s, o.device);
   return s;
 }
 
@@ -50,6 +52,7 @@ int serve_command(const ServeOptions& o) {
   eo.n_ctx = o.n_ctx > 0 ? o.n_ctx : c.n_ctx_train;
   eo.n_batch = o.n_batch;
   eo.max_queue = o.max_queue;
+  eo.device = pick_device(o.device);
   eo.n_threads = o.threads > 0 ? o.threads : static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
   server::ServiceOptions so;
   so.model_name = std::filesystem::path(o.model).stem().string();

@@ -23,6 +23,7 @@ struct ServeOptions {
   size_t max_body = 8u << 20;
   int32_t n_batch = 256;
   int32_t threads = 0;         // 0: all cores
+  std::string device = "auto";  // --device (apps/cli/device_option.h)
 };
 
 // Adds the `serve` subcommand, its options bound to o (which must outlive parsing).

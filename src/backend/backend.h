@@ -209,6 +209,9 @@ enum class Device { Cpu, Cuda };
 const char* device_name(Device d);
 Device parse_device(const std::string& name);  // "cpu" | "cuda"; throws Error naming them
 bool device_available(Device d, std::string* why_not = nullptr);
+// The device a command runs on, from its --device value: "auto" is cuda where this build has the CUDA backend and a
+// GPU is usable, else cpu; "cpu" or "cuda" is that device, and Error saying why when it is not available.
+Device choose_device(const std::string& name);
 std::unique_ptr<Backend> make_backend(Device d, ThreadPool& pool);
 // The host's page memory (mmap'ed slabs, the CPU codec): the default of a KvPagePool.
 KvPageMemory& host_kv_memory();

@@ -8,19 +8,14 @@
 #include "core/error.h"
 
 #ifdef LONGCTX_HAVE_CUDA
-#if __has_include("backend/cuda/cuda_engine.h")
 #include "backend/cuda/cuda_engine.h"
-#else
-namespace longctx {
-std::unique_ptr<Backend> make_cuda_backend(ThreadPool& pool);  // backend/cuda/cuda_engine.h
-}  // namespace longctx
-#endif
 #endif
 
 namespace longctx {
 
 namespace {
-constexpr const char* kNoCuda = "this build has no CUDA backend (configure with the cuda preset)";
+constexpr const char* kNoCuda =
+    "this build has no CUDA backend (configure with -DLONGCTX_CUDA=ON, e.g. cmake --preset cuda, where nvcc is)";
 }  // namespace
 
 bool device_available(Device d, std::string* why_not) {
@@ -28,7 +23,7 @@ bool device_available(Device d, std::string* why_not) {
     case Device::Cpu: return true;
     case Device::Cuda:
 #ifdef LONGCTX_HAVE_CUDA
-      return true;  // whether a GPU is present, make_cuda_backend says (it throws Error saying why not)
+      return cuda_device_usable(why_not);
 #else
       if (why_not != nullptr) *why_not = kNoCuda;
       return false;
@@ -36,6 +31,14 @@ bool device_available(Device d, std::string* why_not) {
   }
   if (why_not != nullptr) *why_not = "unknown device";
   return false;
+}
+
+Device choose_device(const std::string& name) {
+  if (name == "auto") return device_available(Device::Cuda) ? Device::Cuda : Device::Cpu;
+  const Device d = parse_device(name);
+  std::string why;
+  if (!device_available(d, &why)) fail("--device {}: {}", name, why);
+  return d;
 }
 
 std::unique_ptr<Backend> make_backend(Device d, ThreadPool& pool) {

@@ -46,6 +46,7 @@ SessionOptions session_options(const GenerateParams& p) {
   SessionOptions o;
   o.n_ctx = p.n_ctx;
   o.n_batch = p.n_batch;
+  o.device = p.device;
   o.prefill_compress = p.prefill_compress;
   return o;
 }

@@ -25,6 +25,7 @@ struct GenerateParams {
   // past it, the cache staying below it.
   int32_t n_ctx = 4096;
   int32_t n_batch = 256;            // prefill chunk
+  Device device = Device::Cpu;      // where the forward runs and the KV pages live (SessionOptions::device)
   SamplerParams sampling;
   std::vector<std::string> stop;    // generation ends before any of these strings; they are not printed
   bool ignore_eog = false;          // keep going past end-of-generation tokens (benchmarks)

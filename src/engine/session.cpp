@@ -23,7 +23,8 @@ EngineSession::EngineSession(const Model& model, ThreadPool& pool, const Session
     : model_(model),
       tok_(tok),
       opts_(options),
-      forward_(model, pool, std::max({1, options.n_batch, options.n_step_tokens})) {
+      backend_(make_backend(options.device, pool)),
+      forward_(model, *backend_, std::max({1, options.n_batch, options.n_step_tokens}), &pool) {
   if (options.n_ctx <= 0) fail("--ctx must be positive (got {})", options.n_ctx);
   if (options.n_batch <= 0) fail("--batch must be positive (got {})", options.n_batch);
   if (options.n_seq_max <= 0) fail("internal: a session for {} sequences", options.n_seq_max);
@@ -68,7 +69,7 @@ SequenceId EngineSession::add(kv::KvPolicy& policy, std::unique_ptr<kv::KvPolicy
       max_bytes = (pages_per_head + 2 * 64) * c.n_layer * c.n_head_kv *
                   kv_page_bytes(geo.format, geo.page_tokens, geo.head_dim) * static_cast<size_t>(opts_.n_seq_max);
     }
-    pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, max_bytes);
+    pages_ = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, max_bytes, backend_->kv_memory());
   } else if (!seqs_.empty()) {
     for (const auto& s : seqs_)
       if (s != nullptr && s->kv->geometry().page_tokens != geo.page_tokens)

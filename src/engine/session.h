@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/thread_pool.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"
@@ -38,6 +39,7 @@ enum class WindowExpiry { On, Off };
 enum class PolicyHooks { On, Off };
 
 struct SessionOptions {
+  Device device = Device::Cpu;  // where the forward runs and the KV pages live
   // The largest position a sequence reaches (see context_has_room); sizes the attention-score buffers.
   int32_t n_ctx = 4096;
   int32_t n_batch = 256;       // prefill chunk
@@ -144,7 +146,8 @@ class EngineSession {
   const Model& model_;
   const Tokenizer* tok_;
   SessionOptions opts_;
-  Forward forward_;  // the one forward of the session; every sequence runs through it
+  std::unique_ptr<Backend> backend_;  // opts_.device's; the forward's ops and the page pool's memory
+  Forward forward_;                   // the one forward of the session; every sequence runs through it
   std::unique_ptr<kv::KvPagePool> pages_;
   std::vector<std::unique_ptr<Sequence>> seqs_;  // by id; null once removed
 };

@@ -231,6 +231,7 @@ SessionOptions spec_session_options(const GenerateParams& p, const SpecParams& s
   SessionOptions o;
   o.n_ctx = p.n_ctx;
   o.n_batch = p.n_batch;
+  o.device = p.device;
   o.n_step_tokens = spec.gamma + 1;  // a verify step runs the current token and gamma drafts in one forward
   return o;
 }

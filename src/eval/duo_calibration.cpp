@@ -91,6 +91,7 @@ kv::DuoHeadScores duo_calibrate(const Model& model, const Tokenizer& tok, Thread
   SessionOptions so;
   so.n_ctx = n_tokens_max;
   so.n_batch = p.n_batch;
+  so.device = p.device;
   so.n_step_tokens = n_span_max;  // the answer span runs in one forward
   so.kv_max_bytes = SessionOptions::kUnlimited;
   EngineSession session(model, pool, so);

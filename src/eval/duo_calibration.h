@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/thread_pool.h"
 #include "eval/eval_tasks.h"
 #include "kv/duo_head_scores.h"
@@ -33,6 +34,7 @@ struct DuoCalibrationParams {
   int32_t sink = 4;            // what a streaming head keeps: the heads policy's defaults
   int32_t window = 256;
   int32_t n_batch = 256;       // prefill chunk
+  Device device = Device::Cpu; // where the model runs
 };
 
 // Throws Error unless the task's cases ask for one value (passkey, needle, multikey, kvret).

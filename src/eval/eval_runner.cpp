@@ -391,6 +391,7 @@ EvalReport run_eval(const EvalOptions& o) {
       GenerateParams gp;
       gp.n_predict = o.n_predict;
       gp.n_batch = o.n_batch;
+      gp.device = o.device;
       gp.n_ctx = std::min(mc.n_ctx_train,
                           std::max(b.c.length, static_cast<int32_t>(b.p.tokens.size() + b.p.continuation.size()) + o.n_predict));
       gp.sampling.temperature = 0;  // greedy: the answer is a function of the prompt and the policy

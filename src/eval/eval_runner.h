@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "eval/eval_tasks.h"
 
 namespace longctx::eval {
@@ -30,6 +31,7 @@ struct EvalOptions {
   int32_t n_predict = 24;        // answer tokens
   int32_t n_score = 128;         // ppl: teacher-forced tokens after the prefix
   int32_t n_threads = 0;         // 0: every core
+  Device device = Device::Cpu;   // where the model runs (GenerateParams::device)
   int32_t n_batch = 256;
   PromptStyle style = PromptStyle::Auto;
   ProgressMode progress = ProgressMode::Bar;

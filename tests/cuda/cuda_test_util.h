@@ -26,6 +26,18 @@ inline int g_failures = 0;
     }                                                                                                      \
   } while (0)
 
+// The one skip-without-GPU check: true (and the device named on stdout) when a GPU is usable; else false, having
+// printed why. A test's main returns 77 (CTest's SKIP_RETURN_CODE) on false.
+inline bool gpu_present() {
+  cuda::DeviceInfo info;
+  if (const cuda::Status s = cuda::device_query(&info); !s.ok()) {
+    std::printf("SKIP: %s\n", s.message().c_str());
+    return false;
+  }
+  std::printf("device: %s (sm_%d%d, %d SMs)\n", info.name.c_str(), info.cc_major, info.cc_minor, info.n_sm);
+  return true;
+}
+
 inline void report(bool ok, const std::string& what) {
   std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
   if (!ok) ++g_failures;

@@ -1,6 +1,7 @@
 // Device discovery and memory: thin wrappers that report every failure as a Status.
 #include "backend/cuda/cuda_backend.h"
 
+#include "backend/cuda/backend_ops.h"
 #include "backend/cuda/cuda_check.cuh"
 
 namespace longctx::cuda {
@@ -32,6 +33,10 @@ Status device_alloc(void** device_ptr, size_t bytes) {
     return Status::error("device allocation of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(e));
   }
   return Status::success();
+}
+
+Status device_memory_info(size_t* free_bytes, size_t* total_bytes) {
+  return cuda_status(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
 }
 
 Status device_free(void* device_ptr) { return cuda_status(cudaFree(device_ptr), "cudaFree"); }

@@ -12,7 +12,7 @@
 
 namespace longctx::cuda {
 
-// The formats quant_gemv and dequantize_bf16 read: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K.
+// The formats quant_gemv reads: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K.
 bool quant_supported(GgmlType t);
 
 // y (n_out) f32 = W x at batch 1, W (n_out, n_in) in `type`, x (n_in) bf16. Each block is decoded inside the
@@ -39,11 +39,21 @@ struct QuantGemvArgs {
 int32_t quant_gemv_max_in();
 Status quant_gemv(const QuantGemvArgs& a, void* stream = nullptr);
 
+// The formats dequantize_bf16 and dequantize_rows_f32 read: quant_supported's and Q5_0, Q5_1.
+bool dequantize_supported(GgmlType t);
+
 // out (n_rows, n_in) bf16, row stride out_stride elements (0: n_in) = rows [row_begin, row_begin + n_rows) of W
 // (n_out rows of `type`, each n_in values), dequantized exactly as cpu::dequantize_row and rounded to bf16 (to
-// nearest even). For the prefill GEMMs (cuBLASLt on bf16 tiles or whole matrices). n_in a multiple of 32 (of 256 for
-// the K-quants); out 16-byte aligned and out_stride a multiple of 8.
+// nearest even). Formats: dequantize_supported. For the prefill GEMMs (cuBLASLt on bf16 tiles or whole matrices).
+// n_in a multiple of 32 (of 256 for the K-quants); out 16-byte aligned and out_stride a multiple of 8.
+
 Status dequantize_bf16(GgmlType type, const void* w, int32_t n_in, int64_t row_begin, int64_t n_rows, void* out,
                        int64_t out_stride = 0, void* stream = nullptr);
+
+// out (n_rows, n_in) f32: row r = scale * row rows[r] of W (rows: device), each value as cpu::dequantize_row's
+// times scale (one f32 product). An embedding lookup (scale: gemma's sqrt(n_embd)); the caller checks the ids.
+// n_in a multiple of 32 (of 256 for the K-quants).
+Status dequantize_rows_f32(GgmlType type, const void* w, int32_t n_in, const int32_t* rows, int32_t n_rows,
+                           float scale, float* out, void* stream = nullptr);
 
 }  // namespace longctx::cuda

@@ -1,0 +1,486 @@
+// CudaBackend: the one backend interface (backend/backend.h) on the GPU, over the kernels of backend_ops.h, quant.h,
+// gemm.h and ops.h. cuda_engine.h says what each part does and what it does not do yet.
+#include "backend/cuda/cuda_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/cpu/kv_page_codec.h"
+#include "backend/cuda/backend_ops.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/ops.h"
+#include "backend/cuda/quant.h"
+#include "core/error.h"
+
+namespace longctx {
+namespace {
+
+void check(const cuda::Status& s) {
+  if (!s.ok()) fail("CUDA backend: {}", s.message());
+}
+
+// Device memory that grows when asked for more and is kept between calls (the stream orders its uses; a reallocation
+// frees the old block with cudaFree, which waits for the device).
+class Scratch {
+ public:
+  ~Scratch() {
+    if (p_) cuda::device_free(p_);
+  }
+  void* get(size_t bytes) {
+    if (bytes > cap_) {
+      const size_t want = std::max(bytes, cap_ * 2);  // doubling: a growing prompt reallocates a few times only
+      if (p_) check(cuda::device_free(p_));
+      p_ = nullptr;
+      cap_ = 0;
+      check(cuda::device_alloc(&p_, want));
+      cap_ = want;
+    }
+    return p_;
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t cap_ = 0;
+};
+
+// Host arrays packed into one upload (8-byte aligned each): one copy a call instead of one an array.
+class Upload {
+ public:
+  template <typename T>
+  size_t add(const T* p, size_t n) {
+    const size_t off = (bytes_.size() + 7) / 8 * 8;
+    bytes_.resize(off + n * sizeof(T));
+    if (n) std::memcpy(bytes_.data() + off, p, n * sizeof(T));
+    return off;
+  }
+  uint8_t* send(Scratch& s) {
+    auto* base = static_cast<uint8_t*>(s.get(std::max<size_t>(bytes_.size(), 8)));
+    if (!bytes_.empty()) check(cuda::copy_to_device(base, bytes_.data(), bytes_.size()));
+    return base;
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
+const char* format_list() { return "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K"; }
+
+// KV pages in device memory, the CPU codec's bytes.
+class CudaKvMemory final : public KvPageMemory {
+ public:
+  uint8_t* map(size_t bytes) override {
+    void* p = nullptr;
+    if (!cuda::device_alloc(&p, bytes).ok()) return nullptr;
+    return static_cast<uint8_t*>(p);
+  }
+  void unmap(uint8_t* base, size_t) override { check(cuda::device_free(base)); }
+  // Device memory is not given back page by page: the slab keeps it until it is unmapped.
+  void release(uint8_t*, size_t) override {}
+
+  void write_rows(KvFormat f, int32_t page_tokens, int32_t head_dim, const float* k, const float* v,
+                  int64_t row_stride, const KvRowDest* dests, int32_t n) override {
+    if (kv_format_is_packed(f))
+      fail("CUDA backend: rows cannot be written into {} pages directly (open pages are f16 or f32)",
+           kv_format_name(f));
+    if (n <= 0) return;
+    std::vector<uint64_t> pages(static_cast<size_t>(n));
+    std::vector<int32_t> rows(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) {
+      if (dests[i].row < 0 || dests[i].row >= page_tokens) fail("CUDA backend: KV row {} outside its page", dests[i].row);
+      pages[static_cast<size_t>(i)] = reinterpret_cast<uint64_t>(dests[i].page);
+      rows[static_cast<size_t>(i)] = dests[i].row;
+    }
+    Upload up;
+    const size_t o_pages = up.add(pages.data(), pages.size());
+    const size_t o_rows = up.add(rows.data(), rows.size());
+    uint8_t* base = up.send(scratch_);
+    check(cuda::kv_rows_write(f == KvFormat::F16, page_tokens, head_dim, k, v, row_stride,
+                              reinterpret_cast<const uint64_t*>(base + o_pages),
+                              reinterpret_cast<const int32_t*>(base + o_rows), n));
+  }
+
+  void write_page_rows_host(KvFormat f, int32_t page_tokens, int32_t head_dim, const float* k, const float* v,
+                            int32_t row0, int32_t n, uint8_t* page) override {
+    std::vector<uint8_t>& h = fetch(f, page_tokens, head_dim, page);
+    cpu::kv_page_write(f, page_tokens, head_dim, k, v, row0, n, h.data());
+    check(cuda::copy_to_device(page, h.data(), h.size()));
+  }
+  void read_keys_host(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* page, int32_t row0, int32_t n,
+                      float* out) override {
+    cpu::kv_page_read_keys(f, page_tokens, head_dim, fetch(f, page_tokens, head_dim, page).data(), row0, n, out);
+  }
+  void read_values_host(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* page, int32_t row0,
+                        int32_t n, float* out) override {
+    cpu::kv_page_read_values(f, page_tokens, head_dim, fetch(f, page_tokens, head_dim, page).data(), row0, n, out);
+  }
+  void compact(KvFormat f, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
+               int32_t n_keep) override {
+    std::vector<uint8_t>& h = fetch(f, page_tokens, head_dim, page);
+    cpu::kv_page_compact(f, page_tokens, head_dim, h.data(), keep, n_keep);
+    check(cuda::copy_to_device(page, h.data(), h.size()));
+  }
+
+ private:
+  // The page's bytes on the host (after the work issued before).
+  std::vector<uint8_t>& fetch(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* page) {
+    host_.resize(cpu::kv_page_bytes(f, page_tokens, head_dim));
+    check(cuda::copy_to_host(host_.data(), page, host_.size()));
+    return host_;
+  }
+  Scratch scratch_;
+  std::vector<uint8_t> host_;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(ThreadPool& pool, std::unique_ptr<cuda::GemmRunner> gemm) : pool_(pool), gemm_(std::move(gemm)) {}
+  ~CudaBackend() override {
+    for (auto& [host, dw] : weights_) cuda::device_free(dw.dev);
+    for (auto& [host, dv] : vectors_) cuda::device_free(dv.dev);
+  }
+
+  const char* name() const override { return "cuda"; }
+
+  void to_host(void* host_dst, const void* src, size_t bytes) override {
+    if (bytes) check(cuda::copy_to_host(host_dst, src, bytes));
+  }
+  void to_backend(void* dst, const void* host_src, size_t bytes) override {
+    if (bytes) check(cuda::copy_to_device(dst, host_src, bytes));
+  }
+
+  void prepare(const std::vector<const Weight*>& matrices,
+               const std::vector<const std::vector<float>*>& vectors) override {
+    // What is new, and its bytes, before anything is copied.
+    std::vector<const Weight*> new_m;
+    std::vector<const std::vector<float>*> new_v;
+    size_t need = 0;
+    for (const Weight* w : matrices) {
+      if (!w) continue;
+      if (const auto it = weights_.find(w->data);
+          it != weights_.end() && it->second.type == w->type && it->second.n_out == w->n_out && it->second.n_in == w->n_in)
+        continue;
+      bool seen = false;  // tied weights (gemma's embedding is its output too) share one copy
+      for (const Weight* o : new_m) seen = seen || o->data == w->data;
+      if (seen) continue;
+      check_format(*w);
+      need += weight_bytes(*w);
+      new_m.push_back(w);
+    }
+    for (const std::vector<float>* v : vectors) {
+      if (!v || v->empty() || std::count(new_v.begin(), new_v.end(), v)) continue;
+      if (const auto it = vectors_.find(v->data()); it != vectors_.end() && it->second.size == v->size()) continue;
+      need += v->size() * sizeof(float);
+      new_v.push_back(v);
+    }
+    size_t free_b = 0, total_b = 0;
+    check(cuda::device_memory_info(&free_b, &total_b));
+    constexpr size_t kHeadroom = size_t{512} << 20;  // activations, bf16 weight tiles, the KV pool's first slabs
+    if (need + kHeadroom > free_b)
+      fail("CUDA backend: the model's weights need {} bytes on the GPU (plus {} of working memory), but only {} of "
+           "its {} are free",
+           need, kHeadroom, free_b, total_b);
+    // An address seen before with another shape held a weight since freed: its copy goes.
+    for (const Weight* w : new_m) {
+      if (const auto it = weights_.find(w->data); it != weights_.end()) cuda::device_free(it->second.dev);
+      weights_[w->data] = {upload(w->data, weight_bytes(*w)), w->type, w->n_out, w->n_in};
+    }
+    for (const std::vector<float>* v : new_v) {
+      if (const auto it = vectors_.find(v->data()); it != vectors_.end()) cuda::device_free(it->second.dev);
+      vectors_[v->data()] = {static_cast<float*>(upload(v->data(), v->size() * sizeof(float))), v->size()};
+    }
+  }
+
+  KvPageMemory& kv_memory() override { return kv_memory_; }
+
+  void embed(const Weight& table, const int32_t* tokens, int32_t n, float scale, float* x) override {
+    if (n <= 0) return;
+    const void* w = device_weight(table);
+    Upload up;
+    const size_t o = up.add(tokens, static_cast<size_t>(n));
+    uint8_t* base = up.send(upload_);
+    check(cuda::dequantize_rows_f32(table.type, w, static_cast<int32_t>(table.n_in),
+                                    reinterpret_cast<const int32_t*>(base + o), n, scale, x));
+  }
+
+  void matmul(const MatmulOutput* outs, int32_t n_outs, const float* x, int32_t n) override {
+    if (n <= 0 || n_outs <= 0) return;
+    const int64_t n_in = outs[0].w->n_in;
+    for (int32_t i = 0; i < n_outs; ++i)
+      if (outs[i].w->n_in != n_in) fail("CUDA backend: matmul outputs differ in n_in ({} vs {})", outs[i].w->n_in, n_in);
+    void* xb = nullptr;  // x in bf16, made once for the outputs that need it
+    auto x_bf16 = [&]() {
+      if (!xb) {
+        xb = x_bf16_.get(static_cast<size_t>(n) * static_cast<size_t>(n_in) * 2);
+        check(cuda::f32_to_bf16(x, xb, static_cast<int64_t>(n) * n_in));
+      }
+      return xb;
+    };
+    for (int32_t i = 0; i < n_outs; ++i) {
+      const Weight& W = *outs[i].w;
+      const void* w = device_weight(W);
+      const auto n_out = static_cast<int32_t>(W.n_out), k = static_cast<int32_t>(W.n_in);
+      float* y = outs[i].y;
+      if (n <= cuda::kMatmulF32MaxRows) {
+        if (cuda::quant_supported(W.type) && k <= cuda::quant_gemv_max_in()) {
+          const auto* xr = static_cast<const uint16_t*>(x_bf16());
+          for (int32_t r = 0; r < n; ++r) {
+            cuda::QuantGemvArgs a;
+            a.type = W.type;
+            a.w = w;
+            a.n_out = n_out;
+            a.n_in = k;
+            a.x_bf16 = xr + static_cast<size_t>(r) * static_cast<size_t>(k);
+            a.y = y + static_cast<size_t>(r) * static_cast<size_t>(n_out);
+            check(cuda::quant_gemv(a));
+          }
+        } else {
+          check(cuda::matmul_f32(W.type, w, n_out, k, x, n, y));
+        }
+        continue;
+      }
+      void* wb = w_bf16_.get(static_cast<size_t>(n_out) * static_cast<size_t>(k) * 2);
+      check(cuda::dequantize_bf16(W.type, w, k, 0, n_out, wb));
+      check(gemm_->run(gemm_shape(n_out, k, n), wb, x_bf16(), y, nullptr));
+    }
+  }
+
+  void rmsnorm(const float* x, const std::vector<float>& w, float* y, int64_t n_rows, int64_t dim,
+               float eps) override {
+    if (static_cast<int64_t>(w.size()) != dim) fail("CUDA backend: rmsnorm weight has {} values for rows of {}", w.size(), dim);
+    check(cuda::rmsnorm_f32(x, device_vector(w), y, n_rows, static_cast<int32_t>(dim), eps));
+  }
+
+  void rope(float* x, const int32_t* positions, int32_t n, int32_t n_heads, int32_t head_dim, int32_t n_rot,
+            float base, RopeOrder order) override {
+    if (n <= 0) return;
+    Upload up;
+    const size_t o = up.add(positions, static_cast<size_t>(n));
+    uint8_t* base_p = up.send(upload_);
+    check(cuda::rope_f32(x, reinterpret_cast<const int32_t*>(base_p + o), n, n_heads, head_dim, n_rot, base,
+                         order == RopeOrder::Halves));
+  }
+
+  void gated_activation(float* gate, const float* up, int64_t n, GatedActivation act) override {
+    check(cuda::gated_activation_f32(gate, up, n,
+                                     act == GatedActivation::SiLU ? cuda::GateAct::SiLU : cuda::GateAct::GeluTanh));
+  }
+
+  void add_in_place(float* x, const float* y, int64_t n) override {
+    if (n > 0) check(cuda::add_in_place(x, y, n));
+  }
+
+  void attention(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n, const KvLayerView& kv,
+                 float* out) override {
+    if (n <= 0) return;
+    Upload up;
+    const size_t o_qpos = up.add(q_pos, static_cast<size_t>(n));
+    const LayerOffsets lo = pack_layer(p, kv, up);
+    uint8_t* base = up.send(upload_);
+    check(cuda::paged_attention(params(p), q, reinterpret_cast<const int32_t*>(base + o_qpos), n,
+                                layer_at(lo, kv, base), out));
+  }
+
+  void attention_scores(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n, int32_t first_row,
+                        const KvLayerView& kv, float* scores, int32_t stride, ScoreReduce reduce) override {
+    if (first_row >= n) return;
+    for (const KvHeadView& h : kv.heads)
+      if (h.n_tokens > stride) fail("CUDA backend: attention_scores stride {} below a head's {} tokens", stride, h.n_tokens);
+    Upload up;
+    const size_t o_qpos = up.add(q_pos, static_cast<size_t>(n));
+    const LayerOffsets lo = pack_layer(p, kv, up);
+    uint8_t* base = up.send(upload_);
+    const size_t n_scores = static_cast<size_t>(p.n_head_kv) * static_cast<size_t>(stride);
+    auto* dev = static_cast<float*>(scores_.get(n_scores * sizeof(float)));
+    const bool max = reduce == ScoreReduce::Max;
+    // Max: 0xffffffff is a negative int (below every probability's bits) and a NaN: untouched slots are told apart.
+    check(cuda::device_fill_bytes(dev, max ? 0xff : 0x00, n_scores * sizeof(float)));
+    check(cuda::paged_attention_scores(params(p), q, reinterpret_cast<const int32_t*>(base + o_qpos), n, first_row,
+                                       layer_at(lo, kv, base), dev, stride, max));
+    host_scores_.resize(n_scores);
+    check(cuda::copy_to_host(host_scores_.data(), dev, n_scores * sizeof(float)));
+    for (int32_t h = 0; h < p.n_head_kv; ++h) {
+      const size_t row = static_cast<size_t>(h) * static_cast<size_t>(stride);
+      for (int32_t j = 0; j < kv.heads[static_cast<size_t>(h)].n_tokens; ++j) {
+        const float s = host_scores_[row + static_cast<size_t>(j)];
+        float& a = scores[row + static_cast<size_t>(j)];
+        if (!max) {
+          a += s;
+        } else if (!std::isnan(s)) {
+          a = std::max(a, s);
+        }
+      }
+    }
+  }
+
+ protected:
+  float* allocate_floats(size_t n) override {
+    void* p = nullptr;
+    const cuda::Status s = cuda::device_alloc(&p, std::max<size_t>(n, 1) * sizeof(float));
+    if (!s.ok()) fail("CUDA backend: activations of {} floats: {}", n, s.message());
+    return static_cast<float*>(p);
+  }
+  void free_floats(float* p) override {
+    if (p) cuda::device_free(p);
+  }
+
+ private:
+  static size_t weight_bytes(const Weight& w) {
+    return static_cast<size_t>(w.n_out) * ggml_row_bytes(w.type, w.n_in);
+  }
+  static void check_format(const Weight& w) {
+    const auto traits = ggml_type_traits(static_cast<uint32_t>(w.type));
+    const std::string name = traits ? std::string(traits->name) : std::to_string(static_cast<uint32_t>(w.type));
+    if (!cuda::dequantize_supported(w.type))
+      fail("CUDA backend: weight format {} ({} x {}) is not supported on the GPU (it has {})", name, w.n_out, w.n_in,
+           format_list());
+    const int64_t block = std::max<int64_t>(32, traits->block_values);
+    if (w.n_in % block != 0 || w.n_out < 1 || w.n_out > INT32_MAX || w.n_in > INT32_MAX)
+      fail("CUDA backend: weight {} x {} in {}: rows must be a multiple of {} values", w.n_out, w.n_in, name, block);
+  }
+  static void* upload(const void* host, size_t bytes) {
+    void* p = nullptr;
+    check(cuda::device_alloc(&p, std::max<size_t>(bytes, 1)));
+    check(cuda::copy_to_device(p, host, bytes));
+    return p;
+  }
+  const void* device_weight(const Weight& w) const {
+    const auto it = weights_.find(w.data);
+    if (it == weights_.end())
+      fail("CUDA backend: a weight ({} x {}) was used before prepare() copied it to the GPU", w.n_out, w.n_in);
+    if (it->second.type != w.type || it->second.n_out != w.n_out || it->second.n_in != w.n_in)
+      fail("CUDA backend: a weight ({} x {}) is not the one prepare() copied from its address ({} x {}): host weights "
+           "must outlive the backend's use of them",
+           w.n_out, w.n_in, it->second.n_out, it->second.n_in);
+    return it->second.dev;
+  }
+  const float* device_vector(const std::vector<float>& v) const {
+    const auto it = vectors_.find(v.data());
+    if (it == vectors_.end())
+      fail("CUDA backend: a norm vector ({} values) was used before prepare() copied it to the GPU", v.size());
+    if (it->second.size != v.size())
+      fail("CUDA backend: a norm vector of {} values is not the one prepare() copied from its address ({} values)",
+           v.size(), it->second.size);
+    return it->second.dev;
+  }
+  int32_t gemm_shape(int32_t n_out, int32_t n_in, int32_t n) {
+    const auto key = std::make_tuple(n_out, n_in, n);
+    const auto it = gemm_shapes_.find(key);
+    if (it != gemm_shapes_.end()) return it->second;
+    int32_t id = -1;
+    check(gemm_->add_shape(n_out, n_in, n, cuda::GemmAccumulate::Overwrite, &id));
+    gemm_shapes_[key] = id;
+    return id;
+  }
+  static cuda::PagedAttentionParams params(const AttentionParams& p) {
+    cuda::PagedAttentionParams c;
+    c.n_head = p.n_head;
+    c.scale = p.scale;
+    c.window = p.window;
+    return c;
+  }
+
+  struct LayerOffsets {
+    size_t page_addr, page_fmt, page_begin, slot0, token_begin, positions;
+  };
+  // The host view flattened into the arrays of cuda::PagedLayer (checked: formats, shapes).
+  LayerOffsets pack_layer(const AttentionParams& p, const KvLayerView& kv, Upload& up) {
+    if (static_cast<int32_t>(kv.heads.size()) != p.n_head_kv)
+      fail("CUDA backend: the KV view has {} heads for {} kv-heads", kv.heads.size(), p.n_head_kv);
+    if (kv.head_dim != p.head_dim) fail("CUDA backend: the KV view's head_dim {} is not {}", kv.head_dim, p.head_dim);
+    std::vector<uint64_t> addr;
+    std::vector<uint8_t> fmt;
+    std::vector<int32_t> page_begin{0}, slot0, token_begin{0}, positions;
+    for (const KvHeadView& h : kv.heads) {
+      const int32_t np = h.n_pages();
+      if (static_cast<int32_t>(h.formats.size()) != np) fail("CUDA backend: KV view with {} formats for {} pages", h.formats.size(), np);
+      for (int32_t i = 0; i < np; ++i) {
+        const KvFormat f = h.formats[static_cast<size_t>(i)];
+        if (kv_format_is_packed(f) && (kv.head_dim % cpu::kKiviValueGroup != 0 || kv.page_tokens % 4 != 0))
+          fail("CUDA backend: {} pages need head_dim a multiple of {} and page_tokens of 4 ({} and {} given)",
+               kv_format_name(f), cpu::kKiviValueGroup, kv.head_dim, kv.page_tokens);
+        addr.push_back(reinterpret_cast<uint64_t>(h.pages[static_cast<size_t>(i)]));
+        fmt.push_back(static_cast<uint8_t>(f == KvFormat::F32   ? cuda::kPageF32
+                                           : f == KvFormat::F16 ? cuda::kPageF16
+                                                                : kv_format_bits(f)));
+      }
+      if (np == 0) {
+        slot0.push_back(0);
+      } else {
+        if (static_cast<int32_t>(h.slot0.size()) != np + 1 || h.slot0[static_cast<size_t>(np)] != h.n_tokens)
+          fail("CUDA backend: KV view's slot table does not match its {} pages and {} tokens", np, h.n_tokens);
+        for (int32_t i = 0; i < np; ++i)
+          if (h.page_rows(i) < 0 || h.page_rows(i) > kv.page_tokens) fail("CUDA backend: KV page with {} rows", h.page_rows(i));
+        slot0.insert(slot0.end(), h.slot0.begin(), h.slot0.end());
+      }
+      page_begin.push_back(page_begin.back() + np);
+      token_begin.push_back(token_begin.back() + h.n_tokens);
+      if (h.n_tokens > 0) positions.insert(positions.end(), h.positions, h.positions + h.n_tokens);
+    }
+    LayerOffsets o;
+    o.page_addr = up.add(addr.data(), addr.size());
+    o.page_begin = up.add(page_begin.data(), page_begin.size());
+    o.slot0 = up.add(slot0.data(), slot0.size());
+    o.token_begin = up.add(token_begin.data(), token_begin.size());
+    o.positions = up.add(positions.data(), positions.size());
+    o.page_fmt = up.add(fmt.data(), fmt.size());
+    return o;
+  }
+  static cuda::PagedLayer layer_at(const LayerOffsets& o, const KvLayerView& kv, uint8_t* base) {
+    cuda::PagedLayer l;
+    l.page_addr = reinterpret_cast<const uint64_t*>(base + o.page_addr);
+    l.page_fmt = base + o.page_fmt;
+    l.page_begin = reinterpret_cast<const int32_t*>(base + o.page_begin);
+    l.slot0 = reinterpret_cast<const int32_t*>(base + o.slot0);
+    l.token_begin = reinterpret_cast<const int32_t*>(base + o.token_begin);
+    l.positions = reinterpret_cast<const int32_t*>(base + o.positions);
+    l.n_head_kv = static_cast<int32_t>(kv.heads.size());
+    l.head_dim = kv.head_dim;
+    l.page_tokens = kv.page_tokens;
+    return l;
+  }
+
+  ThreadPool& pool_;
+  std::unique_ptr<cuda::GemmRunner> gemm_;
+  CudaKvMemory kv_memory_;
+  struct DeviceWeight {
+    void* dev;
+    GgmlType type;
+    int64_t n_out, n_in;
+  };
+  std::unordered_map<const void*, DeviceWeight> weights_;  // by the host address of the weight's bytes
+  struct DeviceVector {
+    float* dev;
+    size_t size;
+  };
+  std::unordered_map<const float*, DeviceVector> vectors_;
+  std::map<std::tuple<int32_t, int32_t, int32_t>, int32_t> gemm_shapes_;
+  Scratch upload_, x_bf16_, w_bf16_, scores_;
+  std::vector<float> host_scores_;
+};
+
+}  // namespace
+
+bool cuda_device_usable(std::string* why_not) {
+  cuda::DeviceInfo info;
+  const cuda::Status s = cuda::device_query(&info);
+  if (!s.ok() && why_not) *why_not = s.message();
+  return s.ok();
+}
+
+std::unique_ptr<Backend> make_cuda_backend(ThreadPool& pool) {
+  cuda::DeviceInfo info;
+  if (const cuda::Status s = cuda::device_query(&info); !s.ok()) fail("the CUDA backend cannot start: {}", s.message());
+  std::unique_ptr<cuda::GemmRunner> gemm;
+  check(cuda::GemmRunner::create(size_t{32} << 20, &gemm));
+  return std::make_unique<CudaBackend>(pool, std::move(gemm));
+}
+
+}  // namespace longctx
