@@ -515,6 +515,10 @@ const std::vector<LayerCase>& layer_cases() {
       {"gemma 4/1 d256 kivi2 kivi8 f32 window 40, evicted", 4, 1, 256, 64, {500}, 40, 6,
        {KvFormat::Kivi2, KvFormat::Kivi8, KvFormat::F32}, false},
       {"llama 8/2 d128 kivi8 decode", 8, 2, 128, 16, {150, 150}, 0, 1, {KvFormat::Kivi8}, true},
+      // Rows x heads past the kernel's block target: one range of pages per block, no combine pass (the cases above
+      // split every head's pages into ranges and combine them, empty ranges included).
+      {"llama 32/8 d128 f16 prefill chunk, unsplit", 32, 8, 128, 16, {90, 97, 64, 80, 100, 75, 93, 88}, 0, 40,
+       {KvFormat::F16}, false},
   };
   return cases;
 }

@@ -5,7 +5,7 @@
 //
 // The files: SmolLM2 (llama, head dim 64, Q4_1 blocks, Q8_0 embedding) and gemma-3-270m (gemma3, head dim 256,
 // sliding-window layers, Q5_0 / Q4_K / Q6_K / Q8_0), as found in the model directory (test_models.h), either the
-// real files or the cut ones of scripts/make_small_gguf.py (smollm2-8l-v8k.gguf, gemma3-6l-v8k.gguf: fewer blocks,
+// real files or the cut ones of scripts/make_small_gguf.py (smollm2-4l-v8k.gguf, gemma3-6l-v8k.gguf: fewer blocks,
 // 8192 embedding rows), which is what the device call carries (scripts/cuda_device_backend.sh e2e). Exit code 77
 // (skip) without a GPU.
 //
@@ -149,7 +149,7 @@ void check_model(const std::string& path, int32_t n_prompt) {
 }
 
 TEST(CudaForward, SmolLM2MatchesTheCpu) {
-  check_model(find_model("smollm2-8l-v8k.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"), 300);
+  check_model(find_model("smollm2-4l-v8k.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"), 300);
 }
 
 // 700 tokens: past the 512-token window of gemma3's local layers.

@@ -66,10 +66,13 @@ struct PagedAttentionParams {
 };
 
 // q, out: device (n, n_head, head_dim) f32; q_pos: device (n). Causal by position; online softmax in f32 over the
-// head's pages, one block per (query row, query head), packed pages decoded in place as the CPU codec decodes them;
-// a query that sees no key gets zeros. (paged_attention.cu)
+// head's pages, packed pages decoded in place as the CPU codec decodes them; a query that sees no key gets zeros.
+// Few rows (decode) split each head's pages into ranges reduced by blocks of their own and combined after
+// ("Flash-Decoding for long-context inference"), so a long cache is read by many SMs at once: max_pages is the most
+// pages any kv-head has, workspace device memory of paged_attention_workspace_bytes(...) bytes. (paged_attention.cu)
+size_t paged_attention_workspace_bytes(int32_t n, int32_t n_head, int32_t head_dim, int32_t max_pages);
 Status paged_attention(const PagedAttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
-                       const PagedLayer& kv, float* out, void* stream = nullptr);
+                       const PagedLayer& kv, int32_t max_pages, float* out, void* workspace, void* stream = nullptr);
 
 // The softmax probabilities rows [first_row, n) of q paid to each slot, reduced over those rows and the query heads of
 // each kv-head into scores: device (n_head_kv, stride) f32, stride >= every head's tokens. Sum: added into scores;

@@ -284,8 +284,11 @@ class CudaBackend final : public Backend {
     const size_t o_qpos = up.add(q_pos, static_cast<size_t>(n));
     const LayerOffsets lo = pack_layer(p, kv, up);
     uint8_t* base = up.send(upload_);
+    int32_t max_pages = 0;
+    for (const KvHeadView& h : kv.heads) max_pages = std::max(max_pages, h.n_pages());
+    const size_t ws = cuda::paged_attention_workspace_bytes(n, p.n_head, p.head_dim, max_pages);
     check(cuda::paged_attention(params(p), q, reinterpret_cast<const int32_t*>(base + o_qpos), n,
-                                layer_at(lo, kv, base), out));
+                                layer_at(lo, kv, base), max_pages, out, ws > 0 ? attention_parts_.get(ws) : nullptr));
   }
 
   void attention_scores(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n, int32_t first_row,
@@ -462,7 +465,7 @@ class CudaBackend final : public Backend {
   };
   std::unordered_map<const float*, DeviceVector> vectors_;
   std::map<std::tuple<int32_t, int32_t, int32_t>, int32_t> gemm_shapes_;
-  Scratch upload_, x_bf16_, w_bf16_, scores_;
+  Scratch upload_, x_bf16_, w_bf16_, scores_, attention_parts_;
   std::vector<float> host_scores_;
 };
 

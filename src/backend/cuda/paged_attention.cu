@@ -1,9 +1,13 @@
 // Grouped-query attention over the paged KV store in the CPU codec's page layout (backend_ops.h,
-// paged_attention): the straightforward kernel, one block per (query row, query head), online softmax
-// ("FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness") over the head's pages in tiles of
-// kThreads slots. A thread scores one slot of the tile (the keys are channel-major, so the block's reads of one
-// channel are one coalesced row), then owns output channels for the product with the values (row-major: coalesced
-// too). f32 throughout.
+// paged_attention): online softmax ("FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness")
+// over a head's pages in tiles of kThreads slots, one block per (query row, query head, range of pages). A thread
+// scores one slot of the tile (the keys are channel-major, so the block's reads of one channel are one coalesced
+// row), then owns output channels for the product with the values (row-major: coalesced too). f32 throughout.
+//
+// Decode has one row: one block per head would leave most SMs idle and walk a long cache serially, so the pages are
+// split into ranges, each block leaving its unnormalized partial (running max m, sum l, weighted values) in the
+// workspace, and a second kernel combines them ("Flash-Decoding for long-context inference"). The loops over
+// channels and slots are unrolled per page format so a thread keeps several loads in flight.
 #include <cmath>
 #include <string>
 
@@ -16,15 +20,75 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kChannels = kPagedMaxHeadDim / kThreads;  // output channels a thread owns at most
+constexpr int kTargetBlocks = 1024;                      // a few waves over the SMs of a Hopper GPU
 
+// q . key j of the page (q in shared memory), four independent sums.
+__device__ __forceinline__ float key_dot(const float* q_s, const uint8_t* page, int fmt, int32_t T, int32_t D,
+                                         int32_t j) {
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+  int32_t d = 0;
+  if (fmt == kPageF16) {
+    const __half* k = reinterpret_cast<const __half*>(page) + j;
+#pragma unroll 4
+    for (; d + 4 <= D; d += 4) {
+      s0 = fmaf(q_s[d], __half2float(k[static_cast<int64_t>(d) * T]), s0);
+      s1 = fmaf(q_s[d + 1], __half2float(k[static_cast<int64_t>(d + 1) * T]), s1);
+      s2 = fmaf(q_s[d + 2], __half2float(k[static_cast<int64_t>(d + 2) * T]), s2);
+      s3 = fmaf(q_s[d + 3], __half2float(k[static_cast<int64_t>(d + 3) * T]), s3);
+    }
+  } else if (fmt == kPageF32) {
+    const float* k = reinterpret_cast<const float*>(page) + j;
+#pragma unroll 4
+    for (; d + 4 <= D; d += 4) {
+      s0 = fmaf(q_s[d], k[static_cast<int64_t>(d) * T], s0);
+      s1 = fmaf(q_s[d + 1], k[static_cast<int64_t>(d + 1) * T], s1);
+      s2 = fmaf(q_s[d + 2], k[static_cast<int64_t>(d + 2) * T], s2);
+      s3 = fmaf(q_s[d + 3], k[static_cast<int64_t>(d + 3) * T], s3);
+    }
+  }
+  for (; d < D; ++d) s0 = fmaf(q_s[d], paged_key(page, fmt, T, D, d, j), s0);
+  return (s0 + s1) + (s2 + s3);
+}
+
+// a + sum over cnt slots from row r0 of p_s[jj] * value (r0 + jj, d), two independent sums.
+__device__ __forceinline__ float value_sum(float a, const float* p_s, const uint8_t* page, int fmt, int32_t T,
+                                           int32_t D, int32_t r0, int32_t cnt, int32_t d) {
+  float b = 0.0f;
+  int32_t jj = 0;
+  if (fmt == kPageF16) {
+    const __half* v = reinterpret_cast<const __half*>(page) + static_cast<int64_t>(T) * D +
+                      static_cast<int64_t>(r0) * D + d;
+#pragma unroll 4
+    for (; jj + 2 <= cnt; jj += 2) {
+      a = fmaf(p_s[jj], __half2float(v[static_cast<int64_t>(jj) * D]), a);
+      b = fmaf(p_s[jj + 1], __half2float(v[static_cast<int64_t>(jj + 1) * D]), b);
+    }
+  } else if (fmt == kPageF32) {
+    const float* v = reinterpret_cast<const float*>(page) + static_cast<int64_t>(T) * D +
+                     static_cast<int64_t>(r0) * D + d;
+#pragma unroll 4
+    for (; jj + 2 <= cnt; jj += 2) {
+      a = fmaf(p_s[jj], v[static_cast<int64_t>(jj) * D], a);
+      b = fmaf(p_s[jj + 1], v[static_cast<int64_t>(jj + 1) * D], b);
+    }
+  }
+  for (; jj < cnt; ++jj) a = fmaf(p_s[jj], paged_value(page, fmt, T, D, r0 + jj, d), a);
+  return a + b;
+}
+
+// blockIdx.x: query row t and head h (t * n_head + h); blockIdx.y: the range of pages_per_split pages of the head.
+// n_split == 1: writes the normalized output; else the partial (acc, then m and l) of its range to the workspace.
 __global__ void __launch_bounds__(kThreads) paged_attention_kernel(PagedAttentionParams p, const float* q,
-                                                                   const int32_t* q_pos, PagedLayer kv, float* out) {
+                                                                   const int32_t* q_pos, PagedLayer kv,
+                                                                   int32_t pages_per_split, float* out,
+                                                                   float* part_acc, float* part_ml) {
   const int32_t D = kv.head_dim, T = kv.page_tokens;
   const int32_t t = blockIdx.x / p.n_head, h = blockIdx.x % p.n_head;
+  const int32_t split = blockIdx.y, n_split = gridDim.y;
   const int32_t kvh = h / (p.n_head / kv.n_head_kv);
   extern __shared__ float sm[];
-  float* q_s = sm;          // (D)
-  float* p_s = sm + D;      // (kThreads)
+  float* q_s = sm;              // (D)
+  float* p_s = sm + D;          // (kThreads)
   float* red = p_s + kThreads;  // (32)
   const float* qr = q + (static_cast<int64_t>(t) * p.n_head + h) * D;
   for (int32_t d = threadIdx.x; d < D; d += kThreads) q_s[d] = qr[d];
@@ -35,18 +99,16 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(PagedAttentio
 #pragma unroll
   for (int c = 0; c < kChannels; ++c) acc[c] = 0.0f;
   const int32_t* pos = kv.positions + kv.token_begin[kvh];
-  for (int32_t pi = kv.page_begin[kvh]; pi < kv.page_begin[kvh + 1]; ++pi) {
+  const int32_t p_first = kv.page_begin[kvh] + split * pages_per_split;
+  const int32_t p_end = min(p_first + pages_per_split, kv.page_begin[kvh + 1]);
+  for (int32_t pi = p_first; pi < p_end; ++pi) {
     const int32_t first = kv.slot0[pi + kvh], rows = kv.slot0[pi + kvh + 1] - first;
     const auto* page = reinterpret_cast<const uint8_t*>(kv.page_addr[pi]);
     const int fmt = kv.page_fmt[pi];
     for (int32_t c0 = 0; c0 < rows; c0 += kThreads) {
       const int32_t j = c0 + static_cast<int32_t>(threadIdx.x);
       float s = -INFINITY;
-      if (j < rows && paged_visible(pos[first + j], qp, p.window)) {
-        float dot = 0.0f;
-        for (int32_t d = 0; d < D; ++d) dot = fmaf(q_s[d], paged_key(page, fmt, T, D, d, j), dot);
-        s = dot * p.scale;
-      }
+      if (j < rows && paged_visible(pos[first + j], qp, p.window)) s = key_dot(q_s, page, fmt, T, D, j) * p.scale;
       const float m_new = fmaxf(m, block_max(s, red));
       if (m_new == -INFINITY) continue;  // nothing visible yet (uniform over the block)
       const float corr = m == -INFINITY ? 0.0f : expf(m - m_new);
@@ -58,21 +120,65 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(PagedAttentio
 #pragma unroll
       for (int c = 0; c < kChannels; ++c) {
         const int32_t d = static_cast<int32_t>(threadIdx.x) + c * kThreads;
-        if (d < D) {
-          float a = acc[c] * corr;
-          for (int32_t jj = 0; jj < cnt; ++jj) a = fmaf(p_s[jj], paged_value(page, fmt, T, D, c0 + jj, d), a);
-          acc[c] = a;
-        }
+        if (d < D) acc[c] = value_sum(acc[c] * corr, p_s, page, fmt, T, D, c0, cnt, d);
       }
       __syncthreads();  // p_s is read before the next tile writes it
     }
   }
-  float* o = out + (static_cast<int64_t>(t) * p.n_head + h) * D;
+  if (n_split == 1) {
+    float* o = out + (static_cast<int64_t>(t) * p.n_head + h) * D;
+#pragma unroll
+    for (int c = 0; c < kChannels; ++c) {
+      const int32_t d = static_cast<int32_t>(threadIdx.x) + c * kThreads;
+      if (d < D) o[d] = l > 0.0f ? acc[c] / l : 0.0f;
+    }
+    return;
+  }
+  const int64_t part = static_cast<int64_t>(blockIdx.x) * n_split + split;
+  float* a = part_acc + part * D;
 #pragma unroll
   for (int c = 0; c < kChannels; ++c) {
     const int32_t d = static_cast<int32_t>(threadIdx.x) + c * kThreads;
-    if (d < D) o[d] = l > 0.0f ? acc[c] / l : 0.0f;
+    if (d < D) a[d] = acc[c];
   }
+  if (threadIdx.x == 0) {
+    part_ml[2 * part] = m;
+    part_ml[2 * part + 1] = l;
+  }
+}
+
+// One block per (query row, query head): the partials of its n_split ranges rescaled to their common max and summed.
+__global__ void __launch_bounds__(kThreads) paged_attention_combine_kernel(int32_t D, int32_t n_split,
+                                                                           const float* part_acc,
+                                                                           const float* part_ml, float* out) {
+  const int64_t part0 = static_cast<int64_t>(blockIdx.x) * n_split;
+  float m = -INFINITY;
+  for (int32_t s = 0; s < n_split; ++s) m = fmaxf(m, part_ml[2 * (part0 + s)]);
+  float l = 0.0f;
+  for (int32_t s = 0; s < n_split; ++s) {
+    const float ms = part_ml[2 * (part0 + s)];
+    if (ms != -INFINITY) l += part_ml[2 * (part0 + s) + 1] * expf(ms - m);
+  }
+  float* o = out + static_cast<int64_t>(blockIdx.x) * D;
+  for (int32_t d = threadIdx.x; d < D; d += kThreads) {
+    float a = 0.0f;
+    for (int32_t s = 0; s < n_split; ++s) {
+      const float ms = part_ml[2 * (part0 + s)];
+      if (ms != -INFINITY) a += part_acc[(part0 + s) * D + d] * expf(ms - m);
+    }
+    o[d] = l > 0.0f ? a / l : 0.0f;
+  }
+}
+
+// Ranges per (row, head) and pages per range: enough blocks for kTargetBlocks, never an empty range.
+void split_of(int32_t n, int32_t n_head, int32_t max_pages, int32_t* n_split, int32_t* pages_per_split) {
+  const int64_t rows = static_cast<int64_t>(n) * n_head;
+  int64_t want = rows >= kTargetBlocks ? 1 : (kTargetBlocks + rows - 1) / rows;
+  want = std::max<int64_t>(1, std::min<int64_t>(want, max_pages));
+  *pages_per_split = static_cast<int32_t>((max_pages + want - 1) / want);
+  *n_split = *pages_per_split > 0 ? (max_pages + *pages_per_split - 1) / *pages_per_split : 1;
+  if (*pages_per_split < 1) *pages_per_split = 1;
+  if (*n_split < 1) *n_split = 1;
 }
 
 }  // namespace
@@ -89,18 +195,35 @@ Status paged_layer_check(const PagedAttentionParams& p, const PagedLayer& kv, co
   return Status::success();
 }
 
+size_t paged_attention_workspace_bytes(int32_t n, int32_t n_head, int32_t head_dim, int32_t max_pages) {
+  if (n <= 0 || n_head <= 0 || max_pages <= 0) return 0;
+  int32_t n_split = 1, pps = 1;
+  split_of(n, n_head, max_pages, &n_split, &pps);
+  if (n_split == 1) return 0;
+  return static_cast<size_t>(n) * n_head * n_split * (static_cast<size_t>(head_dim) + 2) * sizeof(float);
+}
+
 Status paged_attention(const PagedAttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
-                       const PagedLayer& kv, float* out, void* stream) {
+                       const PagedLayer& kv, int32_t max_pages, float* out, void* workspace, void* stream) {
   if (Status s = paged_layer_check(p, kv, "paged_attention"); !s.ok()) return s;
-  if (n < 0) return Status::error("paged_attention: negative row count");
+  if (n < 0 || max_pages < 0) return Status::error("paged_attention: negative row or page count");
   if (n == 0) return Status::success();
   if (!q || !q_pos || !out) return Status::error("paged_attention: null pointer");
   const size_t smem = (static_cast<size_t>(kv.head_dim) + kThreads + 32) * sizeof(float);
   const int64_t blocks = static_cast<int64_t>(n) * p.n_head;
   if (blocks > 0x7fffffff) return Status::error("paged_attention: too many rows");
-  paged_attention_kernel<<<static_cast<unsigned>(blocks), kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
-      p, q, q_pos, kv, out);
-  return cuda_status(cudaGetLastError(), "paged_attention launch");
+  int32_t n_split = 1, pps = std::max(1, max_pages);
+  if (max_pages > 0) split_of(n, p.n_head, max_pages, &n_split, &pps);
+  if (n_split > 1 && !workspace) return Status::error("paged_attention: no workspace for the split pages");
+  auto* part_acc = static_cast<float*>(workspace);
+  float* part_ml = part_acc ? part_acc + blocks * n_split * kv.head_dim : nullptr;
+  const auto st = static_cast<cudaStream_t>(stream);
+  paged_attention_kernel<<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(n_split)), kThreads, smem, st>>>(
+      p, q, q_pos, kv, pps, out, part_acc, part_ml);
+  if (Status s = cuda_status(cudaGetLastError(), "paged_attention launch"); !s.ok() || n_split == 1) return s;
+  paged_attention_combine_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(kv.head_dim, n_split, part_acc,
+                                                                                      part_ml, out);
+  return cuda_status(cudaGetLastError(), "paged_attention combine launch");
 }
 
 }  // namespace longctx::cuda
