@@ -90,6 +90,8 @@ for s in $SECTIONS; do
       done
       run_test bench_llama3_8b_engine timeout 300 "$HERE/bin/longctx" bench --synthetic llama3-8b:1 --device cuda -p 512 -n 64 \
         -d 0,4096 -r 3
+      run_test bench_llama3_8b_engine_snapkv_kivi2 timeout 200 "$HERE/bin/longctx" bench --synthetic llama3-8b:1 \
+        --device cuda --kv snapkv:budget=512+kivi:bits=2,residual=64 -p 0 -n 64 -d 4096 -r 3
       run_test bench_llama3_8b_decoder "$HERE/bin/cuda_e2e_bench" "$OUT/e2e.jsonl" 4096
       ;;
     *) echo "unknown section $s"; exit 2 ;;

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <string>
@@ -30,6 +31,7 @@
 #include "core/thread_pool.h"
 #include "cuda_test_util.h"
 #include "kv/kv_store.h"
+#include "engine/session.h"
 #include "model/forward.h"
 #include "model/model.h"
 #include "test_models.h"
@@ -147,6 +149,78 @@ void check_model(const std::string& path, int32_t n_prompt) {
               steps, worst, agree, steps);
 
 }
+
+// The KV policies through the engine session on both devices: the same prompt prefilled with the policy's hooks
+// (scores from the attention kernels, selection, compaction, KIVI packing), then greedy decode steps in lockstep.
+// The GPU's scores differ from the CPU's in the last bits, so a selection may differ where two slots tie: the kept
+// positions must agree in at least kKeptAgree of all slots, and the logits within kPolicyLogitTol of the spread.
+constexpr double kKeptAgree = 0.97, kPolicyLogitTol = 0.03;
+
+void check_policies(const std::string& path) {
+  LONGCTX_REQUIRE_MODEL(path);
+  const auto model = Model::load(path);
+  const ModelConfig& c = model->config();
+  const int64_t V = c.n_vocab;
+  const int32_t n_prompt = 400, steps = 16;
+  std::mt19937_64 rng(7);
+  std::uniform_int_distribution<int32_t> id(3, static_cast<int32_t>(std::min<int64_t>(V, 8192)) - 1);
+  std::vector<int32_t> prompt(static_cast<size_t>(n_prompt));
+  for (auto& t : prompt) t = id(rng);
+  const std::string name = std::filesystem::path(path).filename().string();
+  for (const std::string spec : {"snapkv:budget=128", "h2o:budget=160", "kivi:bits=4,residual=64",
+                                 "snapkv:budget=128+kivi:bits=2,residual=32"}) {
+    SessionOptions so;
+    so.n_ctx = n_prompt + steps;
+    so.n_batch = 64;
+    so.device = Device::Cpu;
+    EngineSession cpu(*model, pool(), so);
+    so.device = Device::Cuda;
+    EngineSession gpu(*model, pool(), so);
+    const SequenceId sc = cpu.add_sequence(spec), sg = gpu.add_sequence(spec);
+    PrefillOptions po;
+    po.logit_positions = {n_prompt - 1};
+    std::vector<float> lc, lg;
+    cpu.prefill(sc, prompt, po, lc);
+    gpu.prefill(sg, prompt, po, lg);
+    int64_t slots = 0, same = 0;
+    for (int32_t il = 0; il < c.n_layer; ++il)
+      for (int32_t g = 0; g < c.n_head_kv; ++g) {
+        const std::vector<int32_t>& a = cpu.sequence(sc).head(il, g).positions;
+        const std::vector<int32_t>& b = gpu.sequence(sg).head(il, g).positions;
+        std::vector<int32_t> both;
+        std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(both));
+        slots += static_cast<int64_t>(std::max(a.size(), b.size()));
+        same += static_cast<int64_t>(both.size());
+      }
+    const double agree = slots > 0 ? static_cast<double>(same) / static_cast<double>(slots) : 1.0;
+    EXPECT_GE(agree, kKeptAgree) << name << " " << spec << ": kept positions";
+    if (same == slots) {
+      EXPECT_EQ(cpu.bytes(sc).total(), gpu.bytes(sg).total()) << name << " " << spec << ": bytes";
+    }
+    double worst = 0;
+    Diff d = compare(lg.data(), lc.data(), V);
+    worst = d.max_abs / d.spread;
+    int32_t next = argmax(lc.data(), V), equal = 0;
+    std::vector<float> oc(static_cast<size_t>(V)), og(static_cast<size_t>(V));
+    for (int32_t s = 0; s < steps; ++s) {
+      const SequenceStep stc{sc, next}, stg{sg, next};
+      cpu.step({&stc, 1}, oc.data());
+      gpu.step({&stg, 1}, og.data());
+      d = compare(og.data(), oc.data(), V);
+      worst = std::max(worst, d.max_abs / d.spread);
+      if (argmax(og.data(), V) == argmax(oc.data(), V)) ++equal;
+      next = argmax(oc.data(), V);
+    }
+    EXPECT_LE(worst, kPolicyLogitTol) << name << " " << spec;
+    std::printf("%s %s: kept positions agree %.4f, KV bytes cpu %zu gpu %zu, worst |gpu - cpu| / spread %.3g, "
+                "greedy equal %d of %d\n",
+                name.c_str(), spec.c_str(), agree, cpu.bytes(sc).total(), gpu.bytes(sg).total(), worst, equal, steps);
+  }
+}
+
+TEST(CudaSession, PoliciesOnSmolLM2MatchTheCpu) { check_policies(find_model("smollm2-4l-v8k.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf")); }
+
+TEST(CudaSession, PoliciesOnGemma3MatchTheCpu) { check_policies(find_model("gemma3-6l-v8k.gguf", "gemma-3-270m-q4_k_m.gguf")); }
 
 TEST(CudaForward, SmolLM2MatchesTheCpu) {
   check_model(find_model("smollm2-4l-v8k.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"), 300);

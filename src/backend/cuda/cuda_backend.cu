@@ -45,6 +45,11 @@ Status copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
   return cuda_status(cudaMemcpy(device_dst, host_src, bytes, cudaMemcpyHostToDevice), "copy to device");
 }
 
+Status copy_to_device_async(void* device_dst, const void* host_src, size_t bytes) {
+  return cuda_status(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, nullptr),
+                     "copy to device (async)");
+}
+
 Status copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
   return cuda_status(cudaMemcpy(host_dst, device_src, bytes, cudaMemcpyDeviceToHost), "copy to host");
 }

@@ -39,6 +39,9 @@ Status device_query(DeviceInfo* info);
 Status device_alloc(void** device_ptr, size_t bytes);  // fails (nothing allocated) when the device is out of memory
 Status device_free(void* device_ptr);
 Status copy_to_device(void* device_dst, const void* host_src, size_t bytes);
+// In the default stream's order, without waiting for the work before it: the driver stages pageable host memory at
+// once, so host_src may be reused when this returns, and the host runs ahead of the GPU.
+Status copy_to_device_async(void* device_dst, const void* host_src, size_t bytes);
 Status copy_to_host(void* host_dst, const void* device_src, size_t bytes);
 Status device_fill_bytes(void* device_ptr, uint8_t value, size_t bytes);  // 0xff poisons f16/bf16 with NaN
 Status device_synchronize();

@@ -51,7 +51,8 @@ class Scratch {
   size_t cap_ = 0;
 };
 
-// Host arrays packed into one upload (8-byte aligned each): one copy a call instead of one an array.
+// Host arrays packed into one upload (8-byte aligned each): one copy a call instead of one an array, queued behind
+// the ops before it (the device buffer is reused only in stream order), so the host does not wait for the GPU.
 class Upload {
  public:
   template <typename T>
@@ -63,7 +64,7 @@ class Upload {
   }
   uint8_t* send(Scratch& s) {
     auto* base = static_cast<uint8_t*>(s.get(std::max<size_t>(bytes_.size(), 8)));
-    if (!bytes_.empty()) check(cuda::copy_to_device(base, bytes_.data(), bytes_.size()));
+    if (!bytes_.empty()) check(cuda::copy_to_device_async(base, bytes_.data(), bytes_.size()));
     return base;
   }
 
@@ -246,8 +247,12 @@ class CudaBackend final : public Backend {
         }
         continue;
       }
-      void* wb = w_bf16_.get(static_cast<size_t>(n_out) * static_cast<size_t>(k) * 2);
-      check(cuda::dequantize_bf16(W.type, w, k, 0, n_out, wb));
+      const void* wb = w;  // bf16 weights go to the GEMM as they are; others are dequantized to bf16 first
+      if (W.type != GgmlType::BF16) {
+        void* d = w_bf16_.get(static_cast<size_t>(n_out) * static_cast<size_t>(k) * 2);
+        check(cuda::dequantize_bf16(W.type, w, k, 0, n_out, d));
+        wb = d;
+      }
       check(gemm_->run(gemm_shape(n_out, k, n), wb, x_bf16(), y, nullptr));
     }
   }
