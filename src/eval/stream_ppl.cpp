@@ -15,7 +15,7 @@
 
 #include "core/error.h"
 #include "engine/generator.h"
-#include "model/forward.h"
+#include "engine/session.h"
 
 namespace longctx::eval {
 
@@ -96,14 +96,13 @@ StreamRun windowed_full_reference(const Model& model, ThreadPool& pool, const st
   run.policy = fmt::format("full, afresh per window ({} before)", n_context);
   run.describe = policy->describe();
   const int32_t n_batch = 256;
-  Forward fwd(model, pool, n_batch);
-  kv::KvGeometry geo;
-  geo.n_layer = c.n_layer;
-  geo.n_head_kv = c.n_head_kv;
-  geo.head_dim = c.head_dim;
-  kv::KvPagePool pages(geo.page_tokens, geo.head_dim, size_t{1} << 40);
-  kv::KvSequence seq(geo, pages);
-  std::vector<float> logits(static_cast<size_t>(n_batch) * c.n_vocab);
+  SessionOptions so;
+  so.n_ctx = n_context + window;
+  so.n_batch = n_batch;
+  so.kv_max_bytes = SessionOptions::kUnlimited;
+  EngineSession session(model, pool, so);
+  const SequenceId seq = session.add_sequence(*policy);
+  std::vector<float> logits;
   const auto t0 = std::chrono::steady_clock::now();
   const int32_t n = static_cast<int32_t>(tokens.size());
   for (int32_t first = n_prefix; first < n;) {
@@ -112,30 +111,30 @@ StreamRun windowed_full_reference(const Model& model, ThreadPool& pool, const st
     StreamWindow w;
     w.first = first;
     w.end = end;
-    seq.clear();
-    // Positions from 0 at `start`; the row of token t - 1 predicts token t, for t in [first, end).
+    session.reset_sequence(seq);  // positions from 0 at `start`
+    // In chunks of n_batch, so that only one chunk's logits are held: the row of token t - 1 predicts token t, for t
+    // in [first, end). The full cache's window expiry runs after each chunk, as in `run`.
     for (int32_t at = start; at < end; at += n_batch) {
       const int32_t len = std::min(n_batch, end - at);
-      std::vector<int32_t> pos(static_cast<size_t>(len)), rows;
-      for (int32_t i = 0; i < len; ++i) {
-        pos[static_cast<size_t>(i)] = at + i - start;
-        if (at + i + 1 >= first && at + i + 1 < end) rows.push_back(i);
-      }
-      fwd.run(seq, tokens.data() + at, pos.data(), len, rows, logits.data());
-      kv_expire_window(c, seq, *policy, at + len - start);
-      for (size_t r = 0; r < rows.size(); ++r) {
+      PrefillOptions po;
+      po.hooks = PolicyHooks::Off;
+      for (int32_t i = 0; i < len; ++i)
+        if (at + i + 1 >= first && at + i + 1 < end) po.logit_positions.push_back(i);
+      session.prefill(seq, std::span<const int32_t>(tokens.data() + at, static_cast<size_t>(len)), po, logits);
+      for (size_t r = 0; r < po.logit_positions.size(); ++r) {
         const float* l = logits.data() + r * static_cast<size_t>(c.n_vocab);
         const float mx = *std::max_element(l, l + c.n_vocab);
         double z = 0;
         for (int32_t v = 0; v < c.n_vocab; ++v) z += std::exp(static_cast<double>(l[v] - mx));
-        w.nll_sum += std::log(z) - static_cast<double>(l[tokens[static_cast<size_t>(at + rows[r] + 1)]] - mx);
+        const int32_t next = tokens[static_cast<size_t>(at + po.logit_positions[r] + 1)];
+        w.nll_sum += std::log(z) - static_cast<double>(l[next] - mx);
         ++w.n_scored;
       }
     }
-    w.kv_bytes = seq.bytes().total();
-    w.kv_pool_bytes = pages.bytes_reserved();
+    w.kv_bytes = session.bytes(seq).total();
+    w.kv_pool_bytes = session.pages().bytes_reserved();
     w.rss_bytes = process_rss_bytes();
-    w.n_cached = seq.n_tokens_max();
+    w.n_cached = session.sequence(seq).n_tokens_max();
     run.windows.push_back(w);
     run.n_scored += w.n_scored;
     run.nll_sum += w.nll_sum;
