@@ -140,40 +140,35 @@ size_t KvSequence::first_open_page(const KvHeadCache& h) const {
   return p;
 }
 
-void KvSequence::append_row(KvHeadCache& h, const float* k, const float* v, int32_t position) {
+bool KvSequence::repack_before_new_page(const KvHeadCache& h, size_t* first) const {
   const int32_t T = geo_.page_tokens;
-  if (!h.pages.empty() && h.pages.back().format == geo_.format && h.pages.back().n_rows == T) {
-    // Before a new page opens, rows freed in the open pages are taken back, so the open pages stay the fewest
-    // that hold their rows (at most once every page_tokens appends).
-    const size_t first = first_open_page(h);
-    int32_t n_free = 0;
-    for (size_t p = first; p < h.pages.size(); ++p) n_free += T - h.pages[p].n_rows;
-    if (n_free > 0) pack_open_pages(h, first);
-  }
-  if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == T) {
+  if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows < T) return false;
+  *first = first_open_page(h);
+  for (size_t p = *first; p < h.pages.size(); ++p)
+    if (h.pages[p].n_rows < T) return true;
+  return false;
+}
+
+KvPage& KvSequence::page_for_next_row(KvHeadCache& h) {
+  if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == geo_.page_tokens) {
     h.pages.push_back(pool_.kv_page_alloc(geo_.format));
     if (geo_.key_summaries) {
       h.key_summary.resize(h.pages.size() * 2 * static_cast<size_t>(geo_.head_dim));
       summarize_page(h, h.pages.size() - 1);  // empty: min +inf, max -inf
     }
   }
-  KvPage& page = h.pages.back();
-  uint8_t* data = pool_.page_data(page);
-  mem_.write_page_rows_host(page.format, T, geo_.head_dim, k, v, page.n_rows, 1, data);
+  return h.pages.back();
+}
+
+void KvSequence::append_row(KvHeadCache& h, const float* k, const float* v, int32_t position) {
+  size_t first = 0;
+  if (repack_before_new_page(h, &first)) pack_open_pages(h, first);
+  KvPage& page = page_for_next_row(h);
+  const KvRowDest dst{pool_.page_data(page), page.n_rows};
+  mem_.write_page_rows_host(page.format, geo_.page_tokens, geo_.head_dim, k, v, dst.row, 1, dst.page);
   ++page.n_rows;
   h.positions.push_back(position);
-  if (geo_.key_summaries) {
-    // The row as stored (f16 rounds), so the page's bound covers the key the kernel reads.
-    const int32_t d = geo_.head_dim;
-    float stored[512];
-    mem_.read_keys_host(page.format, T, d, data, page.n_rows - 1, 1, stored);
-    float* mn = h.key_summary.data() + (h.pages.size() - 1) * 2 * static_cast<size_t>(d);
-    float* mx = mn + d;
-    for (int32_t i = 0; i < d; ++i) {
-      mn[i] = std::min(mn[i], stored[i]);
-      mx[i] = std::max(mx[i], stored[i]);
-    }
-  }
+  if (geo_.key_summaries) summarize_row(h, dst, static_cast<int32_t>(h.pages.size() - 1));
 }
 
 void KvSequence::summarize_page(KvHeadCache& h, size_t p) {
@@ -237,26 +232,12 @@ void KvSequence::append(int32_t layer, const float* k, const float* v, const int
 }
 
 KvRowDest KvSequence::place_row(int32_t g, KvHeadCache& h, const float* k, const float* v, int32_t t) {
-  const int32_t T = geo_.page_tokens;
-  if (!h.pages.empty() && h.pages.back().format == geo_.format && h.pages.back().n_rows == T) {
-    // As append_row: rows freed in the open pages are taken back before a new page opens. Packing reads the rows,
-    // so this head's rows placed so far are written first.
-    const size_t first = first_open_page(h);
-    int32_t n_free = 0;
-    for (size_t p = first; p < h.pages.size(); ++p) n_free += T - h.pages[p].n_rows;
-    if (n_free > 0) {
-      flush_head(g, k, v, t);
-      pack_open_pages(h, first);
-    }
+  size_t first = 0;
+  if (repack_before_new_page(h, &first)) {
+    flush_head(g, k, v, t);  // packing reads the rows: this head's rows placed so far are written first
+    pack_open_pages(h, first);
   }
-  if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == T) {
-    h.pages.push_back(pool_.kv_page_alloc(geo_.format));
-    if (geo_.key_summaries) {
-      h.key_summary.resize(h.pages.size() * 2 * static_cast<size_t>(geo_.head_dim));
-      summarize_page(h, h.pages.size() - 1);  // empty: min +inf, max -inf
-    }
-  }
-  KvPage& page = h.pages.back();
+  KvPage& page = page_for_next_row(h);
   const KvRowDest dst{pool_.page_data(page), page.n_rows};
   dest_page_[static_cast<size_t>(t) * geo_.n_head_kv + g] = static_cast<int32_t>(h.pages.size() - 1);
   ++page.n_rows;

@@ -196,6 +196,12 @@ class KvSequence {
   // Moves the rows of the open pages from page `first` on to the front, in order, and frees emptied pages.
   void pack_open_pages(KvHeadCache& h, size_t first);
   size_t first_open_page(const KvHeadCache& h) const;
+  // Whether the open pages must be packed before a new one opens: the last is full and rows were freed in the open
+  // pages, which packing takes back so the open pages stay the fewest that hold their rows (at most once every
+  // page_tokens appends). first: the first open page.
+  bool repack_before_new_page(const KvHeadCache& h, size_t* first) const;
+  // The page the next row goes to: the last open one, or a new one (with its empty key summary) when that is full.
+  KvPage& page_for_next_row(KvHeadCache& h);
 
   KvGeometry geo_;
   KvPagePool& pool_;
