@@ -83,6 +83,12 @@ Status paged_attention_scores(const PagedAttentionParams& p, const float* q, con
                               int32_t first_row, const PagedLayer& kv, float* scores, int32_t stride, bool reduce_max,
                               void* stream = nullptr);
 
+// An F32 or F16 page compacted in place: row keep[i] moves to row i (keep: device, ascending, keep[i] >= i), the rows
+// from n_keep on unchanged, byte for byte what cpu::kv_page_compact leaves. snapshot: device memory of the page's
+// size, which the kernel gathers from. (kv_rows_write.cu)
+Status kv_page_compact(bool f16, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
+                       int32_t n_keep, void* snapshot, void* stream = nullptr);
+
 // n rows of keys and values into F32 or F16 pages of the codec's layout (keys channel-major (head_dim, page_tokens),
 // then values (page_tokens, head_dim)): row i is k + i row_stride and v + i row_stride (head_dim f32 each), going to
 // row dest_row[i] of the page at dest_page[i] (both device). F16 rounds to nearest even, as cpu::kv_page_write.

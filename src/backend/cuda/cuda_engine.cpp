@@ -124,6 +124,19 @@ class CudaKvMemory final : public KvPageMemory {
   }
   void compact(KvFormat f, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
                int32_t n_keep) override {
+    if (!kv_format_is_packed(f)) {  // on the device; packed pages still through the host codec
+      for (int32_t i = 0; i < n_keep; ++i)
+        if (keep[i] < i || keep[i] >= page_tokens || (i > 0 && keep[i] <= keep[i - 1]))
+          fail("internal: compacting page rows must be ascending and below {}", page_tokens);
+      if (n_keep == 0) return;
+      Upload up;
+      const size_t o_keep = up.add(keep, static_cast<size_t>(n_keep));
+      uint8_t* base = up.send(scratch_);
+      check(cuda::kv_page_compact(f == KvFormat::F16, page_tokens, head_dim, page,
+                                  reinterpret_cast<const int32_t*>(base + o_keep), n_keep,
+                                  snapshot_.get(kv_page_bytes(f, page_tokens, head_dim))));
+      return;
+    }
     std::vector<uint8_t>& h = fetch(f, page_tokens, head_dim, page);
     cpu::kv_page_compact(f, page_tokens, head_dim, h.data(), keep, n_keep);
     check(cuda::copy_to_device(page, h.data(), h.size()));
@@ -136,7 +149,7 @@ class CudaKvMemory final : public KvPageMemory {
     check(cuda::copy_to_host(host_.data(), page, host_.size()));
     return host_;
   }
-  Scratch scratch_;
+  Scratch scratch_, snapshot_;
   std::vector<uint8_t> host_;
 };
 
