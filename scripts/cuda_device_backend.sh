@@ -18,6 +18,9 @@
 #   bench `longctx bench` on both devices side by side: the cut gemma3 on cuda and cpu, and Llama-3-8B's shape with
 #        synthetic bf16 weights through the engine on cuda against the dedicated synthetic decoder (cuda_e2e_bench, the
 #        same seed's weights) at the same depth.
+#   long  a long prompt through the engine on the GPU, Llama-3-8B's shape (synthetic bf16 weights): prefill rate at
+#        depth, then 128K tokens prefilled in chunks of 4096 with the full cache and with SnapKV + 2-bit KIVI (selection
+#        and packing after the prompt), decode at that depth in both, and the dedicated decoder at 128K beside them.
 # Logs go to $OUT (the tool's return folder) or DIR/out.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -35,9 +38,11 @@ if [ "${1:-}" = --stage ]; then  # run here, from the repository: --stage DIR SE
       ops) bins="$bins tests/cuda/cuda_backend_ops_test" ;;  # cuda_quant_gemv_test too, staged by hand: space
       e2e) bins="$bins tests/cuda/cuda_forward_test"; models="$models smollm2 gemma3" ;;
       bench) bins="$bins longctx tests/cuda/cuda_e2e_bench"; models="$models gemma3" ;;
+      long) bins="$bins longctx tests/cuda/cuda_e2e_bench" ;;
       *) echo "unknown section $s"; exit 2 ;;
     esac
   done
+  bins=$(echo $bins | tr ' ' '\n' | sort -u)
   for b in $bins; do cp "$ROOT/build/cuda/$b" "$D/bin/"; done
   strip "$D"/bin/*
   # The shared libraries of this machine the binaries need and the GPU machine may lack (ldd build/cuda/longctx).
@@ -94,10 +99,18 @@ for s in $SECTIONS; do
         --device cuda --kv snapkv:budget=512+kivi:bits=2,residual=64 -p 0 -n 64 -d 4096 -r 3
       run_test bench_llama3_8b_decoder "$HERE/bin/cuda_e2e_bench" "$OUT/e2e.jsonl" 4096
       ;;
+    long)
+      L8="$HERE/bin/longctx bench --synthetic llama3-8b:1 --device cuda -b 4096"
+      run_test long_pp_8b timeout 200 $L8 -p 4096 -n 32 -d 0,32768 -r 2
+      run_test long_128k_full timeout 300 $L8 -p 0 -n 32 -d 131040 -r 1
+      run_test long_128k_snapkv_kivi2 timeout 300 $L8 --kv snapkv:budget=4096+kivi:bits=2,residual=128 -p 0 -n 32 \
+        -d 131040 -r 1
+      run_test long_128k_decoder timeout 120 "$HERE/bin/cuda_e2e_bench" "$OUT/e2e_128k.jsonl" 131072
+      ;;
     *) echo "unknown section $s"; exit 2 ;;
   esac
 done
 echo
 echo "summary: $summary"
-grep -h -E "^\[  (FAILED|PASSED) |FAILED  \]|tests ran|^FAIL|^\| |worst|error" "$OUT"/*.txt | head -80
+grep -h -E "^\[  (FAILED|PASSED) |FAILED  \]|tests ran|^FAIL|^\| |worst|error|filled in" "$OUT"/*.txt | head -80
 exit $rc_all

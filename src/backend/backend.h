@@ -53,7 +53,7 @@ struct KvHeadView {
   std::vector<const uint8_t*> pages;   // (n_pages)
   std::vector<KvFormat> formats;       // (n_pages)
   std::vector<int32_t> slot0;          // (n_pages + 1) first slot of each page; slot0[n_pages] == n_tokens
-  const int32_t* positions = nullptr;  // host (n_tokens) original position of each slot
+  const int32_t* positions = nullptr;  // host (n_tokens) original position of each slot, ascending
   int32_t n_tokens = 0;
   // Per page, the element-wise min then max of its keys ((n_pages, 2, head_dim) f32, host), where the store keeps
   // them (Quest's page summaries); null otherwise. Attention does not read it.

@@ -35,7 +35,7 @@ bool synthetic_shape(const std::string& spec, ModelShape* shape, uint64_t* seed,
     m.head_dim = 128;
     m.n_ff = 14336;
     m.n_vocab = 128256;
-    m.n_ctx_train = 8192;
+    m.n_ctx_train = 131072;  // Llama-3.1-8B's context (the same tensors as Llama-3-8B): long prompts on the GPU
     m.rope_base = 500000.0f;
     m.rms_eps = 1e-5f;
   } else if (name == "tiny") {

@@ -47,7 +47,7 @@ struct ModelShape {
 const char* synthetic_shape_names();
 
 // "llama3-8b[:SEED]" (32 layers, d 4096, 32 q / 8 kv heads of 128, FFN 14336, vocab 128256, theta 500000, context
-// 8192) or "tiny[:SEED]" (2 layers, d 256, 4 q / 2 kv heads of 64, FFN 512, vocab 512, context 4096) for tests.
+// 131072 as Llama-3.1-8B's) or "tiny[:SEED]" (2 layers, d 256, 4 q / 2 kv heads of 64, FFN 512, vocab 512, context 4096) for tests.
 // SEED defaults to 1. Returns false with a one-line reason in *error for an unknown name or a bad seed; the
 // callers raise it their own way (the CPU layers throw Error, the CUDA backend returns a Status).
 bool synthetic_shape(const std::string& spec, ModelShape* shape, uint64_t* seed, std::string* error);

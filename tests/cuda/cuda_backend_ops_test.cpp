@@ -13,6 +13,8 @@
 //     relative per element, plus f32 sums); the bf16 GEMM above 8 rows 8e-3 S (x and W each rounded to bf16).
 //   attention, against cpu::attention_reference (double): atol 2e-5, rtol 1e-4 (f32 scores, softmax and sums; KIVI
 //     pages decode to the same f32 values on both).
+//   attention of a prompt chunk over one run of positions (the tensor-core path): atol 2e-3, rtol 2e-3 (q, P and the
+//     output rounded to f16).
 //   attention_scores, against cpu::attention_scores_reference (double): atol 1e-5 (each probability's f32 error is
 //     ~1e-7; at most 8 rows x 4 heads are summed).
 #include <gtest/gtest.h>
@@ -550,6 +552,42 @@ TEST(CudaBackendOps, AttentionOverPages) {
     Backend::Floats dq = upload(q), dout = poisoned(nq);
     gpu().attention(p, dq.get(), qp.data(), c.n_q, L.dev_view, dout.get());
     expect_close(download(dout.get(), nq), ref, 2e-5, 1e-4, std::string("attention ") + c.name);
+  }
+}
+
+// A prompt chunk over a cache that is one run of consecutive positions (every head alike) takes the tensor-core path:
+// the pages gathered to dense f16, q rounded to f16, P rounded to f16 for its product with V, the output rounded to
+// f16. Tolerance atol 2e-3, rtol 2e-3: each rounding is 2^-11 relative, on outputs that are averages of values in
+// [-1, 1]. The positions start past 0 (a sliding-window layer whose front pages expired) in the second case, whose
+// KIVI pages the gather decodes as the codec does.
+TEST(CudaBackendOps, AttentionOverADenseRunOnTensorCores) {
+  std::mt19937_64 rng(13);
+  const std::vector<LayerCase> cases = {
+      {"llama 32/8 d128 f16 chunk of 300", 32, 8, 128, 64, std::vector<int32_t>(8, 700), 0, 300, {KvFormat::F16}, true},
+      {"smollm 9/3 d64 kivi4 + f16 window 100, chunk of 128", 9, 3, 64, 32, {500, 500, 500}, 100, 128,
+       {KvFormat::Kivi4, KvFormat::F16}, true},
+  };
+  for (const LayerCase& c : cases) {
+    TestLayer L;
+    build_layer(c, rng, L);
+    const int32_t first = c.window > 0 ? 37 : 0;
+    for (std::vector<int32_t>& pos : L.positions)
+      for (size_t j = 0; j < pos.size(); ++j) pos[j] = first + static_cast<int32_t>(j);
+    const int32_t last = first + c.tokens[0] - 1;
+    std::vector<int32_t> qp(static_cast<size_t>(c.n_q));
+    for (int32_t i = 0; i < c.n_q; ++i) qp[static_cast<size_t>(i)] = last - (c.n_q - 1 - i);
+    const size_t nq = static_cast<size_t>(c.n_q) * c.n_head * c.head_dim;
+    const std::vector<float> q = random_vec(nq, -3.0f, 3.0f, rng);
+    cpu::AttentionParams cp;
+    cp.n_head = c.n_head, cp.n_head_kv = c.n_head_kv, cp.head_dim = c.head_dim;
+    cp.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim)), cp.window = c.window;
+    AttentionParams p;
+    p.n_head = cp.n_head, p.n_head_kv = cp.n_head_kv, p.head_dim = cp.head_dim, p.scale = cp.scale, p.window = cp.window;
+    std::vector<float> ref(nq);
+    cpu::attention_reference(cp, q.data(), qp.data(), c.n_q, L.cpu_view, ref.data());
+    Backend::Floats dq = upload(q), dout = poisoned(nq);
+    gpu().attention(p, dq.get(), qp.data(), c.n_q, L.dev_view, dout.get());
+    expect_close(download(dout.get(), nq), ref, 2e-3, 2e-3, std::string("dense attention ") + c.name);
   }
 }
 

@@ -154,7 +154,10 @@ void check_model(const std::string& path, int32_t n_prompt) {
 // (scores from the attention kernels, selection, compaction, KIVI packing), then greedy decode steps in lockstep.
 // The GPU's scores differ from the CPU's in the last bits, so a selection may differ where two slots tie: the kept
 // positions must agree in at least kKeptAgree of all slots, and the logits within kPolicyLogitTol of the spread.
-constexpr double kKeptAgree = 0.97, kPolicyLogitTol = 0.03;
+// 2-bit packing amplifies those last bits: a key near a rounding edge flips its code and moves by a third of its
+// channel's range over the page, and one slot kept differently changes the range of its whole page; there the bound
+// is kTwoBitLogitTol (gemma3's cut model measured 0.078 on an H100, SmolLM2's 0.006).
+constexpr double kKeptAgree = 0.97, kPolicyLogitTol = 0.03, kTwoBitLogitTol = 0.12;
 
 void check_policies(const std::string& path) {
   LONGCTX_REQUIRE_MODEL(path);
@@ -211,7 +214,7 @@ void check_policies(const std::string& path) {
       if (argmax(og.data(), V) == argmax(oc.data(), V)) ++equal;
       next = argmax(oc.data(), V);
     }
-    EXPECT_LE(worst, kPolicyLogitTol) << name << " " << spec;
+    EXPECT_LE(worst, spec.find("bits=2") != std::string::npos ? kTwoBitLogitTol : kPolicyLogitTol) << name << " " << spec;
     std::printf("%s %s: kept positions agree %.4f, KV bytes cpu %zu gpu %zu, worst |gpu - cpu| / spread %.3g, "
                 "greedy equal %d of %d\n",
                 name.c_str(), spec.c_str(), agree, cpu.bytes(sc).total(), gpu.bytes(sg).total(), worst, equal, steps);

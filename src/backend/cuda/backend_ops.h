@@ -38,6 +38,10 @@ Status matmul_f32(GgmlType type, const void* w, int32_t n_out, int32_t n_in, con
 
 // y (n) bf16 = x (n) f32 rounded to nearest even: the activations of the bf16 GEMMs and of quant_gemv. (to_bf16.cu)
 Status f32_to_bf16(const float* x, void* y, int64_t n, void* stream = nullptr);
+// y = x rounded to f16 (nearest even), and back: the queries into and the output out of the tensor-core prefill
+// attention. (to_f16.cu)
+Status f32_to_f16(const float* x, void* y, int64_t n, void* stream = nullptr);
+Status f16_to_f32(const void* x, float* y, int64_t n, void* stream = nullptr);
 
 // One layer of the paged KV store on the device as the kernels below read it (the device twin of
 // backend.h's KvLayerView): pages in the CPU codec's layout, any format. Every array is device memory, built by the
@@ -50,7 +54,7 @@ struct PagedLayer {
   const int32_t* page_begin = nullptr;   // (n_head_kv + 1)
   const int32_t* slot0 = nullptr;        // (n_pages + n_head_kv)
   const int32_t* token_begin = nullptr;  // (n_head_kv + 1)
-  const int32_t* positions = nullptr;    // (sum of the heads' tokens)
+  const int32_t* positions = nullptr;    // (sum of the heads' tokens); null: every slot visible to every query
   int32_t n_head_kv = 0;
   int32_t head_dim = 0;  // at most kPagedMaxHeadDim
   int32_t page_tokens = 0;
@@ -97,6 +101,11 @@ Status kv_rows_write(bool f16, int32_t page_tokens, int32_t head_dim, const floa
                      int64_t row_stride, const uint64_t* dest_page, const int32_t* dest_row, int32_t n,
                      void* stream = nullptr);
 
+// Slots [0, n_rows) of every kv-head of the layer into dense f16 keys and values, k and v: device
+// (n_head_kv, n_rows, head_dim), each value decoded as the CPU codec decodes it and rounded to f16 (exact for F16
+// pages). Every head must hold n_rows slots; max_pages is the most pages a head has. (paged_gather.cu)
+Status paged_gather_f16(const PagedLayer& kv, int32_t max_pages, int32_t n_rows, void* k, void* v,
+                        void* stream = nullptr);
 // Free and total device memory, in bytes.
 Status device_memory_info(size_t* free_bytes, size_t* total_bytes);
 

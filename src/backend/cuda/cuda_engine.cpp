@@ -300,10 +300,15 @@ class CudaBackend final : public Backend {
     if (n <= 0) return;
     Upload up;
     const size_t o_qpos = up.add(q_pos, static_cast<size_t>(n));
-    const LayerOffsets lo = pack_layer(p, kv, up);
+    const LayerOffsets lo = pack_layer(p, kv, q_pos, n, up);
     uint8_t* base = up.send(upload_);
     int32_t max_pages = 0;
     for (const KvHeadView& h : kv.heads) max_pages = std::max(max_pages, h.n_pages());
+    int32_t q_offset = 0;
+    if (n >= kDenseMinRows && (p.head_dim == 64 || p.head_dim == 128) && dense_run(kv, q_pos, n, &q_offset)) {
+      dense_attention(p, q, n, q_offset, layer_at(lo, kv, base), max_pages, kv.heads[0].n_tokens, out);
+      return;
+    }
     const size_t ws = cuda::paged_attention_workspace_bytes(n, p.n_head, p.head_dim, max_pages);
     check(cuda::paged_attention(params(p), q, reinterpret_cast<const int32_t*>(base + o_qpos), n,
                                 layer_at(lo, kv, base), max_pages, out, ws > 0 ? attention_parts_.get(ws) : nullptr));
@@ -316,7 +321,7 @@ class CudaBackend final : public Backend {
       if (h.n_tokens > stride) fail("CUDA backend: attention_scores stride {} below a head's {} tokens", stride, h.n_tokens);
     Upload up;
     const size_t o_qpos = up.add(q_pos, static_cast<size_t>(n));
-    const LayerOffsets lo = pack_layer(p, kv, up);
+    const LayerOffsets lo = pack_layer(p, kv, q_pos, n, up);
     uint8_t* base = up.send(upload_);
     const size_t n_scores = static_cast<size_t>(p.n_head_kv) * static_cast<size_t>(stride);
     auto* dev = static_cast<float*>(scores_.get(n_scores * sizeof(float)));
@@ -408,11 +413,63 @@ class CudaBackend final : public Backend {
     return c;
   }
 
+  // A chunk of queries (prefill) goes to the tensor-core attention over dense keys when the cache under it is one run
+  // of consecutive positions in every head (a prompt before any policy evicted from it; the front of a sliding-window
+  // layer may be gone) and the queries follow one another: slot j is then position j + (the run's first), which is
+  // the dense kernel's mask. Otherwise (evicted slots, few rows) the paged kernel reads the pages as they are.
+  static constexpr int32_t kDenseMinRows = 32;
+  static bool dense_run(const KvLayerView& kv, const int32_t* q_pos, int32_t n, int32_t* q_offset) {
+    const KvHeadView& h0 = kv.heads[0];
+    if (h0.n_tokens <= 0) return false;
+    for (int32_t i = 1; i < n; ++i)
+      if (q_pos[i] != q_pos[0] + i) return false;
+    const int32_t first = h0.positions[0];
+    for (const KvHeadView& h : kv.heads) {
+      if (h.n_tokens != h0.n_tokens || h.positions[0] != first) return false;
+      for (int32_t j = 1; j < h.n_tokens; ++j)
+        if (h.positions[j] != first + j) return false;
+    }
+    if (q_pos[0] < first) return false;
+    *q_offset = q_pos[0] - first;
+    return true;
+  }
+  // Every head's n_rows slots gathered to f16, q rounded to f16, FlashAttention-2/3 on tensor cores
+  // (cuda::prefill_attention), the output back to f32.
+  void dense_attention(const AttentionParams& p, const float* q, int32_t n, int32_t q_offset, const cuda::PagedLayer& l,
+                       int32_t max_pages, int32_t n_rows, float* out) {
+    const size_t kv_elems = static_cast<size_t>(p.n_head_kv) * static_cast<size_t>(n_rows) * p.head_dim;
+    const size_t q_elems = static_cast<size_t>(n) * p.n_head * p.head_dim;
+    void* k16 = dense_k_.get(kv_elems * 2);
+    void* v16 = dense_v_.get(kv_elems * 2);
+    auto* q16 = static_cast<uint8_t*>(dense_q_.get(q_elems * 4));  // q, then the output, f16
+    check(cuda::paged_gather_f16(l, max_pages, n_rows, k16, v16));
+    check(cuda::f32_to_f16(q, q16, static_cast<int64_t>(q_elems)));
+    cuda::PrefillAttentionParams a;
+    a.n_q = n, a.n_kv = n_rows, a.n_head = p.n_head, a.n_head_kv = p.n_head_kv, a.head_dim = p.head_dim;
+    a.q_offset = q_offset, a.causal = true, a.window = p.window, a.scale = p.scale, a.dtype = cuda::KvDtype::F16;
+    a.k_row_stride = a.v_row_stride = p.head_dim;
+    a.k_head_stride = a.v_head_stride = static_cast<int64_t>(n_rows) * p.head_dim;
+    check(cuda::prefill_attention(a, q16, k16, v16, q16 + q_elems * 2));
+    check(cuda::f16_to_f32(q16 + q_elems * 2, out, static_cast<int64_t>(q_elems)));
+  }
+
   struct LayerOffsets {
     size_t page_addr, page_fmt, page_begin, slot0, token_begin, positions;
   };
+  static constexpr size_t kNoPositions = SIZE_MAX;
   // The host view flattened into the arrays of cuda::PagedLayer (checked: formats, shapes).
-  LayerOffsets pack_layer(const AttentionParams& p, const KvLayerView& kv, Upload& up) {
+  // The queries see every slot (no window, none of a head's positions past the earliest query's: the positions
+  // ascend, so the last is the largest) in decode and in a chunk appended after the cache: then the kernels need no
+  // positions, and a deep cache's (4 bytes a slot a head) are not copied and uploaded every layer of every step.
+  static bool every_slot_visible(const AttentionParams& p, const KvLayerView& kv, const int32_t* q_pos, int32_t n) {
+    if (p.window > 0) return false;
+    const int32_t q_min = *std::min_element(q_pos, q_pos + n);
+    for (const KvHeadView& h : kv.heads)
+      if (h.n_tokens > 0 && h.positions[h.n_tokens - 1] > q_min) return false;
+    return true;
+  }
+  LayerOffsets pack_layer(const AttentionParams& p, const KvLayerView& kv, const int32_t* q_pos, int32_t n, Upload& up) {
+    const bool with_positions = !every_slot_visible(p, kv, q_pos, n);
     if (static_cast<int32_t>(kv.heads.size()) != p.n_head_kv)
       fail("CUDA backend: the KV view has {} heads for {} kv-heads", kv.heads.size(), p.n_head_kv);
     if (kv.head_dim != p.head_dim) fail("CUDA backend: the KV view's head_dim {} is not {}", kv.head_dim, p.head_dim);
@@ -443,14 +500,14 @@ class CudaBackend final : public Backend {
       }
       page_begin.push_back(page_begin.back() + np);
       token_begin.push_back(token_begin.back() + h.n_tokens);
-      if (h.n_tokens > 0) positions.insert(positions.end(), h.positions, h.positions + h.n_tokens);
+      if (with_positions && h.n_tokens > 0) positions.insert(positions.end(), h.positions, h.positions + h.n_tokens);
     }
     LayerOffsets o;
     o.page_addr = up.add(addr.data(), addr.size());
     o.page_begin = up.add(page_begin.data(), page_begin.size());
     o.slot0 = up.add(slot0.data(), slot0.size());
     o.token_begin = up.add(token_begin.data(), token_begin.size());
-    o.positions = up.add(positions.data(), positions.size());
+    o.positions = with_positions ? up.add(positions.data(), positions.size()) : kNoPositions;
     o.page_fmt = up.add(fmt.data(), fmt.size());
     return o;
   }
@@ -461,7 +518,7 @@ class CudaBackend final : public Backend {
     l.page_begin = reinterpret_cast<const int32_t*>(base + o.page_begin);
     l.slot0 = reinterpret_cast<const int32_t*>(base + o.slot0);
     l.token_begin = reinterpret_cast<const int32_t*>(base + o.token_begin);
-    l.positions = reinterpret_cast<const int32_t*>(base + o.positions);
+    l.positions = o.positions == kNoPositions ? nullptr : reinterpret_cast<const int32_t*>(base + o.positions);
     l.n_head_kv = static_cast<int32_t>(kv.heads.size());
     l.head_dim = kv.head_dim;
     l.page_tokens = kv.page_tokens;
@@ -483,7 +540,7 @@ class CudaBackend final : public Backend {
   };
   std::unordered_map<const float*, DeviceVector> vectors_;
   std::map<std::tuple<int32_t, int32_t, int32_t>, int32_t> gemm_shapes_;
-  Scratch upload_, x_bf16_, w_bf16_, scores_, attention_parts_;
+  Scratch upload_, x_bf16_, w_bf16_, scores_, attention_parts_, dense_k_, dense_v_, dense_q_;
   std::vector<float> host_scores_;
 };
 

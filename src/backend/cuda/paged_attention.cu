@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(PagedAttentio
   float acc[kChannels];
 #pragma unroll
   for (int c = 0; c < kChannels; ++c) acc[c] = 0.0f;
-  const int32_t* pos = kv.positions + kv.token_begin[kvh];
+  const int32_t* pos = kv.positions ? kv.positions + kv.token_begin[kvh] : nullptr;
   const int32_t p_first = kv.page_begin[kvh] + split * pages_per_split;
   const int32_t p_end = min(p_first + pages_per_split, kv.page_begin[kvh + 1]);
   for (int32_t pi = p_first; pi < p_end; ++pi) {
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(PagedAttentio
     for (int32_t c0 = 0; c0 < rows; c0 += kThreads) {
       const int32_t j = c0 + static_cast<int32_t>(threadIdx.x);
       float s = -INFINITY;
-      if (j < rows && paged_visible(pos[first + j], qp, p.window)) s = key_dot(q_s, page, fmt, T, D, j) * p.scale;
+      if (j < rows && slot_visible(pos, first + j, qp, p.window)) s = key_dot(q_s, page, fmt, T, D, j) * p.scale;
       const float m_new = fmaxf(m, block_max(s, red));
       if (m_new == -INFINITY) continue;  // nothing visible yet (uniform over the block)
       const float corr = m == -INFINITY ? 0.0f : expf(m - m_new);
@@ -190,7 +190,7 @@ Status paged_layer_check(const PagedAttentionParams& p, const PagedLayer& kv, co
     return Status::error(std::string(what) + ": head_dim " + std::to_string(kv.head_dim) + " outside 1.." +
                          std::to_string(kPagedMaxHeadDim));
   if (kv.page_tokens < 1) return Status::error(std::string(what) + ": page_tokens must be positive");
-  if (!kv.page_addr || !kv.page_fmt || !kv.page_begin || !kv.slot0 || !kv.token_begin || !kv.positions)
+  if (!kv.page_addr || !kv.page_fmt || !kv.page_begin || !kv.slot0 || !kv.token_begin)
     return Status::error(std::string(what) + ": null array in the layer");
   return Status::success();
 }

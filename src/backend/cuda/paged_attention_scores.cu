@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_scores_kernel(PagedA
   for (int32_t d = threadIdx.x; d < D; d += kThreads) q_s[d] = qr[d];
   __syncthreads();
   const int32_t qp = q_pos[t];
-  const int32_t* pos = kv.positions + kv.token_begin[kvh];
+  const int32_t* pos = kv.positions ? kv.positions + kv.token_begin[kvh] : nullptr;
   float m = -INFINITY, l = 0.0f;
   for (int32_t pi = kv.page_begin[kvh]; pi < kv.page_begin[kvh + 1]; ++pi) {
     const int32_t first = kv.slot0[pi + kvh], rows = kv.slot0[pi + kvh + 1] - first;
@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_scores_kernel(PagedA
     for (int32_t c0 = 0; c0 < rows; c0 += kThreads) {
       const int32_t j = c0 + static_cast<int32_t>(threadIdx.x);
       float s = -INFINITY;
-      if (j < rows && paged_visible(pos[first + j], qp, p.window)) s = slot_logit(q_s, page, fmt, T, D, j, p.scale);
+      if (j < rows && slot_visible(pos, first + j, qp, p.window)) s = slot_logit(q_s, page, fmt, T, D, j, p.scale);
       const float m_new = fmaxf(m, block_max(s, red));
       if (m_new == -INFINITY) continue;
       const float corr = m == -INFINITY ? 0.0f : expf(m - m_new);
@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_scores_kernel(PagedA
     const int fmt = kv.page_fmt[pi];
     for (int32_t j = threadIdx.x; j < rows; j += kThreads) {
       float prob = 0.0f;
-      if (paged_visible(pos[first + j], qp, p.window))
+      if (slot_visible(pos, first + j, qp, p.window))
         prob = expf(slot_logit(q_s, page, fmt, T, D, j, p.scale) - m) / l;
       if (reduce_max)
         atomicMax(reinterpret_cast<int*>(acc + first + j), __float_as_int(prob));  // prob >= 0: int order is float order

@@ -63,6 +63,10 @@ __device__ __forceinline__ float paged_value(const uint8_t* page, int fmt, int32
 __device__ __forceinline__ bool paged_visible(int32_t pos, int32_t q_pos, int32_t window) {
   return pos <= q_pos && (window <= 0 || static_cast<int64_t>(pos) > static_cast<int64_t>(q_pos) - window);
 }
+// Slot s of a head whose positions are pos; pos null: every slot is visible (PagedLayer::positions).
+__device__ __forceinline__ bool slot_visible(const int32_t* pos, int32_t s, int32_t q_pos, int32_t window) {
+  return pos == nullptr || paged_visible(pos[s], q_pos, window);
+}
 
 // The max / sum of v over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
 // red: 32 floats of shared memory. Every thread of the block must call it.
