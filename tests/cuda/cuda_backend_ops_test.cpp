@@ -521,6 +521,13 @@ const std::vector<LayerCase>& layer_cases() {
       // split every head's pages into ranges and combine them, empty ranges included).
       {"llama 32/8 d128 f16 prefill chunk, unsplit", 32, 8, 128, 16, {90, 97, 64, 80, 100, 75, 93, 88}, 0, 40,
        {KvFormat::F16}, false},
+      // Decode (<= 8 rows): one block a kv-head for its query heads (GQA), 16-byte loads of F16 pages, other formats
+      // decoded element by element; partly filled pages, a window, 8 query heads a kv-head, an empty head.
+      {"llama 32/8 d128 f16 decode, evicted, window 300", 32, 8, 128, 64, std::vector<int32_t>(8, 500), 300, 1,
+       {KvFormat::F16}, false},
+      {"16/2 d128 kivi2 + f16, 3 rows", 16, 2, 128, 32, {400, 350}, 0, 3, {KvFormat::Kivi2, KvFormat::F16}, false},
+      {"mha 4/4 d64 f32 page 16, 2 rows, empty head", 4, 4, 64, 16, {100, 0, 50, 77}, 0, 2, {KvFormat::F32}, false},
+      {"gemma 4/1 d256 f16 decode", 4, 1, 256, 64, {1000}, 0, 1, {KvFormat::F16}, true},
   };
   return cases;
 }
