@@ -148,10 +148,11 @@ TEST(ServerSse, ChatChunksCarryRoleFirstAndFinishLast) {
   const json last = chunk_json(m, "", "length", false, nullptr, 3);
   EXPECT_EQ(last["choices"][0]["delta"], json::object());
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
-  const json u = usage_chunk_json(m, Usage{5, 2, 1000, 4000});
+  const json u = usage_chunk_json(m, Usage{5, 2, 1000, 4000, 3});
   EXPECT_TRUE(u["choices"].empty());
   EXPECT_EQ(u["usage"]["total_tokens"], 7);
   EXPECT_EQ(u["usage"]["kv_bytes_saved"], 3000);
+  EXPECT_EQ(u["usage"]["prompt_tokens_details"]["cached_tokens"], 3);
   const ResponseMeta mc{Endpoint::Completion, "cmpl-1", 123, "smol"};
   const json cc = chunk_json(mc, "lo", "", false, nullptr, 0);
   EXPECT_EQ(cc["object"], "text_completion");
@@ -239,7 +240,7 @@ TEST(ServerMetricsTest, RendersCountersAndGauges) {
   m.count_request("completions", 400);
   m.count_finish("stop");
   m.add_tokens(10, 3);
-  const std::string t = m.render({2, 1, 30, 70});
+  const std::string t = m.render({2, 1, 30, 60, 10});
   EXPECT_NE(t.find("longctx_requests_total{endpoint=\"chat/completions\",code=\"200\"} 2\n"), std::string::npos);
   EXPECT_NE(t.find("longctx_requests_total{endpoint=\"completions\",code=\"400\"} 1\n"), std::string::npos);
   EXPECT_NE(t.find("longctx_generations_finished_total{reason=\"stop\"} 1\n"), std::string::npos);
@@ -247,7 +248,8 @@ TEST(ServerMetricsTest, RendersCountersAndGauges) {
   EXPECT_NE(t.find("longctx_generated_tokens_total 3\n"), std::string::npos);
   EXPECT_NE(t.find("longctx_queue_length 2\n"), std::string::npos);
   EXPECT_NE(t.find("longctx_kv_pages_in_use 30\n"), std::string::npos);
-  EXPECT_NE(t.find("longctx_kv_pages_free 70\n"), std::string::npos);
+  EXPECT_NE(t.find("longctx_kv_pages_free 60\n"), std::string::npos);
+  EXPECT_NE(t.find("longctx_kv_pages_cached 10\n"), std::string::npos);
   EXPECT_NE(t.find("longctx_time_to_first_token_seconds_count 0\n"), std::string::npos);
 }
 

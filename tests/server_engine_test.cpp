@@ -39,10 +39,11 @@ class ServerEngine : public ::testing::Test {
     so.limits.max_tokens_cap = 400;
     return so;
   }
-  static SerialEngineOptions engine_options(int32_t max_queue = 8) {
+  static SerialEngineOptions engine_options(int32_t max_queue = 8, bool prefix_reuse = false) {
     SerialEngineOptions eo;
     eo.n_ctx = kCtx;
     eo.max_queue = max_queue;
+    eo.prefix_reuse = prefix_reuse;
     eo.n_threads = 2;
     return eo;
   }
@@ -96,6 +97,39 @@ TEST_F(ServerEngine, StreamedTextIsTheCollectedText) {
   EXPECT_TRUE(eventually([&] { return engine.gauges().running == 0; }));
   EXPECT_EQ(engine.gauges().kv_pages_in_use, 0);
   EXPECT_EQ(metrics.time_to_first_token.count(), 2u);
+}
+
+// Prefix reuse: a second request that shares the first one's prompt reports the shared tokens as cached, the kept
+// cache's pages count as cached (not in use, not free) between requests, and a request under another policy drops
+// them. (That the reused answer is a fresh one's within rounding is prefix_reuse_test's.)
+TEST_F(ServerEngine, PrefixReuseReportsCachedTokensAndPages) {
+  ServerMetrics metrics;
+  SerialEngine engine(*model_, *tok_, engine_options(8, true), &metrics);
+  OpenAiService service(*model_, *tok_, engine, metrics, service_options());
+  const std::string doc = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with one step.";
+  auto ask = [&](const std::string& question, const std::string& kv) {
+    json body = {{"messages", {{{"role", "user"}, {"content", doc + " " + question}}}}, {"temperature", 0},
+                 {"max_tokens", 4}};
+    if (!kv.empty()) body["kv"] = kv;
+    StartedRequest r = service.start(body.dump(), Endpoint::Chat);
+    return service.collect(r, always)["usage"];
+  };
+  const json first = ask("What jumps?", "");
+  EXPECT_EQ(first["prompt_tokens_details"]["cached_tokens"], 0);
+  EXPECT_TRUE(eventually([&] { return engine.gauges().running == 0; }));
+  const EngineGauges kept = engine.gauges();
+  EXPECT_EQ(kept.kv_pages_in_use, 0);
+  EXPECT_GT(kept.kv_pages_cached, 0);
+  const json second = ask("What begins?", "");
+  const int cached = second["prompt_tokens_details"]["cached_tokens"];
+  EXPECT_GT(cached, 20);  // the template's opening and the document
+  EXPECT_LT(cached, second["prompt_tokens"].get<int>());
+  // Another policy: the kept cache goes back, and a policy that compresses keeps nothing after its request.
+  const json third = ask("What begins?", "snapkv:budget=16");
+  EXPECT_EQ(third["prompt_tokens_details"]["cached_tokens"], 0);
+  EXPECT_TRUE(eventually([&] { return engine.gauges().running == 0; }));
+  EXPECT_EQ(engine.gauges().kv_pages_cached, 0);
+  EXPECT_EQ(engine.gauges().kv_pages_in_use, 0);
 }
 
 TEST_F(ServerEngine, RefusesWhatTheContextCannotHold) {

@@ -9,6 +9,7 @@ json usage_json(const Usage& u) {
   return {{"prompt_tokens", u.prompt_tokens},
           {"completion_tokens", u.completion_tokens},
           {"total_tokens", u.prompt_tokens + u.completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}},
           {"kv_bytes_held", u.kv_bytes_held},
           {"kv_bytes_full", u.kv_bytes_full},
           {"kv_bytes_saved", saved}};

@@ -44,7 +44,8 @@ EngineGauges SerialEngine::gauges() const {
   }
   g.running = running_.load();
   g.kv_pages_in_use = kv_pages_in_use_.load();
-  g.kv_pages_free = std::max<int64_t>(0, kv_capacity_pages_ - g.kv_pages_in_use);
+  g.kv_pages_cached = kv_pages_cached_.load();
+  g.kv_pages_free = std::max<int64_t>(0, kv_capacity_pages_ - g.kv_pages_in_use - g.kv_pages_cached);
   return g;
 }
 
@@ -93,6 +94,26 @@ namespace {
 struct Cancelled {};
 }  // namespace
 
+void SerialEngine::drop_kept() {
+  kept_.reset();  // before the policy it refers to
+  kept_policy_.reset();
+  kv_pages_cached_ = 0;
+}
+
+Generator& SerialEngine::generator_for(const std::string& kv_spec, const GenerateParams& gp) {
+  const ModelConfig& c = model_.config();
+  auto policy = kv::make_kv_policy(kv_spec, c.n_layer, c.n_head_kv);
+  if (kept_ && kept_policy_->describe() == policy->describe()) {
+    kv_pages_cached_ = 0;  // the running job holds them now
+    kept_->set_request(gp);
+    return *kept_;
+  }
+  drop_kept();
+  kept_policy_ = std::move(policy);
+  kept_ = std::make_unique<Generator>(model_, tok_, pool_, *kept_policy_, gp);
+  return *kept_;
+}
+
 void SerialEngine::run(Item& item) {
   GenerationJob& job = item.job;
   RequestChannel& ch = *item.channel;
@@ -103,7 +124,6 @@ void SerialEngine::run(Item& item) {
   if (!ch.cancelled()) {
     try {
       const ModelConfig& c = model_.config();
-      auto policy = kv::make_kv_policy(job.kv, c.n_layer, c.n_head_kv);
       GenerateParams gp;
       gp.n_predict = job.max_tokens;
       gp.n_ctx = opt_.n_ctx;
@@ -111,6 +131,7 @@ void SerialEngine::run(Item& item) {
       gp.device = opt_.device;
       gp.sampling = job.sampling;
       gp.stop = job.stop;
+      gp.reuse_prefix = opt_.prefix_reuse;
       std::vector<TokenLogprob> pending;  // of tokens whose text the stop filter still holds
       const Generator* gen_ptr = nullptr;
       auto last = job.arrival;
@@ -133,7 +154,7 @@ void SerialEngine::run(Item& item) {
         if (gen_ptr) kv_pages_in_use_ = static_cast<int64_t>(gen_ptr->page_pool().n_pages_in_use());
         return !ch.cancelled();
       };
-      Generator gen(model_, tok_, pool_, *policy, gp);
+      Generator& gen = generator_for(job.kv, gp);
       gen_ptr = &gen;
       if (metrics_) metrics_->add_tokens(usage.prompt_tokens, 0);
       const TextFn on_text = [&](std::string_view s) {
@@ -148,6 +169,7 @@ void SerialEngine::run(Item& item) {
       };
       const GenerateStats st = gen.generate(job.prompt, on_text, on_progress);
       usage.completion_tokens = st.n_generated;
+      usage.cached_tokens = st.n_reused;
       usage.kv_bytes_held = st.kv_bytes.total();
       usage.kv_bytes_full = st.kv_full_f16_bytes;
       switch (st.stop_reason) {
@@ -159,16 +181,22 @@ void SerialEngine::run(Item& item) {
       }
     } catch (const Cancelled&) {
       reason = FinishReason::Cancelled;
+      drop_kept();
     } catch (const std::bad_alloc&) {
+      drop_kept();
       reason = FinishReason::Error;
       error = "out of memory";
     } catch (const std::exception& e) {
+      drop_kept();
       reason = FinishReason::Error;
       error = e.what();
     }
   }
-  // The generator, and with it every page of the job, is gone by now.
+  // A cancelled or failed job's cache is gone by now; a finished one stays only where the next job may reuse it.
+  if (reason == FinishReason::Cancelled || !opt_.prefix_reuse || !kept_policy_ || !kept_policy_->keeps_every_token())
+    drop_kept();
   kv_pages_in_use_ = 0;
+  kv_pages_cached_ = kept_ ? static_cast<int64_t>(kept_->page_pool().n_pages_in_use()) : 0;
   if (metrics_) metrics_->count_finish(finish_reason_name(reason));
   ch.finish(reason, usage, std::move(error));
 }

@@ -36,6 +36,9 @@ CLI::App* add_serve_subcommand(CLI::App& app, ServeOptions& o) {
       ->check(CLI::Range(size_t{1}, size_t{1} << 34));
   s->add_option("-b,--batch", o.n_batch, "Prompt tokens per prefill chunk")->capture_default_str()->check(CLI::Range(1, 8192));
   s->add_option("-t,--threads", o.threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
+  s->add_flag("--no-prefix-reuse", o.no_prefix_reuse,
+              "Run every prompt whole (default: a request under the full cache reuses the K/V of the prefix it shares "
+              "with the previous request's prompt and answer)");
   add_device_option(s, o.device);
   return s;
 }
@@ -53,6 +56,7 @@ int serve_command(const ServeOptions& o) {
   eo.n_batch = o.n_batch;
   eo.max_queue = o.max_queue;
   eo.device = pick_device(o.device);
+  eo.prefix_reuse = !o.no_prefix_reuse;
   eo.n_threads = o.threads > 0 ? o.threads : static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
   server::ServiceOptions so;
   so.model_name = std::filesystem::path(o.model).stem().string();

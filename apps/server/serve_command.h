@@ -24,6 +24,7 @@ struct ServeOptions {
   int32_t n_batch = 256;
   int32_t threads = 0;         // 0: all cores
   std::string device = "auto";  // --device (apps/cli/device_option.h)
+  bool no_prefix_reuse = false;
 };
 
 // Adds the `serve` subcommand, its options bound to o (which must outlive parsing).

@@ -124,6 +124,9 @@ class KvPolicy {
   // Tokens per store page the policy asks for (Quest selects whole pages, so its page size is its granularity);
   // 0: the store's default.
   virtual int32_t page_tokens() const { return 0; }
+  // Whether the cache always holds every token as it was written (nothing evicted, packed or selected): then a later
+  // prompt that starts with the same tokens may reuse their K/V (GenerateParams::reuse_prefix).
+  virtual bool keeps_every_token() const { return false; }
 };
 
 // Parses a --kv spec: components joined by '+', each "name" or "name:key=value,key=value". A bad spec gets an

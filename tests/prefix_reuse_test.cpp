@@ -1,0 +1,188 @@
+// Prefix reuse (GenerateParams::reuse_prefix) on SmolLM2: a second generate() over a prompt that shares a prefix
+// with what the cache holds runs only the tokens past it, and its logits are a fresh generator's within the rounding
+// of K/V written by another path (the decode step's, or an earlier chunk split); where the policy compresses or the
+// model has sliding-window layers, nothing is reused.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "engine/generator.h"
+#include "kv/policy.h"
+#include "model/model.h"
+#include "test_models.h"
+#include "tokenizer/tokenizer.h"
+
+namespace longctx {
+namespace {
+
+// Logits of the reused run against a fresh run: the same tokens in the cache, written by other matmul shapes
+// (prefill chunks of another split, single-token decode steps), so f16 K/V may round apart by one unit. Measured:
+// at most 0.018 over these cases (SmolLM2's logits span tens of units); a changed token moves them by whole units.
+constexpr float kLogitTol = 0.05f;
+
+struct GenRun {
+  GenerateStats stats;
+  std::vector<int32_t> tokens;
+  std::vector<std::vector<float>> logits;  // per generated token, the logits it was drawn from
+};
+
+class PrefixReuse : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!std::filesystem::exists(test::smollm2_path())) return;
+    model_ = Model::load(test::smollm2_path()).release();
+    tok_ = Tokenizer::from_gguf(model_->file()).release();
+    pool_ = new ThreadPool(2);
+  }
+  static void TearDownTestSuite() {
+    delete pool_;
+    delete tok_;
+    delete model_;
+  }
+  void SetUp() override { LONGCTX_REQUIRE_MODEL(test::smollm2_path()); }
+
+  static GenerateParams params(bool reuse) {
+    GenerateParams gp;
+    gp.n_ctx = 1024;
+    gp.n_batch = 64;
+    gp.n_predict = 6;
+    gp.ignore_eog = true;
+    gp.sampling.temperature = 0;
+    gp.reuse_prefix = reuse;
+    return gp;
+  }
+
+  static GenRun generate(Generator& gen, const std::vector<int32_t>& prompt, GenerateParams gp) {
+    GenRun r;
+    const int64_t n_vocab = model_->config().n_vocab;
+    gp.on_token = [&](int32_t id, const float* logits) {
+      r.tokens.push_back(id);
+      r.logits.emplace_back(logits, logits + n_vocab);
+      return true;
+    };
+    gen.set_request(gp);
+    r.stats = gen.generate(prompt, [](std::string_view) { return true; }, nullptr);
+    return r;
+  }
+
+  // What a generator that never saw another prompt gives.
+  static GenRun fresh(const std::vector<int32_t>& prompt, const std::string& spec = "full") {
+    auto policy = kv::make_kv_policy(spec, model_->config().n_layer, model_->config().n_head_kv);
+    Generator gen(*model_, *tok_, *pool_, *policy, params(false));
+    return generate(gen, prompt, params(false));
+  }
+
+  // The reused run's tokens are the fresh run's and so are its logits within kLogitTol, up to the first token whose
+  // top two logits of the fresh run are closer than twice the tolerance (a near-tie may go either way).
+  static void expect_same(const GenRun& reused, const GenRun& want) {
+    ASSERT_EQ(reused.tokens.size(), want.tokens.size());
+    for (size_t t = 0; t < want.tokens.size(); ++t) {
+      float max_diff = 0;
+      for (size_t v = 0; v < want.logits[t].size(); ++v)
+        max_diff = std::max(max_diff, std::fabs(reused.logits[t][v] - want.logits[t][v]));
+      EXPECT_LE(max_diff, kLogitTol) << "token " << t;
+      std::vector<float> top = want.logits[t];
+      std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<>());
+      if (top[0] - top[1] < 2 * kLogitTol) return;
+      ASSERT_EQ(reused.tokens[t], want.tokens[t]) << "token " << t;
+    }
+  }
+
+  static std::vector<int32_t> kjv(int32_t from, int32_t n) {
+    const std::string path = std::string(LONGCTX_SOURCE_DIR) + "/data/kjv.txt";
+    std::ifstream in(path, std::ios::binary);
+    EXPECT_TRUE(in) << path << " is missing: run scripts/setup.sh (README) first";
+    std::string text(static_cast<size_t>(from + n) * 8, '\0');
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    text.resize(static_cast<size_t>(in.gcount()));
+    std::vector<int32_t> ids = tok_->encode(text, false, false);
+    EXPECT_GE(static_cast<int32_t>(ids.size()), from + n);
+    return {ids.begin() + from, ids.begin() + from + n};
+  }
+
+  static std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  }
+
+  static Model* model_;
+  static Tokenizer* tok_;
+  static ThreadPool* pool_;
+};
+Model* PrefixReuse::model_ = nullptr;
+Tokenizer* PrefixReuse::tok_ = nullptr;
+ThreadPool* PrefixReuse::pool_ = nullptr;
+
+// A second question over the same document: the document's 300 tokens are reused (the first prompt went on past
+// them), the question's 40 run; the answer is a fresh run's.
+TEST_F(PrefixReuse, SecondQuestionOverADocument) {
+  const std::vector<int32_t> doc = kjv(0, 300);
+  const std::vector<int32_t> a = concat(doc, kjv(1000, 50)), b = concat(doc, kjv(2000, 40));
+  ASSERT_NE(a[300], b[300]);
+  auto policy = kv::make_kv_policy("full", model_->config().n_layer, model_->config().n_head_kv);
+  Generator gen(*model_, *tok_, *pool_, *policy, params(true));
+  const GenRun first = generate(gen, a, params(true));
+  EXPECT_EQ(first.stats.n_reused, 0);
+  expect_same(first, fresh(a));
+  const GenRun second = generate(gen, b, params(true));
+  EXPECT_EQ(second.stats.n_reused, 300);
+  EXPECT_EQ(second.stats.n_prompt, 340);
+  expect_same(second, fresh(b));
+  // The cache holds the second prompt and its answer now: the same prompt again reuses all but its last token.
+  const GenRun again = generate(gen, b, params(true));
+  EXPECT_EQ(again.stats.n_reused, 339);
+  expect_same(again, fresh(b));
+}
+
+// A chat's next turn re-sends the conversation: the previous prompt and the answer tokens that ran through the
+// model are reused (the K/V of the answer written by the decode step), only the new turn runs.
+TEST_F(PrefixReuse, NextTurnReusesTheAnswer) {
+  const std::vector<int32_t> a = kjv(0, 200);
+  auto policy = kv::make_kv_policy("full", model_->config().n_layer, model_->config().n_head_kv);
+  Generator gen(*model_, *tok_, *pool_, *policy, params(true));
+  const GenRun first = generate(gen, a, params(true));
+  const std::vector<int32_t> b = concat(concat(a, first.tokens), kjv(500, 30));
+  const GenRun second = generate(gen, b, params(true));
+  // Every answer token but the last was run by a decode step; the last was only sampled.
+  EXPECT_EQ(second.stats.n_reused, 200 + static_cast<int32_t>(first.tokens.size()) - 1);
+  expect_same(second, fresh(b));
+}
+
+// Nothing is reused where the cache does not hold every token as written, or when reuse is off.
+TEST_F(PrefixReuse, OnlyTheFullCacheWithReuseOn) {
+  const std::vector<int32_t> a = kjv(0, 400);
+  for (const char* spec : {"snapkv:budget=128", "kivi:bits=4", "streaming:budget=128"}) {
+    SCOPED_TRACE(spec);
+    auto policy = kv::make_kv_policy(spec, model_->config().n_layer, model_->config().n_head_kv);
+    EXPECT_FALSE(policy->keeps_every_token());
+    Generator gen(*model_, *tok_, *pool_, *policy, params(true));
+    generate(gen, a, params(true));
+    const GenRun second = generate(gen, a, params(true));
+    EXPECT_EQ(second.stats.n_reused, 0);
+    expect_same(second, fresh(a, spec));
+  }
+  auto full = kv::make_kv_policy("full", model_->config().n_layer, model_->config().n_head_kv);
+  EXPECT_TRUE(full->keeps_every_token());
+  Generator gen(*model_, *tok_, *pool_, *full, params(true));
+  generate(gen, a, params(true));
+  EXPECT_EQ(generate(gen, a, params(false)).stats.n_reused, 0);
+  // Reuse off forgets the cache's tokens: turning it on again reuses nothing until a prompt has run.
+  EXPECT_EQ(generate(gen, a, params(true)).stats.n_reused, 0);
+  EXPECT_EQ(generate(gen, a, params(true)).stats.n_reused, 399);
+}
+
+// The session's own settings cannot change between requests.
+TEST_F(PrefixReuse, SessionSettingsAreFixed) {
+  auto full = kv::make_kv_policy("full", model_->config().n_layer, model_->config().n_head_kv);
+  Generator gen(*model_, *tok_, *pool_, *full, params(true));
+  GenerateParams other = params(true);
+  other.n_ctx = 2048;
+  EXPECT_THROW(gen.set_request(other), Error);
+}
+
+}  // namespace
+}  // namespace longctx
