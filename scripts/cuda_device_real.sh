@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The real model files on the GPU machine against the CPU backend on the same files: SmolLM2-135M (98 MB) and
+# gemma-3-270m (253 MB) exceed one device call's 64 MiB carry, so they travel in parts of 50 MiB over back-to-back
+# calls while the machine is warm (it is given back ~30 s after a call), are reassembled there and checked against
+# scripts/setup.sh's sha256 before anything runs.
+#
+#   scripts/cuda_device_real.sh --stage DIR          (here: DIR/p0 .. DIR/p6, the last with bin/, lib/, data/, this script)
+#   run command="scripts/cuda_device_real.sh add .devcarry/real/pN" carry=[".devcarry/real/pN"]   for N = 0 .. 5
+#   run command=".devcarry/real/p6/cuda_device_real.sh add .devcarry/real/p6 check" carry=[".devcarry/real/p6"]
+#
+# check: cuda_forward_test on the real files (logits at several prompt positions and greedy decode, and every policy
+# spec, GPU against CPU), then `longctx eval needle` at 1K-8K under full, snapkv:budget=1/4 and kivi:bits=4 on both
+# devices (the two runs side by side, one JSON each in $OUT; scripts/compare_eval_answers.py compares them here).
+set -uo pipefail
+if [ "${1:-}" = "--stage" ]; then
+  D="$2" repo="$(cd "$(dirname "$0")/.." && pwd)" models="${LONGCTX_MODEL_DIR:-$HOME/.cache/longctx}"
+  rm -rf "$D" && mkdir -p "$D/split"
+  cat "$models/SmolLM2-135M-Instruct.Q4_1.gguf" "$models/gemma-3-270m-q4_k_m.gguf" |
+    split -b 50M -d -a 2 - "$D/split/part"
+  n=0
+  for f in "$D"/split/part*; do mkdir -p "$D/p$n" && mv "$f" "$D/p$n/"; n=$((n + 1)); done
+  rmdir "$D/split"
+  last="$D/p$((n - 1))"
+  mkdir -p "$last/bin" "$last/lib" "$last/data"
+  cp "$repo/build/cuda/longctx" "$repo/build/cuda/tests/cuda/cuda_forward_test" "$last/bin/" && strip "$last"/bin/*
+  for l in $(ldd "$repo/build/cuda/longctx" | awk '/libfmt|libhwy/ {print $3}'); do cp -L "$l" "$last/lib/"; done
+  cp "$repo/data/kjv.txt" "$last/data/" && cp "$0" "$last/"
+  du -sh "$D"/p*
+  exit 0
+fi
+
+PARTS=/root/longctx-parts MODELS=/root/longctx-models
+mkdir -p "$PARTS" "$MODELS"
+rc_all=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    add) cp "$2"/part* "$PARTS/" && ls "$PARTS" | tr '\n' ' ' && echo; shift 2 ;;
+    check)
+      shift
+      HERE="$(cd "$(dirname "$0")" && pwd)" OUT="${OUT:-$HERE/out}"
+      mkdir -p "$OUT"
+      export LD_LIBRARY_PATH="$HERE/lib:${LD_LIBRARY_PATH:-}"
+      cat "$PARTS"/part* > /root/both.gguf
+      head -c 98362432 /root/both.gguf > "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
+      tail -c +98362433 /root/both.gguf > "$MODELS/gemma-3-270m-q4_k_m.gguf"
+      rm /root/both.gguf
+      (cd "$MODELS" && sha256sum -c) <<SUMS || { echo "model checksum FAILED"; exit 1; }
+b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  SmolLM2-135M-Instruct.Q4_1.gguf
+a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  gemma-3-270m-q4_k_m.gguf
+SUMS
+      nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+      LONGCTX_MODEL_DIR="$MODELS" timeout 300 "$HERE/bin/cuda_forward_test" 2>&1 | tee "$OUT/forward.txt" |
+        grep -E "^\[  (FAILED|PASSED) |OK \]|FAILED  \]|worst|spread"
+      [ "${PIPESTATUS[0]}" = 0 ] || rc_all=1
+      cd "$HERE"  # eval's haystack: data/kjv.txt
+      for m in SmolLM2-135M-Instruct.Q4_1 gemma-3-270m-q4_k_m; do
+        for dev in cuda cpu; do
+          timeout 240 "$HERE/bin/longctx" eval needle -m "$MODELS/$m.gguf" --device "$dev" --lengths 1k,2k,4k,8k \
+            --depths 0.25,0.75 --kv full --kv snapkv:budget=1/4 --kv kivi:bits=4 --progress off \
+            -o "$OUT/needle_${m}_$dev.json" > "$OUT/needle_${m}_$dev.txt" 2>&1 &
+        done
+        wait
+        tail -n 12 "$OUT/needle_${m}_cuda.txt" "$OUT/needle_${m}_cpu.txt"
+      done
+      ;;
+    *) echo "unknown section $1"; exit 2 ;;
+  esac
+done
+exit $rc_all
