@@ -15,8 +15,9 @@
 # Sections: build (llama-bench and llama-quantize, CUDA, sm_90), make (write the BF16 file, quantize it to Q8_0 and
 # Q4_K_M), then any of bf16, q8_0, q4_k_m: llama-bench and `longctx bench --device cuda` on that file, one after the
 # other, each at depths 0 and 32768: pp512 and tg128 with prompts in chunks of 512 on both sides (llama-bench's
-# default micro-batch, longctx -b 512), and pp4096 at depth 0. Flash attention on for llama.cpp, f16 KV on both.
-# Logs and a summary go to $OUT (or DIR/out).
+# default micro-batch, longctx -b 512), and pp4096. Flash attention on for llama.cpp, f16 KV on both.
+# small: the same two on the real SmolLM2 and Gemma 3 files (brought by scripts/cuda_device_real.sh) at depths 0
+# and 4096. Logs and a summary go to $OUT (or DIR/out).
 set -uo pipefail
 if [ "${1:-}" = "--trim" ]; then
   src="$2" tar="$(realpath "$3")" tmp="$(mktemp -d)"
@@ -34,7 +35,9 @@ if [ "${1:-}" = "--stage" ]; then
   D="$2" tar="$3" repo="$(cd "$(dirname "$0")/.." && pwd)"
   mkdir -p "$D/bin" "$D/lib"
   cp "$repo/build/cuda/longctx" "$D/bin/" && strip "$D/bin/longctx"
-  for l in $(ldd "$repo/build/cuda/longctx" | awk '/libfmt|libhwy/ {print $3}'); do cp -L "$l" "$D/lib/"; done
+  for l in libhwy.so.1 libfmt.so.9 libcpp-httplib.so.0.11 libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1; do
+    cp -L "/usr/lib/x86_64-linux-gnu/$l" "$D/lib/"
+  done
   cp "$tar" "$D/llama.cpp.tar.xz"
   cp "$0" "$repo/scripts/make_synthetic_gguf.py" "$D/"
   du -sh "$D"
@@ -80,8 +83,22 @@ for s in "$@"; do
       echo "== $s: longctx" | tee -a "$OUT/summary.txt"
       timeout 150 "$HERE/bin/longctx" bench -m "$f" --device cuda -p 512 -n 128 -d 0,32768 -r 3 -b 512 2>&1 |
         tee "$OUT/longctx_$s.txt" | grep -E "^\|" | tee -a "$OUT/summary.txt"
-      timeout 60 "$HERE/bin/longctx" bench -m "$f" --device cuda -p 4096 -n 0 -d 0 -r 3 -b 512 2>&1 |
+      timeout 60 "$HERE/bin/longctx" bench -m "$f" --device cuda -p 4096 -n 0 -d 0,32768 -r 3 -b 512 2>&1 |
         tee "$OUT/longctx_${s}_pp4096.txt" | grep -E "^\|" | tee -a "$OUT/summary.txt"
+      ;;
+    small)  # the real SmolLM2 and Gemma 3 files, where scripts/cuda_device_real.sh has reassembled them
+      for f in /root/longctx-models/*.gguf; do
+        [ -e "$f" ] || { echo "no real models in /root/longctx-models: run cuda_device_real.sh's check first"; exit 1; }
+        n="$(basename "$f" .gguf)"
+        echo "== $n: llama.cpp" | tee -a "$OUT/summary.txt"
+        timeout 120 /root/peer/build/bin/llama-bench -m "$f" -ngl 99 -fa on -ctk f16 -ctv f16 -b 512 -ub 512 \
+          -p 512,4096 -n 128 -d 0,4096 -r 3 -o md 2>"$OUT/llama_bench_$n.err" | tee -a "$OUT/summary.txt"
+        echo "== $n: longctx" | tee -a "$OUT/summary.txt"
+        timeout 90 "$HERE/bin/longctx" bench -m "$f" --device cuda -p 512 -n 128 -d 0,4096 -r 3 -b 512 2>&1 |
+          tee "$OUT/longctx_$n.txt" | grep -E "^\|" | tee -a "$OUT/summary.txt"
+        timeout 60 "$HERE/bin/longctx" bench -m "$f" --device cuda -p 4096 -n 0 -d 0,4096 -r 3 -b 512 2>&1 |
+          tee "$OUT/longctx_${n}_pp4096.txt" | grep -E "^\|" | tee -a "$OUT/summary.txt"
+      done
       ;;
     *) echo "unknown section $s"; exit 2 ;;
   esac

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The real model files on the GPU machine against the CPU backend on the same files: SmolLM2-135M (98 MB) and
-# gemma-3-270m (253 MB) exceed one device call's 64 MiB carry, so they travel in parts of 50 MiB over back-to-back
+# gemma-3-270m (253 MB) exceed one device call's 64 MiB carry, so they travel in parts of 47 MiB over back-to-back
 # calls while the machine is warm (it is given back ~30 s after a call), are reassembled there and checked against
 # scripts/setup.sh's sha256 before anything runs.
 #
-#   scripts/cuda_device_real.sh --stage DIR          (here: DIR/p0 .. DIR/p6, the last with bin/, lib/, data/, this script)
-#   run command="scripts/cuda_device_real.sh add .devcarry/real/pN" carry=[".devcarry/real/pN"]   for N = 0 .. 5
-#   run command=".devcarry/real/p6/cuda_device_real.sh add .devcarry/real/p6 check" carry=[".devcarry/real/p6"]
+#   scripts/cuda_device_real.sh --stage DIR   (here: DIR/p0 .. DIR/p7, 47 MiB each, p0 and p1 holding SmolLM2 whole,
+#                                              and DIR/tools: bin/, lib/, data/, this script)
+#   run command="scripts/cuda_device_real.sh add .devcarry/real/pN" carry=[".devcarry/real/pN"]   for N = 0 .. 7
+#   run command=".devcarry/real/tools/cuda_device_real.sh check" carry=[".devcarry/real/tools"]
+#   (SmolLM2 alone: p0 and p1 added; gemma too with all eight. An add may ride along another call's command.)
 #
 # check: cuda_forward_test on the real files (logits at several prompt positions and greedy decode, and every policy
 # spec, GPU against CPU), then `longctx eval needle` at 1K-8K under full, snapkv:budget=1/4 and kivi:bits=4 on both
@@ -16,16 +18,18 @@ if [ "${1:-}" = "--stage" ]; then
   D="$2" repo="$(cd "$(dirname "$0")/.." && pwd)" models="${LONGCTX_MODEL_DIR:-$HOME/.cache/longctx}"
   rm -rf "$D" && mkdir -p "$D/split"
   cat "$models/SmolLM2-135M-Instruct.Q4_1.gguf" "$models/gemma-3-270m-q4_k_m.gguf" |
-    split -b 50M -d -a 2 - "$D/split/part"
+    split -b 47M -d -a 2 - "$D/split/part"
   n=0
   for f in "$D"/split/part*; do mkdir -p "$D/p$n" && mv "$f" "$D/p$n/"; n=$((n + 1)); done
   rmdir "$D/split"
-  last="$D/p$((n - 1))"
-  mkdir -p "$last/bin" "$last/lib" "$last/data"
-  cp "$repo/build/cuda/longctx" "$repo/build/cuda/tests/cuda/cuda_forward_test" "$last/bin/" && strip "$last"/bin/*
-  for l in $(ldd "$repo/build/cuda/longctx" | awk '/libfmt|libhwy/ {print $3}'); do cp -L "$l" "$last/lib/"; done
-  cp "$repo/data/kjv.txt" "$last/data/" && cp "$0" "$last/"
-  du -sh "$D"/p*
+  T="$D/tools"
+  mkdir -p "$T/bin" "$T/lib" "$T/data"
+  cp "$repo/build/cuda/longctx" "$repo/build/cuda/tests/cuda/cuda_forward_test" "$T/bin/" && strip "$T"/bin/*
+  for l in libhwy.so.1 libfmt.so.9 libcpp-httplib.so.0.11 libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1; do
+    cp -L "/usr/lib/x86_64-linux-gnu/$l" "$T/lib/"
+  done
+  cp "$repo/data/kjv.txt" "$T/data/" && cp "$0" "$T/"
+  du -sh "$D"/*
   exit 0
 fi
 
@@ -40,11 +44,16 @@ while [ $# -gt 0 ]; do
       HERE="$(cd "$(dirname "$0")" && pwd)" OUT="${OUT:-$HERE/out}"
       mkdir -p "$OUT"
       export LD_LIBRARY_PATH="$HERE/lib:${LD_LIBRARY_PATH:-}"
+      # Parts p0 and p1 hold SmolLM2 whole: with only those added, gemma is left out.
       cat "$PARTS"/part* > /root/both.gguf
+      names="SmolLM2-135M-Instruct.Q4_1"
       head -c 98362432 /root/both.gguf > "$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
-      tail -c +98362433 /root/both.gguf > "$MODELS/gemma-3-270m-q4_k_m.gguf"
+      if [ "$(stat -c %s /root/both.gguf)" = $((98362432 + 253113024)) ]; then
+        tail -c +98362433 /root/both.gguf > "$MODELS/gemma-3-270m-q4_k_m.gguf"
+        names="$names gemma-3-270m-q4_k_m"
+      fi
       rm /root/both.gguf
-      (cd "$MODELS" && sha256sum -c) <<SUMS || { echo "model checksum FAILED"; exit 1; }
+      grep -E "$(echo $names | tr ' ' '|')" <<SUMS | (cd "$MODELS" && sha256sum -c) || { echo "model checksum FAILED"; exit 1; }
 b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  SmolLM2-135M-Instruct.Q4_1.gguf
 a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  gemma-3-270m-q4_k_m.gguf
 SUMS
@@ -53,7 +62,7 @@ SUMS
         grep -E "^\[  (FAILED|PASSED) |OK \]|FAILED  \]|worst|spread"
       [ "${PIPESTATUS[0]}" = 0 ] || rc_all=1
       cd "$HERE"  # eval's haystack: data/kjv.txt
-      for m in SmolLM2-135M-Instruct.Q4_1 gemma-3-270m-q4_k_m; do
+      for m in $names; do
         for dev in cuda cpu; do
           timeout 240 "$HERE/bin/longctx" eval needle -m "$MODELS/$m.gguf" --device "$dev" --lengths 1k,2k,4k,8k \
             --depths 0.25,0.75 --kv full --kv snapkv:budget=1/4 --kv kivi:bits=4 --progress off \
