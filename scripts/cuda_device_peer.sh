@@ -54,23 +54,26 @@ for s in "$@"; do
   case "$s" in
     build)
       t0=$(date +%s)
-      if [ ! -x /root/peer/build/bin/llama-bench ]; then
-        tar -C /root/peer -xJf "$HERE/llama.cpp.tar.xz"
+      # A call cut short resumes where it stopped: the sources are unpacked and configured once.
+      [ -d /root/peer/ll ] || tar -C /root/peer -xJf "$HERE/llama.cpp.tar.xz"
+      [ -f /root/peer/build/build.ninja ] ||
         cmake -S /root/peer/ll -B /root/peer/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
           -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
           -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \
-          > "$OUT/llama_build.txt" 2>&1 &&
-          cmake --build /root/peer/build -j 16 --target llama-bench llama-quantize >> "$OUT/llama_build.txt" 2>&1 ||
-          { tail -30 "$OUT/llama_build.txt"; exit 1; }
-      fi
+          > "$OUT/llama_build.txt" 2>&1 || { tail -30 "$OUT/llama_build.txt"; exit 1; }
+      cmake --build /root/peer/build -j 16 --target llama-bench llama-quantize >> "$OUT/llama_build.txt" 2>&1 ||
+        { tail -30 "$OUT/llama_build.txt"; exit 1; }
       echo "build: $(($(date +%s) - t0)) s" | tee -a "$OUT/summary.txt"
       ;;
     make)
       t0=$(date +%s)
-      [ -e "$M-bf16.gguf" ] || PYTHONPATH=/root/peer/ll/gguf-py python3 "$HERE/make_synthetic_gguf.py" "$M-bf16.gguf" --type bf16
-      [ -e "$M-q8_0.gguf" ] || /root/peer/build/bin/llama-quantize "$M-bf16.gguf" "$M-q8_0.gguf" Q8_0 16 > "$OUT/quantize_q8_0.txt" 2>&1
-      [ -e "$M-q4_k_m.gguf" ] || /root/peer/build/bin/llama-quantize "$M-bf16.gguf" "$M-q4_k_m.gguf" Q4_K_M 16 \
-        > "$OUT/quantize_q4_k_m.txt" 2>&1
+      # Each file under a temporary name until whole: a call cut short leaves nothing that looks done.
+      [ -e "$M-bf16.gguf" ] || { PYTHONPATH=/root/peer/ll/gguf-py python3 "$HERE/make_synthetic_gguf.py" "$M.tmp" \
+        --type bf16 && mv "$M.tmp" "$M-bf16.gguf"; }
+      for q in q8_0 q4_k_m; do
+        [ -e "$M-$q.gguf" ] || { /root/peer/build/bin/llama-quantize "$M-bf16.gguf" "$M.tmp" "${q^^}" 16 \
+          > "$OUT/quantize_$q.txt" 2>&1 && mv "$M.tmp" "$M-$q.gguf"; }
+      done
       ls -la /root/peer | tee -a "$OUT/summary.txt"
       echo "make: $(($(date +%s) - t0)) s" | tee -a "$OUT/summary.txt"
       ;;
