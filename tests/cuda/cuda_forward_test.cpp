@@ -11,9 +11,11 @@
 //
 // Tolerance, per logit: the GPU rounds activations to bf16 before every product (and the weights too at prefill:
 // the GEMM reads bf16 tiles), the CPU multiplies 16-bit activations (matmul.h's Q16Activations) with exact weights;
-// each product is off by up to ~2^-8 of its summed magnitudes, through 6-8 blocks. kLogitTol bounds |gpu - cpu| per
-// logit relative to the position's logit spread (max - min); greedy tokens must agree where the CPU's top-1/top-2
-// margin exceeds twice the measured difference.
+// each product is off by up to ~2^-8 of its summed magnitudes, and every block adds its own to the residual stream.
+// kLogitTol bounds |gpu - cpu| per logit relative to the position's logit spread (max - min) through up to 8 blocks
+// (the cut files); deeper models get it in proportion to their blocks (depth_scale: the real gemma-3-270m's 18
+// blocks measured 0.038 at one prefill position on an H100, its cut file 0.006). Greedy tokens must agree where the
+// CPU's top-1/top-2 margin exceeds twice the measured difference.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -39,7 +41,10 @@
 namespace longctx {
 namespace {
 
-constexpr double kLogitTol = 0.02;  // of the logit spread
+constexpr double kLogitTol = 0.02;  // of the logit spread, through up to 8 blocks
+
+// The tolerances' growth with depth: the per-block rounding errors add up along the residual stream.
+double depth_scale(const ModelConfig& c) { return std::max(1.0, c.n_layer / 8.0); }
 
 std::string find_model(const std::string& cut, const std::string& full) {
   const std::string a = test::model_dir() + "/" + cut;
@@ -102,6 +107,7 @@ void check_model(const std::string& path, int32_t n_prompt) {
   const ModelConfig& c = model->config();
   const int64_t V = c.n_vocab;
   const int32_t chunk = 64;
+  const double tol = kLogitTol * depth_scale(c);
   Engine cpu(*model, make_backend(Device::Cpu, pool()), chunk), gpu(*model, make_cuda_backend(pool()), chunk);
 
   // Token ids drawn at random from the vocabulary's first 8192 (the cut files' whole vocabulary).
@@ -124,7 +130,7 @@ void check_model(const std::string& path, int32_t n_prompt) {
     for (size_t r = 0; r < rows.size(); ++r) {
       const Diff d = compare(lg.data() + r * V, lc.data() + r * V, V);
       worst = std::max(worst, d.max_abs / d.spread);
-      EXPECT_LE(d.max_abs, kLogitTol * d.spread) << name << " prefill position " << p0 + rows[r];
+      EXPECT_LE(d.max_abs, tol * d.spread) << name << " prefill position " << p0 + rows[r];
     }
   }
   std::printf("%s: prefill of %d tokens, worst |gpu - cpu| / spread %.3g\n", name.c_str(), n_prompt, worst);
@@ -139,7 +145,7 @@ void check_model(const std::string& path, int32_t n_prompt) {
     gpu.run({next}, pos, {0}, one_g.data());
     const Diff d = compare(one_g.data(), one_c.data(), V);
     worst = std::max(worst, d.max_abs / d.spread);
-    EXPECT_LE(d.max_abs, kLogitTol * d.spread) << name << " decode position " << pos;
+    EXPECT_LE(d.max_abs, tol * d.spread) << name << " decode position " << pos;
     const int32_t tc = argmax(one_c.data(), V), tg = argmax(one_g.data(), V);
     if (tc == tg) ++agree;
     else EXPECT_LE(margin(one_c.data(), V), 2 * d.max_abs) << name << " greedy tokens differ at " << pos;
@@ -156,7 +162,8 @@ void check_model(const std::string& path, int32_t n_prompt) {
 // positions must agree in at least kKeptAgree of all slots, and the logits within kPolicyLogitTol of the spread.
 // 2-bit packing amplifies those last bits: a key near a rounding edge flips its code and moves by a third of its
 // channel's range over the page, and one slot kept differently changes the range of its whole page; there the bound
-// is kTwoBitLogitTol (gemma3's cut model measured 0.078 on an H100, SmolLM2's 0.006).
+// is kTwoBitLogitTol (gemma3's cut model measured 0.078 on an H100, SmolLM2's 0.006). Both grow with depth as
+// kLogitTol does (the real files on an H100: SmolLM2's 30 blocks 0.167 with 2 bits, gemma's 18 blocks 0.030 with 4).
 constexpr double kKeptAgree = 0.97, kPolicyLogitTol = 0.03, kTwoBitLogitTol = 0.12;
 
 void check_policies(const std::string& path) {
@@ -214,7 +221,8 @@ void check_policies(const std::string& path) {
       if (argmax(og.data(), V) == argmax(oc.data(), V)) ++equal;
       next = argmax(oc.data(), V);
     }
-    EXPECT_LE(worst, spec.find("bits=2") != std::string::npos ? kTwoBitLogitTol : kPolicyLogitTol) << name << " " << spec;
+    const double tol = (spec.find("bits=2") != std::string::npos ? kTwoBitLogitTol : kPolicyLogitTol) * depth_scale(c);
+    EXPECT_LE(worst, tol) << name << " " << spec;
     std::printf("%s %s: kept positions agree %.4f, KV bytes cpu %zu gpu %zu, worst |gpu - cpu| / spread %.3g, "
                 "greedy equal %d of %d\n",
                 name.c_str(), spec.c_str(), agree, cpu.bytes(sc).total(), gpu.bytes(sg).total(), worst, equal, steps);
