@@ -13,9 +13,9 @@ tools/mtmd and tools/ui):
 Usage: bench_server.py --longctx build/release/longctx --llama-server build-llama/bin/llama-server \
            [--model M] [--concurrency 1,4,16] [--prompt-chars 16000] [--max-tokens 64] [--threads 2] [--kv full]
 
-Each server runs with --threads threads; llama-server gets one slot per request of the largest concurrency
-(-np) and a context of slots x (prompt + answer), flash attention on, f16 KV; longctx serve runs requests one at a
-time (its scheduler is serial) with a queue as deep as the concurrency. For each concurrency c, c clients each send
+Each server runs with --threads threads and starts afresh for each concurrency c: llama-server with c slots (-np c)
+of --ctx-per-request tokens each, flash attention on, f16 KV, no prompt cache; longctx serve runs requests one at a
+time (its scheduler is serial) with a queue of c, no prefix reuse. For each concurrency c, c clients each send
 --rounds requests back to back; the table gives aggregate output tokens/s (all tokens generated / wall time) and the
 median TTFT and per-request output rate.
 """
@@ -26,6 +26,7 @@ import os
 import re
 import statistics
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -64,8 +65,9 @@ def start_server(cmd, port_pattern, port_fixed=None):
             break
         m = re.search(port_pattern, line)
         if m:
-            port = port or int(m.group(1))
-            return proc, port
+            # Keep draining the log: a server blocked on a full pipe would stall the benchmark.
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, port or int(m.group(1))
     proc.kill()
     raise SystemExit(f"{cmd[0]} did not start")
 
@@ -109,29 +111,31 @@ def run(port, c, extra, first_id):
                 prompt=statistics.median(r[2] for r in results), n_out=n_out, wall=wall)
 
 
+# Each server starts afresh for each concurrency c, sized for it: llama-server with c slots of --ctx-per-request
+# tokens each, longctx with a queue of c.
 servers = {
-    "longctx": ([args.longctx, "serve", "-m", args.model, "--port", "0", "-t", args.threads, "--kv", args.kv,
-                 "--ctx", str(args.ctx_per_request), "--max-queue", str(c_max), "--no-prefix-reuse"],
+    "longctx": (lambda c: [args.longctx, "serve", "-m", args.model, "--port", "0", "-t", args.threads, "--kv", args.kv,
+                           "--ctx", str(args.ctx_per_request), "--max-queue", str(c), "--no-prefix-reuse"],
                 r"listening on http://127\.0\.0\.1:(\d+)", None, {}),
-    "llama-server": ([args.llama_server, "-m", args.model, "--port", "18431", "-t", args.threads, "-tb", args.threads,
-                      "-np", str(c_max), "-c", str(c_max * args.ctx_per_request), "-fa", "on", "-ctk", "f16",
-                      "-ctv", "f16", "-b", "512", "-ub", "512", "--no-cache-prompt", "--no-webui"],
-                     r"server is listening on", 18431, {"ignore_eos": True}),
+    "llama-server": (lambda c: [args.llama_server, "-m", args.model, "--port", "18431", "-t", args.threads, "-tb",
+                                args.threads, "-np", str(c), "-c", str(c * args.ctx_per_request), "-fa", "on", "-ctk",
+                                "f16", "-ctv", "f16", "-b", "512", "-ub", "512", "--no-cache-prompt", "--no-ui"],
+                     r"listening on http://127\.0\.0\.1:(\d+)", 18431, {"ignore_eos": True}),
 }
 rows = []
 for name, (cmd, pattern, port_fixed, extra) in servers.items():
     next_id = 0  # the same prompts for each server
-    proc, port = start_server(cmd, pattern, port_fixed)
-    try:
-        request(port, 10**6, extra)  # warm-up
-        for c in concurrencies:
+    for c in concurrencies:
+        proc, port = start_server(cmd(c), pattern, port_fixed)
+        try:
+            request(port, 10**6, extra)  # warm-up
             r = run(port, c, extra, next_id)
             next_id += c * args.rounds
             rows.append((name, c, r))
             print(name, c, r, flush=True)
-    finally:
-        proc.terminate()
-        proc.wait()
+        finally:
+            proc.terminate()
+            proc.wait()
 
 print(f"\n| server | concurrency | prompt tokens | output tok/s | TTFT median (s) | per-request tok/s |")
 print("|---|---:|---:|---:|---:|---:|")

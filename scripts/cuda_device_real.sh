@@ -13,6 +13,7 @@
 # check: cuda_forward_test on the real files (logits at several prompt positions and greedy decode, and every policy
 # spec, GPU against CPU), then `longctx eval needle` at 1K-8K under full, snapkv:budget=1/4 and kivi:bits=4 on both
 # devices (the two runs side by side, one JSON each in $OUT; scripts/compare_eval_answers.py compares them here).
+# NEEDLE=0 runs the forward test alone.
 set -uo pipefail
 if [ "${1:-}" = "--stage" ]; then
   D="$2" repo="$(cd "$(dirname "$0")/.." && pwd)" models="${LONGCTX_MODEL_DIR:-$HOME/.cache/longctx}"
@@ -62,6 +63,7 @@ SUMS
         grep -E "^\[  (FAILED|PASSED) |OK \]|FAILED  \]|worst|spread"
       [ "${PIPESTATUS[0]}" = 0 ] || rc_all=1
       cd "$HERE"  # eval's haystack: data/kjv.txt
+      [ "${NEEDLE:-1}" = 1 ] || names=""  # NEEDLE=0: the forward test alone
       for m in $names; do
         for dev in cuda cpu; do
           timeout 240 "$HERE/bin/longctx" eval needle -m "$MODELS/$m.gguf" --device "$dev" --lengths 1k,2k,4k,8k \
