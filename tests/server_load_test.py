@@ -120,9 +120,9 @@ def main():
         alone[i] = text
 
     rng = random.Random(7)
-    kinds = [rng.choice(["normal"] * 10 + ["stream"] * 4 + ["hangup"] * 2 + ["malformed", "badfield", "oversized",
-                                                                              "overctx", "overmax"])
-             for _ in range(N)]
+    every = ["normal", "stream", "hangup", "malformed", "badfield", "oversized", "overctx", "overmax"]
+    kinds = every + [rng.choice(["normal"] * 10 + ["stream"] * 4 + ["hangup"] * 2 + every[3:]) for _ in range(N - 8)]
+    rng.shuffle(kinds)  # every kind at least once, in a random order
     counts = {}
     refused_429 = [0]
 
@@ -140,7 +140,7 @@ def main():
                     break
                 with lock:
                     refused_429[0] += 1
-                time.sleep(0.05 + 0.05 * rng.random())
+                time.sleep(0.2 + 0.2 * random.random())  # a refused client waits, as a real one would
             if status != 200:
                 fail(f"request {k} ({kind}): status {status} {text}")
             elif text != alone[i]:
