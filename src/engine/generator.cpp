@@ -205,13 +205,10 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
       break;
     }
     const SequenceStep s{seq_, id};
-    std::vector<int32_t> held = std::move(cached_);  // a step that throws leaves nothing to reuse
-    cached_.clear();
     session_.step({&s, 1}, logits.data());
-    if (!held.empty()) {
-      held.push_back(id);
-      cached_ = std::move(held);
-    }
+    // Only after the step: a step that throws may leave slots of this position behind, and a later reuse truncates
+    // to at most the tokens listed here, so those slots go.
+    if (!cached_.empty()) cached_.push_back(id);
     ++pos;
   }
   if (st.stop_reason != StopReason::StopString) filter.flush(on_text);
