@@ -12,11 +12,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/session.h"
@@ -78,6 +80,7 @@ TEST_F(EngineSessionTest, InterleavedSequencesGiveWhatEachGivesAlone) {
       {"h2o:budget=80", tokens(200, 3, c.n_vocab), tokens(40, 4, c.n_vocab)},
       {"quest:budget=64,dense_layers=0", tokens(260, 5, c.n_vocab), tokens(40, 6, c.n_vocab)},
       {"full", tokens(130, 7, c.n_vocab), tokens(40, 8, c.n_vocab)},
+      {"streaming:budget=64,sink=4", tokens(180, 11, c.n_vocab), tokens(40, 12, c.n_vocab)},
   };
   std::vector<std::vector<float>> alone;
   for (const Request& r : reqs) alone.push_back(run_alone(*model_, tp_, r));
@@ -86,14 +89,15 @@ TEST_F(EngineSessionTest, InterleavedSequencesGiveWhatEachGivesAlone) {
   std::vector<SequenceId> ids;
   std::vector<std::vector<float>> got(reqs.size());
   for (const Request& r : reqs) ids.push_back(s.add_sequence(r.kv));
-  ASSERT_EQ(s.n_sequences(), 4);
+  ASSERT_EQ(s.n_sequences(), 5);
   for (size_t i = 0; i < reqs.size(); ++i) {
     PrefillOptions po;
     po.logit_positions = {static_cast<int32_t>(reqs[i].prompt.size()) - 1};
     s.prefill(ids[i], reqs[i].prompt, po, got[i]);
     EXPECT_EQ(s.position(ids[i]), static_cast<int32_t>(reqs[i].prompt.size()));
   }
-  // One sequence a step, round robin, then all four in one step: each sequence's stream is the same either way.
+  // One sequence a step, round robin, then all in one step (one stacked forward): each sequence's stream is the
+  // same either way.
   std::vector<float> logits(static_cast<size_t>(c.n_vocab) * reqs.size());
   for (size_t t = 0; t < 20; ++t)
     for (size_t i = 0; i < reqs.size(); ++i) {
@@ -118,6 +122,55 @@ TEST_F(EngineSessionTest, InterleavedSequencesGiveWhatEachGivesAlone) {
   EXPECT_LT(s.sequence(ids[0]).n_tokens_max(), 300);
   EXPECT_LE(s.sequence(ids[1]).n_tokens_max(), 80);
   EXPECT_LT(s.bytes(ids[0]).total(), s.sequence(ids[0]).full_f16_bytes(340));
+}
+
+// More sequences in a step than one batch-invariant forward takes: with batch_invariant (the default) each still
+// gets its bits alone; without it they go through one forward (the matmul's prefill path for 12 rows), and each
+// sequence's logits stay within the matmul's rounding of its own. Tolerance of the second: 1e-3 of the logits'
+// spread (the two matmul paths differ only in the order of f32 sums and the activations' 8/16-bit rounding).
+TEST_F(EngineSessionTest, LargeStepsStayBatchInvariantUnlessAskedNotTo) {
+  const ModelConfig& c = model_->config();
+  const int32_t n_seq = 12, n_steps = 6;
+  ASSERT_GT(n_seq, make_backend(Device::Cpu, tp_)->batch_invariant_rows());
+  std::vector<Request> reqs;
+  for (int32_t i = 0; i < n_seq; ++i)
+    reqs.push_back({i % 3 == 0 ? "h2o:budget=48" : "full", tokens(40 + 7 * i, 20 + i, c.n_vocab),
+                    tokens(n_steps, 40 + i, c.n_vocab)});
+  std::vector<std::vector<float>> alone;
+  for (const Request& r : reqs) alone.push_back(run_alone(*model_, tp_, r));
+  for (bool invariant : {true, false}) {
+    SessionOptions o = options();
+    o.n_seq_max = n_seq;
+    o.batch_invariant = invariant;
+    EngineSession s(*model_, tp_, o);
+    std::vector<SequenceId> ids;
+    std::vector<std::vector<float>> got(reqs.size());
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      ids.push_back(s.add_sequence(reqs[i].kv));
+      PrefillOptions po;
+      po.logit_positions = {static_cast<int32_t>(reqs[i].prompt.size()) - 1};
+      s.prefill(ids[i], reqs[i].prompt, po, got[i]);
+    }
+    std::vector<float> logits(static_cast<size_t>(c.n_vocab) * reqs.size());
+    for (int32_t t = 0; t < n_steps; ++t) {
+      std::vector<SequenceStep> steps;
+      for (size_t i = 0; i < reqs.size(); ++i) steps.push_back({ids[i], reqs[i].fed[static_cast<size_t>(t)]});
+      s.step(steps, logits.data());
+      for (size_t i = 0; i < reqs.size(); ++i)
+        got[i].insert(got[i].end(), logits.begin() + i * c.n_vocab, logits.begin() + (i + 1) * c.n_vocab);
+    }
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      ASSERT_EQ(got[i].size(), alone[i].size());
+      if (invariant) {
+        EXPECT_EQ(got[i], alone[i]) << "sequence " << i;
+        continue;
+      }
+      const auto [lo, hi] = std::minmax_element(alone[i].begin(), alone[i].end());
+      float worst = 0;
+      for (size_t j = 0; j < got[i].size(); ++j) worst = std::max(worst, std::fabs(got[i][j] - alone[i][j]));
+      EXPECT_LE(worst, 1e-3f * (*hi - *lo)) << "sequence " << i;
+    }
+  }
 }
 
 TEST_F(EngineSessionTest, FullCacheEqualsThePlainForwardLoop) {

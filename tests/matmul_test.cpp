@@ -243,6 +243,34 @@ TEST(Matmul, MultiEqualsSeparateCalls) {
   }
 }
 
+// A row's product does not depend on the rows beside it, below the panel bound: each token keeps its own
+// accumulators and activation scales, so a batch of decode steps (several sequences in one forward) gives each
+// sequence the bits it gets alone. kMatmulRowInvariantTok is that bound.
+TEST(Matmul, RowsBelowThePanelBoundDoNotDependOnTheirBatch) {
+  std::mt19937 rng(7);
+  const int64_t n_in = 512, n_out = 70;
+  ThreadPool pool(2);
+  for (GgmlType t : kFormats) {
+    const std::vector<uint8_t> w = random_weights(t, n_out, n_in, rng);
+    for (int64_t n_tok = 2; n_tok <= cpu::kMatmulRowInvariantTok; ++n_tok) {
+      std::vector<float> x(static_cast<size_t>(n_tok * n_in));
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      for (auto& v : x) v = normal(rng);
+      for (auto precision : {cpu::MatmulPrecision::F32, cpu::MatmulPrecision::Q16Activations,
+                             cpu::MatmulPrecision::Q8Activations}) {
+        std::vector<float> y(static_cast<size_t>(n_tok * n_out)), y1(static_cast<size_t>(n_out));
+        cpu::matmul(pool, t, w.data(), n_out, n_in, x.data(), n_tok, y.data(), precision);
+        for (int64_t i = 0; i < n_tok; ++i) {
+          cpu::matmul(pool, t, w.data(), n_out, n_in, x.data() + i * n_in, 1, y1.data(), precision);
+          for (int64_t r = 0; r < n_out; ++r)
+            ASSERT_EQ(y[static_cast<size_t>(i * n_out + r)], y1[static_cast<size_t>(r)])
+                << ggml_traits(t).name << " n_tok " << n_tok << " token " << i << " output " << r;
+        }
+      }
+    }
+  }
+}
+
 TEST(Matmul, RejectsBadInput) {
   ThreadPool pool(1);
   std::vector<uint8_t> w(4096);

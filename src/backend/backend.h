@@ -155,6 +155,9 @@ class Backend {
   virtual const char* name() const = 0;  // "cpu", "cuda"
   // Whether the backend's memory is the host's (its pointers may be read and written in place by host code).
   virtual bool host_memory() const { return false; }
+  // The most rows (tokens) one forward may stack, as several sequences' decode steps, while every row's results
+  // stay the bits that row gets alone: how far the matmul's per-row path goes. 1: no such promise.
+  virtual int32_t batch_invariant_rows() const { return 1; }
 
   // Activation memory of n floats, freed with the returned handle.
   struct FreeFn {

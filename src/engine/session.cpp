@@ -259,25 +259,41 @@ void EngineSession::step(std::span<const SequenceStep> steps, float* logits, Win
   for (size_t i = 0; i < steps.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       if (steps[i].seq == steps[j].seq) fail("internal: sequence {} twice in one decode step", steps[i].seq);
-  for (size_t i = 0; i < steps.size(); ++i) {
-    Sequence& s = seq(steps[i].seq);
-    kv::KvPolicy& policy = *s.policy;
-    const int32_t id = steps[i].token;
-    const int32_t pos = s.n_past;
-    if (id < 0 || id >= c.n_vocab) fail("token {} is outside the vocabulary", id);
-    if (policy.wants_decode_scores()) {
-      s.scores.reset(c.n_layer, c.n_head_kv, opts_.n_ctx, s.kv->n_tokens_max() + 1);
-      s.scores.first_pos = pos;
-    } else {
-      s.scores.first_pos = INT_MAX;
+  const size_t part = static_cast<size_t>(opts_.batch_invariant ? backend_->batch_invariant_rows() : forward_.n_batch());
+  std::vector<ForwardSegment> segs;
+  std::vector<int32_t> ids, positions, rows;
+  for (size_t p0 = 0; p0 < steps.size(); p0 += part) {
+    const size_t p1 = std::min(steps.size(), p0 + part);
+    const size_t np = p1 - p0;
+    segs.assign(np, {});
+    ids.resize(np);
+    positions.resize(np);
+    rows.resize(np);
+    for (size_t i = 0; i < np; ++i) {
+      Sequence& s = seq(steps[p0 + i].seq);
+      kv::KvPolicy& policy = *s.policy;
+      ids[i] = steps[p0 + i].token;
+      positions[i] = s.n_past;
+      rows[i] = static_cast<int32_t>(i);
+      if (ids[i] < 0 || ids[i] >= c.n_vocab) fail("token {} is outside the vocabulary", ids[i]);
+      if (policy.wants_decode_scores()) {
+        s.scores.reset(c.n_layer, c.n_head_kv, opts_.n_ctx, s.kv->n_tokens_max() + 1);
+        s.scores.first_pos = s.n_past;
+      } else {
+        s.scores.first_pos = INT_MAX;
+      }
+      // Decode reads what the policy's read filter (Quest) chooses; prefill read everything.
+      segs[i] = ForwardSegment{s.kv.get(), &ids[i], &positions[i], 1, &s.scores, policy.positions(),
+                               policy.read_filter()};
     }
-    // Decode reads what the policy's read filter (Quest) chooses; prefill read everything.
-    forward_.run(*s.kv, &id, &pos, 1, {0}, logits + i * static_cast<size_t>(c.n_vocab), &s.scores,
-                 policy.positions(), policy.read_filter());
-    note_peak(s);
-    policy.after_decode_step(*s.kv, s.scores);
-    if (expiry == WindowExpiry::On) kv_expire_window(c, *s.kv, policy, pos + 1);
-    s.n_past = pos + 1;
+    forward_.run(segs, rows, logits + p0 * static_cast<size_t>(c.n_vocab));
+    for (size_t i = 0; i < np; ++i) {
+      Sequence& s = seq(steps[p0 + i].seq);
+      note_peak(s);
+      s.policy->after_decode_step(*s.kv, s.scores);
+      if (expiry == WindowExpiry::On) kv_expire_window(c, *s.kv, *s.policy, positions[i] + 1);
+      s.n_past = positions[i] + 1;
+    }
   }
 }
 

@@ -52,6 +52,10 @@ struct SessionOptions {
   // and a slab of every format per head) take in the layout of the first sequence's policy; kUnlimited: none.
   size_t kv_max_bytes = 0;
   int32_t n_seq_max = 1;
+  // A decode step of several sequences gives each the bits it gets alone: it stacks at most the backend's
+  // batch_invariant_rows() sequences per forward (the CPU: 7, each weight read twice per 7). false: up to n_batch
+  // per forward, the weights read once, each sequence's logits within the matmul's rounding of its own.
+  bool batch_invariant = true;
   static constexpr size_t kUnlimited = SIZE_MAX / 4;
 };
 
@@ -102,8 +106,8 @@ class EngineSession {
 
   // One token for each listed sequence (each at most once), at its next position: the forward with the policy's read
   // filter and key positions, its decode scores when it wants them, its per-step hook, then window expiry.
-  // logits: (steps.size(), n_vocab). Sequences run one after the other for now; the result of each is what it
-  // gives alone, bit for bit.
+  // logits: (steps.size(), n_vocab). The sequences run stacked in forwards (Forward::run's segments: each weight
+  // read once for all of them), as many at a time as SessionOptions::batch_invariant allows.
   void step(std::span<const SequenceStep> steps, float* logits, WindowExpiry expiry = WindowExpiry::On);
 
   // The plain forward with no policy hook: n tokens at the next positions (original key positions), logits of the

@@ -151,23 +151,48 @@ const float* Forward::q_on_host(int32_t n) {
 void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
                   const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores,
                   kv::KvPositions key_positions, KvReadFilter* read) {
-  const ModelConfig& c = model_.config();
-  if (n <= 0 || n > n_batch_) fail("internal: chunk of {} tokens for a batch of {}", n, n_batch_);
-  // Each query of a chunk would see its own in-cache frame; prompts fit the context and keep original positions.
-  if (key_positions == kv::KvPositions::InCache && n != 1)
-    fail("internal: in-cache key positions take one token at a time, not {}", n);
-  const int64_t E = c.n_embd, D = c.head_dim;
+  const ForwardSegment seg{&kv, tokens, positions, n, scores, key_positions, read};
+  run({&seg, 1}, logit_rows, logits);
+}
 
-  if (key_positions == kv::KvPositions::InCache && !backend_.host_memory())
-    fail("in-cache key positions are not yet supported on {}", backend_.name());
+void Forward::run(std::span<const ForwardSegment> segments, const std::vector<int32_t>& logit_rows, float* logits) {
+  const ModelConfig& c = model_.config();
+  int32_t n = 0;
+  bool any_query_stats = false, any_read = false;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const ForwardSegment& sg = segments[i];
+    if (sg.kv == nullptr || sg.n <= 0) fail("internal: an empty forward segment");
+    // Each query of a chunk would see its own in-cache frame; prompts fit the context and keep original positions.
+    if (sg.key_positions == kv::KvPositions::InCache && sg.n != 1)
+      fail("internal: in-cache key positions take one token at a time, not {}", sg.n);
+    if (sg.key_positions == kv::KvPositions::InCache && !backend_.host_memory())
+      fail("in-cache key positions are not yet supported on {}", backend_.name());
+    for (size_t j = 0; j < i; ++j)
+      if (segments[j].kv == sg.kv) fail("internal: one sequence in two segments of a forward");
+    for (int32_t t = 0; t < sg.n; ++t)
+      if (sg.tokens[t] < 0 || sg.tokens[t] >= c.n_vocab)
+        fail("token id {} is outside the vocabulary of {}", sg.tokens[t], c.n_vocab);
+    any_query_stats = any_query_stats || (sg.scores != nullptr && sg.scores->queries.wanted());
+    any_read = any_read || sg.read != nullptr;
+    n += sg.n;
+  }
+  if (n <= 0 || n > n_batch_) fail("internal: chunk of {} tokens for a batch of {}", n, n_batch_);
+  tokens_.clear();
+  positions_.clear();
+  for (const ForwardSegment& sg : segments) {
+    tokens_.insert(tokens_.end(), sg.tokens, sg.tokens + sg.n);
+    positions_.insert(positions_.end(), sg.positions, sg.positions + sg.n);
+  }
+  const int32_t* positions = positions_.data();
+  const int64_t E = c.n_embd, D = c.head_dim;
+  const int64_t q_row = static_cast<int64_t>(c.n_head) * D, kv_row = static_cast<int64_t>(c.n_head_kv) * D;
+
   Backend& be = backend_;
   float *x = x_.get(), *xn = xn_.get(), *q = q_.get(), *k = k_.get(), *v = v_.get(), *attn = attn_.get(),
         *out = out_.get(), *gate = gate_.get(), *up = up_.get();
 
   // Embeddings: one dequantized row per token.
-  for (int32_t t = 0; t < n; ++t)
-    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) fail("token id {} is outside the vocabulary of {}", tokens[t], c.n_vocab);
-  be.embed(model_.token_embd(), tokens, n, c.embd_scale, x);
+  be.embed(model_.token_embd(), tokens_.data(), n, c.embd_scale, x);
 
   AttentionParams ap;
   ap.n_head = c.n_head;
@@ -189,42 +214,60 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
       be.rmsnorm(k, w.k_norm, k, n * c.n_head_kv, D, c.rms_eps);
     }
     const float base = local ? c.rope_base_local : c.rope_base;
-    if (scores != nullptr && scores->queries.wanted()) {
+    if (any_query_stats) {
       // The queries before RoPE, for a policy that models the queries to come (Expected Attention).
-      kv::KvQueryStats& qs = scores->queries;
-      if (static_cast<int32_t>(qs.layers.size()) != c.n_layer || qs.n_head != c.n_head || qs.head_dim != D)
-        fail("internal: query statistics sized for {} layers of {} heads of {}", qs.layers.size(), qs.n_head, qs.head_dim);
-      kv::KvQueryStats::Layer& ql = qs.layers[static_cast<size_t>(il)];
-      ql.rope_base = base;
-      ql.n_rot = c.n_rot;
-      ql.rope_order = c.rope_order;
-      ql.scale = c.attn_scale;
-      qs.add(host_pool_, il, q_on_host(n), positions, n);
+      const float* q_host = q_on_host(n);
+      int32_t row0 = 0;
+      for (const ForwardSegment& sg : segments) {
+        if (sg.scores != nullptr && sg.scores->queries.wanted()) {
+          kv::KvQueryStats& qs = sg.scores->queries;
+          if (static_cast<int32_t>(qs.layers.size()) != c.n_layer || qs.n_head != c.n_head || qs.head_dim != D)
+            fail("internal: query statistics sized for {} layers of {} heads of {}", qs.layers.size(), qs.n_head,
+                 qs.head_dim);
+          kv::KvQueryStats::Layer& ql = qs.layers[static_cast<size_t>(il)];
+          ql.rope_base = base;
+          ql.n_rot = c.n_rot;
+          ql.rope_order = c.rope_order;
+          ql.scale = c.attn_scale;
+          qs.add(host_pool_, il, q_host + row0 * q_row, sg.positions, sg.n);
+        }
+        row0 += sg.n;
+      }
     }
     be.rope(q, positions, n, c.n_head, D, c.n_rot, base, c.rope_order);
     be.rope(k, positions, n, c.n_head_kv, D, c.n_rot, base, c.rope_order);
-    kv.append(il, k, v, positions, n);
     ap.window = local ? c.sliding_window : 0;
-    KvLayerView view = kv.layer_view(il);
-    if (key_positions == kv::KvPositions::InCache)
-      in_cache_.apply(kv, il, positions[0], base, c.n_rot, c.rope_order, view);
-    if (read == nullptr) {
-      be.attention(ap, q, positions, n, view, attn);
-    } else {
-      KvLayerView narrowed = view;
-      narrowed.n_head = c.n_head;
-      read->narrow(il, q_on_host(n), positions, n, narrowed);
-      be.attention(ap, q, positions, n, narrowed, attn);
-    }
-    if (scores != nullptr && scores->wanted()) {
-      // Chunk rows are in position order: the voters are a suffix of the chunk.
-      int32_t first_row = 0;
-      while (first_row < n && positions[first_row] < scores->first_pos) ++first_row;
-      if (first_row < n) {
-        if (kv.n_tokens_max() > scores->stride) fail("internal: KV scores hold {} slots, the cache {}", scores->stride, kv.n_tokens_max());
-        be.attention_scores(ap, q, positions, n, first_row, view,
-                            scores->layers[static_cast<size_t>(il)].data(), scores->stride, scores->reduce);
+    const float* q_host = any_read ? q_on_host(n) : nullptr;
+    int32_t row0 = 0;
+    for (const ForwardSegment& sg : segments) {
+      kv::KvSequence& kv = *sg.kv;
+      const float* q_seg = q + row0 * q_row;
+      float* attn_seg = attn + row0 * q_row;
+      kv.append(il, k + row0 * kv_row, v + row0 * kv_row, sg.positions, sg.n);
+      KvLayerView view = kv.layer_view(il);
+      if (sg.key_positions == kv::KvPositions::InCache)
+        in_cache_.apply(kv, il, sg.positions[0], base, c.n_rot, c.rope_order, view);
+      if (sg.read == nullptr) {
+        be.attention(ap, q_seg, sg.positions, sg.n, view, attn_seg);
+      } else {
+        KvLayerView narrowed = view;
+        narrowed.n_head = c.n_head;
+        sg.read->narrow(il, q_host + row0 * q_row, sg.positions, sg.n, narrowed);
+        be.attention(ap, q_seg, sg.positions, sg.n, narrowed, attn_seg);
       }
+      kv::KvScores* scores = sg.scores;
+      if (scores != nullptr && scores->wanted()) {
+        // Chunk rows are in position order: the voters are a suffix of the segment.
+        int32_t first_row = 0;
+        while (first_row < sg.n && sg.positions[first_row] < scores->first_pos) ++first_row;
+        if (first_row < sg.n) {
+          if (kv.n_tokens_max() > scores->stride)
+            fail("internal: KV scores hold {} slots, the cache {}", scores->stride, kv.n_tokens_max());
+          be.attention_scores(ap, q_seg, sg.positions, sg.n, first_row, view,
+                              scores->layers[static_cast<size_t>(il)].data(), scores->stride, scores->reduce);
+        }
+      }
+      row0 += sg.n;
     }
     matmul(w.wo, attn, n, out);
     if (c.has_post_norms) be.rmsnorm(out, w.post_attn_norm, out, n, E, c.rms_eps);
@@ -240,7 +283,7 @@ void Forward::run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* posi
     be.add_in_place(x, out, n * E);
   }
 
-  // Output head, only for the rows asked for (usually just the last).
+  // Output head, only for the rows asked for (usually the last of each sequence).
   const int32_t n_out = static_cast<int32_t>(logit_rows.size());
   if (n_out == 0) return;
   for (int32_t i = 0; i < n_out; ++i) {

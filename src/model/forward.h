@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "backend/backend.h"
@@ -64,6 +65,18 @@ class KvInCacheRotation {
 
 // KvReadFilter (kv/read_filter.h): what a forward reads of each layer's cache.
 
+// One sequence's part of a forward: n consecutive rows of the chunk, at their positions in that sequence, with what
+// that sequence's policy asks of the forward (Forward::run's single-sequence form describes each field).
+struct ForwardSegment {
+  kv::KvSequence* kv = nullptr;
+  const int32_t* tokens = nullptr;     // host (n)
+  const int32_t* positions = nullptr;  // host (n)
+  int32_t n = 0;
+  kv::KvScores* scores = nullptr;
+  kv::KvPositions key_positions = kv::KvPositions::Original;
+  KvReadFilter* read = nullptr;
+};
+
 class Forward {
  public:
   // n_batch: the most tokens one call to run() takes; activation buffers (backend memory) are sized for it. Every
@@ -85,6 +98,11 @@ class Forward {
   void run(kv::KvSequence& kv, const int32_t* tokens, const int32_t* positions, int32_t n,
            const std::vector<int32_t>& logit_rows, float* logits, kv::KvScores* scores = nullptr,
            kv::KvPositions key_positions = kv::KvPositions::Original, KvReadFilter* read = nullptr);
+  // Several sequences in one forward (continuous batching): the segments' rows are stacked in order, every weight
+  // is read once for all of them (the matmuls, norms and activations run over the stacked rows), and each
+  // segment's attention, scores and read filter act on its own cache only. logit_rows index the stacked rows. The
+  // sum of the segments' n is at most n_batch; a sequence appears in at most one segment.
+  void run(std::span<const ForwardSegment> segments, const std::vector<int32_t>& logit_rows, float* logits);
 
   int32_t n_batch() const { return n_batch_; }
   const Model& model() const { return model_; }
@@ -95,6 +113,7 @@ class Forward {
   void matmul(const Weight& w, const float* x, int32_t n, float* y);  // y (n, w.n_out) = x (n, w.n_in) W^T
   // q_ (n rows) as host memory: q_ itself on a host backend, else a copy.
   const float* q_on_host(int32_t n);
+  std::vector<int32_t> tokens_, positions_;  // the segments' rows stacked (host)
 
   const Model& model_;
   std::unique_ptr<Backend> owned_;  // the CPU backend of the ThreadPool constructor

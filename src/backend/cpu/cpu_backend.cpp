@@ -57,6 +57,8 @@ void HostKvPageMemory::compact(KvFormat f, int32_t page_tokens, int32_t head_dim
   kv_page_compact(f, page_tokens, head_dim, page, keep, n_keep);
 }
 
+int32_t CpuBackend::batch_invariant_rows() const { return static_cast<int32_t>(cpu::kMatmulRowInvariantTok); }
+
 void CpuBackend::to_host(void* host_dst, const void* src, size_t bytes) {
   if (bytes > 0 && host_dst != src) std::memmove(host_dst, src, bytes);
 }

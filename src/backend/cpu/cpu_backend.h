@@ -38,6 +38,7 @@ class CpuBackend : public Backend {
   explicit CpuBackend(ThreadPool& pool) : pool_(pool) {}
   const char* name() const override { return "cpu"; }
   bool host_memory() const override { return true; }
+  int32_t batch_invariant_rows() const override;
   ThreadPool& pool() { return pool_; }
 
   void to_host(void* host_dst, const void* src, size_t bytes) override;

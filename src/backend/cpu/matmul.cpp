@@ -290,6 +290,7 @@ struct DotSink {
 // From this many tokens on, packing a panel costs less than dequantizing once per group of 4 tokens (measured).
 // matmul's kQuantizedMaxTok is the same bound.
 constexpr int64_t kPanelMinTok = 8;
+static_assert(kPanelMinTok == kMatmulRowInvariantTok + 1, "the rows path is the batch-invariant one");
 
 // y (n_valid, n_out) at rows r0 .. r0 + 4 for tokens x (n_valid, n_in), dequantization fused with the dot
 // products. Rows past r_end - 1 and tokens past n_valid - 1 repeat the last one and are dropped: a short group
@@ -574,6 +575,7 @@ const char* matmul_q8_target_name() { return q8::target_name(); }
 
 namespace {
 constexpr int64_t kQuantizedMaxTok = 8;  // below it the rows path runs, where reading the weights dominates
+static_assert(kQuantizedMaxTok == kMatmulRowInvariantTok + 1, "the rows path is the batch-invariant one");
 }  // namespace
 
 bool matmul_quantizes(GgmlType t, int64_t n_tok, MatmulPrecision precision) {

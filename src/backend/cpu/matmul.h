@@ -26,6 +26,10 @@ enum class MatmulPrecision {
   Q8Activations,
 };
 
+// Up to this many tokens a call takes the rows path, where each token's outputs are the bits it gets alone
+// (its own accumulators and activation scales, the same order of sums): the bound of batch invariance.
+constexpr int64_t kMatmulRowInvariantTok = 7;
+
 // y (n_tok, n_out) = x (n_tok, n_in) * W^T. W (n_out, n_in) is row-major, each row ggml_row_bytes(t, n_in) bytes
 // in format t (n_in a multiple of its block size). y must not overlap x or W. Threads split the output rows.
 // Every weight is read once per call (n_tok < 8: once per group of 4 tokens, fused with the dot products;
