@@ -1,7 +1,7 @@
-// Prefix reuse (GenerateParams::reuse_prefix) on SmolLM2: a second generate() over a prompt that shares a prefix
-// with what the cache holds runs only the tokens past it, and its logits are a fresh generator's within the rounding
-// of K/V written by another path (the decode step's, or an earlier chunk split); where the policy compresses or the
-// model has sliding-window layers, nothing is reused.
+// Prefix reuse in the scheduler (engine/scheduler.h) on SmolLM2: a request whose prompt shares a prefix with a
+// finished request's cache runs only the tokens past it, and its logits are a fresh generator's (what `run` does)
+// within the rounding of K/V written by another path (the decode step's, or an earlier chunk split); where the
+// policy compresses, or reuse is off, nothing is reused.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/generator.h"
+#include "engine/scheduler.h"
 #include "kv/policy.h"
 #include "model/model.h"
 #include "test_models.h"
@@ -25,7 +26,7 @@ namespace {
 constexpr float kLogitTol = 0.05f;
 
 struct GenRun {
-  GenerateStats stats;
+  RequestOutcome stats;
   std::vector<int32_t> tokens;
   std::vector<std::vector<float>> logits;  // per generated token, the logits it was drawn from
 };
@@ -45,35 +46,62 @@ class PrefixReuse : public ::testing::Test {
   }
   void SetUp() override { LONGCTX_REQUIRE_MODEL(test::smollm2_path()); }
 
-  static GenerateParams params(bool reuse) {
+  static GenerateParams params() {
     GenerateParams gp;
     gp.n_ctx = 1024;
     gp.n_batch = 64;
     gp.n_predict = 6;
     gp.ignore_eog = true;
     gp.sampling.temperature = 0;
-    gp.reuse_prefix = reuse;
     return gp;
   }
 
-  static GenRun generate(Generator& gen, const std::vector<int32_t>& prompt, GenerateParams gp) {
+  static std::unique_ptr<Scheduler> scheduler(bool reuse) {
+    SchedulerOptions so;
+    so.session.n_ctx = params().n_ctx;
+    so.session.n_batch = params().n_batch;
+    so.session.n_seq_max = 2;
+    so.prefix_reuse = reuse;
+    return std::make_unique<Scheduler>(*model_, *tok_, *pool_, so);
+  }
+
+  // One request alone through the scheduler, under the sampling of params().
+  static GenRun generate(Scheduler& s, const std::vector<int32_t>& prompt, const std::string& spec = "full") {
     GenRun r;
     const int64_t n_vocab = model_->config().n_vocab;
-    gp.on_token = [&](int32_t id, const float* logits) {
+    ScheduledRequest q;
+    q.prompt = prompt;
+    q.kv = spec;
+    q.n_predict = params().n_predict;
+    q.ignore_eog = true;
+    q.sampling = params().sampling;
+    q.on_token = [&](int32_t id, const float* logits) {
       r.tokens.push_back(id);
       r.logits.emplace_back(logits, logits + n_vocab);
       return true;
     };
-    gen.set_request(gp);
-    r.stats = gen.generate(prompt, [](std::string_view) { return true; }, nullptr);
+    q.on_done = [&](const RequestOutcome& o) { r.stats = o; };
+    s.add(std::move(q));
+    while (s.step()) {
+    }
+    EXPECT_EQ(r.stats.error, "");
     return r;
   }
 
   // What a generator that never saw another prompt gives.
   static GenRun fresh(const std::vector<int32_t>& prompt, const std::string& spec = "full") {
+    GenRun r;
+    const int64_t n_vocab = model_->config().n_vocab;
     auto policy = kv::make_kv_policy(spec, model_->config().n_layer, model_->config().n_head_kv);
-    Generator gen(*model_, *tok_, *pool_, *policy, params(false));
-    return generate(gen, prompt, params(false));
+    GenerateParams gp = params();
+    gp.on_token = [&](int32_t id, const float* logits) {
+      r.tokens.push_back(id);
+      r.logits.emplace_back(logits, logits + n_vocab);
+      return true;
+    };
+    Generator gen(*model_, *tok_, *pool_, *policy, gp);
+    gen.generate(prompt, [](std::string_view) { return true; }, nullptr);
+    return r;
   }
 
   // The reused run's tokens are the fresh run's and so are its logits within kLogitTol, up to the first token whose
@@ -123,33 +151,46 @@ TEST_F(PrefixReuse, SecondQuestionOverADocument) {
   const std::vector<int32_t> doc = kjv(0, 300);
   const std::vector<int32_t> a = concat(doc, kjv(1000, 50)), b = concat(doc, kjv(2000, 40));
   ASSERT_NE(a[300], b[300]);
-  auto policy = kv::make_kv_policy("full", model_->config().n_layer, model_->config().n_head_kv);
-  Generator gen(*model_, *tok_, *pool_, *policy, params(true));
-  const GenRun first = generate(gen, a, params(true));
+  auto s = scheduler(true);
+  const GenRun first = generate(*s, a);
   EXPECT_EQ(first.stats.n_reused, 0);
   expect_same(first, fresh(a));
-  const GenRun second = generate(gen, b, params(true));
+  const GenRun second = generate(*s, b);
   EXPECT_EQ(second.stats.n_reused, 300);
   EXPECT_EQ(second.stats.n_prompt, 340);
   expect_same(second, fresh(b));
   // The cache holds the second prompt and its answer now: the same prompt again reuses all but its last token.
-  const GenRun again = generate(gen, b, params(true));
+  const GenRun again = generate(*s, b);
   EXPECT_EQ(again.stats.n_reused, 339);
   expect_same(again, fresh(b));
+  EXPECT_GT(s->kv_pages_cached(), 0);
+  EXPECT_EQ(s->kv_pages_in_use(), 0);
 }
 
 // A chat's next turn re-sends the conversation: the previous prompt and the answer tokens that ran through the
 // model are reused (the K/V of the answer written by the decode step), only the new turn runs.
 TEST_F(PrefixReuse, NextTurnReusesTheAnswer) {
   const std::vector<int32_t> a = kjv(0, 200);
-  auto policy = kv::make_kv_policy("full", model_->config().n_layer, model_->config().n_head_kv);
-  Generator gen(*model_, *tok_, *pool_, *policy, params(true));
-  const GenRun first = generate(gen, a, params(true));
+  auto s = scheduler(true);
+  const GenRun first = generate(*s, a);
   const std::vector<int32_t> b = concat(concat(a, first.tokens), kjv(500, 30));
-  const GenRun second = generate(gen, b, params(true));
+  const GenRun second = generate(*s, b);
   // Every answer token but the last was run by a decode step; the last was only sampled.
   EXPECT_EQ(second.stats.n_reused, 200 + static_cast<int32_t>(first.tokens.size()) - 1);
   expect_same(second, fresh(b));
+}
+
+// Two documents in turn: each request finds its own document's cache (the scheduler keeps as many as may run).
+TEST_F(PrefixReuse, AlternatingDocumentsEachFindTheirCache) {
+  const std::vector<int32_t> d1 = kjv(0, 250), d2 = kjv(3000, 250);
+  auto s = scheduler(true);
+  generate(*s, concat(d1, kjv(1000, 20)));
+  generate(*s, concat(d2, kjv(1000, 20)));
+  const GenRun again1 = generate(*s, concat(d1, kjv(2000, 20)));
+  const GenRun again2 = generate(*s, concat(d2, kjv(2000, 20)));
+  EXPECT_EQ(again1.stats.n_reused, 250);
+  EXPECT_EQ(again2.stats.n_reused, 250);
+  expect_same(again2, fresh(concat(d2, kjv(2000, 20))));
 }
 
 // Nothing is reused where the cache does not hold every token as written, or when reuse is off.
@@ -159,29 +200,19 @@ TEST_F(PrefixReuse, OnlyTheFullCacheWithReuseOn) {
     SCOPED_TRACE(spec);
     auto policy = kv::make_kv_policy(spec, model_->config().n_layer, model_->config().n_head_kv);
     EXPECT_FALSE(policy->keeps_every_token());
-    Generator gen(*model_, *tok_, *pool_, *policy, params(true));
-    generate(gen, a, params(true));
-    const GenRun second = generate(gen, a, params(true));
+    auto s = scheduler(true);
+    generate(*s, a, spec);
+    const GenRun second = generate(*s, a, spec);
     EXPECT_EQ(second.stats.n_reused, 0);
+    EXPECT_EQ(s->kv_pages_cached(), 0);
     expect_same(second, fresh(a, spec));
   }
   auto full = kv::make_kv_policy("full", model_->config().n_layer, model_->config().n_head_kv);
   EXPECT_TRUE(full->keeps_every_token());
-  Generator gen(*model_, *tok_, *pool_, *full, params(true));
-  generate(gen, a, params(true));
-  EXPECT_EQ(generate(gen, a, params(false)).stats.n_reused, 0);
-  // Reuse off forgets the cache's tokens: turning it on again reuses nothing until a prompt has run.
-  EXPECT_EQ(generate(gen, a, params(true)).stats.n_reused, 0);
-  EXPECT_EQ(generate(gen, a, params(true)).stats.n_reused, 399);
-}
-
-// The session's own settings cannot change between requests.
-TEST_F(PrefixReuse, SessionSettingsAreFixed) {
-  auto full = kv::make_kv_policy("full", model_->config().n_layer, model_->config().n_head_kv);
-  Generator gen(*model_, *tok_, *pool_, *full, params(true));
-  GenerateParams other = params(true);
-  other.n_ctx = 2048;
-  EXPECT_THROW(gen.set_request(other), Error);
+  auto off = scheduler(false);
+  generate(*off, a);
+  EXPECT_EQ(generate(*off, a).stats.n_reused, 0);
+  EXPECT_EQ(off->kv_pages_cached(), 0);
 }
 
 }  // namespace

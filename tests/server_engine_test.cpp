@@ -1,4 +1,4 @@
-// The server's request core on SmolLM2 with no sockets: OpenAiService over the SerialEngine. A streamed answer is the
+// The server's request core on SmolLM2 with no sockets: OpenAiService over the BatchingEngine. A streamed answer is the
 // non-streamed one; requests the context cannot hold, bad policies and a full queue are refused before any work;
 // cancellation (by the client's channel, by a client gone while waiting, by shutdown) ends the job and its pages go
 // back to zero.
@@ -9,7 +9,7 @@
 
 #include "model/model.h"
 #include "openai_service.h"
-#include "serial_engine.h"
+#include "batching_engine.h"
 #include "test_models.h"
 #include "tokenizer/tokenizer.h"
 
@@ -39,9 +39,11 @@ class ServerEngine : public ::testing::Test {
     so.limits.max_tokens_cap = 400;
     return so;
   }
-  static SerialEngineOptions engine_options(int32_t max_queue = 8, bool prefix_reuse = false) {
-    SerialEngineOptions eo;
+  static BatchingEngineOptions engine_options(int32_t max_queue = 8, bool prefix_reuse = false,
+                                              int32_t max_running = 4) {
+    BatchingEngineOptions eo;
     eo.n_ctx = kCtx;
+    eo.max_running = max_running;
     eo.max_queue = max_queue;
     eo.prefix_reuse = prefix_reuse;
     eo.n_threads = 2;
@@ -68,7 +70,7 @@ bool eventually(F pred) {
 
 TEST_F(ServerEngine, StreamedTextIsTheCollectedText) {
   ServerMetrics metrics;
-  SerialEngine engine(*model_, *tok_, engine_options(), &metrics);
+  BatchingEngine engine(*model_, *tok_, engine_options(), &metrics);
   OpenAiService service(*model_, *tok_, engine, metrics, service_options());
   const std::string body =
       R"({"messages":[{"role":"user","content":"Name a fruit."}],"temperature":0,"max_tokens":10)";
@@ -100,11 +102,12 @@ TEST_F(ServerEngine, StreamedTextIsTheCollectedText) {
 }
 
 // Prefix reuse: a second request that shares the first one's prompt reports the shared tokens as cached, the kept
-// cache's pages count as cached (not in use, not free) between requests, and a request under another policy drops
-// them. (That the reused answer is a fresh one's within rounding is prefix_reuse_test's.)
+// cache's pages count as cached (not in use, not free) between requests, a request under another policy neither
+// reuses them nor adds its own compressed cache to them. (That the reused answer is a fresh one's within rounding is
+// prefix_reuse_test's.)
 TEST_F(ServerEngine, PrefixReuseReportsCachedTokensAndPages) {
   ServerMetrics metrics;
-  SerialEngine engine(*model_, *tok_, engine_options(8, true), &metrics);
+  BatchingEngine engine(*model_, *tok_, engine_options(8, true), &metrics);
   OpenAiService service(*model_, *tok_, engine, metrics, service_options());
   const std::string doc = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with one step.";
   auto ask = [&](const std::string& question, const std::string& kv) {
@@ -124,17 +127,23 @@ TEST_F(ServerEngine, PrefixReuseReportsCachedTokensAndPages) {
   const int cached = second["prompt_tokens_details"]["cached_tokens"];
   EXPECT_GT(cached, 20);  // the template's opening and the document
   EXPECT_LT(cached, second["prompt_tokens"].get<int>());
-  // Another policy: the kept cache goes back, and a policy that compresses keeps nothing after its request.
+  EXPECT_TRUE(eventually([&] { return engine.gauges().running == 0; }));
+  const int64_t cached_pages = engine.gauges().kv_pages_cached;
+  EXPECT_GT(cached_pages, 0);  // the second request took the first one's cache over, and left its own
+  // Another policy reuses nothing, and a policy that compresses keeps nothing after its request.
   const json third = ask("What begins?", "snapkv:budget=16");
   EXPECT_EQ(third["prompt_tokens_details"]["cached_tokens"], 0);
   EXPECT_TRUE(eventually([&] { return engine.gauges().running == 0; }));
-  EXPECT_EQ(engine.gauges().kv_pages_cached, 0);
+  EXPECT_EQ(engine.gauges().kv_pages_cached, cached_pages);
   EXPECT_EQ(engine.gauges().kv_pages_in_use, 0);
+  // The server stops: every page goes back.
+  engine.shutdown();
+  EXPECT_EQ(engine.gauges().kv_pages_cached, 0);
 }
 
 TEST_F(ServerEngine, RefusesWhatTheContextCannotHold) {
   ServerMetrics metrics;
-  SerialEngine engine(*model_, *tok_, engine_options(), &metrics);
+  BatchingEngine engine(*model_, *tok_, engine_options(), &metrics);
   OpenAiService service(*model_, *tok_, engine, metrics, service_options());
   std::string words;
   for (int i = 0; i < 400; ++i) words += " word";
@@ -178,7 +187,7 @@ TEST_F(ServerEngine, RefusesWhatTheContextCannotHold) {
 
 TEST_F(ServerEngine, FullQueueCancelAndShutdown) {
   ServerMetrics metrics;
-  SerialEngine engine(*model_, *tok_, engine_options(/*max_queue=*/1), &metrics);
+  BatchingEngine engine(*model_, *tok_, engine_options(/*max_queue=*/1, false, /*max_running=*/1), &metrics);
   OpenAiService service(*model_, *tok_, engine, metrics, service_options());
   const std::string long_job = R"({"prompt":"1, 2, 3,","temperature":0,"max_tokens":240})";
   StartedRequest running = service.start(long_job, Endpoint::Completion);

@@ -14,12 +14,12 @@ Histogram::Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), c
       fail("histogram bounds must be finite and strictly increasing");
 }
 
-void Histogram::observe(double seconds) {
+void Histogram::observe(double value) {
   size_t i = 0;
-  while (i < bounds_.size() && seconds > bounds_[i]) ++i;
+  while (i < bounds_.size() && value > bounds_[i]) ++i;
   std::lock_guard lock(mu_);
   ++counts_[i];
-  sum_ += seconds;
+  sum_ += value;
 }
 
 uint64_t Histogram::count() const {
@@ -44,7 +44,8 @@ std::string Histogram::render(const std::string& name, const std::string& help) 
 
 ServerMetrics::ServerMetrics()
     : time_to_first_token({0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}),
-      time_per_output_token({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}) {}
+      time_per_output_token({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}),
+      decode_batch_size({1, 2, 4, 8, 16, 32, 64, 128}) {}
 
 void ServerMetrics::count_request(const std::string& endpoint, int status) {
   std::lock_guard lock(mu_);
@@ -91,6 +92,7 @@ std::string ServerMetrics::render(const EngineGauges& g) const {
                                     "Seconds from a request's arrival to its first generated token.");
   out += time_per_output_token.render("longctx_time_per_output_token_seconds",
                                       "Seconds between consecutive generated tokens of a request.");
+  out += decode_batch_size.render("longctx_decode_batch_size", "Requests in each decode step (one forward).");
   return out;
 }
 

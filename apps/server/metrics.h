@@ -10,12 +10,12 @@
 
 namespace longctx::server {
 
-// A cumulative histogram of seconds over fixed upper bounds, as Prometheus defines one: each bucket counts the
+// A cumulative histogram of values (seconds, batch sizes) over fixed upper bounds, as Prometheus defines one: each bucket counts the
 // observations <= its bound, +Inf counts all of them. Thread-safe.
 class Histogram {
  public:
   explicit Histogram(std::vector<double> bounds);  // strictly increasing, finite
-  void observe(double seconds);
+  void observe(double value);
   // The metric's lines: name_bucket{le="..."} (cumulative), name_bucket{le="+Inf"}, name_sum, name_count.
   std::string render(const std::string& name, const std::string& help) const;
   uint64_t count() const;
@@ -48,6 +48,7 @@ class ServerMetrics {
 
   Histogram time_to_first_token;
   Histogram time_per_output_token;
+  Histogram decode_batch_size;  // sequences per decode step
 
   std::string render(const EngineGauges& g) const;
 

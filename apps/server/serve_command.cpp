@@ -8,11 +8,11 @@
 
 #include "core/error.h"
 #include "device_option.h"
+#include "batching_engine.h"
 #include "http_server.h"
 #include "kv/policy.h"
 #include "model/model.h"
 #include "openai_service.h"
-#include "serial_engine.h"
 #include "tokenizer/tokenizer.h"
 
 namespace longctx {
@@ -32,6 +32,14 @@ CLI::App* add_serve_subcommand(CLI::App& app, ServeOptions& o) {
       ->capture_default_str()->check(CLI::Range(1, 1 << 24));
   s->add_option("--max-queue", o.max_queue, "Requests that may wait; more get 429")->capture_default_str()
       ->check(CLI::Range(0, 4096));
+  s->add_option("--max-running", o.max_running,
+                "Requests generating at once, their decode steps batched (the KV pool holds this many full caches "
+                "of --ctx; more wait in the queue)")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  s->add_flag("--no-batch-invariant", o.no_batch_invariant,
+              "Stack all running requests in one forward per decode step (faster with many; each answer then equals "
+              "its answer alone only within rounding). Default: at most the backend's batch-invariant rows per "
+              "forward (the CPU: 7), so every answer is bit for bit what it gets alone");
   s->add_option("--max-body", o.max_body, "Largest request body in bytes; larger gets 413")->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{1} << 34));
   s->add_option("-b,--batch", o.n_batch, "Prompt tokens per prefill chunk")->capture_default_str()->check(CLI::Range(1, 8192));
@@ -51,10 +59,12 @@ int serve_command(const ServeOptions& o) {
   const ModelConfig& c = model->config();
 
   server::ServerMetrics metrics;
-  server::SerialEngineOptions eo;
+  server::BatchingEngineOptions eo;
   eo.n_ctx = o.n_ctx > 0 ? o.n_ctx : c.n_ctx_train;
   eo.n_batch = o.n_batch;
   eo.max_queue = o.max_queue;
+  eo.max_running = o.max_running;
+  eo.batch_invariant = !o.no_batch_invariant;
   eo.device = pick_device(o.device);
   eo.prefix_reuse = !o.no_prefix_reuse;
   eo.n_threads = o.threads > 0 ? o.threads : static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
@@ -67,7 +77,7 @@ int serve_command(const ServeOptions& o) {
   // Checked before the engine's thread starts: a bad --kv is an error at start, not on every request.
   kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv);
 
-  server::SerialEngine engine(*model, *tok, eo, &metrics);
+  server::BatchingEngine engine(*model, *tok, eo, &metrics);
   server::OpenAiService service(*model, *tok, engine, metrics, so);
   server::HttpOptions ho;
   ho.host = o.host;
@@ -75,9 +85,9 @@ int serve_command(const ServeOptions& o) {
   ho.api_key = o.api_key;
   ho.max_body_bytes = o.max_body;
   // Every queued or running request holds a connection while it waits, and a few more serve /health and /metrics.
-  ho.n_http_threads = o.max_queue + 8;
-  fmt::print(stderr, "longctx serve: {} ({}, {} layers), ctx {}, kv {}, {} threads, queue {}{}\n", o.model,
-             arch_name(c.arch), c.n_layer, eo.n_ctx, o.kv, eo.n_threads, o.max_queue,
+  ho.n_http_threads = o.max_queue + o.max_running + 8;
+  fmt::print(stderr, "longctx serve: {} ({}, {} layers), ctx {}, kv {}, {} threads, {} running, queue {}{}\n",
+             o.model, arch_name(c.arch), c.n_layer, eo.n_ctx, o.kv, eo.n_threads, o.max_running, o.max_queue,
              o.api_key.empty() ? "" : ", API key required");
   return server::serve_http(service, engine, ho);
 }

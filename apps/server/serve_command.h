@@ -20,6 +20,8 @@ struct ServeOptions {
   int32_t n_ctx = 0;           // 0: the model's trained context
   int32_t max_tokens = 4096;   // the largest max_tokens a request may ask; also the default
   int32_t max_queue = 16;
+  int32_t max_running = 8;
+  bool no_batch_invariant = false;
   size_t max_body = 8u << 20;
   int32_t n_batch = 256;
   int32_t threads = 0;         // 0: all cores

@@ -58,40 +58,16 @@ Generator::Generator(const Model& model, const Tokenizer& tok, ThreadPool& pool,
     : model_(model), tok_(tok), params_(params), session_(model, pool, session_options(params), &tok),
       seq_(session_.add_sequence(policy)) {}
 
-void Generator::set_request(const GenerateParams& p) {
-  if (p.n_ctx != params_.n_ctx || p.n_batch != params_.n_batch || p.device != params_.device ||
-      p.prefill_compress != params_.prefill_compress)
-    fail("set_request: the context, batch, device and prefill compression are the session's, fixed at construction");
-  params_ = p;
-  if (!p.reuse_prefix) cached_.clear();
-}
-
-int32_t Generator::reusable_prefix(const std::vector<int32_t>& prompt) {
-  if (!params_.reuse_prefix || cached_.empty() || prompt.empty()) return 0;
-  if (!session_.policy(seq_).keeps_every_token() || model_.config().sliding_window > 0) return 0;
-  const size_t n = std::min(cached_.size(), prompt.size() - 1);
-  size_t l = 0;
-  while (l < n && cached_[l] == prompt[l]) ++l;
-  return static_cast<int32_t>(l);
-}
-
 void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress, std::vector<float>& logits,
-                        PolicyHooks hooks, int32_t n_compressed, const std::vector<int32_t>& logit_positions,
-                        int32_t n_reused) {
+                        PolicyHooks hooks, int32_t n_compressed, const std::vector<int32_t>& logit_positions) {
   if (prompt.empty()) fail("the prompt is empty");
-  cached_.clear();  // until this prefill has run whole
-  if (n_reused > 0) {
-    session_.truncate(seq_, n_reused);
-  } else {
-    session_.reset_sequence(seq_);
-  }
+  session_.reset_sequence(seq_);
   PrefillOptions po;
-  for (int32_t p : logit_positions) po.logit_positions.push_back(p - n_reused);
-  if (on_progress) po.progress = [&](int32_t done, int32_t all) { on_progress(n_reused + done, n_reused + all); };
+  po.logit_positions = logit_positions;
+  po.progress = on_progress;
   po.hooks = hooks;
   po.n_compressed = n_compressed;
-  session_.prefill(seq_, std::span<const int32_t>(prompt).subspan(static_cast<size_t>(n_reused)), po, logits);
-  if (params_.reuse_prefix && hooks == PolicyHooks::On && n_compressed == 0) cached_ = prompt;
+  session_.prefill(seq_, prompt, po, logits);
 }
 
 std::vector<float> Generator::prompt_logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& positions) {
@@ -163,8 +139,7 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
   st.n_prompt = static_cast<int32_t>(prompt.size());
   std::vector<float> logits;
   auto t0 = std::chrono::steady_clock::now();
-  st.n_reused = n_compressed == 0 ? reusable_prefix(prompt) : 0;
-  prefill(prompt, on_progress, logits, PolicyHooks::On, n_compressed, {st.n_prompt - 1}, st.n_reused);
+  prefill(prompt, on_progress, logits, PolicyHooks::On, n_compressed, {st.n_prompt - 1});
   st.prefill_seconds = seconds_since(t0);
 
   Sampler sampler(params_.sampling);
@@ -206,9 +181,6 @@ GenerateStats Generator::generate(const std::vector<int32_t>& prompt, const Text
     }
     const SequenceStep s{seq_, id};
     session_.step({&s, 1}, logits.data());
-    // Only after the step: a step that throws may leave slots of this position behind, and a later reuse truncates
-    // to at most the tokens listed here, so those slots go.
-    if (!cached_.empty()) cached_.push_back(id);
     ++pos;
   }
   if (st.stop_reason != StopReason::StopString) filter.flush(on_text);

@@ -36,14 +36,6 @@ struct GenerateParams {
   // Called with each generated token and the logits (n_vocab) it was drawn from, before its text goes out (the
   // server's logprobs and per-token timing); returning false stops generation (StopReason::Cancelled).
   std::function<bool(int32_t id, const float* logits)> on_token;
-  // Keep what the cache holds for the next generate(): it runs only the part of its prompt past the longest prefix
-  // shared with the tokens the cache holds (the previous call's prompt and the generated tokens that ran), where the
-  // policy keeps every token as written (kv::KvPolicy::keeps_every_token: the full cache) and the model has no
-  // sliding-window layers (their expiry has dropped keys that a rewound position reads). A chat's next turn re-sends
-  // the whole conversation: its time to first token then counts the new turn alone. The reused keys and values are
-  // those the earlier forward wrote (generated tokens' by the decode step), so the logits match a fresh prefill
-  // within the backend's rounding, not bit for bit.
-  bool reuse_prefix = false;
 };
 
 enum class StopReason { Eog, StopString, Length, ContextFull, Cancelled };
@@ -51,7 +43,6 @@ const char* stop_reason_name(StopReason r);
 
 struct GenerateStats {
   int32_t n_prompt = 0;
-  int32_t n_reused = 0;              // prompt tokens not run: their K/V were the cache's (reuse_prefix)
   int32_t n_generated = 0;
   double prefill_seconds = 0;
   double decode_seconds = 0;
@@ -114,31 +105,20 @@ class Generator {
   ScoreStats score_continuation(const std::vector<int32_t>& prefix, const std::vector<int32_t>& continuation,
                                 const ProgressFn& on_progress, const ScoreStepFn& on_step = {});
 
-  // The per-request fields of the params (n_predict, sampling, stop, ignore_eog, on_token, reuse_prefix) for the
-  // next calls, the cache kept; the session's (n_ctx, n_batch, device, prefill_compress) are fixed at construction:
-  // a change is an Error.
-  void set_request(const GenerateParams& params);
-
   kv::KvSequence& sequence() { return session_.sequence(seq_); }
   EngineSession& session() { return session_; }
   const kv::KvPagePool& page_pool() const { return session_.pages(); }
 
  private:
-  // Prefills the prompt into the sequence, emptied first except for its first n_reused tokens (the cache's own):
-  // logits of the listed prompt positions.
+  // Prefills the prompt into the emptied sequence: logits of the listed prompt positions.
   void prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress, std::vector<float>& logits,
-               PolicyHooks hooks, int32_t n_compressed, const std::vector<int32_t>& logit_positions,
-               int32_t n_reused = 0);
-  // How many of the prompt's first tokens the cache holds already and reuse_prefix may keep (never the last one:
-  // its logits are needed).
-  int32_t reusable_prefix(const std::vector<int32_t>& prompt);
+               PolicyHooks hooks, int32_t n_compressed, const std::vector<int32_t>& logit_positions);
 
   const Model& model_;
   const Tokenizer& tok_;
   GenerateParams params_;
   EngineSession session_;
   SequenceId seq_;
-  std::vector<int32_t> cached_;  // the tokens in the cache by position, while reuse_prefix may use them; else empty
 };
 
 std::string logits_hash(const float* logits, int64_t n);

@@ -62,6 +62,7 @@ class KvPagePool {
   size_t bytes_reserved() const { return bytes_held_; }  // chunks holding a live page: what the system gave
   size_t bytes_reserved_peak() const { return bytes_held_peak_; }
   size_t n_pages_in_use() const { return n_in_use_; }
+  size_t max_bytes() const { return max_bytes_; }  // the limit bytes_reserved() may not pass
   KvPageMemory& memory() const { return memory_; }
 
  private:

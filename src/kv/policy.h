@@ -125,7 +125,7 @@ class KvPolicy {
   // 0: the store's default.
   virtual int32_t page_tokens() const { return 0; }
   // Whether the cache always holds every token as it was written (nothing evicted, packed or selected): then a later
-  // prompt that starts with the same tokens may reuse their K/V (GenerateParams::reuse_prefix).
+  // prompt that starts with the same tokens may reuse their K/V (the server's scheduler, engine/scheduler.h).
   virtual bool keeps_every_token() const { return false; }
 };
 

@@ -1,0 +1,380 @@
+// Continuous batching over one engine session (scheduler.h).
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <span>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "engine/stop_filter.h"
+#include "kv/kv_store.h"
+
+namespace longctx {
+
+namespace {
+// Thrown out of a prefill's progress callback when its request is cancelled between chunks.
+struct PrefillCancelled {};
+}  // namespace
+
+struct Scheduler::Request {
+  ScheduledRequest in;
+  SequenceId seq = -1;  // while running (the session owns its policy)
+  bool needs_prefill = true;
+  bool done = false;
+  // What the next prefill runs: the prompt, or after a preemption the prompt and every token generated.
+  std::vector<int32_t> to_prefill;
+  int32_t n_reused = 0;       // of to_prefill, held already by a cached sequence taken over
+  std::vector<int32_t> ran;   // tokens whose K/V the sequence holds, by position
+  std::vector<float> logits;  // (n_vocab) the prediction of the next token
+  int32_t next_token = -1;    // sampled and streamed, fed at the next decode step
+  std::unique_ptr<Sampler> sampler;
+  std::unique_ptr<StopFilter> filter;  // reads in.stop
+  RequestOutcome out;
+  bool cancelled() { return in.cancelled && in.cancelled(); }
+};
+
+// A finished full cache kept for prefix reuse.
+struct Scheduler::Cached {
+  SequenceId seq = -1;
+  std::string policy;          // the policy's describe()
+  std::vector<int32_t> tokens;  // by position
+};
+
+Scheduler::Scheduler(const Model& model, const Tokenizer& tok, ThreadPool& pool, const SchedulerOptions& opts)
+    : model_(model), tok_(tok), opts_(opts), session_(model, pool, opts.session, &tok) {}
+
+Scheduler::~Scheduler() = default;
+
+void Scheduler::add(ScheduledRequest r) {
+  auto req = std::make_unique<Request>();
+  req->in = std::move(r);
+  req->to_prefill = req->in.prompt;
+  req->out.n_prompt = static_cast<int32_t>(req->in.prompt.size());
+  waiting_.push_back(std::move(req));
+}
+
+size_t Scheduler::free_bytes() const {
+  if (session_.n_sequences() == 0 && cached_.empty()) return SIZE_MAX;  // the pool may not exist yet
+  const kv::KvPagePool& p = session_.pages();
+  return p.max_bytes() > p.bytes_reserved() ? p.max_bytes() - p.bytes_reserved() : 0;
+}
+
+size_t Scheduler::step_growth_bytes(const kv::KvGeometry& g) const {
+  size_t per_head = kv::kv_pool_chunk_bytes(kv_page_bytes(g.format, g.page_tokens, g.head_dim));
+  if (g.sealed_format != g.format) per_head += kv::kv_pool_chunk_bytes(kv_page_bytes(g.sealed_format, g.page_tokens, g.head_dim));
+  return per_head * static_cast<size_t>(g.n_layer) * g.n_head_kv;
+}
+
+size_t Scheduler::running_growth_bytes() const {
+  size_t b = 0;
+  for (const auto& r : running_)
+    if (r->seq >= 0 && !r->done) b += step_growth_bytes(session_.sequence(r->seq).geometry());
+  return b;
+}
+
+size_t Scheduler::prompt_bytes(const kv::KvPolicy& p, int32_t n_tokens) const {
+  const ModelConfig& c = model_.config();
+  const int32_t T = p.page_tokens() > 0 ? p.page_tokens() : kv::KvGeometry{}.page_tokens;
+  const kv::KvReconstruction rec = p.reconstruction();
+  const int64_t extra = rec.chunk > 0 ? rec.chunk + rec.n_overlap + 256 : 0;
+  const int64_t pages = (n_tokens + extra + T - 1) / T + 1;
+  return static_cast<size_t>(pages) * c.n_layer * c.n_head_kv *
+         kv::kv_pool_chunk_bytes(kv_page_bytes(p.page_format(), T, c.head_dim));
+}
+
+bool Scheduler::make_room(size_t bytes) {
+  while (free_bytes() < bytes && !cached_.empty()) {
+    session_.remove_sequence(cached_.front()->seq);
+    cached_.erase(cached_.begin());
+  }
+  return free_bytes() >= bytes;
+}
+
+bool Scheduler::try_admit(Request& r) {
+  const ModelConfig& c = model_.config();
+  std::unique_ptr<kv::KvPolicy> policy;
+  try {
+    if (r.to_prefill.empty()) fail("the prompt is empty");
+    if (static_cast<int64_t>(r.to_prefill.size()) > opts_.session.n_ctx)
+      fail("the prompt has {} tokens, more than the context of {}", r.to_prefill.size(), opts_.session.n_ctx);
+    policy = kv::make_kv_policy(r.in.kv, c.n_layer, c.n_head_kv);
+    if (!r.sampler) {
+      r.sampler = std::make_unique<Sampler>(r.in.sampling);
+      for (int32_t t : r.in.prompt) r.sampler->accept(t);
+      r.filter = std::make_unique<StopFilter>(r.in.stop);
+    }
+  } catch (const std::exception& e) {
+    finish(r, StopReason::Length, e.what());
+    return true;  // consumed: it ends here
+  }
+  // The cached sequence sharing the longest prefix, under the same policy (never the last token: its logits are
+  // needed).
+  const int32_t n = static_cast<int32_t>(r.to_prefill.size());
+  size_t best = cached_.size();
+  int32_t best_len = 0;
+  if (opts_.prefix_reuse && policy->keeps_every_token() && c.sliding_window <= 0) {
+    const std::string key = policy->describe();
+    for (size_t i = 0; i < cached_.size(); ++i) {
+      if (cached_[i]->policy != key) continue;
+      const std::vector<int32_t>& t = cached_[i]->tokens;
+      const size_t most = std::min(t.size(), static_cast<size_t>(n - 1));
+      size_t l = 0;
+      while (l < most && t[l] == r.to_prefill[l]) ++l;
+      if (static_cast<int32_t>(l) > best_len) {
+        best_len = static_cast<int32_t>(l);
+        best = i;
+      }
+    }
+  }
+  // Room for the prompt beside every running sequence's next step; cached sequences go first (not the one reused).
+  std::unique_ptr<Cached> reuse;
+  if (best < cached_.size()) {
+    reuse = std::move(cached_[best]);
+    cached_.erase(cached_.begin() + static_cast<std::ptrdiff_t>(best));
+  }
+  kv::KvGeometry geo;
+  geo.n_layer = c.n_layer;
+  geo.n_head_kv = c.n_head_kv;
+  geo.head_dim = c.head_dim;
+  geo.format = policy->page_format();
+  geo.sealed_format = policy->sealed_format();
+  if (policy->page_tokens() > 0) geo.page_tokens = policy->page_tokens();
+  const size_t need = prompt_bytes(*policy, n - best_len) + step_growth_bytes(geo) + running_growth_bytes();
+  if (!make_room(need) && !running_.empty()) {
+    if (reuse) cached_.push_back(std::move(reuse));  // stays cached; the request waits
+    return false;
+  }
+  if (reuse) {
+    r.seq = reuse->seq;
+    r.n_reused = best_len;
+    session_.truncate(r.seq, best_len);
+  } else {
+    r.seq = session_.add_sequence(std::move(policy));
+    r.n_reused = 0;
+  }
+  r.out.n_reused = r.n_reused;  // after a preemption: the last prefill's
+  r.needs_prefill = true;
+  return true;
+}
+
+void Scheduler::admit() {
+  // One prompt waits for its prefill at a time: admission counts the pages of what is running.
+  for (const auto& r : running_)
+    if (r->needs_prefill && !r->done) return;
+  while (!waiting_.empty() && n_running() < opts_.session.n_seq_max) {
+    Request& r = *waiting_.front();
+    if (r.cancelled()) {
+      finish(r, StopReason::Cancelled);
+      waiting_.pop_front();
+      continue;
+    }
+    if (!try_admit(r)) return;
+    std::unique_ptr<Request> req = std::move(waiting_.front());
+    waiting_.pop_front();
+    if (req->done) continue;  // it failed its checks
+    running_.push_back(std::move(req));
+    return;
+  }
+}
+
+bool Scheduler::step() {
+  for (auto& r : waiting_)
+    if (!r->done && r->cancelled()) finish(*r, StopReason::Cancelled);
+  std::erase_if(waiting_, [](const auto& r) { return r->done; });
+  admit();
+  Request* to_prefill = nullptr;
+  for (const auto& r : running_)
+    if (r->needs_prefill && !r->done) to_prefill = r.get();
+  if (to_prefill != nullptr) prefill(*to_prefill);
+  decode_step(nullptr);
+  release_finished();
+  return !idle();
+}
+
+void Scheduler::prefill(Request& r) {
+  const int32_t n = static_cast<int32_t>(r.to_prefill.size());
+  PrefillOptions po;
+  po.logit_positions = {n - r.n_reused - 1};
+  // Between chunks the running requests take a step each (Sarathi-Serve's chunked prefill: a long prompt holds no
+  // stream up for more than one chunk).
+  po.progress = [&](int32_t done, int32_t all) {
+    if (r.cancelled()) throw PrefillCancelled{};
+    if (done < all) decode_step(&r);
+  };
+  try {
+    session_.prefill(r.seq, std::span<const int32_t>(r.to_prefill).subspan(static_cast<size_t>(r.n_reused)), po,
+                     r.logits);
+  } catch (const PrefillCancelled&) {
+    finish(r, StopReason::Cancelled);
+    return;
+  } catch (const std::bad_alloc&) {
+    finish(r, StopReason::Length, "out of memory");
+    return;
+  } catch (const std::exception& e) {
+    finish(r, StopReason::Length, e.what());
+    return;
+  }
+  r.ran = std::move(r.to_prefill);
+  r.to_prefill.clear();
+  r.needs_prefill = false;
+  sample_next(r);
+}
+
+bool Scheduler::sample_next(Request& r) {
+  // Generator::generate's loop, one token at a time, in the same order.
+  const int32_t n_vocab = model_.config().n_vocab;
+  RequestOutcome& o = r.out;
+  auto end = [&](StopReason stop, std::string error = {}) {
+    finish(r, stop, std::move(error));
+    return false;
+  };
+  if (o.n_generated >= r.in.n_predict) return end(StopReason::Length);
+  int32_t id = 0;
+  try {
+    id = r.sampler->sample(r.logits.data(), n_vocab);
+  } catch (const std::exception& e) {
+    return end(StopReason::Length, e.what());
+  }
+  r.sampler->accept(id);
+  if (!r.in.ignore_eog && tok_.is_eog(id)) return end(StopReason::Eog);
+  o.tokens.push_back(id);
+  ++o.n_generated;
+  if (r.in.on_token && !r.in.on_token(id, r.logits.data())) return end(StopReason::Cancelled);
+  bool keep_going = true;
+  const TextFn emit = [&](std::string_view s) { return r.in.on_text ? r.in.on_text(s) : true; };
+  if (r.filter->push(tok_.token_bytes(id), emit, keep_going)) return end(StopReason::StopString);
+  if (!keep_going) return end(StopReason::Cancelled);
+  if (o.n_generated >= r.in.n_predict) return end(StopReason::Length);
+  if (!session_.context_has_room(r.seq)) return end(StopReason::ContextFull);
+  r.next_token = id;
+  return true;
+}
+
+void Scheduler::decode_step(const Request* prefilling) {
+  std::vector<Request*> batch;
+  for (const auto& up : running_) {
+    Request& r = *up;
+    if (&r == prefilling || r.done || r.needs_prefill) continue;
+    if (r.cancelled()) {
+      finish(r, StopReason::Cancelled);
+      continue;
+    }
+    batch.push_back(&r);
+  }
+  // Preemption: while the step could outgrow the pool, the newest request gives its pages back and waits to be
+  // recomputed; the oldest always runs.
+  auto growth = [&] {
+    size_t b = 0;
+    for (const Request* r : batch) b += step_growth_bytes(session_.sequence(r->seq).geometry());
+    return b;
+  };
+  while (batch.size() > 1 && !make_room(growth())) {
+    Request& victim = *batch.back();
+    batch.pop_back();
+    session_.remove_sequence(victim.seq);
+    victim.seq = -1;
+    victim.to_prefill = victim.ran;
+    victim.to_prefill.push_back(victim.next_token);
+    victim.ran.clear();
+    victim.needs_prefill = true;
+    ++victim.out.n_preempted;
+    auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& p) { return p.get() == &victim; });
+    waiting_.push_front(std::move(*it));
+    running_.erase(it);
+  }
+  if (batch.empty()) return;
+  const int32_t n_vocab = model_.config().n_vocab;
+  std::vector<SequenceStep> steps;
+  for (Request* r : batch) steps.push_back({r->seq, r->next_token});
+  step_logits_.resize(steps.size() * static_cast<size_t>(n_vocab));
+  try {
+    session_.step(steps, step_logits_.data());
+  } catch (const std::bad_alloc&) {
+    for (Request* r : batch) finish(*r, StopReason::Length, "out of memory");
+    return;
+  } catch (const std::exception& e) {
+    for (Request* r : batch) finish(*r, StopReason::Length, e.what());
+    return;
+  }
+  batch_sizes_.push_back(static_cast<int32_t>(batch.size()));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Request& r = *batch[i];
+    r.ran.push_back(r.next_token);
+    std::memcpy(r.logits.data(), step_logits_.data() + i * n_vocab, static_cast<size_t>(n_vocab) * sizeof(float));
+    sample_next(r);
+  }
+}
+
+void Scheduler::finish(Request& r, StopReason stop, std::string error) {
+  if (r.done) return;
+  r.done = true;
+  RequestOutcome& o = r.out;
+  o.stop = stop;
+  o.error = std::move(error);
+  if (r.filter && o.error.empty() && stop != StopReason::StopString && r.in.on_text)
+    r.filter->flush([&](std::string_view s) { return r.in.on_text(s); });
+  if (r.seq >= 0) {
+    o.kv_bytes = session_.bytes(r.seq);
+    o.kv_full_f16_bytes = session_.sequence(r.seq).full_f16_bytes(session_.position(r.seq));
+    kv::KvPolicy& p = session_.policy(r.seq);
+    const bool keep = opts_.prefix_reuse && o.error.empty() && stop != StopReason::Cancelled &&
+                      p.keeps_every_token() && model_.config().sliding_window <= 0 &&
+                      static_cast<int32_t>(r.ran.size()) == session_.position(r.seq);
+    if (keep) {
+      auto c = std::make_unique<Cached>();
+      c->seq = r.seq;
+      c->policy = p.describe();
+      c->tokens = std::move(r.ran);
+      cached_.push_back(std::move(c));
+      // At most as many kept as may run: older ones go first.
+      while (static_cast<int32_t>(cached_.size()) > opts_.session.n_seq_max) {
+        session_.remove_sequence(cached_.front()->seq);
+        cached_.erase(cached_.begin());
+      }
+    } else {
+      session_.remove_sequence(r.seq);
+    }
+    r.seq = -1;
+  }
+  if (r.in.on_done) r.in.on_done(o);
+}
+
+void Scheduler::release_finished() {
+  std::erase_if(running_, [](const auto& r) { return r->done; });
+}
+
+void Scheduler::cancel_all() {
+  for (auto& r : running_) finish(*r, StopReason::Cancelled);
+  for (auto& r : waiting_) finish(*r, StopReason::Cancelled);
+  running_.clear();
+  waiting_.clear();
+  for (auto& c : cached_) session_.remove_sequence(c->seq);
+  cached_.clear();
+}
+
+namespace {
+int64_t pages_of(const kv::KvSequence& s) {
+  const kv::KvGeometry& g = s.geometry();
+  int64_t n = 0;
+  for (int32_t l = 0; l < g.n_layer; ++l)
+    for (int32_t h = 0; h < g.n_head_kv; ++h) n += static_cast<int64_t>(s.head(l, h).pages.size());
+  return n;
+}
+}  // namespace
+
+int64_t Scheduler::kv_pages_in_use() const {
+  int64_t n = 0;
+  for (const auto& r : running_)
+    if (r->seq >= 0) n += pages_of(session_.sequence(r->seq));
+  return n;
+}
+
+int64_t Scheduler::kv_pages_cached() const {
+  int64_t n = 0;
+  for (const auto& c : cached_) n += pages_of(session_.sequence(c->seq));
+  return n;
+}
+
+}  // namespace longctx

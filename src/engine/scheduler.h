@@ -1,0 +1,129 @@
+// Continuous batching over one engine session (the server's scheduler; "Orca: A Distributed Serving System for
+// Transformer-Based Generative Models" for iteration-level scheduling, "Taming Throughput-Latency Tradeoff in LLM
+// Inference with Sarathi-Serve" for chunked prefill interleaved with decode). Requests arrive with a prompt, a KV
+// policy and sampling parameters; each step() admits what the page pool holds, runs one waiting prompt's prefill
+// with a decode step of every running request between its chunks (so a long prompt stalls no stream for more than
+// one chunk), or else one decode step of every running request in stacked forwards (each weight read once for many
+// sequences). Each request is sampled exactly as Generator::generate samples it alone, and with the session's
+// batch_invariant (the default) its tokens are the ones it gets alone.
+//
+// Memory: admission waits until the pool can hold a prompt's full-format pages beside what every running sequence
+// may add in its next step; when the running sequences would outgrow the pool, the newest is preempted (its pages
+// go back, it waits at the front of the queue, and on its turn its prompt and the tokens it generated are prefilled
+// again: "recompute" preemption) and the oldest always goes on, so no request is aborted for memory.
+//
+// Prefix reuse: a finished request under a policy that keeps every token as written (the full cache) on a model
+// without sliding-window layers leaves its sequence cached; a later request under the same policy whose prompt starts
+// with the same tokens takes it over and runs only the rest (the longest shared prefix among the cached sequences).
+// Cached sequences go, least recently used first, when admission or a step needs their pages.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "engine/generator.h"
+#include "engine/sampler.h"
+#include "engine/session.h"
+#include "kv/policy.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace longctx {
+
+struct SchedulerOptions {
+  SessionOptions session;    // n_ctx: every request's context; n_seq_max: the most requests running at once
+  bool prefix_reuse = true;  // keep finished full caches for later prompts that share their prefix
+};
+
+// How a request ended.
+struct RequestOutcome {
+  StopReason stop = StopReason::Length;
+  std::string error;         // non-empty: failed (bad policy spec, a prompt past the context, ...)
+  int32_t n_prompt = 0;
+  int32_t n_reused = 0;      // prompt tokens whose K/V came from a cached sequence
+  int32_t n_generated = 0;
+  int32_t n_preempted = 0;   // times its pages were taken back and it was recomputed
+  kv::KvBytes kv_bytes;      // held at its end
+  size_t kv_full_f16_bytes = 0;
+  std::vector<int32_t> tokens;  // generated ids
+};
+
+struct ScheduledRequest {
+  std::vector<int32_t> prompt;
+  std::string kv = "full";   // the --kv spec of its policy
+  int32_t n_predict = 16;
+  SamplerParams sampling;
+  std::vector<std::string> stop;
+  bool ignore_eog = false;   // go on past end-of-generation tokens (benchmarks)
+  // On the scheduler's thread. on_token sees each generated token and the logits it was drawn from before its text
+  // goes out; on_text gets text as it becomes final; either returning false cancels the request, as does
+  // cancelled() (polled every step). on_done is called exactly once, last.
+  std::function<bool(int32_t id, const float* logits)> on_token;
+  TextFn on_text;
+  std::function<bool()> cancelled;
+  std::function<void(const RequestOutcome&)> on_done;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const Model& model, const Tokenizer& tok, ThreadPool& pool, const SchedulerOptions& opts);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues a request (FIFO). Its spec and prompt are checked when it is admitted; a bad one ends with an error.
+  void add(ScheduledRequest r);
+  // One iteration (see above). Returns whether any request is still waiting or running.
+  bool step();
+  // Cancels every request (each ends with StopReason::Cancelled) and drops the cached sequences.
+  void cancel_all();
+
+  int32_t n_waiting() const { return static_cast<int32_t>(waiting_.size()); }
+  int32_t n_running() const { return static_cast<int32_t>(running_.size()); }
+  bool idle() const { return waiting_.empty() && running_.empty(); }
+  int64_t kv_pages_in_use() const;   // pages of waiting-to-finish and running requests
+  int64_t kv_pages_cached() const;   // pages of cached sequences kept for prefix reuse
+  const EngineSession& session() const { return session_; }
+  // Sequences in each decode step so far (for the server's batch-size histogram), cleared by the caller.
+  std::vector<int32_t>& decode_batch_sizes() { return batch_sizes_; }
+
+ private:
+  struct Request;
+  struct Cached;
+  void admit();
+  bool try_admit(Request& r);
+  // Prefills r's prompt (and, after a preemption, the tokens it generated); between chunks every running request
+  // takes a decode step. Then samples its first token.
+  void prefill(Request& r);
+  // One decode step of every running request with a token to feed.
+  void decode_step(const Request* prefilling);
+  // Samples from r's logits, streams the token and sets the next token to feed; false when r has finished.
+  bool sample_next(Request& r);
+  void finish(Request& r, StopReason stop, std::string error = {});
+  void release_finished();
+  // Frees cached sequences, least recently used first, until `bytes` are free in the pool; false when they cannot be.
+  bool make_room(size_t bytes);
+  size_t free_bytes() const;
+  // The most one decode step can add to a sequence of this layout: a page of its open format per (layer, kv-head)
+  // and, where pages are sealed, a packed page beside it, each at most a chunk of the pool.
+  size_t step_growth_bytes(const kv::KvGeometry& g) const;
+  size_t running_growth_bytes() const;  // summed over the running sequences
+  size_t prompt_bytes(const kv::KvPolicy& p, int32_t n_tokens) const;
+
+  const Model& model_;
+  const Tokenizer& tok_;
+  SchedulerOptions opts_;
+  EngineSession session_;
+  std::deque<std::unique_ptr<Request>> waiting_;
+  std::vector<std::unique_ptr<Request>> running_;  // by admission, oldest first
+  std::vector<std::unique_ptr<Cached>> cached_;    // most recently used last
+  std::vector<int32_t> batch_sizes_;
+  std::vector<float> step_logits_;
+};
+
+}  // namespace longctx
