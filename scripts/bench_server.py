@@ -2,7 +2,7 @@
 """`longctx serve` against llama.cpp's `llama-server` on the same GGUF and the same cores: output tokens/s and time
 to first token at several concurrencies, with long prompts (KJV passages of --prompt-chars characters, a different
 passage per request so no server reuses a prefix across requests), greedy, --max-tokens answers with end of
-generation ignored where the server allows it (llama-server: ignore_eos; longctx runs to max_tokens or EOG).
+generation ignored (both servers take llama-server's ignore_eos field).
 
 llama-server comes from the llama.cpp sources inside the PyPI llama-cpp-python==0.3.36 source distribution, built
 for the CPU (scripts/cuda_device_peer.sh --trim says how the tree is trimmed; the server also needs tools/server,
@@ -11,11 +11,13 @@ tools/mtmd and tools/ui):
     cmake --build build-llama --target llama-server
 
 Usage: bench_server.py --longctx build/release/longctx --llama-server build-llama/bin/llama-server \
-           [--model M] [--concurrency 1,4,16] [--prompt-chars 16000] [--max-tokens 64] [--threads 2] [--kv full]
+           [--model M] [--concurrency 1,4,16] [--prompt-chars 16000] [--max-tokens 64] [--threads 2] [--kv full] \
+           [--longctx-args "--no-batch-invariant"] [--skip-llama]
 
 Each server runs with --threads threads and starts afresh for each concurrency c: llama-server with c slots (-np c)
-of --ctx-per-request tokens each, flash attention on, f16 KV, no prompt cache; longctx serve runs requests one at a
-time (its scheduler is serial) with a queue of c, no prefix reuse. For each concurrency c, c clients each send
+of --ctx-per-request tokens each, flash attention on, f16 KV, no prompt cache; longctx serve with c requests running
+at once (--max-running c, its continuous batching) and a queue of c, no prefix reuse. For each concurrency c, c
+clients each send
 --rounds requests back to back; the table gives aggregate output tokens/s (all tokens generated / wall time) and the
 median TTFT and per-request output rate.
 """
@@ -42,6 +44,8 @@ ap.add_argument("--max-tokens", type=int, default=64)
 ap.add_argument("--threads", default=str(os.cpu_count()))
 ap.add_argument("--kv", default="full")
 ap.add_argument("--ctx-per-request", type=int, default=8192)
+ap.add_argument("--longctx-args", default="", help="more options for longctx serve, space-separated")
+ap.add_argument("--skip-llama", action="store_true", help="run longctx only")
 args = ap.parse_args()
 concurrencies = [int(c) for c in args.concurrency.split(",")]
 c_max = max(concurrencies)
@@ -112,11 +116,12 @@ def run(port, c, extra, first_id):
 
 
 # Each server starts afresh for each concurrency c, sized for it: llama-server with c slots of --ctx-per-request
-# tokens each, longctx with a queue of c.
+# tokens each, longctx with c running and a queue of c.
 servers = {
     "longctx": (lambda c: [args.longctx, "serve", "-m", args.model, "--port", "0", "-t", args.threads, "--kv", args.kv,
-                           "--ctx", str(args.ctx_per_request), "--max-queue", str(c), "--no-prefix-reuse"],
-                r"listening on http://127\.0\.0\.1:(\d+)", None, {}),
+                           "--ctx", str(args.ctx_per_request), "--max-queue", str(c), "--max-running", str(c),
+                           "--no-prefix-reuse", *args.longctx_args.split()],
+                r"listening on http://127\.0\.0\.1:(\d+)", None, {"ignore_eos": True}),
     "llama-server": (lambda c: [args.llama_server, "-m", args.model, "--port", "18431", "-t", args.threads, "-tb",
                                 args.threads, "-np", str(c), "-c", str(c * args.ctx_per_request), "-fa", "on", "-ctk",
                                 "f16", "-ctv", "f16", "-b", "512", "-ub", "512", "--no-cache-prompt", "--no-ui"],
@@ -124,6 +129,8 @@ servers = {
 }
 rows = []
 for name, (cmd, pattern, port_fixed, extra) in servers.items():
+    if name == "llama-server" and args.skip_llama:
+        continue
     next_id = 0  # the same prompts for each server
     for c in concurrencies:
         proc, port = start_server(cmd(c), pattern, port_fixed)

@@ -246,7 +246,7 @@ TEST(Matmul, MultiEqualsSeparateCalls) {
 // A row's product does not depend on the rows beside it, below the panel bound: each token keeps its own
 // accumulators and activation scales, so a batch of decode steps (several sequences in one forward) gives each
 // sequence the bits it gets alone. kMatmulRowInvariantTok is that bound.
-TEST(Matmul, RowsBelowThePanelBoundDoNotDependOnTheirBatch) {
+void check_rows_do_not_depend_on_their_batch(const char* target) {
   std::mt19937 rng(7);
   const int64_t n_in = 512, n_out = 70;
   ThreadPool pool(2);
@@ -264,12 +264,14 @@ TEST(Matmul, RowsBelowThePanelBoundDoNotDependOnTheirBatch) {
           cpu::matmul(pool, t, w.data(), n_out, n_in, x.data() + i * n_in, 1, y1.data(), precision);
           for (int64_t r = 0; r < n_out; ++r)
             ASSERT_EQ(y[static_cast<size_t>(i * n_out + r)], y1[static_cast<size_t>(r)])
-                << ggml_traits(t).name << " n_tok " << n_tok << " token " << i << " output " << r;
+                << target << " " << ggml_traits(t).name << " n_tok " << n_tok << " token " << i << " output " << r;
         }
       }
     }
   }
 }
+
+TEST(Matmul, RowsBelowThePanelBoundDoNotDependOnTheirBatch) { for_each_target(check_rows_do_not_depend_on_their_batch); }
 
 TEST(Matmul, RejectsBadInput) {
   ThreadPool pool(1);

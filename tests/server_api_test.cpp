@@ -37,7 +37,7 @@ TEST(ServerApi, ParsesChatWithEveryField) {
     {"role":"user","content":[{"type":"text","text":"hi "},{"type":"text","text":"there"}]}],
     "max_tokens":7,"temperature":0.5,"top_p":0.9,"top_k":5,"min_p":0.1,"seed":42,"stop":["\n","END"],
     "stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":3,"kv":"snapkv:budget=64",
-    "user":"ignored extra field"})");
+    "ignore_eos":true,"user":"ignored extra field"})");
   ASSERT_EQ(r.messages.size(), 2u);
   EXPECT_EQ(r.messages[0].role, "system");
   EXPECT_EQ(r.messages[1].content, "hi there");
@@ -52,6 +52,7 @@ TEST(ServerApi, ParsesChatWithEveryField) {
   EXPECT_TRUE(r.include_usage);
   EXPECT_EQ(r.n_logprobs, 3);
   EXPECT_EQ(r.kv, "snapkv:budget=64");
+  EXPECT_TRUE(r.ignore_eos);
 }
 
 TEST(ServerApi, DefaultsAreOpenAIs) {
@@ -64,6 +65,7 @@ TEST(ServerApi, DefaultsAreOpenAIs) {
   EXPECT_EQ(r.n_logprobs, -1);
   EXPECT_FALSE(r.stream);
   EXPECT_TRUE(r.kv.empty());
+  EXPECT_FALSE(r.ignore_eos);
   // max_completion_tokens is chat's newer name for max_tokens.
   EXPECT_EQ(chat(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":3})").max_tokens, 3);
 }
@@ -92,6 +94,7 @@ TEST(ServerApi, BadBodiesAre400NamingTheField) {
   EXPECT_EQ(error_of(R"({"messages":[{"role":"user","content":[{"type":"image_url"}]}]})").second,
             "messages[0].content");
   EXPECT_EQ(error_of("{" + msg + R"(,"max_tokens":0})").second, "max_tokens");
+  EXPECT_EQ(error_of("{" + msg + R"(,"ignore_eos":1})").second, "ignore_eos");
   EXPECT_EQ(error_of("{" + msg + R"(,"max_tokens":"5"})").second, "max_tokens");
   EXPECT_EQ(error_of("{" + msg + R"(,"max_tokens":1.5})").second, "max_tokens");
   EXPECT_EQ(error_of("{" + msg + R"(,"max_tokens":100000})").second, "max_tokens");  // over the cap of 4096

@@ -20,6 +20,7 @@ SchedulerOptions scheduler_options(const BatchingEngineOptions& o) {
   so.session.device = o.device;
   so.session.n_seq_max = o.max_running;
   so.session.batch_invariant = o.batch_invariant;
+  so.session.kv_max_bytes = o.kv_max_bytes;
   so.prefix_reuse = o.prefix_reuse;
   return so;
 }
@@ -48,8 +49,10 @@ BatchingEngine::BatchingEngine(const Model& model, const Tokenizer& tok, const B
       scheduler_(model, tok, pool_, scheduler_options(o)) {
   const ModelConfig& c = model.config();
   const int64_t page_tokens = kv::KvGeometry{}.page_tokens;
-  kv_capacity_pages_ = static_cast<int64_t>(o.max_running) * c.n_layer * c.n_head_kv *
-                       ((o.n_ctx + page_tokens - 1) / page_tokens);
+  kv_capacity_pages_ = o.kv_max_bytes > 0
+                           ? static_cast<int64_t>(o.kv_max_bytes / kv_page_bytes(KvFormat::F16, page_tokens, c.head_dim))
+                           : static_cast<int64_t>(o.max_running) * c.n_layer * c.n_head_kv *
+                                 ((o.n_ctx + page_tokens - 1) / page_tokens);
   worker_ = std::thread([this] { worker_loop(); });
 }
 
@@ -113,6 +116,7 @@ ScheduledRequest BatchingEngine::to_request(Item item) {
   r.n_predict = st->job.max_tokens;
   r.sampling = st->job.sampling;
   r.stop = st->job.stop;
+  r.ignore_eog = st->job.ignore_eog;
   r.on_token = [this, st, n_vocab](int32_t id, const float* logits) {
     const auto now = std::chrono::steady_clock::now();
     if (metrics_) {
@@ -144,7 +148,10 @@ ScheduledRequest BatchingEngine::to_request(Item item) {
     u.kv_bytes_held = o.kv_bytes.total();
     u.kv_bytes_full = o.kv_full_f16_bytes;
     const FinishReason reason = finish_reason(o);
-    if (metrics_) metrics_->count_finish(finish_reason_name(reason));
+    if (metrics_) {
+      metrics_->count_finish(finish_reason_name(reason));
+      metrics_->add_preemptions(o.n_preempted);
+    }
     st->channel->finish(reason, u, reason == FinishReason::Cancelled && cancel_all_ ? "the server is shutting down"
                                                                                        : o.error);
   };

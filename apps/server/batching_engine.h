@@ -31,6 +31,7 @@ struct BatchingEngineOptions {
   Device device = Device::Cpu;  // where the model runs
   bool prefix_reuse = true;     // keep finished full caches for later jobs' shared prefixes
   bool batch_invariant = true;  // every job's tokens are those it gets alone (SessionOptions::batch_invariant)
+  size_t kv_max_bytes = 0;      // the KV page pool's limit; 0: max_running full f16 caches of n_ctx
 };
 
 class BatchingEngine final : public RequestEngine {
@@ -57,7 +58,7 @@ class BatchingEngine final : public RequestEngine {
   ServerMetrics* metrics_;
   ThreadPool pool_;
   Scheduler scheduler_;        // worker thread only
-  int64_t kv_capacity_pages_;  // max_running full f16 caches of n_ctx tokens
+  int64_t kv_capacity_pages_;  // f16 pages of the pool's limit
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -80,6 +80,9 @@ std::string ServerMetrics::render(const EngineGauges& g) const {
   out += fmt::format("# HELP longctx_generated_tokens_total Tokens generated.\n"
                      "# TYPE longctx_generated_tokens_total counter\nlongctx_generated_tokens_total {}\n",
                      generated_tokens_.load());
+  out += fmt::format("# HELP longctx_preemptions_total Times a running request gave its KV pages back to be "
+                     "recomputed later.\n# TYPE longctx_preemptions_total counter\nlongctx_preemptions_total {}\n",
+                     preemptions_.load());
   const auto gauge = [&](const char* name, const char* help, int64_t v) {
     out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, v);
   };

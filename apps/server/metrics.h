@@ -45,6 +45,8 @@ class ServerMetrics {
   // A generation's end, by reason: "stop", "length", "cancelled", "error".
   void count_finish(const std::string& reason);
   void add_tokens(int64_t n_prompt, int64_t n_generated);
+  // A request whose pages were taken back while it ran, to be recomputed (the pool ran out).
+  void add_preemptions(int64_t n) { preemptions_ += n; }
 
   Histogram time_to_first_token;
   Histogram time_per_output_token;
@@ -56,7 +58,7 @@ class ServerMetrics {
   mutable std::mutex mu_;
   std::map<std::pair<std::string, int>, uint64_t> requests_;
   std::map<std::string, uint64_t> finished_;
-  std::atomic<int64_t> prompt_tokens_{0}, generated_tokens_{0};
+  std::atomic<int64_t> prompt_tokens_{0}, generated_tokens_{0}, preemptions_{0};
 };
 
 }  // namespace longctx::server

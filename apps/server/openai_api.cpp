@@ -224,6 +224,7 @@ CompletionRequest parse_completion_request(std::string_view text, Endpoint endpo
       bad_field("kv", "'kv' must be a KV policy spec string, e.g. \"snapkv:budget=1024\"");
     r.kv = kv->get<std::string>();
   }
+  if (field(body, "ignore_eos")) r.ignore_eos = boolean(body, "ignore_eos");
   // The sampler's own checks, so a combination it refuses is a 400 here, not a failure in the engine.
   try {
     Sampler check(r.sampling);

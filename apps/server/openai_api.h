@@ -48,6 +48,7 @@ struct CompletionRequest {
   bool include_usage = false;          // stream_options.include_usage: a last chunk with usage
   int32_t n_logprobs = -1;             // -1: no logprobs; k >= 0: the chosen token's and the top k
   std::string kv;                      // the "kv" extension: a policy spec; empty means the server's --kv
+  bool ignore_eos = false;             // llama-server's extension: generate max_tokens past end-of-generation tokens
 };
 
 struct ApiLimits {

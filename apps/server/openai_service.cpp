@@ -131,6 +131,7 @@ StartedRequest OpenAiService::start(std::string_view body, Endpoint endpoint) {
   job.stop = r.stop;
   job.n_logprobs = r.n_logprobs;
   job.kv = kv_spec;
+  job.ignore_eog = r.ignore_eos;
   job.arrival = std::chrono::steady_clock::now();
   try {
     s.channel = engine_.submit(std::move(job));

@@ -1,8 +1,7 @@
 // The server's request-processing core, behind one small interface: a tokenized, validated generation job goes in,
 // a channel of events (text, logprobs, the end with usage) comes out, and either side may cancel. The HTTP layer
-// only parses, submits and writes; the engine behind the interface decides when and how jobs run (one at a time
-// over the generator now, a continuously batched scheduler over the engine session later), so both are testable
-// without sockets.
+// only parses, submits and writes; the engine behind the interface (batching_engine.h) decides when and how jobs
+// run, so both are testable without sockets.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -28,6 +27,7 @@ struct GenerationJob {
   std::vector<std::string> stop;
   int32_t n_logprobs = -1;      // -1: none; k >= 0: each token's and its step's top k
   std::string kv;               // the KV policy spec, already checked
+  bool ignore_eog = false;      // generate max_tokens past end-of-generation tokens (benchmarks)
   std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
 };
 

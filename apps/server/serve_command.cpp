@@ -36,6 +36,10 @@ CLI::App* add_serve_subcommand(CLI::App& app, ServeOptions& o) {
                 "Requests generating at once, their decode steps batched (the KV pool holds this many full caches "
                 "of --ctx; more wait in the queue)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
+  s->add_option("--kv-memory", o.kv_memory_mib,
+                "KV cache memory in MiB that all requests share (default: --max-running full f16 caches of --ctx); "
+                "requests wait for room, and the newest running one is recomputed later when the pool runs out")
+      ->check(CLI::Range(0.0, 1e9));
   s->add_flag("--no-batch-invariant", o.no_batch_invariant,
               "Stack all running requests in one forward per decode step (faster with many; each answer then equals "
               "its answer alone only within rounding). Default: at most the backend's batch-invariant rows per "
@@ -65,6 +69,7 @@ int serve_command(const ServeOptions& o) {
   eo.max_queue = o.max_queue;
   eo.max_running = o.max_running;
   eo.batch_invariant = !o.no_batch_invariant;
+  eo.kv_max_bytes = static_cast<size_t>(o.kv_memory_mib * 1048576.0);
   eo.device = pick_device(o.device);
   eo.prefix_reuse = !o.no_prefix_reuse;
   eo.n_threads = o.threads > 0 ? o.threads : static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));

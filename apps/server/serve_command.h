@@ -21,6 +21,7 @@ struct ServeOptions {
   int32_t max_tokens = 4096;   // the largest max_tokens a request may ask; also the default
   int32_t max_queue = 16;
   int32_t max_running = 8;
+  double kv_memory_mib = 0;    // 0: max_running full f16 caches of the context
   bool no_batch_invariant = false;
   size_t max_body = 8u << 20;
   int32_t n_batch = 256;
