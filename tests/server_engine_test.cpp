@@ -169,6 +169,18 @@ TEST_F(ServerEngine, RefusesWhatTheContextCannotHold) {
     EXPECT_EQ(e.status, 400);
     EXPECT_EQ(e.param, "kv");
   }
+  // A policy the engine's device cannot run (positions within the cache on the GPU) is refused before any work.
+  ServiceOptions on_gpu = service_options();
+  on_gpu.device = Device::Cuda;
+  OpenAiService gpu_service(*model_, *tok_, engine, metrics, on_gpu);
+  try {
+    gpu_service.start(R"({"prompt":"hello","kv":"streaming:budget=64"})", Endpoint::Completion);
+    FAIL() << "a policy the device cannot run was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, "kv");
+    EXPECT_NE(std::string(e.what()).find("cpu"), std::string::npos) << e.what();
+  }
   try {
     service.start(R"({"prompt":[1, 99999999]})", Endpoint::Completion);
     FAIL() << "a token id outside the vocabulary was accepted";

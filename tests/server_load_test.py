@@ -10,6 +10,7 @@ request, so a mixed or lost response shows); the server is alive at the end, ans
 nothing running or queued and no KV pages in use.
 
 Usage: server_load_test.py PATH/TO/longctx [N]   (N: requests, default 300). Exit 77 when the model is missing.
+LONGCTX_SERVE_ARGS adds options to `serve` (e.g. "--device cuda" on a GPU machine).
 """
 import http.client
 import json
@@ -29,13 +30,16 @@ MODEL = os.path.join(os.environ.get("LONGCTX_MODEL_DIR", os.path.expanduser("~/.
 CTX, MAX_BODY, MAX_TOKENS, CLIENTS = 512, 16384, 64, 16
 QUESTIONS = ["Name a fruit.", "What is 2 + 2?", "Say hello.", "Name a color.", "What is the capital of France?",
              "Count to three.", "Name an animal.", "What day comes after Monday?"]
-POLICIES = [None, "snapkv:budget=16", "kivi:bits=4", "streaming:budget=24,sink=4"]
+# LONGCTX_LOAD_POLICIES: comma-separated specs, "none" for the server's default (a device that lacks one).
+POLICIES = ([None if p == "none" else p for p in os.environ["LONGCTX_LOAD_POLICIES"].split(",")]
+            if os.environ.get("LONGCTX_LOAD_POLICIES") else
+            [None, "snapkv:budget=16", "kivi:bits=4", "streaming:budget=24,sink=4"])
 
 
 def start_server():
     proc = subprocess.Popen([LONGCTX, "serve", "-m", MODEL, "--port", "0", "--ctx", str(CTX), "-t", "2",
                              "--max-queue", "4", "--max-body", str(MAX_BODY), "--max-tokens", str(MAX_TOKENS),
-                             "--no-prefix-reuse"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--no-prefix-reuse", *os.environ.get("LONGCTX_SERVE_ARGS", "").split()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log = []
     deadline = time.time() + 120
     while time.time() < deadline:

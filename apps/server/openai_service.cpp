@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "engine/session.h"
 #include "kv/policy.h"
 
 namespace longctx::server {
@@ -51,7 +52,8 @@ OpenAiService::OpenAiService(const Model& model, const Tokenizer& tok, RequestEn
                              ServiceOptions o)
     : model_(model), tok_(tok), engine_(engine), metrics_(metrics), opt_(std::move(o)), created_(unix_now()) {
   const ModelConfig& c = model.config();
-  kv::make_kv_policy(opt_.default_kv, c.n_layer, c.n_head_kv);  // throws Error on a bad --kv
+  // A bad --kv, or one the device cannot run, is an Error at start.
+  check_policy_runs_on(opt_.device, *kv::make_kv_policy(opt_.default_kv, c.n_layer, c.n_head_kv));
   try {
     chat_ = std::make_unique<ChatTemplate>(chat_template_for(model.file()));
   } catch (const Error& e) {
@@ -100,6 +102,11 @@ StartedRequest OpenAiService::start(std::string_view body, Endpoint endpoint) {
     policy = kv::make_kv_policy(kv_spec, c.n_layer, c.n_head_kv);
   } catch (const Error& e) {
     bad_field("kv", std::string("bad KV policy: ") + e.what());
+  }
+  try {
+    check_policy_runs_on(opt_.device, *policy);
+  } catch (const Error& e) {
+    bad_field("kv", e.what());
   }
   GenerationJob job;
   job.prompt = tokenize(r);

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backend/backend.h"
 #include "metrics.h"
 #include "model/model.h"
 #include "openai_api.h"
@@ -24,6 +25,7 @@ struct ServiceOptions {
   std::string default_kv = "full";
   int32_t n_ctx = 4096;         // prompt plus answer
   int32_t default_max_tokens = 512;  // when a request gives none (never past what the context leaves)
+  Device device = Device::Cpu;  // where the engine runs: a policy it cannot run there is a 400
   ApiLimits limits;
 };
 

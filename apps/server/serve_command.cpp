@@ -10,6 +10,7 @@
 #include "device_option.h"
 #include "batching_engine.h"
 #include "http_server.h"
+#include "engine/session.h"
 #include "kv/policy.h"
 #include "model/model.h"
 #include "openai_service.h"
@@ -76,11 +77,12 @@ int serve_command(const ServeOptions& o) {
   server::ServiceOptions so;
   so.model_name = std::filesystem::path(o.model).stem().string();
   so.default_kv = o.kv;
+  so.device = eo.device;
   so.n_ctx = eo.n_ctx;
   so.default_max_tokens = o.max_tokens;
   so.limits.max_tokens_cap = o.max_tokens;
-  // Checked before the engine's thread starts: a bad --kv is an error at start, not on every request.
-  kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv);
+  // Checked before the engine's thread starts: a bad --kv, or one the device cannot run, is an error at start.
+  check_policy_runs_on(eo.device, *kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv));
 
   server::BatchingEngine engine(*model, *tok, eo, &metrics);
   server::OpenAiService service(*model, *tok, engine, metrics, so);

@@ -151,7 +151,12 @@ bool Scheduler::try_admit(Request& r) {
     r.n_reused = best_len;
     session_.truncate(r.seq, best_len);
   } else {
-    r.seq = session_.add_sequence(std::move(policy));
+    try {
+      r.seq = session_.add_sequence(std::move(policy));
+    } catch (const std::exception& e) {
+      finish(r, StopReason::Length, e.what());
+      return true;
+    }
     r.n_reused = 0;
   }
   r.out.n_reused = r.n_reused;  // after a preemption: the last prefill's

@@ -45,8 +45,15 @@ SequenceId EngineSession::add_sequence(std::unique_ptr<kv::KvPolicy> policy) {
 
 SequenceId EngineSession::add_sequence(kv::KvPolicy& policy) { return add(policy, nullptr); }
 
+void check_policy_runs_on(Device d, const kv::KvPolicy& policy) {
+  if (policy.positions() == kv::KvPositions::InCache && d != Device::Cpu)
+    fail("{} keeps positions within the cache (StreamingLLM), which runs on the cpu device only for now",
+         policy.describe());
+}
+
 SequenceId EngineSession::add(kv::KvPolicy& policy, std::unique_ptr<kv::KvPolicy> owned) {
   const ModelConfig& c = model_.config();
+  check_policy_runs_on(opts_.device, policy);
   kv::KvGeometry geo;
   geo.n_layer = c.n_layer;
   geo.n_head_kv = c.n_head_kv;

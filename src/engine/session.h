@@ -81,6 +81,10 @@ struct SequenceStep {
   int32_t token = 0;
 };
 
+// Throws Error when a policy cannot run on a device (positions within the cache, StreamingLLM's, need host memory
+// for now): a request asks for it before any work, not in the middle of a batch.
+void check_policy_runs_on(Device d, const kv::KvPolicy& policy);
+
 class EngineSession {
  public:
   // tok: needed only by policies with a reconstruction pass (KVzip's instructions are text); may be null.
