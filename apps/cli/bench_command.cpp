@@ -25,10 +25,6 @@
 #include "model/model.h"
 #include "device_option.h"
 
-#if LONGCTX_WITH_CUDA
-#include "bench_cuda.h"
-#endif
-
 namespace longctx {
 
 CLI::App* add_bench_subcommand(CLI::App& app, BenchOptions& o) {
@@ -420,12 +416,8 @@ int bench_command(const BenchOptions& o) {
   // where the mark cannot be reset, only one probe runs, at the end.
   const bool probe_each_rep = o.n_gen > 0 && reset_peak_rss();
   // The ceiling decode is held against: the host's copy bandwidth, or the GPU's where the model runs there.
-  auto copy_probe = [&]() -> CopyBandwidth {
-#if LONGCTX_WITH_CUDA
-    if (device == Device::Cuda) return cuda_copy_bandwidth();
-#endif
-    return measure_copy_bandwidth(pool);
-  };
+  const std::unique_ptr<Backend> probe_backend = make_backend(device, pool);
+  auto copy_probe = [&]() { return probe_backend->copy_bandwidth(); };
   int64_t rss = 0;
   std::vector<CaseResult> results;
   // Quest reads part of the cache each step: its row counts say how much.

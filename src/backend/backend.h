@@ -15,6 +15,7 @@
 
 #include "core/ggml_type.h"
 #include "core/kv_format.h"
+#include "core/memory_bandwidth.h"
 #include "core/thread_pool.h"
 
 namespace longctx {
@@ -158,6 +159,9 @@ class Backend {
   // The most rows (tokens) one forward may stack, as several sequences' decode steps, while every row's results
   // stay the bits that row gets alone: how far the matmul's per-row path goes. 1: no such promise.
   virtual int32_t batch_invariant_rows() const { return 1; }
+  // The copy bandwidth of the backend's memory (read + write bytes per second, the best of several copies): the
+  // roofline decode is held against (bench's "% of copy"). Throws Error when the device fails.
+  virtual CopyBandwidth copy_bandwidth() = 0;
 
   // Activation memory of n floats, freed with the returned handle.
   struct FreeFn {
@@ -205,6 +209,10 @@ class Backend {
   virtual float* allocate_floats(size_t n) = 0;
   virtual void free_floats(float* p) = 0;
 };
+
+// A row of a weight tensor in its GGUF format (host memory) as n f32 values, exactly as the CPU's matmul sees it
+// (the model's small vectors, read once at load).
+void dequantize_row_host(GgmlType t, const void* row, float* out, int64_t n);
 
 // The backends this build has. cpu always; cuda when built with it (make_backend throws Error, saying why, when the
 // build lacks it or no GPU is present).

@@ -5,6 +5,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/quant.h"
 #include "core/error.h"
 
 #ifdef LONGCTX_HAVE_CUDA
@@ -17,6 +18,8 @@ namespace {
 constexpr const char* kNoCuda =
     "this build has no CUDA backend (configure with -DLONGCTX_CUDA=ON, e.g. cmake --preset cuda, where nvcc is)";
 }  // namespace
+
+void dequantize_row_host(GgmlType t, const void* row, float* out, int64_t n) { cpu::dequantize_row(t, row, out, n); }
 
 bool device_available(Device d, std::string* why_not) {
   switch (d) {

@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstdlib>
 
-#include "backend/cpu/quant.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/synthetic_weights.h"
@@ -40,7 +39,7 @@ class Loader {
     if (t.shape.size() != 1 || t.shape[0] != n)
       fail("'{}': tensor '{}' has shape {}, expected [{}]", f_.path(), name, shape_string(t), n);
     std::vector<float> v(static_cast<size_t>(n));
-    cpu::dequantize_row(t.type, t.data, v.data(), n);
+    dequantize_row_host(t.type, t.data, v.data(), n);
     return v;
   }
 

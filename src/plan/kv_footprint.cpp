@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "backend/cpu/kv_page_codec.h"
+#include "backend/backend.h"
 #include "core/error.h"
 #include "kv/composed_policy.h"
 #include "kv/kv_store.h"
@@ -20,7 +20,7 @@ KvHeadBudget kv_head_budget(const kv::KvPolicy& policy, int32_t layer, int32_t k
 }
 
 int64_t kv_plan_page_bytes(KvFormat format, int32_t page_tokens, int32_t head_dim) {
-  return static_cast<int64_t>(cpu::kv_page_bytes(format, page_tokens, head_dim));
+  return static_cast<int64_t>(kv_page_bytes(format, page_tokens, head_dim));
 }
 
 KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64_t n_prompt, int64_t n_generated,

@@ -39,6 +39,7 @@ class CpuBackend : public Backend {
   const char* name() const override { return "cpu"; }
   bool host_memory() const override { return true; }
   int32_t batch_invariant_rows() const override;
+  CopyBandwidth copy_bandwidth() override { return measure_copy_bandwidth(pool_); }
   ThreadPool& pool() { return pool_; }
 
   void to_host(void* host_dst, const void* src, size_t bytes) override;

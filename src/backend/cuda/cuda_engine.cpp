@@ -163,6 +163,15 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return "cuda"; }
 
+  CopyBandwidth copy_bandwidth() override {
+    // Device to device, 2 x 1 GiB.
+    CopyBandwidth bw;
+    bw.buffer_bytes = size_t{1} << 30;
+    bw.n_reps = 10;
+    check(cuda::device_copy_bandwidth(bw.buffer_bytes, bw.n_reps, &bw.bytes_per_s));
+    return bw;
+  }
+
   void to_host(void* host_dst, const void* src, size_t bytes) override {
     if (bytes) check(cuda::copy_to_host(host_dst, src, bytes));
   }
