@@ -280,9 +280,9 @@ def main():
     srv.proc.send_signal(signal.SIGTERM)
     check(srv.proc.wait(timeout=30) == 0, "SIGTERM: the server exits 0")
 
-    # A full queue: with room for one waiting request, the third at once is a 429; a shutdown with requests in
-    # flight answers them all and exits 0.
-    small = Server("--max-queue", "1")
+    # A full queue: with one request running and room for one waiting, the third at once is a 429; a shutdown with
+    # requests in flight answers them all and exits 0.
+    small = Server("--max-queue", "1", "--max-running", "1")
     results = [None] * 3
 
     def long_request(i):
