@@ -5,10 +5,14 @@
 For each setting a server starts; one warm-up request, then for each of --reps rounds: question 1 over the document
 (its prompt runs whole: the document differs from the previous round's by a round number at its head) and question 2
 over the same document (with reuse only the question runs). TTFT is the time from sending the streamed request to
-its first content chunk. Prints a Markdown table (median of the rounds) for BENCHMARKS.md.
+its first content chunk. With --concurrent N, each round then sends N different questions over another new document
+at once: the time until all have their first token, and the KV bytes each held and shared. Prints a Markdown table
+(median of the rounds) for BENCHMARKS.md.
 
-Usage: bench_prefix_reuse.py PATH/TO/longctx [--model M] [--doc-tokens N] [--reps R] [--threads T] [--kv SPEC]
+Usage: bench_prefix_reuse.py PATH/TO/longctx [--model M] [--doc-chars N] [--reps R] [--threads T] [--kv SPEC]
+                             [--concurrent N]
 """
+import concurrent.futures
 import argparse
 import os
 import re
@@ -27,7 +31,10 @@ p.add_argument("--reps", type=int, default=3)
 p.add_argument("--threads", default=str(os.cpu_count()))
 p.add_argument("--ctx", default="8192")
 p.add_argument("--kv", default="full")
+p.add_argument("--concurrent", type=int, default=0, help="questions over one document sent at once (0: none)")
 args = p.parse_args()
+QUESTIONS = ["Who is named first?", "Which city is named last?", "Who begat whom?", "What is the first number?",
+             "Which river is named?", "Who spoke first?", "What is named in the middle?", "Who is named last?"]
 
 with open(args.doc, encoding="utf-8", errors="replace") as f:
     text = f.read(args.doc_chars + 100000)
@@ -62,14 +69,32 @@ def ask(client, document, question):
     return ttft, usage
 
 
+def usage_field(u, name):
+    return (u.model_extra or {}).get(name, 0) if u is not None else 0
+
+
+def ask_together(client, document, n):
+    """n questions over one document at once: (time until every one has its first token, median KV bytes held,
+    median bytes of them shared, median cached tokens)."""
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(lambda i: ask(client, document, QUESTIONS[i % len(QUESTIONS)] + f" ({i})"), range(n)))
+    usages = [u for _, u in answers]
+    return (max(t for t, _ in answers), statistics.median(usage_field(u, "kv_bytes_held") for u in usages),
+            statistics.median(usage_field(u, "kv_bytes_shared") for u in usages),
+            statistics.median(u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0 for u in usages))
+
+
 rows = []
 for label, extra in (("prefix reuse", []), ("--no-prefix-reuse", ["--no-prefix-reuse"])):
     proc, port = start(extra)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
         ask(client, "warm-up", "Say hi.")
-        first, second, cached, prompt = [], [], [], 0
+        first, second, cached, prompt, together = [], [], [], 0, []
         for r in range(args.reps):
+            if args.concurrent > 0:
+                document = f"Round {r} together.\n" + text[50000 + r * 1000: 50000 + r * 1000 + args.doc_chars]
+                together.append(ask_together(client, document, args.concurrent))
             document = f"Round {r}.\n" + text[r * 1000: r * 1000 + args.doc_chars]
             t1, u1 = ask(client, document, "Who is named first?")
             t2, u2 = ask(client, document, "Which city is named last?")
@@ -77,7 +102,8 @@ for label, extra in (("prefix reuse", []), ("--no-prefix-reuse", ["--no-prefix-r
             second.append(t2)
             cached.append(u2.prompt_tokens_details.cached_tokens if u2.prompt_tokens_details else 0)
             prompt = u2.prompt_tokens
-        rows.append((label, prompt, statistics.median(first), statistics.median(second), statistics.median(cached)))
+        rows.append((label, prompt, statistics.median(first), statistics.median(second), statistics.median(cached),
+                     [statistics.median(t[i] for t in together) for i in range(4)] if together else None))
     finally:
         proc.terminate()
         proc.wait()
@@ -85,7 +111,13 @@ for label, extra in (("prefix reuse", []), ("--no-prefix-reuse", ["--no-prefix-r
 print(f"| server ({args.kv}, {args.threads} threads) | prompt tokens | TTFT question 1 (s) | TTFT question 2 (s) "
       f"| question 2 cached tokens |")
 print("|---|---:|---:|---:|---:|")
-for label, prompt, t1, t2, c in rows:
+for label, prompt, t1, t2, c, _ in rows:
     print(f"| {label} | {prompt} | {t1:.3f} | {t2:.3f} | {c:.0f} |")
 if len(rows) == 2:
     print(f"\nquestion 2 TTFT: {rows[1][3] / rows[0][3]:.1f}x faster with reuse")
+if args.concurrent > 0:
+    print(f"\n| server ({args.kv}, {args.concurrent} questions at once) | time to every first token (s) "
+          f"| KV MiB held per request | of it shared | cached tokens per request |")
+    print("|---|---:|---:|---:|---:|")
+    for label, _, _, _, _, t in rows:
+        print(f"| {label} | {t[0]:.3f} | {t[1] / 2**20:.2f} | {t[2] / 2**20:.2f} | {t[3]:.0f} |")

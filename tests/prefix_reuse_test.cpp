@@ -193,26 +193,87 @@ TEST_F(PrefixReuse, AlternatingDocumentsEachFindTheirCache) {
   expect_same(again2, fresh(concat(d2, kjv(2000, 20))));
 }
 
-// Nothing is reused where the cache does not hold every token as written, or when reuse is off.
-TEST_F(PrefixReuse, OnlyTheFullCacheWithReuseOn) {
-  const std::vector<int32_t> a = kjv(0, 400);
-  for (const char* spec : {"snapkv:budget=128", "kivi:bits=4", "streaming:budget=128"}) {
-    SCOPED_TRACE(spec);
-    auto policy = kv::make_kv_policy(spec, model_->config().n_layer, model_->config().n_head_kv);
-    EXPECT_FALSE(policy->keeps_every_token());
+// Reuse together with compression: a request under a compressing policy takes the document from the cache up to
+// where its policy starts to act (SnapKV's observation window; KIVI and StreamingLLM act only at the prompt's end),
+// compresses the whole prompt as a fresh run does, and leaves the shared prefix full for the next request. H2O
+// scores every prompt query, so nothing of its prompt can come from a cache.
+TEST_F(PrefixReuse, CompressingPoliciesShareTheDocumentAndCompressTheirOwnCopy) {
+  const std::vector<int32_t> doc = kjv(0, 300);
+  const std::vector<int32_t> a = concat(doc, kjv(1000, 50)), b = concat(doc, kjv(2000, 40));
+  struct Case {
+    const char* spec;
+    int32_t cached_by_a;  // the prefix of a kept as its prefill passed it: whole chunks of 64 before the policy acts
+    int32_t reused_by_b;
+  };
+  for (const Case& c : {Case{"snapkv:budget=128,window=32", 256, 256}, Case{"kivi:bits=4", 320, 300},
+                        Case{"streaming:budget=128", 320, 300}, Case{"h2o:budget=128", 0, 0}}) {
+    SCOPED_TRACE(c.spec);
     auto s = scheduler(true);
-    generate(*s, a, spec);
-    const GenRun second = generate(*s, a, spec);
-    EXPECT_EQ(second.stats.n_reused, 0);
-    EXPECT_EQ(s->kv_pages_cached(), 0);
-    expect_same(second, fresh(a, spec));
+    const GenRun first = generate(*s, a, c.spec);
+    EXPECT_EQ(first.stats.n_reused, 0);
+    EXPECT_EQ(s->kv_pages_in_use(), 0);
+    // The cached prefix holds every token of it in full-format pages: 5 per (layer, kv-head) for 320 tokens.
+    const int32_t heads = model_->config().n_layer * model_->config().n_head_kv;
+    EXPECT_EQ(s->kv_pages_cached(), int64_t{(c.cached_by_a + 63) / 64} * heads);
+    const GenRun second = generate(*s, b, c.spec);
+    EXPECT_EQ(second.stats.n_reused, c.reused_by_b);
+    expect_same(second, fresh(b, c.spec));
+    // The second request compressed its own copy: the cache still holds the prefix in full.
+    EXPECT_GE(s->kv_pages_cached(), int64_t{(c.cached_by_a + 63) / 64} * heads);
+    EXPECT_EQ(s->kv_pages_in_use(), 0);
   }
-  auto full = kv::make_kv_policy("full", model_->config().n_layer, model_->config().n_head_kv);
-  EXPECT_TRUE(full->keeps_every_token());
   auto off = scheduler(false);
   generate(*off, a);
   EXPECT_EQ(generate(*off, a).stats.n_reused, 0);
   EXPECT_EQ(off->kv_pages_cached(), 0);
+}
+
+// Two requests over one document at once: the second shares the first's prefix while the first still runs, the
+// pool counts the shared pages once, and both answers are their fresh runs'.
+TEST_F(PrefixReuse, ConcurrentRequestsShareTheDocumentsPages) {
+  const std::vector<int32_t> doc = kjv(0, 300);
+  const std::vector<int32_t> a = concat(doc, kjv(1000, 50)), b = concat(doc, kjv(2000, 40));
+  auto s = scheduler(true);
+  const int64_t n_vocab = model_->config().n_vocab;
+  GenRun ra, rb;
+  int64_t in_use = 0, cached = 0, pool_pages = 0;
+  auto request = [&](const std::vector<int32_t>& prompt, const char* spec, GenRun& out) {
+    ScheduledRequest q;
+    q.prompt = prompt;
+    q.kv = spec;
+    q.n_predict = params().n_predict;
+    q.ignore_eog = true;
+    q.sampling = params().sampling;
+    q.on_token = [&out, n_vocab](int32_t id, const float* logits) {
+      out.tokens.push_back(id);
+      out.logits.emplace_back(logits, logits + n_vocab);
+      return true;
+    };
+    q.on_done = [&out](const RequestOutcome& o) { out.stats = o; };
+    return q;
+  };
+  s->add(request(a, "full", ra));
+  s->add(request(b, "snapkv:budget=128,window=32", rb));
+  while (s->step()) {
+    if (s->n_running() == 2 && pool_pages == 0) {
+      in_use = s->kv_pages_in_use();
+      cached = s->kv_pages_cached();
+      pool_pages = static_cast<int64_t>(s->session().pages().n_pages_in_use());
+    }
+  }
+  EXPECT_EQ(ra.stats.error, "");
+  EXPECT_EQ(rb.stats.error, "");
+  EXPECT_EQ(ra.stats.n_reused, 0);
+  EXPECT_EQ(rb.stats.n_reused, 300);
+  // Both running: a's 350 tokens (6 pages a head, 5 of them the cache's first 320 tokens too) and b's compressed
+  // copy (128 tokens and its answer: at most 3 pages a head). Apart, a and the cache alone would take 11.
+  const int64_t heads = model_->config().n_layer * model_->config().n_head_kv;
+  EXPECT_EQ(in_use + cached, pool_pages);
+  EXPECT_EQ(cached, 0) << "every page the cache holds, a holds too";
+  EXPECT_LE(pool_pages, 9 * heads);
+  expect_same(ra, fresh(a));
+  expect_same(rb, fresh(b, "snapkv:budget=128,window=32"));
+  EXPECT_EQ(s->kv_pages_in_use(), 0);
 }
 
 }  // namespace

@@ -147,6 +147,7 @@ ScheduledRequest BatchingEngine::to_request(Item item) {
     u.cached_tokens = o.n_reused;
     u.kv_bytes_held = o.kv_bytes.total();
     u.kv_bytes_full = o.kv_full_f16_bytes;
+    u.kv_bytes_shared = o.kv_bytes.shared;
     const FinishReason reason = finish_reason(o);
     if (metrics_) {
       metrics_->count_finish(finish_reason_name(reason));

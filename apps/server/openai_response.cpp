@@ -12,6 +12,7 @@ json usage_json(const Usage& u) {
           {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}},
           {"kv_bytes_held", u.kv_bytes_held},
           {"kv_bytes_full", u.kv_bytes_full},
+          {"kv_bytes_shared", u.kv_bytes_shared},
           {"kv_bytes_saved", saved}};
 }
 

@@ -145,6 +145,8 @@ class KvPageMemory {
   // scales they were encoded with).
   virtual void compact(KvFormat f, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
                        int32_t n_keep) = 0;
+  // Copies a page's bytes to another page of the same format (a shared page made private before it is written).
+  virtual void copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) = 0;
 };
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <exception>
 #include <span>
+#include <unordered_map>
 
 #include "backend/backend.h"
 #include "core/error.h"
@@ -25,7 +26,8 @@ struct Scheduler::Request {
   bool done = false;
   // What the next prefill runs: the prompt, or after a preemption the prompt and every token generated.
   std::vector<int32_t> to_prefill;
-  int32_t n_reused = 0;       // of to_prefill, held already by a cached sequence taken over
+  int32_t n_reused = 0;       // of to_prefill, shared from a cached sequence
+  int32_t n_shareable = 0;    // of to_prefill, what its policy leaves as written until the prompt's end
   std::vector<int32_t> ran;   // tokens whose K/V the sequence holds, by position
   std::vector<float> logits;  // (n_vocab) the prediction of the next token
   int32_t next_token = -1;    // sampled and streamed, fed at the next decode step
@@ -35,12 +37,40 @@ struct Scheduler::Request {
   bool cancelled() { return in.cancelled && in.cancelled(); }
 };
 
-// A finished full cache kept for prefix reuse.
+// A full cache kept for prefix reuse: a finished request's, or a prompt's prefix as its prefill passed it. Never
+// written again: requests share its pages.
 struct Scheduler::Cached {
   SequenceId seq = -1;
-  std::string policy;          // the policy's describe()
   std::vector<int32_t> tokens;  // by position
 };
+
+int32_t Scheduler::shareable_prefix(const kv::KvPolicy& p, int32_t n) const {
+  if (!opts_.prefix_reuse || model_.config().sliding_window > 0 || opts_.session.prefill_compress ||
+      p.reconstruction().chunk > 0 || (p.page_tokens() > 0 && p.page_tokens() != kv::KvGeometry{}.page_tokens))
+    return 0;
+  // The last token's logits are needed, and what the policy scores or gathers statistics from must run.
+  return std::max(0, std::min({n - 1, p.prefill_score_from(n), p.prefill_query_stats_from(n)}));
+}
+
+void Scheduler::keep_cached(SequenceId seq, std::vector<int32_t> tokens) {
+  // A cache whose tokens begin another's is covered by it (their pages are shared anyway).
+  std::erase_if(cached_, [&](const std::unique_ptr<Cached>& c) {
+    const bool covered = session_.sequence(c->seq).geometry().format == session_.sequence(seq).geometry().format &&
+                         c->tokens.size() <= tokens.size() &&
+                         std::equal(c->tokens.begin(), c->tokens.end(), tokens.begin());
+    if (covered) session_.remove_sequence(c->seq);
+    return covered;
+  });
+  auto c = std::make_unique<Cached>();
+  c->seq = seq;
+  c->tokens = std::move(tokens);
+  cached_.push_back(std::move(c));
+  // At most two for each request that may run (its prompt's prefix and its whole sequence): older ones go first.
+  while (static_cast<int32_t>(cached_.size()) > 2 * opts_.session.n_seq_max) {
+    session_.remove_sequence(cached_.front()->seq);
+    cached_.erase(cached_.begin());
+  }
+}
 
 Scheduler::Scheduler(const Model& model, const Tokenizer& tok, ThreadPool& pool, const SchedulerOptions& opts)
     : model_(model), tok_(tok), opts_(opts), session_(model, pool, opts.session, &tok) {}
@@ -109,29 +139,28 @@ bool Scheduler::try_admit(Request& r) {
     finish(r, StopReason::Length, e.what());
     return true;  // consumed: it ends here
   }
-  // The cached sequence sharing the longest prefix, under the same policy (never the last token: its logits are
-  // needed).
+  // The cached sequence sharing the longest prefix that the policy leaves as written.
   const int32_t n = static_cast<int32_t>(r.to_prefill.size());
+  r.n_shareable = shareable_prefix(*policy, n);
   size_t best = cached_.size();
   int32_t best_len = 0;
-  if (opts_.prefix_reuse && policy->keeps_every_token() && c.sliding_window <= 0) {
-    const std::string key = policy->describe();
-    for (size_t i = 0; i < cached_.size(); ++i) {
-      if (cached_[i]->policy != key) continue;
-      const std::vector<int32_t>& t = cached_[i]->tokens;
-      const size_t most = std::min(t.size(), static_cast<size_t>(n - 1));
-      size_t l = 0;
-      while (l < most && t[l] == r.to_prefill[l]) ++l;
-      if (static_cast<int32_t>(l) > best_len) {
-        best_len = static_cast<int32_t>(l);
-        best = i;
-      }
+  for (size_t i = 0; i < cached_.size(); ++i) {
+    if (session_.sequence(cached_[i]->seq).geometry().format != policy->page_format()) continue;
+    const std::vector<int32_t>& t = cached_[i]->tokens;
+    const size_t most = std::min(t.size(), static_cast<size_t>(r.n_shareable));
+    size_t l = 0;
+    while (l < most && t[l] == r.to_prefill[l]) ++l;
+    if (static_cast<int32_t>(l) > best_len) {
+      best_len = static_cast<int32_t>(l);
+      best = i;
     }
   }
-  // Room for the prompt beside every running sequence's next step; cached sequences go first (not the one reused).
-  std::unique_ptr<Cached> reuse;
+  // Room for the prompt beside every running sequence's next step; cached sequences go first, least recently used
+  // first (not the one shared). A policy that evicts from shared pages copies them first: it may need pages for the
+  // whole prompt.
+  std::unique_ptr<Cached> shared;
   if (best < cached_.size()) {
-    reuse = std::move(cached_[best]);
+    shared = std::move(cached_[best]);
     cached_.erase(cached_.begin() + static_cast<std::ptrdiff_t>(best));
   }
   kv::KvGeometry geo;
@@ -141,24 +170,21 @@ bool Scheduler::try_admit(Request& r) {
   geo.format = policy->page_format();
   geo.sealed_format = policy->sealed_format();
   if (policy->page_tokens() > 0) geo.page_tokens = policy->page_tokens();
-  const size_t need = prompt_bytes(*policy, n - best_len) + step_growth_bytes(geo) + running_growth_bytes();
-  if (!make_room(need) && !running_.empty()) {
-    if (reuse) cached_.push_back(std::move(reuse));  // stays cached; the request waits
-    return false;
+  const int32_t n_private = policy->keeps_every_token() ? n - best_len : n;
+  const size_t need = prompt_bytes(*policy, n_private) + step_growth_bytes(geo) + running_growth_bytes();
+  const bool room = make_room(need) || running_.empty();
+  if (shared) cached_.push_back(std::move(shared));  // most recently used now
+  if (!room) return false;
+  try {
+    r.seq = session_.add_sequence(std::move(policy));
+    if (best_len > 0) session_.share_prefix(r.seq, cached_.back()->seq, best_len);
+  } catch (const std::exception& e) {
+    if (r.seq >= 0) session_.remove_sequence(r.seq);
+    r.seq = -1;
+    finish(r, StopReason::Length, e.what());
+    return true;
   }
-  if (reuse) {
-    r.seq = reuse->seq;
-    r.n_reused = best_len;
-    session_.truncate(r.seq, best_len);
-  } else {
-    try {
-      r.seq = session_.add_sequence(std::move(policy));
-    } catch (const std::exception& e) {
-      finish(r, StopReason::Length, e.what());
-      return true;
-    }
-    r.n_reused = 0;
-  }
+  r.n_reused = best_len;
   r.out.n_reused = r.n_reused;  // after a preemption: the last prefill's
   r.needs_prefill = true;
   return true;
@@ -202,6 +228,19 @@ void Scheduler::prefill(Request& r) {
   const int32_t n = static_cast<int32_t>(r.to_prefill.size());
   PrefillOptions po;
   po.logit_positions = {n - r.n_reused - 1};
+  // The prompt's prefix is kept for later requests as it passes the last whole chunk before what the policy
+  // changes (so the prefill's chunks stay where they are without it).
+  const int32_t nb = opts_.session.n_batch;
+  const int32_t n_to_share = (r.n_shareable - r.n_reused) / nb * nb;
+  if (n_to_share > 0 && session_.sequence(r.seq).geometry().page_tokens == kv::KvGeometry{}.page_tokens) {
+    po.prefix_at = n_to_share;
+    po.on_prefix = [&] {
+      const KvFormat f = session_.sequence(r.seq).geometry().format;
+      const SequenceId copy = session_.add_sequence(f == KvFormat::F32 ? "full:type=f32" : "full");
+      session_.share_prefix(copy, r.seq, r.n_reused + n_to_share);
+      keep_cached(copy, std::vector<int32_t>(r.to_prefill.begin(), r.to_prefill.begin() + r.n_reused + n_to_share));
+    };
+  }
   // Between chunks the running requests take a step each (Sarathi-Serve's chunked prefill: a long prompt holds no
   // stream up for more than one chunk).
   po.progress = [&](int32_t done, int32_t all) {
@@ -328,16 +367,7 @@ void Scheduler::finish(Request& r, StopReason stop, std::string error) {
                       p.keeps_every_token() && model_.config().sliding_window <= 0 &&
                       static_cast<int32_t>(r.ran.size()) == session_.position(r.seq);
     if (keep) {
-      auto c = std::make_unique<Cached>();
-      c->seq = r.seq;
-      c->policy = p.describe();
-      c->tokens = std::move(r.ran);
-      cached_.push_back(std::move(c));
-      // At most as many kept as may run: older ones go first.
-      while (static_cast<int32_t>(cached_.size()) > opts_.session.n_seq_max) {
-        session_.remove_sequence(cached_.front()->seq);
-        cached_.erase(cached_.begin());
-      }
+      keep_cached(r.seq, std::move(r.ran));
     } else {
       session_.remove_sequence(r.seq);
     }
@@ -359,27 +389,31 @@ void Scheduler::cancel_all() {
   cached_.clear();
 }
 
-namespace {
-int64_t pages_of(const kv::KvSequence& s) {
-  const kv::KvGeometry& g = s.geometry();
+int64_t Scheduler::kv_pages_cached() const {
+  // Pages the cached sequences alone hold: each counted once, however many of them hold it, and none a running
+  // request shares.
+  std::unordered_map<uint64_t, int32_t> holders;
+  for (const auto& c : cached_) {
+    const kv::KvSequence& s = session_.sequence(c->seq);
+    const kv::KvGeometry& g = s.geometry();
+    for (int32_t l = 0; l < g.n_layer; ++l)
+      for (int32_t h = 0; h < g.n_head_kv; ++h)
+        for (const kv::KvPage& p : s.head(l, h).pages)
+          ++holders[uint64_t{static_cast<uint32_t>(p.format)} << 32 | static_cast<uint32_t>(p.id)];
+  }
+  if (holders.empty()) return 0;
+  const kv::KvPagePool& pool = session_.pages();
   int64_t n = 0;
-  for (int32_t l = 0; l < g.n_layer; ++l)
-    for (int32_t h = 0; h < g.n_head_kv; ++h) n += static_cast<int64_t>(s.head(l, h).pages.size());
+  for (const auto& [key, count] : holders)
+    if (pool.kv_page_holders(kv::KvPage{static_cast<int32_t>(key & 0xffffffffu), static_cast<KvFormat>(key >> 32), 0}) ==
+        count)
+      ++n;
   return n;
 }
-}  // namespace
 
 int64_t Scheduler::kv_pages_in_use() const {
-  int64_t n = 0;
-  for (const auto& r : running_)
-    if (r->seq >= 0) n += pages_of(session_.sequence(r->seq));
-  return n;
-}
-
-int64_t Scheduler::kv_pages_cached() const {
-  int64_t n = 0;
-  for (const auto& c : cached_) n += pages_of(session_.sequence(c->seq));
-  return n;
+  if (session_.n_sequences() == 0) return 0;
+  return static_cast<int64_t>(session_.pages().n_pages_in_use()) - kv_pages_cached();
 }
 
 }  // namespace longctx

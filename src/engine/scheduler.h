@@ -12,10 +12,17 @@
 // go back, it waits at the front of the queue, and on its turn its prompt and the tokens it generated are prefilled
 // again: "recompute" preemption) and the oldest always goes on, so no request is aborted for memory.
 //
-// Prefix reuse: a finished request under a policy that keeps every token as written (the full cache) on a model
-// without sliding-window layers leaves its sequence cached; a later request under the same policy whose prompt starts
-// with the same tokens takes it over and runs only the rest (the longest shared prefix among the cached sequences).
-// Cached sequences go, least recently used first, when admission or a step needs their pages.
+// Prefix reuse together with compression (on models without sliding-window layers): cached sequences are full
+// caches, never written again, whose pages requests share (copy on write, kv::KvSequence::share_prefix). A prompt's
+// prefix is cached as its prefill passes it, up to where its policy starts to act (SnapKV's observation window,
+// the queries whose statistics Expected Attention gathers: nothing before that is changed until the prompt's end),
+// and a finished request under a policy that keeps every token leaves its whole sequence cached. A later request
+// whose prompt starts with a cached prefix, under any policy that leaves that much as written, holds those pages
+// without computing them and prefills only the rest; its policy then compresses the whole prompt as if it had
+// prefilled it alone, copying each shared page it evicts from, so the prefix stays full and shared for the next
+// request while each request's compressed cache is its own. Pages are counted once in the pool however many
+// sequences hold them (KvBytes::shared says how much of a request's cache is shared). Cached sequences go, least
+// recently used first, when admission or a step needs their pages.
 #pragma once
 #include <cstdint>
 #include <deque>
@@ -37,7 +44,7 @@ namespace longctx {
 
 struct SchedulerOptions {
   SessionOptions session;    // n_ctx: every request's context; n_seq_max: the most requests running at once
-  bool prefix_reuse = true;  // keep finished full caches for later prompts that share their prefix
+  bool prefix_reuse = true;  // keep full prefixes for later prompts that start with them (see above)
 };
 
 // How a request ended.
@@ -86,8 +93,10 @@ class Scheduler {
   int32_t n_waiting() const { return static_cast<int32_t>(waiting_.size()); }
   int32_t n_running() const { return static_cast<int32_t>(running_.size()); }
   bool idle() const { return waiting_.empty() && running_.empty(); }
-  int64_t kv_pages_in_use() const;   // pages of waiting-to-finish and running requests
-  int64_t kv_pages_cached() const;   // pages of cached sequences kept for prefix reuse
+  // Pages in the pool, each counted once: those running requests hold (alone or with the cache), and those only
+  // the sequences kept for prefix reuse hold. Together: every page in use.
+  int64_t kv_pages_in_use() const;
+  int64_t kv_pages_cached() const;
   const EngineSession& session() const { return session_; }
   // Sequences in each decode step so far (for the server's batch-size histogram), cleared by the caller.
   std::vector<int32_t>& decode_batch_sizes() { return batch_sizes_; }
@@ -114,6 +123,11 @@ class Scheduler {
   size_t step_growth_bytes(const kv::KvGeometry& g) const;
   size_t running_growth_bytes() const;  // summed over the running sequences
   size_t prompt_bytes(const kv::KvPolicy& p, int32_t n_tokens) const;
+  // How many of n prompt tokens may come from a cached prefix under policy p (0: none).
+  int32_t shareable_prefix(const kv::KvPolicy& p, int32_t n) const;
+  // Keeps a full cache of these tokens for prefix reuse (dropping those it covers, and the oldest past twice
+  // n_seq_max).
+  void keep_cached(SequenceId seq, std::vector<int32_t> tokens);
 
   const Model& model_;
   const Tokenizer& tok_;

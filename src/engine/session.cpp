@@ -114,6 +114,14 @@ void EngineSession::reset_sequence(SequenceId id) {
   s.peak_bytes = 0;
 }
 
+void EngineSession::share_prefix(SequenceId dst, SequenceId src, int32_t n_tokens) {
+  Sequence& d = seq(dst);
+  if (d.n_past != 0) fail("internal: sharing a prefix into a sequence at position {}", d.n_past);
+  d.kv->share_prefix(*seq(src).kv, n_tokens);
+  d.n_past = n_tokens;
+  note_peak(d);
+}
+
 void EngineSession::note_peak(Sequence& s) { s.peak_bytes = std::max(s.peak_bytes, s.kv->bytes().total()); }
 
 void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, const PrefillOptions& opts,
@@ -157,6 +165,9 @@ void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, cons
   if (scores.wanted() || chunk_compress) scores.reset(c.n_layer, c.n_head_kv, opts_.n_ctx, opts_.n_ctx);
   scores.queries.first_pos = hooks ? policy.prefill_query_stats_from(pos0 + m) : INT_MAX;
   if (scores.queries.wanted()) scores.queries.reset(c.n_layer, c.n_head, c.head_dim);
+  if (opts.prefix_at > 0 && (opts.prefix_at > m || chunk_compress || pos0 + opts.prefix_at > score_from ||
+                             pos0 + opts.prefix_at > scores.queries.first_pos))
+    fail("internal: a prefix of {} tokens to share past what the policy leaves untouched", opts.prefix_at);
 
   std::vector<int32_t> positions(static_cast<size_t>(opts_.n_batch));
   std::vector<float> chunk_logits;
@@ -178,8 +189,9 @@ void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, cons
     for (size_t r = 0; r < rows.size(); ++r)
       std::memcpy(logits.data() + dest[r] * n_vocab, chunk_logits.data() + r * n_vocab, n_vocab * sizeof(float));
   };
-  for (int32_t start = 0; start < m; start += opts_.n_batch) {
-    const int32_t len = std::min(opts_.n_batch, m - start);
+  for (int32_t start = 0, len = 0; start < m; start += len) {
+    len = std::min(opts_.n_batch, m - start);
+    if (start < opts.prefix_at && start + len > opts.prefix_at) len = opts.prefix_at - start;
     const bool compress_now = chunk_compress && start + len < m;
     if (chunk_compress) {
       // Each chunk is scored as if the prompt ended with it; the last as the prompt's end.
@@ -191,6 +203,7 @@ void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, cons
     // Sliding-window expiry renumbers slots, so it waits while scores for the policy are still being gathered.
     const bool scores_pending = scores.wanted() && pos0 + start + len > scores.first_pos && !compress_now;
     if (expire && !scores_pending) kv_expire_window(c, kv, policy, pos0 + start + len);
+    if (start + len == opts.prefix_at && opts.on_prefix) opts.on_prefix();
     if (opts.progress) opts.progress(start + len, n);
   }
   if (hooks) {

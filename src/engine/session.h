@@ -73,6 +73,11 @@ struct PrefillOptions {
   // gathers no prefill scores itself.
   int32_t score_from = INT_MAX;
   std::function<void(const kv::KvSequence&, const kv::KvScores&)> on_scores;
+  // > 0: a chunk ends after this many of the tokens given, and on_prefix runs there: those tokens are cached as
+  // written and no policy hook has touched them yet (the server shares them with later requests). It may not pass
+  // the first position the policy scores or gathers query statistics from, nor come with prefill_compress.
+  int32_t prefix_at = 0;
+  std::function<void()> on_prefix;
 };
 
 // One sequence's token in a decode step: it runs at the sequence's next position.
@@ -103,6 +108,10 @@ class EngineSession {
   void remove_sequence(SequenceId id);
   // Empties the sequence and forgets its policy's state: the next prefill starts at position 0.
   void reset_sequence(SequenceId id);
+  // Makes the empty sequence dst hold the first n_tokens tokens of src, sharing src's pages (copy on write,
+  // kv::KvSequence::share_prefix); dst's next prefill continues at position n_tokens. src must hold every token
+  // 0 .. n_tokens - 1 as written, in dst's page format.
+  void share_prefix(SequenceId dst, SequenceId src, int32_t n_tokens);
 
   // Runs tokens at the sequence's next positions, in chunks of n_batch, with the policy's hooks as a prompt needs
   // them; then full pages are sealed. Throws Error when they do not fit in n_ctx. Empty tokens: nothing happens.

@@ -61,6 +61,7 @@ KvPage KvPagePool::kv_page_alloc(KvFormat f) {
     const int32_t first = static_cast<int32_t>(fp.slabs.size() * fp.chunks_per_slab * fp.pages_per_chunk);
     fp.slabs.push_back(Slab{p, slab_bytes});
     fp.chunk_in_use.resize(fp.chunk_in_use.size() + fp.chunks_per_slab, 0);
+    fp.holders.resize(fp.holders.size() + fp.chunks_per_slab * fp.pages_per_chunk, 0);
     for (size_t i = 0; i < fp.chunks_per_slab * fp.pages_per_chunk; ++i) {
       fp.free.push_back(first + static_cast<int32_t>(i));
       std::push_heap(fp.free.begin(), fp.free.end(), std::greater<>());
@@ -79,11 +80,27 @@ KvPage KvPagePool::kv_page_alloc(KvFormat f) {
   fp.free.pop_back();
   ++in_use;
   ++n_in_use_;
+  fp.holders[static_cast<size_t>(id)] = 1;
   return KvPage{id, f, 0};
+}
+
+void KvPagePool::kv_page_share(const KvPage& page) {
+  FormatPages& fp = format_pages(page.format);
+  int32_t& holders = fp.holders.at(static_cast<size_t>(page.id));
+  if (holders <= 0) fail("internal: sharing KV page {} that is not in use", page.id);
+  ++holders;
+}
+
+int32_t KvPagePool::kv_page_holders(const KvPage& page) const {
+  const FormatPages& fp = by_format_[static_cast<int>(page.format)];
+  return static_cast<size_t>(page.id) < fp.holders.size() ? fp.holders[static_cast<size_t>(page.id)] : 0;
 }
 
 void KvPagePool::kv_page_free(const KvPage& page) {
   FormatPages& fp = format_pages(page.format);
+  int32_t& holders = fp.holders.at(static_cast<size_t>(page.id));
+  if (holders <= 0) fail("internal: freeing KV page {} that is not in use", page.id);
+  if (--holders > 0) return;  // another sequence still reads it
   const int32_t chunk = page_chunk(fp, page.id);
   int32_t& in_use = fp.chunk_in_use[static_cast<size_t>(chunk)];
   if (--in_use == 0) {
@@ -149,7 +166,58 @@ bool KvSequence::repack_before_new_page(const KvHeadCache& h, size_t* first) con
   return false;
 }
 
+KvPage& KvSequence::own_page(KvHeadCache& h, size_t p) {
+  KvPage& page = h.pages[p];
+  if (pool_.kv_page_holders(page) <= 1) return page;
+  KvPage copy = pool_.kv_page_alloc(page.format);
+  mem_.copy_page(pool_.page_data(copy), pool_.page_data(page), pool_.page_bytes(page.format));
+  copy.n_rows = page.n_rows;
+  pool_.kv_page_free(page);  // the others keep it
+  page = copy;
+  return page;
+}
+
+void KvSequence::share_prefix(const KvSequence& src, int32_t n_tokens) {
+  const KvGeometry& sg = src.geometry();
+  if (&src.pool_ != &pool_ || sg.n_layer != geo_.n_layer || sg.n_head_kv != geo_.n_head_kv ||
+      sg.head_dim != geo_.head_dim || sg.page_tokens != geo_.page_tokens || sg.format != geo_.format)
+    fail("internal: sharing a prefix between sequences of different pools or layouts");
+  if (n_tokens_total() != 0) fail("internal: sharing a prefix into a sequence that holds tokens");
+  if (n_tokens <= 0) return;
+  for (const KvHeadCache& s : src.heads_) {
+    // Positions ascend without repeats, so the (n_tokens - 1)-th being n_tokens - 1 means all of 0 .. n_tokens - 1.
+    if (s.n_tokens() < n_tokens || s.positions[static_cast<size_t>(n_tokens) - 1] != n_tokens - 1)
+      fail("internal: the shared prefix's {} tokens are not all cached in order", n_tokens);
+    for (const KvPage& page : s.pages)
+      if (page.format != geo_.format) fail("internal: a shared prefix holds a {} page", kv_format_name(page.format));
+  }
+  for (size_t i = 0; i < heads_.size(); ++i) {
+    const KvHeadCache& s = src.heads_[i];
+    KvHeadCache& h = heads_[i];
+    int32_t taken = 0;
+    for (const KvPage& page : s.pages) {
+      if (taken == n_tokens) break;
+      if (taken + page.n_rows <= n_tokens) {
+        pool_.kv_page_share(page);
+        h.pages.push_back(page);
+        taken += page.n_rows;
+      } else {
+        // The prefix ends inside this page: its rows up to there are copied into a page of our own.
+        KvPage copy = pool_.kv_page_alloc(page.format);
+        mem_.copy_page(pool_.page_data(copy), pool_.page_data(page), pool_.page_bytes(page.format));
+        copy.n_rows = n_tokens - taken;
+        h.pages.push_back(copy);
+        taken = n_tokens;
+      }
+    }
+    h.positions.assign(s.positions.begin(), s.positions.begin() + n_tokens);
+    summarize_pages_from(h, 0);
+  }
+}
+
 KvPage& KvSequence::page_for_next_row(KvHeadCache& h) {
+  if (!h.pages.empty() && h.pages.back().format == geo_.format && h.pages.back().n_rows < geo_.page_tokens)
+    own_page(h, h.pages.size() - 1);
   if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == geo_.page_tokens) {
     h.pages.push_back(pool_.kv_page_alloc(geo_.format));
     if (geo_.key_summaries) {
@@ -342,6 +410,7 @@ void KvSequence::pack_open_pages(KvHeadCache& h, size_t first) {
           keep.resize(static_cast<size_t>(wr + n_rows - i));
           std::iota(keep.begin(), keep.begin() + wr, 0);
           std::iota(keep.begin() + wr, keep.end(), i);
+          own_page(h, r);
           mem_.compact(h.pages[r].format, T, d, pool_.page_data(h.pages[r]), keep.data(),
                                static_cast<int32_t>(keep.size()));
         }
@@ -355,6 +424,7 @@ void KvSequence::pack_open_pages(KvHeadCache& h, size_t first) {
       const uint8_t* s = pool_.page_data(src);
       mem_.read_keys_host(src.format, T, d, s, i, n, k.data());
       mem_.read_values_host(src.format, T, d, s, i, n, v.data());
+      own_page(h, w);
       mem_.write_page_rows_host(h.pages[w].format, T, d, k.data(), v.data(), wr, n, pool_.page_data(h.pages[w]));
       wr += n;
       i += n;
@@ -386,9 +456,11 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
   std::vector<int32_t> keep;
   size_t j = 0;
   int32_t s0 = 0;
-  for (KvPage& page : h.pages) {
+  for (size_t p = 0; p < h.pages.size(); ++p) {
+    KvPage& page = h.pages[p];
     const int32_t s1 = s0 + page.n_rows;
     if (j < slots.size() && slots[j] < s1) {
+      own_page(h, p);
       keep.clear();
       for (int32_t s = s0; s < s1; ++s) {
         if (j < slots.size() && slots[j] == s) {
@@ -401,7 +473,7 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
       page.n_rows = static_cast<int32_t>(keep.size());
       // The compacted page's summary, from the rows it still holds (a packed page: as dequantized, which is what
       // attention reads of it; the exact keys are gone).
-      summarize_page(h, static_cast<size_t>(&page - h.pages.data()));
+      summarize_page(h, p);
     }
     s0 = s1;
   }
@@ -515,7 +587,10 @@ int64_t KvSequence::n_tokens_total() const {
 KvBytes KvSequence::bytes() const {
   KvBytes b;
   for (const auto& h : heads_) {
-    for (const KvPage& p : h.pages) b.payload += pool_.page_bytes(p.format);
+    for (const KvPage& p : h.pages) {
+      b.payload += pool_.page_bytes(p.format);
+      if (pool_.kv_page_holders(p) > 1) b.shared += pool_.page_bytes(p.format);
+    }
     b.metadata += h.pages.capacity() * sizeof(KvPage) + h.positions.capacity() * sizeof(int32_t);
     b.summaries += h.key_summary.capacity() * sizeof(float);
   }

@@ -47,6 +47,10 @@ size_t kv_pool_chunk_bytes(size_t page_bytes);
 // address first, so live pages gather in few chunks and emptied chunks can be returned. The pool refuses to hold
 // more than max_bytes, so a budget that cannot fit fails with a clear error instead of swapping. The slabs are the
 // backend's memory (KvPageMemory: the host's by default), and every page byte is written and read through it.
+//
+// A page may be held by several sequences at once (KvSequence::share_prefix: a prefix cached once, read by many
+// requests): the pool counts its holders, kv_page_free drops one, and the page goes back with the last. A holder
+// never writes a page another holds: it takes a private copy first (copy on write, in KvSequence).
 class KvPagePool {
  public:
   KvPagePool(int32_t page_tokens, int32_t head_dim, size_t max_bytes, KvPageMemory& memory = host_kv_memory());
@@ -54,14 +58,16 @@ class KvPagePool {
   KvPagePool(const KvPagePool&) = delete;
   KvPagePool& operator=(const KvPagePool&) = delete;
 
-  KvPage kv_page_alloc(KvFormat f);  // throws Error when max_bytes would be exceeded
-  void kv_page_free(const KvPage& page);
+  KvPage kv_page_alloc(KvFormat f);  // throws Error when max_bytes would be exceeded; one holder
+  void kv_page_share(const KvPage& page);  // one more holder
+  void kv_page_free(const KvPage& page);   // one holder fewer; the page goes back with the last
+  int32_t kv_page_holders(const KvPage& page) const;
   uint8_t* page_data(const KvPage& page);
   const uint8_t* page_data(const KvPage& page) const;
   size_t page_bytes(KvFormat f) const;
   size_t bytes_reserved() const { return bytes_held_; }  // chunks holding a live page: what the system gave
   size_t bytes_reserved_peak() const { return bytes_held_peak_; }
-  size_t n_pages_in_use() const { return n_in_use_; }
+  size_t n_pages_in_use() const { return n_in_use_; }  // each page once, however many hold it
   size_t max_bytes() const { return max_bytes_; }  // the limit bytes_reserved() may not pass
   KvPageMemory& memory() const { return memory_; }
 
@@ -76,6 +82,7 @@ class KvPagePool {
     std::vector<Slab> slabs;
     std::vector<int32_t> free;            // min-heap of free page ids: the lowest address goes out first
     std::vector<int32_t> chunk_in_use;    // (n_chunks) live pages of each chunk
+    std::vector<int32_t> holders;         // (n_pages) sequences holding each page; 0: free
   };
   FormatPages& format_pages(KvFormat f);
   int32_t page_chunk(const FormatPages& fp, int32_t id) const { return id / static_cast<int32_t>(fp.pages_per_chunk); }
@@ -103,6 +110,7 @@ struct KvHeadCache {
 
 struct KvBytes {
   size_t payload = 0;   // page bytes of this sequence
+  size_t shared = 0;    // of payload, the bytes of pages other sequences hold too (counted once in the pool)
   size_t metadata = 0;  // positions and page tables
   size_t summaries = 0;  // per-page key summaries (KvGeometry::key_summaries), 0 when none are kept
   size_t total() const { return payload + metadata + summaries; }
@@ -146,6 +154,13 @@ class KvSequence {
   // Appends one row to one kv-head only (a token that is not the text's, such as a compensation token).
   // k, v: (head_dim) f32 in host memory, already rotated.
   void append_head(int32_t layer, int32_t kv_head, const float* k, const float* v, int32_t position);
+
+  // Makes this empty sequence hold the first n_tokens tokens of src (every head of src must hold positions 0 ..
+  // n_tokens - 1 in its first n_tokens slots, in pages of this sequence's open format and page size): src's whole
+  // pages are shared, not copied, and the page the prefix ends inside is copied. Neither sequence writes a shared
+  // page afterwards (appends open new pages; eviction and packing copy a shared page before changing it), so src
+  // stays as it was. Key summaries, where this sequence keeps them, are computed for the pages taken.
+  void share_prefix(const KvSequence& src, int32_t n_tokens);
 
   // Packs every full open page older than the full-precision window (no-op when nothing is packed).
   void seal_full_pages();
@@ -203,6 +218,8 @@ class KvSequence {
   bool repack_before_new_page(const KvHeadCache& h, size_t* first) const;
   // The page the next row goes to: the last open one, or a new one (with its empty key summary) when that is full.
   KvPage& page_for_next_row(KvHeadCache& h);
+  // Page p of a head, made this sequence's own before it is written: a page others hold too is replaced by a copy.
+  KvPage& own_page(KvHeadCache& h, size_t p);
 
   KvGeometry geo_;
   KvPagePool& pool_;

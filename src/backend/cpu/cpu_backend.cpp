@@ -57,6 +57,8 @@ void HostKvPageMemory::compact(KvFormat f, int32_t page_tokens, int32_t head_dim
   kv_page_compact(f, page_tokens, head_dim, page, keep, n_keep);
 }
 
+void HostKvPageMemory::copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
 int32_t CpuBackend::batch_invariant_rows() const { return static_cast<int32_t>(cpu::kMatmulRowInvariantTok); }
 
 void CpuBackend::to_host(void* host_dst, const void* src, size_t bytes) {

@@ -29,6 +29,7 @@ class HostKvPageMemory : public KvPageMemory {
                         int32_t n, float* out) override;
   void compact(KvFormat f, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
                int32_t n_keep) override;
+  void copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) override;
 };
 
 // The ops on the host's threads. Activations are plain heap memory; weights are read in place (prepare only checks

@@ -54,6 +54,11 @@ Status copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
   return cuda_status(cudaMemcpy(host_dst, device_src, bytes, cudaMemcpyDeviceToHost), "copy to host");
 }
 
+Status copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
+  return cuda_status(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, nullptr),
+                     "copy on device");
+}
+
 Status device_fill_bytes(void* device_ptr, uint8_t value, size_t bytes) {
   return cuda_status(cudaMemset(device_ptr, value, bytes), "cudaMemset");
 }

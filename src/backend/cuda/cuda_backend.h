@@ -43,6 +43,7 @@ Status copy_to_device(void* device_dst, const void* host_src, size_t bytes);
 // once, so host_src may be reused when this returns, and the host runs ahead of the GPU.
 Status copy_to_device_async(void* device_dst, const void* host_src, size_t bytes);
 Status copy_to_host(void* host_dst, const void* device_src, size_t bytes);
+Status copy_on_device(void* device_dst, const void* device_src, size_t bytes);  // in the default stream's order
 Status device_fill_bytes(void* device_ptr, uint8_t value, size_t bytes);  // 0xff poisons f16/bf16 with NaN
 Status device_synchronize();
 // The device's copy bandwidth: device-to-device copies of `bytes` (read + write counted), best of n_reps after one

@@ -122,6 +122,9 @@ class CudaKvMemory final : public KvPageMemory {
                         int32_t n, float* out) override {
     cpu::kv_page_read_values(f, page_tokens, head_dim, fetch(f, page_tokens, head_dim, page).data(), row0, n, out);
   }
+  void copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) override {
+    check(cuda::copy_on_device(dst, src, bytes));
+  }
   void compact(KvFormat f, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
                int32_t n_keep) override {
     if (!kv_format_is_packed(f)) {  // on the device; packed pages still through the host codec
