@@ -324,6 +324,9 @@ TEST(BackendOpsKvMemory, WriteReadCompactInEveryFormat) {
           ASSERT_EQ(kv[j * d + i], rv[keep[j] * d + i]) << j;
         }
     }
+    // A page copied whole (copy on write of a shared page) holds the same bytes.
+    mem.copy_page(pages[0], pages[1], pb);
+    ASSERT_EQ(0, std::memcmp(pages[0], pages[1], pb));
     // Released memory reads as zeros; then the slab goes back.
     mem.release(slab, pb);
     for (size_t i = 0; i < pb; i += 97) ASSERT_EQ(slab[i], 0) << i;

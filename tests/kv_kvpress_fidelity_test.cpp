@@ -79,7 +79,7 @@
 #include "engine/generator.h"
 #include "kv/policy.h"
 #include "model/model.h"
-#include "test_models.h"
+#include "smollm2_suite.h"
 #include "tokenizer/tokenizer.h"
 
 namespace longctx {
@@ -156,22 +156,18 @@ std::vector<int32_t> reference_set(const json& c, int32_t layer, int32_t kv_head
   return ref;
 }
 
-class KvpressFidelity : public ::testing::Test {
+class KvpressFidelity : public test::SmolLM2Suite {
  protected:
   static void SetUpTestSuite() {
-    if (!std::filesystem::exists(test::smollm2_path())) return;  // each test reports the missing model
+    SmolLM2Suite::SetUpTestSuite();
+    if (model_ == nullptr) return;  // each test reports the missing model
     gold_ = new json(load_golden());
     gold_query_agnostic_ = new json(load_golden("smollm2_query_agnostic.json"));
-    model_ = Model::load(test::smollm2_path()).release();
-    tok_ = Tokenizer::from_gguf(model_->file()).release();
-    pool_ = new ThreadPool(2);
   }
   static void TearDownTestSuite() {
-    delete pool_;
-    delete tok_;
-    delete model_;
     delete gold_;
     delete gold_query_agnostic_;
+    SmolLM2Suite::TearDownTestSuite();
   }
 
   // Runs every prompt of the press through the engine and compares. window_on_top: the method keeps its window of
@@ -308,16 +304,10 @@ class KvpressFidelity : public ::testing::Test {
 
   static json* gold_;
   static json* gold_query_agnostic_;  // smollm2_query_agnostic.json (--set query_agnostic)
-  static Model* model_;
-  static Tokenizer* tok_;
-  static ThreadPool* pool_;
 };
 
 json* KvpressFidelity::gold_ = nullptr;
 json* KvpressFidelity::gold_query_agnostic_ = nullptr;
-Model* KvpressFidelity::model_ = nullptr;
-Tokenizer* KvpressFidelity::tok_ = nullptr;
-ThreadPool* KvpressFidelity::pool_ = nullptr;
 
 // Position only: must be identical.
 TEST_F(KvpressFidelity, StreamingLLM) { check_press("streaming", kExact); }

@@ -14,7 +14,7 @@
 #include "engine/scheduler.h"
 #include "kv/policy.h"
 #include "model/model.h"
-#include "test_models.h"
+#include "smollm2_suite.h"
 #include "tokenizer/tokenizer.h"
 
 namespace longctx {
@@ -31,21 +31,8 @@ struct GenRun {
   std::vector<std::vector<float>> logits;  // per generated token, the logits it was drawn from
 };
 
-class PrefixReuse : public ::testing::Test {
+class PrefixReuse : public test::SmolLM2Suite {
  protected:
-  static void SetUpTestSuite() {
-    if (!std::filesystem::exists(test::smollm2_path())) return;
-    model_ = Model::load(test::smollm2_path()).release();
-    tok_ = Tokenizer::from_gguf(model_->file()).release();
-    pool_ = new ThreadPool(2);
-  }
-  static void TearDownTestSuite() {
-    delete pool_;
-    delete tok_;
-    delete model_;
-  }
-  void SetUp() override { LONGCTX_REQUIRE_MODEL(test::smollm2_path()); }
-
   static GenerateParams params() {
     GenerateParams gp;
     gp.n_ctx = 1024;
@@ -65,9 +52,8 @@ class PrefixReuse : public ::testing::Test {
     return std::make_unique<Scheduler>(*model_, *tok_, *pool_, so);
   }
 
-  // One request alone through the scheduler, under the sampling of params().
-  static GenRun generate(Scheduler& s, const std::vector<int32_t>& prompt, const std::string& spec = "full") {
-    GenRun r;
+  // A request under the sampling of params() whose tokens, logits and outcome go to out.
+  static ScheduledRequest request(const std::vector<int32_t>& prompt, const std::string& spec, GenRun& out) {
     const int64_t n_vocab = model_->config().n_vocab;
     ScheduledRequest q;
     q.prompt = prompt;
@@ -75,13 +61,19 @@ class PrefixReuse : public ::testing::Test {
     q.n_predict = params().n_predict;
     q.ignore_eog = true;
     q.sampling = params().sampling;
-    q.on_token = [&](int32_t id, const float* logits) {
-      r.tokens.push_back(id);
-      r.logits.emplace_back(logits, logits + n_vocab);
+    q.on_token = [&out, n_vocab](int32_t id, const float* logits) {
+      out.tokens.push_back(id);
+      out.logits.emplace_back(logits, logits + n_vocab);
       return true;
     };
-    q.on_done = [&](const RequestOutcome& o) { r.stats = o; };
-    s.add(std::move(q));
+    q.on_done = [&out](const RequestOutcome& o) { out.stats = o; };
+    return q;
+  }
+
+  // One request alone through the scheduler.
+  static GenRun generate(Scheduler& s, const std::vector<int32_t>& prompt, const std::string& spec = "full") {
+    GenRun r;
+    s.add(request(prompt, spec, r));
     while (s.step()) {
     }
     EXPECT_EQ(r.stats.error, "");
@@ -120,30 +112,12 @@ class PrefixReuse : public ::testing::Test {
     }
   }
 
-  static std::vector<int32_t> kjv(int32_t from, int32_t n) {
-    const std::string path = std::string(LONGCTX_SOURCE_DIR) + "/data/kjv.txt";
-    std::ifstream in(path, std::ios::binary);
-    EXPECT_TRUE(in) << path << " is missing: run scripts/setup.sh (README) first";
-    std::string text(static_cast<size_t>(from + n) * 8, '\0');
-    in.read(text.data(), static_cast<std::streamsize>(text.size()));
-    text.resize(static_cast<size_t>(in.gcount()));
-    std::vector<int32_t> ids = tok_->encode(text, false, false);
-    EXPECT_GE(static_cast<int32_t>(ids.size()), from + n);
-    return {ids.begin() + from, ids.begin() + from + n};
-  }
-
   static std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
     a.insert(a.end(), b.begin(), b.end());
     return a;
   }
 
-  static Model* model_;
-  static Tokenizer* tok_;
-  static ThreadPool* pool_;
 };
-Model* PrefixReuse::model_ = nullptr;
-Tokenizer* PrefixReuse::tok_ = nullptr;
-ThreadPool* PrefixReuse::pool_ = nullptr;
 
 // A second question over the same document: the document's 300 tokens are reused (the first prompt went on past
 // them), the question's 40 run; the answer is a fresh run's.
@@ -234,24 +208,8 @@ TEST_F(PrefixReuse, ConcurrentRequestsShareTheDocumentsPages) {
   const std::vector<int32_t> doc = kjv(0, 300);
   const std::vector<int32_t> a = concat(doc, kjv(1000, 50)), b = concat(doc, kjv(2000, 40));
   auto s = scheduler(true);
-  const int64_t n_vocab = model_->config().n_vocab;
   GenRun ra, rb;
   int64_t in_use = 0, cached = 0, pool_pages = 0;
-  auto request = [&](const std::vector<int32_t>& prompt, const char* spec, GenRun& out) {
-    ScheduledRequest q;
-    q.prompt = prompt;
-    q.kv = spec;
-    q.n_predict = params().n_predict;
-    q.ignore_eog = true;
-    q.sampling = params().sampling;
-    q.on_token = [&out, n_vocab](int32_t id, const float* logits) {
-      out.tokens.push_back(id);
-      out.logits.emplace_back(logits, logits + n_vocab);
-      return true;
-    };
-    q.on_done = [&out](const RequestOutcome& o) { out.stats = o; };
-    return q;
-  };
   s->add(request(a, "full", ra));
   s->add(request(b, "snapkv:budget=128,window=32", rb));
   while (s->step()) {

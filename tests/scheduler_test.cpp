@@ -21,37 +21,15 @@
 #include "engine/scheduler.h"
 #include "kv/policy.h"
 #include "model/model.h"
-#include "test_models.h"
+#include "smollm2_suite.h"
 #include "tokenizer/tokenizer.h"
 
 namespace longctx {
 namespace {
 
-class SchedulerTest : public ::testing::Test {
+class SchedulerTest : public test::SmolLM2Suite {
  protected:
-  static void SetUpTestSuite() {
-    if (!std::filesystem::exists(test::smollm2_path())) return;
-    model_ = Model::load(test::smollm2_path()).release();
-    tok_ = Tokenizer::from_gguf(model_->file()).release();
-    pool_ = new ThreadPool(2);
-  }
-  static void TearDownTestSuite() {
-    delete pool_;
-    delete tok_;
-    delete model_;
-  }
-  void SetUp() override { LONGCTX_REQUIRE_MODEL(test::smollm2_path()); }
-
   static constexpr int32_t kCtx = 1024, kBatch = 64;
-
-  // n tokens of the eval haystack from token `from` on.
-  static std::vector<int32_t> kjv(int32_t from, int32_t n) {
-    std::string text;
-    test::read_kjv_head(static_cast<size_t>(from + n) * 8, &text);
-    std::vector<int32_t> ids = tok_->encode(text, false, false);
-    EXPECT_GE(static_cast<int32_t>(ids.size()), from + n);
-    return {ids.begin() + from, ids.begin() + from + n};
-  }
 
   struct Job {
     std::string kv;
@@ -107,13 +85,7 @@ class SchedulerTest : public ::testing::Test {
     return so;
   }
 
-  static Model* model_;
-  static Tokenizer* tok_;
-  static ThreadPool* pool_;
 };
-Model* SchedulerTest::model_ = nullptr;
-Tokenizer* SchedulerTest::tok_ = nullptr;
-ThreadPool* SchedulerTest::pool_ = nullptr;
 
 TEST_F(SchedulerTest, ConcurrentRequestsGiveWhatEachGivesAlone) {
   const std::vector<Job> jobs = {

@@ -10,7 +10,7 @@
 #include "model/model.h"
 #include "openai_service.h"
 #include "batching_engine.h"
-#include "test_models.h"
+#include "smollm2_suite.h"
 #include "tokenizer/tokenizer.h"
 
 namespace longctx::server {
@@ -18,19 +18,8 @@ namespace {
 
 using nlohmann::json;
 
-class ServerEngine : public ::testing::Test {
+class ServerEngine : public test::SmolLM2Suite {
  protected:
-  static void SetUpTestSuite() {
-    if (!std::filesystem::exists(test::smollm2_path())) return;
-    model_ = Model::load(test::smollm2_path()).release();
-    tok_ = Tokenizer::from_gguf(model_->file()).release();
-  }
-  static void TearDownTestSuite() {
-    delete tok_;
-    delete model_;
-  }
-  void SetUp() override { LONGCTX_REQUIRE_MODEL(test::smollm2_path()); }
-
   static ServiceOptions service_options() {
     ServiceOptions so;
     so.model_name = "smol";
@@ -52,11 +41,7 @@ class ServerEngine : public ::testing::Test {
   static bool always() { return true; }
 
   static constexpr int32_t kCtx = 256;
-  static Model* model_;
-  static Tokenizer* tok_;
 };
-Model* ServerEngine::model_ = nullptr;
-Tokenizer* ServerEngine::tok_ = nullptr;
 
 // Waits (up to 60 s) for pred; false when it never held.
 template <typename F>

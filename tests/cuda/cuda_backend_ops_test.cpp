@@ -394,6 +394,12 @@ TEST(CudaBackendOps, KvMemoryWriteRowsReadsCompact) {
       cpu::kv_page_compact(f, T, D, host.data() + pb, keep.data(), static_cast<int32_t>(keep.size()));
       gpu().to_host(got.data(), slab, got.size());
       EXPECT_TRUE(got == host) << "write_page_rows_host and compact bytes " << what;
+
+      // A page copied whole (copy on write of a shared page).
+      mem.copy_page(slab + 2 * pb, slab, pb);
+      std::memcpy(host.data() + 2 * pb, host.data(), pb);
+      gpu().to_host(got.data(), slab, got.size());
+      EXPECT_TRUE(got == host) << "copy_page bytes " << what;
       mem.unmap(slab, pb * n_pages);
     }
 }
