@@ -13,7 +13,9 @@
 # check: cuda_forward_test on the real files (logits at several prompt positions and greedy decode, and every policy
 # spec, GPU against CPU), then `longctx eval needle` at 1K-8K under full, snapkv:budget=1/4 and kivi:bits=4 on both
 # devices (the two runs side by side, one JSON each in $OUT; scripts/compare_eval_answers.py compares them here).
-# NEEDLE=0 runs the forward test alone; SERVE=N adds the server's load test on the GPU (tests/server_load_test.py).
+# NEEDLE=0 runs the forward test alone; SERVE=N adds the server's load test on the GPU (tests/server_load_test.py);
+# PREFIX=1 adds prefix reuse with compression and shared pages on the GPU (tests/prefix_reuse_test.cpp, built in the
+# cuda preset).
 set -uo pipefail
 if [ "${1:-}" = "--stage" ]; then
   D="$2" repo="$(cd "$(dirname "$0")/.." && pwd)" models="${LONGCTX_MODEL_DIR:-$HOME/.cache/longctx}"
@@ -25,7 +27,8 @@ if [ "${1:-}" = "--stage" ]; then
   rmdir "$D/split"
   T="$D/tools"
   mkdir -p "$T/bin" "$T/lib" "$T/data"
-  cp "$repo/build/cuda/longctx" "$repo/build/cuda/tests/cuda/cuda_forward_test" "$T/bin/" && strip "$T"/bin/*
+  cp "$repo/build/cuda/longctx" "$repo/build/cuda/tests/cuda/cuda_forward_test" "$repo/build/cuda/tests/prefix_reuse_test" \
+    "$T/bin/" && strip "$T"/bin/*
   for l in libhwy.so.1 libfmt.so.9 libcpp-httplib.so.0.11 libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1; do
     cp -L "/usr/lib/x86_64-linux-gnu/$l" "$T/lib/"
   done
@@ -73,6 +76,11 @@ SUMS
         wait
         tail -n 12 "$OUT/needle_${m}_cuda.txt" "$OUT/needle_${m}_cpu.txt"
       done
+      if [ "${PREFIX:-0}" = 1 ]; then
+        LONGCTX_MODEL_DIR="$MODELS" LONGCTX_DATA_DIR="$HERE/data" LONGCTX_TEST_DEVICE=cuda timeout 300 \
+          "$HERE/bin/prefix_reuse_test" 2>&1 | tee "$OUT/prefix.txt" | grep -E "OK \]|FAILED|Failure|Which is|PASSED"
+        [ "${PIPESTATUS[0]}" = 0 ] || rc_all=1
+      fi
       # SERVE=N: the server's load test on the GPU (N requests from 16 clients, batched; every answer the one it
       # gets alone), SmolLM2; StreamingLLM's in-cache positions do not run on the GPU yet (a 400), h2o instead.
       if [ "${SERVE:-0}" != 0 ]; then

@@ -1,7 +1,8 @@
 // Prefix reuse in the scheduler (engine/scheduler.h) on SmolLM2: a request whose prompt shares a prefix with a
-// finished request's cache runs only the tokens past it, and its logits are a fresh generator's (what `run` does)
-// within the rounding of K/V written by another path (the decode step's, or an earlier chunk split); where the
-// policy compresses, or reuse is off, nothing is reused.
+// cached one (a finished request's sequence, or a prompt's prefix kept as its prefill passed it) runs only the tokens
+// past it, under any policy up to where that policy acts, and its logits are a fresh generator's (what `run` does)
+// within the rounding of K/V written by another path (the decode step's, or an earlier chunk split); with reuse off,
+// nothing is reused. LONGCTX_TEST_DEVICE=cuda runs it all on the GPU (scripts/cuda_device_real.sh PREFIX=1).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include "core/thread_pool.h"
 #include "engine/generator.h"
 #include "engine/scheduler.h"
+#include "engine/session.h"
 #include "kv/policy.h"
 #include "model/model.h"
 #include "smollm2_suite.h"
@@ -48,6 +50,7 @@ class PrefixReuse : public test::SmolLM2Suite {
     so.session.n_ctx = params().n_ctx;
     so.session.n_batch = params().n_batch;
     so.session.n_seq_max = 2;
+    so.session.device = device();
     so.prefix_reuse = reuse;
     return std::make_unique<Scheduler>(*model_, *tok_, *pool_, so);
   }
@@ -86,6 +89,7 @@ class PrefixReuse : public test::SmolLM2Suite {
     const int64_t n_vocab = model_->config().n_vocab;
     auto policy = kv::make_kv_policy(spec, model_->config().n_layer, model_->config().n_head_kv);
     GenerateParams gp = params();
+    gp.device = device();
     gp.on_token = [&](int32_t id, const float* logits) {
       r.tokens.push_back(id);
       r.logits.emplace_back(logits, logits + n_vocab);
@@ -182,6 +186,11 @@ TEST_F(PrefixReuse, CompressingPoliciesShareTheDocumentAndCompressTheirOwnCopy) 
   for (const Case& c : {Case{"snapkv:budget=128,window=32", 256, 256}, Case{"kivi:bits=4", 320, 300},
                         Case{"streaming:budget=128", 320, 300}, Case{"h2o:budget=128", 0, 0}}) {
     SCOPED_TRACE(c.spec);
+    try {
+      check_policy_runs_on(device(), *kv::make_kv_policy(c.spec, model_->config().n_layer, model_->config().n_head_kv));
+    } catch (const Error&) {
+      continue;  // StreamingLLM's in-cache positions on the GPU (the server refuses it there)
+    }
     auto s = scheduler(true);
     const GenRun first = generate(*s, a, c.spec);
     EXPECT_EQ(first.stats.n_reused, 0);

@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
 #include "test_models.h"
@@ -32,6 +34,12 @@ class SmolLM2Suite : public ::testing::Test {
     model_ = nullptr;
   }
   void SetUp() override { LONGCTX_REQUIRE_MODEL(smollm2_path()); }
+
+  // Where the engine runs in these tests: LONGCTX_TEST_DEVICE (cpu or cuda; the device scripts set cuda), else cpu.
+  static Device device() {
+    const char* d = std::getenv("LONGCTX_TEST_DEVICE");
+    return d != nullptr ? parse_device(d) : Device::Cpu;
+  }
 
   // n tokens of the eval haystack (data/kjv.txt) from token `from` on.
   static std::vector<int32_t> kjv(int32_t from, int32_t n) {

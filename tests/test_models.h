@@ -21,6 +21,13 @@ inline std::string gemma3_path() { return model_dir() + "/gemma-3-270m-q4_k_m.gg
 
 inline std::string golden_dir() { return std::string(LONGCTX_SOURCE_DIR) + "/tests/golden"; }
 
+// Where data/kjv.txt is: the checkout's data/ (made by scripts/setup.sh), or LONGCTX_DATA_DIR (a device machine,
+// where the test binary runs outside the checkout it was built in).
+inline std::string data_dir() {
+  if (const char* d = std::getenv("LONGCTX_DATA_DIR")) return d;
+  return std::string(LONGCTX_SOURCE_DIR) + "/data";
+}
+
 // A missing model is a set-up fault, not a skip: the README's test command installs them.
 #define LONGCTX_REQUIRE_MODEL(path)                                                                  \
   ASSERT_TRUE(std::filesystem::exists(path)) << "model file " << (path)                              \
@@ -29,7 +36,7 @@ inline std::string golden_dir() { return std::string(LONGCTX_SOURCE_DIR) + "/tes
 // The first n_bytes of the eval haystack (data/kjv.txt, made by scripts/setup.sh) into text; a fatal failure when it
 // is missing (call under ASSERT_NO_FATAL_FAILURE).
 inline void read_kjv_head(size_t n_bytes, std::string* text) {
-  std::ifstream in(std::string(LONGCTX_SOURCE_DIR) + "/data/kjv.txt");
+  std::ifstream in(data_dir() + "/kjv.txt");
   ASSERT_TRUE(in) << "data/kjv.txt is missing: run scripts/setup.sh (README) first";
   text->assign(n_bytes, '\0');
   in.read(text->data(), static_cast<std::streamsize>(text->size()));

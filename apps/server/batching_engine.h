@@ -29,7 +29,7 @@ struct BatchingEngineOptions {
   int32_t max_queue = 16;    // jobs waiting, the running ones not counted; one more is QueueFull
   int32_t n_threads = 1;
   Device device = Device::Cpu;  // where the model runs
-  bool prefix_reuse = true;     // keep finished full caches for later jobs' shared prefixes
+  bool prefix_reuse = true;     // keep full prefixes for later jobs that start with them (engine/scheduler.h)
   bool batch_invariant = true;  // every job's tokens are those it gets alone (SessionOptions::batch_invariant)
   size_t kv_max_bytes = 0;      // the KV page pool's limit; 0: max_running full f16 caches of n_ctx
 };

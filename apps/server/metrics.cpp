@@ -89,7 +89,7 @@ std::string ServerMetrics::render(const EngineGauges& g) const {
   gauge("longctx_queue_length", "Requests waiting for the engine.", g.queue_length);
   gauge("longctx_requests_running", "Requests being generated.", g.running);
   gauge("longctx_kv_pages_in_use", "KV cache pages held by running requests.", g.kv_pages_in_use);
-  gauge("longctx_kv_pages_cached", "KV cache pages of finished requests kept for prefix reuse.", g.kv_pages_cached);
+  gauge("longctx_kv_pages_cached", "KV cache pages only the prefixes kept for reuse hold.", g.kv_pages_cached);
   gauge("longctx_kv_pages_free", "KV cache pages of the server's capacity not held.", g.kv_pages_free);
   out += time_to_first_token.render("longctx_time_to_first_token_seconds",
                                     "Seconds from a request's arrival to its first generated token.");

@@ -33,7 +33,7 @@ struct EngineGauges {
   int64_t running = 0;          // requests being generated
   int64_t kv_pages_in_use = 0;  // pages the running requests hold
   int64_t kv_pages_free = 0;    // pages of the server's KV capacity not held
-  int64_t kv_pages_cached = 0;  // pages of finished requests kept for prefix reuse
+  int64_t kv_pages_cached = 0;  // pages only the prefixes kept for reuse hold
 };
 
 class ServerMetrics {

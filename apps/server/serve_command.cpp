@@ -50,8 +50,9 @@ CLI::App* add_serve_subcommand(CLI::App& app, ServeOptions& o) {
   s->add_option("-b,--batch", o.n_batch, "Prompt tokens per prefill chunk")->capture_default_str()->check(CLI::Range(1, 8192));
   s->add_option("-t,--threads", o.threads, "Threads (default: all cores)")->check(CLI::Range(1, 1024));
   s->add_flag("--no-prefix-reuse", o.no_prefix_reuse,
-              "Run every prompt whole (default: a request under the full cache reuses the K/V of the prefix it shares "
-              "with the previous request's prompt and answer)");
+              "Run every prompt whole (default: prompts' prefixes, up to where their policy acts, and finished "
+              "full-cache requests stay cached; a later request under any policy that starts with one shares its "
+              "pages and prefills only the rest)");
   add_device_option(s, o.device);
   return s;
 }

@@ -237,7 +237,12 @@ void Scheduler::prefill(Request& r) {
     po.on_prefix = [&] {
       const KvFormat f = session_.sequence(r.seq).geometry().format;
       const SequenceId copy = session_.add_sequence(f == KvFormat::F32 ? "full:type=f32" : "full");
-      session_.share_prefix(copy, r.seq, r.n_reused + n_to_share);
+      try {
+        session_.share_prefix(copy, r.seq, r.n_reused + n_to_share);
+      } catch (const Error&) {
+        session_.remove_sequence(copy);  // no room for the page the prefix ends inside: the request goes on uncached
+        return;
+      }
       keep_cached(copy, std::vector<int32_t>(r.to_prefill.begin(), r.to_prefill.begin() + r.n_reused + n_to_share));
     };
   }
