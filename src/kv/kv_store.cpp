@@ -460,7 +460,6 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
     KvPage& page = h.pages[p];
     const int32_t s1 = s0 + page.n_rows;
     if (j < slots.size() && slots[j] < s1) {
-      own_page(h, p);
       keep.clear();
       for (int32_t s = s0; s < s1; ++s) {
         if (j < slots.size() && slots[j] == s) {
@@ -469,7 +468,10 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
           keep.push_back(s - s0);
         }
       }
-      mem_.compact(page.format, T, d, pool_.page_data(page), keep.data(), static_cast<int32_t>(keep.size()));
+      if (!keep.empty()) {  // an emptied page is only let go (a shared one is not copied for that)
+        own_page(h, p);
+        mem_.compact(page.format, T, d, pool_.page_data(page), keep.data(), static_cast<int32_t>(keep.size()));
+      }
       page.n_rows = static_cast<int32_t>(keep.size());
       // The compacted page's summary, from the rows it still holds (a packed page: as dequantized, which is what
       // attention reads of it; the exact keys are gone).
