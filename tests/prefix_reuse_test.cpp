@@ -23,9 +23,12 @@ namespace longctx {
 namespace {
 
 // Logits of the reused run against a fresh run: the same tokens in the cache, written by other matmul shapes
-// (prefill chunks of another split, single-token decode steps), so f16 K/V may round apart by one unit. Measured:
-// at most 0.018 over these cases (SmolLM2's logits span tens of units); a changed token moves them by whole units.
-constexpr float kLogitTol = 0.05f;
+// (prefill chunks of another split, single-token decode steps), so f16 K/V may round apart by one unit. Measured on
+// the CPU: at most 0.018 over these cases (SmolLM2's logits span tens of units); on the GPU (H100), whose tensor-core
+// prefill and GEMV decode round activations differently (cuda_forward_test: ~0.01 of the logit spread against the
+// CPU), at most 0.49 (kivi:bits=4 over a shared prefix; 0.39 with the full cache). A changed token moves them by
+// whole units.
+float logit_tol(Device d) { return d == Device::Cpu ? 0.05f : 0.6f; }
 
 struct GenRun {
   RequestOutcome stats;
@@ -100,18 +103,19 @@ class PrefixReuse : public test::SmolLM2Suite {
     return r;
   }
 
-  // The reused run's tokens are the fresh run's and so are its logits within kLogitTol, up to the first token whose
+  // The reused run's tokens are the fresh run's and so are its logits within logit_tol, up to the first token whose
   // top two logits of the fresh run are closer than twice the tolerance (a near-tie may go either way).
   static void expect_same(const GenRun& reused, const GenRun& want) {
     ASSERT_EQ(reused.tokens.size(), want.tokens.size());
+    const float tol = logit_tol(device());
     for (size_t t = 0; t < want.tokens.size(); ++t) {
       float max_diff = 0;
       for (size_t v = 0; v < want.logits[t].size(); ++v)
         max_diff = std::max(max_diff, std::fabs(reused.logits[t][v] - want.logits[t][v]));
-      EXPECT_LE(max_diff, kLogitTol) << "token " << t;
+      EXPECT_LE(max_diff, tol) << "token " << t;
       std::vector<float> top = want.logits[t];
       std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<>());
-      if (top[0] - top[1] < 2 * kLogitTol) return;
+      if (top[0] - top[1] < 2 * tol) return;
       ASSERT_EQ(reused.tokens[t], want.tokens[t]) << "token " << t;
     }
   }
