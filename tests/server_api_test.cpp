@@ -151,11 +151,12 @@ TEST(ServerSse, ChatChunksCarryRoleFirstAndFinishLast) {
   const json last = chunk_json(m, "", "length", false, nullptr, 3);
   EXPECT_EQ(last["choices"][0]["delta"], json::object());
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
-  const json u = usage_chunk_json(m, Usage{5, 2, 1000, 4000, 3});
+  const json u = usage_chunk_json(m, Usage{5, 2, 1000, 4000, 3, 600});
   EXPECT_TRUE(u["choices"].empty());
   EXPECT_EQ(u["usage"]["total_tokens"], 7);
   EXPECT_EQ(u["usage"]["kv_bytes_saved"], 3000);
   EXPECT_EQ(u["usage"]["prompt_tokens_details"]["cached_tokens"], 3);
+  EXPECT_EQ(u["usage"]["kv_bytes_shared"], 600);
   const ResponseMeta mc{Endpoint::Completion, "cmpl-1", 123, "smol"};
   const json cc = chunk_json(mc, "lo", "", false, nullptr, 0);
   EXPECT_EQ(cc["object"], "text_completion");

@@ -25,8 +25,8 @@ struct Usage {
   int32_t completion_tokens = 0;
   size_t kv_bytes_held = 0;   // what the request's KV cache held at its end
   size_t kv_bytes_full = 0;   // what a full f16 cache of the same tokens holds
-  size_t kv_bytes_shared = 0;  // of kv_bytes_held, pages held with other requests or the prefix cache
   int32_t cached_tokens = 0;   // prompt tokens whose K/V came from the kept cache (prefix reuse), not computed
+  size_t kv_bytes_shared = 0;  // of kv_bytes_held, pages held with other requests or the prefix cache
 };
 
 // What identifies one response in all its chunks.
