@@ -145,8 +145,8 @@ TEST_F(PrefixReuse, SecondQuestionOverADocument) {
   const GenRun again = generate(*s, b);
   EXPECT_EQ(again.stats.n_reused, 339);
   expect_same(again, fresh(b));
-  EXPECT_GT(s->kv_pages_cached(), 0);
-  EXPECT_EQ(s->kv_pages_in_use(), 0);
+  EXPECT_GT(s->kv_pages().cached, 0);
+  EXPECT_EQ(s->kv_pages().in_use, 0);
 }
 
 // A chat's next turn re-sends the conversation: the previous prompt and the answer tokens that ran through the
@@ -198,21 +198,21 @@ TEST_F(PrefixReuse, CompressingPoliciesShareTheDocumentAndCompressTheirOwnCopy) 
     auto s = scheduler(true);
     const GenRun first = generate(*s, a, c.spec);
     EXPECT_EQ(first.stats.n_reused, 0);
-    EXPECT_EQ(s->kv_pages_in_use(), 0);
+    EXPECT_EQ(s->kv_pages().in_use, 0);
     // The cached prefix holds every token of it in full-format pages: 5 per (layer, kv-head) for 320 tokens.
     const int32_t heads = model_->config().n_layer * model_->config().n_head_kv;
-    EXPECT_EQ(s->kv_pages_cached(), int64_t{(c.cached_by_a + 63) / 64} * heads);
+    EXPECT_EQ(s->kv_pages().cached, int64_t{(c.cached_by_a + 63) / 64} * heads);
     const GenRun second = generate(*s, b, c.spec);
     EXPECT_EQ(second.stats.n_reused, c.reused_by_b);
     expect_same(second, fresh(b, c.spec));
     // The second request compressed its own copy: the cache still holds the prefix in full.
-    EXPECT_GE(s->kv_pages_cached(), int64_t{(c.cached_by_a + 63) / 64} * heads);
-    EXPECT_EQ(s->kv_pages_in_use(), 0);
+    EXPECT_GE(s->kv_pages().cached, int64_t{(c.cached_by_a + 63) / 64} * heads);
+    EXPECT_EQ(s->kv_pages().in_use, 0);
   }
   auto off = scheduler(false);
   generate(*off, a);
   EXPECT_EQ(generate(*off, a).stats.n_reused, 0);
-  EXPECT_EQ(off->kv_pages_cached(), 0);
+  EXPECT_EQ(off->kv_pages().cached, 0);
 }
 
 // Two requests over one document at once: the second shares the first's prefix while the first still runs, the
@@ -227,8 +227,8 @@ TEST_F(PrefixReuse, ConcurrentRequestsShareTheDocumentsPages) {
   s->add(request(b, "snapkv:budget=128,window=32", rb));
   while (s->step()) {
     if (s->n_running() == 2 && pool_pages == 0) {
-      in_use = s->kv_pages_in_use();
-      cached = s->kv_pages_cached();
+      in_use = s->kv_pages().in_use;
+      cached = s->kv_pages().cached;
       pool_pages = static_cast<int64_t>(s->session().pages().n_pages_in_use());
     }
   }
@@ -244,7 +244,7 @@ TEST_F(PrefixReuse, ConcurrentRequestsShareTheDocumentsPages) {
   EXPECT_LE(pool_pages, 9 * heads);
   expect_same(ra, fresh(a));
   expect_same(rb, fresh(b, "snapkv:budget=128,window=32"));
-  EXPECT_EQ(s->kv_pages_in_use(), 0);
+  EXPECT_EQ(s->kv_pages().in_use, 0);
 }
 
 }  // namespace

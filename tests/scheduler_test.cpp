@@ -114,7 +114,7 @@ TEST_F(SchedulerTest, ConcurrentRequestsGiveWhatEachGivesAlone) {
     EXPECT_FALSE(got[i].text.empty());
   }
   EXPECT_LT(got[1].out.kv_bytes.total(), got[1].out.kv_full_f16_bytes);  // the policies acted
-  EXPECT_EQ(s.kv_pages_in_use(), 0);
+  EXPECT_EQ(s.kv_pages().in_use, 0);
   EXPECT_EQ(s.session().pages().n_pages_in_use(), 0u);
 }
 

@@ -174,8 +174,9 @@ void BatchingEngine::worker_loop() {
     scheduler_.step();
     waiting_ = scheduler_.n_waiting();
     running_ = scheduler_.n_running();
-    kv_pages_in_use_ = scheduler_.kv_pages_in_use();
-    kv_pages_cached_ = scheduler_.kv_pages_cached();
+    const Scheduler::KvPageCounts pages = scheduler_.kv_pages();
+    kv_pages_in_use_ = pages.in_use;
+    kv_pages_cached_ = pages.cached;
     if (metrics_)
       for (int32_t n : scheduler_.decode_batch_sizes()) metrics_->decode_batch_size.observe(n);
     scheduler_.decode_batch_sizes().clear();

@@ -232,7 +232,7 @@ void Scheduler::prefill(Request& r) {
   // changes (so the prefill's chunks stay where they are without it).
   const int32_t nb = opts_.session.n_batch;
   const int32_t n_to_share = (r.n_shareable - r.n_reused) / nb * nb;
-  if (n_to_share > 0 && session_.sequence(r.seq).geometry().page_tokens == kv::KvGeometry{}.page_tokens) {
+  if (n_to_share > 0) {
     po.prefix_at = n_to_share;
     po.on_prefix = [&] {
       const KvFormat f = session_.sequence(r.seq).geometry().format;
@@ -394,9 +394,10 @@ void Scheduler::cancel_all() {
   cached_.clear();
 }
 
-int64_t Scheduler::kv_pages_cached() const {
-  // Pages the cached sequences alone hold: each counted once, however many of them hold it, and none a running
-  // request shares.
+Scheduler::KvPageCounts Scheduler::kv_pages() const {
+  if (session_.n_sequences() == 0) return {};
+  // Cached: the pages the cached sequences alone hold, each counted once however many of them hold it, none a
+  // running request shares. In use: every other page of the pool.
   std::unordered_map<uint64_t, int32_t> holders;
   for (const auto& c : cached_) {
     const kv::KvSequence& s = session_.sequence(c->seq);
@@ -406,19 +407,14 @@ int64_t Scheduler::kv_pages_cached() const {
         for (const kv::KvPage& p : s.head(l, h).pages)
           ++holders[uint64_t{static_cast<uint32_t>(p.format)} << 32 | static_cast<uint32_t>(p.id)];
   }
-  if (holders.empty()) return 0;
   const kv::KvPagePool& pool = session_.pages();
-  int64_t n = 0;
+  KvPageCounts n;
   for (const auto& [key, count] : holders)
     if (pool.kv_page_holders(kv::KvPage{static_cast<int32_t>(key & 0xffffffffu), static_cast<KvFormat>(key >> 32), 0}) ==
         count)
-      ++n;
+      ++n.cached;
+  n.in_use = static_cast<int64_t>(pool.n_pages_in_use()) - n.cached;
   return n;
-}
-
-int64_t Scheduler::kv_pages_in_use() const {
-  if (session_.n_sequences() == 0) return 0;
-  return static_cast<int64_t>(session_.pages().n_pages_in_use()) - kv_pages_cached();
 }
 
 }  // namespace longctx

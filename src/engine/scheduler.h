@@ -95,8 +95,11 @@ class Scheduler {
   bool idle() const { return waiting_.empty() && running_.empty(); }
   // Pages in the pool, each counted once: those running requests hold (alone or with the cache), and those only
   // the sequences kept for prefix reuse hold. Together: every page in use.
-  int64_t kv_pages_in_use() const;
-  int64_t kv_pages_cached() const;
+  struct KvPageCounts {
+    int64_t in_use = 0;
+    int64_t cached = 0;
+  };
+  KvPageCounts kv_pages() const;
   const EngineSession& session() const { return session_; }
   // Sequences in each decode step so far (for the server's batch-size histogram), cleared by the caller.
   std::vector<int32_t>& decode_batch_sizes() { return batch_sizes_; }

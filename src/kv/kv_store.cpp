@@ -166,12 +166,17 @@ bool KvSequence::repack_before_new_page(const KvHeadCache& h, size_t* first) con
   return false;
 }
 
+KvPage KvSequence::copy_of(const KvPage& page, int32_t n_rows) {
+  KvPage copy = pool_.kv_page_alloc(page.format);
+  mem_.copy_page(pool_.page_data(copy), pool_.page_data(page), pool_.page_bytes(page.format));
+  copy.n_rows = n_rows;
+  return copy;
+}
+
 KvPage& KvSequence::own_page(KvHeadCache& h, size_t p) {
   KvPage& page = h.pages[p];
   if (pool_.kv_page_holders(page) <= 1) return page;
-  KvPage copy = pool_.kv_page_alloc(page.format);
-  mem_.copy_page(pool_.page_data(copy), pool_.page_data(page), pool_.page_bytes(page.format));
-  copy.n_rows = page.n_rows;
+  const KvPage copy = copy_of(page, page.n_rows);
   pool_.kv_page_free(page);  // the others keep it
   page = copy;
   return page;
@@ -203,10 +208,7 @@ void KvSequence::share_prefix(const KvSequence& src, int32_t n_tokens) {
         taken += page.n_rows;
       } else {
         // The prefix ends inside this page: its rows up to there are copied into a page of our own.
-        KvPage copy = pool_.kv_page_alloc(page.format);
-        mem_.copy_page(pool_.page_data(copy), pool_.page_data(page), pool_.page_bytes(page.format));
-        copy.n_rows = n_tokens - taken;
-        h.pages.push_back(copy);
+        h.pages.push_back(copy_of(page, n_tokens - taken));
         taken = n_tokens;
       }
     }
@@ -217,13 +219,11 @@ void KvSequence::share_prefix(const KvSequence& src, int32_t n_tokens) {
 
 KvPage& KvSequence::page_for_next_row(KvHeadCache& h) {
   if (!h.pages.empty() && h.pages.back().format == geo_.format && h.pages.back().n_rows < geo_.page_tokens)
-    own_page(h, h.pages.size() - 1);
-  if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows == geo_.page_tokens) {
-    h.pages.push_back(pool_.kv_page_alloc(geo_.format));
-    if (geo_.key_summaries) {
-      h.key_summary.resize(h.pages.size() * 2 * static_cast<size_t>(geo_.head_dim));
-      summarize_page(h, h.pages.size() - 1);  // empty: min +inf, max -inf
-    }
+    return own_page(h, h.pages.size() - 1);
+  h.pages.push_back(pool_.kv_page_alloc(geo_.format));
+  if (geo_.key_summaries) {
+    h.key_summary.resize(h.pages.size() * 2 * static_cast<size_t>(geo_.head_dim));
+    summarize_page(h, h.pages.size() - 1);  // empty: min +inf, max -inf
   }
   return h.pages.back();
 }

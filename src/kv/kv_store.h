@@ -220,6 +220,8 @@ class KvSequence {
   KvPage& page_for_next_row(KvHeadCache& h);
   // Page p of a head, made this sequence's own before it is written: a page others hold too is replaced by a copy.
   KvPage& own_page(KvHeadCache& h, size_t p);
+  // A new page holding a copy of page's bytes, its first n_rows rows counted.
+  KvPage copy_of(const KvPage& page, int32_t n_rows);
 
   KvGeometry geo_;
   KvPagePool& pool_;
