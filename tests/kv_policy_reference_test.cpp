@@ -614,20 +614,42 @@ std::map<int32_t, double> pooled_votes(const std::set<int32_t>& held, const std:
 
 // "ChunkKV: Semantic-Preserving KV Cache Compression for Efficient Long-Context LLM Inference": the tokens before
 // the window are tiled into chunks of `chunk` from the oldest (the last one may be shorter); a chunk scores the
-// mean of its (pooled) votes; the best floor((budget - window) / chunk) chunks (ties: the earlier chunk) stay
-// whole, with the window. Also returns each token's chunk score (+infinity in the window) in `chunk_score`.
+// mean of its (pooled) votes; the chunks, best first (ties: the earlier chunk), stay whole while each fits in
+// budget - window (one that does not is passed over), with the window. Also returns each token's chunk score
+// (+infinity in the window) in `chunk_score`.
+//
+// With text boundaries (`breaks`: position -> 0 none, 1 between words, 2 between sentences, already capped at what
+// align= allows), a chunk starting at token i of the tiling ends
+// before the token j in [i + chunk/2 (at least i + 1), i + chunk + chunk/2] that has the strongest boundary, the
+// nearest to i + chunk among equals, the earlier among equally near; at i + chunk where none of them has one; at
+// the window when i + chunk reaches it.
 std::set<int32_t> chunkkv_reference(const std::set<int32_t>& held, const std::function<double(int32_t)>& votes,
                                     int32_t budget, int32_t window, int32_t chunk, int32_t pool,
-                                    std::map<int32_t, double>* chunk_score = nullptr) {
+                                    std::map<int32_t, double>* chunk_score = nullptr,
+                                    const std::function<int(int32_t)>& breaks = nullptr) {
   const std::vector<int32_t> order(held.begin(), held.end());
   const int32_t n = static_cast<int32_t>(order.size()), n_rest = n - std::min(window, n);
   const std::map<int32_t, double> pooled = pooled_votes(held, votes, window, pool);
-  std::vector<std::pair<double, int32_t>> chunks;  // (-mean, index of its first token in order)
-  for (int32_t i = 0; i < n_rest; i += chunk) {
+  std::vector<std::pair<int32_t, int32_t>> spans;  // [first, end) in order
+  for (int32_t i = 0; i < n_rest;) {
+    int32_t end = std::min(i + chunk, n_rest);
+    if (breaks && i + chunk < n_rest) {
+      std::tuple<int, int32_t, int32_t> best{0, 0, 0};  // (-strength, distance, j)
+      for (int32_t j = i + std::max(1, chunk / 2); j <= i + chunk + chunk / 2 && j <= n_rest; ++j) {
+        const int strength = breaks(order[static_cast<size_t>(j)]);
+        best = std::min(best, std::tuple<int, int32_t, int32_t>{-strength, std::abs(j - i - chunk), j});
+      }
+      if (std::get<0>(best) < 0) end = std::get<2>(best);
+    }
+    spans.push_back({i, end});
+    i = end;
+  }
+  std::vector<std::pair<double, int32_t>> chunks;  // (-mean, index into spans)
+  for (size_t k = 0; k < spans.size(); ++k) {
+    const auto [i, end] = spans[k];
     double sum = 0;
-    const int32_t end = std::min(i + chunk, n_rest);
     for (int32_t j = i; j < end; ++j) sum += pooled.at(order[static_cast<size_t>(j)]);
-    chunks.push_back({-sum / (end - i), i});
+    chunks.push_back({-sum / (end - i), static_cast<int32_t>(k)});
     if (chunk_score)
       for (int32_t j = i; j < end; ++j) (*chunk_score)[order[static_cast<size_t>(j)]] = sum / (end - i);
   }
@@ -636,10 +658,12 @@ std::set<int32_t> chunkkv_reference(const std::set<int32_t>& held, const std::fu
   if (n <= budget) return held;
   std::sort(chunks.begin(), chunks.end());
   std::set<int32_t> keep(order.begin() + n_rest, order.end());
-  const int32_t n_chunks = std::min<int32_t>((budget - window) / chunk, static_cast<int32_t>(chunks.size()));
-  for (int32_t k = 0; k < n_chunks; ++k) {
-    const int32_t i = chunks[static_cast<size_t>(k)].second;
-    for (int32_t j = i; j < std::min(i + chunk, n_rest); ++j) keep.insert(order[static_cast<size_t>(j)]);
+  int32_t room = budget - window;
+  for (const auto& [score, k] : chunks) {
+    const auto [i, end] = spans[static_cast<size_t>(k)];
+    if (end - i > room) continue;
+    room -= end - i;
+    for (int32_t j = i; j < end; ++j) keep.insert(order[static_cast<size_t>(j)]);
   }
   return keep;
 }
@@ -673,6 +697,53 @@ TEST(KvPolicyReference, ChunkKvKeepsTheBestChunksWholeWithTheWindow) {
               }
             }
         }
+}
+
+// align=word|sentence: the policy is told the text's boundaries (KvPolicy::on_text) and its chunks end there.
+TEST(KvPolicyReference, ChunkKvAlignedCutsAtTheTextsBoundaries) {
+  const int32_t n_layer = 2, n_head_kv = 2, n_prompt = 301, window = 16, chunk = 20;
+  for (const char* align : {"word", "sentence"})
+    for (const int32_t budget : {76, 131, 200})
+      for (uint64_t seed = 1; seed <= 3; ++seed) {
+        // Words of 1-9 tokens (some long like a number read a digit a token), sentences of a few words.
+        std::vector<kv::TextBreak> text(static_cast<size_t>(n_prompt), kv::TextBreak::None);
+        uint64_t r = seed * 0x9E3779B97F4A7C15ull;
+        auto next = [&r] { r ^= r << 13; r ^= r >> 7; r ^= r << 17; return r; };
+        for (int32_t p = 0, word = 0; p < n_prompt; p += 1 + static_cast<int32_t>(next() % 9), ++word)
+          text[static_cast<size_t>(p)] = next() % 5 == 0 ? kv::TextBreak::Sentence : kv::TextBreak::Word;
+        const int cap = std::string(align) == "word" ? 1 : 2;
+        auto breaks = [&](int32_t p) { return std::min(cap, static_cast<int>(text[static_cast<size_t>(p)])); };
+        Cache c(n_layer, n_head_kv);
+        const std::string spec = "chunkkv:budget=" + std::to_string(budget) + ",window=16,chunk=20,align=" + align;
+        auto policy = make_kv_policy(spec, n_layer, n_head_kv);
+        ASSERT_TRUE(policy->wants_text_breaks());
+        c.append(0, n_prompt);
+        policy->on_text(0, text);
+        policy->after_prefill(c.seq, c.scores(seed, 0));
+        for (int32_t l = 0; l < n_layer; ++l) {
+          auto votes = [&](int32_t p) {
+            double sum = 0;
+            for (int32_t h = 0; h < n_head_kv; ++h) sum += vote(seed, l, h, p, 0);
+            return sum;
+          };
+          const auto ref = chunkkv_reference(range(0, n_prompt), votes, budget, window, chunk, 1, nullptr, breaks);
+          for (int32_t g = 0; g < n_head_kv; ++g) EXPECT_EQ(c.kept(l, g), ref) << spec << " seed " << seed << " layer " << l;
+          EXPECT_LE(c.seq.head(l, 0).n_tokens(), budget);
+          // No kept run of tokens ends inside a word: what follows a kept token is kept, or has a boundary before it.
+          const std::set<int32_t> kept = c.kept(l, 0);
+          for (int32_t p : kept)
+            if (p + 1 < n_prompt - window && !kept.count(p + 1))
+              EXPECT_NE(text[static_cast<size_t>(p + 1)], kv::TextBreak::None) << spec << ": a word cut after " << p;
+        }
+        // Told nothing (no tokenizer), the same spec tiles by counts alone, as align=none.
+        Cache plain(n_layer, n_head_kv), none(n_layer, n_head_kv);
+        plain.append(0, n_prompt);
+        none.append(0, n_prompt);
+        make_kv_policy(spec, n_layer, n_head_kv)->after_prefill(plain.seq, plain.scores(seed, 0));
+        make_kv_policy("chunkkv:budget=" + std::to_string(budget) + ",window=16,chunk=20", n_layer, n_head_kv)
+            ->after_prefill(none.seq, none.scores(seed, 0));
+        EXPECT_EQ(plain.kept(0, 0), none.kept(0, 0)) << spec;
+      }
 }
 
 // "Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget Allocation for Efficient LLM Inference": a layer's

@@ -17,6 +17,9 @@ struct EngineSession::Sequence {
   kv::KvScores scores;  // gathered for the policy: the prefill's, then each decode step's
   int32_t n_past = 0;   // the next position
   size_t peak_bytes = 0;
+  // The prompt tokens by position (-1 where a token came otherwise, by a decode step), kept when the session has
+  // the tokenizer: a policy that cuts at text boundaries is told them, also for a prefix shared from another.
+  std::vector<int32_t> text;
 };
 
 EngineSession::EngineSession(const Model& model, ThreadPool& pool, const SessionOptions& options, const Tokenizer* tok)
@@ -112,14 +115,28 @@ void EngineSession::reset_sequence(SequenceId id) {
   s.policy->reset();
   s.n_past = 0;
   s.peak_bytes = 0;
+  s.text.clear();
 }
 
 void EngineSession::share_prefix(SequenceId dst, SequenceId src, int32_t n_tokens) {
   Sequence& d = seq(dst);
+  const Sequence& from = seq(src);
   if (d.n_past != 0) fail("internal: sharing a prefix into a sequence at position {}", d.n_past);
-  d.kv->share_prefix(*seq(src).kv, n_tokens);
+  d.kv->share_prefix(*from.kv, n_tokens);
   d.n_past = n_tokens;
+  d.text.assign(from.text.begin(), from.text.begin() + std::min<size_t>(from.text.size(), n_tokens));
+  d.text.resize(static_cast<size_t>(n_tokens), -1);
+  tell_text(d, 0, n_tokens);
   note_peak(d);
+}
+
+void EngineSession::tell_text(Sequence& s, int32_t from, int32_t n) {
+  if (tok_ == nullptr || n == 0 || !s.policy->wants_text_breaks()) return;
+  if (text_breaks_ == nullptr) text_breaks_ = std::make_unique<TextBreaks>(*tok_);
+  std::vector<kv::TextBreak> breaks;
+  text_breaks_->classify(std::span<const int32_t>(s.text).subspan(static_cast<size_t>(from), static_cast<size_t>(n)),
+                         from > 0 ? s.text[static_cast<size_t>(from - 1)] : -1, breaks);
+  s.policy->on_text(from, breaks);
 }
 
 void EngineSession::note_peak(Sequence& s) { s.peak_bytes = std::max(s.peak_bytes, s.kv->bytes().total()); }
@@ -153,6 +170,11 @@ void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, cons
   if (reconstruct_after && (pos0 != 0 || tok_ == nullptr))
     fail("internal: KVzip's reconstruction pass needs a whole prompt from position 0 and the tokenizer");
   const bool chunk_compress = hooks && opts_.prefill_compress;
+  if (tok_ != nullptr) {
+    s.text.resize(static_cast<size_t>(pos0), -1);
+    s.text.insert(s.text.end(), tokens.begin(), tokens.end());
+    if (hooks) tell_text(s, pos0, n);
+  }
 
   kv.set_auto_seal(false);  // token selection runs on unpacked pages; packing follows it
   int32_t score_from = hooks ? policy.prefill_score_from(pos0 + m) : INT_MAX;

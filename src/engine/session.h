@@ -22,6 +22,7 @@
 #include "kv/policy.h"
 #include "kv/read_filter.h"
 #include "model/forward.h"
+#include "engine/text_breaks.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -92,7 +93,8 @@ void check_policy_runs_on(Device d, const kv::KvPolicy& policy);
 
 class EngineSession {
  public:
-  // tok: needed only by policies with a reconstruction pass (KVzip's instructions are text); may be null.
+  // tok: needed by policies with a reconstruction pass (KVzip's instructions are text) and those that cut at text
+  // boundaries (ChunkKV's align=: without it they cut by token counts alone); may be null.
   // Throws Error for n_ctx or n_batch below 1.
   EngineSession(const Model& model, ThreadPool& pool, const SessionOptions& options, const Tokenizer* tok = nullptr);
   ~EngineSession();
@@ -156,12 +158,15 @@ class EngineSession {
   const Sequence& seq(SequenceId id) const;
   SequenceId add(kv::KvPolicy& policy, std::unique_ptr<kv::KvPolicy> owned);
   void note_peak(Sequence& s);
+  // Tells s's policy, if it cuts at text boundaries, the boundaries before the tokens at [from, from + n).
+  void tell_text(Sequence& s, int32_t from, int32_t n);
   // KVzip's reconstruction pass over the first m tokens (positions 0..m-1, all cached): leaves in s.scores the most
   // attention any reconstruction query paid each slot, and the cache as it was.
   void reconstruct(Sequence& s, std::span<const int32_t> prompt, int32_t m);
 
   const Model& model_;
   const Tokenizer* tok_;
+  std::unique_ptr<TextBreaks> text_breaks_;  // built when a policy first asks
   SessionOptions opts_;
   std::unique_ptr<Backend> backend_;  // opts_.device's; the forward's ops and the page pool's memory
   Forward forward_;                   // the one forward of the session; every sequence runs through it

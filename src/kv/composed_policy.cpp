@@ -30,7 +30,9 @@ ComposedPolicy::ComposedPolicy(std::vector<std::unique_ptr<TokenRanker>> rankers
       n_recent_full_precision_(n_recent_full_precision),
       description_(std::move(description)),
       accumulated_(plans_.size()),
-      compensation_(plans_.size()) {}
+      compensation_(plans_.size()) {
+  for (const auto& r : rankers_) r->read_text_breaks_from(&text_breaks_);
+}
 
 int32_t ComposedPolicy::prefill_score_from(int32_t n_prompt) const {
   int32_t from = INT_MAX;
@@ -57,6 +59,17 @@ int32_t ComposedPolicy::n_recent_full_precision() const {
 void ComposedPolicy::reset() {
   for (auto& acc : accumulated_) acc.clear();
   for (auto& c : compensation_) c = Compensation{};
+  text_breaks_.clear();
+}
+
+bool ComposedPolicy::wants_text_breaks() const {
+  return std::any_of(rankers_.begin(), rankers_.end(), [](const auto& r) { return r->wants_text_breaks(); });
+}
+
+void ComposedPolicy::on_text(int32_t first_pos, std::span<const TextBreak> breaks) {
+  const size_t end = static_cast<size_t>(first_pos) + breaks.size();
+  if (text_breaks_.size() < end) text_breaks_.resize(end, TextBreak::None);
+  std::copy(breaks.begin(), breaks.end(), text_breaks_.begin() + first_pos);
 }
 
 bool ComposedPolicy::wants_decode_scores() const {

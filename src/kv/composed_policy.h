@@ -52,6 +52,7 @@ class ComposedPolicy final : public KvPolicy {
                  KvFormat open, KvFormat sealed, int32_t n_recent_full_precision, std::string description,
                  std::unique_ptr<LayerBudgetShare> share = nullptr);
 
+  ComposedPolicy(ComposedPolicy&&) = delete;  // its rankers point at text_breaks_
   std::string describe() const override { return description_; }
   KvFormat page_format() const override { return open_; }
   KvFormat sealed_format() const override { return sealed_; }
@@ -60,6 +61,8 @@ class ComposedPolicy final : public KvPolicy {
   KvReconstruction reconstruction() const override;
   int32_t n_recent_full_precision() const override;
   void reset() override;
+  bool wants_text_breaks() const override;
+  void on_text(int32_t first_pos, std::span<const TextBreak> breaks) override;
   bool wants_decode_scores() const override;
   KvPositions positions() const override;
   void after_prefill_chunk(KvSequence& seq, const KvScores& scores) override;
@@ -115,6 +118,7 @@ class ComposedPolicy final : public KvPolicy {
   std::string description_;
   std::vector<std::vector<float>> accumulated_;  // (n_layer * n_head_kv) of (n_slots), for accumulating rankers
   std::vector<Compensation> compensation_;      // (n_layer * n_head_kv)
+  std::vector<TextBreak> text_breaks_;          // by position, for the rankers that cut at them
   std::unique_ptr<KvReadFilter> read_filter_;
   bool key_summaries_ = false;
   int32_t page_tokens_ = 0;

@@ -7,6 +7,7 @@
 #pragma once
 #include <climits>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,12 @@ struct KvReconstruction {
 // at n), so a cache bounded below the trained context lets generation go on past it.
 enum class KvPositions { Original, InCache };
 
+// How strong a boundary of the text lies just before a token: none inside a word (a number read one digit a token,
+// a word cut in pieces), between words, or between sentences and lines. The engine derives it from the tokenizer's
+// spelling of the tokens (engine/text_breaks.h); a ranker that keeps spans of tokens (ChunkKV) cuts its spans there,
+// so that a fact is kept or dropped whole.
+enum class TextBreak : uint8_t { None = 0, Word = 1, Sentence = 2 };
+
 class KvPolicy {
  public:
   virtual ~KvPolicy() = default;
@@ -102,8 +109,13 @@ class KvPolicy {
   virtual int32_t n_recent_full_precision() const { return 0; }
   // How the engine positions cached keys during decode (prompts always use original positions: they fit the context).
   virtual KvPositions positions() const { return KvPositions::Original; }
-  // Forgets per-sequence state (accumulated scores): called before every new prompt.
+  // Forgets per-sequence state (accumulated scores, the text): called before every new prompt.
   virtual void reset() {}
+  // Whether the policy cuts at the text's boundaries: then, where the engine has the tokenizer, on_text tells it the
+  // boundary before every prompt token, before that token's hooks run.
+  virtual bool wants_text_breaks() const { return false; }
+  // breaks[i]: the boundary before the token at position first_pos + i.
+  virtual void on_text(int32_t first_pos, std::span<const TextBreak> breaks) {}
   // Whether each decode step's attention is wanted.
   virtual bool wants_decode_scores() const { return false; }
   // Between prefill chunks, for prompts longer than memory (--kv-prefill-compress); scores as at prefill end,

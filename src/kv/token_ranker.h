@@ -37,6 +37,11 @@ class TokenRanker {
     return false;
   }
   virtual bool wants_decode_scores() const { return false; }
+  // A ranker that cuts at text boundaries reads them, by position, from `breaks` (owned by its policy, which fills
+  // it from KvPolicy::on_text; positions past its end have no known boundary) during select() and
+  // selection_scores(). Called once, when the policy takes the ranker.
+  virtual bool wants_text_breaks() const { return false; }
+  virtual void read_text_breaks_from(const std::vector<TextBreak>* breaks) {}
   // Keeps the cache at its budget as decoding goes on (else the cache is cut once, after prefill, and grows).
   virtual bool evicts_during_decode() const { return false; }
   // Positions within the cache (StreamingLLM) rather than original ones; a policy uses them only when every head's
