@@ -29,6 +29,13 @@ CLI::App* add_eval_subcommand(CLI::App& app, eval::EvalOptions& o, std::string& 
       ->check(CLI::Range(1, 1000));
   e->add_option("--haystack", o.haystack, "Text the facts are hidden in, cut at sentence boundaries")->capture_default_str();
   e->add_option("-o,--output", o.out, "Results JSON file")->required();
+  e->add_option("--prompts-out", o.prompts_out,
+                "Also write each case's prompt once (not per policy) to FILE, one JSON line each, before any case "
+                "runs: task, length, depth, seed, tokens (the ids prefilled: chat template and bos as the engine "
+                "adds them), n_compressed (with --question-after-compress: the leading tokens compressed before "
+                "the rest is read; else 0), expected, n_predict, and the decode's stop strings and end-of-generation "
+                "ids; answers are scored by `score` (every expected value as a whole word). For running another "
+                "implementation on the very same ids (scripts/kvpress_answers.py)");
   e->add_option("-n,--n-predict", o.n_predict, "Answer tokens")->capture_default_str()->check(CLI::Range(1, 4096));
   e->add_option("--ppl-tokens", o.n_score, "ppl: tokens scored after the prefix")->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));

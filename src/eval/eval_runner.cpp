@@ -75,6 +75,57 @@ struct Prompt {
   int32_t n_compressed = 0;           // question_after_compress: the tokens before the question; 0: all
 };
 
+// A case and its prompt, built once and shared by every policy.
+struct Built {
+  Case c;
+  Prompt p;
+};
+
+// What every line of the prompts file shares: how the engine decodes and scores an answer.
+struct PromptsMeta {
+  std::string model, prompt_style;
+  int32_t n_predict = 0;
+  bool question_after_compress = false;
+  std::vector<std::string> stop;  // the answer ends before any of these strings (completion prompts: "\n")
+  std::vector<int32_t> eog_ids;   // greedy decode ends, without the token, at any of these ids
+};
+
+// One JSON object per line, one line per case (ppl cases too, with their scored continuation), in the order the
+// cases run. `tokens` are the ids the engine prefills, chat template rendered and bos added as the engine does.
+void write_prompts(const std::string& path, const PromptsMeta& m, const std::vector<Built>& built) {
+  std::ofstream out(path, std::ios::trunc);
+  if (!out) fail("cannot write the prompts file '{}'", path);
+  for (const Built& b : built) {
+    nlohmann::json j;
+    j["task"] = task_name(b.c.task);
+    j["length"] = b.c.length;
+    j["depth"] = b.c.depth;
+    j["depth_placed"] = b.c.depth_placed;
+    j["seed"] = b.c.seed;
+    j["model"] = m.model;
+    j["prompt_style"] = m.prompt_style;
+    j["n_tokens"] = b.p.tokens.size();
+    j["tokens"] = b.p.tokens;
+    j["question_after_compress"] = m.question_after_compress;
+    // The leading tokens compressed before the rest is read; 0: the whole prompt is prefilled, then compressed.
+    j["n_compressed"] = b.p.n_compressed;
+    if (b.c.task == Task::Perplexity) {
+      j["continuation"] = b.p.continuation;
+      j["expected"] = nullptr;
+      j["n_predict"] = 0;
+    } else {
+      j["expected"] = b.c.expected;
+      j["n_predict"] = m.n_predict;
+      j["stop"] = m.stop;
+      j["eog_ids"] = m.eog_ids;
+      j["score"] = "every expected string occurs in the answer's UTF-8 text with no ASCII letter or digit "
+                   "right before or after it";
+    }
+    out << j.dump() << "\n";
+  }
+  if (!out) fail("cannot write the prompts file '{}'", path);
+}
+
 struct CaseResult {
   std::string policy, policy_resolved;
   Task task;
@@ -245,6 +296,10 @@ EvalReport run_eval(const EvalOptions& o) {
     if (!probe_tmp) fail("cannot write beside the results file '{}'", o.out);
     probe_tmp.close();
     std::filesystem::remove(o.out + ".tmp");
+    if (!o.prompts_out.empty()) {
+      std::ofstream probe_prompts(o.prompts_out, std::ios::app);
+      if (!probe_prompts) fail("cannot write the prompts file '{}'", o.prompts_out);
+    }
   }
   const std::vector<std::string> haystack = [&] {
     const std::string text = read_text(o.haystack);
@@ -283,10 +338,6 @@ EvalReport run_eval(const EvalOptions& o) {
   };
 
   // ---- the cases, built once and shared by every policy ----
-  struct Built {
-    Case c;
-    Prompt p;
-  };
   std::vector<Built> built;
   for (int32_t len : lengths)
     for (Task t : tasks)
@@ -344,6 +395,18 @@ EvalReport run_eval(const EvalOptions& o) {
           }
           built.push_back(std::move(b));
         }
+
+  if (!o.prompts_out.empty()) {
+    PromptsMeta pm;
+    pm.model = o.model;
+    pm.prompt_style = chat ? "chat" : "completion";
+    pm.n_predict = o.n_predict;
+    pm.question_after_compress = o.question_after_compress;
+    if (!chat) pm.stop = {"\n"};  // as gp.stop below
+    for (int32_t id = 0; id < tok->n_vocab(); ++id)
+      if (tok->is_eog(id)) pm.eog_ids.push_back(id);
+    write_prompts(o.prompts_out, pm, built);
+  }
 
   const int32_t n_threads = o.n_threads > 0 ? o.n_threads : static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
   ThreadPool pool(n_threads);

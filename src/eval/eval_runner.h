@@ -28,6 +28,9 @@ struct EvalOptions {
   uint64_t seed = 1;
   std::string haystack = "data/kjv.txt";
   std::string out;               // results JSON; required
+  // Optional: one JSON line per case prompt (not per policy), written before any case runs, so that another
+  // implementation (scripts/kvpress_answers.py) can run the very same token ids and score them the same way.
+  std::string prompts_out;
   int32_t n_predict = 24;        // answer tokens
   int32_t n_score = 128;         // ppl: teacher-forced tokens after the prefix
   int32_t n_threads = 0;         // 0: every core
