@@ -6,7 +6,7 @@ so the decode steps stack more sequences. Reports per policy: output tokens/s ov
 running at once and the mean decode batch (from /metrics), median time to first token, requests recomputed.
 
 Usage: bench_serve_memory.py --longctx build/release/longctx [--model M] [--kv-memory 160]
-           [--policies full,snapkv:budget=512+kivi:bits=4] [--clients 16] [--prompt-chars 12000] [--max-tokens 256]
+           [--policies "full;snapkv:budget=512+kivi:bits=4"] [--clients 16] [--prompt-chars 12000] [--max-tokens 256]
            [--threads 2]
 """
 import argparse
@@ -25,7 +25,8 @@ ap.add_argument("--longctx", required=True)
 ap.add_argument("--model", default=os.path.join(os.path.expanduser("~/.cache/longctx"), "SmolLM2-135M-Instruct.Q4_1.gguf"))
 ap.add_argument("--doc", default=os.path.join(os.path.dirname(__file__), "..", "data", "kjv.txt"))
 ap.add_argument("--kv-memory", type=float, default=160, help="MiB of KV cache all requests share")
-ap.add_argument("--policies", default="full,snapkv:budget=512+kivi:bits=4")
+ap.add_argument("--policies", default="full;snapkv:budget=512+kivi:bits=4",
+                help="--kv specs separated by ';' (a spec's own options are separated by ',')")
 ap.add_argument("--clients", type=int, default=16)
 ap.add_argument("--prompt-chars", type=int, default=12000)
 ap.add_argument("--max-tokens", type=int, default=256)
@@ -73,7 +74,7 @@ def request(port, i):
 
 
 rows = []
-for policy in args.policies.split(","):
+for policy in args.policies.split(";"):
     cmd = [args.longctx, "serve", "-m", args.model, "--port", "0", "-t", args.threads, "--kv", policy, "--ctx",
            str(args.ctx), "--max-running", str(args.clients), "--max-queue", str(args.clients), "--kv-memory",
            str(args.kv_memory), "--no-prefix-reuse"]

@@ -111,7 +111,7 @@ PRESSES = [
     # Wrappers of SnapKVPress ("inner"); {W}: the per-prompt window (ChunkKV).
     {"press": "chunkkv", "class": "ChunkKVPress", "args": {"chunk_length": 10},
      "inner": "SnapKVPress", "inner_args": {"window_size": "{W}", "kernel_size": 1},
-     "engine_spec": "chunkkv:budget={B},window={W},chunk=10,pool=1"},
+     "engine_spec": "chunkkv:budget={B},window={W},chunk=10,pool=1,align=none"},
     {"press": "adakv", "class": "AdaKVPress", "args": {"alpha_safeguard": 0.2},
      "inner": "SnapKVPress", "inner_args": {"window_size": 32, "kernel_size": 7},
      "engine_spec": "snapkv:budget={B},window=32,pool=7,pooling=avg+adakv:alpha=0.2"},

@@ -70,7 +70,7 @@ TEST(KvPolicyRegistry, EveryComponentParsesWithItsDefaults) {
   EXPECT_EQ(make_kv_policy("snapkv", 4, 2)->prefill_score_from(100), 100 - 32);
   EXPECT_EQ(make_kv_policy("kivi", 4, 2)->sealed_format(), KvFormat::Kivi4);
   const std::string chunk = make_kv_policy("chunkkv", 4, 2)->describe();
-  EXPECT_TRUE(contains(chunk, "chunkkv(budget=1024, window=32, chunk=20, one set per layer)")) << chunk;
+  EXPECT_TRUE(contains(chunk, "chunkkv(budget=1024, window=32, chunk=20, cut between sentences, one set per layer)")) << chunk;
   EXPECT_EQ(make_kv_policy("chunkkv", 4, 2)->prefill_score_from(100), 100 - 32);
   const std::string ada = make_kv_policy("snapkv+adakv", 4, 2)->describe();
   EXPECT_TRUE(contains(ada, "adakv(alpha=0.2)")) << ada;
