@@ -63,7 +63,7 @@ PRESSES = {
                "engine_spec": "snapkv:budget={F},window=32,pool=7,pooling=avg"},
     "chunkkv": {"class": "ChunkKVPress", "args": {"chunk_length": 20},
                 "inner": "SnapKVPress", "inner_args": {"window_size": 32, "kernel_size": 1},
-                "engine_spec": "chunkkv:budget={F},window=32,chunk=20,pool=1"},
+                "engine_spec": "chunkkv:budget={F},window=32,chunk=20,pool=1,align=none"},
     "adakv": {"class": "AdaKVPress", "args": {"alpha_safeguard": 0.2},
               "inner": "SnapKVPress", "inner_args": {"window_size": 32, "kernel_size": 7},
               "engine_spec": "snapkv:budget={F},window=32,pool=7,pooling=avg+adakv:alpha=0.2"},
