@@ -101,10 +101,12 @@ for policy in args.policies.split(";"):
         with cf.ThreadPoolExecutor(1) as pe:
             poller = pe.submit(poll)
             t0 = time.perf_counter()
-            with cf.ThreadPoolExecutor(args.clients) as ex:
-                results = list(ex.map(lambda i: request(port, i), range(args.clients)))
+            try:
+                with cf.ThreadPoolExecutor(args.clients) as ex:
+                    results = list(ex.map(lambda i: request(port, i), range(args.clients)))
+            finally:
+                done = True  # a failed request must not leave the poller running (the run would hang)
             wall = time.perf_counter() - t0
-            done = True
             most_running = poller.result()
         text = metrics(port)
         n_out = sum(u.get("completion_tokens", 0) for _, u in results)
