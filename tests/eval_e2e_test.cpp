@@ -27,20 +27,26 @@ std::vector<nlohmann::json> read_lines(const std::string& path) {
   return out;
 }
 
-TEST(EvalEndToEnd, FullCacheFindsNeedleAt1K) {
+// One needle case of 1K tokens at depth 0.5 on SmolLM2, 12 answer tokens (a fatal failure when the model or the
+// haystack is missing: call under ASSERT_NO_FATAL_FAILURE).
+void needle_1k_options(EvalOptions* o) {
   LONGCTX_REQUIRE_MODEL(test::smollm2_path());
   const std::string hay = std::string(LONGCTX_SOURCE_DIR) + "/data/kjv.txt";
   ASSERT_TRUE(std::filesystem::exists(hay)) << hay << " is missing: run scripts/setup.sh (README) first";
+  o->model = test::smollm2_path();
+  o->tasks = "needle";
+  o->lengths = "1k";
+  o->depths = "0.5";
+  o->haystack = hay;
+  o->n_predict = 12;
+  o->n_threads = 2;
+  o->progress = ProgressMode::Off;
+}
+
+TEST(EvalEndToEnd, FullCacheFindsNeedleAt1K) {
   EvalOptions o;
-  o.model = test::smollm2_path();
-  o.tasks = "needle";
+  ASSERT_NO_FATAL_FAILURE(needle_1k_options(&o));
   o.kv_specs = {"full", "snapkv:budget=1/8"};
-  o.lengths = "1k";
-  o.depths = "0.5";
-  o.haystack = hay;
-  o.n_predict = 12;
-  o.n_threads = 2;
-  o.progress = ProgressMode::Off;
   o.out = temp_path("eval_e2e") + ".json";
   o.prompts_out = temp_path("eval_e2e_prompts") + ".jsonl";
   const EvalReport rep = run_eval(o);
@@ -91,18 +97,8 @@ TEST(EvalEndToEnd, FullCacheFindsNeedleAt1K) {
 }
 
 TEST(EvalEndToEnd, PromptsFileSplitsAtTheQuestion) {
-  LONGCTX_REQUIRE_MODEL(test::smollm2_path());
-  const std::string hay = std::string(LONGCTX_SOURCE_DIR) + "/data/kjv.txt";
-  ASSERT_TRUE(std::filesystem::exists(hay)) << hay << " is missing: run scripts/setup.sh (README) first";
   EvalOptions o;
-  o.model = test::smollm2_path();
-  o.tasks = "needle";
-  o.lengths = "1k";
-  o.depths = "0.5";
-  o.haystack = hay;
-  o.n_predict = 12;
-  o.n_threads = 2;
-  o.progress = ProgressMode::Off;
+  ASSERT_NO_FATAL_FAILURE(needle_1k_options(&o));
   o.question_after_compress = true;
   o.out = temp_path("eval_e2e_qac") + ".json";
   o.prompts_out = temp_path("eval_e2e_qac_prompts") + ".jsonl";

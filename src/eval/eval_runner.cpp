@@ -396,13 +396,15 @@ EvalReport run_eval(const EvalOptions& o) {
           built.push_back(std::move(b));
         }
 
+  // A base model runs on past its answer; a chat one ends its turn.
+  const std::vector<std::string> stop = chat ? std::vector<std::string>{} : std::vector<std::string>{"\n"};
   if (!o.prompts_out.empty()) {
     PromptsMeta pm;
     pm.model = o.model;
     pm.prompt_style = chat ? "chat" : "completion";
     pm.n_predict = o.n_predict;
     pm.question_after_compress = o.question_after_compress;
-    if (!chat) pm.stop = {"\n"};  // as gp.stop below
+    pm.stop = stop;
     for (int32_t id = 0; id < tok->n_vocab(); ++id)
       if (tok->is_eog(id)) pm.eog_ids.push_back(id);
     write_prompts(o.prompts_out, pm, built);
@@ -458,7 +460,7 @@ EvalReport run_eval(const EvalOptions& o) {
       gp.n_ctx = std::min(mc.n_ctx_train,
                           std::max(b.c.length, static_cast<int32_t>(b.p.tokens.size() + b.p.continuation.size()) + o.n_predict));
       gp.sampling.temperature = 0;  // greedy: the answer is a function of the prompt and the policy
-      if (!chat) gp.stop = {"\n"};  // a base model runs on past its answer
+      gp.stop = stop;
       Generator gen(*model, *tok, pool, *policy, gp);
       const int32_t n_prompt = static_cast<int32_t>(b.p.tokens.size());
       const int64_t done0 = done;
