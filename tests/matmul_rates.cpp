@@ -18,7 +18,8 @@ using test::random_weights;
 // asserted; the figures go to BENCHMARKS.md with this command: build/release/tests/matmul_rates).
 // GFLOP/s counts 2 * n_out * n_in * n_tok; weight GB/s the bytes of W read per call. "hot" repeats one matrix,
 // which then sits in L2/L3 (the compute rate); "cold" cycles through copies filling 4x a 32 MiB L3, as decode
-// streams a whole model from DRAM (the bandwidth a token actually gets). Decode (n_tok 1) and prefill (n_tok 256:
+// streams a whole model from DRAM (the bandwidth a token actually gets). Decode (n_tok 1), a speculative verify step
+// or a small batch (n_tok 5: the rows path, weights unpacked once per 4 tokens) and prefill (n_tok 256:
 // the f32 panels, and the int8 panels where matmul_quantizes) are timed in every precision.
 int main() {
 #ifndef NDEBUG
@@ -56,6 +57,8 @@ int main() {
       for (auto [n_tok, precision] : {std::pair{int64_t{1}, cpu::MatmulPrecision::Q8Activations},
                                       std::pair{int64_t{1}, cpu::MatmulPrecision::Q16Activations},
                                       std::pair{int64_t{1}, cpu::MatmulPrecision::F32},
+                                      std::pair{int64_t{5}, cpu::MatmulPrecision::Q16Activations},
+                                      std::pair{int64_t{5}, cpu::MatmulPrecision::F32},
                                       std::pair{int64_t{256}, cpu::MatmulPrecision::F32},
                                       std::pair{int64_t{256}, cpu::MatmulPrecision::Q16Activations},
                                       std::pair{int64_t{256}, cpu::MatmulPrecision::Q8Activations}}) {
@@ -82,7 +85,7 @@ int main() {
                                                                          : "Q16",
                     best * 1e6, flop / best * 1e-9,
                     static_cast<double>(w.size()) / best * 1e-9);
-        if (n_tok == 1) {
+        if (n_tok < 8) {  // decode, a verify step, a small batch
           double dt = 1e30;  // best of 5 passes: a pass is one timing, exposed to other work on the machine
           for (int pass = 0; pass < 5; ++pass)
             dt = std::min(dt, seconds([&] {

@@ -78,18 +78,25 @@ int bench_spec_command(const BenchOptions& o) {
     gp.ignore_eog = true;  // -n tokens in both, whatever they are
     gp.sampling.temperature = 0;
     // One prefill (untimed) serves every repetition of both: each decode starts by cutting the cache back to the
-    // prompt, so plain and speculative decode alternate seconds apart on the same cache.
+    // prompt, so plain and speculative decode alternate seconds apart on the same cache. A model with
+    // sliding-window layers drops their expired tokens as it decodes, so there every decode prefills again.
     SpeculativeGenerator sg(*model, pool, gp, spec);
     std::vector<float> logits;
-    const auto t_fill = std::chrono::steady_clock::now();
-    sg.prefill(prompt, {}, logits);
-    fmt::print(stderr, "bench --spec: depth {} prefilled in {:.1f}s (untimed)\n", d, seconds_since(t_fill));
+    const bool refill = c.sliding_window > 0;
+    auto fill = [&] {
+      const auto t_fill = std::chrono::steady_clock::now();
+      sg.prefill(prompt, {}, logits);
+      fmt::print(stderr, "bench --spec: depth {} prefilled in {:.1f}s (untimed)\n", d, seconds_since(t_fill));
+    };
+    fill();
     const TokenFn all = [](int32_t, StopReason*) { return true; };
     std::vector<double> plain_tps, spec_tps, ratio;
     SpecStats sum;
     bool identical = true;
     for (int32_t rep = 0; rep < o.n_reps; ++rep) {
+      if (refill && rep > 0) fill();
       const GenerateStats a = sg.decode(prompt, logits, all, SpeculativeGenerator::DecodeMode::Plain);
+      if (refill) fill();
       const GenerateStats b = sg.decode(prompt, logits, all, SpeculativeGenerator::DecodeMode::Speculative);
       identical = identical && a.tokens == b.tokens;
       plain_tps.push_back(a.n_generated / a.decode_seconds);
@@ -115,7 +122,7 @@ int bench_spec_command(const BenchOptions& o) {
                identical ? "yes" : "NO");
   }
   fmt::print("\ngreedy, -n {} tokens after the context, {} reps interleaved (plain then speculative); speed-up: the "
-             "median of the per-repetition ratios (plain and speculative alternate on one prefill). acceptance: accepted / drafted; tokens/step: tokens per verify "
+             "median of the per-repetition ratios (plain and speculative alternate on one prefill; a model with sliding-window layers prefills before each). acceptance: accepted / drafted; tokens/step: tokens per verify "
              "forward; draft share: of the time in draft and verify; draft reads: tokens the draft's attention read "
              "over what the full cache held.\n",
              o.n_gen, o.n_reps);
