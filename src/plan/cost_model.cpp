@@ -2,11 +2,18 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
+#include <cstdlib>
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "kv/composed_policy.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"
+#include "kv/policy_registry.h"
+#include "kv/quest.h"
+#include "kv/spec_args.h"
+#include "kv/token_ranker.h"
 
 namespace longctx::plan {
 
@@ -78,27 +85,55 @@ std::string tfs(double flops) {
   return flops >= 1e12 ? fmt::format("{:.0f} TFLOP/s", flops / 1e12) : fmt::format("{:.0f} GFLOP/s", flops / 1e9);
 }
 
+// Seconds to stream the weights one decode step reads, at the one-row matmul's rate per format.
+double weight_stream_s(const PlanArch& arch, const DeviceSpec& dev) {
+  double stream_s = static_cast<double>(arch.small_bytes_per_token) / weight_rate(dev, arch.head.type);
+  for (const WeightUse& u : arch.layers) stream_s += static_cast<double>(u.bytes) / weight_rate(dev, u.type);
+  stream_s += static_cast<double>(arch.head.bytes) / weight_rate(dev, arch.head.type);
+  return stream_s;
+}
+
+// Seconds of one row's matmul FLOPs (layers and head) at the prompt chunk's rate.
+double row_flops_s(const PlanArch& arch, const DeviceSpec& dev) {
+  double flops_s = 0;
+  for (const WeightUse& u : arch.layers) flops_s += u.flops_per_row / matmul_rate(dev, u.type);
+  flops_s += arch.head.flops_per_row / matmul_rate(dev, arch.head.type);
+  return flops_s;
+}
+
+// One read of a sequence's KV as the footprint says (open pages and key summaries at the f16 rate, sealed pages at
+// the packed format's).
+double kv_read_s(const DeviceSpec& dev, const KvFootprint& kv) {
+  const int64_t open_bytes = kv.read_bytes - kv.read_bytes_sealed;
+  return static_cast<double>(open_bytes) / kv_rate(dev, KvFormat::F16) +
+         static_cast<double>(kv.read_bytes_sealed) / sealed_kv_rate(dev);
+}
+
 }  // namespace
+
+PrefillCost& PrefillCost::operator+=(const PrefillCost& o) {
+  seconds += o.seconds;
+  matmul_s += o.matmul_s;
+  attention_s += o.attention_s;
+  other_s += o.other_s;
+  matmul_flops += o.matmul_flops;
+  attention_flops += o.attention_flops;
+  n_rows += o.n_rows;
+  return *this;
+}
 
 DecodeCost decode_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFootprint& kv, int64_t n_seq,
                        bool scores_pass) {
   DecodeCost c;
   const double B = static_cast<double>(std::max<int64_t>(1, n_seq));
-  double stream_s = static_cast<double>(arch.small_bytes_per_token) / weight_rate(dev, arch.head.type);
-  for (const WeightUse& u : arch.layers) stream_s += static_cast<double>(u.bytes) / weight_rate(dev, u.type);
-  stream_s += static_cast<double>(arch.head.bytes) / weight_rate(dev, arch.head.type);
+  const double stream_s = weight_stream_s(arch, dev);
   // A batch reads the weights once but multiplies them by every sequence: past the device's ridge point the
   // step is compute-bound.
-  double flops_s = 0;
-  for (const WeightUse& u : arch.layers) flops_s += B * u.flops_per_row / matmul_rate(dev, u.type);
-  flops_s += B * arch.head.flops_per_row / matmul_rate(dev, arch.head.type);
+  const double flops_s = B * row_flops_s(arch, dev);
   c.weights_s = std::max(stream_s, flops_s);
-  const int64_t open_bytes = kv.read_bytes - kv.read_bytes_sealed;
   // The policy's score pass (H2O, TOVA) reads the keys once more: half the bytes.
   const double kv_passes = scores_pass ? 1.5 : 1.0;
-  c.kv_s = B * kv_passes *
-           (static_cast<double>(open_bytes) / kv_rate(dev, KvFormat::F16) +
-            static_cast<double>(kv.read_bytes_sealed) / sealed_kv_rate(dev));
+  c.kv_s = B * kv_passes * kv_read_s(dev, kv);
   // Per layer: four matmul calls (q/k/v together, o, gate/up together, down), the attention call(s) and the
   // serial ops; the head is one more call.
   if (probed(dev))
@@ -110,17 +145,21 @@ DecodeCost decode_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFoot
   return c;
 }
 
-PrefillCost prefill_cost(const PlanArch& arch, const DeviceSpec& dev, int64_t n_new, const std::vector<int64_t>& cached) {
+PrefillCost prefill_cost(const PlanArch& arch, const DeviceSpec& dev, int64_t n_new, const std::vector<int64_t>& cached,
+                         bool logits) {
   PrefillCost c;
   if (n_new <= 0) return c;
+  c.n_rows = n_new;
   const double n = static_cast<double>(n_new);
   for (const WeightUse& u : arch.layers) {
     c.matmul_flops += n * u.flops_per_row;
     c.matmul_s += n * u.flops_per_row / matmul_rate(dev, u.type);
   }
   // The head runs for the last row alone: a one-row product, which streams the head's bytes.
-  c.matmul_flops += arch.head.flops_per_row;
-  c.matmul_s += static_cast<double>(arch.head.bytes) / weight_rate(dev, arch.head.type);
+  if (logits) {
+    c.matmul_flops += arch.head.flops_per_row;
+    c.matmul_s += static_cast<double>(arch.head.bytes) / weight_rate(dev, arch.head.type);
+  }
   const int32_t group = arch.n_head / std::max(1, arch.n_head_kv);
   for (int32_t il = 0; il < arch.n_layer; ++il)
     for (int32_t g = 0; g < arch.n_head_kv; ++g) {
@@ -135,6 +174,166 @@ PrefillCost prefill_cost(const PlanArch& arch, const DeviceSpec& dev, int64_t n_
   return c;
 }
 
+int32_t estimate_text_tokens(const std::string& text) {
+  return std::max(1, static_cast<int32_t>((text.size() + 3) / 4));
+}
+
+PrefillCost reconstruction_cost(const PlanArch& arch, const DeviceSpec& dev, const kv::KvReconstruction& rec,
+                                int64_t n_prompt, int32_t n_first, int32_t n_next) {
+  PrefillCost total;
+  if (rec.chunk <= 0 || n_prompt <= 0) return total;
+  if (n_first < 0 || n_next < 0) fail("internal: instructions of {} and {} tokens", n_first, n_next);
+  // Every (layer, kv-head) holds the prompt while the pass runs (a sliding-window layer its window, which
+  // visible_keys applies).
+  const std::vector<int64_t> cached(static_cast<size_t>(arch.n_layer) * arch.n_head_kv, n_prompt);
+  for (int64_t c0 = 0; c0 < n_prompt; c0 += rec.chunk) {
+    const int64_t c1 = std::min<int64_t>(n_prompt, c0 + rec.chunk);
+    const int64_t n_ids = (c0 == 0 ? n_first : n_next + std::min<int64_t>(rec.n_overlap, c0)) + (c1 - c0);
+    PrefillCost p = prefill_cost(arch, dev, n_ids, cached, /*logits=*/false);
+    // The score pass: every reconstruction row's probabilities over the same keys.
+    p.attention_flops *= 2;
+    p.attention_s *= 2;
+    p.seconds = p.matmul_s + p.attention_s + p.other_s;
+    total += p;
+  }
+  return total;
+}
+
+DecodeCost verify_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFootprint& kv, int32_t n_rows) {
+  if (n_rows < 1) fail("internal: a forward of {} rows", n_rows);
+  DecodeCost c;
+  const double R = n_rows;
+  const double stream_s = weight_stream_s(arch, dev);
+  // The CPU's rows path multiplies each row on its own (its rate is the one-row matmul's); a GPU streams the
+  // weights once for all rows unless their FLOPs take longer.
+  c.weights_s = probed(dev) ? R * stream_s : std::max(stream_s, R * row_flops_s(arch, dev));
+  c.kv_s = kv_read_s(dev, kv);  // the rows' queries share one read of the pages
+  if (probed(dev))
+    c.other_s = arch.n_layer * (R * dev.kernels.layer_overhead_s + dev.kernels.attention_call_s) +
+                (4.0 * arch.n_layer + 1) * dev.kernels.matmul_call_s;
+  c.seconds = c.weights_s + c.kv_s + c.other_s;
+  c.bytes = arch.weight_bytes_per_token() + kv.read_bytes;
+  return c;
+}
+
+namespace {
+
+// The draft's token policy, as the engine's make_draft_ranker requires it: one token policy with a budget that
+// needs no decode scores. Returns the policy made for n_layer x n_head_kv.
+std::unique_ptr<kv::KvPolicy> make_draft_policy(const std::string& draft, int32_t n_layer, int32_t n_head_kv) {
+  if (draft.empty()) fail("--spec: draft= is empty; give a token policy, e.g. draft=streaming:budget=512");
+  if (draft.find('+') != std::string::npos)
+    fail("--spec draft '{}': the draft is one token policy's view of the full cache (streaming or snapkv), not a "
+         "composition of several",
+         draft);
+  const std::string name = draft.substr(0, draft.find(':'));
+  const kv::KvComponent* c = kv::find_kv_component(name);
+  if (c == nullptr) fail("--spec draft '{}': unknown policy '{}'; the draft takes streaming or snapkv", draft, name);
+  if (c->kind != kv::KvComponentKind::TokenPolicy)
+    fail("--spec draft '{}': {} is not a token policy; the draft reads the pages a token policy selects (streaming "
+         "or snapkv)",
+         draft, name);
+  auto p = kv::make_kv_policy(draft, n_layer, n_head_kv);
+  const auto* composed = dynamic_cast<const kv::ComposedPolicy*>(p.get());
+  const kv::TokenRanker* r = composed != nullptr ? composed->plan(0, 0).ranker : nullptr;
+  if (r == nullptr || r->budget() <= 0) fail("--spec draft '{}': the draft needs a budget", draft);
+  if (r->wants_decode_scores())
+    fail("--spec draft '{}': {} ranks tokens by the attention of every decode step, which the draft view does not "
+         "gather; use streaming or snapkv",
+         draft, name);
+  if (r->reconstruction().chunk > 0)
+    fail("--spec draft '{}': {} scores the cache by a pass after prefill, which the draft view does not run; use "
+         "streaming or snapkv",
+         draft, name);
+  return p;
+}
+
+}  // namespace
+
+SpecPlan parse_spec_plan(const std::string& spec) {
+  const auto usage = [] {
+    return fmt::format("self[:gamma=N,draft=SPEC][,accept=A]: gamma 1..{} (default 4), draft a token policy "
+                       "(default streaming:budget=512,sink=4), accept the acceptance assumed, 0..1 (default {})",
+                       SpecPlan::kMaxGamma, SpecPlan::kDefaultAccept);
+  };
+  SpecPlan sp;
+  const size_t colon = spec.find(':');
+  const std::string name = spec.substr(0, colon);
+  if (name != "self") fail("--spec '{}': unknown method '{}'; plan takes {}", spec, name, usage());
+  std::vector<std::string> items;
+  std::string engine_args;
+  if (colon != std::string::npos) {
+    std::string rest = spec.substr(colon + 1);
+    if (rest.empty()) fail("--spec '{}': nothing after 'self:'; {}", spec, usage());
+    // draft= takes the rest of the spec (its own arguments are separated by commas too), but for a last
+    // ",accept=A", which no draft policy has.
+    const size_t d = rest.find("draft=");
+    if (d != std::string::npos && (d == 0 || rest[d - 1] == ',')) {
+      std::string draft = rest.substr(d + 6);
+      const size_t a = draft.rfind(",accept=");
+      if (a != std::string::npos) {
+        if (draft.find(',', a + 1) != std::string::npos)
+          fail("--spec '{}': draft= takes the rest of the spec, so only a last ',accept=A' may follow its arguments; "
+               "put gamma= and accept= before draft=",
+               spec);
+        items.push_back(draft.substr(a + 1));
+        draft = draft.substr(0, a);
+      }
+      sp.draft = draft;
+      rest = d == 0 ? std::string() : rest.substr(0, d - 1);
+    }
+    if (!rest.empty())
+      for (const std::string& item : kv::split_spec(rest, ',')) items.push_back(item);
+  }
+  for (const std::string& item : items) {
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq);
+    const std::string value = eq == std::string::npos ? std::string() : item.substr(eq + 1);
+    char* end = nullptr;
+    if (key == "gamma" && eq != std::string::npos) {
+      const long g = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || g < 1 || g > SpecPlan::kMaxGamma)
+        fail("--spec '{}': gamma must be an integer in [1, {}], not '{}'", spec, SpecPlan::kMaxGamma, value);
+      sp.gamma = static_cast<int32_t>(g);
+      engine_args += (engine_args.empty() ? "" : ",") + item;
+    } else if (key == "accept" && eq != std::string::npos) {
+      const double a = std::strtod(value.c_str(), &end);
+      if (value.empty() || *end != '\0' || !(a >= 0.0 && a <= 1.0))
+        fail("--spec '{}': accept is the acceptance per drafted token, a number in [0, 1], not '{}'", spec, value);
+      sp.accept = a;
+      sp.accept_given = true;
+    } else {
+      fail("--spec '{}': unknown argument '{}'; {}", spec, item, usage());
+    }
+  }
+  make_draft_policy(sp.draft, 1, 1);  // refuses a draft that cannot draft
+  sp.engine_spec = "self:" + (engine_args.empty() ? std::string() : engine_args + ",") + "draft=" + sp.draft;
+  return sp;
+}
+
+double spec_tokens_per_step(double accept, int32_t gamma) {
+  if (accept >= 1.0) return gamma + 1.0;
+  return (1.0 - std::pow(accept, gamma + 1)) / (1.0 - accept);
+}
+
+SpecCost spec_cost(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPolicy& verifier, const SpecPlan& spec,
+                   int64_t n_ctx) {
+  if (!verifier.keeps_every_token())
+    fail("--spec self verifies against the full cache, not '{}'", verifier.describe());
+  const auto draft = make_draft_policy(spec.draft, arch.n_layer, arch.n_head_kv);
+  SpecCost s;
+  s.tokens_per_step = spec_tokens_per_step(spec.accept, spec.gamma);
+  s.draft_kv = spec_draft_footprint(arch, verifier, *draft, n_ctx, spec.gamma);
+  s.draft = decode_cost(arch, dev, s.draft_kv, 1);
+  // The verify's cache holds the gamma drafts beside the context when it runs.
+  const KvFootprint full = kv_footprint(arch, verifier, n_ctx, spec.gamma);
+  s.verify_kv_read_bytes = full.read_bytes;
+  s.verify = verify_cost(arch, dev, full, spec.gamma + 1);
+  s.seconds_per_token = (spec.gamma * s.draft.seconds + s.verify.seconds) / s.tokens_per_step;
+  s.plain_seconds = decode_cost(arch, dev, kv_footprint(arch, verifier, n_ctx), 1).seconds;
+  return s;
+}
+
 PlanRow plan_row(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPolicy& policy, const std::string& kv_spec,
                  int64_t n_ctx, const PlanOptions& o) {
   if (n_ctx <= 0) fail("--ctx must be positive, not {}", n_ctx);
@@ -144,16 +343,18 @@ PlanRow plan_row(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPolicy
   r.n_ctx = n_ctx;
   r.kv = kv_footprint(arch, policy, n_ctx);
   r.kv_full_f16_bytes = n_ctx * int64_t{arch.n_layer} * arch.n_head_kv * arch.head_dim * 2 * 2;
+  const kv::KvReconstruction rec = policy.reconstruction();
   const bool gathers_scores = policy.prefill_score_from(static_cast<int32_t>(std::min<int64_t>(n_ctx, INT_MAX))) != INT_MAX ||
-                              policy.wants_decode_scores();
+                              policy.wants_decode_scores() || rec.chunk > 0;
   // The attention the policy votes with: one f32 per (layer, kv-head, cached token).
   if (gathers_scores) r.scratch_bytes = n_ctx * int64_t{arch.n_layer} * arch.n_head_kv * 4;
   r.memory_bytes = o.memory_bytes > 0 ? o.memory_bytes : dev.memory_bytes;
   // The pool takes memory from the system in chunks per format: at most one chunk of each format stands partly
   // empty.
+  const int32_t page_tokens = policy.page_tokens() > 0 ? policy.page_tokens() : kPlanPageTokens;
   const auto chunk = [&](KvFormat f) {
     return static_cast<int64_t>(kv::kv_pool_chunk_bytes(
-        static_cast<size_t>(kv_plan_page_bytes(f, kPlanPageTokens, arch.head_dim))));
+        static_cast<size_t>(kv_plan_page_bytes(f, page_tokens, arch.head_dim))));
   };
   const int64_t pool_slack =
       chunk(policy.page_format()) + (policy.sealed_format() != policy.page_format() ? chunk(policy.sealed_format()) : 0);
@@ -164,16 +365,25 @@ PlanRow plan_row(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPolicy
   r.memory_needed = arch.weight_bytes + pool_slack + r.n_seq * per_seq;
   r.fits = r.memory_needed <= r.memory_bytes;
   r.prefill = prefill_cost(arch, dev, n_ctx);
+  if (rec.chunk > 0) {
+    const int32_t n_first = o.reconstruction_first_tokens >= 0 ? o.reconstruction_first_tokens
+                                                               : estimate_text_tokens(rec.first_instruction);
+    const int32_t n_next = o.reconstruction_next_tokens >= 0 ? o.reconstruction_next_tokens
+                                                             : estimate_text_tokens(rec.next_instruction);
+    r.reconstruction = reconstruction_cost(arch, dev, rec, n_ctx, n_first, n_next);
+    r.prefill += r.reconstruction;
+  }
   r.decode = decode_cost(arch, dev, r.kv, r.n_seq, policy.wants_decode_scores());
   const DecodeCost first = decode_cost(arch, dev, r.kv, 1, policy.wants_decode_scores());
   r.ttft_s = r.prefill.seconds + first.seconds;
   r.tokens_per_s_user = 1.0 / r.decode.seconds;
   r.tokens_per_s_total = static_cast<double>(r.n_seq) / r.decode.seconds;
   if (dev.link_bandwidth > 0) r.swap_s = 2.0 * static_cast<double>(r.kv.bytes()) / dev.link_bandwidth;
+  if (o.spec.has_value() && policy.keeps_every_token()) r.spec = spec_cost(arch, dev, policy, *o.spec, n_ctx);
   return r;
 }
 
-std::vector<std::string> plan_assumptions(const DeviceSpec& dev) {
+std::vector<std::string> plan_assumptions(const DeviceSpec& dev, const std::optional<SpecPlan>& spec) {
   std::vector<std::string> a;
   a.push_back(fmt::format("device {}: {}", dev.name, dev.source));
   if (!dev.kernels.empty()) {
@@ -208,6 +418,49 @@ std::vector<std::string> plan_assumptions(const DeviceSpec& dev) {
   a.push_back("KV bytes: the store's pages (the page codec's sizes, 64 tokens a page, full pages sealed) plus "
               "positions and page tables; concurrency = (memory - weights - one pool chunk per format) / (KV + the "
               "policy's score buffer) per sequence");
+  if (spec.has_value()) {
+    const double tau = spec_tokens_per_step(spec->accept, spec->gamma);
+    a.push_back(fmt::format(
+        "spec self (gamma={}, draft={}): acceptance a = {} per drafted token ({}), independent until the first "
+        "rejection: tau = (1 - a^(gamma+1)) / (1 - a) = {:.2f} tokens per verify step; decode time per token = "
+        "(gamma x t_draft + t_verify) / tau; one sequence (the engine's --spec decodes one); only rows whose --kv "
+        "keeps the full cache (the verifier)",
+        spec->gamma, spec->draft, spec->accept, spec->accept_given ? "given by accept=" : "ASSUMED: accept=A sets it",
+        tau));
+    a.push_back("spec draft: one token through the weights over its view of the full cache: the pages of the draft "
+                "policy's selection (the most-selected pages, at most ceil(budget / 64) + 2; a policy that needs "
+                "attention scores is taken to scatter its picks over that many), the page of the newest token and "
+                "the drafts' own tokens; sliding-window layers read their window");
+    if (!dev.kernels.empty())
+      a.push_back("spec verify: gamma + 1 rows over the full cache, read once; on this CPU the matmul is compute-bound "
+                  "per row: gamma + 1 one-row matmuls (tests/matmul_rates measured a 5-row call of the rows path at "
+                  "~4.3x a 1-row call: gamma = 4's matmuls are over-counted 5 / 4.3 = 1.16x), the other ops per row");
+    else
+      a.push_back("spec verify: gamma + 1 rows over the full cache, read once; the weights stream once "
+                  "(bandwidth-bound) unless the rows' FLOPs take longer");
+  }
+  return a;
+}
+
+std::vector<std::string> policy_assumptions(const kv::KvPolicy& policy) {
+  std::vector<std::string> a;
+  auto* quest = dynamic_cast<const kv::QuestReadFilter*>(const_cast<kv::KvPolicy&>(policy).read_filter());
+  if (quest != nullptr) {
+    const int32_t page = policy.page_tokens() > 0 ? policy.page_tokens() : kPlanPageTokens;
+    a.push_back(fmt::format(
+        "Quest: memory as the rest of the policy leaves it plus the key summaries (2 x head_dim f32 a page); a decode "
+        "step reads, on layers >= {} and heads of more than {} pages of {}, the newest page and {} others at the "
+        "pages' mean bytes plus the summaries of every page but the newest (at the f16 KV rate; the ranking itself "
+        "is not counted); the other layers and heads read everything",
+        quest->dense_layers(), std::max(1, quest->budget() / page), page, std::max(1, quest->budget() / page) - 1));
+  }
+  const kv::KvReconstruction rec = policy.reconstruction();
+  if (rec.chunk > 0)
+    a.push_back(fmt::format(
+        "KVzip: its reconstruction after prefill counts in prefill and TTFT: per chunk of {} prompt tokens a forward "
+        "without logits of the instruction (and {} tokens of the previous chunk) and the chunk, over the whole "
+        "cached prompt, plus its score pass over the same (query, key) pairs, counted as the attention again",
+        rec.chunk, rec.n_overlap));
   return a;
 }
 

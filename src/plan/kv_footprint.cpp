@@ -1,12 +1,14 @@
 #include "plan/kv_footprint.h"
 
 #include <algorithm>
+#include <climits>
 
 #include "backend/backend.h"
 #include "core/error.h"
 #include "kv/composed_policy.h"
 #include "kv/kv_store.h"
 #include "kv/policy.h"
+#include "kv/quest.h"
 #include "kv/token_ranker.h"
 
 namespace longctx::plan {
@@ -23,11 +25,31 @@ int64_t kv_plan_page_bytes(KvFormat format, int32_t page_tokens, int32_t head_di
   return static_cast<int64_t>(kv_page_bytes(format, page_tokens, head_dim));
 }
 
+namespace {
+
+// The policy's read filter when it is Quest's. read_filter() is not const (the engine's forward calls it on a live
+// policy); only its settings are read here.
+const kv::QuestReadFilter* quest_filter(const kv::KvPolicy& policy) {
+  return dynamic_cast<const kv::QuestReadFilter*>(const_cast<kv::KvPolicy&>(policy).read_filter());
+}
+
+int32_t policy_page_tokens(const kv::KvPolicy& policy) {
+  return policy.page_tokens() > 0 ? policy.page_tokens() : kPlanPageTokens;
+}
+
+}  // namespace
+
 KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64_t n_prompt, int64_t n_generated,
                          int32_t page_tokens) {
   if (n_prompt < 0 || n_generated < 0) fail("a context of {} + {} tokens", n_prompt, n_generated);
   const int64_t n_ctx = n_prompt + n_generated;
+  if (page_tokens == 0) page_tokens = policy_page_tokens(policy);
   if (page_tokens <= 0) fail("internal: pages of {} tokens", page_tokens);
+  const kv::QuestReadFilter* quest = quest_filter(policy);
+  // Quest reads this many pages of a head that holds more (QuestReadFilter::narrow).
+  const int64_t quest_pages = quest != nullptr ? std::max(1, quest->budget() / page_tokens) : 0;
+  const int64_t summary_page_bytes =
+      policy.wants_key_summaries() ? 2 * int64_t{arch.head_dim} * static_cast<int64_t>(sizeof(float)) : 0;
   const KvFormat open = policy.page_format(), sealed = policy.sealed_format();
   const int64_t open_bytes = kv_plan_page_bytes(open, page_tokens, arch.head_dim);
   const int64_t sealed_bytes = kv_plan_page_bytes(sealed, page_tokens, arch.head_dim);
@@ -52,12 +74,91 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
       f.n_pages_open += n_pages - n_sealed;
       f.payload_bytes += n_sealed * sealed_bytes + (n_pages - n_sealed) * open_bytes;
       f.metadata_bytes += held * static_cast<int64_t>(sizeof(int32_t)) + n_pages * static_cast<int64_t>(sizeof(kv::KvPage));
+      f.summary_bytes += n_pages * summary_page_bytes;
       // Bytes per slot as the decode kernel reads them: a page's bytes over its tokens.
       const int64_t sealed_slots = n_sealed * page_tokens;
-      f.read_bytes_sealed += sealed_slots * (sealed_bytes / page_tokens);
-      f.read_bytes += sealed_slots * (sealed_bytes / page_tokens) + (held - sealed_slots) * (open_bytes / page_tokens);
+      const int64_t read_sealed = sealed_slots * (sealed_bytes / page_tokens);
+      const int64_t read_all = read_sealed + (held - sealed_slots) * (open_bytes / page_tokens);
+      f.read_bytes_dense += read_all;
+      if (quest == nullptr || il < quest->dense_layers() || n_pages <= quest_pages) {
+        f.read_bytes_sealed += read_sealed;
+        f.read_bytes += read_all;
+        f.n_slots_read += held;
+        continue;
+      }
+      // Quest: the newest page always (open, unless every page is sealed), and n_read - 1 of the n_pages - 1 full
+      // ones before it, whose bytes (sealed and open alike) count at their mean; the bounds of those n_pages - 1.
+      const int64_t newest_rows = held - (n_pages - 1) * page_tokens;
+      const int64_t newest = newest_rows * ((n_sealed == n_pages ? sealed_bytes : open_bytes) / page_tokens);
+      const double share = static_cast<double>(quest_pages - 1) / static_cast<double>(n_pages - 1);
+      const int64_t sealed_before = n_sealed == n_pages ? read_sealed - newest : read_sealed;
+      const auto rest_sealed = static_cast<int64_t>(share * static_cast<double>(sealed_before));
+      const auto rest = static_cast<int64_t>(share * static_cast<double>(read_all - newest));
+      const int64_t summaries = (n_pages - 1) * summary_page_bytes;
+      f.read_bytes_sealed += rest_sealed + (n_sealed == n_pages ? newest : 0);
+      f.read_bytes_summaries += summaries;
+      f.read_bytes += newest + rest + summaries;
+      f.n_slots_read += newest_rows + (quest_pages - 1) * page_tokens;
     }
   f.metadata_bytes += static_cast<int64_t>(f.slots.size() * sizeof(kv::KvHeadCache));
+  return f;
+}
+
+KvFootprint spec_draft_footprint(const PlanArch& arch, const kv::KvPolicy& verifier, const kv::KvPolicy& draft,
+                                 int64_t n_ctx, int32_t gamma) {
+  if (n_ctx <= 0 || gamma < 1) fail("internal: a draft at context {} of {} tokens", n_ctx, gamma);
+  const auto* composed = dynamic_cast<const kv::ComposedPolicy*>(&draft);
+  const kv::TokenRanker* ranker = composed != nullptr ? composed->plan(0, 0).ranker : nullptr;
+  if (ranker == nullptr || ranker->budget() <= 0) fail("internal: the draft '{}' has no token policy", draft.describe());
+  const int32_t T = kPlanPageTokens;  // the verifier's store: the full cache at the default page size
+  const int64_t slot_bytes = kv_plan_page_bytes(verifier.page_format(), T, arch.head_dim) / T;
+  const int64_t budget = ranker->budget();
+  // The pages of the selection (SpecDraftView::select): the page of each selected slot counted, the most-counted
+  // n_pick kept, ties to the newer page. Every global head holds the same positions 0..n_ctx-1 in the full cache.
+  const int64_t n_pages = (n_ctx + T - 1) / T;
+  const int64_t n_pick = (budget + T - 1) / T + 2;
+  const int64_t tail_page = n_ctx / T;  // holds position n_ctx: where the draft's tokens go
+  int64_t selected_rows = 0;            // rows of the selected pages before the tail page
+  if (n_ctx <= budget) {
+    selected_rows = tail_page * T;
+  } else if (ranker->prefill_score_from(1 << 30) != INT_MAX) {
+    // Picks by attention scores are taken to scatter over every page, so the cap's pages are read, all full but
+    // the tail page: that one holds the newest tokens, which the observation window always picks, whenever it
+    // holds prompt tokens (and is then read as the tail).
+    const int64_t n_sel = std::min(n_pick, n_pages) - (n_ctx % T != 0 && ranker->n_window() > 0 ? 1 : 0);
+    selected_rows = std::min(n_sel, tail_page) * T;
+  } else {
+    if (n_ctx > INT32_MAX) fail("a context of {} tokens", n_ctx);
+    std::vector<int32_t> positions(static_cast<size_t>(n_ctx));
+    for (int64_t i = 0; i < n_ctx; ++i) positions[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    const std::vector<int32_t> keep = ranker->select(positions, nullptr, static_cast<int32_t>(budget));
+    std::vector<int32_t> count(static_cast<size_t>(n_pages), 0);
+    for (int32_t s : keep) ++count[static_cast<size_t>(s / T)];
+    std::vector<int64_t> order;
+    for (int64_t p = 0; p < n_pages; ++p)
+      if (count[static_cast<size_t>(p)] > 0) order.push_back(p);
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      const int32_t ca = count[static_cast<size_t>(a)], cb = count[static_cast<size_t>(b)];
+      return ca > cb || (ca == cb && a > b);
+    });
+    if (static_cast<int64_t>(order.size()) > n_pick) order.resize(static_cast<size_t>(n_pick));
+    for (int64_t p : order) selected_rows += p < tail_page ? T : 0;
+  }
+  // The tail: the prompt's tokens in the page holding position n_ctx, and the drafts' own (the j-th draft forward
+  // reads j + 1 of them).
+  const double tail_rows = static_cast<double>(n_ctx - tail_page * T) + 0.5 * (gamma + 1);
+  KvFootprint f;
+  f.n_ctx = n_ctx;
+  double rows = 0;
+  for (int32_t il = 0; il < arch.n_layer; ++il) {
+    const double per_head = arch.local(il) ? static_cast<double>(std::min<int64_t>(n_ctx, arch.sliding_window)) +
+                                                 0.5 * (gamma + 1)
+                                           : static_cast<double>(selected_rows) + tail_rows;
+    rows += per_head * arch.n_head_kv;
+  }
+  f.n_slots_read = static_cast<int64_t>(rows);
+  f.read_bytes = static_cast<int64_t>(rows * static_cast<double>(slot_bytes));
+  f.read_bytes_dense = f.read_bytes;
   return f;
 }
 
