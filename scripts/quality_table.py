@@ -4,6 +4,7 @@
 
 usage: scripts/quality_table.py -m MODEL.gguf -o OUT_DIR [--lengths 4k,8k] [--ratios 2,4,8,20]
                                 [--tasks needle,multikey] [--depths 0.25,0.5,0.75] [--seeds 1] [--threads 2]
+                                [--device cpu|cuda]
                                 [--methods NAME,...] [--modes inside,after] [--table-only]
 
 Each method is a --kv template whose token budget is a fraction of each case's length; a method that also packs
@@ -66,6 +67,8 @@ def policies_for(methods, ratios):
 def run_eval(a, length, mode, policies, path):
     cmd = [a.longctx, "eval", ",".join(a.tasks), "-m", a.model, "--lengths", length, "--depths", a.depths,
            "--seeds", str(a.seeds), "-t", str(a.threads), "--progress", "off", "-o", path]
+    if a.device:
+        cmd += ["--device", a.device]
     if mode == "after":
         cmd.append("--question-after-compress")
     for p in policies:
@@ -126,6 +129,7 @@ def main():
     ap.add_argument("--depths", default="0.25,0.5,0.75")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="", help="eval's --device (cpu or cuda; default: eval's own choice)")
     ap.add_argument("--methods", default=DEFAULT_METHODS)
     ap.add_argument("--modes", default="inside,after", help="inside: question in the prompt; after: read after")
     ap.add_argument("--table-only", action="store_true", help="summarise the JSONs already in OUT")
