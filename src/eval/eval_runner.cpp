@@ -121,7 +121,7 @@ void write_prompts(const std::string& path, const PromptsMeta& m, const std::vec
       j["score"] = "every expected string occurs in the answer's UTF-8 text with no ASCII letter or digit "
                    "right before or after it";
     }
-    out << j.dump() << "\n";
+    out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   }
   if (!out) fail("cannot write the prompts file '{}'", path);
 }
@@ -269,7 +269,8 @@ void write_results(const std::string& path, const nlohmann::json& meta, const st
   {
     std::ofstream out(tmp, std::ios::trunc);
     if (!out) fail("cannot write the results file '{}'", tmp);
-    out << j.dump(1) << "\n";
+    // An answer cut off inside a UTF-8 character holds its first bytes: they are written as U+FFFD.
+    out << j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     if (!out) fail("cannot write the results file '{}'", tmp);
   }
   std::error_code ec;
