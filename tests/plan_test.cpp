@@ -24,6 +24,7 @@
 #include "model/model.h"
 #include "plan/cost_model.h"
 #include "plan/kernel_rates_json.h"
+#include "kv/spec_draft.h"
 #include "plan/kv_footprint.h"
 #include "plan/plan_arch.h"
 #include "plan/probe.h"
@@ -624,8 +625,8 @@ TEST(PlanSpec, DraftViewIsTheEnginesPages) {
       for (int32_t il = 0; il < c.n_layer; ++il)
         for (int32_t g = 0; g < c.n_head_kv; ++g)
           for (int32_t p : view.pages(seq, il, g)) rows += seq.head(il, g).pages[static_cast<size_t>(p)].n_rows;
-      auto draft_policy = kv::make_kv_policy(draft, a.n_layer, a.n_head_kv);
-      const plan::KvFootprint fp = plan::spec_draft_footprint(a, *full, *draft_policy, n, 1);
+      std::vector<std::unique_ptr<kv::TokenRanker>> owned;
+      const plan::KvFootprint fp = plan::spec_draft_footprint(a, *full, *kv::make_draft_ranker(draft, owned), n, 1);
       EXPECT_EQ(fp.n_slots_read - int64_t{a.n_layer} * a.n_head_kv, rows);
       EXPECT_EQ(fp.read_bytes, fp.n_slots_read * 64 * 2 * 2 * 2 / 2);  // f16 K and V: 256 bytes a token
     }

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "engine/stop_filter.h"
 #include "kv/policy_registry.h"
+#include "kv/spec_draft.h"
 
 namespace longctx {
 namespace {
@@ -17,37 +18,6 @@ constexpr int32_t kMaxGamma = 32;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// The draft's token policy from its --kv spec; owned keeps it alive.
-const kv::TokenRanker* make_draft_ranker(const std::string& spec, std::vector<std::unique_ptr<kv::TokenRanker>>& owned) {
-  if (spec.empty()) fail("--spec: draft= is empty; give a token policy, e.g. draft=streaming:budget=512");
-  if (spec.find('+') != std::string::npos)
-    fail("--spec draft '{}': the draft is one token policy's view of the full cache (streaming or snapkv), not a "
-         "composition of several",
-         spec);
-  const std::string name = spec.substr(0, spec.find(':'));
-  const kv::KvComponent* c = kv::find_kv_component(name);
-  if (c == nullptr) fail("--spec draft '{}': unknown policy '{}'; the draft takes streaming or snapkv", spec, name);
-  if (c->kind != kv::KvComponentKind::TokenPolicy)
-    fail("--spec draft '{}': {} is not a token policy; the draft reads the pages a token policy selects (streaming "
-         "or snapkv)",
-         spec, name);
-  std::vector<std::string> keys;
-  for (const kv::SpecArg& a : c->args) keys.push_back(a.name);
-  kv::KvPolicyDraft d;
-  d.n_layer = 1;
-  d.n_head_kv = 1;
-  c->apply(kv::SpecArgs(spec, keys), d);
-  if (d.ranker == nullptr) fail("internal: --spec draft '{}' made no token policy", spec);
-  if (d.ranker->wants_decode_scores())
-    fail("--spec draft '{}': {} ranks tokens by the attention of every decode step, which the draft view does not "
-         "gather; use streaming or snapkv",
-         spec, name);
-  if (d.ranker->budget() <= 0) fail("--spec draft '{}': the draft needs a budget", spec);
-  const kv::TokenRanker* r = d.ranker;
-  for (auto& x : d.rankers) owned.push_back(std::move(x));
-  return r;
 }
 
 }  // namespace
@@ -80,7 +50,7 @@ SpecParams parse_spec(const std::string& spec) {
       }
   }
   std::vector<std::unique_ptr<kv::TokenRanker>> owned;
-  make_draft_ranker(sp.draft, owned);  // refuses a draft that cannot draft, before any work
+  kv::make_draft_ranker(sp.draft, owned);  // refuses a draft that cannot draft, before any work
   return sp;
 }
 
@@ -119,7 +89,7 @@ SpecVerdict speculative_verify_token(const float* p, const float* q, int32_t n, 
 
 SpecDraftView::SpecDraftView(const std::string& draft_spec, const ModelConfig& c)
     : spec_(draft_spec), n_layer_(c.n_layer), n_head_kv_(c.n_head_kv) {
-  ranker_ = make_draft_ranker(draft_spec, owned_);
+  ranker_ = kv::make_draft_ranker(draft_spec, owned_);
   local_.assign(c.layer_is_local.begin(), c.layer_is_local.end());
   local_.resize(static_cast<size_t>(c.n_layer), false);
   sel_.resize(static_cast<size_t>(n_layer_) * n_head_kv_);
@@ -143,7 +113,7 @@ void SpecDraftView::select(const kv::KvSequence& kv, const kv::KvScores* scores,
   tail_from_ = next_pos;
   const int32_t budget = ranker_->budget();
   const int32_t T = kv.geometry().page_tokens;
-  const size_t n_pick = static_cast<size_t>((budget + T - 1) / T + 2);
+  const int32_t n_pick = kv::draft_page_cap(budget, T);
   const bool want_scores = ranker_->prefill_score_from(1 << 30) != INT_MAX;
   for (int32_t il = 0; il < n_layer_; ++il) {
     if (local_[static_cast<size_t>(il)]) continue;  // a sliding-window layer's cache is already small: read it all
@@ -168,16 +138,7 @@ void SpecDraftView::select(const kv::KvSequence& kv, const kv::KvScores* scores,
         while (s >= s0[static_cast<size_t>(p) + 1]) ++p;
         ++count[static_cast<size_t>(p)];
       }
-      std::vector<int32_t> order;
-      for (int32_t q = 0; q < n_pages; ++q)
-        if (count[static_cast<size_t>(q)] > 0) order.push_back(q);
-      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-        const int32_t ca = count[static_cast<size_t>(a)], cb = count[static_cast<size_t>(b)];
-        return ca > cb || (ca == cb && a > b);
-      });
-      if (order.size() > n_pick) order.resize(n_pick);
-      std::sort(order.begin(), order.end());
-      sel = std::move(order);
+      sel = kv::draft_pages(count, n_pick);
     }
   }
 }

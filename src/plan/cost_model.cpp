@@ -13,6 +13,7 @@
 #include "kv/policy_registry.h"
 #include "kv/quest.h"
 #include "kv/spec_args.h"
+#include "kv/spec_draft.h"
 #include "kv/token_ranker.h"
 
 namespace longctx::plan {
@@ -216,40 +217,6 @@ DecodeCost verify_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFoot
   return c;
 }
 
-namespace {
-
-// The draft's token policy, as the engine's make_draft_ranker requires it: one token policy with a budget that
-// needs no decode scores. Returns the policy made for n_layer x n_head_kv.
-std::unique_ptr<kv::KvPolicy> make_draft_policy(const std::string& draft, int32_t n_layer, int32_t n_head_kv) {
-  if (draft.empty()) fail("--spec: draft= is empty; give a token policy, e.g. draft=streaming:budget=512");
-  if (draft.find('+') != std::string::npos)
-    fail("--spec draft '{}': the draft is one token policy's view of the full cache (streaming or snapkv), not a "
-         "composition of several",
-         draft);
-  const std::string name = draft.substr(0, draft.find(':'));
-  const kv::KvComponent* c = kv::find_kv_component(name);
-  if (c == nullptr) fail("--spec draft '{}': unknown policy '{}'; the draft takes streaming or snapkv", draft, name);
-  if (c->kind != kv::KvComponentKind::TokenPolicy)
-    fail("--spec draft '{}': {} is not a token policy; the draft reads the pages a token policy selects (streaming "
-         "or snapkv)",
-         draft, name);
-  auto p = kv::make_kv_policy(draft, n_layer, n_head_kv);
-  const auto* composed = dynamic_cast<const kv::ComposedPolicy*>(p.get());
-  const kv::TokenRanker* r = composed != nullptr ? composed->plan(0, 0).ranker : nullptr;
-  if (r == nullptr || r->budget() <= 0) fail("--spec draft '{}': the draft needs a budget", draft);
-  if (r->wants_decode_scores())
-    fail("--spec draft '{}': {} ranks tokens by the attention of every decode step, which the draft view does not "
-         "gather; use streaming or snapkv",
-         draft, name);
-  if (r->reconstruction().chunk > 0)
-    fail("--spec draft '{}': {} scores the cache by a pass after prefill, which the draft view does not run; use "
-         "streaming or snapkv",
-         draft, name);
-  return p;
-}
-
-}  // namespace
-
 SpecPlan parse_spec_plan(const std::string& spec) {
   const auto usage = [] {
     return fmt::format("self[:gamma=N,draft=SPEC][,accept=A]: gamma 1..{} (default 4), draft a token policy "
@@ -306,7 +273,8 @@ SpecPlan parse_spec_plan(const std::string& spec) {
       fail("--spec '{}': unknown argument '{}'; {}", spec, item, usage());
     }
   }
-  make_draft_policy(sp.draft, 1, 1);  // refuses a draft that cannot draft
+  std::vector<std::unique_ptr<kv::TokenRanker>> owned;
+  kv::make_draft_ranker(sp.draft, owned);  // refuses a draft that cannot draft
   sp.engine_spec = "self:" + (engine_args.empty() ? std::string() : engine_args + ",") + "draft=" + sp.draft;
   return sp;
 }
@@ -320,10 +288,11 @@ SpecCost spec_cost(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPoli
                    int64_t n_ctx) {
   if (!verifier.keeps_every_token())
     fail("--spec self verifies against the full cache, not '{}'", verifier.describe());
-  const auto draft = make_draft_policy(spec.draft, arch.n_layer, arch.n_head_kv);
+  std::vector<std::unique_ptr<kv::TokenRanker>> owned;
+  const kv::TokenRanker& draft = *kv::make_draft_ranker(spec.draft, owned);
   SpecCost s;
   s.tokens_per_step = spec_tokens_per_step(spec.accept, spec.gamma);
-  s.draft_kv = spec_draft_footprint(arch, verifier, *draft, n_ctx, spec.gamma);
+  s.draft_kv = spec_draft_footprint(arch, verifier, draft, n_ctx, spec.gamma);
   s.draft = decode_cost(arch, dev, s.draft_kv, 1);
   // The verify's cache holds the gamma drafts beside the context when it runs.
   const KvFootprint full = kv_footprint(arch, verifier, n_ctx, spec.gamma);

@@ -9,6 +9,7 @@
 #include "kv/kv_store.h"
 #include "kv/policy.h"
 #include "kv/quest.h"
+#include "kv/spec_draft.h"
 #include "kv/token_ranker.h"
 
 namespace longctx::plan {
@@ -104,45 +105,34 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
   return f;
 }
 
-KvFootprint spec_draft_footprint(const PlanArch& arch, const kv::KvPolicy& verifier, const kv::KvPolicy& draft,
+KvFootprint spec_draft_footprint(const PlanArch& arch, const kv::KvPolicy& verifier, const kv::TokenRanker& ranker,
                                  int64_t n_ctx, int32_t gamma) {
   if (n_ctx <= 0 || gamma < 1) fail("internal: a draft at context {} of {} tokens", n_ctx, gamma);
-  const auto* composed = dynamic_cast<const kv::ComposedPolicy*>(&draft);
-  const kv::TokenRanker* ranker = composed != nullptr ? composed->plan(0, 0).ranker : nullptr;
-  if (ranker == nullptr || ranker->budget() <= 0) fail("internal: the draft '{}' has no token policy", draft.describe());
   const int32_t T = kPlanPageTokens;  // the verifier's store: the full cache at the default page size
   const int64_t slot_bytes = kv_plan_page_bytes(verifier.page_format(), T, arch.head_dim) / T;
-  const int64_t budget = ranker->budget();
+  const int64_t budget = ranker.budget();
   // The pages of the selection (SpecDraftView::select): the page of each selected slot counted, the most-counted
   // n_pick kept, ties to the newer page. Every global head holds the same positions 0..n_ctx-1 in the full cache.
   const int64_t n_pages = (n_ctx + T - 1) / T;
-  const int64_t n_pick = (budget + T - 1) / T + 2;
+  const int64_t n_pick = kv::draft_page_cap(static_cast<int32_t>(budget), T);
   const int64_t tail_page = n_ctx / T;  // holds position n_ctx: where the draft's tokens go
   int64_t selected_rows = 0;            // rows of the selected pages before the tail page
   if (n_ctx <= budget) {
     selected_rows = tail_page * T;
-  } else if (ranker->prefill_score_from(1 << 30) != INT_MAX) {
+  } else if (ranker.prefill_score_from(1 << 30) != INT_MAX) {
     // Picks by attention scores are taken to scatter over every page, so the cap's pages are read, all full but
     // the tail page: that one holds the newest tokens, which the observation window always picks, whenever it
     // holds prompt tokens (and is then read as the tail).
-    const int64_t n_sel = std::min(n_pick, n_pages) - (n_ctx % T != 0 && ranker->n_window() > 0 ? 1 : 0);
+    const int64_t n_sel = std::min(n_pick, n_pages) - (n_ctx % T != 0 && ranker.n_window() > 0 ? 1 : 0);
     selected_rows = std::min(n_sel, tail_page) * T;
   } else {
     if (n_ctx > INT32_MAX) fail("a context of {} tokens", n_ctx);
     std::vector<int32_t> positions(static_cast<size_t>(n_ctx));
     for (int64_t i = 0; i < n_ctx; ++i) positions[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-    const std::vector<int32_t> keep = ranker->select(positions, nullptr, static_cast<int32_t>(budget));
+    const std::vector<int32_t> keep = ranker.select(positions, nullptr, static_cast<int32_t>(budget));
     std::vector<int32_t> count(static_cast<size_t>(n_pages), 0);
     for (int32_t s : keep) ++count[static_cast<size_t>(s / T)];
-    std::vector<int64_t> order;
-    for (int64_t p = 0; p < n_pages; ++p)
-      if (count[static_cast<size_t>(p)] > 0) order.push_back(p);
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      const int32_t ca = count[static_cast<size_t>(a)], cb = count[static_cast<size_t>(b)];
-      return ca > cb || (ca == cb && a > b);
-    });
-    if (static_cast<int64_t>(order.size()) > n_pick) order.resize(static_cast<size_t>(n_pick));
-    for (int64_t p : order) selected_rows += p < tail_page ? T : 0;
+    for (int32_t p : kv::draft_pages(count, static_cast<int32_t>(n_pick))) selected_rows += p < tail_page ? T : 0;
   }
   // The tail: the prompt's tokens in the page holding position n_ctx, and the drafts' own (the j-th draft forward
   // reads j + 1 of them).

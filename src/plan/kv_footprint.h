@@ -13,6 +13,7 @@
 
 namespace longctx::kv {
 class KvPolicy;
+class TokenRanker;
 }
 
 namespace longctx::plan {
@@ -70,7 +71,7 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
 // (SnapKV) is taken to scatter its picks over every page: the cap's pages, one of them the tail page when that
 // holds prompt tokens (its observation window picks the newest). read_bytes and n_slots_read are set; the memory
 // fields are left 0.
-KvFootprint spec_draft_footprint(const PlanArch& arch, const kv::KvPolicy& verifier, const kv::KvPolicy& draft,
+KvFootprint spec_draft_footprint(const PlanArch& arch, const kv::KvPolicy& verifier, const kv::TokenRanker& draft,
                                  int64_t n_ctx, int32_t gamma);
 
 // Bytes of one page in the format (the codec's kv_page_bytes): the unit of the pool.
