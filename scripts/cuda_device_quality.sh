@@ -9,9 +9,9 @@
 #   run command=".devcarry/quality/cuda_device_quality.sh TABLE..." carry=[".devcarry/quality"]
 #
 # TABLE is MODEL:LENGTHS[:RATIOS] with MODEL smollm2 or gemma (e.g. smollm2:8k gemma:8k,16k,32k:8,20); METHODS,
-# DEPTHS, SEEDS and MODES override quality_table.py's choices. Each table's eval JSONs and quality_table.md go to
-# $OUT/MODEL (quality_table.py reuses a JSON already there, so a table cut off by the call's time limit goes on from
-# what it finished when the same folder comes back).
+# TASKS, DEPTHS, SEEDS and MODES override quality_table.py's choices. Each table's eval JSONs and quality_table.md go to
+# $OUT/MODEL (quality_table.py goes on from a JSON already there, so a table cut off by the call's time limit is
+# finished by a later call given the same folder back: copy what came back into $OUT/MODEL first).
 set -uo pipefail
 if [ "${1:-}" = "--stage" ]; then
   D="$2" repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -45,7 +45,7 @@ for spec in "$@"; do
   [ -f "$MODELS/$name.gguf" ] || { echo "$name: not brought (add its parts)"; rc=1; continue; }
   args=(-m "$MODELS/$name.gguf" -o "$OUT/$name" --longctx "$HERE/bin/longctx" --device cuda --lengths "$lengths"
         --ratios "${ratios:-8,20}" --depths "${DEPTHS:-0.1,0.3,0.5,0.7,0.9}" --seeds "${SEEDS:-1}"
-        --modes "${MODES:-inside}" --threads 8)
+        --modes "${MODES:-inside}" --tasks "${TASKS:-needle,multikey}" --threads 8)
   [ -n "${METHODS:-}" ] && args+=(--methods "$METHODS")
   echo "== $name $lengths"
   time python3 quality_table.py "${args[@]}" || rc=1

@@ -11,12 +11,17 @@ Each method is a --kv template whose token budget is a fraction of each case's l
 bits keeps more tokens for the same bytes (budget = 1 / (ratio * bytes_per_token_vs_f16)). The ratio in a cell is
 the one the store measured (f16 bytes of the full cache over the bytes held after compression), not the target.
 One `longctx eval` run per (length, mode) holds every policy, so all see the same prompts. A run whose JSON already
-exists is reused (--table-only reads only). Prints a markdown table per (length, mode) and writes it to
+exists is reused (--table-only reads only); one that a time limit cut off (eval writes its JSON after every case)
+goes on where it stopped: the (task, depth) pairs that lack a policy run again and their cases replace the partial
+ones. Prints a markdown table per (length, mode) and writes it to
 OUT_DIR/quality_table.md. A cell reads "needle multikey (ratio, =k/n)": correct cases per task, then the measured
-ratio and in how many cases the answer's number is the full cache's (the full cache's own mistakes included).
+ratio and in how many cases the answer's number is the full cache's (the full cache's own mistakes included). With
+the ppl task (--tasks needle,multikey,ppl) a cell also gives the perplexity of the text after a prefix compressed by
+the policy, as its change against the full cache's (the full row: the perplexity itself).
 """
 import argparse
 import json
+import math
 import re
 import os
 import subprocess
@@ -64,8 +69,8 @@ def policies_for(methods, ratios):
     return list(dict.fromkeys(out))
 
 
-def run_eval(a, length, mode, policies, path):
-    cmd = [a.longctx, "eval", ",".join(a.tasks), "-m", a.model, "--lengths", length, "--depths", a.depths,
+def run_eval(a, length, mode, policies, path, tasks=None, depths=None):
+    cmd = [a.longctx, "eval", ",".join(tasks or a.tasks), "-m", a.model, "--lengths", length, "--depths", depths or a.depths,
            "--seeds", str(a.seeds), "-t", str(a.threads), "--progress", "off", "-o", path]
     if a.device:
         cmd += ["--device", a.device]
@@ -75,6 +80,46 @@ def run_eval(a, length, mode, policies, path):
         cmd += ["--kv", p]
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True)
+
+
+def parse_depths(text):
+    return [float(d) for d in text.split(",")]
+
+
+def resume_eval(a, length, mode, policies, path):
+    """Completes a cut-off run at `path`: reruns, one eval per task, the depths where some policy has no case yet
+    (in a part file beside it, merged when done or at the next call if this one is cut off too)."""
+    with open(path) as f:
+        doc = json.load(f)
+    for task in a.tasks:
+        part = f"{path}.part-{task}.json"
+        if os.path.exists(part):  # a part an earlier call left: its finished (depth, policy) cases count
+            with open(part) as f:
+                doc["cases"] += json.load(f)["cases"]
+            os.remove(part)
+    doc.pop("summary", None)  # the per-policy summary of the first run only: the table reads the cases
+    key = lambda c: (c["task"], round(c["depth"], 6), c["seed"], c["policy"])
+    doc["cases"] = list({key(c): c for c in doc["cases"]}.values())
+    want_seeds = range(1, a.seeds + 1)
+    for task in a.tasks:
+        have = {key(c) for c in doc["cases"]}
+        depths = [0.0] if task == "ppl" else parse_depths(a.depths)  # ppl scores the text after the prefix
+        missing = [d for d in depths
+                   if any((task, round(d, 6), s, p) not in have for s in want_seeds for p in policies)]
+        if not missing:
+            continue
+        doc["cases"] = [c for c in doc["cases"] if not (c["task"] == task and round(c["depth"], 6) in
+                                                           {round(d, 6) for d in missing})]
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=1)
+        part = f"{path}.part-{task}.json"
+        run_eval(a, length, mode, policies, part, tasks=[task],
+                 depths=a.depths if task == "ppl" else ",".join(str(d) for d in missing))
+        with open(part) as f:
+            doc["cases"] += json.load(f)["cases"]
+        os.remove(part)
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=1)
 
 
 def table(path, methods, ratios):
@@ -95,6 +140,10 @@ def table(path, methods, ratios):
 
     full = {case_key(c): c for c in by_policy.get("full", [])}
 
+    def perplexity(cs):
+        n = sum(c["n_scored"] for c in cs)
+        return math.exp(sum(c["nll_sum"] for c in cs) / n) if n else 0.0
+
     def cell(policy):
         cs = by_policy.get(policy)
         if not cs:
@@ -103,9 +152,12 @@ def table(path, methods, ratios):
         accs = []
         for t in tasks:
             tc = [c for c in cs if c["task"] == t]
-            if tc:
+            if tc and t == "ppl":
+                p, p_full = perplexity(tc), perplexity([full[case_key(c)] for c in tc if case_key(c) in full])
+                accs.append(f"ppl {p:.2f}" if policy == "full" or not p_full else f"ppl {100 * (p / p_full - 1):+.1f}%")
+            elif tc:
                 accs.append(f"{sum(c['correct'] for c in tc)}/{len(tc)}")
-        same = [answer(c) == answer(full[case_key(c)]) for c in cs if case_key(c) in full]
+        same = [answer(c) == answer(full[case_key(c)]) for c in cs if case_key(c) in full and c["task"] != "ppl"]
         agree = f", ={sum(same)}/{len(same)}" if same and policy != "full" else ""
         return f"{' '.join(accs)} ({ratio:.1f}x{agree})"
 
@@ -151,6 +203,8 @@ def main():
                 if a.table_only:
                     continue
                 run_eval(a, length, mode, policies_for(methods, ratios), path)
+            elif not a.table_only:
+                resume_eval(a, length, mode, policies_for(methods, ratios), path)
             md.append(f"### {length} tokens, question {mode} the compressed context\n\n" + table(path, methods, ratios))
     text = "\n\n".join(md) + "\n"
     with open(os.path.join(a.out, "quality_table.md"), "w") as f:

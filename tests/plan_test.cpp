@@ -672,7 +672,7 @@ TEST(PlanSpec, ParsesAndRefusesBadSpecs) {
   throws_with("self:accept=high", "accept is");
   throws_with("self:gamma=4,draft=streaming:budget=256,accept=2", "not '2'");
   throws_with("self:beta=2", "unknown argument 'beta=2'");
-  throws_with("self:draft=snapkv:budget=64,accept=0.9,gamma=3", "only a last ',accept=A'");
+  throws_with("self:draft=snapkv:budget=64,accept=0.9,gamma=3", "only a last ',accept=V'");
   throws_with("self:draft=", "draft= is empty");
   throws_with("self:draft=h2o:budget=256", "attention of every decode step");
   throws_with("self:draft=kivi:bits=2", "not a token policy");

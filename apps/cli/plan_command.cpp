@@ -13,7 +13,6 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "engine/speculative.h"
 #include "kv/policy.h"
 #include "model/model.h"
 #include "plan/cost_model.h"
@@ -192,12 +191,10 @@ int plan_command(const PlanCommandOptions& o) {
       if (std::find(kv_formats.begin(), kv_formats.end(), f) == kv_formats.end()) kv_formats.push_back(f);
   }
 
-  // --spec: plan's own parse (with the acceptance it assumes), and the engine's on the same spec without accept=,
-  // so that plan takes no spec that `run --spec` refuses.
+  // --spec: the engine's parse (kv::parse_self_spec) with the acceptance plan assumes.
   std::optional<plan::SpecPlan> spec;
   if (!o.spec.empty()) {
     spec = plan::parse_spec_plan(o.spec);
-    parse_spec(spec->engine_spec);
     bool any_full = false;
     for (const auto& p : policies) any_full = any_full || p->keeps_every_token();
     if (!any_full)

@@ -14,8 +14,6 @@
 namespace longctx {
 namespace {
 
-constexpr int32_t kMaxGamma = 32;
-
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -23,34 +21,10 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 SpecParams parse_spec(const std::string& spec) {
+  const kv::SelfSpec parsed = kv::parse_self_spec(spec);
   SpecParams sp;
-  const size_t colon = spec.find(':');
-  const std::string name = spec.substr(0, colon);
-  if (name != "self") fail("--spec '{}': unknown method '{}'; valid: {}", spec, name, spec_help());
-  if (colon != std::string::npos) {
-    std::string rest = spec.substr(colon + 1);
-    // draft= takes the rest of the spec: its own arguments are separated by commas too.
-    const size_t d = rest.find("draft=");
-    if (d != std::string::npos && (d == 0 || rest[d - 1] == ',')) {
-      sp.draft = rest.substr(d + 6);
-      rest = d == 0 ? std::string() : rest.substr(0, d - 1);
-    }
-    if (!rest.empty())
-      for (const std::string& item : kv::split_spec(rest, ',')) {
-        const size_t eq = item.find('=');
-        const std::string key = item.substr(0, eq);
-        if (key != "gamma" || eq == std::string::npos)
-          fail("--spec '{}': unknown argument '{}'; valid: gamma=N (1..{}), draft=SPEC (last)", spec, item, kMaxGamma);
-        const std::string value = item.substr(eq + 1);
-        char* end = nullptr;
-        const long g = std::strtol(value.c_str(), &end, 10);
-        if (value.empty() || *end != '\0' || g < 1 || g > kMaxGamma)
-          fail("--spec '{}': gamma must be an integer in [1, {}], not '{}'", spec, kMaxGamma, value);
-        sp.gamma = static_cast<int32_t>(g);
-      }
-  }
-  std::vector<std::unique_ptr<kv::TokenRanker>> owned;
-  kv::make_draft_ranker(sp.draft, owned);  // refuses a draft that cannot draft, before any work
+  sp.gamma = parsed.gamma;
+  sp.draft = parsed.draft;
   return sp;
 }
 
@@ -188,7 +162,8 @@ void SpecDraftView::narrow(int32_t layer, const float*, const int32_t*, int32_t,
 namespace {
 
 SessionOptions spec_session_options(const GenerateParams& p, const SpecParams& spec) {
-  if (spec.gamma < 1 || spec.gamma > kMaxGamma) fail("--spec: gamma must be in [1, {}], not {}", kMaxGamma, spec.gamma);
+  if (spec.gamma < 1 || spec.gamma > kv::SelfSpec::kMaxGamma)
+    fail("--spec: gamma must be in [1, {}], not {}", kv::SelfSpec::kMaxGamma, spec.gamma);
   SessionOptions o;
   o.n_ctx = p.n_ctx;
   o.n_batch = p.n_batch;

@@ -24,6 +24,7 @@
 #include "engine/sampler.h"
 #include "engine/session.h"
 #include "kv/policy.h"
+#include "kv/spec_draft.h"
 #include "kv/token_ranker.h"
 #include "model/forward.h"
 #include "model/model.h"
@@ -32,13 +33,13 @@
 namespace longctx {
 
 struct SpecParams {
-  int32_t gamma = 4;                               // tokens drafted per verify step
-  std::string draft = "streaming:budget=512,sink=4";  // a --kv spec of one token policy: the draft's view
+  int32_t gamma = kv::SelfSpec{}.gamma;   // tokens drafted per verify step
+  std::string draft = kv::SelfSpec{}.draft;  // a --kv spec of one token policy: the draft's view
   std::string verifier_kv = "full";                  // the --kv spec of the verifier: the full cache (f16 or f32)
 };
 
-// "self", "self:gamma=6" or "self:gamma=6,draft=snapkv:budget=1024,window=32": draft= comes last and takes the rest
-// of the spec, commas included. Throws Error naming what is wrong (unknown method or key, gamma out of [1, 32]).
+// "self", "self:gamma=6" or "self:gamma=6,draft=snapkv:budget=1024,window=32" (kv::parse_self_spec). Throws Error
+// naming what is wrong.
 SpecParams parse_spec(const std::string& spec);
 // The help line of --spec.
 std::string spec_help();

@@ -1,12 +1,63 @@
 #include "kv/spec_draft.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/error.h"
 #include "kv/policy_registry.h"
 #include "kv/spec_args.h"
 
 namespace longctx::kv {
+
+SelfSpec parse_self_spec(const std::string& spec, const std::string& extra_key) {
+  const std::string valid = "valid: gamma=N (1.." + std::to_string(SelfSpec::kMaxGamma) + ")" +
+                            (extra_key.empty() ? "" : ", " + extra_key + "=V") + ", draft=SPEC (last)";
+  SelfSpec sp;
+  const size_t colon = spec.find(':');
+  const std::string name = spec.substr(0, colon);
+  if (name != "self") fail("--spec '{}': unknown method '{}'; valid: self[:gamma=N,draft=SPEC]", spec, name);
+  std::vector<std::string> items;
+  if (colon != std::string::npos) {
+    std::string rest = spec.substr(colon + 1);
+    if (rest.empty()) fail("--spec '{}': nothing after 'self:'; {}", spec, valid);
+    const size_t d = rest.find("draft=");
+    if (d != std::string::npos && (d == 0 || rest[d - 1] == ',')) {
+      sp.draft = rest.substr(d + 6);
+      const size_t e = extra_key.empty() ? std::string::npos : sp.draft.rfind("," + extra_key + "=");
+      if (e != std::string::npos) {
+        if (sp.draft.find(',', e + 1) != std::string::npos)
+          fail("--spec '{}': draft= takes the rest of the spec, so only a last ',{}=V' may follow its arguments; put "
+               "gamma= and {}= before draft=",
+               spec, extra_key, extra_key);
+        items.push_back(sp.draft.substr(e + 1));
+        sp.draft = sp.draft.substr(0, e);
+      }
+      rest = d == 0 ? std::string() : rest.substr(0, d - 1);
+    }
+    if (!rest.empty())
+      for (const std::string& item : split_spec(rest, ',')) items.push_back(item);
+  }
+  for (const std::string& item : items) {
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq);
+    const std::string value = eq == std::string::npos ? std::string() : item.substr(eq + 1);
+    if (eq != std::string::npos && !extra_key.empty() && key == extra_key) {
+      sp.extra = value;
+      sp.extra_given = true;
+    } else if (eq != std::string::npos && key == "gamma") {
+      char* end = nullptr;
+      const long g = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || g < 1 || g > SelfSpec::kMaxGamma)
+        fail("--spec '{}': gamma must be an integer in [1, {}], not '{}'", spec, SelfSpec::kMaxGamma, value);
+      sp.gamma = static_cast<int32_t>(g);
+    } else {
+      fail("--spec '{}': unknown argument '{}'; {}", spec, item, valid);
+    }
+  }
+  std::vector<std::unique_ptr<TokenRanker>> owned;
+  make_draft_ranker(sp.draft, owned);  // refuses a draft that cannot draft, before any work
+  return sp;
+}
 
 const TokenRanker* make_draft_ranker(const std::string& spec, std::vector<std::unique_ptr<TokenRanker>>& owned) {
   if (spec.empty()) fail("--spec: draft= is empty; give a token policy, e.g. draft=streaming:budget=512");

@@ -12,6 +12,20 @@
 
 namespace longctx::kv {
 
+// Lossless self-speculation's --spec, "self[:gamma=N,draft=SPEC]": draft= comes last and takes the rest of the spec,
+// commas included (its own arguments are separated by commas too). A caller may take one more key (extra_key: plan's
+// accept=, the acceptance it assumes) before draft= or as a last ",extra_key=V" after the draft's arguments, which no
+// draft policy has. Throws Error naming what is wrong: another method, an unknown key, gamma outside [1, 32], a
+// draft that cannot draft (make_draft_ranker).
+struct SelfSpec {
+  static constexpr int32_t kMaxGamma = 32;
+  int32_t gamma = 4;                                  // tokens drafted per verify step
+  std::string draft = "streaming:budget=512,sink=4";  // a --kv spec of one token policy: the draft's view
+  bool extra_given = false;
+  std::string extra;  // extra_key's value, when given (unchecked)
+};
+SelfSpec parse_self_spec(const std::string& spec, const std::string& extra_key = {});
+
 // The draft's token policy from its --kv spec (streaming, snapkv, ...): one token policy with a budget, ranking by
 // what the prompt gives (no decode-step scores, no pass after prefill). Throws Error otherwise. owned keeps it alive.
 const TokenRanker* make_draft_ranker(const std::string& spec, std::vector<std::unique_ptr<TokenRanker>>& owned);

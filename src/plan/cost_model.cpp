@@ -218,64 +218,19 @@ DecodeCost verify_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFoot
 }
 
 SpecPlan parse_spec_plan(const std::string& spec) {
-  const auto usage = [] {
-    return fmt::format("self[:gamma=N,draft=SPEC][,accept=A]: gamma 1..{} (default 4), draft a token policy "
-                       "(default streaming:budget=512,sink=4), accept the acceptance assumed, 0..1 (default {})",
-                       SpecPlan::kMaxGamma, SpecPlan::kDefaultAccept);
-  };
+  const kv::SelfSpec parsed = kv::parse_self_spec(spec, "accept");
   SpecPlan sp;
-  const size_t colon = spec.find(':');
-  const std::string name = spec.substr(0, colon);
-  if (name != "self") fail("--spec '{}': unknown method '{}'; plan takes {}", spec, name, usage());
-  std::vector<std::string> items;
-  std::string engine_args;
-  if (colon != std::string::npos) {
-    std::string rest = spec.substr(colon + 1);
-    if (rest.empty()) fail("--spec '{}': nothing after 'self:'; {}", spec, usage());
-    // draft= takes the rest of the spec (its own arguments are separated by commas too), but for a last
-    // ",accept=A", which no draft policy has.
-    const size_t d = rest.find("draft=");
-    if (d != std::string::npos && (d == 0 || rest[d - 1] == ',')) {
-      std::string draft = rest.substr(d + 6);
-      const size_t a = draft.rfind(",accept=");
-      if (a != std::string::npos) {
-        if (draft.find(',', a + 1) != std::string::npos)
-          fail("--spec '{}': draft= takes the rest of the spec, so only a last ',accept=A' may follow its arguments; "
-               "put gamma= and accept= before draft=",
-               spec);
-        items.push_back(draft.substr(a + 1));
-        draft = draft.substr(0, a);
-      }
-      sp.draft = draft;
-      rest = d == 0 ? std::string() : rest.substr(0, d - 1);
-    }
-    if (!rest.empty())
-      for (const std::string& item : kv::split_spec(rest, ',')) items.push_back(item);
-  }
-  for (const std::string& item : items) {
-    const size_t eq = item.find('=');
-    const std::string key = item.substr(0, eq);
-    const std::string value = eq == std::string::npos ? std::string() : item.substr(eq + 1);
+  sp.gamma = parsed.gamma;
+  sp.draft = parsed.draft;
+  if (parsed.extra_given) {
     char* end = nullptr;
-    if (key == "gamma" && eq != std::string::npos) {
-      const long g = std::strtol(value.c_str(), &end, 10);
-      if (value.empty() || *end != '\0' || g < 1 || g > SpecPlan::kMaxGamma)
-        fail("--spec '{}': gamma must be an integer in [1, {}], not '{}'", spec, SpecPlan::kMaxGamma, value);
-      sp.gamma = static_cast<int32_t>(g);
-      engine_args += (engine_args.empty() ? "" : ",") + item;
-    } else if (key == "accept" && eq != std::string::npos) {
-      const double a = std::strtod(value.c_str(), &end);
-      if (value.empty() || *end != '\0' || !(a >= 0.0 && a <= 1.0))
-        fail("--spec '{}': accept is the acceptance per drafted token, a number in [0, 1], not '{}'", spec, value);
-      sp.accept = a;
-      sp.accept_given = true;
-    } else {
-      fail("--spec '{}': unknown argument '{}'; {}", spec, item, usage());
-    }
+    const double a = std::strtod(parsed.extra.c_str(), &end);
+    if (parsed.extra.empty() || *end != '\0' || !(a >= 0.0 && a <= 1.0))
+      fail("--spec '{}': accept is the acceptance per drafted token, a number in [0, 1], not '{}'", spec, parsed.extra);
+    sp.accept = a;
+    sp.accept_given = true;
   }
-  std::vector<std::unique_ptr<kv::TokenRanker>> owned;
-  kv::make_draft_ranker(sp.draft, owned);  // refuses a draft that cannot draft
-  sp.engine_spec = "self:" + (engine_args.empty() ? std::string() : engine_args + ",") + "draft=" + sp.draft;
+  sp.engine_spec = fmt::format("self:gamma={},draft={}", sp.gamma, sp.draft);
   return sp;
 }
 

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "kv/spec_draft.h"
 #include "plan/device.h"
 #include "plan/kv_footprint.h"
 #include "plan/plan_arch.h"
@@ -83,10 +84,9 @@ DecodeCost verify_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFoot
 // `--spec self[:gamma=N,draft=SPEC][,accept=A]` for plan: the engine's --spec (engine/speculative.h) plus the
 // acceptance a that the cost model assumes (accept= before draft=, or last, after the draft's own arguments).
 struct SpecPlan {
-  static constexpr int32_t kMaxGamma = 32;        // the engine's limit
   static constexpr double kDefaultAccept = 0.85;  // assumed when accept= is not given (stated in the output)
-  int32_t gamma = 4;
-  std::string draft = "streaming:budget=512,sink=4";
+  int32_t gamma = kv::SelfSpec{}.gamma;
+  std::string draft = kv::SelfSpec{}.draft;
   double accept = kDefaultAccept;
   bool accept_given = false;
   std::string engine_spec;  // the spec without accept=: what `run --spec` takes
