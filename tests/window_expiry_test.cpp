@@ -25,6 +25,17 @@ struct RecordingPolicy final : kv::KvPolicy {
   std::vector<Call> calls;
 };
 
+// A policy that keeps and reads every token: expiry frees whole pages only.
+struct ReadsEveryTokenPolicy final : kv::KvPolicy {
+  std::string describe() const override { return "reads every token"; }
+  KvFormat page_format() const override { return KvFormat::F32; }
+  bool keeps_and_reads_every_token() const override { return true; }
+  void on_slots_removed(int32_t, int32_t, int32_t n_before, const std::vector<int32_t>& slots) override {
+    removed.push_back({n_before, slots});
+  }
+  std::vector<std::pair<int32_t, std::vector<int32_t>>> removed;
+};
+
 TEST(WindowExpiry, FreesOnlyWhatNoLaterQuerySeesAndChangesNoOutput) {
   constexpr int32_t kWindow = 20, kTokens = 100, kDim = 32, kHeadsKv = 2, kHeads = 4;
   ModelConfig c;
@@ -142,6 +153,60 @@ TEST(WindowExpiry, ModelsWithoutWindowsKeepEverything) {
   kv_expire_window(c, seq, policy, 1000);
   EXPECT_EQ(seq.head(0, 0).n_tokens(), 40);
   EXPECT_TRUE(policy.calls.empty());
+}
+
+// Under a policy that keeps and reads every token, expiry waits until the oldest page is wholly expired and then
+// lets it go without compacting anything: the local layer holds at most a page's worth of expired tokens more
+// than the window, all of them in its oldest page, and attention for the next query equals that over the exactly
+// expired cache.
+TEST(WindowExpiry, WholePagesGoUnderAPolicyThatReadsEveryToken) {
+  constexpr int32_t kWindow = 20, kDim = 16, kSteps = 150, kHeads = 2, kT = 8;
+  ModelConfig c;
+  c.n_layer = 1;
+  c.n_head_kv = 1;
+  c.sliding_window = kWindow;
+  c.layer_is_local = {true};
+  kv::KvGeometry geo{1, 1, kDim, kT, KvFormat::F32, KvFormat::F32};
+  kv::KvPagePool pool(geo.page_tokens, kDim, size_t{1} << 26);
+  kv::KvSequence lazy(geo, pool), exact(geo, pool);
+  ReadsEveryTokenPolicy whole;
+  RecordingPolicy every;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  std::vector<float> k(kDim), v(kDim), q(static_cast<size_t>(kHeads) * kDim), a(q.size()), b(q.size());
+  const cpu::AttentionParams ap{kHeads, 1, kDim, 0.25f, kWindow};
+  ThreadPool tp(2);
+  const size_t page_bytes = pool.page_bytes(KvFormat::F32);
+  for (int32_t pos = 0; pos < kSteps; ++pos) {
+    for (auto& x : k) x = nd(rng);
+    for (auto& x : v) x = nd(rng);
+    lazy.append(0, k.data(), v.data(), &pos, 1);
+    exact.append(0, k.data(), v.data(), &pos, 1);
+    kv_expire_window(c, lazy, whole, pos + 1);
+    kv_expire_window(c, exact, every, pos + 1);
+    const kv::KvHeadCache& h = lazy.head(0, 0);
+    const int32_t last_expired = pos + 1 - kWindow;
+    // Expired tokens left: only in the oldest page, which still holds a token in the window.
+    const int32_t first_rows = h.pages.front().n_rows;
+    for (int32_t s = first_rows; s < h.n_tokens(); ++s) ASSERT_GT(h.positions[static_cast<size_t>(s)], last_expired);
+    ASSERT_GT(h.positions[static_cast<size_t>(first_rows - 1)], last_expired) << pos;
+    ASSERT_LE(h.n_tokens(), std::min(pos + 1, kWindow - 1 + kT - 1)) << pos;
+    ASSERT_LE(lazy.bytes().payload, static_cast<size_t>((kWindow - 1 + kT - 1 + kT - 1) / kT + 1) * page_bytes);
+    // The next query sees the same keys and values in both caches.
+    for (auto& x : q) x = nd(rng);
+    const int32_t q_pos = pos + 1;
+    cpu::attention(tp, ap, q.data(), &q_pos, 1, lazy.layer_view(0), a.data());
+    cpu::attention(tp, ap, q.data(), &q_pos, 1, exact.layer_view(0), b.data());
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5f) << pos << " " << i;
+  }
+  // Whole pages of kT tokens went, about once every kT steps; the exact expiry removed a slot every step.
+  ASSERT_FALSE(whole.removed.empty());
+  for (const auto& [n_before, slots] : whole.removed) {
+    EXPECT_EQ(slots.size(), static_cast<size_t>(kT));
+    for (size_t i = 0; i < slots.size(); ++i) EXPECT_EQ(slots[i], static_cast<int32_t>(i));
+  }
+  EXPECT_LE(whole.removed.size(), static_cast<size_t>(kSteps / kT));
+  EXPECT_GT(every.calls.size(), static_cast<size_t>(kSteps - kWindow - 1));
 }
 
 }  // namespace

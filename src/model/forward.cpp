@@ -9,14 +9,28 @@ namespace longctx {
 void kv_expire_window(const ModelConfig& c, kv::KvSequence& kv, kv::KvPolicy& policy, int32_t next_pos) {
   if (c.sliding_window <= 0) return;
   const int32_t last_expired = next_pos - c.sliding_window;
+  const bool whole_pages = policy.keeps_and_reads_every_token();
   std::vector<int32_t> slots;
   for (int32_t il = 0; il < c.n_layer; ++il) {
     if (!c.layer_is_local[static_cast<size_t>(il)]) continue;
     for (int32_t g = 0; g < c.n_head_kv; ++g) {
       const kv::KvHeadCache& h = kv.head(il, g);
       slots.clear();
-      for (int32_t s = 0; s < h.n_tokens(); ++s)
-        if (h.positions[static_cast<size_t>(s)] <= last_expired) slots.push_back(s);
+      if (whole_pages) {
+        // The leading pages whose every slot is expired.
+        int32_t s0 = 0;
+        for (const kv::KvPage& page : h.pages) {
+          const int32_t s1 = s0 + page.n_rows;
+          const bool expired = std::all_of(h.positions.begin() + s0, h.positions.begin() + s1,
+                                           [&](int32_t p) { return p <= last_expired; });
+          if (!expired) break;
+          for (int32_t s = s0; s < s1; ++s) slots.push_back(s);
+          s0 = s1;
+        }
+      } else {
+        for (int32_t s = 0; s < h.n_tokens(); ++s)
+          if (h.positions[static_cast<size_t>(s)] <= last_expired) slots.push_back(s);
+      }
       if (slots.empty()) continue;
       const int32_t n_before = h.n_tokens();
       kv.remove_slots(il, g, slots);
