@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/cpu/attention.h"
+#include "kv/policy_registry.h"
 #include "model/forward.h"
 
 namespace longctx {
@@ -25,11 +26,11 @@ struct RecordingPolicy final : kv::KvPolicy {
   std::vector<Call> calls;
 };
 
-// A policy that keeps and reads every token: expiry frees whole pages only.
-struct ReadsEveryTokenPolicy final : kv::KvPolicy {
-  std::string describe() const override { return "reads every token"; }
+// A policy that leaves the cache alone while decoding: expiry after a decode step frees whole pages only.
+struct PassivePolicy final : kv::KvPolicy {
+  std::string describe() const override { return "passive"; }
   KvFormat page_format() const override { return KvFormat::F32; }
-  bool keeps_and_reads_every_token() const override { return true; }
+  bool passive_during_decode() const override { return true; }
   void on_slots_removed(int32_t, int32_t, int32_t n_before, const std::vector<int32_t>& slots) override {
     removed.push_back({n_before, slots});
   }
@@ -155,11 +156,11 @@ TEST(WindowExpiry, ModelsWithoutWindowsKeepEverything) {
   EXPECT_TRUE(policy.calls.empty());
 }
 
-// Under a policy that keeps and reads every token, expiry waits until the oldest page is wholly expired and then
-// lets it go without compacting anything: the local layer holds at most a page's worth of expired tokens more
+// After decode steps under a policy that leaves the cache alone while decoding, expiry waits until the oldest page
+// is wholly expired and then lets it go without compacting anything: the local layer holds at most a page's worth of expired tokens more
 // than the window, all of them in its oldest page, and attention for the next query equals that over the exactly
 // expired cache.
-TEST(WindowExpiry, WholePagesGoUnderAPolicyThatReadsEveryToken) {
+TEST(WindowExpiry, WholePagesGoAfterDecodeStepsUnderAPassivePolicy) {
   constexpr int32_t kWindow = 20, kDim = 16, kSteps = 150, kHeads = 2, kT = 8;
   ModelConfig c;
   c.n_layer = 1;
@@ -169,7 +170,7 @@ TEST(WindowExpiry, WholePagesGoUnderAPolicyThatReadsEveryToken) {
   kv::KvGeometry geo{1, 1, kDim, kT, KvFormat::F32, KvFormat::F32};
   kv::KvPagePool pool(geo.page_tokens, kDim, size_t{1} << 26);
   kv::KvSequence lazy(geo, pool), exact(geo, pool);
-  ReadsEveryTokenPolicy whole;
+  PassivePolicy whole;
   RecordingPolicy every;
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
@@ -182,8 +183,8 @@ TEST(WindowExpiry, WholePagesGoUnderAPolicyThatReadsEveryToken) {
     for (auto& x : v) x = nd(rng);
     lazy.append(0, k.data(), v.data(), &pos, 1);
     exact.append(0, k.data(), v.data(), &pos, 1);
-    kv_expire_window(c, lazy, whole, pos + 1);
-    kv_expire_window(c, exact, every, pos + 1);
+    kv_expire_window(c, lazy, whole, pos + 1, /*decode_step=*/true);
+    kv_expire_window(c, exact, every, pos + 1, /*decode_step=*/true);
     const kv::KvHeadCache& h = lazy.head(0, 0);
     const int32_t last_expired = pos + 1 - kWindow;
     // Expired tokens left: only in the oldest page, which still holds a token in the window.
@@ -207,6 +208,31 @@ TEST(WindowExpiry, WholePagesGoUnderAPolicyThatReadsEveryToken) {
   }
   EXPECT_LE(whole.removed.size(), static_cast<size_t>(kSteps / kT));
   EXPECT_GT(every.calls.size(), static_cast<size_t>(kSteps - kWindow - 1));
+}
+
+// Outside decode steps (prefill chunks) expiry is exact under any policy; in decode steps whole pages go only under
+// policies that neither evict, nor choose what a step reads, nor move keys to in-cache positions.
+TEST(WindowExpiry, WhichPoliciesArePassiveWhileDecoding) {
+  for (const char* spec : {"full", "full:type=f32", "kivi:bits=2", "snapkv:budget=64", "chunkkv:budget=64",
+                           "pyramid:budget=64+snapkv", "snapkv:budget=64+adakv", "snapkv:budget=64+kivi:bits=4"})
+    EXPECT_TRUE(kv::make_kv_policy(spec, 4, 2)->passive_during_decode()) << spec;
+  for (const char* spec : {"h2o:budget=64", "tova:budget=64", "streaming:budget=64", "quest:budget=128"})
+    EXPECT_FALSE(kv::make_kv_policy(spec, 4, 2)->passive_during_decode()) << spec;
+
+  ModelConfig c;
+  c.n_layer = 1;
+  c.n_head_kv = 1;
+  c.sliding_window = 10;
+  c.layer_is_local = {true};
+  kv::KvGeometry geo{1, 1, 8, 8, KvFormat::F32, KvFormat::F32};
+  kv::KvPagePool pool(geo.page_tokens, 8, size_t{1} << 24);
+  kv::KvSequence seq(geo, pool);
+  std::vector<float> row(8, 1.0f);
+  for (int32_t pos = 0; pos < 13; ++pos) seq.append(0, row.data(), row.data(), &pos, 1);
+  PassivePolicy passive;
+  kv_expire_window(c, seq, passive, 13);  // a prefill chunk's expiry: positions 0..3 go, though their page stays
+  EXPECT_EQ(seq.head(0, 0).n_tokens(), 9);
+  EXPECT_EQ(seq.head(0, 0).positions.front(), 4);
 }
 
 }  // namespace

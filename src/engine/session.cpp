@@ -333,7 +333,7 @@ void EngineSession::step(std::span<const SequenceStep> steps, float* logits, Win
       Sequence& s = seq(steps[p0 + i].seq);
       note_peak(s);
       s.policy->after_decode_step(*s.kv, s.scores);
-      if (expiry == WindowExpiry::On) kv_expire_window(c, *s.kv, *s.policy, positions[i] + 1);
+      if (expiry == WindowExpiry::On) kv_expire_window(c, *s.kv, *s.policy, positions[i] + 1, /*decode_step=*/true);
       s.n_past = positions[i] + 1;
     }
   }
@@ -367,7 +367,7 @@ void EngineSession::truncate(SequenceId id, int32_t from_pos) {
 
 void EngineSession::expire_window(SequenceId id, int32_t next_pos) {
   Sequence& s = seq(id);
-  kv_expire_window(model_.config(), *s.kv, *s.policy, next_pos);
+  kv_expire_window(model_.config(), *s.kv, *s.policy, next_pos, /*decode_step=*/true);
 }
 
 bool EngineSession::context_has_room(SequenceId id) const {

@@ -133,7 +133,7 @@ class EngineSession {
   // Removes every slot at a position >= from_pos in every (layer, kv-head) (what extend appended); the next position
   // becomes from_pos. The policy is not told: only for policies that keep no per-slot state of those slots.
   void truncate(SequenceId id, int32_t from_pos);
-  // Sliding-window expiry up to next_pos (kv_expire_window).
+  // Sliding-window expiry up to next_pos after tokens decoded through extend (kv_expire_window's decode-step form).
   void expire_window(SequenceId id, int32_t next_pos);
 
   // Whether the next token of the sequence may still run: its position as the model sees it (the original one, or

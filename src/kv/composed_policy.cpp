@@ -76,6 +76,11 @@ bool ComposedPolicy::wants_decode_scores() const {
   return std::any_of(rankers_.begin(), rankers_.end(), [](const auto& r) { return r->wants_decode_scores(); });
 }
 
+bool ComposedPolicy::passive_during_decode() const {
+  return !read_filter_ && !wants_decode_scores() && positions() == KvPositions::Original &&
+         std::none_of(rankers_.begin(), rankers_.end(), [](const auto& r) { return r->evicts_during_decode(); });
+}
+
 // In-cache positions only when every head's ranker gives them: a head that keeps everything (a retrieval head, the
 // full cache) would need original positions past the trained context.
 KvPositions ComposedPolicy::positions() const {

@@ -73,7 +73,7 @@ class ComposedPolicy final : public KvPolicy {
   bool wants_key_summaries() const override { return key_summaries_; }
   int32_t page_tokens() const override { return page_tokens_; }
   bool keeps_every_token() const override { return rankers_.empty() && open_ == sealed_ && !read_filter_; }
-  bool keeps_and_reads_every_token() const override { return rankers_.empty() && !read_filter_; }
+  bool passive_during_decode() const override;
   // The read policy (Quest): what decode reads of what this policy keeps, whether it needs key summaries, and the
   // page size it selects in (0: the store's default).
   void set_read_filter(std::unique_ptr<KvReadFilter> filter, bool key_summaries, int32_t page_tokens) {

@@ -139,10 +139,11 @@ class KvPolicy {
   // Whether the cache always holds every token as it was written (nothing evicted, packed or selected): then a later
   // prompt that starts with the same tokens may reuse their K/V (the server's scheduler, engine/scheduler.h).
   virtual bool keeps_every_token() const { return false; }
-  // Whether every token stays in the cache and every decode step reads them all (pages may be packed to fewer bits):
-  // nothing is evicted, selected or skipped, so a slot that attention masks out changes nothing and sliding-window
-  // expiry may leave it until its whole page can go (kv_expire_window).
-  virtual bool keeps_and_reads_every_token() const { return false; }
+  // Whether decode steps leave the cache as the store keeps it: nothing evicted, no choice of what a step reads, keys
+  // at their original positions (a policy may still have selected at prefill, and pages may be packed to fewer
+  // bits). A slot that attention masks out then changes nothing, so sliding-window expiry in decode steps may leave
+  // it until its whole page can go (kv_expire_window).
+  virtual bool passive_during_decode() const { return false; }
 };
 
 // Parses a --kv spec: components joined by '+', each "name" or "name:key=value,key=value". A bad spec gets an

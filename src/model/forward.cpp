@@ -6,10 +6,11 @@
 
 namespace longctx {
 
-void kv_expire_window(const ModelConfig& c, kv::KvSequence& kv, kv::KvPolicy& policy, int32_t next_pos) {
+void kv_expire_window(const ModelConfig& c, kv::KvSequence& kv, kv::KvPolicy& policy, int32_t next_pos,
+                      bool decode_step) {
   if (c.sliding_window <= 0) return;
   const int32_t last_expired = next_pos - c.sliding_window;
-  const bool whole_pages = policy.keeps_and_reads_every_token();
+  const bool whole_pages = decode_step && policy.passive_during_decode();
   std::vector<int32_t> slots;
   for (int32_t il = 0; il < c.n_layer; ++il) {
     if (!c.layer_is_local[static_cast<size_t>(il)]) continue;

@@ -18,13 +18,14 @@ namespace longctx {
 // Sliding-window layers: a query at position q sees keys in (q - window, q], and every later query has a larger
 // position, so a key at or before next_pos - window is never read again. Frees those slots on every local layer
 // (no output changes: attention masks them anyway) and tells the policy which slots went so its per-slot state
-// follows. Under a policy that keeps and reads every token (KvPolicy::keeps_and_reads_every_token) only whole pages
-// go, when every slot of the oldest is expired: a decode step then frees a page every page_tokens steps instead of
-// compacting the oldest page every step (a third of Gemma 3's decode time on the CPU), and the cache holds at most
-// a page more per head. Under any other policy every expired slot goes at once, since what the cache holds is what
-// its budget counts. Call it only between forwards whose gathered attention scores the policy has already consumed
-// (slots are renumbered).
-void kv_expire_window(const ModelConfig& c, kv::KvSequence& kv, kv::KvPolicy& policy, int32_t next_pos);
+// follows. After a decode step (decode_step) under a policy that leaves the cache alone while decoding
+// (KvPolicy::passive_during_decode) only whole pages go, when every slot of the oldest is expired: a step then frees
+// a page every page_tokens steps instead of compacting the oldest page every step (a third of Gemma 3's decode time
+// on the CPU), and the cache holds at most a page more per head. Otherwise every expired slot goes at once, since
+// what a policy selects from is what the cache holds. Call it only between forwards whose gathered attention scores
+// the policy has already consumed (slots are renumbered).
+void kv_expire_window(const ModelConfig& c, kv::KvSequence& kv, kv::KvPolicy& policy, int32_t next_pos,
+                      bool decode_step = false);
 
 // StreamingLLM ("Efficient Streaming Language Models with Attention Sinks") positions tokens within the cache: the
 // cached tokens, in position order, sit at 0..n-1 and the query after them at n. RoPE scores depend only on the
