@@ -31,7 +31,8 @@ mkdir -p "$OUT" "$MODELS"
 # The parts as cuda_device_real.sh's add leaves them: SmolLM2 (98,362,432 bytes) then gemma, checked by sha256.
 cat "$PARTS"/part* > /root/both.gguf || { echo "no model parts: run cuda_device_real.sh add first"; exit 1; }
 head -c 98362432 /root/both.gguf > "$MODELS/smollm2.gguf"
-[ "$(stat -c %s /root/both.gguf)" -gt 98362432 ] && tail -c +98362433 /root/both.gguf > "$MODELS/gemma.gguf"
+# Gemma only when every part came (p1 holds its first bytes too).
+[ "$(stat -c %s /root/both.gguf)" = $((98362432 + 253113024)) ] && tail -c +98362433 /root/both.gguf > "$MODELS/gemma.gguf"
 rm /root/both.gguf
 sums="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  smollm2.gguf"
 [ -f "$MODELS/gemma.gguf" ] && sums="$sums
