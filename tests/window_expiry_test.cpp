@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/attention.h"
@@ -12,6 +13,16 @@
 
 namespace longctx {
 namespace {
+
+// A model shape for the store alone: which layers are local, kv-heads per layer, the window (0: none).
+ModelConfig window_config(std::vector<bool> is_local, int32_t n_head_kv, int32_t window) {
+  ModelConfig c;
+  c.n_layer = static_cast<int32_t>(is_local.size());
+  c.n_head_kv = n_head_kv;
+  c.sliding_window = window;
+  c.layer_is_local = std::move(is_local);
+  return c;
+}
 
 struct RecordingPolicy final : kv::KvPolicy {
   std::string describe() const override { return "recording"; }
@@ -39,11 +50,7 @@ struct PassivePolicy final : kv::KvPolicy {
 
 TEST(WindowExpiry, FreesOnlyWhatNoLaterQuerySeesAndChangesNoOutput) {
   constexpr int32_t kWindow = 20, kTokens = 100, kDim = 32, kHeadsKv = 2, kHeads = 4;
-  ModelConfig c;
-  c.n_layer = 2;
-  c.n_head_kv = kHeadsKv;
-  c.sliding_window = kWindow;
-  c.layer_is_local = {true, false};
+  const ModelConfig c = window_config({true, false}, kHeadsKv, kWindow);
   kv::KvGeometry geo{c.n_layer, kHeadsKv, kDim, 16, KvFormat::F32, KvFormat::F32};
   kv::KvPagePool pool(geo.page_tokens, kDim, size_t{1} << 26);
   kv::KvSequence seq(geo, pool);
@@ -105,11 +112,7 @@ TEST(WindowExpiry, FreesOnlyWhatNoLaterQuerySeesAndChangesNoOutput) {
 // the global layer (and a cache without expiry) keeps growing.
 TEST(WindowExpiry, LocalLayersStayWithinTheWindowDuringDecode) {
   constexpr int32_t kWindow = 24, kDim = 32, kSteps = 200;
-  ModelConfig c;
-  c.n_layer = 2;
-  c.n_head_kv = 1;
-  c.sliding_window = kWindow;
-  c.layer_is_local = {false, true};
+  const ModelConfig c = window_config({false, true}, 1, kWindow);
   kv::KvGeometry geo{c.n_layer, 1, kDim, 8, KvFormat::F32, KvFormat::F32};
   kv::KvPagePool pool(geo.page_tokens, kDim, size_t{1} << 26);
   kv::KvSequence seq(geo, pool), unexpired(geo, pool);
@@ -139,10 +142,7 @@ TEST(WindowExpiry, LocalLayersStayWithinTheWindowDuringDecode) {
 }
 
 TEST(WindowExpiry, ModelsWithoutWindowsKeepEverything) {
-  ModelConfig c;
-  c.n_layer = 1;
-  c.n_head_kv = 1;
-  c.layer_is_local = {false};
+  const ModelConfig c = window_config({false}, 1, 0);
   kv::KvGeometry geo{1, 1, 8, 16, KvFormat::F32, KvFormat::F32};
   kv::KvPagePool pool(geo.page_tokens, 8, size_t{1} << 20);
   kv::KvSequence seq(geo, pool);
@@ -157,16 +157,12 @@ TEST(WindowExpiry, ModelsWithoutWindowsKeepEverything) {
 }
 
 // After decode steps under a policy that leaves the cache alone while decoding, expiry waits until the oldest page
-// is wholly expired and then lets it go without compacting anything: the local layer holds at most a page's worth of expired tokens more
-// than the window, all of them in its oldest page, and attention for the next query equals that over the exactly
-// expired cache.
+// is wholly expired and then lets it go without compacting anything: the local layer holds at most a page's worth
+// of expired tokens more than the window, all of them in its oldest page, and attention for the next query equals
+// that over the exactly expired cache.
 TEST(WindowExpiry, WholePagesGoAfterDecodeStepsUnderAPassivePolicy) {
   constexpr int32_t kWindow = 20, kDim = 16, kSteps = 150, kHeads = 2, kT = 8;
-  ModelConfig c;
-  c.n_layer = 1;
-  c.n_head_kv = 1;
-  c.sliding_window = kWindow;
-  c.layer_is_local = {true};
+  const ModelConfig c = window_config({true}, 1, kWindow);
   kv::KvGeometry geo{1, 1, kDim, kT, KvFormat::F32, KvFormat::F32};
   kv::KvPagePool pool(geo.page_tokens, kDim, size_t{1} << 26);
   kv::KvSequence lazy(geo, pool), exact(geo, pool);
@@ -219,11 +215,7 @@ TEST(WindowExpiry, WhichPoliciesArePassiveWhileDecoding) {
   for (const char* spec : {"h2o:budget=64", "tova:budget=64", "streaming:budget=64", "quest:budget=128"})
     EXPECT_FALSE(kv::make_kv_policy(spec, 4, 2)->passive_during_decode()) << spec;
 
-  ModelConfig c;
-  c.n_layer = 1;
-  c.n_head_kv = 1;
-  c.sliding_window = 10;
-  c.layer_is_local = {true};
+  const ModelConfig c = window_config({true}, 1, 10);
   kv::KvGeometry geo{1, 1, 8, 8, KvFormat::F32, KvFormat::F32};
   kv::KvPagePool pool(geo.page_tokens, 8, size_t{1} << 24);
   kv::KvSequence seq(geo, pool);

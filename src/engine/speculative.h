@@ -33,9 +33,9 @@
 namespace longctx {
 
 struct SpecParams {
-  int32_t gamma = kv::SelfSpec{}.gamma;   // tokens drafted per verify step
+  int32_t gamma = kv::SelfSpec{}.gamma;      // tokens drafted per verify step
   std::string draft = kv::SelfSpec{}.draft;  // a --kv spec of one token policy: the draft's view
-  std::string verifier_kv = "full";                  // the --kv spec of the verifier: the full cache (f16 or f32)
+  std::string verifier_kv = "full";          // the --kv spec of the verifier: the full cache (f16 or f32)
 };
 
 // "self", "self:gamma=6" or "self:gamma=6,draft=snapkv:budget=1024,window=32" (kv::parse_self_spec). Throws Error

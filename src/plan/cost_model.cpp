@@ -230,7 +230,6 @@ SpecPlan parse_spec_plan(const std::string& spec) {
     sp.accept = a;
     sp.accept_given = true;
   }
-  sp.engine_spec = fmt::format("self:gamma={},draft={}", sp.gamma, sp.draft);
   return sp;
 }
 

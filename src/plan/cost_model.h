@@ -81,15 +81,15 @@ int32_t estimate_text_tokens(const std::string& text);
 // every row (the head n_rows times on the CPU, once streamed on a GPU).
 DecodeCost verify_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFootprint& kv, int32_t n_rows);
 
-// `--spec self[:gamma=N,draft=SPEC][,accept=A]` for plan: the engine's --spec (engine/speculative.h) plus the
-// acceptance a that the cost model assumes (accept= before draft=, or last, after the draft's own arguments).
+// `--spec self[:gamma=N,draft=SPEC][,accept=A]` for plan: the engine's --spec, parsed by the engine's own parser
+// (kv::parse_self_spec), plus the acceptance a that the cost model assumes (accept= before draft=, or last, after
+// the draft's own arguments).
 struct SpecPlan {
   static constexpr double kDefaultAccept = 0.85;  // assumed when accept= is not given (stated in the output)
   int32_t gamma = kv::SelfSpec{}.gamma;
   std::string draft = kv::SelfSpec{}.draft;
   double accept = kDefaultAccept;
   bool accept_given = false;
-  std::string engine_spec;  // the spec without accept=: what `run --spec` takes
 };
 // Throws Error naming what is wrong: another method than self, an unknown key, gamma outside [1, 32], accept
 // outside [0, 1], a draft that is not one token policy with a budget that needs no decode scores (streaming or
