@@ -818,5 +818,57 @@ TEST(KvPolicyReference, AdaKvSharesEachLayersBudgetAmongItsHeadsByScore) {
   EXPECT_GT(n_uneven, 0) << "the shares never differed from the uniform budget: the test shows nothing";
 }
 
+// ---- the bound the server admits a prompt by (--kv-prefill-compress) ----
+
+// After every cut, per prefill chunk and at the prompt's end, the whole cache holds at most max_tokens_after_cut of
+// the tokens it held per head; a uniform budget spends it exactly, and a policy that cuts nothing says so (-1).
+TEST(KvPolicyReference, EveryCutStaysWithinTheBoundAdmissionCounts) {
+  const int32_t n_layer = 3, n_head_kv = 2, n_prompt = 150, chunk = 32;
+  const std::string roles = write_roles("bound_roles.json", n_layer, n_head_kv, "[[0, 1], [2, 0]]");
+  struct Case {
+    std::string spec;
+    bool exact;  // every head keeps exactly its budget once it held more
+  };
+  const std::vector<Case> cases = {
+      {"snapkv:budget=40,window=6,pool=3", true},
+      {"streaming:budget=24,sink=4", true},
+      {"h2o:budget=30,recent=5", true},
+      {"tova:budget=30", true},
+      {"snapkv:budget=40,window=8,pool=3+pyramid:beta=4", false},
+      {"snapkv:budget=40,window=8,pool=3+adakv:alpha=0.2", false},
+      {"chunkkv:budget=40,window=8,chunk=6,pool=3,scope=head+adakv:alpha=0.2", false},
+      {"heads:file=" + roles + ",sink=2,window=6", false},
+      {"snapkv:budget=40,window=6+kivi:bits=4", true},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.spec);
+    Cache c(n_layer, n_head_kv);
+    auto policy = make_kv_policy(k.spec, n_layer, n_head_kv);
+    for (int32_t start = 0, round = 0; start < n_prompt; start += chunk, ++round) {
+      const int32_t len = std::min(chunk, n_prompt - start);
+      c.append(start, len);
+      // Heads cut to uneven budgets (pyramid, adakv, heads) hold different counts: the most any holds bounds them.
+      int64_t before = 0;
+      for (int32_t l = 0; l < n_layer; ++l)
+        for (int32_t g = 0; g < n_head_kv; ++g) before = std::max<int64_t>(before, c.seq.head(l, g).n_tokens());
+      const KvScores s = c.scores(5, round);
+      if (start + len < n_prompt) {
+        policy->after_prefill_chunk(c.seq, s);
+      } else {
+        policy->after_prefill(c.seq, s);
+      }
+      int64_t held = 0;
+      for (int32_t l = 0; l < n_layer; ++l)
+        for (int32_t g = 0; g < n_head_kv; ++g) held += c.seq.head(l, g).n_tokens();
+      const int64_t bound = policy->max_tokens_after_cut(before);
+      ASSERT_GT(bound, 0);
+      EXPECT_LE(held, bound) << "after the chunk at " << start;
+      if (k.exact) EXPECT_EQ(held, bound) << "after the chunk at " << start;
+    }
+  }
+  for (const std::string spec : {"full", "kivi:bits=4", "quest:budget=32,dense_layers=1"})
+    EXPECT_EQ(make_kv_policy(spec, n_layer, n_head_kv)->max_tokens_after_cut(100), -1) << spec;
+}
+
 }  // namespace
 }  // namespace longctx::kv

@@ -37,6 +37,7 @@ class SchedulerTest : public test::SmolLM2Suite {
     int32_t n_predict = 24;
     float temperature = 0;
     uint64_t seed = 0;
+    bool prefill_compress = false;
   };
 
   // What `run` gives: the Generator in a session of its own.
@@ -48,6 +49,7 @@ class SchedulerTest : public test::SmolLM2Suite {
     gp.n_predict = j.n_predict;
     gp.sampling.temperature = j.temperature;
     gp.sampling.seed = j.seed;
+    gp.prefill_compress = j.prefill_compress;
     Generator gen(*model_, *tok_, *pool_, *policy, gp);
     return gen.generate(j.prompt, [](std::string_view) { return true; }, nullptr).tokens;
   }
@@ -65,6 +67,7 @@ class SchedulerTest : public test::SmolLM2Suite {
     q.n_predict = j.n_predict;
     q.sampling.temperature = j.temperature;
     q.sampling.seed = j.seed;
+    q.prefill_compress = j.prefill_compress;
     q.on_text = [&r](std::string_view s) {
       r.text += s;
       return true;
@@ -166,6 +169,57 @@ TEST_F(SchedulerTest, PreemptionRecomputesAndEveryRequestFinishes) {
   EXPECT_GT(preempted, 0);
   EXPECT_EQ(s.session().pages().n_pages_in_use(), 0u);
   EXPECT_LE(s.session().pages().bytes_reserved_peak(), so.session.kv_max_bytes);
+}
+
+// --kv-prefill-compress: a prompt cut after every chunk never holds more than its policy keeps plus a chunk, and
+// admission counts only that, so the same pool runs more such requests at once; each still gets what `run
+// --kv-prefill-compress` gives it alone. A policy that cannot cut between chunks (KVzip) ends with an error.
+TEST_F(SchedulerTest, PromptsCutPerChunkAreAdmittedByWhatTheyKeep) {
+  auto most_running = [&](bool compress, std::vector<Job>* jobs_out, std::vector<Result>* got) {
+    SchedulerOptions so = options(4);
+    // A 520-token prompt at f16 is admitted at 10 pages of 16 KiB per (layer, kv-head), 14.1 MiB for SmolLM2's 90;
+    // cut per chunk, at its budget and a chunk of 64 per head plus two pages: 5.6 MiB. Beside it, a step of every
+    // running request (at most an f16 and a 4-bit page per head: 1.9 MiB) and what each holds (~1.5 MiB): 17 MiB
+    // admit one at a time at f16 (14.1 + 1.9 + 1.9 + 1.5 > 17), three when cut per chunk.
+    so.session.kv_max_bytes = 17u << 20;
+    Scheduler s(*model_, *tok_, *pool_, so);
+    for (int32_t i = 0; i < 4; ++i) {
+      jobs_out->push_back({"snapkv:budget=64+kivi:bits=4", kjv(700 * i, 520), 40});
+      jobs_out->back().prefill_compress = compress;
+    }
+    got->resize(jobs_out->size());
+    for (size_t i = 0; i < jobs_out->size(); ++i) s.add(request((*jobs_out)[i], (*got)[i]));
+    int32_t most = 0;
+    while (s.step()) {
+      most = std::max(most, s.n_running());
+      s.decode_batch_sizes().clear();
+    }
+    EXPECT_EQ(s.session().pages().n_pages_in_use(), 0u);
+    EXPECT_LE(s.session().pages().bytes_reserved_peak(), so.session.kv_max_bytes);
+    return most;
+  };
+  std::vector<Job> plain_jobs, cut_jobs;
+  std::vector<Result> plain, cut;
+  const int32_t most_plain = most_running(false, &plain_jobs, &plain);
+  const int32_t most_cut = most_running(true, &cut_jobs, &cut);
+  EXPECT_EQ(most_plain, 1);
+  EXPECT_GE(most_cut, 3);
+  for (size_t i = 0; i < cut_jobs.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(cut[i].out.error, "");
+    EXPECT_EQ(cut[i].out.n_preempted, 0);
+    EXPECT_EQ(cut[i].out.tokens, alone(cut_jobs[i]));
+    EXPECT_EQ(plain[i].out.tokens, alone(plain_jobs[i]));
+  }
+  Scheduler s(*model_, *tok_, *pool_, options(1));
+  Result kvzip;
+  Job j{"kvzip:budget=64", kjv(0, 100), 4};
+  j.prefill_compress = true;
+  s.add(request(j, kvzip));
+  while (s.step()) {
+  }
+  EXPECT_NE(kvzip.out.error.find("cannot cut between prefill chunks"), std::string::npos) << kvzip.out.error;
+  EXPECT_EQ(s.session().n_sequences(), 0);
 }
 
 TEST_F(SchedulerTest, CancellationAndBadRequestsEndOnlyThemselves) {

@@ -37,7 +37,7 @@ TEST(ServerApi, ParsesChatWithEveryField) {
     {"role":"user","content":[{"type":"text","text":"hi "},{"type":"text","text":"there"}]}],
     "max_tokens":7,"temperature":0.5,"top_p":0.9,"top_k":5,"min_p":0.1,"seed":42,"stop":["\n","END"],
     "stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":3,"kv":"snapkv:budget=64",
-    "ignore_eos":true,"user":"ignored extra field"})");
+    "ignore_eos":true,"kv_prefill_compress":true,"user":"ignored extra field"})");
   ASSERT_EQ(r.messages.size(), 2u);
   EXPECT_EQ(r.messages[0].role, "system");
   EXPECT_EQ(r.messages[1].content, "hi there");
@@ -53,6 +53,7 @@ TEST(ServerApi, ParsesChatWithEveryField) {
   EXPECT_EQ(r.n_logprobs, 3);
   EXPECT_EQ(r.kv, "snapkv:budget=64");
   EXPECT_TRUE(r.ignore_eos);
+  EXPECT_EQ(r.kv_prefill_compress, true);
 }
 
 TEST(ServerApi, DefaultsAreOpenAIs) {
@@ -66,6 +67,7 @@ TEST(ServerApi, DefaultsAreOpenAIs) {
   EXPECT_FALSE(r.stream);
   EXPECT_TRUE(r.kv.empty());
   EXPECT_FALSE(r.ignore_eos);
+  EXPECT_FALSE(r.kv_prefill_compress.has_value());  // the server's --kv-prefill-compress
   // max_completion_tokens is chat's newer name for max_tokens.
   EXPECT_EQ(chat(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":3})").max_tokens, 3);
 }
@@ -115,6 +117,7 @@ TEST(ServerApi, BadBodiesAre400NamingTheField) {
   EXPECT_EQ(error_of("{" + msg + R"(,"logprobs":true,"top_logprobs":21})").second, "top_logprobs");
   EXPECT_EQ(error_of("{" + msg + R"(,"kv":""})").second, "kv");
   EXPECT_EQ(error_of("{" + msg + R"(,"kv":3})").second, "kv");
+  EXPECT_EQ(error_of("{" + msg + R"(,"kv_prefill_compress":"yes"})").second, "kv_prefill_compress");
   EXPECT_EQ(error_of("{" + msg + R"(,"frequency_penalty":0.5})").second, "frequency_penalty");
   EXPECT_EQ(error_of("{" + msg + R"(,"model":7})").second, "model");
   EXPECT_EQ(error_of(R"({"prompt":["a","b"]})", Endpoint::Completion).second, "prompt");

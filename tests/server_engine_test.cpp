@@ -154,6 +154,15 @@ TEST_F(ServerEngine, RefusesWhatTheContextCannotHold) {
     EXPECT_EQ(e.status, 400);
     EXPECT_EQ(e.param, "kv");
   }
+  // KVzip scores by reconstructing the whole prompt: it cannot also cut after every prefill chunk.
+  try {
+    service.start(R"({"prompt":"hello","kv":"kvzip:budget=64","kv_prefill_compress":true})", Endpoint::Completion);
+    FAIL() << "kvzip cut per prefill chunk was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, "kv_prefill_compress");
+    EXPECT_NE(std::string(e.what()).find("cannot cut between prefill chunks"), std::string::npos) << e.what();
+  }
   // A policy the engine's device cannot run (positions within the cache on the GPU) is refused before any work.
   ServiceOptions on_gpu = service_options();
   on_gpu.device = Device::Cuda;

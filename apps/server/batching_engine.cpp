@@ -117,6 +117,7 @@ ScheduledRequest BatchingEngine::to_request(Item item) {
   r.sampling = st->job.sampling;
   r.stop = st->job.stop;
   r.ignore_eog = st->job.ignore_eog;
+  r.prefill_compress = st->job.prefill_compress;
   r.on_token = [this, st, n_vocab](int32_t id, const float* logits) {
     const auto now = std::chrono::steady_clock::now();
     if (metrics_) {

@@ -225,6 +225,7 @@ CompletionRequest parse_completion_request(std::string_view text, Endpoint endpo
     r.kv = kv->get<std::string>();
   }
   if (field(body, "ignore_eos")) r.ignore_eos = boolean(body, "ignore_eos");
+  if (field(body, "kv_prefill_compress")) r.kv_prefill_compress = boolean(body, "kv_prefill_compress");
   // The sampler's own checks, so a combination it refuses is a 400 here, not a failure in the engine.
   try {
     Sampler check(r.sampling);

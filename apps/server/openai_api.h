@@ -49,6 +49,9 @@ struct CompletionRequest {
   int32_t n_logprobs = -1;             // -1: no logprobs; k >= 0: the chosen token's and the top k
   std::string kv;                      // the "kv" extension: a policy spec; empty means the server's --kv
   bool ignore_eos = false;             // llama-server's extension: generate max_tokens past end-of-generation tokens
+  // The "kv_prefill_compress" extension: the policy cuts the cache after every prefill chunk; unset: the server's
+  // --kv-prefill-compress.
+  std::optional<bool> kv_prefill_compress;
 };
 
 struct ApiLimits {

@@ -108,6 +108,14 @@ StartedRequest OpenAiService::start(std::string_view body, Endpoint endpoint) {
   } catch (const Error& e) {
     bad_field("kv", e.what());
   }
+  const bool prefill_compress = r.kv_prefill_compress.value_or(opt_.default_prefill_compress);
+  if (prefill_compress) {
+    try {
+      check_policy_compresses_chunks(*policy);
+    } catch (const Error& e) {
+      bad_field(r.kv_prefill_compress ? "kv_prefill_compress" : "kv", e.what());
+    }
+  }
   GenerationJob job;
   job.prompt = tokenize(r);
   const int32_t n_prompt = static_cast<int32_t>(job.prompt.size());
@@ -139,6 +147,7 @@ StartedRequest OpenAiService::start(std::string_view body, Endpoint endpoint) {
   job.n_logprobs = r.n_logprobs;
   job.kv = kv_spec;
   job.ignore_eog = r.ignore_eos;
+  job.prefill_compress = prefill_compress;
   job.arrival = std::chrono::steady_clock::now();
   try {
     s.channel = engine_.submit(std::move(job));

@@ -23,6 +23,7 @@ namespace longctx::server {
 struct ServiceOptions {
   std::string model_name;       // what /v1/models lists and responses name
   std::string default_kv = "full";
+  bool default_prefill_compress = false;  // --kv-prefill-compress
   int32_t n_ctx = 4096;         // prompt plus answer
   int32_t default_max_tokens = 512;  // when a request gives none (never past what the context leaves)
   Device device = Device::Cpu;  // where the engine runs: a policy it cannot run there is a 400

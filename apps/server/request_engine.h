@@ -28,6 +28,7 @@ struct GenerationJob {
   int32_t n_logprobs = -1;      // -1: none; k >= 0: each token's and its step's top k
   std::string kv;               // the KV policy spec, already checked
   bool ignore_eog = false;      // generate max_tokens past end-of-generation tokens (benchmarks)
+  bool prefill_compress = false;  // the policy cuts after every prefill chunk (ScheduledRequest::prefill_compress)
   std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
 };
 

@@ -53,6 +53,11 @@ CLI::App* add_serve_subcommand(CLI::App& app, ServeOptions& o) {
               "Run every prompt whole (default: prompts' prefixes, up to where their policy acts, and finished "
               "full-cache requests stay cached; a later request under any policy that starts with one shares its "
               "pages and prefills only the rest)");
+  s->add_flag("--kv-prefill-compress", o.kv_prefill_compress,
+              "Cut every prompt's cache with its policy after each prefill chunk, not only at the prompt's end, so a "
+              "long prompt never holds more than the policy keeps plus a chunk, and admission counts only that: more "
+              "requests fit in --kv-memory (each chunk is scored as if the prompt ended there; not for kvzip; a "
+              "request's \"kv_prefill_compress\": true/false overrides it)");
   add_device_option(s, o.device);
   return s;
 }
@@ -78,12 +83,17 @@ int serve_command(const ServeOptions& o) {
   server::ServiceOptions so;
   so.model_name = std::filesystem::path(o.model).stem().string();
   so.default_kv = o.kv;
+  so.default_prefill_compress = o.kv_prefill_compress;
   so.device = eo.device;
   so.n_ctx = eo.n_ctx;
   so.default_max_tokens = o.max_tokens;
   so.limits.max_tokens_cap = o.max_tokens;
   // Checked before the engine's thread starts: a bad --kv, or one the device cannot run, is an error at start.
-  check_policy_runs_on(eo.device, *kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv));
+  {
+    const auto policy = kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv);
+    check_policy_runs_on(eo.device, *policy);
+    if (o.kv_prefill_compress) check_policy_compresses_chunks(*policy);
+  }
 
   server::BatchingEngine engine(*model, *tok, eo, &metrics);
   server::OpenAiService service(*model, *tok, engine, metrics, so);
@@ -94,8 +104,9 @@ int serve_command(const ServeOptions& o) {
   ho.max_body_bytes = o.max_body;
   // Every queued or running request holds a connection while it waits, and a few more serve /health and /metrics.
   ho.n_http_threads = o.max_queue + o.max_running + 8;
-  fmt::print(stderr, "longctx serve: {} ({}, {} layers), ctx {}, kv {}, {} threads, {} running, queue {}{}\n",
-             o.model, arch_name(c.arch), c.n_layer, eo.n_ctx, o.kv, eo.n_threads, o.max_running, o.max_queue,
+  fmt::print(stderr, "longctx serve: {} ({}, {} layers), ctx {}, kv {}{}, {} threads, {} running, queue {}{}\n",
+             o.model, arch_name(c.arch), c.n_layer, eo.n_ctx, o.kv, o.kv_prefill_compress ? " (cut per prefill chunk)" : "",
+             eo.n_threads, o.max_running, o.max_queue,
              o.api_key.empty() ? "" : ", API key required");
   return server::serve_http(service, engine, ho);
 }

@@ -28,6 +28,7 @@ struct ServeOptions {
   int32_t threads = 0;         // 0: all cores
   std::string device = "auto";  // --device (apps/cli/device_option.h)
   bool no_prefix_reuse = false;
+  bool kv_prefill_compress = false;
 };
 
 // Adds the `serve` subcommand, its options bound to o (which must outlive parsing).

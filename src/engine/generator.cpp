@@ -47,7 +47,6 @@ SessionOptions session_options(const GenerateParams& p) {
   o.n_ctx = p.n_ctx;
   o.n_batch = p.n_batch;
   o.device = p.device;
-  o.prefill_compress = p.prefill_compress;
   return o;
 }
 
@@ -67,6 +66,7 @@ void Generator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on
   po.progress = on_progress;
   po.hooks = hooks;
   po.n_compressed = n_compressed;
+  po.compress_chunks = params_.prefill_compress;
   session_.prefill(seq_, prompt, po, logits);
 }
 

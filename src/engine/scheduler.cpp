@@ -44,8 +44,8 @@ struct Scheduler::Cached {
   std::vector<int32_t> tokens;  // by position
 };
 
-int32_t Scheduler::shareable_prefix(const kv::KvPolicy& p, int32_t n) const {
-  if (!opts_.prefix_reuse || model_.config().sliding_window > 0 || opts_.session.prefill_compress ||
+int32_t Scheduler::shareable_prefix(const Request& r, const kv::KvPolicy& p, int32_t n) const {
+  if (!opts_.prefix_reuse || model_.config().sliding_window > 0 || r.in.prefill_compress ||
       p.reconstruction().chunk > 0 || (p.page_tokens() > 0 && p.page_tokens() != kv::KvGeometry{}.page_tokens))
     return 0;
   // The last token's logits are needed, and what the policy scores or gathers statistics from must run.
@@ -91,27 +91,66 @@ size_t Scheduler::free_bytes() const {
   return p.max_bytes() > p.bytes_reserved() ? p.max_bytes() - p.bytes_reserved() : 0;
 }
 
-size_t Scheduler::step_growth_bytes(const kv::KvGeometry& g) const {
-  size_t per_head = kv::kv_pool_chunk_bytes(kv_page_bytes(g.format, g.page_tokens, g.head_dim));
-  if (g.sealed_format != g.format) per_head += kv::kv_pool_chunk_bytes(kv_page_bytes(g.sealed_format, g.page_tokens, g.head_dim));
-  return per_head * static_cast<size_t>(g.n_layer) * g.n_head_kv;
+void Scheduler::add_step_pages(const kv::KvGeometry& g, SequenceId live, StepPages& n) const {
+  const bool packs = g.sealed_format != g.format;
+  const int64_t heads = int64_t{g.n_layer} * g.n_head_kv;
+  auto& open = n[static_cast<size_t>(g.format)];
+  auto& sealed = n[static_cast<size_t>(g.sealed_format)];
+  if (live < 0) {
+    open += heads;
+    if (packs) sealed += heads;
+    return;
+  }
+  const kv::KvPagePool& pool = session_.pages();
+  const kv::KvSequence& s = session_.sequence(live);
+  const bool may_copy_shared = !session_.policy(live).passive_during_decode();
+  for (int32_t l = 0; l < g.n_layer; ++l)
+    for (int32_t h = 0; h < g.n_head_kv; ++h) {
+      const kv::KvHeadCache& hc = s.head(l, h);
+      int32_t n_open = 0;
+      bool shared = false;
+      for (const kv::KvPage& p : hc.pages) {
+        if (p.format == g.format) n_open += p.n_rows;
+        shared = shared || pool.kv_page_holders(p) > 1;
+      }
+      const bool last_full_or_shared =
+          hc.pages.empty() || hc.pages.back().n_rows >= g.page_tokens || pool.kv_page_holders(hc.pages.back()) > 1;
+      open += last_full_or_shared + (shared && may_copy_shared);
+      if (packs && n_open + 1 >= g.page_tokens + g.n_recent_full_precision) ++sealed;
+    }
 }
 
-size_t Scheduler::running_growth_bytes() const {
-  size_t b = 0;
+size_t Scheduler::step_pages_bytes(const StepPages& n, int32_t page_tokens) const {
+  const int32_t head_dim = model_.config().head_dim;
+  size_t bytes = 0;
+  for (size_t f = 0; f < n.size(); ++f) {
+    if (n[f] == 0) continue;
+    const size_t page = kv_page_bytes(static_cast<KvFormat>(f), page_tokens, head_dim);
+    const size_t chunk = kv::kv_pool_chunk_bytes(page), per_chunk = chunk / page;
+    bytes += (static_cast<size_t>(n[f]) + per_chunk - 1) / per_chunk * chunk;
+  }
+  return bytes;
+}
+
+Scheduler::StepPages Scheduler::running_step_pages() const {
+  StepPages n{};
   for (const auto& r : running_)
-    if (r->seq >= 0 && !r->done) b += step_growth_bytes(session_.sequence(r->seq).geometry());
-  return b;
+    if (r->seq >= 0 && !r->done) add_step_pages(session_.sequence(r->seq).geometry(), r->seq, n);
+  return n;
 }
 
-size_t Scheduler::prompt_bytes(const kv::KvPolicy& p, int32_t n_tokens) const {
+size_t Scheduler::prompt_bytes(const kv::KvPolicy& p, int32_t n_tokens, bool compress_chunks) const {
   const ModelConfig& c = model_.config();
   const int32_t T = p.page_tokens() > 0 ? p.page_tokens() : kv::KvGeometry{}.page_tokens;
+  const int64_t heads = int64_t{c.n_layer} * c.n_head_kv;
   const kv::KvReconstruction rec = p.reconstruction();
   const int64_t extra = rec.chunk > 0 ? rec.chunk + rec.n_overlap + 256 : 0;
-  const int64_t pages = (n_tokens + extra + T - 1) / T + 1;
-  return static_cast<size_t>(pages) * c.n_layer * c.n_head_kv *
-         kv::kv_pool_chunk_bytes(kv_page_bytes(p.page_format(), T, c.head_dim));
+  int64_t pages = ((n_tokens + extra + T - 1) / T + 1) * heads;
+  // Cut after every chunk, the cache holds at most what the policy keeps of the tokens so far plus the next chunk
+  // in every head; on top, each head's partial page and one more.
+  const int64_t kept = compress_chunks ? p.max_tokens_after_cut(n_tokens) : -1;
+  if (kept >= 0) pages = std::min(pages, (kept + heads * opts_.session.n_batch + T - 1) / T + 2 * heads);
+  return static_cast<size_t>(pages) * kv::kv_pool_chunk_bytes(kv_page_bytes(p.page_format(), T, c.head_dim));
 }
 
 bool Scheduler::make_room(size_t bytes) {
@@ -130,6 +169,7 @@ bool Scheduler::try_admit(Request& r) {
     if (static_cast<int64_t>(r.to_prefill.size()) > opts_.session.n_ctx)
       fail("the prompt has {} tokens, more than the context of {}", r.to_prefill.size(), opts_.session.n_ctx);
     policy = kv::make_kv_policy(r.in.kv, c.n_layer, c.n_head_kv);
+    if (r.in.prefill_compress) check_policy_compresses_chunks(*policy);
     if (!r.sampler) {
       r.sampler = std::make_unique<Sampler>(r.in.sampling);
       for (int32_t t : r.in.prompt) r.sampler->accept(t);
@@ -141,7 +181,7 @@ bool Scheduler::try_admit(Request& r) {
   }
   // The cached sequence sharing the longest prefix that the policy leaves as written.
   const int32_t n = static_cast<int32_t>(r.to_prefill.size());
-  r.n_shareable = shareable_prefix(*policy, n);
+  r.n_shareable = shareable_prefix(r, *policy, n);
   size_t best = cached_.size();
   int32_t best_len = 0;
   for (size_t i = 0; i < cached_.size(); ++i) {
@@ -171,7 +211,10 @@ bool Scheduler::try_admit(Request& r) {
   geo.sealed_format = policy->sealed_format();
   if (policy->page_tokens() > 0) geo.page_tokens = policy->page_tokens();
   const int32_t n_private = policy->keeps_every_token() ? n - best_len : n;
-  const size_t need = prompt_bytes(*policy, n_private) + step_growth_bytes(geo) + running_growth_bytes();
+  StepPages growth = running_step_pages();
+  add_step_pages(geo, -1, growth);
+  const size_t need =
+      prompt_bytes(*policy, n_private, r.in.prefill_compress) + step_pages_bytes(growth, geo.page_tokens);
   const bool room = make_room(need) || running_.empty();
   if (shared) cached_.push_back(std::move(shared));  // most recently used now
   if (!room) return false;
@@ -228,6 +271,7 @@ void Scheduler::prefill(Request& r) {
   const int32_t n = static_cast<int32_t>(r.to_prefill.size());
   PrefillOptions po;
   po.logit_positions = {n - r.n_reused - 1};
+  po.compress_chunks = r.in.prefill_compress;
   // The prompt's prefix is kept for later requests as it passes the last whole chunk before what the policy
   // changes (so the prefill's chunks stay where they are without it).
   const int32_t nb = opts_.session.n_batch;
@@ -315,9 +359,9 @@ void Scheduler::decode_step(const Request* prefilling) {
   // Preemption: while the step could outgrow the pool, the newest request gives its pages back and waits to be
   // recomputed; the oldest always runs.
   auto growth = [&] {
-    size_t b = 0;
-    for (const Request* r : batch) b += step_growth_bytes(session_.sequence(r->seq).geometry());
-    return b;
+    StepPages n{};
+    for (const Request* r : batch) add_step_pages(session_.sequence(r->seq).geometry(), r->seq, n);
+    return step_pages_bytes(n, session_.sequence(batch.front()->seq).geometry().page_tokens);
   };
   while (batch.size() > 1 && !make_room(growth())) {
     Request& victim = *batch.back();

@@ -7,8 +7,9 @@
 // sequences). Each request is sampled exactly as Generator::generate samples it alone, and with the session's
 // batch_invariant (the default) its tokens are the ones it gets alone.
 //
-// Memory: admission waits until the pool can hold a prompt's full-format pages beside what every running sequence
-// may add in its next step; when the running sequences would outgrow the pool, the newest is preempted (its pages
+// Memory: admission waits until the pool can hold a prompt's full-format pages (under --kv-prefill-compress, what
+// the policy keeps of it plus a chunk: kv::KvPolicy::max_tokens_after_cut) beside what every running sequence may
+// add in its next step; when the running sequences would outgrow the pool, the newest is preempted (its pages
 // go back, it waits at the front of the queue, and on its turn its prompt and the tokens it generated are prefilled
 // again: "recompute" preemption) and the oldest always goes on, so no request is aborted for memory.
 //
@@ -24,6 +25,7 @@
 // sequences hold them (KvBytes::shared says how much of a request's cache is shared). Cached sequences go, least
 // recently used first, when admission or a step needs their pages.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -67,6 +69,9 @@ struct ScheduledRequest {
   SamplerParams sampling;
   std::vector<std::string> stop;
   bool ignore_eog = false;   // go on past end-of-generation tokens (benchmarks)
+  // The policy cuts the cache after every prefill chunk (PrefillOptions::compress_chunks): the prompt never holds
+  // more than the policy keeps plus a chunk, and admission counts only that (no prefix is then shared).
+  bool prefill_compress = false;
   // On the scheduler's thread. on_token sees each generated token and the logits it was drawn from before its text
   // goes out; on_text gets text as it becomes final; either returning false cancels the request, as does
   // cancelled() (polled every step). on_done is called exactly once, last.
@@ -121,13 +126,21 @@ class Scheduler {
   // Frees cached sequences, least recently used first, until `bytes` are free in the pool; false when they cannot be.
   bool make_room(size_t bytes);
   size_t free_bytes() const;
-  // The most one decode step can add to a sequence of this layout: a page of its open format per (layer, kv-head)
-  // and, where pages are sealed, a packed page beside it, each at most a chunk of the pool.
-  size_t step_growth_bytes(const kv::KvGeometry& g) const;
-  size_t running_growth_bytes() const;  // summed over the running sequences
-  size_t prompt_bytes(const kv::KvPolicy& p, int32_t n_tokens) const;
-  // How many of n prompt tokens may come from a cached prefix under policy p (0: none).
-  int32_t shareable_prefix(const kv::KvPolicy& p, int32_t n) const;
+  // Pages of each format (by KvFormat) that decode steps may take from the pool.
+  using StepPages = std::array<int64_t, 5>;
+  // The most one decode step adds to a sequence. Not prefilled yet (live -1): a page of its open format per (layer,
+  // kv-head) and, where pages are sealed, a packed one beside it. Live: per head, an open page when its last page is
+  // full or others hold it too (copy on write; a policy that evicts while decoding may copy one shared page more),
+  // and a packed page when the step's token makes one due for sealing.
+  void add_step_pages(const kv::KvGeometry& g, SequenceId live, StepPages& n) const;
+  // The bytes the pool takes for those pages at most: whole chunks of each format.
+  size_t step_pages_bytes(const StepPages& n, int32_t page_tokens) const;
+  // add_step_pages of every running sequence.
+  StepPages running_step_pages() const;
+  // The most a prompt of n_tokens holds while it is prefilled under policy p (cut after every chunk or not).
+  size_t prompt_bytes(const kv::KvPolicy& p, int32_t n_tokens, bool compress_chunks) const;
+  // How many of n prompt tokens may come from a cached prefix for request r under policy p (0: none).
+  int32_t shareable_prefix(const Request& r, const kv::KvPolicy& p, int32_t n) const;
   // Keeps a full cache of these tokens for prefix reuse (dropping those it covers, and the oldest past twice
   // n_seq_max).
   void keep_cached(SequenceId seq, std::vector<int32_t> tokens);

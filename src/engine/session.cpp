@@ -54,6 +54,13 @@ void check_policy_runs_on(Device d, const kv::KvPolicy& policy) {
          policy.describe());
 }
 
+void check_policy_compresses_chunks(const kv::KvPolicy& policy) {
+  if (policy.reconstruction().chunk > 0)
+    fail("{} scores the cache by reconstructing the whole prompt after prefill; it cannot cut between prefill chunks "
+         "(--kv-prefill-compress)",
+         policy.describe());
+}
+
 SequenceId EngineSession::add(kv::KvPolicy& policy, std::unique_ptr<kv::KvPolicy> owned) {
   const ModelConfig& c = model_.config();
   check_policy_runs_on(opts_.device, policy);
@@ -169,7 +176,8 @@ void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, cons
   const bool reconstruct_after = hooks && policy.reconstruction().chunk > 0;
   if (reconstruct_after && (pos0 != 0 || tok_ == nullptr))
     fail("internal: KVzip's reconstruction pass needs a whole prompt from position 0 and the tokenizer");
-  const bool chunk_compress = hooks && opts_.prefill_compress;
+  const bool chunk_compress = hooks && opts.compress_chunks;
+  if (chunk_compress) check_policy_compresses_chunks(policy);
   if (tok_ != nullptr) {
     s.text.resize(static_cast<size_t>(pos0), -1);
     s.text.insert(s.text.end(), tokens.begin(), tokens.end());
@@ -379,6 +387,7 @@ bool EngineSession::context_has_room(SequenceId id) const {
 kv::KvSequence& EngineSession::sequence(SequenceId id) { return *seq(id).kv; }
 const kv::KvSequence& EngineSession::sequence(SequenceId id) const { return *seq(id).kv; }
 kv::KvPolicy& EngineSession::policy(SequenceId id) { return *seq(id).policy; }
+const kv::KvPolicy& EngineSession::policy(SequenceId id) const { return *seq(id).policy; }
 int32_t EngineSession::position(SequenceId id) const { return seq(id).n_past; }
 kv::KvBytes EngineSession::bytes(SequenceId id) const { return seq(id).kv->bytes(); }
 size_t EngineSession::peak_bytes(SequenceId id) const { return seq(id).peak_bytes; }

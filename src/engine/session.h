@@ -47,8 +47,6 @@ struct SessionOptions {
   // The most tokens one extend() call runs when more than n_batch (a speculative verify step: gamma + 1); the
   // forward's buffers are sized for max(n_batch, n_step_tokens).
   int32_t n_step_tokens = 1;
-  // Apply the KV policy after every prefill chunk, not only at the end (GenerateParams::prefill_compress).
-  bool prefill_compress = false;
   // The page pool's byte limit. 0: what n_seq_max full caches of n_ctx tokens (plus KVzip's reconstruction tokens
   // and a slab of every format per head) take in the layout of the first sequence's policy; kUnlimited: none.
   size_t kv_max_bytes = 0;
@@ -69,6 +67,10 @@ struct PrefillOptions {
   // > 0: the policy compresses the cache after the first n_compressed tokens (a document cached before the
   // question is known) and the rest are read afterwards, unscored, over the compressed cache; 0: after all.
   int32_t n_compressed = 0;
+  // The policy cuts the cache after every chunk, not only at the prompt's end (--kv-prefill-compress): a prompt
+  // longer than memory then holds at most the policy's budget plus a chunk (kv::KvPolicy::max_tokens_after_cut).
+  // Each chunk is scored as if the prompt ended with it. Not for a policy with a reconstruction pass (KVzip).
+  bool compress_chunks = false;
   // Someone beside the policy (speculative decoding's draft view) asks for the prefill's attention from queries at
   // positions >= score_from, handed to on_scores at prefill end, before window expiry. Only where the policy
   // gathers no prefill scores itself.
@@ -76,7 +78,7 @@ struct PrefillOptions {
   std::function<void(const kv::KvSequence&, const kv::KvScores&)> on_scores;
   // > 0: a chunk ends after this many of the tokens given, and on_prefix runs there: those tokens are cached as
   // written and no policy hook has touched them yet (the server shares them with later requests). It may not pass
-  // the first position the policy scores or gathers query statistics from, nor come with prefill_compress.
+  // the first position the policy scores or gathers query statistics from, nor come with compress_chunks.
   int32_t prefix_at = 0;
   std::function<void()> on_prefix;
 };
@@ -90,6 +92,9 @@ struct SequenceStep {
 // Throws Error when a policy cannot run on a device (positions within the cache, StreamingLLM's, need host memory
 // for now): a request asks for it before any work, not in the middle of a batch.
 void check_policy_runs_on(Device d, const kv::KvPolicy& policy);
+// Throws Error when the policy cannot cut between prefill chunks (PrefillOptions::compress_chunks): KVzip scores the
+// cache by reconstructing the whole prompt.
+void check_policy_compresses_chunks(const kv::KvPolicy& policy);
 
 class EngineSession {
  public:
@@ -143,6 +148,7 @@ class EngineSession {
   kv::KvSequence& sequence(SequenceId id);
   const kv::KvSequence& sequence(SequenceId id) const;
   kv::KvPolicy& policy(SequenceId id);
+  const kv::KvPolicy& policy(SequenceId id) const;
   int32_t position(SequenceId id) const;     // the next position: tokens run since the last reset
   kv::KvBytes bytes(SequenceId id) const;    // held by the sequence now
   size_t peak_bytes(SequenceId id) const;    // the most it held since its last reset (checked after every forward)

@@ -34,6 +34,24 @@ ComposedPolicy::ComposedPolicy(std::vector<std::unique_ptr<TokenRanker>> rankers
   for (const auto& r : rankers_) r->read_text_breaks_from(&text_breaks_);
 }
 
+int64_t ComposedPolicy::max_tokens_after_cut(int64_t n_tokens) const {
+  if (rankers_.empty()) return -1;
+  // A cut head holds at most its budget, plus its compensation token, and never more than it held. The budgets a
+  // share hands out (AdaKV's within a layer, KVzip's over every head) sum to at most the plans', so the cut heads
+  // together hold at most the smaller of the plans' budgets and what they held.
+  int64_t whole = 0, cut = 0, budgets = 0, compensation = 0;
+  for (const HeadPlan& p : plans_) {
+    if (p.ranker == nullptr || p.budget == kKeepAll) {
+      whole += n_tokens;
+      continue;
+    }
+    cut += n_tokens;
+    budgets += p.budget;
+    compensation += p.dropped == KvDropped::Compensated;
+  }
+  return whole + std::min(cut, budgets) + compensation;
+}
+
 int32_t ComposedPolicy::prefill_score_from(int32_t n_prompt) const {
   int32_t from = INT_MAX;
   for (const auto& r : rankers_) from = std::min(from, r->prefill_score_from(n_prompt));

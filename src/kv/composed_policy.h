@@ -66,6 +66,7 @@ class ComposedPolicy final : public KvPolicy {
   bool wants_decode_scores() const override;
   KvPositions positions() const override;
   void after_prefill_chunk(KvSequence& seq, const KvScores& scores) override;
+  int64_t max_tokens_after_cut(int64_t n_tokens) const override;
   void after_prefill(KvSequence& seq, const KvScores& scores) override;
   void after_decode_step(KvSequence& seq, const KvScores& scores) override;
   void on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before, const std::vector<int32_t>& slots) override;

@@ -121,6 +121,11 @@ class KvPolicy {
   // Between prefill chunks, for prompts longer than memory (--kv-prefill-compress); scores as at prefill end,
   // for the queries of the chunks so far.
   virtual void after_prefill_chunk(KvSequence& seq, const KvScores& scores) {}
+  // The most tokens the whole cache (every layer and kv-head together) holds right after the policy cuts a cache
+  // of n_tokens per (layer, kv-head) (after a prefill chunk, at the prompt's end, after a decode step); -1: it cuts
+  // nothing. With --kv-prefill-compress a prompt then never holds more than this plus a chunk per head, which is
+  // what the server's admission counts (engine/scheduler.h).
+  virtual int64_t max_tokens_after_cut(int64_t n_tokens) const { return -1; }
   // Once the whole prompt is in the cache.
   virtual void after_prefill(KvSequence& seq, const KvScores& scores) {}
   // After each generated token has been appended.
