@@ -21,7 +21,8 @@ each longctx policy's ratio to each llama-server row: most running and output to
 per-token bytes count every layer at full context, which llama-server's SWA layers do not hold.) llama-server is
 built for the CPU from the llama-cpp-python==0.3.36 sdist's vendor/llama.cpp as scripts/bench_server.py says, adding
 -DCMAKE_C_FLAGS/-DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" (its AMX matmul crashes on this machine).
---policies "" runs llama-server alone.
+--policies "" runs llama-server alone; an entry "SPEC --kv-prefill-compress" passes the flags after the spec to that
+policy's server.
 
 Usage: bench_serve_memory.py --longctx build/release/longctx [--model M] [--kv-memory 160]
            [--policies "full;snapkv:budget=512+kivi:bits=4"] [--clients 16] [--prompt-chars 12000] [--max-tokens 256]
@@ -164,16 +165,17 @@ def bench(port, running_metric):
 
 
 rows = []
-for policy in [p for p in args.policies.split(";") if p]:
+for entry in [p for p in args.policies.split(";") if p.strip()]:
+    policy, *serve_flags = entry.split()  # "SPEC --kv-prefill-compress": flags for that server
     cmd = [args.longctx, "serve", "-m", args.model, "--port", "0", "-t", args.threads, "--kv", policy, "--ctx",
            str(args.ctx), "--max-running", str(args.clients), "--max-queue", str(args.clients), "--kv-memory",
-           str(args.kv_memory), "--no-prefix-reuse"]
+           str(args.kv_memory), "--no-prefix-reuse", *serve_flags]
     proc, port, _ = start_server(cmd)
     try:
         results, row = bench(port, "longctx_requests_running")
         text = metrics(port)
         steps = metric(text, "longctx_decode_batch_size_count")
-        row.update(server="longctx", kv=f"`{policy}`",
+        row.update(server="longctx", kv=f"`{entry.strip()}`",
                    mean_batch=metric(text, "longctx_decode_batch_size_sum") / max(1.0, steps),
                    preempted=f"{metric(text, 'longctx_preemptions_total'):.0f}",
                    kv_held=statistics.median(u.get("kv_bytes_held", 0) for _, u in results) / 2**20)

@@ -51,6 +51,10 @@ CLI::App* add_eval_subcommand(CLI::App& app, eval::EvalOptions& o, std::string& 
   e->add_flag("--question-after-compress", o.question_after_compress,
               "Compress the cache after the context, before the question is read (query-agnostic: a cached "
               "document serving questions not yet asked)");
+  e->add_flag("--kv-prefill-compress", o.prefill_compress,
+              "Cut the cache with each policy after every prefill chunk, not only at the prompt's end (as `run "
+              "--kv-prefill-compress` and `serve --kv-prefill-compress` do; each chunk is scored as if the prompt "
+              "ended there)");
   e->add_option("--progress", o.progress, "bar or off")->transform(CLI::CheckedTransformer(modes, CLI::ignore_case));
   return e;
 }

@@ -272,7 +272,8 @@ GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, c
     }
     return more;
   };
-  std::string last_hash = logits_hash(logits.data(), V);
+  // The last logits row the verifier read, hashed once at the end (a row is the vocabulary: hashing each costs).
+  const float* last_row = logits.data();
   int32_t cur = -1;
   if (params_.n_predict > 0) {
     cur = sampler.sample(logits.data(), V);
@@ -310,7 +311,7 @@ GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, c
     int32_t n_acc = 0, next = -1;
     for (int32_t i = 0; i <= g; ++i) {
       const float* row = logits_.data() + static_cast<size_t>(i) * V;
-      last_hash = logits_hash(row, V);
+      last_row = row;
       ps.probabilities(row, V, prow);
       if (i == g) {  // every draft accepted: the verifier's own next token
         next = sample_from(prow.data(), V, sampler.uniform());
@@ -353,7 +354,7 @@ GenerateStats SpeculativeGenerator::decode(const std::vector<int32_t>& prompt, c
   st.kv_pool_bytes = session_.pages().bytes_reserved();
   st.kv_pool_peak_bytes = session_.pages().bytes_reserved_peak();
   st.kv_peak_bytes = session_.peak_bytes(seq_);
-  st.logits_hash = last_hash;
+  st.logits_hash = logits_hash(last_row, V);
   return st;
 }
 

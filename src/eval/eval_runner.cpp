@@ -430,6 +430,7 @@ EvalReport run_eval(const EvalOptions& o) {
   meta["n_score"] = o.n_score;
   meta["n_threads"] = n_threads;
   meta["question_after_compress"] = o.question_after_compress;
+  meta["prefill_compress"] = o.prefill_compress;
   meta["spec"] = o.spec;
 
   const int32_t n_runs = static_cast<int32_t>(built.size() * o.kv_specs.size());
@@ -461,6 +462,7 @@ EvalReport run_eval(const EvalOptions& o) {
       gp.n_ctx = std::min(mc.n_ctx_train,
                           std::max(b.c.length, static_cast<int32_t>(b.p.tokens.size() + b.p.continuation.size()) + o.n_predict));
       gp.sampling.temperature = 0;  // greedy: the answer is a function of the prompt and the policy
+      gp.prefill_compress = o.prefill_compress;
       gp.stop = stop;
       Generator gen(*model, *tok, pool, *policy, gp);
       const int32_t n_prompt = static_cast<int32_t>(b.p.tokens.size());

@@ -42,6 +42,9 @@ struct EvalOptions {
   // read over the compressed cache and answered (a cached document serving questions not yet asked). ppl cases
   // are unaffected.
   bool question_after_compress = false;
+  // The policies cut the cache after every prefill chunk (`run --kv-prefill-compress`, the server's admission by
+  // budget), not only at the prompt's end.
+  bool prefill_compress = false;
   // --spec self[:...]: answers decoded speculatively (lossless: the --kv policies must be the full cache); ppl's
   // teacher-forced scoring has nothing to draft and runs as without it. Empty: plain decode.
   std::string spec;
