@@ -234,6 +234,89 @@ TEST(KvStore, RemoveSlotsKeepsTheOthersInOrderBitForBit) {
   }
 }
 
+// The host's page memory, counting the rows it writes and moves (appends, compaction, packing across pages).
+class CountingPageMemory : public KvPageMemory {
+ public:
+  int64_t rows = 0;
+  uint8_t* map(size_t bytes) override { return host_kv_memory().map(bytes); }
+  void unmap(uint8_t* base, size_t bytes) override { host_kv_memory().unmap(base, bytes); }
+  void release(uint8_t* base, size_t bytes) override { host_kv_memory().release(base, bytes); }
+  void write_rows(KvFormat f, int32_t T, int32_t d, const float* k, const float* v, int64_t stride,
+                  const KvRowDest* dests, int32_t n) override {
+    rows += n;
+    host_kv_memory().write_rows(f, T, d, k, v, stride, dests, n);
+  }
+  void write_page_rows_host(KvFormat f, int32_t T, int32_t d, const float* k, const float* v, int32_t row0,
+                            int32_t n, uint8_t* page) override {
+    rows += n;
+    host_kv_memory().write_page_rows_host(f, T, d, k, v, row0, n, page);
+  }
+  void read_keys_host(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t row0, int32_t n,
+                      float* out) override {
+    host_kv_memory().read_keys_host(f, T, d, page, row0, n, out);
+  }
+  void read_values_host(KvFormat f, int32_t T, int32_t d, const uint8_t* page, int32_t row0, int32_t n,
+                        float* out) override {
+    host_kv_memory().read_values_host(f, T, d, page, row0, n, out);
+  }
+  void compact(KvFormat f, int32_t T, int32_t d, uint8_t* page, const int32_t* keep, int32_t n_keep) override {
+    rows += n_keep;
+    host_kv_memory().compact(f, T, d, page, keep, n_keep);
+  }
+  void copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) override { host_kv_memory().copy_page(dst, src, bytes); }
+};
+
+// Eviction during decode (H2O, TOVA: append one token, evict one anywhere, every step) may not repack the head every
+// step: packing moves every row after the first hole, so the store waits until the holes add up to a page. Rows
+// written or moved stay within the appends plus a full repack of the head every page_tokens steps (packing at every
+// page of free rows, with the budget a whole number of pages, repacks every step: 66,304 rows here against 16,289),
+// the head holds at most one page more than the fewest, and every row is still the one appended, bit for bit. A
+// cut of many slots still packs into the fewest pages.
+TEST(KvStore, DecodeEvictionPacksOncePerPageOfHoles) {
+  const int32_t T = 16, d = 32, n_prompt = 400, budget = 192, n_steps = 640;
+  CountingPageMemory mem;
+  kv::KvGeometry geo{1, 1, d, T, KvFormat::F16, KvFormat::F16};
+  kv::KvPagePool pool(T, d, size_t{1} << 24, mem);
+  kv::KvSequence seq(geo, pool);
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1, 1);
+  // Token t's key and value: what the store must still return for it whenever it holds it (f16-exact values).
+  const auto row = [&](int32_t t, int32_t c, bool value) { return fp16_to_f32(f32_to_fp16(std::sin(0.37f * t + 0.11f * c + (value ? 1.0f : 0.0f)))); };
+  const auto append = [&](int32_t t) {
+    std::vector<float> k(d), v(d);
+    for (int32_t c = 0; c < d; ++c) k[size_t(c)] = row(t, c, false), v[size_t(c)] = row(t, c, true);
+    seq.append(0, k.data(), v.data(), &t, 1);
+  };
+  for (int32_t t = 0; t < n_prompt; ++t) append(t);
+  std::vector<int32_t> keep(n_prompt);
+  std::iota(keep.begin(), keep.end(), 0);
+  std::shuffle(keep.begin(), keep.end(), rng);
+  keep.resize(budget);
+  std::sort(keep.begin(), keep.end());
+  seq.keep_slots(0, 0, keep);
+  EXPECT_EQ(seq.head(0, 0).pages.size(), size_t((budget + T - 1) / T));  // a cut packs into the fewest pages
+
+  mem.rows = 0;
+  for (int32_t i = 0; i < n_steps; ++i) {
+    append(n_prompt + i);
+    const int32_t n = seq.head(0, 0).n_tokens();
+    seq.remove_slots(0, 0, {int32_t(rng() % uint32_t(n - 1))});  // any but the newest
+    ASSERT_LE(seq.head(0, 0).pages.size(), size_t((budget + T - 1) / T + 1)) << "step " << i;
+  }
+  const int64_t repack = 2 * (budget + 1);  // a pack writes or moves each row at most twice (compact, then across)
+  EXPECT_LE(mem.rows, n_steps + (n_steps / T + 1) * repack) << "rows written or moved";
+  const HeadRows got = read_head(seq, 0, 0);
+  ASSERT_EQ(got.positions.size(), size_t(budget));
+  for (size_t s = 0; s < got.positions.size(); ++s) {
+    if (s > 0) ASSERT_LT(got.positions[s - 1], got.positions[s]);
+    for (int32_t c = 0; c < d; ++c) {
+      ASSERT_EQ(got.k[s * d + size_t(c)], row(got.positions[s], c, false)) << "slot " << s;
+      ASSERT_EQ(got.v[s * d + size_t(c)], row(got.positions[s], c, true)) << "slot " << s;
+    }
+  }
+  EXPECT_EQ(pool.n_pages_in_use(), seq.head(0, 0).pages.size());
+}
+
 // KIVI as published ("KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache"): the newest R tokens of
 // every head stay in full precision, and a group is packed only when it has left that window, under any eviction.
 // Driven the way decode-time eviction drives it: append one, evict one older token, many times over.

@@ -162,7 +162,9 @@ TEST(PlanKvFootprint, MatchesTheStoreUnderEveryPolicyShape) {
       {"pyramid:budget=128", 600, 4, 0},
       {"streaming:budget=100,sink=4+kivi:bits=8", 500, 20, 0},
       {"h2o:budget=150", 400, 6, 0},
-      {"full", 1000, 4, 256},                       // sliding-window layers hold their window
+      // Sliding-window layers hold their window; expired one slot a step, the oldest page drains while the newest
+      // fills (KvHeadCache::lazy_holes): within one open page a local head.
+      {"full", 1000, 4, 256, true, true},
       // A budget above window + chunk: the window fills. The window expires tokens out of packed pages during
       // decode, which stay part full (they keep their scales) while the plan counts them dense: within one open
       // page a local head.

@@ -157,13 +157,18 @@ size_t KvSequence::first_open_page(const KvHeadCache& h) const {
   return p;
 }
 
+int32_t KvSequence::holes(const KvHeadCache& h, size_t first) const {
+  int32_t n = 0;
+  for (size_t p = first; p + 1 < h.pages.size(); ++p) n += geo_.page_tokens - h.pages[p].n_rows;
+  return n;
+}
+
 bool KvSequence::repack_before_new_page(const KvHeadCache& h, size_t* first) const {
   const int32_t T = geo_.page_tokens;
   if (h.pages.empty() || h.pages.back().format != geo_.format || h.pages.back().n_rows < T) return false;
   *first = first_open_page(h);
-  for (size_t p = *first; p < h.pages.size(); ++p)
-    if (h.pages[p].n_rows < T) return true;
-  return false;
+  const int32_t n = holes(h, *first);
+  return n >= (h.lazy_holes ? T : 1);
 }
 
 KvPage KvSequence::copy_of(const KvPage& page, int32_t n_rows) {
@@ -442,6 +447,7 @@ void KvSequence::pack_open_pages(KvHeadCache& h, size_t first) {
     h.pages.pop_back();
   }
   summarize_pages_from(h, first);  // open pages hold exact keys (f16/f32): their rows moved
+  h.lazy_holes = false;
 }
 
 void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& slots) {
@@ -495,13 +501,17 @@ void KvSequence::remove_slots(int32_t layer, int32_t kv_head, const std::vector<
   }
   h.pages.resize(w);
   if (geo_.key_summaries) h.key_summary.resize(w * sd);
-  // Open pages are packed together as soon as fewer pages would hold their rows (their free rows, the last page's
-  // included, add up to a page), so they are always the fewest that can hold them. An append and an eviction a step
-  // leave that sum as it is, so under decode-time eviction the packing runs once every page_tokens steps.
+  // Packing moves every open row after the first hole. A cut of a page of slots or more (a prompt's end, a prefill
+  // chunk, window expiry of a chunk) packs as soon as the open pages' free rows, the last page's included, add up to
+  // a page, so they stay the fewest that hold their rows. A smaller one (a decode step's eviction: one slot for H2O
+  // and TOVA, two with a compensation token) would then repack the whole head every step, since each step's append
+  // opens a page beside the new hole; its holes wait until they add up to a page (KvHeadCache::lazy_holes): a pack
+  // every page_tokens evictions at most, and one page more than the fewest at most.
   const size_t first = first_open_page(h);
   int32_t n_free = 0;
   for (size_t p = first; p < h.pages.size(); ++p) n_free += T - h.pages[p].n_rows;
-  if (n_free >= T) pack_open_pages(h, first);
+  h.lazy_holes = static_cast<int32_t>(slots.size()) < T;
+  if (n_free >= T && (!h.lazy_holes || holes(h, first) >= T)) pack_open_pages(h, first);
   if (auto_seal_) seal_old_pages(h);
   // Accounting counts what is allocated, so a head cut from thousands of tokens to its budget gives back the
   // capacity of its tables too (otherwise they are a third of a 2-bit cache's bytes). The slack of one page

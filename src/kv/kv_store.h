@@ -105,6 +105,9 @@ struct KvHeadCache {
   // are the ones the page holds as read back from its format (so the bound covers what attention reads), except
   // that a page packed by sealing keeps the summary of its exact keys from before packing.
   std::vector<float> key_summary;
+  // The open pages' holes were left by a removal of less than a page of slots (a decode step's eviction): they are
+  // packed only once they add up to a page (KvSequence::remove_slots says why). Cleared by packing.
+  bool lazy_holes = false;
   int32_t n_tokens() const { return static_cast<int32_t>(positions.size()); }
 };
 
@@ -168,7 +171,8 @@ class KvSequence {
   void set_auto_seal(bool on) { auto_seal_ = on; }
 
   // Drops the given slots (sorted ascending, unique) of one head; the others keep their order (erase_slots).
-  // Emptied pages go back to the pool at once; open pages are packed into the fewest that hold their rows.
+  // Emptied pages go back to the pool at once; open pages are packed into the fewest that hold their rows, after
+  // fewer than page_tokens slots (a decode step's eviction) only once a page of holes has gathered.
   void remove_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& slots);
   // Keeps exactly the given slots (sorted ascending, unique); the others are removed as above.
   void keep_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& keep);
@@ -212,9 +216,11 @@ class KvSequence {
   // Moves the rows of the open pages from page `first` on to the front, in order, and frees emptied pages.
   void pack_open_pages(KvHeadCache& h, size_t first);
   size_t first_open_page(const KvHeadCache& h) const;
-  // Whether the open pages must be packed before a new one opens: the last is full and rows were freed in the open
-  // pages, which packing takes back so the open pages stay the fewest that hold their rows (at most once every
-  // page_tokens appends). first: the first open page.
+  // Free rows of the open pages from first on, the last page's not counted: what evictions left behind.
+  int32_t holes(const KvHeadCache& h, size_t first) const;
+  // Whether the open pages must be packed before a new one opens: the last is full and the pages before it have
+  // holes, which packing takes back so the open pages stay the fewest that hold their rows; holes left by decode-step
+  // evictions (KvHeadCache::lazy_holes) only once they add up to a page. first: the first open page.
   bool repack_before_new_page(const KvHeadCache& h, size_t* first) const;
   // The page the next row goes to: the last open one, or a new one (with its empty key summary) when that is full.
   KvPage& page_for_next_row(KvHeadCache& h);
