@@ -110,18 +110,32 @@ KvPositions ComposedPolicy::positions() const {
 
 std::vector<std::vector<float>> ComposedPolicy::layer_scores(const KvSequence& seq, const KvScores& scores,
                                                              int32_t layer, const TokenRanker* ranker) const {
+  std::vector<int32_t> heads;
+  for (int32_t g = 0; g < n_head_kv_; ++g)
+    if (plans_[index(layer, g)].ranker == ranker) heads.push_back(g);
+  std::vector<std::vector<float>> out(static_cast<size_t>(n_head_kv_));
+  if (heads.empty()) return out;
+  // The usual case (a layer-scope ranker keeps the same tokens in every head, as TOVA does): the heads hold the same
+  // positions in the same slots, and the sum is taken slot by slot, in the same order as by position below.
+  const std::vector<int32_t>& pos0 = seq.head(layer, heads[0]).positions;
+  if (std::all_of(heads.begin(), heads.end(), [&](int32_t g) { return seq.head(layer, g).positions == pos0; })) {
+    std::vector<float> sum(pos0.size(), 0.0f);
+    for (int32_t g : heads) {
+      const float* s = scores.head(layer, g);
+      for (size_t i = 0; i < sum.size(); ++i) sum[i] += s[i];
+    }
+    for (int32_t g : heads) out[static_cast<size_t>(g)] = sum;
+    return out;
+  }
   // Heads may hold their tokens in different slot orders, so the sum is taken per position. A head that does not
   // hold a token paid it no attention.
   std::unordered_map<int32_t, float> by_position;
-  for (int32_t g = 0; g < n_head_kv_; ++g) {
-    if (plans_[index(layer, g)].ranker != ranker) continue;
+  for (int32_t g : heads) {
     const KvHeadCache& h = seq.head(layer, g);
     const float* s = scores.head(layer, g);
     for (int32_t i = 0; i < h.n_tokens(); ++i) by_position[h.positions[static_cast<size_t>(i)]] += s[i];
   }
-  std::vector<std::vector<float>> out(static_cast<size_t>(n_head_kv_));
-  for (int32_t g = 0; g < n_head_kv_; ++g) {
-    if (plans_[index(layer, g)].ranker != ranker) continue;
+  for (int32_t g : heads) {
     const KvHeadCache& h = seq.head(layer, g);
     auto& o = out[static_cast<size_t>(g)];
     o.resize(static_cast<size_t>(h.n_tokens()));
