@@ -308,7 +308,9 @@ TEST(KvStore, DecodeEvictionPacksOncePerPageOfHoles) {
   const HeadRows got = read_head(seq, 0, 0);
   ASSERT_EQ(got.positions.size(), size_t(budget));
   for (size_t s = 0; s < got.positions.size(); ++s) {
-    if (s > 0) ASSERT_LT(got.positions[s - 1], got.positions[s]);
+    if (s > 0) {
+      ASSERT_LT(got.positions[s - 1], got.positions[s]);
+    }
     for (int32_t c = 0; c < d; ++c) {
       ASSERT_EQ(got.k[s * d + size_t(c)], row(got.positions[s], c, false)) << "slot " << s;
       ASSERT_EQ(got.v[s * d + size_t(c)], row(got.positions[s], c, true)) << "slot " << s;
