@@ -50,6 +50,9 @@ expect_error "eval length"    "beyond the model's context of 8192" "$bin" eval n
 expect_error "eval haystack"  "haystack '$tmp/blank.txt' is empty" "$bin" eval needle -m "$smol" --haystack "$tmp/blank.txt" -o "$tmp/r.json"
 expect_error "eval output"    "cannot write the results file" "$bin" eval needle -m "$smol" --haystack "$tmp/hay.txt" -o "$tmp/no-such-dir/r.json"
 expect_error "eval kv spec"   "unknown KV policy 'snapkvv'" "$bin" eval needle -m "$smol" --haystack "$tmp/hay.txt" --kv snapkvv:budget=1/4 -o "$tmp/r.json"
+expect_error "eval chunk cut" "cannot cut between prefill chunks" "$bin" eval needle -m "$smol" --haystack "$tmp/hay.txt" \
+    --kv snapkv:budget=1/4 --kv kvzip:budget=1/4 --kv-prefill-compress -o "$tmp/pc.json"
+if [ -s "$tmp/pc.json" ]; then echo "FAIL eval chunk cut: a case ran before the refusal"; failures=$((failures + 1)); fi
 # bench: exactly one of -m and --synthetic, and a synthetic shape it knows.
 expect_error "bench no model" "bench needs exactly one model" "$bin" bench -p 4 -n 4
 expect_error "bench two models" "not both"              "$bin" bench -m "$smol" --synthetic tiny -p 4 -n 4

@@ -321,7 +321,10 @@ EvalReport run_eval(const EvalOptions& o) {
     if (scores && len < o.n_score + 16) fail("length {} is too short to score {} tokens after a prefix (--ppl-tokens)", len, o.n_score);
   }
   for (const std::string& spec : o.kv_specs)
-    for (int32_t len : lengths) (void)kv::make_kv_policy(resolve_budget(spec, len), mc.n_layer, mc.n_head_kv);
+    for (int32_t len : lengths) {
+      const auto policy = kv::make_kv_policy(resolve_budget(spec, len), mc.n_layer, mc.n_head_kv);
+      if (o.prefill_compress) check_policy_compresses_chunks(*policy);
+    }
   const SpecParams spec_params = o.spec.empty() ? SpecParams{} : parse_spec(o.spec);
   if (!o.spec.empty())
     for (const std::string& spec : o.kv_specs) (void)make_verifier_policy(spec, mc.n_layer, mc.n_head_kv);
