@@ -279,7 +279,6 @@ TEST(KvStore, DecodeEvictionPacksOncePerPageOfHoles) {
   kv::KvPagePool pool(T, d, size_t{1} << 24, mem);
   kv::KvSequence seq(geo, pool);
   std::mt19937 rng(5);
-  std::uniform_real_distribution<float> u(-1, 1);
   // Token t's key and value: what the store must still return for it whenever it holds it (f16-exact values).
   const auto row = [&](int32_t t, int32_t c, bool value) { return fp16_to_f32(f32_to_fp16(std::sin(0.37f * t + 0.11f * c + (value ? 1.0f : 0.0f)))); };
   const auto append = [&](int32_t t) {
