@@ -53,7 +53,9 @@ OpenAiService::OpenAiService(const Model& model, const Tokenizer& tok, RequestEn
     : model_(model), tok_(tok), engine_(engine), metrics_(metrics), opt_(std::move(o)), created_(unix_now()) {
   const ModelConfig& c = model.config();
   // A bad --kv, or one the device cannot run, is an Error at start.
-  check_policy_runs_on(opt_.device, *kv::make_kv_policy(opt_.default_kv, c.n_layer, c.n_head_kv));
+  const auto default_policy = kv::make_kv_policy(opt_.default_kv, c.n_layer, c.n_head_kv);
+  check_policy_runs_on(opt_.device, *default_policy);
+  check_policy_serves(*default_policy);
   try {
     chat_ = std::make_unique<ChatTemplate>(chat_template_for(model.file()));
   } catch (const Error& e) {
@@ -105,6 +107,7 @@ StartedRequest OpenAiService::start(std::string_view body, Endpoint endpoint) {
   }
   try {
     check_policy_runs_on(opt_.device, *policy);
+    check_policy_serves(*policy);
   } catch (const Error& e) {
     bad_field("kv", e.what());
   }

@@ -92,6 +92,7 @@ int serve_command(const ServeOptions& o) {
   {
     const auto policy = kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv);
     check_policy_runs_on(eo.device, *policy);
+    check_policy_serves(*policy);
     if (o.kv_prefill_compress) check_policy_compresses_chunks(*policy);
   }
 

@@ -52,12 +52,26 @@ void check_policy_runs_on(Device d, const kv::KvPolicy& policy) {
   if (policy.positions() == kv::KvPositions::InCache && d != Device::Cpu)
     fail("{} keeps positions within the cache (StreamingLLM), which runs on the cpu device only for now",
          policy.describe());
+  if (policy.holds_tokens_beside_store() && d != Device::Cpu)
+    fail("{} holds tokens beside the paged store (ShadowKV), which runs on the cpu device only for now",
+         policy.describe());
 }
 
 void check_policy_compresses_chunks(const kv::KvPolicy& policy) {
   if (policy.reconstruction().chunk > 0)
     fail("{} scores the cache by reconstructing the whole prompt after prefill; it cannot cut between prefill chunks "
          "(--kv-prefill-compress)",
+         policy.describe());
+  if (policy.holds_tokens_beside_store())
+    fail("{} factorizes the whole prompt's keys at its end; it cannot cut between prefill chunks "
+         "(--kv-prefill-compress)",
+         policy.describe());
+}
+
+void check_policy_serves(const kv::KvPolicy& policy) {
+  if (policy.holds_tokens_beside_store())
+    fail("{} holds tokens beside the paged store (ShadowKV), which the server's admission does not count yet; use it "
+         "with run, eval or bench",
          policy.describe());
 }
 
@@ -146,7 +160,16 @@ void EngineSession::tell_text(Sequence& s, int32_t from, int32_t n) {
   s.policy->on_text(from, breaks);
 }
 
-void EngineSession::note_peak(Sequence& s) { s.peak_bytes = std::max(s.peak_bytes, s.kv->bytes().total()); }
+kv::KvBytes EngineSession::bytes_of(const Sequence& s) {
+  kv::KvBytes b = s.kv->bytes();
+  if (const KvReadFilter* f = s.policy->read_filter(); f != nullptr) {
+    b.beside_fast = f->bytes_fast();
+    b.beside_cold = f->bytes_cold();
+  }
+  return b;
+}
+
+void EngineSession::note_peak(Sequence& s) { s.peak_bytes = std::max(s.peak_bytes, bytes_of(s).total()); }
 
 void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, const PrefillOptions& opts,
                             std::vector<float>& logits) {
@@ -200,6 +223,7 @@ void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, cons
     fail("internal: a prefix of {} tokens to share past what the policy leaves untouched", opts.prefix_at);
 
   std::vector<int32_t> positions(static_cast<size_t>(opts_.n_batch));
+  KvReadFilter* read_after = nullptr;  // what the chunks read past the policy's cut; null: the whole store
   std::vector<float> chunk_logits;
   std::vector<int32_t> rows;
   std::vector<size_t> dest;
@@ -214,7 +238,8 @@ void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, cons
         dest.push_back(j);
       }
     chunk_logits.resize(rows.size() * static_cast<size_t>(n_vocab));
-    forward_.run(kv, tokens.data() + start, positions.data(), len, rows, chunk_logits.data(), &scores);
+    forward_.run(kv, tokens.data() + start, positions.data(), len, rows, chunk_logits.data(), &scores,
+                 kv::KvPositions::Original, read_after);
     note_peak(s);
     for (size_t r = 0; r < rows.size(); ++r)
       std::memcpy(logits.data() + dest[r] * n_vocab, chunk_logits.data() + r * n_vocab, n_vocab * sizeof(float));
@@ -242,9 +267,11 @@ void EngineSession::prefill(SequenceId id, std::span<const int32_t> tokens, cons
   }
   if (opts.on_scores) opts.on_scores(kv, scores);
   if (expire) kv_expire_window(c, kv, policy, pos0 + m);
-  // The rest of the prompt (a question asked after the context was compressed): read, never scored.
+  // The rest of the prompt (a question asked after the context was compressed): read, never scored; through the
+  // read filter when it holds tokens the store no longer has.
   scores.first_pos = INT_MAX;
   scores.queries.first_pos = INT_MAX;
+  if (hooks && policy.holds_tokens_beside_store()) read_after = policy.read_filter();
   for (int32_t start = m; start < n; start += opts_.n_batch) {
     const int32_t len = std::min(opts_.n_batch, n - start);
     run_chunk(start, len);
@@ -389,7 +416,7 @@ const kv::KvSequence& EngineSession::sequence(SequenceId id) const { return *seq
 kv::KvPolicy& EngineSession::policy(SequenceId id) { return *seq(id).policy; }
 const kv::KvPolicy& EngineSession::policy(SequenceId id) const { return *seq(id).policy; }
 int32_t EngineSession::position(SequenceId id) const { return seq(id).n_past; }
-kv::KvBytes EngineSession::bytes(SequenceId id) const { return seq(id).kv->bytes(); }
+kv::KvBytes EngineSession::bytes(SequenceId id) const { return bytes_of(seq(id)); }
 size_t EngineSession::peak_bytes(SequenceId id) const { return seq(id).peak_bytes; }
 
 int32_t EngineSession::n_sequences() const {

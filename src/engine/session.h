@@ -95,6 +95,9 @@ void check_policy_runs_on(Device d, const kv::KvPolicy& policy);
 // Throws Error when the policy cannot cut between prefill chunks (PrefillOptions::compress_chunks): KVzip scores the
 // cache by reconstructing the whole prompt.
 void check_policy_compresses_chunks(const kv::KvPolicy& policy);
+// Throws Error when the server cannot run the policy: it admits requests by the pool's pages, and a policy that
+// holds tokens beside the store (ShadowKV) would hold memory it does not count.
+void check_policy_serves(const kv::KvPolicy& policy);
 
 class EngineSession {
  public:
@@ -163,6 +166,8 @@ class EngineSession {
   Sequence& seq(SequenceId id);
   const Sequence& seq(SequenceId id) const;
   SequenceId add(kv::KvPolicy& policy, std::unique_ptr<kv::KvPolicy> owned);
+  // The store's bytes and those the policy's read filter holds beside it.
+  static kv::KvBytes bytes_of(const Sequence& s);
   void note_peak(Sequence& s);
   // Tells s's policy, if it cuts at text boundaries, the boundaries before the tokens at [from, from + n).
   void tell_text(Sequence& s, int32_t from, int32_t n);

@@ -61,6 +61,7 @@ int32_t ComposedPolicy::prefill_score_from(int32_t n_prompt) const {
 int32_t ComposedPolicy::prefill_query_stats_from(int32_t n_prompt) const {
   int32_t from = INT_MAX;
   for (const auto& r : rankers_) from = std::min(from, r->prefill_query_stats_from(n_prompt));
+  if (read_filter_) from = std::min(from, read_filter_->prefill_query_stats_from(n_prompt));
   return from;
 }
 
@@ -78,6 +79,7 @@ void ComposedPolicy::reset() {
   for (auto& acc : accumulated_) acc.clear();
   for (auto& c : compensation_) c = Compensation{};
   text_breaks_.clear();
+  if (read_filter_) read_filter_->reset();
 }
 
 bool ComposedPolicy::wants_text_breaks() const {
@@ -319,7 +321,10 @@ void ComposedPolicy::place_compensation(KvSequence& seq, int32_t layer, int32_t 
 void ComposedPolicy::after_prefill_chunk(KvSequence& seq, const KvScores& scores) {
   compress(seq, scores, Step::PrefillChunk);
 }
-void ComposedPolicy::after_prefill(KvSequence& seq, const KvScores& scores) { compress(seq, scores, Step::PrefillEnd); }
+void ComposedPolicy::after_prefill(KvSequence& seq, const KvScores& scores) {
+  compress(seq, scores, Step::PrefillEnd);
+  if (read_filter_) read_filter_->after_prefill(seq, scores);
+}
 void ComposedPolicy::after_decode_step(KvSequence& seq, const KvScores& scores) { compress(seq, scores, Step::Decode); }
 
 void ComposedPolicy::on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before,

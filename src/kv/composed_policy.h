@@ -70,6 +70,7 @@ class ComposedPolicy final : public KvPolicy {
   void after_prefill(KvSequence& seq, const KvScores& scores) override;
   void after_decode_step(KvSequence& seq, const KvScores& scores) override;
   void on_slots_removed(int32_t layer, int32_t kv_head, int32_t n_before, const std::vector<int32_t>& slots) override;
+  using KvPolicy::read_filter;
   KvReadFilter* read_filter() override { return read_filter_.get(); }
   bool wants_key_summaries() const override { return key_summaries_; }
   int32_t page_tokens() const override { return page_tokens_; }

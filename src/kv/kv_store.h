@@ -116,7 +116,10 @@ struct KvBytes {
   size_t shared = 0;    // of payload, the bytes of pages other sequences hold too (counted once in the pool)
   size_t metadata = 0;  // positions and page tables
   size_t summaries = 0;  // per-page key summaries (KvGeometry::key_summaries), 0 when none are kept
-  size_t total() const { return payload + metadata + summaries; }
+  // Tokens a read policy holds beside the store (ShadowKV), filled in by the engine session: in fast memory (counted
+  // in total()) and in the cold tier (not counted: host memory on a GPU).
+  size_t beside_fast = 0, beside_cold = 0;
+  size_t total() const { return payload + metadata + summaries + beside_fast; }
 };
 
 // What KvSequence::remove_slots does to slot numbers: the removed slots go, the rest keep their order. Per-slot

@@ -136,6 +136,10 @@ class KvPolicy {
   // What each decode step reads of the cache (Quest's query-aware pages), passed to Forward::run during decode;
   // null: everything. Prefill always reads the whole cache.
   virtual KvReadFilter* read_filter() { return nullptr; }
+  const KvReadFilter* read_filter() const { return const_cast<KvPolicy*>(this)->read_filter(); }
+  // Whether the read filter holds tokens beside the store (ShadowKV): reads after the prompt's end then all go
+  // through it, and its bytes count in the sequence's (KvBytes::beside_fast, beside_cold).
+  bool holds_tokens_beside_store() const { return read_filter() != nullptr && read_filter()->holds_tokens(); }
   // Whether the store must keep per-page key summaries (KvGeometry::key_summaries) for the read filter.
   virtual bool wants_key_summaries() const { return false; }
   // Tokens per store page the policy asks for (Quest selects whole pages, so its page size is its granularity);

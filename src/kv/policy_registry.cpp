@@ -18,6 +18,7 @@ const std::vector<KvComponent>& kv_components() {
       kv_component_pyramid(),   kv_component_heads(), kv_component_adakv(),
       kv_component_full(),      kv_component_kivi(),
       kv_component_quest(),
+      kv_component_shadowkv(),
   };
   return all;
 }

@@ -64,6 +64,7 @@ KvComponent kv_component_adakv();      // policy_adakv.cpp
 KvComponent kv_component_full();       // policy_full.cpp
 KvComponent kv_component_kivi();       // policy_kivi.cpp
 KvComponent kv_component_quest();      // policy_quest.cpp
+KvComponent kv_component_shadowkv();   // policy_shadowkv.cpp
 
 // Every component, token policies first, then budget shapes (in the order they apply), then formats, then read
 // policies.
