@@ -23,6 +23,7 @@
 #include "core/thread_pool.h"
 #include "engine/session.h"
 #include "kv/policy.h"
+#include "kv/shadowkv.h"
 #include "model/forward.h"
 #include "model/model.h"
 
@@ -81,6 +82,7 @@ TEST_F(EngineSessionTest, InterleavedSequencesGiveWhatEachGivesAlone) {
       {"quest:budget=64,dense_layers=0", tokens(260, 5, c.n_vocab), tokens(40, 6, c.n_vocab)},
       {"full", tokens(130, 7, c.n_vocab), tokens(40, 8, c.n_vocab)},
       {"streaming:budget=64,sink=4", tokens(180, 11, c.n_vocab), tokens(40, 12, c.n_vocab)},
+      {"shadowkv:budget=32,rank=16,outliers=2,recent=16", tokens(400, 13, c.n_vocab), tokens(40, 14, c.n_vocab)},
   };
   std::vector<std::vector<float>> alone;
   for (const Request& r : reqs) alone.push_back(run_alone(*model_, tp_, r));
@@ -89,7 +91,7 @@ TEST_F(EngineSessionTest, InterleavedSequencesGiveWhatEachGivesAlone) {
   std::vector<SequenceId> ids;
   std::vector<std::vector<float>> got(reqs.size());
   for (const Request& r : reqs) ids.push_back(s.add_sequence(r.kv));
-  ASSERT_EQ(s.n_sequences(), 5);
+  ASSERT_EQ(s.n_sequences(), 6);
   for (size_t i = 0; i < reqs.size(); ++i) {
     PrefillOptions po;
     po.logit_positions = {static_cast<int32_t>(reqs[i].prompt.size()) - 1};
@@ -122,6 +124,38 @@ TEST_F(EngineSessionTest, InterleavedSequencesGiveWhatEachGivesAlone) {
   EXPECT_LT(s.sequence(ids[0]).n_tokens_max(), 300);
   EXPECT_LE(s.sequence(ids[1]).n_tokens_max(), 80);
   EXPECT_LT(s.bytes(ids[0]).total(), s.sequence(ids[0]).full_f16_bytes(340));
+  // ShadowKV took the prompt out of the store (all but its last 16 + a part chunk, and the 40 fed) and holds it
+  // beside: counted in the sequence's bytes, the values in the cold tier.
+  EXPECT_LT(s.sequence(ids[5]).n_tokens_max(), 16 + 8 + 40 + 1);
+  EXPECT_GT(s.bytes(ids[5]).beside_fast, 0u);
+  EXPECT_GT(s.bytes(ids[5]).beside_cold, 0u);
+  EXPECT_EQ(s.bytes(ids[5]).total(), s.sequence(ids[5]).bytes().total() + s.bytes(ids[5]).beside_fast);
+}
+
+// ShadowKV holds the compressed part of the prompt beside the store: the rest of the prompt (a question read after
+// the cut, PrefillOptions::n_compressed) must read it through the filter, or it would see only the store's tokens.
+TEST_F(EngineSessionTest, TokensReadAfterTheCutGoThroughAFilterThatHoldsTokens) {
+  const ModelConfig& c = model_->config();
+  const std::vector<int32_t> prompt = tokens(400, 21, c.n_vocab);
+  for (const int32_t n_compressed : {0, 360}) {
+    EngineSession s(*model_, tp_, options());
+    const SequenceId id = s.add_sequence("shadowkv:budget=32,rank=16,outliers=2,recent=16");
+    PrefillOptions po;
+    po.logit_positions = {399};
+    po.n_compressed = n_compressed;
+    std::vector<float> out;
+    s.prefill(id, prompt, po, out);
+    const auto* f = dynamic_cast<const kv::ShadowKvReadFilter*>(s.policy(id).read_filter());
+    ASSERT_NE(f, nullptr);
+    ASSERT_NE(f->layer(0), nullptr);
+    if (n_compressed == 0) {
+      EXPECT_EQ(f->rows_held(), 0) << "prefill read through the filter with nothing after the cut";
+    } else {
+      EXPECT_EQ(f->layer(0)->n_shadow, (360 - 16) / 8 * 8);
+      EXPECT_GT(f->rows_held(), 0) << "the 40 tokens after the cut did not read through the filter";
+      EXPECT_LT(f->rows_read(), f->rows_held());
+    }
+  }
 }
 
 // More sequences in a step than one batch-invariant forward takes: with batch_invariant (the default) each still

@@ -328,7 +328,8 @@ TEST(ShadowKv, SpecComposesAndRejectsBadInput) {
   ASSERT_NE(f, nullptr);
   EXPECT_EQ(f->rank_for(192), 48);
   auto def = kv::make_kv_policy("shadowkv", 30, 3);
-  EXPECT_EQ(dynamic_cast<kv::ShadowKvReadFilter*>(def->read_filter())->rank_for(192), 32);   // 30 rounded up to 8s
+  EXPECT_EQ(dynamic_cast<kv::ShadowKvReadFilter*>(def->read_filter())->rank_for(192), 64);   // at least 64
+  EXPECT_EQ(dynamic_cast<kv::ShadowKvReadFilter*>(def->read_filter())->rank_for(48), 48);    // at most the width
   EXPECT_EQ(dynamic_cast<kv::ShadowKvReadFilter*>(def->read_filter())->rank_for(1024), 160);  // the paper's
   EXPECT_EQ(def->prefill_query_stats_from(1000), 999);
   EXPECT_FALSE(kv::make_kv_policy("quest", 30, 3)->holds_tokens_beside_store());

@@ -193,8 +193,13 @@ int run_command(const RunOptions& o) {
     fmt::print(stderr, "decode:  {} tokens in {:.2f}s ({:.1f} tok/s)\n", st.n_generated, st.decode_seconds, tg);
     const double ratio = st.kv_bytes.total() > 0 ? static_cast<double>(st.kv_full_f16_bytes) / st.kv_bytes.total() : 0;
     // Quest's per-page key summaries, where kept, are bytes the sequence holds too.
-    const std::string summaries = st.kv_bytes.summaries == 0 ? std::string() :
+    std::string summaries = st.kv_bytes.summaries == 0 ? std::string() :
         fmt::format(" + {} key summaries", human_bytes(static_cast<double>(st.kv_bytes.summaries)));
+    // ShadowKV's factors, landmarks and exact chunks; its values sit in the cold tier, not counted in what is held.
+    if (st.kv_bytes.beside_fast + st.kv_bytes.beside_cold > 0)
+      summaries += fmt::format(" + {} beside the store, and {} in the cold tier",
+                               human_bytes(static_cast<double>(st.kv_bytes.beside_fast)),
+                               human_bytes(static_cast<double>(st.kv_bytes.beside_cold)));
     fmt::print(stderr, "kv:      {} held ({} pages + {} metadata{}) for {} tokens; full f16 cache: {} ({:.2f}x)\n",
                human_bytes(static_cast<double>(st.kv_bytes.total())), human_bytes(static_cast<double>(st.kv_bytes.payload)),
                human_bytes(static_cast<double>(st.kv_bytes.metadata)), summaries, seq.n_tokens_max(),

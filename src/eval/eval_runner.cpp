@@ -137,6 +137,7 @@ struct CaseResult {
   bool correct = false;
   int32_t n_prompt = 0, n_generated = 0;
   size_t kv_bytes = 0, kv_full_f16_bytes = 0;
+  size_t kv_cold_bytes = 0;  // held in the cold tier (ShadowKV's values), beside kv_bytes
   size_t kv_pool_bytes = 0, kv_pool_peak_bytes = 0;  // what the page allocator held at the end and at most
   double kv_bytes_per_token = 0;
   double prefill_s = 0, decode_s = 0;
@@ -159,6 +160,7 @@ nlohmann::json to_json(const CaseResult& r) {
   j["n_generated"] = r.n_generated;
   j["kv_bytes"] = r.kv_bytes;
   j["kv_full_f16_bytes"] = r.kv_full_f16_bytes;
+  if (r.kv_cold_bytes > 0) j["kv_cold_bytes"] = r.kv_cold_bytes;
   j["kv_bytes_per_token"] = r.kv_bytes_per_token;
   j["kv_pool_bytes"] = r.kv_pool_bytes;
   j["kv_pool_peak_bytes"] = r.kv_pool_peak_bytes;
@@ -481,6 +483,7 @@ EvalReport run_eval(const EvalOptions& o) {
         r.prefill_s = st.prefill_seconds;
         r.decode_s = st.decode_seconds;
         r.kv_bytes = st.kv_bytes.total();
+        r.kv_cold_bytes = st.kv_bytes.beside_cold;
         r.kv_full_f16_bytes = st.kv_full_f16_bytes;
         r.kv_pool_bytes = st.kv_pool_bytes;
         r.kv_pool_peak_bytes = st.kv_pool_peak_bytes;
@@ -507,6 +510,7 @@ EvalReport run_eval(const EvalOptions& o) {
         r.prefill_s = st.prefill_seconds;
         r.decode_s = st.decode_seconds;
         r.kv_bytes = st.kv_bytes.total();
+        r.kv_cold_bytes = st.kv_bytes.beside_cold;
         r.kv_full_f16_bytes = st.kv_full_f16_bytes;
         r.kv_pool_bytes = st.kv_pool_bytes;
         r.kv_pool_peak_bytes = st.kv_pool_peak_bytes;

@@ -29,7 +29,7 @@ void low_rank_factorize(const float* x, int64_t n, int32_t D, int32_t r, std::ve
 struct ShadowKvOptions {
   int32_t budget = 1024;  // tokens rebuilt per (layer, kv-head) each decode step, in whole chunks
   int32_t chunk = 8;      // tokens per chunk (one landmark each)
-  int32_t rank = 0;       // of the key factorization; 0: 160/1024 of the layer's key width (the paper's), up to 8s
+  int32_t rank = 0;       // of the key factorization; 0: 160/1024 of the layer's key width (the paper's), >= 64
   int32_t outliers = 8;   // chunks per (layer, kv-head) kept exact besides the first
   int32_t recent = 32;    // the prompt's last tokens that stay in the store, at least
 };
