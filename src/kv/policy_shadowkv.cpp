@@ -303,19 +303,10 @@ void ShadowKvReadFilter::select_chunks(const Layer& L, int32_t g, const float* q
     best_.assign(static_cast<size_t>(n_chunks), 0.0f);
     for (int32_t j = 0; j < group; ++j) {
       const float* qh = q + (static_cast<int64_t>(t) * n_head + static_cast<int64_t>(g) * group + j) * d;
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int32_t c = 0; c < n_chunks; ++c) {
-        const float* lm = h.landmarks.data() + static_cast<size_t>(c) * d;
-        float s = 0;
-        for (int32_t i = 0; i < d; ++i) s += qh[i] * lm[i];
-        probs_[static_cast<size_t>(c)] = s * L.scale;
-        mx = std::max(mx, s * L.scale);
-      }
-      double sum = 0;
-      for (float& p : probs_) sum += (p = std::exp(p - mx));
-      const auto inv = static_cast<float>(1.0 / sum);
+      shadowkv_landmark_scores(qh, h.landmarks.data(), n_chunks, d, L.scale, probs_.data());
+      shadowkv_softmax(probs_.data(), n_chunks);
       for (int32_t c = 0; c < n_chunks; ++c)
-        best_[static_cast<size_t>(c)] = std::max(best_[static_cast<size_t>(c)], probs_[static_cast<size_t>(c)] * inv);
+        best_[static_cast<size_t>(c)] = std::max(best_[static_cast<size_t>(c)], probs_[static_cast<size_t>(c)]);
     }
     chosen_.clear();
     for (int32_t c = 0; c < n_chunks; ++c)
@@ -364,6 +355,7 @@ void ShadowKvReadFilter::narrow(int32_t layer, const float* q, const int32_t* q_
     // and then its values token-major (kv/page_codec's layout).
     const float* bg = L.b.data() + static_cast<size_t>(g) * d;
     key_.resize(static_cast<size_t>(d));
+    a_row_.resize(static_cast<size_t>(r));
     float* k = key_.data();
     int32_t i = 0;
     for (int32_t c : chosen_) {
@@ -374,18 +366,13 @@ void ShadowKvReadFilter::narrow(int32_t layer, const float* q, const int32_t* q_
         const size_t row = static_cast<size_t>(t) * d;
         if (e >= 0) {
           const size_t at = (static_cast<size_t>(e) * C + static_cast<size_t>(t - c * C)) * d;
-          for (int32_t j = 0; j < d; ++j) k[j] = fp16_to_f32(h.exact_keys[at + j]);
-          for (int32_t j = 0; j < d; ++j) v[j] = fp16_to_f32(h.exact_values[at + j]);
+          shadowkv_f16_to_f32(h.exact_keys.data() + at, d, k);
+          shadowkv_f16_to_f32(h.exact_values.data() + at, d, v);
         } else {
-          std::fill(k, k + d, 0.0f);
-          const uint16_t* at = L.a.data() + static_cast<size_t>(t) * r;
-          for (int32_t m = 0; m < r; ++m) {
-            const float w = fp16_to_f32(at[m]);
-            const float* bm = bg + static_cast<size_t>(m) * W;
-            for (int32_t j = 0; j < d; ++j) k[j] += w * bm[j];
-          }
+          shadowkv_f16_to_f32(L.a.data() + static_cast<size_t>(t) * r, r, a_row_.data());
+          shadowkv_rebuild_key(a_row_.data(), r, bg, W, d, k);
           rope_rotate(k, 1, d, L.n_rot, rt.cos.data() + t * half, rt.sin.data() + t * half, L.rope_order);
-          for (int32_t j = 0; j < d; ++j) v[j] = fp16_to_f32(h.values[row + j]);
+          shadowkv_f16_to_f32(h.values.data() + row, d, v);
         }
         for (int32_t j = 0; j < d; ++j) page[static_cast<size_t>(j) * T + i % T] = k[j];
         positions.push_back(t);

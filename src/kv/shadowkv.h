@@ -26,6 +26,14 @@ namespace longctx::kv {
 void low_rank_factorize(const float* x, int64_t n, int32_t D, int32_t r, std::vector<float>& a,
                         std::vector<float>& b);
 
+// The loops of a decode step (shadowkv_simd.cpp): out[c] = scale * q . landmarks[c] for n landmarks of d; x
+// turned into its softmax in place; n f16 values widened; and one key before RoPE, out (d) = a (r) times b (r rows of d, b_stride floats
+// apart).
+void shadowkv_landmark_scores(const float* q, const float* landmarks, int32_t n, int32_t d, float scale, float* out);
+void shadowkv_softmax(float* x, int32_t n);
+void shadowkv_f16_to_f32(const uint16_t* x, int32_t n, float* out);
+void shadowkv_rebuild_key(const float* a, int32_t r, const float* b, int64_t b_stride, int32_t d, float* out);
+
 struct ShadowKvOptions {
   int32_t budget = 1024;  // tokens rebuilt per (layer, kv-head) each decode step, in whole chunks
   int32_t chunk = 8;      // tokens per chunk (one landmark each)
@@ -96,7 +104,7 @@ class ShadowKvReadFilter final : public KvReadFilter {
   std::vector<std::vector<int32_t>> positions_;
   std::vector<int32_t> chosen_;
   std::vector<uint8_t> mark_;
-  std::vector<float> probs_, best_, key_;
+  std::vector<float> probs_, best_, key_, a_row_;
 };
 
 }  // namespace longctx::kv
