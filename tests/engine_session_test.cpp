@@ -1,12 +1,13 @@
 // The engine session (engine/session.h) on the tiny synthetic llama:
 //   - sequences under different policies (prefill selection + KIVI packing, per-step eviction by decode scores,
-//     Quest's read filter, the full cache), prefilled and then decoded step by step interleaved in one session,
+//     Quest's read filter, ShadowKV's tokens held beside the store, the full cache), prefilled and then decoded step by step interleaved in one session,
 //     give bit for bit the logits each gives alone in a session of its own;
 //   - a step over several sequences at once gives what one step each gives;
 //   - the full cache through the session equals the plain loop over Forward (chunked prefill, one token a step);
 //   - a prefill on top of a cached prefix equals one prefill of the whole (bench's pp at a depth);
 //   - extend + truncate leave the cache as it was (speculative decoding's rollback);
 //   - remove_sequence returns the pool's pages to what it held before the sequence came;
+//   - the rest of a prompt after the cut reads through a read filter that holds tokens (ShadowKV);
 //   - bad input: past the context, an unknown sequence, a second page size, a sequence twice in one step.
 // Tolerance: none; every comparison is exact (the session adds no arithmetic of its own).
 #include <gtest/gtest.h>

@@ -145,7 +145,7 @@ struct Fixture {
 };
 
 // The chunks a kv-head reads for one query, as a plain loop over the method in double: landmarks are chunk means of
-// the stored keys; exact chunks are the first and the `outliers` with the lowest cosine between a key and its mean;
+// the stored keys (scored as the filter keeps them, at f16); exact chunks are the first and the `outliers` with the lowest cosine between a key and its mean;
 // the others are ranked by the largest softmax probability the group's query heads give their landmark.
 std::vector<int32_t> reference_chunks(const Fixture& f, const kv::ShadowKvOptions& o, int32_t n_shadow, int32_t g,
                                       const float* q, float scale) {
@@ -178,7 +178,8 @@ std::vector<int32_t> reference_chunks(const Fixture& f, const kv::ShadowKvOption
     double mx = -1e300, sum = 0;
     for (int32_t c = 0; c < n_chunks; ++c) {
       double dot = 0;
-      for (int32_t i = 0; i < d; ++i) dot += qh[i] * lm[static_cast<size_t>(c)][static_cast<size_t>(i)];
+      for (int32_t i = 0; i < d; ++i)  // landmarks are kept at f16
+        dot += qh[i] * static_cast<double>(fp16_to_f32(f32_to_fp16(static_cast<float>(lm[static_cast<size_t>(c)][static_cast<size_t>(i)]))));
       s[static_cast<size_t>(c)] = dot * scale;
       mx = std::max(mx, s[static_cast<size_t>(c)]);
     }
@@ -267,7 +268,7 @@ TEST(ShadowKv, ReadsWhatAPlainLoopChooses) {
 }
 
 // The store gives back the shadowed tokens' pages; the filter's bytes are what it holds: the factors (f16 a, f32
-// b), f32 landmarks, exact chunks at f16 and the RoPE table in fast memory, every shadowed value at f16 in the
+// b), f16 landmarks, exact chunks at f16 and the RoPE table in fast memory, every shadowed value at f16 in the
 // cold tier. reset() forgets it all.
 TEST(ShadowKv, BytesMoveFromTheStoreToTheFilter) {
   std::mt19937 rng(5);
@@ -282,7 +283,7 @@ TEST(ShadowKv, BytesMoveFromTheStoreToTheFilter) {
   const int32_t N = (Fixture::kN - o.recent) / o.chunk * o.chunk, n_chunks = N / o.chunk, d = Fixture::kD;
   EXPECT_LT(f.seq.bytes().payload, before / 5);
   const size_t exact = static_cast<size_t>(1 + o.outliers) * o.chunk * d * 2 * 2;  // keys and values, f16
-  const size_t per_head = static_cast<size_t>(n_chunks) * d * 4 + static_cast<size_t>(n_chunks) * 4 + exact;
+  const size_t per_head = static_cast<size_t>(n_chunks) * d * 2 + static_cast<size_t>(n_chunks) * 4 + exact;
   const size_t want_fast = static_cast<size_t>(N) * o.rank * 2 + static_cast<size_t>(o.rank) * Fixture::kHeads * d * 4 +
                            Fixture::kHeads * per_head + static_cast<size_t>(N) * d / 2 * 2 * 4;
   EXPECT_EQ(filter.bytes_fast(), want_fast);

@@ -151,8 +151,8 @@ size_t ShadowKvReadFilter::bytes_fast() const {
   for (const Layer& L : layers_) {
     b += L.a.capacity() * sizeof(uint16_t) + L.b.capacity() * sizeof(float);
     for (const Head& h : L.heads)
-      b += h.landmarks.capacity() * sizeof(float) + h.exact_index.capacity() * sizeof(int32_t) +
-           (h.exact_keys.capacity() + h.exact_values.capacity()) * sizeof(uint16_t);
+      b += h.exact_index.capacity() * sizeof(int32_t) +
+           (h.landmarks.capacity() + h.exact_keys.capacity() + h.exact_values.capacity()) * sizeof(uint16_t);
   }
   for (const auto& [base, t] : rope_tables_) b += (t.cos.capacity() + t.sin.capacity()) * sizeof(float);
   return b;
@@ -231,10 +231,12 @@ void ShadowKvReadFilter::shadow_layer(KvSequence& seq, int32_t l, const KvScores
     for (size_t i = 0; i < vals.size(); ++i) h.values[i] = f32_to_fp16(vals[i]);
 
     // Landmarks, and how badly each stands for its chunk: the lowest cosine between a key and the chunk's mean.
-    h.landmarks.assign(static_cast<size_t>(n_chunks) * d, 0.0f);
+    h.landmarks.resize(static_cast<size_t>(n_chunks) * d);
     std::vector<std::pair<float, int32_t>> fit(static_cast<size_t>(n_chunks));
+    std::vector<float> mean(static_cast<size_t>(d));
     for (int32_t c = 0; c < n_chunks; ++c) {
-      float* lm = h.landmarks.data() + static_cast<size_t>(c) * d;
+      float* lm = mean.data();
+      std::fill(mean.begin(), mean.end(), 0.0f);
       for (int32_t t = c * C; t < (c + 1) * C; ++t)
         for (int32_t i = 0; i < d; ++i) lm[i] += keys[static_cast<size_t>(t) * d + i] / static_cast<float>(C);
       double lm_norm = 0;
@@ -251,6 +253,7 @@ void ShadowKvReadFilter::shadow_layer(KvSequence& seq, int32_t l, const KvScores
         worst = std::min(worst, den > 0 ? dot / den : 1.0);
       }
       fit[static_cast<size_t>(c)] = {static_cast<float>(worst), c};
+      for (int32_t i = 0; i < d; ++i) h.landmarks[static_cast<size_t>(c) * d + i] = f32_to_fp16(lm[i]);
     }
     // Exact: the first chunk and the `outliers` worst fits among the rest (ties: the older chunk).
     std::sort(fit.begin() + 1, fit.end());

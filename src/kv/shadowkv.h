@@ -26,10 +26,11 @@ namespace longctx::kv {
 void low_rank_factorize(const float* x, int64_t n, int32_t D, int32_t r, std::vector<float>& a,
                         std::vector<float>& b);
 
-// The loops of a decode step (shadowkv_simd.cpp): out[c] = scale * q . landmarks[c] for n landmarks of d; x
+// The loops of a decode step (shadowkv_simd.cpp): out[c] = scale * q . landmarks[c] for n f16 landmarks of d; x
 // turned into its softmax in place; n f16 values widened; and one key before RoPE, out (d) = a (r) times b (r rows of d, b_stride floats
 // apart).
-void shadowkv_landmark_scores(const float* q, const float* landmarks, int32_t n, int32_t d, float scale, float* out);
+void shadowkv_landmark_scores(const float* q, const uint16_t* landmarks, int32_t n, int32_t d, float scale,
+                              float* out);
 void shadowkv_softmax(float* x, int32_t n);
 void shadowkv_f16_to_f32(const uint16_t* x, int32_t n, float* out);
 void shadowkv_rebuild_key(const float* a, int32_t r, const float* b, int64_t b_stride, int32_t d, float* out);
@@ -48,7 +49,7 @@ class ShadowKvReadFilter final : public KvReadFilter {
 
   // What one layer holds for one kv-head.
   struct Head {
-    std::vector<float> landmarks;       // (n_chunks, head_dim): the mean of each chunk's rotated keys
+    std::vector<uint16_t> landmarks;    // (n_chunks, head_dim) f16: the mean of each chunk's rotated keys
     std::vector<int32_t> exact_index;   // (n_chunks): the chunk's place in exact_keys, -1 when rebuilt
     std::vector<uint16_t> exact_keys;   // (n_exact * chunk, head_dim) f16, rotated
     std::vector<uint16_t> exact_values; // (n_exact * chunk, head_dim) f16

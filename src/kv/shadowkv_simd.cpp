@@ -21,16 +21,18 @@ HWY_BEFORE_NAMESPACE();
 namespace longctx::kv::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-void LandmarkScoresImpl(const float* q, const float* landmarks, int32_t n, int32_t d, float scale, float* out) {
+void LandmarkScoresImpl(const float* q, const uint16_t* landmarks, int32_t n, int32_t d, float scale, float* out) {
   const hn::ScalableTag<float> df;
+  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
   const auto N = static_cast<int32_t>(hn::Lanes(df));
   for (int32_t c = 0; c < n; ++c) {
-    const float* lm = landmarks + static_cast<size_t>(c) * d;
+    const uint16_t* lm = landmarks + static_cast<size_t>(c) * d;
+    const auto* lh = reinterpret_cast<const hwy::float16_t*>(lm);
     auto acc = hn::Zero(df);
     int32_t i = 0;
-    for (; i + N <= d; i += N) acc = hn::MulAdd(hn::LoadU(df, q + i), hn::LoadU(df, lm + i), acc);
+    for (; i + N <= d; i += N) acc = hn::MulAdd(hn::LoadU(df, q + i), hn::PromoteTo(df, hn::LoadU(dh, lh + i)), acc);
     float s = hn::GetLane(hn::SumOfLanes(df, acc));
-    for (; i < d; ++i) s += q[i] * lm[i];
+    for (; i < d; ++i) s += q[i] * fp16_to_f32(lm[i]);
     out[c] = s * scale;
   }
 }
@@ -110,7 +112,8 @@ void shadowkv_f16_to_f32(const uint16_t* x, int32_t n, float* out) { HWY_DYNAMIC
 
 void shadowkv_softmax(float* x, int32_t n) { HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n); }
 
-void shadowkv_landmark_scores(const float* q, const float* landmarks, int32_t n, int32_t d, float scale, float* out) {
+void shadowkv_landmark_scores(const float* q, const uint16_t* landmarks, int32_t n, int32_t d, float scale,
+                              float* out) {
   HWY_DYNAMIC_DISPATCH(LandmarkScoresImpl)(q, landmarks, n, d, scale, out);
 }
 
