@@ -319,6 +319,31 @@ TEST(ShadowKv, LeavesLayersItCannotShadow) {
   }
 }
 
+// A second prompt on a sequence that has its shadow (a prefill after the first) leaves its tokens in the store and
+// the shadow as it was; reset() (a new sequence) lets the next prompt be shadowed again.
+TEST(ShadowKv, ASecondPromptStaysInTheStore) {
+  std::mt19937 rng(13);
+  Fixture f(rng);
+  kv::ShadowKvOptions o;
+  o.budget = 32;
+  kv::ShadowKvReadFilter filter(o);
+  filter.after_prefill(f.seq, f.scores);
+  ASSERT_NE(filter.layer(0), nullptr);
+  const int32_t n_shadow = filter.layer(0)->n_shadow;
+  const size_t fast = filter.bytes_fast();
+  const int32_t held = f.seq.head(0, 0).n_tokens();
+  std::vector<float> k(static_cast<size_t>(100) * Fixture::kHeads * Fixture::kD, 0.5f), v(k.size(), 0.25f);
+  std::vector<int32_t> pos(100);
+  std::iota(pos.begin(), pos.end(), Fixture::kN);
+  f.seq.append(0, k.data(), v.data(), pos.data(), 100);
+  filter.after_prefill(f.seq, f.scores);
+  EXPECT_EQ(filter.layer(0)->n_shadow, n_shadow);
+  EXPECT_EQ(filter.bytes_fast(), fast);
+  EXPECT_EQ(f.seq.head(0, 0).n_tokens(), held + 100);
+  filter.reset();
+  EXPECT_EQ(filter.layer(0), nullptr);
+}
+
 TEST(ShadowKv, SpecComposesAndRejectsBadInput) {
   auto p = kv::make_kv_policy("shadowkv:budget=512,rank=48", 30, 3);
   ASSERT_NE(p->read_filter(), nullptr);

@@ -22,6 +22,7 @@
 #include "kv/kv_store.h"
 #include "kv/policy.h"
 #include "kv/quest.h"
+#include "kv/shadowkv.h"
 #include "model/model.h"
 #include "device_option.h"
 
@@ -422,6 +423,8 @@ int bench_command(const BenchOptions& o) {
   std::vector<CaseResult> results;
   // Quest reads part of the cache each step: its row counts say how much.
   auto* quest = dynamic_cast<kv::QuestReadFilter*>(policy->read_filter());
+  // ShadowKV reads what it holds beside the store (its own count) and the store's recent tokens.
+  auto* shadow = dynamic_cast<kv::ShadowKvReadFilter*>(policy->read_filter());
   for (int32_t d : depths) {
     const auto t_fill = std::chrono::steady_clock::now();
     runner.fill(d);
@@ -437,6 +440,7 @@ int bench_command(const BenchOptions& o) {
       if (o.n_gen > 0) {
         runner.restore();
         if (quest != nullptr) quest->reset_counts();
+        if (shadow != nullptr) shadow->reset_counts();
         tg.tokens_per_s.push_back(o.n_gen / runner.time_generation(o.n_gen));
         if (probe_each_rep) {
           rss = std::max(rss, peak_rss_bytes());
@@ -450,6 +454,7 @@ int bench_command(const BenchOptions& o) {
           const int64_t last = kv_bytes_read(runner.sequence(), runner.pages(), c, d + o.n_gen - 1);
           tg.kv_bytes_per_token = (first + last) / 2;
           if (quest != nullptr) tg.kv_bytes_per_token = quest_bytes_read(*quest, runner.sequence(), tg.kv_bytes_per_token);
+          if (shadow != nullptr) tg.kv_bytes_per_token += shadow->bytes_read() / o.n_gen;
         }
       }
     }

@@ -143,7 +143,7 @@ const ShadowKvReadFilter::Layer* ShadowKvReadFilter::layer(int32_t l) const {
 void ShadowKvReadFilter::reset() {
   layers_.clear();
   rope_tables_.clear();
-  rows_read_ = rows_held_ = 0;
+  reset_counts();
 }
 
 size_t ShadowKvReadFilter::bytes_fast() const {
@@ -182,8 +182,10 @@ void ShadowKvReadFilter::after_prefill(KvSequence& seq, const KvScores& scores) 
     fail("internal: shadowkv over packed pages");
   if (!scores.queries.wanted() || static_cast<int32_t>(scores.queries.layers.size()) != geo.n_layer)
     fail("internal: shadowkv needs each layer's RoPE from the prefill's query statistics");
-  reset();
-  layers_.resize(static_cast<size_t>(geo.n_layer));
+  // A prompt added to a sequence that already has its shadow (a second prefill after the first) stays in the store:
+  // the factors cover one prompt from position 0.
+  if (std::any_of(layers_.begin(), layers_.end(), [](const Layer& L) { return L.n_shadow > 0; })) return;
+  layers_.assign(static_cast<size_t>(geo.n_layer), Layer{});
   for (int32_t l = 0; l < geo.n_layer; ++l) shadow_layer(seq, l, scores);
 }
 
@@ -399,6 +401,8 @@ void ShadowKvReadFilter::narrow(int32_t layer, const float* q, const int32_t* q_
     merged.positions = positions.data();
     rows_read_ += merged.n_tokens;
     rows_held_ += L.n_shadow + hv.n_tokens;
+    const int64_t n_exact_rows = static_cast<int64_t>(h.exact_keys.size()) / d;
+    bytes_read_ += 2 * (static_cast<int64_t>(h.landmarks.size()) + (n_rows - n_exact_rows) * (r + d) + n_exact_rows * 2 * d);
     hv = std::move(merged);
   }
 }

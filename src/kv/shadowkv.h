@@ -83,6 +83,10 @@ class ShadowKvReadFilter final : public KvReadFilter {
   // layer since the last reset.
   int64_t rows_read() const { return rows_read_; }
   int64_t rows_held() const { return rows_held_; }
+  // Bytes of what it holds that those narrow() calls read: landmarks, the factor rows and cold values of the rebuilt
+  // chunks, the exact chunks (b, a few KiB a layer, is left out). The store's part is the store's.
+  int64_t bytes_read() const { return bytes_read_; }
+  void reset_counts() { rows_read_ = rows_held_ = bytes_read_ = 0; }
 
  private:
   // cos then sin (n_rot / 2 each) of positions 0 .. n - 1, per RoPE base; shared by the layers that use it.
@@ -99,7 +103,7 @@ class ShadowKvReadFilter final : public KvReadFilter {
   ShadowKvOptions o_;
   std::vector<Layer> layers_;  // (n_layer); n_shadow == 0 where none is held
   std::map<float, RopeTable> rope_tables_;
-  int64_t rows_read_ = 0, rows_held_ = 0;
+  int64_t rows_read_ = 0, rows_held_ = 0, bytes_read_ = 0;
   // Scratch of narrow(): the rebuilt pages and positions of each kv-head (alive while the layer's attention runs).
   std::vector<std::vector<float>> pages_;
   std::vector<std::vector<int32_t>> positions_;
