@@ -352,11 +352,13 @@ TEST(ShadowKv, SpecComposesAndRejectsBadInput) {
   EXPECT_NE(p->describe().find("shadowkv(budget=512, chunk=8, rank=48"), std::string::npos) << p->describe();
   auto* f = dynamic_cast<kv::ShadowKvReadFilter*>(p->read_filter());
   ASSERT_NE(f, nullptr);
-  EXPECT_EQ(f->rank_for(192), 48);
+  EXPECT_EQ(f->rank_for(3, 64), 48);
   auto def = kv::make_kv_policy("shadowkv", 30, 3);
-  EXPECT_EQ(dynamic_cast<kv::ShadowKvReadFilter*>(def->read_filter())->rank_for(192), 64);   // at least 64
-  EXPECT_EQ(dynamic_cast<kv::ShadowKvReadFilter*>(def->read_filter())->rank_for(48), 48);    // at most the width
-  EXPECT_EQ(dynamic_cast<kv::ShadowKvReadFilter*>(def->read_filter())->rank_for(1024), 160);  // the paper's
+  const auto* df = dynamic_cast<kv::ShadowKvReadFilter*>(def->read_filter());
+  EXPECT_EQ(df->rank_for(3, 64), 64);     // SmolLM2: at least 64
+  EXPECT_EQ(df->rank_for(1, 256), 128);   // Gemma 3: half a head
+  EXPECT_EQ(df->rank_for(1, 48), 48);     // at most the width
+  EXPECT_EQ(df->rank_for(8, 128), 160);   // Llama-3-8B: the paper's
   EXPECT_EQ(def->prefill_query_stats_from(1000), 999);
   EXPECT_FALSE(kv::make_kv_policy("quest", 30, 3)->holds_tokens_beside_store());
   auto throws_with = [](const std::string& spec, const std::string& what) {

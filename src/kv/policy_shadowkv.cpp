@@ -127,11 +127,14 @@ ShadowKvReadFilter::ShadowKvReadFilter(const ShadowKvOptions& o) : o_(o) {
   if (o.rank < 0 || o.outliers < 0 || o.recent < 0) fail("shadowkv: rank, outliers and recent must be >= 0");
 }
 
-int32_t ShadowKvReadFilter::rank_for(int32_t D) const {
-  if (o_.rank > 0) return std::min(o_.rank, D);
-  // The paper's share of the width, but at least 64: on SmolLM2 (width 192) rank 32 truncated a needle's number
-  // that rank 64 kept (EVAL.md, "ShadowKV").
-  return std::min(D, std::max(64, (D * 160 / 1024 + 7) / 8 * 8));
+int32_t ShadowKvReadFilter::rank_for(int32_t n_head_kv, int32_t head_dim) const {
+  const int32_t width = n_head_kv * head_dim;
+  if (o_.rank > 0) return std::min(o_.rank, width);
+  // The paper's share of the width (160 of Llama-3-8B's 1,024, eight kv-heads sharing directions), but at least 64
+  // and half of one head: on SmolLM2 (3 heads of 64) rank 32 truncated a needle's number that 64 kept; on Gemma 3
+  // (one head of 256) rank 64 lost needles that 128 kept (EVAL.md, "ShadowKV").
+  const int32_t paper = (width * 160 / 1024 + 7) / 8 * 8;
+  return std::min(width, std::max({paper, 64, head_dim / 2}));
 }
 
 const ShadowKvReadFilter::Layer* ShadowKvReadFilter::layer(int32_t l) const {
@@ -206,7 +209,7 @@ void ShadowKvReadFilter::shadow_layer(KvSequence& seq, int32_t l, const KvScores
 
   Layer& L = layers_[static_cast<size_t>(l)];
   L.n_shadow = n_chunks * C;
-  L.rank = rank_for(W);
+  L.rank = rank_for(H, d);
   L.rope_base = ql.rope_base;
   L.n_rot = ql.n_rot;
   L.rope_order = ql.rope_order;
@@ -417,7 +420,7 @@ KvComponent kv_component_shadowkv() {
           {{"budget", std::to_string(def.budget), "tokens rebuilt per (layer, kv-head) each decode step, in chunks"},
            {"chunk", std::to_string(def.chunk), "tokens per chunk (one landmark each)"},
            {"rank", std::to_string(def.rank), "rank of each layer's key factorization; 0: 160/1024 of the layer's key "
-            "width (kv-heads x head dim) as in the paper, at least 64"},
+            "width (kv-heads x head dim) as in the paper, at least 64 and half a head's dim"},
            {"outliers", std::to_string(def.outliers), "chunks per (layer, kv-head) kept exact besides the first"},
            {"recent", std::to_string(def.recent), "the prompt's last tokens that stay in the store"}},
           [](const SpecArgs& args, KvPolicyDraft& d) {

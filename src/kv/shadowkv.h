@@ -38,7 +38,7 @@ void shadowkv_rebuild_key(const float* a, int32_t r, const float* b, int64_t b_s
 struct ShadowKvOptions {
   int32_t budget = 1024;  // tokens rebuilt per (layer, kv-head) each decode step, in whole chunks
   int32_t chunk = 8;      // tokens per chunk (one landmark each)
-  int32_t rank = 0;       // of the key factorization; 0: 160/1024 of the layer's key width (the paper's), >= 64
+  int32_t rank = 0;       // of the key factorization; 0: rank_for's default
   int32_t outliers = 8;   // chunks per (layer, kv-head) kept exact besides the first
   int32_t recent = 32;    // the prompt's last tokens that stay in the store, at least
 };
@@ -77,8 +77,8 @@ class ShadowKvReadFilter final : public KvReadFilter {
   const ShadowKvOptions& options() const { return o_; }
   // The layer's shadow, null when it holds none (a sliding-window layer, or a prompt too short to gain).
   const Layer* layer(int32_t l) const;
-  // The rank a layer of key width D is factorized at.
-  int32_t rank_for(int32_t D) const;
+  // The rank a layer of n_head_kv heads of head_dim is factorized at.
+  int32_t rank_for(int32_t n_head_kv, int32_t head_dim) const;
   // Rows attention read against rows held (shadowed and in the store), summed over every narrow() of a shadowed
   // layer since the last reset.
   int64_t rows_read() const { return rows_read_; }
