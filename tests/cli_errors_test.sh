@@ -39,6 +39,8 @@ long_prompt="$(for i in $(seq 1 200); do printf 'word%d ' "$i"; done)"
 expect_error "prompt > ctx"   "more than the context of 64" "$bin" run -m "$smol" -p "$long_prompt" --ctx 64 -n 4
 expect_error "bad kv spec"    "unknown KV policy 'snapkvv'" "$bin" run -m "$smol" -p hi --kv snapkvv:budget=10 -n 4
 expect_error "bad kv key"     "unknown key 'budgit'"   "$bin" run -m "$smol" -p hi --kv snapkv:budgit=10 -n 4
+expect_error "shadowkv + ranker" "does not compose with a token policy" "$bin" run -m "$smol" -p hi --kv snapkv:budget=64+shadowkv -n 4
+expect_error "serve shadowkv" "admission does not count" "$bin" serve -m "$smol" --kv shadowkv --port 0
 expect_error "spec + evicting kv" "verifies against the full cache" "$bin" run -m "$smol" -p hi --kv snapkv:budget=64 --spec self -n 4
 expect_error "spec bad gamma" "gamma must be an integer" "$bin" run -m "$smol" -p hi --spec self:gamma=0 -n 4
 expect_error "spec bad draft" "ranks tokens by the attention of every decode step" "$bin" run -m "$smol" -p hi --spec self:draft=h2o:budget=64 -n 4
@@ -53,6 +55,9 @@ expect_error "eval kv spec"   "unknown KV policy 'snapkvv'" "$bin" eval needle -
 expect_error "eval chunk cut" "cannot cut between prefill chunks" "$bin" eval needle -m "$smol" --haystack "$tmp/hay.txt" \
     --kv snapkv:budget=1/4 --kv kvzip:budget=1/4 --kv-prefill-compress -o "$tmp/pc.json"
 if [ -s "$tmp/pc.json" ]; then echo "FAIL eval chunk cut: a case ran before the refusal"; failures=$((failures + 1)); fi
+expect_error "eval shadowkv chunk cut" "factorizes the whole prompt's keys" "$bin" eval needle -m "$smol" --haystack "$tmp/hay.txt" \
+    --kv shadowkv --kv-prefill-compress -o "$tmp/pc2.json"
+
 # bench: exactly one of -m and --synthetic, and a synthetic shape it knows.
 expect_error "bench no model" "bench needs exactly one model" "$bin" bench -p 4 -n 4
 expect_error "bench two models" "not both"              "$bin" bench -m "$smol" --synthetic tiny -p 4 -n 4
