@@ -200,9 +200,10 @@ int run_command(const RunOptions& o) {
       summaries += fmt::format(" + {} beside the store, and {} in the cold tier",
                                human_bytes(static_cast<double>(st.kv_bytes.beside_fast)),
                                human_bytes(static_cast<double>(st.kv_bytes.beside_cold)));
-    fmt::print(stderr, "kv:      {} held ({} pages + {} metadata{}) for {} tokens; full f16 cache: {} ({:.2f}x)\n",
+    fmt::print(stderr, "kv:      {} held ({} pages + {} metadata{}) for {} tokens{}; full f16 cache: {} ({:.2f}x)\n",
                human_bytes(static_cast<double>(st.kv_bytes.total())), human_bytes(static_cast<double>(st.kv_bytes.payload)),
                human_bytes(static_cast<double>(st.kv_bytes.metadata)), summaries, seq.n_tokens_max(),
+               st.kv_bytes.beside_fast > 0 ? " in the store" : "",
                human_bytes(static_cast<double>(st.kv_full_f16_bytes)), ratio);
     // What the page allocator holds from the system (freed pages go back at once), at the end and at its peak
     // (the whole prompt at f16 before the policy cuts it, unless --kv-prefill-compress), and the process's peak.
