@@ -40,6 +40,7 @@ expect_error "prompt > ctx"   "more than the context of 64" "$bin" run -m "$smol
 expect_error "bad kv spec"    "unknown KV policy 'snapkvv'" "$bin" run -m "$smol" -p hi --kv snapkvv:budget=10 -n 4
 expect_error "bad kv key"     "unknown key 'budgit'"   "$bin" run -m "$smol" -p hi --kv snapkv:budgit=10 -n 4
 expect_error "shadowkv + ranker" "does not compose with a token policy" "$bin" run -m "$smol" -p hi --kv snapkv:budget=64+shadowkv -n 4
+expect_error "plan shadowkv" "plan does not model" "$bin" plan -m "$smol" --kv shadowkv --ctx 4096
 expect_error "serve shadowkv" "admission does not count" "$bin" serve -m "$smol" --kv shadowkv --port 0
 expect_error "spec + evicting kv" "verifies against the full cache" "$bin" run -m "$smol" -p hi --kv snapkv:budget=64 --spec self -n 4
 expect_error "spec bad gamma" "gamma must be an integer" "$bin" run -m "$smol" -p hi --spec self:gamma=0 -n 4

@@ -43,6 +43,10 @@ int32_t policy_page_tokens(const kv::KvPolicy& policy) {
 KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64_t n_prompt, int64_t n_generated,
                          int32_t page_tokens) {
   if (n_prompt < 0 || n_generated < 0) fail("a context of {} + {} tokens", n_prompt, n_generated);
+  if (policy.holds_tokens_beside_store())
+    fail("plan does not model {} yet: it holds the prompt beside the paged store (factors, landmarks, a cold tier); "
+         "measure it with run or bench",
+         policy.describe());
   const int64_t n_ctx = n_prompt + n_generated;
   if (page_tokens == 0) page_tokens = policy_page_tokens(policy);
   if (page_tokens <= 0) fail("internal: pages of {} tokens", page_tokens);
