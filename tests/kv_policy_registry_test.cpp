@@ -25,7 +25,7 @@ bool contains(const std::string& s, const std::string& part) { return s.find(par
 
 TEST(KvPolicyRegistry, EveryComponentOfEveryKindIsRegistered) {
   for (const char* name : {"streaming", "h2o", "snapkv", "chunkkv", "tova", "kvzip", "expected", "pyramid", "heads",
-                           "adakv", "full", "kivi", "quest"})
+                           "adakv", "full", "kivi", "quest", "shadowkv"})
     EXPECT_NE(find_kv_component(name), nullptr) << name;
   EXPECT_EQ(find_kv_component("snapkvv"), nullptr);
   int n_kind[4] = {0, 0, 0, 0};
@@ -37,7 +37,7 @@ TEST(KvPolicyRegistry, EveryComponentOfEveryKindIsRegistered) {
   EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::TokenPolicy)], 7);
   EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::BudgetShape)], 3);
   EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::Format)], 2);
-  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::ReadPolicy)], 1);
+  EXPECT_EQ(n_kind[static_cast<int>(KvComponentKind::ReadPolicy)], 2);
 }
 
 TEST(KvPolicyRegistry, HelpListsEveryComponentWithItsArguments) {

@@ -393,7 +393,7 @@ void ShadowKvReadFilter::narrow(int32_t layer, const float* q, const int32_t* q_
       merged.formats.push_back(KvFormat::F32);
       merged.slot0.push_back(p * T);
     }
-    positions.insert(positions.end(), hv.positions, hv.positions + hv.n_tokens);
+    if (hv.n_tokens > 0) positions.insert(positions.end(), hv.positions, hv.positions + hv.n_tokens);
     for (int32_t p = 0; p < hv.n_pages(); ++p) {
       merged.pages.push_back(hv.pages[static_cast<size_t>(p)]);
       merged.formats.push_back(hv.formats[static_cast<size_t>(p)]);
