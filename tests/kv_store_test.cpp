@@ -52,6 +52,19 @@ TEST(KvStore, AppendReadRoundTripAndAccounting) {
         }
       }
     }
+    // A read spanning pages (slots 2..10 lie in all three) gives the rows read one at a time; past the end: an error.
+    for (int32_t g = 0; g < 3; ++g) {
+      std::vector<float> span_k(9 * 8), span_v(9 * 8), one(8);
+      seq.read_keys(1, g, 2, 9, span_k.data());
+      seq.read_values(1, g, 2, 9, span_v.data());
+      for (int32_t t = 2; t < n; ++t) {
+        seq.read_keys(1, g, t, 1, one.data());
+        for (int i = 0; i < 8; ++i) ASSERT_EQ(span_k[(t - 2) * 8 + i], one[i]) << "slot " << t;
+        seq.read_values(1, g, t, 1, one.data());
+        for (int i = 0; i < 8; ++i) ASSERT_EQ(span_v[(t - 2) * 8 + i], one[i]) << "slot " << t;
+      }
+      EXPECT_THROW(seq.read_keys(1, g, 2, 10, span_k.data()), Error);
+    }
     EXPECT_EQ(seq.head(0, 0).n_tokens(), 0);
     EXPECT_EQ(pool.n_pages_in_use(), 9u);
     EXPECT_EQ(seq.bytes().payload, 9 * pool.page_bytes(f));

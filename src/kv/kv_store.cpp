@@ -542,20 +542,30 @@ void KvSequence::keep_slots(int32_t layer, int32_t kv_head, const std::vector<in
   remove_slots(layer, kv_head, complement_slots(keep, heads_[index(layer, kv_head)].n_tokens()));
 }
 
-void KvSequence::read_keys(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const {
+void KvSequence::read_rows(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, bool keys, float* out) const {
+  if (n <= 0) return;
   const KvHeadCache& h = head(layer, kv_head);
-  const auto [p, row] = locate(h, slot);
-  if (row + n > h.pages[p].n_rows) fail("internal: reading slots {}..{} across a page", slot, slot + n);
-  const KvPage& page = h.pages[p];
-  mem_.read_keys_host(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, n, out);
+  if (slot + n > h.n_tokens()) fail("internal: reading slots {}..{} of {}", slot, slot + n, h.n_tokens());
+  auto [p, row] = locate(h, slot);
+  // Page by page: each page's rows in its own format.
+  for (; n > 0; ++p, row = 0) {
+    const KvPage& page = h.pages[p];
+    const int32_t m = std::min(n, page.n_rows - row);
+    if (keys)
+      mem_.read_keys_host(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, m, out);
+    else
+      mem_.read_values_host(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, m, out);
+    out += static_cast<size_t>(m) * geo_.head_dim;
+    n -= m;
+  }
+}
+
+void KvSequence::read_keys(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const {
+  read_rows(layer, kv_head, slot, n, true, out);
 }
 
 void KvSequence::read_values(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const {
-  const KvHeadCache& h = head(layer, kv_head);
-  const auto [p, row] = locate(h, slot);
-  if (row + n > h.pages[p].n_rows) fail("internal: reading slots {}..{} across a page", slot, slot + n);
-  const KvPage& page = h.pages[p];
-  mem_.read_values_host(page.format, geo_.page_tokens, geo_.head_dim, pool_.page_data(page), row, n, out);
+  read_rows(layer, kv_head, slot, n, false, out);
 }
 
 KvLayerView KvSequence::layer_view(int32_t layer) const {

@@ -180,8 +180,8 @@ class KvSequence {
   // Keeps exactly the given slots (sorted ascending, unique); the others are removed as above.
   void keep_slots(int32_t layer, int32_t kv_head, const std::vector<int32_t>& keep);
 
-  // Reads slot rows as f32 into host memory (the kernels' view of any page format); slots [slot, slot + n) lie in
-  // one page.
+  // Reads slot rows [slot, slot + n) as f32 into host memory (the kernels' view of any page format), across as
+  // many pages as they span.
   void read_keys(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const;   // (n, head_dim)
   void read_values(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, float* out) const; // (n, head_dim)
 
@@ -208,6 +208,8 @@ class KvSequence {
   void summarize_row(KvHeadCache& h, const KvRowDest& dst, int32_t page);
   // The page holding a slot, and the slot's row in it.
   std::pair<size_t, int32_t> locate(const KvHeadCache& h, int32_t slot) const;
+  // read_keys and read_values: keys or values of slots [slot, slot + n), page by page.
+  void read_rows(int32_t layer, int32_t kv_head, int32_t slot, int32_t n, bool keys, float* out) const;
   void seal_page(KvHeadCache& h, size_t page_index);
   // Key summaries (no-ops without KvGeometry::key_summaries): page p's min/max recomputed from the keys it holds;
   // the summaries of pages [first, end) recomputed and the table cut to the page count.

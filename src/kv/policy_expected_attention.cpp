@@ -111,7 +111,7 @@ bool ExpectedAttentionRanker::score_from_cache(const KvSequence& seq, int32_t la
     for (int32_t i = 0; i < std::min(sink_, n); ++i) is_sink[static_cast<size_t>(order[static_cast<size_t>(i)])] = 1;
   }
   std::vector<float> keys(static_cast<size_t>(n) * D), values(keys.size());
-  for (int32_t t = 0; t < n; ++t) seq.read_keys(layer, kv_head, t, 1, keys.data() + static_cast<size_t>(t) * D);
+  seq.read_keys(layer, kv_head, 0, n, keys.data());
   const int32_t p0 = *std::max_element(h.positions.begin(), h.positions.end()) + 1;
   const std::vector<double> R = mean_rope_rotation(L, D, p0, future_);
   const double s = L.scale;
@@ -173,7 +173,7 @@ bool ExpectedAttentionRanker::score_from_cache(const KvSequence& seq, int32_t la
             static_cast<float>(std::exp(static_cast<double>(logit[static_cast<size_t>(t)] - mx)) / z / group);
   }
   if (vnorm_) {
-    for (int32_t t = 0; t < n; ++t) seq.read_values(layer, kv_head, t, 1, values.data() + static_cast<size_t>(t) * D);
+    seq.read_values(layer, kv_head, 0, n, values.data());
     for (int32_t t = 0; t < n; ++t) {
       const float* v = values.data() + static_cast<size_t>(t) * D;
       double sq = 0;

@@ -224,14 +224,8 @@ void ShadowKvReadFilter::shadow_layer(KvSequence& seq, int32_t l, const KvScores
   L.heads.resize(static_cast<size_t>(H));
   for (int32_t g = 0; g < H; ++g) {
     Head& h = L.heads[static_cast<size_t>(g)];
-    // Page by page: a read stays within a page.
-    for (int32_t slot = 0; const KvPage& page : seq.head(l, g).pages) {
-      const int32_t m = std::min(page.n_rows, N - slot);
-      if (m <= 0) break;
-      seq.read_keys(l, g, slot, m, keys.data() + static_cast<size_t>(slot) * d);
-      seq.read_values(l, g, slot, m, vals.data() + static_cast<size_t>(slot) * d);
-      slot += m;
-    }
+    seq.read_keys(l, g, 0, N, keys.data());
+    seq.read_values(l, g, 0, N, vals.data());
     h.values.resize(vals.size());
     for (size_t i = 0; i < vals.size(); ++i) h.values[i] = f32_to_fp16(vals[i]);
 

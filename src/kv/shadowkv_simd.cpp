@@ -1,6 +1,6 @@
-// ShadowKV's loops of every decode step, in SIMD lanes chosen at run time (Highway): the landmarks' scores for
-// a query, their softmax, the keys rebuilt from the factors, and f16 rows widened. They are the method's whole cost on the CPU (the attention that
-// follows reads only what they choose), and a plain loop leaves them to 2-4 lanes.
+// ShadowKV's loops of every decode step, in SIMD lanes chosen at run time (Highway): the landmarks' scores for a
+// query, their softmax, the keys rebuilt from the factors, and f16 rows widened. They are the method's whole cost on
+// the CPU (the attention that follows reads only what they choose), and a plain loop leaves them to 2-4 lanes.
 #include <algorithm>
 #include <cmath>
 
