@@ -271,6 +271,36 @@ TEST(KvPolicyReference, TovaDropsTheLowestLayerMeanAttentionEachStep) {
   }
 }
 
+// top_slots drops a few candidates in one pass and more by partitioning: both give the top `count` by score, ties
+// to the earlier position, sorted by slot, from candidates in any order (H2O's and SnapKV's come in position order,
+// which is not slot order once slots were reordered).
+TEST(KvPolicyReference, TopSlotsKeepsTheBestWhetherFewOrManyAreDropped) {
+  std::mt19937 rng(7);
+  for (int32_t trial = 0; trial < 200; ++trial) {
+    const int32_t n = 1 + static_cast<int32_t>(rng() % 40);
+    std::vector<int32_t> positions(static_cast<size_t>(n));
+    std::iota(positions.begin(), positions.end(), 100);
+    std::shuffle(positions.begin(), positions.end(), rng);
+    std::vector<float> score(static_cast<size_t>(n));
+    for (float& x : score) x = static_cast<float>(rng() % 5);  // many ties
+    std::vector<int32_t> candidates;
+    for (int32_t i = 0; i < n; ++i)
+      if (rng() % 4 != 0) candidates.push_back(i);
+    if (trial % 2 == 1) std::shuffle(candidates.begin(), candidates.end(), rng);
+    const int32_t m = static_cast<int32_t>(candidates.size());
+    for (int32_t count : {0, 1, m / 2, m - 12, m - 9, m - 8, m - 3, m - 1, m, m + 2}) {
+      if (count < 0) continue;
+      std::vector<int32_t> want(candidates);
+      std::sort(want.begin(), want.end(), [&](int32_t a, int32_t b) {
+        return score[a] != score[b] ? score[a] > score[b] : positions[a] < positions[b];
+      });
+      want.resize(static_cast<size_t>(std::min(count, m)));
+      std::sort(want.begin(), want.end());
+      ASSERT_EQ(top_slots(candidates, score, count, positions), want) << "trial " << trial << " count " << count;
+    }
+  }
+}
+
 // ---- SnapKV and PyramidKV on hand-made votes ----
 
 // "SnapKV: LLM Knows What You are Looking for Before Generation": the tokens before the window (the last `window`

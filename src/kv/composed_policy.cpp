@@ -205,6 +205,13 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
         if (std::none_of(shared.begin(), shared.end(), [&](const auto& s) { return s.first == r; }))
           shared.emplace_back(r, layer_scores(seq, scores, l, r));
       }
+    // A layer-scope ranker ranks the same sum in every head that holds the same positions: it selects once for them
+    // (TOVA's heads always hold the same tokens, and a decode step would otherwise rank the layer once per head).
+    struct LayerPick {
+      const TokenRanker* ranker = nullptr;
+      int32_t budget = 0;
+      std::vector<int32_t> positions, keep;
+    } pick;
     for (int32_t g = 0; g < n_head_kv_; ++g) {
       const HeadPlan& plan = plans_[index(l, g)];
       if (plan.ranker == nullptr) continue;
@@ -224,6 +231,7 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
       if (step == Step::Decode && !plan.ranker->evicts_during_decode()) continue;
 
       const float* s = nullptr;
+      bool layer_sum = false;
       std::vector<float> own;  // the ranker's own scores of the head's tokens
       if (plan.ranker->score_from_cache(seq, l, g, scores, own)) {
         if (static_cast<int32_t>(own.size()) != n)
@@ -234,6 +242,7 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
       } else if (scores.wanted() && plan.ranker->score_scope() == KvScoreScope::Layer) {
         for (const auto& [r, per_head] : shared)
           if (r == plan.ranker) s = per_head[static_cast<size_t>(g)].data();
+        layer_sum = true;
       } else if (scores.wanted()) {
         s = scores.head(l, g);
       }
@@ -241,8 +250,11 @@ void ComposedPolicy::compress(KvSequence& seq, const KvScores& scores, Step step
         fail("internal: {} needs attention scores that were not gathered", plan.ranker->describe());
 
       std::vector<int32_t> keep;
-      if (comp < 0) {
+      if (comp < 0 && layer_sum && pick.ranker == plan.ranker && pick.budget == budget && pick.positions == h.positions) {
+        keep = pick.keep;
+      } else if (comp < 0) {
         keep = plan.ranker->select(h.positions, s, budget);
+        if (layer_sum) pick = {plan.ranker, budget, h.positions, keep};
       } else {
         // The compensation token is not a token of the text: it is neither ranked nor counted in the budget.
         std::vector<int32_t> positions(h.positions);

@@ -30,12 +30,11 @@ class H2oRanker final : public TokenRanker {
     const int32_t n = static_cast<int32_t>(order.size());
     // The recent share scales with a per-head budget that differs from the spec's (pyramid, head roles).
     const int32_t n_recent = std::min({n, budget, static_cast<int32_t>(int64_t{recent_} * budget / budget_)});
-    std::vector<int32_t> keep(order.end() - n_recent, order.end());
     const std::vector<int32_t> rest(order.begin(), order.end() - n_recent);
     const std::vector<float> s(scores, scores + positions.size());
-    const auto heavy = top_slots(rest, s, budget - n_recent, positions);
-    keep.insert(keep.end(), heavy.begin(), heavy.end());
-    std::sort(keep.begin(), keep.end());
+    std::vector<int32_t> keep = top_slots(rest, s, budget - n_recent, positions);
+    keep.insert(keep.end(), order.end() - n_recent, order.end());
+    if (!std::is_sorted(keep.begin(), keep.end())) std::sort(keep.begin(), keep.end());  // sorted when slots are
     return keep;
   }
 

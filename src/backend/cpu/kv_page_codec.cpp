@@ -187,14 +187,24 @@ void kv_page_compact(KvFormat f, int32_t T, int32_t d, uint8_t* page, const int3
     if (keep[i] < i || keep[i] >= T || (i > 0 && keep[i] <= keep[i - 1]))
       fail("internal: compacting page rows must be ascending and below {}", T);
   if (!kv_format_is_packed(f)) {
+    // Rows before the first hole stay; after it, each run of consecutive kept rows moves as one block (a decode
+    // step's eviction leaves one hole: one move per key channel and one for the values).
     const size_t e = f == KvFormat::F32 ? 4 : 2;  // element bytes
-    for (int32_t c = 0; c < d; ++c) {              // keys: (head_dim, page_tokens)
-      uint8_t* row = page + static_cast<size_t>(c) * T * e;
-      for (int32_t i = 0; i < n_keep; ++i) std::memmove(row + i * e, row + keep[i] * e, e);
+    uint8_t* vals = page + static_cast<size_t>(d) * T * e;  // values: (page_tokens, head_dim); keys: (head_dim, page_tokens)
+    for (int32_t i = 0; i < n_keep;) {
+      if (keep[i] == i) {
+        ++i;
+        continue;
+      }
+      int32_t run = 1;
+      while (i + run < n_keep && keep[i + run] == keep[i] + run) ++run;
+      for (int32_t c = 0; c < d; ++c) {
+        uint8_t* row = page + static_cast<size_t>(c) * T * e;
+        std::memmove(row + i * e, row + keep[i] * e, run * e);
+      }
+      std::memmove(vals + static_cast<size_t>(i) * d * e, vals + static_cast<size_t>(keep[i]) * d * e, run * d * e);
+      i += run;
     }
-    uint8_t* vals = page + static_cast<size_t>(d) * T * e;  // values: (page_tokens, head_dim)
-    for (int32_t i = 0; i < n_keep; ++i)
-      std::memmove(vals + static_cast<size_t>(i) * d * e, vals + static_cast<size_t>(keep[i]) * d * e, d * e);
     return;
   }
   const KiviPageLayout L = kivi_page_layout(f, T, d);
