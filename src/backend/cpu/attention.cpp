@@ -520,16 +520,21 @@ void AttentionScoresImpl(ThreadPool& pool, const AttentionParams& p, const float
   const bool take_max = reduce == ScoreReduce::Max;
   const int32_t group = p.n_head / p.n_head_kv;
   // One private row of scores per query head, so heads of a group run in parallel; summed per group at the end.
-  std::vector<float> per_head(static_cast<size_t>(p.n_head) * n_slots_stride, 0.0f);
+  // Rows as long as the longest head (a decode step's caller sizes its stride for the whole context).
+  int32_t stride = 0;
+  for (const KvHeadView& hv : kv.heads) stride = std::max(stride, hv.n_tokens);
+  thread_local std::vector<float> per_head_buffer;  // the caller's: workers see it through `per_head`
+  per_head_buffer.assign(static_cast<size_t>(p.n_head) * stride, 0.0f);
+  float* per_head = per_head_buffer.data();
   WithLanes(p, kv, [&](auto d) {
     pool.run(p.n_head, [&](int64_t h) {
       HeadScores(d, p, static_cast<int32_t>(h), q, q_pos, n_tok, first_row, kv,
-                 per_head.data() + static_cast<size_t>(h) * n_slots_stride, take_max);
+                 per_head + static_cast<size_t>(h) * stride, take_max);
     });
   });
   for (int32_t h = 0; h < p.n_head; ++h) {
     float* dst = scores + static_cast<size_t>(h / group) * n_slots_stride;
-    const float* src = per_head.data() + static_cast<size_t>(h) * n_slots_stride;
+    const float* src = per_head + static_cast<size_t>(h) * stride;
     const int32_t n = kv.heads[static_cast<size_t>(h / group)].n_tokens;
     if (take_max) {
       for (int32_t j = 0; j < n; ++j) dst[j] = std::max(dst[j], src[j]);
