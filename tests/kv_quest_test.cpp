@@ -10,6 +10,7 @@
 #include <map>
 #include <random>
 
+#include "expect_error.h"
 #include "backend/cpu/attention.h"
 #include "core/fp16.h"
 #include "kv/kv_store.h"
@@ -302,12 +303,7 @@ TEST(Quest, SpecComposesAndRejectsBadInput) {
   EXPECT_EQ(full->read_filter(), nullptr);
   EXPECT_FALSE(full->wants_key_summaries());
   auto throws_with = [](const std::string& spec, const std::string& what) {
-    try {
-      kv::make_kv_policy(spec, 30, 3);
-      ADD_FAILURE() << spec << " was accepted";
-    } catch (const std::exception& e) {
-      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << spec << ": " << e.what();
-    }
+    expect_error_containing([&] { kv::make_kv_policy(spec, 30, 3); }, what, spec);
   };
   EXPECT_EQ(dynamic_cast<kv::QuestReadFilter*>(kv::make_kv_policy("quest", 30, 3)->read_filter())->budget(), 1024);
   throws_with("quest:budget=0", "budget");

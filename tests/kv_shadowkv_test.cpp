@@ -11,6 +11,7 @@
 #include <random>
 #include <set>
 
+#include "expect_error.h"
 #include "backend/cpu/attention.h"
 #include "backend/cpu/kv_page_codec.h"
 #include "core/fp16.h"
@@ -362,12 +363,7 @@ TEST(ShadowKv, SpecComposesAndRejectsBadInput) {
   EXPECT_EQ(def->prefill_query_stats_from(1000), 999);
   EXPECT_FALSE(kv::make_kv_policy("quest", 30, 3)->holds_tokens_beside_store());
   auto throws_with = [](const std::string& spec, const std::string& what) {
-    try {
-      kv::make_kv_policy(spec, 30, 3);
-      ADD_FAILURE() << spec << " was accepted";
-    } catch (const std::exception& e) {
-      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << spec << ": " << e.what();
-    }
+    expect_error_containing([&] { kv::make_kv_policy(spec, 30, 3); }, what, spec);
   };
   throws_with("snapkv:budget=1024+shadowkv", "token policy");
   throws_with("shadowkv+kivi:bits=4", "kivi");
