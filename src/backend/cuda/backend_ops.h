@@ -82,16 +82,20 @@ Status paged_attention(const PagedAttentionParams& p, const float* q, const int3
 // each kv-head into scores: device (n_head_kv, stride) f32, stride >= every head's tokens. Sum: added into scores;
 // max: scores[s] = max(scores[s], p) with p >= 0 (the caller starts the buffer at -1 to tell untouched slots). A row
 // that sees no key adds nothing; a row that sees some writes every slot of its head (0 for those it cannot see), as
-// cpu::attention_scores_reference does. (paged_attention_scores.cu)
+// cpu::attention_scores_reference does. Few rows (decode) split each head's pages into ranges of their own blocks:
+// max_pages is the most pages any kv-head has, workspace device memory of
+// paged_attention_scores_workspace_bytes(n - first_row, ...) bytes (null when that is 0). (paged_attention_scores.cu)
+size_t paged_attention_scores_workspace_bytes(int32_t n_rows, int32_t n_head, int32_t max_pages);
 Status paged_attention_scores(const PagedAttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
-                              int32_t first_row, const PagedLayer& kv, float* scores, int32_t stride, bool reduce_max,
-                              void* stream = nullptr);
+                              int32_t first_row, const PagedLayer& kv, int32_t max_pages, float* scores,
+                              int32_t stride, bool reduce_max, void* workspace, void* stream = nullptr);
 
-// An F32 or F16 page compacted in place: row keep[i] moves to row i (keep: device, ascending, keep[i] >= i), the rows
-// from n_keep on unchanged, byte for byte what cpu::kv_page_compact leaves. snapshot: device memory of the page's
-// size, which the kernel gathers from. (kv_rows_write.cu)
+// An F32 or F16 page compacted in place: row keep[i] moves to row i (keep: host, ascending, keep[i] >= i), the rows
+// from n_keep on unchanged, byte for byte what cpu::kv_page_compact leaves. One launch, nothing uploaded; pages of at
+// most kCompactMaxRows tokens. (kv_rows_write.cu)
+constexpr int32_t kCompactMaxRows = 1024;
 Status kv_page_compact(bool f16, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
-                       int32_t n_keep, void* snapshot, void* stream = nullptr);
+                       int32_t n_keep, void* stream = nullptr);
 
 // n rows of keys and values into F32 or F16 pages of the codec's layout (keys channel-major (head_dim, page_tokens),
 // then values (page_tokens, head_dim)): row i is k + i row_stride and v + i row_stride (head_dim f32 each), going to

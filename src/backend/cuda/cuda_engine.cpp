@@ -128,16 +128,7 @@ class CudaKvMemory final : public KvPageMemory {
   void compact(KvFormat f, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
                int32_t n_keep) override {
     if (!kv_format_is_packed(f)) {  // on the device; packed pages still through the host codec
-      for (int32_t i = 0; i < n_keep; ++i)
-        if (keep[i] < i || keep[i] >= page_tokens || (i > 0 && keep[i] <= keep[i - 1]))
-          fail("internal: compacting page rows must be ascending and below {}", page_tokens);
-      if (n_keep == 0) return;
-      Upload up;
-      const size_t o_keep = up.add(keep, static_cast<size_t>(n_keep));
-      uint8_t* base = up.send(scratch_);
-      check(cuda::kv_page_compact(f == KvFormat::F16, page_tokens, head_dim, page,
-                                  reinterpret_cast<const int32_t*>(base + o_keep), n_keep,
-                                  snapshot_.get(kv_page_bytes(f, page_tokens, head_dim))));
+      check(cuda::kv_page_compact(f == KvFormat::F16, page_tokens, head_dim, page, keep, n_keep));
       return;
     }
     std::vector<uint8_t>& h = fetch(f, page_tokens, head_dim, page);
@@ -152,7 +143,7 @@ class CudaKvMemory final : public KvPageMemory {
     check(cuda::copy_to_host(host_.data(), page, host_.size()));
     return host_;
   }
-  Scratch scratch_, snapshot_;
+  Scratch scratch_;
   std::vector<uint8_t> host_;
 };
 
@@ -335,19 +326,28 @@ class CudaBackend final : public Backend {
     const size_t o_qpos = up.add(q_pos, static_cast<size_t>(n));
     const LayerOffsets lo = pack_layer(p, kv, q_pos, n, up);
     uint8_t* base = up.send(upload_);
-    const size_t n_scores = static_cast<size_t>(p.n_head_kv) * static_cast<size_t>(stride);
+    // On the device, rows as long as the longest head: a decode step's stride is the whole context, and these bytes
+    // come back to the host every layer.
+    int32_t dev_stride = 1;
+    for (const KvHeadView& h : kv.heads) dev_stride = std::max(dev_stride, h.n_tokens);
+    const size_t n_scores = static_cast<size_t>(p.n_head_kv) * static_cast<size_t>(dev_stride);
     auto* dev = static_cast<float*>(scores_.get(n_scores * sizeof(float)));
     const bool max = reduce == ScoreReduce::Max;
     // Max: 0xffffffff is a negative int (below every probability's bits) and a NaN: untouched slots are told apart.
     check(cuda::device_fill_bytes(dev, max ? 0xff : 0x00, n_scores * sizeof(float)));
+    int32_t max_pages = 0;
+    for (const KvHeadView& h : kv.heads) max_pages = std::max(max_pages, h.n_pages());
+    const size_t ws = cuda::paged_attention_scores_workspace_bytes(n - first_row, p.n_head, max_pages);
     check(cuda::paged_attention_scores(params(p), q, reinterpret_cast<const int32_t*>(base + o_qpos), n, first_row,
-                                       layer_at(lo, kv, base), dev, stride, max));
+                                       layer_at(lo, kv, base), max_pages, dev, dev_stride, max,
+                                       ws > 0 ? attention_parts_.get(ws) : nullptr));
     host_scores_.resize(n_scores);
     check(cuda::copy_to_host(host_scores_.data(), dev, n_scores * sizeof(float)));
     for (int32_t h = 0; h < p.n_head_kv; ++h) {
+      const size_t dev_row = static_cast<size_t>(h) * static_cast<size_t>(dev_stride);
       const size_t row = static_cast<size_t>(h) * static_cast<size_t>(stride);
       for (int32_t j = 0; j < kv.heads[static_cast<size_t>(h)].n_tokens; ++j) {
-        const float s = host_scores_[row + static_cast<size_t>(j)];
+        const float s = host_scores_[dev_row + static_cast<size_t>(j)];
         float& a = scores[row + static_cast<size_t>(j)];
         if (!max) {
           a += s;

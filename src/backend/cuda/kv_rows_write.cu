@@ -1,8 +1,11 @@
 // Rows of f32 keys and values written into KV pages of the CPU codec's layout (backend_ops.h, kv_rows_write): the
 // device side of KvPageMemory::write_rows. One block a row; a thread a channel: the value row is one coalesced store,
 // the key column a strided one (keys are channel-major so that attention reads them coalesced). Compaction
-// (kv_page_compact) moves rows the same way, gathering from a snapshot of the page.
+// (kv_page_compact) moves rows in place, a thread a channel.
 #include <cuda_fp16.h>
+
+#include <algorithm>
+#include <string>
 
 #include "backend/cuda/backend_ops.h"
 #include "backend/cuda/cuda_check.cuh"
@@ -30,35 +33,54 @@ __global__ void kv_rows_write_kernel(bool f16, int32_t T, int32_t D, const float
   }
 }
 
+// Rows of a page kept by a compaction, a bit each (a kernel parameter, so a decode step's eviction launches one kernel
+// and uploads nothing).
+struct KeptRows {
+  uint64_t bits[kCompactMaxRows / 64];
+};
+
+// One thread per channel moves its own elements down, row by row in order: a kept row only moves to a row at or
+// before it, which that thread has already read, so the page compacts in place.
 template <typename E>
-__global__ void kv_page_compact_kernel(int32_t T, int32_t D, E* page, const E* old, const int32_t* keep) {
-  const int32_t i = blockIdx.x, from = keep[i];
+__global__ void kv_page_compact_kernel(int32_t T, int32_t D, E* page, KeptRows kept) {
+  E* vals = page + static_cast<int64_t>(T) * D;
   for (int32_t d = threadIdx.x; d < D; d += blockDim.x) {
-    page[static_cast<int64_t>(d) * T + i] = old[static_cast<int64_t>(d) * T + from];
-    page[static_cast<int64_t>(T) * D + static_cast<int64_t>(i) * D + d] =
-        old[static_cast<int64_t>(T) * D + static_cast<int64_t>(from) * D + d];
+    E* key = page + static_cast<int64_t>(d) * T;
+    int32_t to = 0;
+    for (int32_t j = 0; j < T; ++j) {
+      if (!((kept.bits[j / 64] >> (j % 64)) & 1)) continue;
+      if (to != j) {
+        key[to] = key[j];
+        vals[static_cast<int64_t>(to) * D + d] = vals[static_cast<int64_t>(j) * D + d];
+      }
+      ++to;
+    }
   }
 }
 
 }  // namespace
 
 Status kv_page_compact(bool f16, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
-                       int32_t n_keep, void* snapshot, void* stream) {
+                       int32_t n_keep, void* stream) {
   if (page_tokens < 1 || head_dim < 1 || n_keep < 0 || n_keep > page_tokens)
     return Status::error("kv_page_compact: bad shape");
+  if (page_tokens > kCompactMaxRows)
+    return Status::error("kv_page_compact: pages of " + std::to_string(page_tokens) + " tokens, more than " +
+                         std::to_string(kCompactMaxRows));
   if (n_keep == 0) return Status::success();
-  if (!page || !keep || !snapshot) return Status::error("kv_page_compact: null pointer");
+  if (!page || !keep) return Status::error("kv_page_compact: null pointer");
+  KeptRows kept{};
+  for (int32_t i = 0; i < n_keep; ++i) {
+    if (keep[i] < i || keep[i] >= page_tokens || (i > 0 && keep[i] <= keep[i - 1]))
+      return Status::error("kv_page_compact: kept rows must be ascending and inside the page");
+    kept.bits[keep[i] / 64] |= uint64_t{1} << (keep[i] % 64);
+  }
   const auto st = static_cast<cudaStream_t>(stream);
-  const size_t bytes = static_cast<size_t>(2) * page_tokens * head_dim * (f16 ? 2 : 4);
-  if (Status s = cuda_status(cudaMemcpyAsync(snapshot, page, bytes, cudaMemcpyDeviceToDevice, st), "page snapshot");
-      !s.ok())
-    return s;
+  const unsigned threads = static_cast<unsigned>(std::min(head_dim, 256));
   if (f16)
-    kv_page_compact_kernel<<<static_cast<unsigned>(n_keep), 128, 0, st>>>(
-        page_tokens, head_dim, reinterpret_cast<__half*>(page), static_cast<const __half*>(snapshot), keep);
+    kv_page_compact_kernel<<<1, threads, 0, st>>>(page_tokens, head_dim, reinterpret_cast<__half*>(page), kept);
   else
-    kv_page_compact_kernel<<<static_cast<unsigned>(n_keep), 128, 0, st>>>(
-        page_tokens, head_dim, reinterpret_cast<float*>(page), static_cast<const float*>(snapshot), keep);
+    kv_page_compact_kernel<<<1, threads, 0, st>>>(page_tokens, head_dim, reinterpret_cast<float*>(page), kept);
   return cuda_status(cudaGetLastError(), "kv_page_compact launch");
 }
 
