@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <hwy/targets.h>
 #include <random>
 #include <string>
@@ -191,6 +192,18 @@ TEST(Attention, ScoresMatchReference) {
       }
       // Each selected row of each query head contributes probability 1 in all (every row sees some key here).
       EXPECT_NEAR(mass, double(c.n_head) * (c.n_tok - c.first_row), 1e-3);
+
+      // Attention and its scores in one pass (decode steps of TOVA and H2O): the attention's bits unchanged, the
+      // scores as the separate pass within the same tolerance against the reference (the probabilities come from
+      // the attention's page-by-page softmax, rescaled to the row's final max and sum).
+      if (c.first_row == 0) {
+        std::vector<float> out(q.size(), NAN), fused_out(q.size(), NAN), fused(got.size(), 0.25f);
+        cpu::attention(tp, ap, q.data(), q_pos, c.n_tok, view, out.data());
+        cpu::attention_with_scores(tp, ap, q.data(), q_pos, c.n_tok, view, fused_out.data(), fused.data(), stride);
+        ASSERT_EQ(0, std::memcmp(out.data(), fused_out.data(), out.size() * sizeof(float))) << "attention changed";
+        for (size_t i = 0; i < fused.size(); ++i)
+          ASSERT_NEAR(fused[i], want[i], 2e-5f) << "fused slot " << i << ", d " << c.head_dim;
+      }
 
       // The maximum (KVzip's reduction) against its reference, from a start of 0 and from a floor of 0.25 that
       // only larger probabilities replace; it lies between the sum's share per contribution and the sum itself.

@@ -206,6 +206,13 @@ class Backend {
   virtual void attention_scores(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
                                 int32_t first_row, const KvLayerView& kv, float* scores, int32_t stride,
                                 ScoreReduce reduce) = 0;
+  // attention, then attention_scores over every row summed (a decode step of TOVA or H2O): a backend may do both in
+  // one pass over the pages.
+  virtual void attention_with_scores(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
+                                     const KvLayerView& kv, float* out, float* scores, int32_t stride) {
+    attention(p, q, q_pos, n, kv, out);
+    attention_scores(p, q, q_pos, n, 0, kv, scores, stride, ScoreReduce::Sum);
+  }
 
  protected:
   virtual float* allocate_floats(size_t n) = 0;

@@ -262,26 +262,30 @@ void Forward::run(std::span<const ForwardSegment> segments, const std::vector<in
       KvLayerView view = kv.layer_view(il);
       if (sg.key_positions == kv::KvPositions::InCache)
         in_cache_.apply(kv, il, sg.positions[0], base, c.n_rot, c.rope_order, view);
-      if (sg.read == nullptr) {
-        be.attention(ap, q_seg, sg.positions, sg.n, view, attn_seg);
-      } else {
+      // Chunk rows are in position order: the voters for the policy's scores are a suffix of the segment.
+      kv::KvScores* scores = sg.scores;
+      int32_t first_row = sg.n;
+      if (scores != nullptr && scores->wanted()) {
+        first_row = 0;
+        while (first_row < sg.n && sg.positions[first_row] < scores->first_pos) ++first_row;
+        if (first_row < sg.n && kv.n_tokens_max() > scores->stride)
+          fail("internal: KV scores hold {} slots, the cache {}", scores->stride, kv.n_tokens_max());
+      }
+      float* layer_scores = first_row < sg.n ? scores->layers[static_cast<size_t>(il)].data() : nullptr;
+      if (sg.read != nullptr) {
         KvLayerView narrowed = view;
         narrowed.n_head = c.n_head;
         sg.read->narrow(il, q_host + row0 * q_row, sg.positions, sg.n, narrowed);
         be.attention(ap, q_seg, sg.positions, sg.n, narrowed, attn_seg);
+      } else if (first_row == 0 && scores->reduce == ScoreReduce::Sum) {
+        be.attention_with_scores(ap, q_seg, sg.positions, sg.n, view, attn_seg, layer_scores, scores->stride);
+        layer_scores = nullptr;  // gathered
+      } else {
+        be.attention(ap, q_seg, sg.positions, sg.n, view, attn_seg);
       }
-      kv::KvScores* scores = sg.scores;
-      if (scores != nullptr && scores->wanted()) {
-        // Chunk rows are in position order: the voters are a suffix of the segment.
-        int32_t first_row = 0;
-        while (first_row < sg.n && sg.positions[first_row] < scores->first_pos) ++first_row;
-        if (first_row < sg.n) {
-          if (kv.n_tokens_max() > scores->stride)
-            fail("internal: KV scores hold {} slots, the cache {}", scores->stride, kv.n_tokens_max());
-          be.attention_scores(ap, q_seg, sg.positions, sg.n, first_row, view,
-                              scores->layers[static_cast<size_t>(il)].data(), scores->stride, scores->reduce);
-        }
-      }
+      if (layer_scores != nullptr)
+        be.attention_scores(ap, q_seg, sg.positions, sg.n, first_row, view, layer_scores, scores->stride,
+                            scores->reduce);
       row0 += sg.n;
     }
     matmul(w.wo, attn, n, out);

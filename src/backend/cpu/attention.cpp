@@ -276,10 +276,19 @@ struct Scratch {
   float *Q, *O, *m, *l, *corr, *S, *K, *V;
 };
 
+// Where AttendPages leaves each page's probabilities for the scores of a fused pass (attention_with_scores): S's
+// rows at the head's slots, probs (R, n_slots), each relative to the row's running max after that page, page_m
+// (R, n_pages). Null: not wanted.
+struct PageProbs {
+  float* probs = nullptr;
+  float* page_m = nullptr;
+  int32_t n_slots = 0, n_pages = 0;
+};
+
 // The pages [page_begin, page_end) of one kv-head against rows [0, R) of a query block; O, m, l accumulate.
 template <class D>
 void AttendPages(D d, const AttentionParams& p, const KvHeadView& hv, int32_t pt, const int32_t* row_pos, int32_t R,
-                 int32_t page_begin, int32_t page_end, const Scratch& w) {
+                 int32_t page_begin, int32_t page_end, const Scratch& w, const PageProbs& keep) {
   const int32_t dim = p.head_dim;
   int32_t q_min = std::numeric_limits<int32_t>::max(), q_max = std::numeric_limits<int32_t>::min();
   for (int32_t r = 0; r < R; ++r) {
@@ -311,6 +320,11 @@ void AttendPages(D d, const AttentionParams& p, const KvHeadView& hv, int32_t pt
       }
     }
     SoftmaxPage(d, w.S, R, pt, w.m, w.l, w.corr);
+    if (keep.probs != nullptr)
+      for (int32_t r = 0; r < R; ++r) {
+        std::copy_n(w.S + static_cast<size_t>(r) * pt, nv, keep.probs + static_cast<size_t>(r) * keep.n_slots + slot0);
+        keep.page_m[static_cast<size_t>(r) * keep.n_pages + pi] = w.m[r];
+      }
     if (fmt == KvFormat::F16) {
       const auto* V = reinterpret_cast<const hwy::float16_t*>(page) + static_cast<size_t>(pt) * dim;
       AccumulateValues(d, w.S, R, pt, V, dim, nv, w.corr, w.O);
@@ -323,9 +337,11 @@ void AttendPages(D d, const AttentionParams& p, const KvHeadView& hv, int32_t pt
   }
 }
 
+// scores: null, or (n_head_kv, stride) gaining the probabilities every row paid to each slot (attention_with_scores;
+// then n_tok <= kQueryBlock).
 template <class D>
 void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos,
-                   int32_t n_tok, const KvLayerView& kv, float* out) {
+                   int32_t n_tok, const KvLayerView& kv, float* out, float* scores = nullptr, int32_t stride = 0) {
   const int32_t dim = p.head_dim;
   const int32_t group = p.n_head / p.n_head_kv;
   const int32_t pt = kv.page_tokens;
@@ -343,13 +359,32 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
     n_split = static_cast<int32_t>(std::clamp<int64_t>((n_want + n_base - 1) / n_base, 1, std::max(1, n_pages_max)));
   const int64_t n_items = n_base * n_split;
 
-  // Partial softmax states of split work items: O (n_items, rows_max, dim), m and l (n_items, rows_max).
+  // Partial softmax states of split work items: O (n_items, rows_max, dim), m and l (n_items, rows_max); m and l
+  // of every item when scores are wanted.
   std::vector<float> part_o, part_m, part_l;
-  if (n_split > 1) {
-    part_o.resize(static_cast<size_t>(n_items) * rows_max * dim);
+  if (n_split > 1) part_o.resize(static_cast<size_t>(n_items) * rows_max * dim);
+  if (n_split > 1 || scores != nullptr) {
     part_m.resize(static_cast<size_t>(n_items) * rows_max);
     part_l.resize(static_cast<size_t>(n_items) * rows_max);
   }
+  // The pages' probabilities for the scores, per kv-head (PageProbs); the split items of a head fill disjoint pages.
+  int32_t n_slots_max = 0;
+  for (const auto& h : kv.heads) n_slots_max = std::max(n_slots_max, h.n_tokens);
+  std::vector<float> probs, page_m;
+  if (scores != nullptr) {
+    if (n_qblocks > 1) fail("internal: attention with scores over {} query rows, more than {}", n_tok, kQueryBlock);
+    probs.assign(static_cast<size_t>(p.n_head_kv) * rows_max * n_slots_max, 0.0f);
+    page_m.assign(static_cast<size_t>(p.n_head_kv) * rows_max * std::max(1, n_pages_max), kNegInf);
+  }
+  auto page_probs = [&](int32_t g) {
+    PageProbs pp;
+    if (scores == nullptr) return pp;
+    pp.n_slots = n_slots_max;
+    pp.n_pages = std::max(1, n_pages_max);
+    pp.probs = probs.data() + static_cast<size_t>(g) * rows_max * pp.n_slots;
+    pp.page_m = page_m.data() + static_cast<size_t>(g) * rows_max * pp.n_pages;
+    return pp;
+  };
 
   pool.run(n_items, [&](int64_t item) {
     const int32_t s = static_cast<int32_t>(item % n_split);
@@ -388,8 +423,12 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
     const int32_t n_pages = hv.n_pages();
     const int32_t page_begin = static_cast<int32_t>(static_cast<int64_t>(n_pages) * s / n_split);
     const int32_t page_end = static_cast<int32_t>(static_cast<int64_t>(n_pages) * (s + 1) / n_split);
-    AttendPages(d, p, hv, pt, row_pos.data(), R, page_begin, page_end, w);
+    AttendPages(d, p, hv, pt, row_pos.data(), R, page_begin, page_end, w, page_probs(g));
 
+    if (!part_m.empty()) {
+      std::memcpy(part_m.data() + static_cast<size_t>(item) * rows_max, w.m, static_cast<size_t>(R) * sizeof(float));
+      std::memcpy(part_l.data() + static_cast<size_t>(item) * rows_max, w.l, static_cast<size_t>(R) * sizeof(float));
+    }
     if (n_split == 1) {
       for (int32_t r = 0; r < R; ++r) {
         float* dst = out + (static_cast<size_t>(t0 + r / group) * p.n_head + g * group + r % group) * dim;
@@ -398,11 +437,37 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
       }
     } else {
       std::memcpy(part_o.data() + static_cast<size_t>(item) * rd, w.O, static_cast<size_t>(R) * dim * sizeof(float));
-      std::memcpy(part_m.data() + static_cast<size_t>(item) * rows_max, w.m, static_cast<size_t>(R) * sizeof(float));
-      std::memcpy(part_l.data() + static_cast<size_t>(item) * rows_max, w.l, static_cast<size_t>(R) * sizeof(float));
     }
   });
 
+  if (scores != nullptr) {
+    // Each row's softmax over all its head's pages: max M and sum L merged from the items' (m, l); a slot's
+    // probability is its page's stored value times exp(page max - M) / L. Summed over the rows (the query heads of
+    // the kv-head and the block's tokens), as attention_scores sums them.
+    const int32_t R = n_tok * group;
+    for (int32_t g = 0; g < p.n_head_kv; ++g) {
+      const KvHeadView& hv = kv.heads[static_cast<size_t>(g)];
+      const PageProbs pp = page_probs(g);
+      float* acc = scores + static_cast<size_t>(g) * stride;
+      for (int32_t r = 0; r < R; ++r) {
+        float M = kNegInf, L = 0.0f;
+        for (int32_t s = 0; s < n_split; ++s) M = std::max(M, part_m[static_cast<size_t>(g * n_split + s) * rows_max + r]);
+        if (M == kNegInf) continue;  // the row sees nothing: it adds nothing
+        for (int32_t s = 0; s < n_split; ++s) {
+          const size_t idx = static_cast<size_t>(g * n_split + s) * rows_max + r;
+          if (part_m[idx] != kNegInf) L += part_l[idx] * std::exp(part_m[idx] - M);
+        }
+        const float* pr = pp.probs + static_cast<size_t>(r) * pp.n_slots;
+        for (int32_t pi = 0; pi < hv.n_pages(); ++pi) {
+          const float pm = pp.page_m[static_cast<size_t>(r) * pp.n_pages + pi];
+          if (pm == kNegInf) continue;  // skipped, or the row saw none of it yet: no probability there
+          const float f = std::exp(pm - M) / L;
+          const int32_t s0 = hv.slot0[static_cast<size_t>(pi)];
+          for (int32_t j = 0; j < hv.page_rows(pi); ++j) acc[s0 + j] += pr[s0 + j] * f;
+        }
+      }
+    }
+  }
   if (n_split == 1) return;
   // Merge the split states: O = sum_s O_s * exp(m_s - M) / sum_s l_s * exp(m_s - M).
   for (int32_t g = 0; g < p.n_head_kv; ++g) {
@@ -513,6 +578,11 @@ void AttentionImpl(ThreadPool& pool, const AttentionParams& p, const float* q, c
   WithLanes(p, kv, [&](auto d) { AttentionWith(d, pool, p, q, q_pos, n_tok, kv, out); });
 }
 
+void AttentionWithScoresImpl(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos,
+                             int32_t n_tok, const KvLayerView& kv, float* out, float* scores, int32_t stride) {
+  WithLanes(p, kv, [&](auto d) { AttentionWith(d, pool, p, q, q_pos, n_tok, kv, out, scores, stride); });
+}
+
 void AttentionScoresImpl(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos,
                          int32_t n_tok, int32_t first_row, const KvLayerView& kv, float* scores,
                          int32_t n_slots_stride, ScoreReduce reduce) {
@@ -553,10 +623,21 @@ namespace longctx::cpu {
 
 HWY_EXPORT(AttentionImpl);
 HWY_EXPORT(AttentionScoresImpl);
+HWY_EXPORT(AttentionWithScoresImpl);
 
 void attention(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                const KvLayerView& kv, float* out) {
   HWY_DYNAMIC_DISPATCH(AttentionImpl)(pool, p, q, q_pos, n_tok, kv, out);
+}
+
+void attention_with_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos,
+                           int32_t n_tok, const KvLayerView& kv, float* out, float* scores, int32_t n_slots_stride) {
+  if (n_tok > kQueryBlock) {
+    attention(pool, p, q, q_pos, n_tok, kv, out);
+    attention_scores(pool, p, q, q_pos, n_tok, 0, kv, scores, n_slots_stride, ScoreReduce::Sum);
+    return;
+  }
+  HWY_DYNAMIC_DISPATCH(AttentionWithScoresImpl)(pool, p, q, q_pos, n_tok, kv, out, scores, n_slots_stride);
 }
 
 void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,

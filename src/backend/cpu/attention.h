@@ -34,6 +34,11 @@ void attention_scores(ThreadPool& pool, const AttentionParams& p, const float* q
                       int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride,
                       ScoreReduce reduce = ScoreReduce::Sum);
 
+// attention and attention_scores(first_row 0, Sum) in one pass for up to 16 query rows (decode steps of the
+// policies that rank every step: TOVA, H2O): the probabilities are the ones the attention computes, kept per page
+// and rescaled to the row's final softmax, not recomputed. More rows: the two calls.
+void attention_with_scores(ThreadPool& pool, const AttentionParams& p, const float* q, const int32_t* q_pos,
+                           int32_t n_tok, const KvLayerView& kv, float* out, float* scores, int32_t n_slots_stride);
 // The plain reference of attention_scores: one query head and row at a time, in double.
 void attention_scores_reference(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n_tok,
                                 int32_t first_row, const KvLayerView& kv, float* scores, int32_t n_slots_stride,

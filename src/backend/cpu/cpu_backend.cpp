@@ -128,6 +128,11 @@ void CpuBackend::attention(const AttentionParams& p, const float* q, const int32
   cpu::attention(pool_, p, q, q_pos, n, kv, out);
 }
 
+void CpuBackend::attention_with_scores(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
+                                       const KvLayerView& kv, float* out, float* scores, int32_t stride) {
+  cpu::attention_with_scores(pool_, p, q, q_pos, n, kv, out, scores, stride);
+}
+
 void CpuBackend::attention_scores(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
                                   int32_t first_row, const KvLayerView& kv, float* scores, int32_t stride,
                                   ScoreReduce reduce) {

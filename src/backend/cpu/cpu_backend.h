@@ -61,6 +61,8 @@ class CpuBackend : public Backend {
                  float* out) override;
   void attention_scores(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n, int32_t first_row,
                         const KvLayerView& kv, float* scores, int32_t stride, ScoreReduce reduce) override;
+  void attention_with_scores(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
+                             const KvLayerView& kv, float* out, float* scores, int32_t stride) override;
 
  protected:
   float* allocate_floats(size_t n) override;
