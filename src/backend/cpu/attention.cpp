@@ -370,10 +370,17 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
   // The pages' probabilities for the scores, per kv-head (PageProbs); the split items of a head fill disjoint pages.
   int32_t n_slots_max = 0;
   for (const auto& h : kv.heads) n_slots_max = std::max(n_slots_max, h.n_tokens);
-  std::vector<float> probs, page_m;
+  // The probabilities are read only where page_m says a page was visited, so they need no clearing (and stay
+  // allocated from layer to layer: the caller's thread owns them).
+  // (Workers see the buffer through `probs`: a thread_local named inside their lambdas would be their own.)
+  thread_local std::vector<float> probs_buffer;
+  float* probs = nullptr;
+  std::vector<float> page_m;
   if (scores != nullptr) {
     if (n_qblocks > 1) fail("internal: attention with scores over {} query rows, more than {}", n_tok, kQueryBlock);
-    probs.assign(static_cast<size_t>(p.n_head_kv) * rows_max * n_slots_max, 0.0f);
+    const size_t n_probs = static_cast<size_t>(p.n_head_kv) * rows_max * n_slots_max;
+    if (probs_buffer.size() < n_probs) probs_buffer.resize(n_probs);
+    probs = probs_buffer.data();
     page_m.assign(static_cast<size_t>(p.n_head_kv) * rows_max * std::max(1, n_pages_max), kNegInf);
   }
   auto page_probs = [&](int32_t g) {
@@ -381,7 +388,7 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
     if (scores == nullptr) return pp;
     pp.n_slots = n_slots_max;
     pp.n_pages = std::max(1, n_pages_max);
-    pp.probs = probs.data() + static_cast<size_t>(g) * rows_max * pp.n_slots;
+    pp.probs = probs + static_cast<size_t>(g) * rows_max * pp.n_slots;
     pp.page_m = page_m.data() + static_cast<size_t>(g) * rows_max * pp.n_pages;
     return pp;
   };
