@@ -370,9 +370,9 @@ void AttentionWith(D d, ThreadPool& pool, const AttentionParams& p, const float*
   // The pages' probabilities for the scores, per kv-head (PageProbs); the split items of a head fill disjoint pages.
   int32_t n_slots_max = 0;
   for (const auto& h : kv.heads) n_slots_max = std::max(n_slots_max, h.n_tokens);
-  // The probabilities are read only where page_m says a page was visited, so they need no clearing (and stay
-  // allocated from layer to layer: the caller's thread owns them).
-  // (Workers see the buffer through `probs`: a thread_local named inside their lambdas would be their own.)
+  // The probabilities are read only where page_m says a page was visited, so they need no clearing, and stay
+  // allocated from layer to layer in the calling thread (workers reach them through `probs`: a thread_local named
+  // inside their lambdas would be their own).
   thread_local std::vector<float> probs_buffer;
   float* probs = nullptr;
   std::vector<float> page_m;
