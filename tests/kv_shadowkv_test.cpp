@@ -197,7 +197,7 @@ std::vector<int32_t> reference_chunks(const Fixture& f, const kv::ShadowKvOption
 // With a rank covering the layer's 64 channels the rebuilt keys are the stored ones up to the f16 rounding of the
 // factor a (1e-3 of the position's key norm), so the view narrow() gives must hold exactly the reference's chunks,
 // in order, then the store's tokens, with those keys and the very values; and the attention kernel must read that
-// mixed view as the plain reference loop does (1e-4).
+// mixed view as the plain reference loop does (1e-4). Rebuilt on the calling thread or over a pool's threads alike.
 TEST(ShadowKv, ReadsWhatAPlainLoopChooses) {
   std::mt19937 rng(3);
   Fixture f(rng);
@@ -227,6 +227,7 @@ TEST(ShadowKv, ReadsWhatAPlainLoopChooses) {
     const int32_t q_pos = Fixture::kN;
     KvLayerView view = f.seq.layer_view(0);
     view.n_head = n_head;
+    filter.set_host_pool(trial % 3 == 0 ? nullptr : &tp);  // the rebuild on the calling thread, or a page an item
     filter.narrow(0, q.data(), &q_pos, 1, view);
     AttentionParams ap;
     ap.n_head = n_head;

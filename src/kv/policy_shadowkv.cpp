@@ -341,46 +341,67 @@ void ShadowKvReadFilter::narrow(int32_t layer, const float* q, const int32_t* q_
   const size_t page_floats = kv_page_bytes(KvFormat::F32, T, d) / sizeof(float);
   pages_.resize(static_cast<size_t>(H));
   positions_.resize(static_cast<size_t>(H));
+  chosen_by_head_.resize(static_cast<size_t>(H));
+  // Which chunks each head reads (cheap, in order), then their rows rebuilt on the host pool: row i of head g is
+  // token chosen[i / C] * C + i % C, at page i / T, row i % T of g's rebuilt pages; a plain page holds its keys
+  // channel-major (d rows of T) and then its values token-major (kv/page_codec's layout).
   for (int32_t g = 0; g < H; ++g) {
-    KvHeadView& hv = view.heads[static_cast<size_t>(g)];
+    const KvHeadView& hv = view.heads[static_cast<size_t>(g)];
     if (hv.n_tokens > 0 && hv.positions[0] < L.n_shadow)
       fail("internal: the store holds position {} that shadowkv holds too", hv.positions[0]);
-    const Head& h = L.heads[static_cast<size_t>(g)];
     select_chunks(L, g, q, n_tok, view.n_head, d);
+    chosen_by_head_[static_cast<size_t>(g)] = chosen_;
     const auto n_rows = static_cast<int32_t>(chosen_.size()) * C;
+    pages_[static_cast<size_t>(g)].resize(static_cast<size_t>((n_rows + T - 1) / T) * page_floats);
+  }
+  // An item a rebuilt page (its rows are its own: no two threads write one page).
+  std::vector<std::pair<int32_t, int32_t>> items;  // (head, first row)
+  for (int32_t g = 0; g < H; ++g)
+    for (int32_t i = 0; i < static_cast<int32_t>(chosen_by_head_[static_cast<size_t>(g)].size()) * C; i += T)
+      items.emplace_back(g, i);
+  auto rebuild = [&](int64_t item) {
+    const auto [g, i0] = items[static_cast<size_t>(item)];
+    const Head& h = L.heads[static_cast<size_t>(g)];
+    const std::vector<int32_t>& chosen = chosen_by_head_[static_cast<size_t>(g)];
+    const int32_t i1 = std::min(static_cast<int32_t>(chosen.size()) * C, i0 + T);
+    float* buf = pages_[static_cast<size_t>(g)].data();
+    const float* bg = L.b.data() + static_cast<size_t>(g) * d;
+    std::vector<float> k(static_cast<size_t>(d)), a_row(static_cast<size_t>(r));
+    for (int32_t i = i0; i < i1; ++i) {
+      const int32_t c = chosen[static_cast<size_t>(i / C)], t = c * C + i % C;
+      const int32_t e = h.exact_index[static_cast<size_t>(c)];
+      float* page = buf + static_cast<size_t>(i / T) * page_floats;
+      float* v = page + static_cast<size_t>(T) * d + static_cast<size_t>(i % T) * d;
+      if (e >= 0) {
+        const size_t at = (static_cast<size_t>(e) * C + static_cast<size_t>(i % C)) * d;
+        shadowkv_f16_to_f32(h.exact_keys.data() + at, d, k.data());
+        shadowkv_f16_to_f32(h.exact_values.data() + at, d, v);
+      } else {
+        shadowkv_f16_to_f32(L.a.data() + static_cast<size_t>(t) * r, r, a_row.data());
+        shadowkv_rebuild_key(a_row.data(), r, bg, W, d, k.data());
+        rope_rotate(k.data(), 1, d, L.n_rot, rt.cos.data() + t * half, rt.sin.data() + t * half, L.rope_order);
+        shadowkv_f16_to_f32(h.values.data() + static_cast<size_t>(t) * d, d, v);
+      }
+      for (int32_t j = 0; j < d; ++j) page[static_cast<size_t>(j) * T + i % T] = k[static_cast<size_t>(j)];
+    }
+  };
+  if (host_pool() != nullptr) {
+    host_pool()->run(static_cast<int64_t>(items.size()), rebuild);
+  } else {
+    for (size_t item = 0; item < items.size(); ++item) rebuild(static_cast<int64_t>(item));
+  }
+  // The rebuilt pages, then the store's.
+  for (int32_t g = 0; g < H; ++g) {
+    KvHeadView& hv = view.heads[static_cast<size_t>(g)];
+    const Head& h = L.heads[static_cast<size_t>(g)];
+    const std::vector<int32_t>& chosen = chosen_by_head_[static_cast<size_t>(g)];
+    const auto n_rows = static_cast<int32_t>(chosen.size()) * C;
     const int32_t n_pages = (n_rows + T - 1) / T;
-    std::vector<float>& buf = pages_[static_cast<size_t>(g)];
-    buf.resize(static_cast<size_t>(n_pages) * page_floats);
     std::vector<int32_t>& positions = positions_[static_cast<size_t>(g)];
     positions.clear();
-    // Row i of the rebuilt pages: page i / T, row i % T; a plain page holds its keys channel-major (d rows of T)
-    // and then its values token-major (kv/page_codec's layout).
-    const float* bg = L.b.data() + static_cast<size_t>(g) * d;
-    key_.resize(static_cast<size_t>(d));
-    a_row_.resize(static_cast<size_t>(r));
-    float* k = key_.data();
-    int32_t i = 0;
-    for (int32_t c : chosen_) {
-      const int32_t e = h.exact_index[static_cast<size_t>(c)];
-      for (int32_t t = c * C; t < (c + 1) * C; ++t, ++i) {
-        float* page = buf.data() + static_cast<size_t>(i / T) * page_floats;
-        float* v = page + static_cast<size_t>(T) * d + static_cast<size_t>(i % T) * d;
-        const size_t row = static_cast<size_t>(t) * d;
-        if (e >= 0) {
-          const size_t at = (static_cast<size_t>(e) * C + static_cast<size_t>(t - c * C)) * d;
-          shadowkv_f16_to_f32(h.exact_keys.data() + at, d, k);
-          shadowkv_f16_to_f32(h.exact_values.data() + at, d, v);
-        } else {
-          shadowkv_f16_to_f32(L.a.data() + static_cast<size_t>(t) * r, r, a_row_.data());
-          shadowkv_rebuild_key(a_row_.data(), r, bg, W, d, k);
-          rope_rotate(k, 1, d, L.n_rot, rt.cos.data() + t * half, rt.sin.data() + t * half, L.rope_order);
-          shadowkv_f16_to_f32(h.values.data() + row, d, v);
-        }
-        for (int32_t j = 0; j < d; ++j) page[static_cast<size_t>(j) * T + i % T] = k[j];
-        positions.push_back(t);
-      }
-    }
-    // The rebuilt pages, then the store's.
+    for (int32_t c : chosen)
+      for (int32_t t = c * C; t < (c + 1) * C; ++t) positions.push_back(t);
+    const std::vector<float>& buf = pages_[static_cast<size_t>(g)];
     KvHeadView merged;
     for (int32_t p = 0; p < n_pages; ++p) {
       merged.pages.push_back(reinterpret_cast<const uint8_t*>(buf.data() + static_cast<size_t>(p) * page_floats));

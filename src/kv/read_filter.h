@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "backend/backend.h"
+#include "core/thread_pool.h"
 
 namespace longctx {
 
@@ -41,6 +42,15 @@ class KvReadFilter {
   // there, a second tier here).
   virtual size_t bytes_fast() const { return 0; }
   virtual size_t bytes_cold() const { return 0; }
+
+  // The host threads narrow() may spread its own work over (the forward's, set before each call); null: none.
+  void set_host_pool(ThreadPool* pool) { host_pool_ = pool; }
+
+ protected:
+  ThreadPool* host_pool() const { return host_pool_; }
+
+ private:
+  ThreadPool* host_pool_ = nullptr;
 };
 
 }  // namespace longctx

@@ -108,8 +108,9 @@ class ShadowKvReadFilter final : public KvReadFilter {
   std::vector<std::vector<float>> pages_;
   std::vector<std::vector<int32_t>> positions_;
   std::vector<int32_t> chosen_;
+  std::vector<std::vector<int32_t>> chosen_by_head_;
   std::vector<uint8_t> mark_;
-  std::vector<float> probs_, best_, key_, a_row_;
+  std::vector<float> probs_, best_;
 };
 
 }  // namespace longctx::kv
