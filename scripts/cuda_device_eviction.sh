@@ -31,7 +31,8 @@ cat /root/longctx-parts/part* | head -c 98362432 > "$M"
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c || exit 1
 nvidia-smi --query-gpu=name --format=csv,noheader
 "$Q/bin/cuda_backend_ops_test" 2>&1 | grep -E "^\[  (FAILED|PASSED)|FAILED  \]|OK \] CudaBackendOps\.(Attention|KvMemory)"
-LONGCTX_MODEL_DIR=/root/longctx-models timeout 240 "$Q/bin/cuda_forward_test" 2>&1 | grep -E "^\[  (FAILED|PASSED)|FAILED  \]"
+[ "${FORWARD:-1}" = 1 ] &&  # FORWARD=0 skips the forward test (a minute or two) when device time is short
+  LONGCTX_MODEL_DIR=/root/longctx-models timeout 240 "$Q/bin/cuda_forward_test" 2>&1 | grep -E "^\[  (FAILED|PASSED)|FAILED  \]"
 BINS="${BINS:-longctx_old longctx}" DEPTH="${DEPTH:-8000}"
 for kv in full snapkv:budget=1024 tova:budget=1024 h2o:budget=1024; do
   for b in $BINS; do
