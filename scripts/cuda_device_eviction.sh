@@ -8,6 +8,7 @@
 #   run command="scripts/cuda_device_real.sh add .devcarry/real/p0" carry=[".devcarry/real/p0"]
 #   run command="scripts/cuda_device_real.sh add .devcarry/real/p1 && scripts/cuda_device_eviction.sh"
 #       carry=[".devcarry/real/p1", ".devcarry/mini"]
+#   or, one call with no model file: run command="SYNTH=llama3-8b:1 scripts/cuda_device_eviction.sh" carry=[".devcarry/mini"]
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 if [ "${1:-}" = "--stage" ]; then
@@ -27,22 +28,29 @@ Q=/root/eviction M=/root/longctx-models/SmolLM2-135M-Instruct.Q4_1.gguf OUT="${O
 mkdir -p "$Q" "$OUT" /root/longctx-models
 tar xJf "$repo/.devcarry/mini/tools.tar.xz" -C "$Q" || exit 1
 export LD_LIBRARY_PATH="$Q/lib:${LD_LIBRARY_PATH:-}"
-cat /root/longctx-parts/part* | head -c 98362432 > "$M"
-echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c || exit 1
+# SYNTH=SHAPE[:SEED] (llama3-8b:1): bench's random bf16 weights of that shape instead of SmolLM2, so one call
+# (carrying .devcarry/mini alone) does it all; the forward test then needs the model and is skipped.
+if [ -n "${SYNTH:-}" ]; then
+  model=(--synthetic "$SYNTH") FORWARD=0
+else
+  cat /root/longctx-parts/part* | head -c 98362432 > "$M"
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c || exit 1
+  model=(-m "$M")
+fi
 nvidia-smi --query-gpu=name --format=csv,noheader
 "$Q/bin/cuda_backend_ops_test" 2>&1 | grep -E "^\[  (FAILED|PASSED)|FAILED  \]|OK \] CudaBackendOps\.(Attention|KvMemory)"
 [ "${FORWARD:-1}" = 1 ] &&  # FORWARD=0 skips the forward test (a minute or two) when device time is short
   LONGCTX_MODEL_DIR=/root/longctx-models timeout 240 "$Q/bin/cuda_forward_test" 2>&1 | grep -E "^\[  (FAILED|PASSED)|FAILED  \]"
-BINS="${BINS:-longctx_old longctx}" DEPTH="${DEPTH:-8000}"
-for kv in full snapkv:budget=1024 tova:budget=1024 h2o:budget=1024; do
+BINS="${BINS:-longctx_old longctx}" DEPTH="${DEPTH:-8000}" KVS="${KVS:-full snapkv:budget=1024 tova:budget=1024 h2o:budget=1024}"
+for kv in $KVS; do
   for b in $BINS; do
     printf '%-12s %-20s ' "$b" "$kv"
-    "$Q/bin/$b" bench --device cuda -m "$M" -p 0 -n 128 -d "$DEPTH" -r 3 --kv "$kv" 2>&1 | grep "bench: tg128" || echo failed
+    "$Q/bin/$b" bench --device cuda "${model[@]}" -p 0 -n 128 -d "$DEPTH" -r 3 --kv "$kv" 2>&1 | grep "bench: tg128" || echo failed
   done
 done
 if [ "${PROFILE:-0}" = 1 ] && command -v nsys >/dev/null; then
   nsys profile -o "$OUT/tova" --force-overwrite true -t cuda,osrt --stats=false \
-    "$Q/bin/longctx" bench --device cuda -m "$M" -p 0 -n 64 -d "$DEPTH" -r 1 --kv tova:budget=1024 >/dev/null 2>&1
+    "$Q/bin/longctx" bench --device cuda "${model[@]}" -p 0 -n 64 -d "$DEPTH" -r 1 --kv tova:budget=1024 >/dev/null 2>&1
   nsys stats -q --report cuda_gpu_kern_sum,cuda_api_sum --format csv "$OUT/tova.nsys-rep" 2>/dev/null |
     awk -F, 'NR < 3 || $2 + 0 > 1.0' | cut -c1-200 | head -50
   rm -f "$OUT"/tova.sqlite "$OUT"/tova.nsys-rep
