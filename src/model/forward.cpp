@@ -278,7 +278,7 @@ void Forward::run(std::span<const ForwardSegment> segments, const std::vector<in
         sg.read->set_host_pool(&host_pool_);
         sg.read->narrow(il, q_host + row0 * q_row, sg.positions, sg.n, narrowed);
         be.attention(ap, q_seg, sg.positions, sg.n, narrowed, attn_seg);
-      } else if (first_row == 0 && scores->reduce == ScoreReduce::Sum) {
+      } else if (layer_scores != nullptr && first_row == 0 && scores->reduce == ScoreReduce::Sum) {
         be.attention_with_scores(ap, q_seg, sg.positions, sg.n, view, attn_seg, layer_scores, scores->stride);
         layer_scores = nullptr;  // gathered
       } else {
