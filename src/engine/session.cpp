@@ -111,6 +111,7 @@ SequenceId EngineSession::add(kv::KvPolicy& policy, std::unique_ptr<kv::KvPolicy
   s->owned = std::move(owned);
   s->policy = &policy;
   s->kv = std::make_unique<kv::KvSequence>(geo, *pages_);
+  if (KvReadFilter* f = policy.read_filter()) f->set_host_pool(&forward_.host_pool());
   seqs_.push_back(std::move(s));
   return static_cast<SequenceId>(seqs_.size() - 1);
 }

@@ -189,23 +189,58 @@ void ShadowKvReadFilter::after_prefill(KvSequence& seq, const KvScores& scores) 
   // the factors cover one prompt from position 0.
   if (std::any_of(layers_.begin(), layers_.end(), [](const Layer& L) { return L.n_shadow > 0; })) return;
   layers_.assign(static_cast<size_t>(geo.n_layer), Layer{});
-  for (int32_t l = 0; l < geo.n_layer; ++l) shadow_layer(seq, l, scores);
+  // The layers to shadow and their RoPE tables (shared by the layers of one base) first; then the factorizations,
+  // the costly part, as many layers at once as the host pool has threads (a layer reads only its own heads and
+  // writes only its own Layer), the store giving each batch's tokens back before the next starts, so that at most
+  // a batch of layers is held twice (built from the prompt in the pool, at most n_threads layers at a time).
+  std::vector<int32_t> shadowed;
+  for (int32_t l = 0; l < geo.n_layer; ++l) {
+    const int32_t n_shadow = shadow_length(seq, l);
+    if (n_shadow == 0) continue;
+    const KvQueryStats::Layer& ql = scores.queries.layers[static_cast<size_t>(l)];
+    if (ql.n_rot < 2 || ql.n_rot > geo.head_dim) fail("internal: shadowkv got no RoPE for layer {}", l);
+    rope_table(ql.rope_base, ql.n_rot, n_shadow);
+    shadowed.push_back(l);
+  }
+  const size_t batch = host_pool() != nullptr ? static_cast<size_t>(std::max(1, host_pool()->n_threads())) : 1;
+  for (size_t first = 0; first < shadowed.size(); first += batch) {
+    const size_t n = std::min(batch, shadowed.size() - first);
+    auto build = [&](int64_t i) { shadow_layer(seq, shadowed[first + static_cast<size_t>(i)], scores); };
+    if (host_pool() != nullptr) {
+      host_pool()->run(static_cast<int64_t>(n), build);
+    } else {
+      build(0);
+    }
+    for (size_t i = first; i < first + n; ++i) {
+      const int32_t l = shadowed[i];
+      const Layer& L = layers_[static_cast<size_t>(l)];
+      // The store keeps the rest: the last tokens of the prompt.
+      std::vector<int32_t> keep(static_cast<size_t>(seq.head(l, 0).n_tokens() - L.n_shadow));
+      std::iota(keep.begin(), keep.end(), L.n_shadow);
+      for (int32_t g = 0; g < geo.n_head_kv; ++g) seq.keep_slots(l, g, keep);
+    }
+  }
 }
 
-void ShadowKvReadFilter::shadow_layer(KvSequence& seq, int32_t l, const KvScores& scores) {
+int32_t ShadowKvReadFilter::shadow_length(const KvSequence& seq, int32_t l) const {
   const KvGeometry& geo = seq.geometry();
-  const int32_t H = geo.n_head_kv, d = geo.head_dim, C = o_.chunk, W = H * d;
   const std::vector<int32_t>& pos = seq.head(l, 0).positions;
   const auto n = static_cast<int32_t>(pos.size());
   for (int32_t i = 0; i < n; ++i)
-    if (pos[static_cast<size_t>(i)] != i) return;  // not the whole prompt: a sliding-window layer
-  for (int32_t g = 1; g < H; ++g)
-    if (seq.head(l, g).positions != pos) return;
-  const int32_t n_chunks = std::max(0, n - o_.recent) / C;
+    if (pos[static_cast<size_t>(i)] != i) return 0;  // not the whole prompt: a sliding-window layer
+  for (int32_t g = 1; g < geo.n_head_kv; ++g)
+    if (seq.head(l, g).positions != pos) return 0;
+  const int32_t n_chunks = std::max(0, n - o_.recent) / o_.chunk;
   // Nothing gained unless some chunks are neither exact nor read at every step.
-  if (n_chunks <= 1 + o_.outliers + o_.budget / C) return;
+  if (n_chunks <= 1 + o_.outliers + o_.budget / o_.chunk) return 0;
+  return n_chunks * o_.chunk;
+}
+
+void ShadowKvReadFilter::shadow_layer(const KvSequence& seq, int32_t l, const KvScores& scores) {
+  const KvGeometry& geo = seq.geometry();
+  const int32_t H = geo.n_head_kv, d = geo.head_dim, C = o_.chunk, W = H * d;
+  const int32_t n_chunks = shadow_length(seq, l) / C;
   const KvQueryStats::Layer& ql = scores.queries.layers[static_cast<size_t>(l)];
-  if (ql.n_rot < 2 || ql.n_rot > d) fail("internal: shadowkv got no RoPE for layer {}", l);
 
   Layer& L = layers_[static_cast<size_t>(l)];
   L.n_shadow = n_chunks * C;
@@ -215,7 +250,7 @@ void ShadowKvReadFilter::shadow_layer(KvSequence& seq, int32_t l, const KvScores
   L.rope_order = ql.rope_order;
   L.scale = ql.scale;
   const int32_t N = L.n_shadow;
-  const RopeTable& rt = rope_table(L.rope_base, L.n_rot, N);
+  const RopeTable& rt = rope_tables_.at(L.rope_base);  // made long enough by after_prefill
   const size_t half = static_cast<size_t>(L.n_rot / 2);
 
   // The keys as stored (rotated), then turned back to before RoPE into x (N, W).
@@ -285,11 +320,6 @@ void ShadowKvReadFilter::shadow_layer(KvSequence& seq, int32_t l, const KvScores
   low_rank_factorize(x.data(), N, W, L.rank, a, L.b);
   L.a.resize(a.size());
   for (size_t i = 0; i < a.size(); ++i) L.a[i] = f32_to_fp16(a[i]);
-
-  // The store keeps the rest: the last tokens of the prompt.
-  std::vector<int32_t> keep(static_cast<size_t>(n - N));
-  std::iota(keep.begin(), keep.end(), N);
-  for (int32_t g = 0; g < H; ++g) seq.keep_slots(l, g, keep);
 }
 
 void ShadowKvReadFilter::select_chunks(const Layer& L, int32_t g, const float* q, int32_t n_tok, int32_t n_head,

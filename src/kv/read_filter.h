@@ -43,7 +43,8 @@ class KvReadFilter {
   virtual size_t bytes_fast() const { return 0; }
   virtual size_t bytes_cold() const { return 0; }
 
-  // The host threads narrow() may spread its own work over (the forward's, set before each call); null: none.
+  // The host threads its own work may spread over (the forward's: EngineSession sets it when the sequence is
+  // added); null: the calling thread.
   void set_host_pool(ThreadPool* pool) { host_pool_ = pool; }
 
  protected:

@@ -275,7 +275,6 @@ void Forward::run(std::span<const ForwardSegment> segments, const std::vector<in
       if (sg.read != nullptr) {
         KvLayerView narrowed = view;
         narrowed.n_head = c.n_head;
-        sg.read->set_host_pool(&host_pool_);
         sg.read->narrow(il, q_host + row0 * q_row, sg.positions, sg.n, narrowed);
         be.attention(ap, q_seg, sg.positions, sg.n, narrowed, attn_seg);
       } else if (layer_scores != nullptr && first_row == 0 && scores->reduce == ScoreReduce::Sum) {

@@ -113,6 +113,7 @@ class Forward {
   int32_t n_batch() const { return n_batch_; }
   const Model& model() const { return model_; }
   Backend& backend() { return backend_; }
+  ThreadPool& host_pool() { return host_pool_; }
 
  private:
   Forward(const Model& model, std::unique_ptr<Backend> owned, ThreadPool* host_pool, int32_t n_batch);
