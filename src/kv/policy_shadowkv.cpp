@@ -191,8 +191,8 @@ void ShadowKvReadFilter::after_prefill(KvSequence& seq, const KvScores& scores) 
   layers_.assign(static_cast<size_t>(geo.n_layer), Layer{});
   // The layers to shadow and their RoPE tables (shared by the layers of one base) first; then the factorizations,
   // the costly part, as many layers at once as the host pool has threads (a layer reads only its own heads and
-  // writes only its own Layer), the store giving each batch's tokens back before the next starts, so that at most
-  // a batch of layers is held twice (built from the prompt in the pool, at most n_threads layers at a time).
+  // writes only its own Layer), the store giving each batch's tokens back before the next starts: only a batch's
+  // layers are ever held both in the pool and in the shadow.
   std::vector<int32_t> shadowed;
   for (int32_t l = 0; l < geo.n_layer; ++l) {
     const int32_t n_shadow = shadow_length(seq, l);
