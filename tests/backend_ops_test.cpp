@@ -312,28 +312,22 @@ TEST(BackendOpsKvMemory, WriteReadCompactInEveryFormat) {
       std::vector<float> one(d);
       mem.read_keys_host(f, T, d, pages[p], 5, 1, one.data());
       ASSERT_TRUE(std::equal(one.begin(), one.end(), rk.begin() + 5 * d));
-      // Compaction keeps the chosen rows' decoded values exactly, in order, at the front.
-      const std::vector<int32_t> keep = {0, 2, 3, 9, 15};
-      mem.compact(f, T, d, pages[p], keep.data(), static_cast<int32_t>(keep.size()));
-      std::vector<float> kk(keep.size() * d), kv(kk.size());
-      mem.read_keys_host(f, T, d, pages[p], 0, static_cast<int32_t>(keep.size()), kk.data());
-      mem.read_values_host(f, T, d, pages[p], 0, static_cast<int32_t>(keep.size()), kv.data());
-      for (size_t j = 0; j < keep.size(); ++j)
-        for (int32_t i = 0; i < d; ++i) {
-          ASSERT_EQ(kk[j * d + i], rk[keep[j] * d + i]) << j;
-          ASSERT_EQ(kv[j * d + i], rv[keep[j] * d + i]) << j;
-        }
-      // Again with one hole (a decode step's eviction): the rows after it move up by one.
-      const std::vector<int32_t> keep2 = {0, 1, 3, 4};
-      mem.compact(f, T, d, pages[p], keep2.data(), static_cast<int32_t>(keep2.size()));
-      std::vector<float> k2(keep2.size() * d), v2(k2.size());
-      mem.read_keys_host(f, T, d, pages[p], 0, static_cast<int32_t>(keep2.size()), k2.data());
-      mem.read_values_host(f, T, d, pages[p], 0, static_cast<int32_t>(keep2.size()), v2.data());
-      for (size_t j = 0; j < keep2.size(); ++j)
-        for (int32_t i = 0; i < d; ++i) {
-          ASSERT_EQ(k2[j * d + i], kk[keep2[j] * d + i]) << j;
-          ASSERT_EQ(v2[j * d + i], kv[keep2[j] * d + i]) << j;
-        }
+      // Compaction keeps the chosen rows' decoded values exactly, in order, at the front; then again with one hole
+      // (a decode step's eviction: the rows after it move up by one).
+      std::vector<float> was_k = rk, was_v = rv;
+      for (const std::vector<int32_t>& keep : {std::vector<int32_t>{0, 2, 3, 9, 15}, std::vector<int32_t>{0, 1, 3, 4}}) {
+        mem.compact(f, T, d, pages[p], keep.data(), static_cast<int32_t>(keep.size()));
+        std::vector<float> kk(keep.size() * d), kv(kk.size());
+        mem.read_keys_host(f, T, d, pages[p], 0, static_cast<int32_t>(keep.size()), kk.data());
+        mem.read_values_host(f, T, d, pages[p], 0, static_cast<int32_t>(keep.size()), kv.data());
+        for (size_t j = 0; j < keep.size(); ++j)
+          for (int32_t i = 0; i < d; ++i) {
+            ASSERT_EQ(kk[j * d + i], was_k[keep[j] * d + i]) << j;
+            ASSERT_EQ(kv[j * d + i], was_v[keep[j] * d + i]) << j;
+          }
+        was_k = kk;
+        was_v = kv;
+      }
     }
     // A page copied whole (copy on write of a shared page) holds the same bytes.
     mem.copy_page(pages[0], pages[1], pb);
