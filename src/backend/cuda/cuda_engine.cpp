@@ -328,15 +328,16 @@ class CudaBackend final : public Backend {
     uint8_t* base = up.send(upload_);
     // On the device, rows as long as the longest head: a decode step's stride is the whole context, and these bytes
     // come back to the host every layer.
-    int32_t dev_stride = 1;
-    for (const KvHeadView& h : kv.heads) dev_stride = std::max(dev_stride, h.n_tokens);
+    int32_t dev_stride = 1, max_pages = 0;
+    for (const KvHeadView& h : kv.heads) {
+      dev_stride = std::max(dev_stride, h.n_tokens);
+      max_pages = std::max(max_pages, h.n_pages());
+    }
     const size_t n_scores = static_cast<size_t>(p.n_head_kv) * static_cast<size_t>(dev_stride);
     auto* dev = static_cast<float*>(scores_.get(n_scores * sizeof(float)));
     const bool max = reduce == ScoreReduce::Max;
     // Max: 0xffffffff is a negative int (below every probability's bits) and a NaN: untouched slots are told apart.
     check(cuda::device_fill_bytes(dev, max ? 0xff : 0x00, n_scores * sizeof(float)));
-    int32_t max_pages = 0;
-    for (const KvHeadView& h : kv.heads) max_pages = std::max(max_pages, h.n_pages());
     const size_t ws = cuda::paged_attention_scores_workspace_bytes(n - first_row, p.n_head, max_pages);
     check(cuda::paged_attention_scores(params(p), q, reinterpret_cast<const int32_t*>(base + o_qpos), n, first_row,
                                        layer_at(lo, kv, base), max_pages, dev, dev_stride, max,
