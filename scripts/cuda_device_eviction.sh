@@ -48,7 +48,9 @@ for kv in $KVS; do
     "$Q/bin/$b" bench --device cuda "${model[@]}" -p 0 -n 128 -d "$DEPTH" -r 3 --kv "$kv" 2>&1 | grep "bench: tg128" || echo failed
   done
 done
-if [ "${PROFILE:-0}" = 1 ] && command -v nsys >/dev/null; then
+if [ "${PROFILE:-0}" = 1 ] && ! command -v nsys >/dev/null; then
+  echo "PROFILE=1: no nsys on PATH (the lent machines have none that makes a report: /work/.library/device/KINDS.md)"
+elif [ "${PROFILE:-0}" = 1 ]; then
   nsys profile -o "$OUT/tova" --force-overwrite true -t cuda,osrt --stats=false \
     "$Q/bin/longctx" bench --device cuda "${model[@]}" -p 0 -n 64 -d "$DEPTH" -r 1 --kv tova:budget=1024 >/dev/null 2>&1
   nsys stats -q --report cuda_gpu_kern_sum,cuda_api_sum --format csv "$OUT/tova.nsys-rep" 2>/dev/null |
