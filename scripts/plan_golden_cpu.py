@@ -23,7 +23,8 @@ MODEL_DIR = os.environ.get("LONGCTX_MODEL_DIR", os.path.expanduser("~/.cache/lon
 
 # (file, depths, policies). SmolLM2's trained context is 8K, so its deepest case is 4096; Gemma 3 goes to 16K.
 CASES = [
-    ("SmolLM2-135M-Instruct.Q4_1.gguf", "0,4096", ["full", "kivi:bits=2", "snapkv:budget=1024+kivi:bits=2"]),
+    ("SmolLM2-135M-Instruct.Q4_1.gguf", "0,4096", ["full", "kivi:bits=2", "snapkv:budget=1024+kivi:bits=2",
+                                                   "quest:budget=1024,page=16"]),
     ("gemma-3-270m-q4_k_m.gguf", "0,4096,16384", ["full", "snapkv:budget=1024+kivi:bits=2"]),
 ]
 N_PROMPT, N_GEN = 512, 32
@@ -88,7 +89,7 @@ def main():
         k0 = rounds[0]["probes"]
         probes = {"threads": k0["threads"]}
         for key in ("copy_bandwidth", "matmul_call_s", "attention_call_s", "attention_flops", "layer_overhead_s",
-                    "prefill_row_overhead_s"):
+                    "prefill_row_overhead_s", "quest_rank_s"):
             vals = [rd["probes"][key] for rd in rounds]
             probes[key] = med(vals)
             probes[key + "_range"] = [min(vals), max(vals)]

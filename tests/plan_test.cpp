@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -307,6 +308,7 @@ TEST(PlanKernelRates, JsonRoundTripAndErrors) {
   k.attention_flops = 1e11;
   k.layer_overhead_s = 4e-6;
   k.prefill_row_overhead_s = 5e-7;
+  k.quest_rank_s = 6e-9;
   const plan::KernelRates back = plan::kernel_rates_from_json(plan::kernel_rates_to_json(k));
   EXPECT_EQ(back.n_threads, 2);
   EXPECT_EQ(back.copy_bandwidth, k.copy_bandwidth);
@@ -314,6 +316,7 @@ TEST(PlanKernelRates, JsonRoundTripAndErrors) {
   EXPECT_EQ(back.gemm_flops, k.gemm_flops);
   EXPECT_EQ(back.attention_read_bytes_per_s, k.attention_read_bytes_per_s);
   EXPECT_EQ(back.prefill_row_overhead_s, k.prefill_row_overhead_s);
+  EXPECT_EQ(back.quest_rank_s, k.quest_rank_s);
   json j = plan::kernel_rates_to_json(k);
   j.erase("attention_call_s");
   EXPECT_THROW(plan::kernel_rates_from_json(j), Error);
@@ -373,6 +376,55 @@ TEST(PlanValidation, CpuAgainstBench) {
                                  policy->prefill_score_from(c["n_prompt"].get<int32_t>()) != INT_MAX;
         EXPECT_LE(std::abs(rel_err(predicted, c["tokens_per_s"])), policy_work ? 0.25 : 0.15)
             << "predicted " << predicted << " tok/s";
+      }
+    }
+  }
+}
+
+// Quest's decode (its partial reads and its ranking, probed as quest_rank_s) on a second machine: the probes and
+// bench cases of scripts/plan_golden_cpu.py taken on 2 vCPUs of an AMD EPYC (2026-12-07,
+// tests/golden/plan/cpu_measured_epyc.json), SmolLM2 also under quest:budget=1024,page=16. There the absolute
+// figures are off (up to +43% for decode at depth 0, on the full cache too: BENCHMARKS.md, "plan on a second
+// CPU"), so what is checked is what Quest changes: its predicted speed over the full cache's at the same depth and
+// test, within 15% of the measured ratio. (The other policies' ratios on that machine are in BENCHMARKS.md: KIVI's
+// decode is off there by up to 33%, an open gap.)
+TEST(PlanValidation, QuestOverFullOnASecondMachine) {
+  const json g = load_golden("cpu_measured_epyc.json");
+  for (const json& m : g["models"]) {
+    const std::string path = test::model_dir() + "/" + m["file"].get<std::string>();
+    LONGCTX_REQUIRE_MODEL(path);
+    const auto model = Model::load(path);
+    const plan::PlanArch a = plan::plan_arch_from_model(*model, m["file"]);
+    const plan::DeviceSpec d = plan::measured_cpu(plan::kernel_rates_from_json(m["probes"]), 0);
+    ASSERT_GT(d.kernels.quest_rank_s, 0.0);
+    // (test, depth) -> predicted and measured tokens/s of each policy.
+    std::map<std::pair<std::string, int64_t>, std::map<std::string, std::pair<double, double>>> by_case;
+    for (const json& c : m["cases"]) {
+      auto policy = kv::make_kv_policy(c["kv_spec"], a.n_layer, a.n_head_kv);
+      const int64_t depth = c["depth"];
+      double predicted = 0;
+      if (c["test"].get<std::string>().rfind("tg", 0) == 0) {
+        const int64_t n_gen = c["n_gen"];
+        double seconds = 0;
+        for (int64_t i = 0; i < n_gen; ++i)
+          seconds += plan::decode_cost(a, d, plan::kv_footprint(a, *policy, depth, i + 1), 1,
+                                       policy->wants_decode_scores()).seconds;
+        predicted = static_cast<double>(n_gen) / seconds;
+      } else {
+        const plan::KvFootprint before = plan::kv_footprint(a, *policy, depth, 0);
+        predicted = c["n_prompt"].get<double>() / plan::prefill_cost(a, d, c["n_prompt"].get<int64_t>(), before.slots).seconds;
+      }
+      by_case[{c["test"], depth}][c["kv_spec"]] = {predicted, c["tokens_per_s"].get<double>()};
+    }
+    for (const auto& [key, policies] : by_case) {
+      ASSERT_TRUE(policies.count("full")) << key.first << " @ " << key.second;
+      const auto [pf, mf] = policies.at("full");
+      for (const auto& [spec, pm] : policies) {
+        if (spec.rfind("quest", 0) != 0) continue;
+        SCOPED_TRACE(m["file"].get<std::string>() + " " + spec + " " + key.first + " @ " + std::to_string(key.second));
+        const double predicted_ratio = pm.first / pf, measured_ratio = pm.second / mf;
+        EXPECT_LE(std::abs(rel_err(predicted_ratio, measured_ratio)), 0.15)
+            << "predicted " << predicted_ratio << "x the full cache, measured " << measured_ratio << "x";
       }
     }
   }
@@ -579,6 +631,23 @@ TEST(PlanSpec, ArithmeticOfSelfSpeculation) {
       EXPECT_LT(whole.speedup(), 0.9) << "on the CPU the verify pays per row: no gain without a smaller draft";
     else
       EXPECT_NEAR(whole.seconds_per_token, whole.plain_seconds, 1e-3 * whole.plain_seconds);
+  }
+
+  // A Quest draft costs what a quest row's decode step costs (its reads and ranking) on the same cache with the
+  // drafts in it; the verify still reads the whole cache.
+  for (const char* device : {"h200", "cpu"}) {
+    SCOPED_TRACE(device);
+    const plan::DeviceSpec d = plan::device_by_name(device);
+    const plan::SpecPlan sp = plan::parse_spec_plan("self:gamma=3,draft=quest:budget=1024,page=16,accept=0.8");
+    EXPECT_EQ(sp.draft, "quest:budget=1024,page=16");
+    const int64_t n = 32768;
+    const plan::SpecCost s = plan::spec_cost(a, d, *full, sp, n, "full");
+    auto quest = kv::make_kv_policy("full+quest:budget=1024,page=16", a.n_layer, a.n_head_kv);
+    const plan::KvFootprint want = plan::kv_footprint(a, *quest, n, 3);
+    EXPECT_EQ(s.draft_kv.read_bytes, want.read_bytes);
+    EXPECT_GT(s.draft_kv.read_bytes_summaries, 0);
+    EXPECT_NEAR(s.draft.seconds, plan::decode_cost(a, d, want).seconds, 1e-12 * s.draft.seconds);
+    EXPECT_EQ(s.verify_kv_read_bytes, plan::kv_footprint(a, *full, n, 3).read_bytes);
   }
 
   // Only the full cache verifies: the row of another policy gets no spec figures.

@@ -1,6 +1,7 @@
 // Lossless self-speculation (speculative.h) on the tiny synthetic llama and on the rule alone:
 //   - greedy outputs identical token for token to a plain full-cache decode (the Generator's loop: one token per
-//     forward, argmax), over several prompt lengths, gamma values and both draft policies;
+//     forward, argmax), over several prompt lengths, gamma values and the three drafts (streaming's and snapkv's
+//     pages, and quest's pages of highest bound for each draft step);
 //   - the speculative sampling rule: for fixed p and q, draft tokens drawn from q and passed through the rule are
 //     distributed as p (chi-square goodness of fit at significance 0.001, 200000 seeded draws per case);
 //   - a draft round leaves the full cache exactly as it was (hash of every kept row's bytes, positions and pages);
@@ -81,6 +82,9 @@ std::vector<int32_t> spec_tokens(SpeculativeGenerator& sg, const std::vector<int
   return st.tokens;
 }
 
+// The tiny model has two layers: Quest's default keeps the first two dense, so none would be narrowed.
+constexpr const char* kQuestDraft = "quest:budget=64,dense_layers=0,page=16";
+
 TEST(Speculative, GreedyIsThePlainDecodeOnTheTinyModel) {
   const auto m = Model::synthetic("tiny:7");
   ThreadPool pool(2);
@@ -89,7 +93,7 @@ TEST(Speculative, GreedyIsThePlainDecodeOnTheTinyModel) {
   for (const int32_t n_prompt : {70, 300, 700}) {
     const auto prompt = random_prompt(n_prompt, m->config().n_vocab, 100 + n_prompt);
     const std::vector<int32_t> want = plain_greedy(*m, pool, prompt, 64, n_predict);
-    for (const char* draft : {"streaming:budget=64,sink=4", "snapkv:budget=128,window=16"})
+    for (const char* draft : {"streaming:budget=64,sink=4", "snapkv:budget=128,window=16", kQuestDraft})
       for (const int32_t gamma : {1, 3, 6}) {
         SpecParams sp;
         sp.gamma = gamma;
@@ -272,7 +276,7 @@ TEST(Speculative, DraftLeavesTheFullCacheUnchanged) {
   const auto m = Model::synthetic("tiny:7");
   ThreadPool pool(2);
   const auto prompt = random_prompt(300, m->config().n_vocab, 5);
-  for (const char* draft : {"streaming:budget=64,sink=4", "snapkv:budget=128,window=16"}) {
+  for (const char* draft : {"streaming:budget=64,sink=4", "snapkv:budget=128,window=16", kQuestDraft}) {
     SpecParams sp;
     sp.gamma = 6;
     sp.draft = draft;
@@ -429,12 +433,21 @@ TEST(Speculative, SpecParsing) {
   EXPECT_NE(error_of("self:draft=kivi:bits=2").find("not a token policy"), std::string::npos);
   EXPECT_NE(error_of("self:draft=snapkv:budget=64+kivi:bits=2").find("not a composition"), std::string::npos);
   EXPECT_NE(error_of("self:draft=nosuchpolicy").find("unknown policy"), std::string::npos);
-  EXPECT_NE(error_of("self:draft=quest").find("not a token policy"), std::string::npos);
+  EXPECT_EQ(parse_spec("self:gamma=3,draft=quest:budget=512,page=16").draft, "quest:budget=512,page=16");
+  EXPECT_NE(error_of("self:draft=quest:budget=64+kivi:bits=2").find("not a composition"), std::string::npos);
+  EXPECT_NE(error_of("self:draft=quest:page=20").find("page must be 16, 32 or 64"), std::string::npos);
+  EXPECT_NE(error_of("self:draft=shadowkv").find("not a token policy"), std::string::npos);
   EXPECT_NE(error_of("self:draft=streaming:budget=64,nope=1").find("nope"), std::string::npos);
 
   EXPECT_NO_THROW(make_verifier_policy("full", 2, 2));
   EXPECT_NO_THROW(make_verifier_policy("full:type=f32", 2, 2));
   EXPECT_NO_THROW(make_verifier_policy("lossless", 2, 2));
+  // A Quest draft adds its summaries (and page size) to the full cache, nothing that changes what it holds.
+  const auto with_quest = make_verifier_policy("full", 2, 2, "quest:budget=64,page=16");
+  EXPECT_NE(with_quest->read_filter(), nullptr);  // what the draft narrows by; the verify passes none
+  EXPECT_TRUE(with_quest->wants_key_summaries());
+  EXPECT_EQ(with_quest->page_tokens(), 16);
+  EXPECT_EQ(with_quest->page_format(), with_quest->sealed_format());
   for (const char* bad : {"snapkv:budget=64", "full+kivi:bits=2", "compact", "streaming"}) {
     try {
       make_verifier_policy(bad, 2, 2);

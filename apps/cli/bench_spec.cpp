@@ -36,7 +36,7 @@ int bench_spec_command(const BenchOptions& o) {
   auto model = Model::load(o.model);
   auto tok = Tokenizer::from_gguf(model->file());
   const ModelConfig& c = model->config();
-  auto verifier = make_verifier_policy(o.kv, c.n_layer, c.n_head_kv);
+  auto verifier = make_verifier_policy(o.kv, c.n_layer, c.n_head_kv, spec.draft);
 
   // The context: the text of --file, cycled to the depth, or bench's fixed ids.
   std::vector<int32_t> text;

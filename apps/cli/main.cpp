@@ -100,9 +100,9 @@ int run_command(const RunOptions& o) {
   auto model = Model::load(o.model);
   auto tok = Tokenizer::from_gguf(model->file());
   const ModelConfig& c = model->config();
-  auto policy = o.spec.empty() ? kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv)
-                               : make_verifier_policy(o.kv, c.n_layer, c.n_head_kv);
   const SpecParams spec = o.spec.empty() ? SpecParams{} : parse_spec(o.spec);
+  auto policy = o.spec.empty() ? kv::make_kv_policy(o.kv, c.n_layer, c.n_head_kv)
+                               : make_verifier_policy(o.kv, c.n_layer, c.n_head_kv, spec.draft);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
 
   std::string user_text = o.prompt;

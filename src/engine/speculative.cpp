@@ -31,17 +31,19 @@ SpecParams parse_spec(const std::string& spec) {
 std::string spec_help() {
   return "self[:gamma=N,draft=SPEC]: lossless self-speculation (TriForce): the same model drafts gamma tokens "
          "(default 4) over the pages of the cache that a token policy selects (draft=streaming:budget=512,sink=4 by "
-         "default, or snapkv:budget=N), the full cache verifies them in one forward";
+         "default, or snapkv:budget=N), or that quest:budget=N ranks highest for each draft step's query, and the "
+         "full cache verifies them in one forward";
 }
 
-std::unique_ptr<kv::KvPolicy> make_verifier_policy(const std::string& kv_spec, int32_t n_layer, int32_t n_head_kv) {
+std::unique_ptr<kv::KvPolicy> make_verifier_policy(const std::string& kv_spec, int32_t n_layer, int32_t n_head_kv,
+                                                   const std::string& draft_spec) {
   const std::string spec = kv_spec == "lossless" ? "full" : kv_spec;
   for (const std::string& part : kv::split_spec(spec, '+'))
     if (part.substr(0, part.find(':')) != "full")
       fail("--spec self verifies against the full cache, so --kv '{}' cannot go with it (it evicts or packs); the "
            "draft's view is chosen by --spec self:draft=SPEC instead; use --kv full (or full:type=f32)",
            kv_spec);
-  return kv::make_kv_policy(spec, n_layer, n_head_kv);
+  return kv::make_kv_policy(kv::verifier_spec_for_draft(spec, draft_spec), n_layer, n_head_kv);
 }
 
 SpecVerdict speculative_verify_token(const float* p, const float* q, int32_t n, int32_t draft, double u_accept,
@@ -63,13 +65,15 @@ SpecVerdict speculative_verify_token(const float* p, const float* q, int32_t n, 
 
 SpecDraftView::SpecDraftView(const std::string& draft_spec, const ModelConfig& c)
     : spec_(draft_spec), n_layer_(c.n_layer), n_head_kv_(c.n_head_kv) {
-  ranker_ = kv::make_draft_ranker(draft_spec, owned_);
+  if (!kv::is_read_draft(draft_spec)) ranker_ = kv::make_draft_ranker(draft_spec, owned_);
   local_.assign(c.layer_is_local.begin(), c.layer_is_local.end());
   local_.resize(static_cast<size_t>(c.n_layer), false);
   sel_.resize(static_cast<size_t>(n_layer_) * n_head_kv_);
 }
 
-std::string SpecDraftView::describe() const { return "pages of " + ranker_->describe(); }
+std::string SpecDraftView::describe() const {
+  return ranker_ != nullptr ? "pages of " + ranker_->describe() : "the pages " + spec_ + " ranks highest each step";
+}
 
 namespace {
 
@@ -85,6 +89,7 @@ std::vector<int32_t> page_starts(const kv::KvHeadCache& h) {
 void SpecDraftView::select(const kv::KvSequence& kv, const kv::KvScores* scores, int32_t next_pos) {
   kv_ = &kv;
   tail_from_ = next_pos;
+  if (ranker_ == nullptr) return;  // a read draft chooses at each step
   const int32_t budget = ranker_->budget();
   const int32_t T = kv.geometry().page_tokens;
   const int32_t n_pick = kv::draft_page_cap(budget, T);
@@ -119,10 +124,11 @@ void SpecDraftView::select(const kv::KvSequence& kv, const kv::KvScores* scores,
 
 void SpecDraftView::refresh(const kv::KvSequence& kv, int32_t next_pos) {
   kv_ = &kv;
-  if (ranker_->evicts_during_decode() && next_pos - tail_from_ >= kv.geometry().page_tokens) select(kv, nullptr, next_pos);
+  if (ranker_ != nullptr && ranker_->evicts_during_decode() && next_pos - tail_from_ >= kv.geometry().page_tokens) select(kv, nullptr, next_pos);
 }
 
 std::vector<int32_t> SpecDraftView::pages(const kv::KvSequence& kv, int32_t layer, int32_t kv_head) const {
+  if (ranker_ == nullptr) fail("internal: a Quest draft's pages depend on each step's query");
   const kv::KvHeadCache& h = kv.head(layer, kv_head);
   const int32_t n_pages = static_cast<int32_t>(h.pages.size());
   std::vector<int32_t> out;
@@ -147,8 +153,15 @@ std::vector<int32_t> SpecDraftView::pages(const kv::KvSequence& kv, int32_t laye
   return out;
 }
 
-void SpecDraftView::narrow(int32_t layer, const float*, const int32_t*, int32_t, KvLayerView& view) {
+void SpecDraftView::narrow(int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok, KvLayerView& view) {
   if (kv_ == nullptr) fail("internal: the draft view was never selected");
+  if (ranker_ == nullptr) {
+    if (read_draft_ == nullptr) fail("internal: the Quest draft has no read filter");
+    for (const KvHeadView& hv : view.heads) n_full_ += hv.n_tokens;
+    read_draft_->narrow(layer, q, q_pos, n_tok, view);
+    for (const KvHeadView& hv : view.heads) n_read_ += hv.n_tokens;
+    return;
+  }
   positions_.resize(view.heads.size());
   for (size_t g = 0; g < view.heads.size(); ++g) {
     KvHeadView& hv = view.heads[g];
@@ -181,7 +194,10 @@ SpeculativeGenerator::SpeculativeGenerator(const Model& model, ThreadPool& pool,
       spec_(spec),
       view_(spec.draft, model.config()),
       session_(model, pool, spec_session_options(params, spec)),
-      seq_(session_.add_sequence(make_verifier_policy(spec.verifier_kv, model.config().n_layer, model.config().n_head_kv))) {}
+      seq_(session_.add_sequence(
+          make_verifier_policy(spec.verifier_kv, model.config().n_layer, model.config().n_head_kv, spec.draft))) {
+  if (view_.is_read_draft()) view_.set_read_draft(session_.policy(seq_).read_filter());
+}
 
 void SpeculativeGenerator::prefill(const std::vector<int32_t>& prompt, const ProgressFn& on_progress,
                                    std::vector<float>& logits) {

@@ -34,7 +34,7 @@ namespace longctx {
 
 struct SpecParams {
   int32_t gamma = kv::SelfSpec{}.gamma;      // tokens drafted per verify step
-  std::string draft = kv::SelfSpec{}.draft;  // a --kv spec of one token policy: the draft's view
+  std::string draft = kv::SelfSpec{}.draft;  // a --kv spec of one token policy, or quest: the draft's view
   std::string verifier_kv = "full";          // the --kv spec of the verifier: the full cache (f16 or f32)
 };
 
@@ -44,8 +44,10 @@ SpecParams parse_spec(const std::string& spec);
 // The help line of --spec.
 std::string spec_help();
 // The verifier's policy for a --kv spec: only the full cache (full, full:type=f32, lossless) verifies losslessly;
-// anything that evicts or packs is refused with a clear Error.
-std::unique_ptr<kv::KvPolicy> make_verifier_policy(const std::string& kv_spec, int32_t n_layer, int32_t n_head_kv);
+// anything that evicts or packs is refused with a clear Error. A read draft (quest) is composed in
+// (kv::verifier_spec_for_draft): it only adds the key summaries the draft ranks pages by, and the verify reads all.
+std::unique_ptr<kv::KvPolicy> make_verifier_policy(const std::string& kv_spec, int32_t n_layer, int32_t n_head_kv,
+                                                   const std::string& draft_spec = {});
 
 // Speculative sampling's rule for one drafted token: p (n) the verifier's and q (n) the draft's distribution at that
 // position, draft the token drawn from q. Accepts with probability min(1, p[draft] / q[draft]) (u_accept < that);
@@ -65,20 +67,28 @@ SpecVerdict speculative_verify_token(const float* p, const float* q, int32_t n, 
 // is already small). The selection is made over the prompt at prefill end (with the prompt's attention scores when
 // the policy wants them: SnapKV's observation window) and, for a policy that keeps evicting during decode
 // (StreamingLLM), again once a page of new tokens has come, so the view stays about budget + two pages.
+//
+// A Quest draft (kv::is_read_draft) instead narrows each draft step by that step's query: the verifier's policy holds
+// the Quest read filter (make_verifier_policy composes it in), and the view hands it each layer (set_read_draft).
 class SpecDraftView final : public KvReadFilter {
  public:
   SpecDraftView(const std::string& draft_spec, const ModelConfig& c);
+  // A Quest draft's filter, owned by the verifier's policy. Required before drafting with a read draft.
+  void set_read_draft(KvReadFilter* quest) { read_draft_ = quest; }
+  bool is_read_draft() const { return ranker_ == nullptr; }
 
-  const kv::TokenRanker& ranker() const { return *ranker_; }
   std::string describe() const;
   // Queries at positions >= this vote at prefill end; INT_MAX when the policy needs no scores.
-  int32_t prefill_score_from(int32_t n_prompt) const { return ranker_->prefill_score_from(n_prompt); }
+  int32_t prefill_score_from(int32_t n_prompt) const {
+    return ranker_ != nullptr ? ranker_->prefill_score_from(n_prompt) : INT_MAX;
+  }
   // Selects over the cache as it is (scores: the prompt's, or null when none are wanted); tokens at positions >=
   // next_pos are read whatever was selected.
   void select(const kv::KvSequence& kv, const kv::KvScores* scores, int32_t next_pos);
   // Before a draft round at next_pos: re-selects when the policy evicts during decode and a page of tokens came.
   void refresh(const kv::KvSequence& kv, int32_t next_pos);
-  // The pages the draft reads of one (layer, kv-head), ascending, for the cache as it is now.
+  // The pages a token policy's draft reads of one (layer, kv-head), ascending, for the cache as it is now (a Quest
+  // draft's depend on each step's query: Error).
   std::vector<int32_t> pages(const kv::KvSequence& kv, int32_t layer, int32_t kv_head) const;
 
   void narrow(int32_t layer, const float* q, const int32_t* q_pos, int32_t n_tok, KvLayerView& view) override;
@@ -88,7 +98,8 @@ class SpecDraftView final : public KvReadFilter {
 
  private:
   std::vector<std::unique_ptr<kv::TokenRanker>> owned_;
-  const kv::TokenRanker* ranker_ = nullptr;
+  const kv::TokenRanker* ranker_ = nullptr;  // null for a read draft
+  KvReadFilter* read_draft_ = nullptr;
   std::string spec_;
   int32_t n_layer_ = 0, n_head_kv_ = 0;
   std::vector<bool> local_;                // (n_layer) sliding-window layers: read whole

@@ -54,23 +54,43 @@ SelfSpec parse_self_spec(const std::string& spec, const std::string& extra_key) 
       fail("--spec '{}': unknown argument '{}'; {}", spec, item, valid);
     }
   }
-  std::vector<std::unique_ptr<TokenRanker>> owned;
-  make_draft_ranker(sp.draft, owned);  // refuses a draft that cannot draft, before any work
+  // Refuses a draft that cannot draft, before any work.
+  if (is_read_draft(sp.draft)) {
+    if (sp.draft.find('+') != std::string::npos)
+      fail("--spec draft '{}': the draft is one policy's view of the full cache, not a composition of several",
+           sp.draft);
+    make_kv_policy(verifier_spec_for_draft("full", sp.draft), 1, 1);  // its arguments
+  } else {
+    std::vector<std::unique_ptr<TokenRanker>> owned;
+    make_draft_ranker(sp.draft, owned);
+  }
   return sp;
 }
 
+bool is_read_draft(const std::string& spec) {
+  const KvComponent* c = find_kv_component(spec.substr(0, spec.find_first_of(":+")));
+  return c != nullptr && c->kind == KvComponentKind::ReadPolicy && c->name == "quest";
+}
+
+std::string verifier_spec_for_draft(const std::string& verifier_spec, const std::string& draft_spec) {
+  return is_read_draft(draft_spec) ? verifier_spec + "+" + draft_spec : verifier_spec;
+}
+
 const TokenRanker* make_draft_ranker(const std::string& spec, std::vector<std::unique_ptr<TokenRanker>>& owned) {
-  if (spec.empty()) fail("--spec: draft= is empty; give a token policy, e.g. draft=streaming:budget=512");
+  if (spec.empty())
+    fail("--spec: draft= is empty; give a token policy or quest, e.g. draft=streaming:budget=512 or "
+         "draft=quest:budget=1024");
   if (spec.find('+') != std::string::npos)
     fail("--spec draft '{}': the draft is one token policy's view of the full cache (streaming or snapkv), not a "
          "composition of several",
          spec);
   const std::string name = spec.substr(0, spec.find(':'));
   const KvComponent* c = find_kv_component(name);
-  if (c == nullptr) fail("--spec draft '{}': unknown policy '{}'; the draft takes streaming or snapkv", spec, name);
+  if (c == nullptr)
+    fail("--spec draft '{}': unknown policy '{}'; the draft takes streaming, snapkv or quest", spec, name);
   if (c->kind != KvComponentKind::TokenPolicy)
     fail("--spec draft '{}': {} is not a token policy; the draft reads the pages a token policy selects (streaming "
-         "or snapkv)",
+         "or snapkv) or those quest ranks highest for each step",
          spec, name);
   std::vector<std::string> keys;
   for (const SpecArg& a : c->args) keys.push_back(a.name);

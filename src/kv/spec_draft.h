@@ -1,6 +1,7 @@
 // The draft of lossless self-speculation ("TriForce: Lossless Acceleration of Long Sequence Generation with
 // Hierarchical Speculative Decoding"): the same model drafts over a view of the full cache made of the pages that hold
-// most of one token policy's selection. Shared by the engine's draft view (engine/speculative.h) and plan's cost of it
+// most of one token policy's selection, or of the pages Quest ranks highest for each draft step's own query (the
+// paper's retrieval draft: its chunks chosen by the query, as Quest's pages are). Shared by the engine's draft view (engine/speculative.h) and plan's cost of it
 // (plan/kv_footprint.h), so the two read the same pages by construction.
 #pragma once
 #include <cstdint>
@@ -20,11 +21,18 @@ namespace longctx::kv {
 struct SelfSpec {
   static constexpr int32_t kMaxGamma = 32;
   int32_t gamma = 4;                                  // tokens drafted per verify step
-  std::string draft = "streaming:budget=512,sink=4";  // a --kv spec of one token policy: the draft's view
+  std::string draft = "streaming:budget=512,sink=4";  // a --kv spec of one token policy or of quest: the draft's view
   bool extra_given = false;
   std::string extra;  // extra_key's value, when given (unchecked)
 };
 SelfSpec parse_self_spec(const std::string& spec, const std::string& extra_key = {});
+
+// Whether the draft is a read policy's (quest[:budget=N,...]): its pages are chosen at every draft step from that
+// step's query, over key summaries that the verifier's cache then keeps (the verifier's policy composed with it).
+bool is_read_draft(const std::string& spec);
+// The verifier's --kv spec with the draft's read policy composed in when the draft is one (the cache keeps what it
+// ranks by, and pages of its size); else the verifier's spec.
+std::string verifier_spec_for_draft(const std::string& verifier_spec, const std::string& draft_spec);
 
 // The draft's token policy from its --kv spec (streaming, snapkv, ...): one token policy with a budget, ranking by
 // what the prompt gives (no decode-step scores, no pass after prefill). Throws Error otherwise. owned keeps it alive.

@@ -110,6 +110,16 @@ double kv_read_s(const DeviceSpec& dev, const KvFootprint& kv) {
          static_cast<double>(kv.read_bytes_sealed) / sealed_kv_rate(dev);
 }
 
+// Quest's ranking in one decode step of one sequence: every page whose summary the step reads (all of a narrowed
+// head's but the newest), bounded for each query head of its kv-head, at the probed rate. Not counted on a datasheet
+// device (no probe).
+double quest_rank_seconds(const PlanArch& arch, const DeviceSpec& dev, const KvFootprint& kv) {
+  if (!probed(dev) || kv.read_bytes_summaries == 0) return 0;
+  const int64_t summary_bytes = 2 * int64_t{arch.head_dim} * static_cast<int64_t>(sizeof(float));
+  const int32_t group = std::max(1, arch.n_head / std::max(1, arch.n_head_kv));
+  return static_cast<double>(kv.read_bytes_summaries / summary_bytes) * group * dev.kernels.quest_rank_s;
+}
+
 }  // namespace
 
 PrefillCost& PrefillCost::operator+=(const PrefillCost& o) {
@@ -140,7 +150,7 @@ DecodeCost decode_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFoot
   if (probed(dev))
     c.other_s = B * arch.n_layer *
                     (dev.kernels.layer_overhead_s + dev.kernels.attention_call_s * kv_passes) +
-                (4.0 * arch.n_layer + 1) * dev.kernels.matmul_call_s;
+                (4.0 * arch.n_layer + 1) * dev.kernels.matmul_call_s + B * quest_rank_seconds(arch, dev, kv);
   c.seconds = c.weights_s + c.kv_s + c.other_s;
   c.bytes = arch.weight_bytes_per_token() + static_cast<int64_t>(B) * kv.read_bytes;
   return c;
@@ -239,14 +249,20 @@ double spec_tokens_per_step(double accept, int32_t gamma) {
 }
 
 SpecCost spec_cost(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPolicy& verifier, const SpecPlan& spec,
-                   int64_t n_ctx) {
+                   int64_t n_ctx, const std::string& verifier_spec) {
   if (!verifier.keeps_every_token())
     fail("--spec self verifies against the full cache, not '{}'", verifier.describe());
-  std::vector<std::unique_ptr<kv::TokenRanker>> owned;
-  const kv::TokenRanker& draft = *kv::make_draft_ranker(spec.draft, owned);
   SpecCost s;
   s.tokens_per_step = spec_tokens_per_step(spec.accept, spec.gamma);
-  s.draft_kv = spec_draft_footprint(arch, verifier, draft, n_ctx, spec.gamma);
+  if (kv::is_read_draft(spec.draft)) {
+    // Quest's own reads (and ranking) over the cache the verifier keeps with its summaries, the drafts beside it.
+    const auto cache = kv::make_kv_policy(kv::verifier_spec_for_draft(verifier_spec, spec.draft), arch.n_layer,
+                                          arch.n_head_kv);
+    s.draft_kv = kv_footprint(arch, *cache, n_ctx, spec.gamma);
+  } else {
+    std::vector<std::unique_ptr<kv::TokenRanker>> owned;
+    s.draft_kv = spec_draft_footprint(arch, verifier, *kv::make_draft_ranker(spec.draft, owned), n_ctx, spec.gamma);
+  }
   s.draft = decode_cost(arch, dev, s.draft_kv, 1);
   // The verify's cache holds the gamma drafts beside the context when it runs.
   const KvFootprint full = kv_footprint(arch, verifier, n_ctx, spec.gamma);
@@ -302,7 +318,7 @@ PlanRow plan_row(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPolicy
   r.tokens_per_s_user = 1.0 / r.decode.seconds;
   r.tokens_per_s_total = static_cast<double>(r.n_seq) / r.decode.seconds;
   if (dev.link_bandwidth > 0) r.swap_s = 2.0 * static_cast<double>(r.kv.bytes()) / dev.link_bandwidth;
-  if (o.spec.has_value() && policy.keeps_every_token()) r.spec = spec_cost(arch, dev, policy, *o.spec, n_ctx);
+  if (o.spec.has_value() && policy.keeps_every_token()) r.spec = spec_cost(arch, dev, policy, *o.spec, n_ctx, kv_spec);
   return r;
 }
 
@@ -324,8 +340,10 @@ std::vector<std::string> plan_assumptions(const DeviceSpec& dev, const std::opti
     a.push_back(fmt::format("decode attention reads KV at {} plus {:.1f} us a layer; prefill attention at {}", kvr,
                             k.attention_call_s * 1e6, tfs(k.attention_flops)));
     a.push_back(fmt::format("other ops (norms, RoPE, KV append, activation): {:.1f} us a layer per decoded token, "
-                            "{:.2f} us a layer per prompt token; {:.1f} us per matmul call (4 a layer and the head)",
-                            k.layer_overhead_s * 1e6, k.prefill_row_overhead_s * 1e6, k.matmul_call_s * 1e6));
+                            "{:.2f} us a layer per prompt token; {:.1f} us per matmul call (4 a layer and the head); "
+                            "Quest's ranking {:.1f} ns per page and query head",
+                            k.layer_overhead_s * 1e6, k.prefill_row_overhead_s * 1e6, k.matmul_call_s * 1e6,
+                            k.quest_rank_s * 1e9));
   } else {
     const RooflineFractions& f = dev.fractions;
     a.push_back(fmt::format("decode: weights at {:.0f}% and KV at {:.0f}% of {} (bandwidth-bound)", 100 * f.weights,
@@ -350,10 +368,14 @@ std::vector<std::string> plan_assumptions(const DeviceSpec& dev, const std::opti
         "keeps the full cache (the verifier)",
         spec->gamma, spec->draft, spec->accept, spec->accept_given ? "given by accept=" : "ASSUMED: accept=A sets it",
         tau));
-    a.push_back("spec draft: one token through the weights over its view of the full cache: the pages of the draft "
-                "policy's selection (the most-selected pages, at most ceil(budget / 64) + 2; a policy that needs "
-                "attention scores is taken to scatter its picks over that many), the page of the newest token and "
-                "the drafts' own tokens; sliding-window layers read their window");
+    a.push_back(kv::is_read_draft(spec->draft)
+                    ? "spec draft: one token through the weights over the pages quest ranks highest for it (its reads "
+                      "and ranking as a quest row's, the drafts' own tokens held), the verifier's cache keeping "
+                      "quest's key summaries"
+                    : "spec draft: one token through the weights over its view of the full cache: the pages of the "
+                      "draft policy's selection (the most-selected pages, at most ceil(budget / 64) + 2; a policy "
+                      "that needs attention scores is taken to scatter its picks over that many), the page of the "
+                      "newest token and the drafts' own tokens; sliding-window layers read their window");
     if (!dev.kernels.empty())
       a.push_back("spec verify: gamma + 1 rows over the full cache, read once; on this CPU the matmul is compute-bound "
                   "per row: gamma + 1 one-row matmuls (tests/matmul_rates measured a 5-row call of the rows path at "
@@ -373,8 +395,9 @@ std::vector<std::string> policy_assumptions(const kv::KvPolicy& policy) {
     a.push_back(fmt::format(
         "Quest: memory as the rest of the policy leaves it plus the key summaries (2 x head_dim f32 a page); a decode "
         "step reads, on layers >= {} and heads of more than {} pages of {}, the newest page and {} others at the "
-        "pages' mean bytes plus the summaries of every page but the newest (at the f16 KV rate; the ranking itself "
-        "is not counted); the other layers and heads read everything",
+        "pages' mean bytes plus the summaries of every page but the newest (at the f16 KV rate), and ranks those "
+        "pages for each query head (on a CPU at the probed rate per page and head, in decode's other ops; not counted "
+        "on a datasheet device); the other layers and heads read everything",
         quest->dense_layers(), std::max(1, quest->budget() / page), page, std::max(1, quest->budget() / page) - 1));
   }
   const kv::KvReconstruction rec = policy.reconstruction();

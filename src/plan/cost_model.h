@@ -92,8 +92,8 @@ struct SpecPlan {
   bool accept_given = false;
 };
 // Throws Error naming what is wrong: another method than self, an unknown key, gamma outside [1, 32], accept
-// outside [0, 1], a draft that is not one token policy with a budget that needs no decode scores (streaming or
-// snapkv), or a bad draft argument.
+// outside [0, 1], a draft that is neither one token policy with a budget that needs no decode scores (streaming or
+// snapkv) nor quest, or a bad draft argument.
 SpecPlan parse_spec_plan(const std::string& spec);
 // Tokens emitted per verify step for per-token acceptance a (each draft accepted with probability a, independently,
 // until the first rejection; the verify's own token always): sum_{i=0..gamma} a^i.
@@ -109,9 +109,10 @@ struct SpecCost {
   double plain_seconds = 0;     // a plain decode step at the same context, one sequence
   double speedup() const { return seconds_per_token > 0 ? plain_seconds / seconds_per_token : 0; }
 };
-// One sequence (the engine's --spec decodes one) at context n_ctx under the full cache `verifier`.
+// One sequence (the engine's --spec decodes one) at context n_ctx under the full cache `verifier` (made from
+// verifier_spec, which a Quest draft is composed with: kv::verifier_spec_for_draft).
 SpecCost spec_cost(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPolicy& verifier, const SpecPlan& spec,
-                   int64_t n_ctx);
+                   int64_t n_ctx, const std::string& verifier_spec = "full");
 
 struct PlanOptions {
   int64_t concurrency = 0;   // sequences served at once; 0: as many as fit

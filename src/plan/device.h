@@ -33,6 +33,9 @@ struct KernelRates {
   double attention_flops = 0;     // prefill attention (512 queries over a few thousand keys), f16 pages
   double layer_overhead_s = 0;    // one token's other ops in one layer: norms, RoPE, append, activation
   double prefill_row_overhead_s = 0;  // the same per prompt row per layer
+  // Quest's page ranking (kv::quest_select_pages, on the forward's thread): one page's key summary bounded for one
+  // query head, the choice of the pages to read included. 0: not probed (older probe files), not counted.
+  double quest_rank_s = 0;
   bool empty() const { return copy_bandwidth == 0; }
 };
 

@@ -47,7 +47,8 @@ nlohmann::json kernel_rates_to_json(const KernelRates& k) {
           {"attention_call_s", k.attention_call_s},
           {"attention_flops", k.attention_flops},
           {"layer_overhead_s", k.layer_overhead_s},
-          {"prefill_row_overhead_s", k.prefill_row_overhead_s}};
+          {"prefill_row_overhead_s", k.prefill_row_overhead_s},
+          {"quest_rank_s", k.quest_rank_s}};
 }
 
 KernelRates kernel_rates_from_json(const nlohmann::json& j) {
@@ -60,6 +61,8 @@ KernelRates kernel_rates_from_json(const nlohmann::json& j) {
   k.attention_flops = number(j, "attention_flops");
   k.layer_overhead_s = number(j, "layer_overhead_s");
   k.prefill_row_overhead_s = number(j, "prefill_row_overhead_s");
+  // Probes recorded before Quest's ranking was probed lack it: the ranking is then not counted.
+  k.quest_rank_s = j.contains("quest_rank_s") ? number(j, "quest_rank_s") : 0.0;
   // Keys ending in _range are the spread the golden script records beside each median.
   const auto skip = [](const std::string& key) { return key.size() > 6 && key.compare(key.size() - 6, 6, "_range") == 0; };
   for (const auto& [name, r] : object(j, "gemv_bytes_per_s").items())

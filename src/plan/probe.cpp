@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/memory_bandwidth.h"
 #include "kv/kv_store.h"
+#include "kv/quest.h"
 #include "plan/kv_footprint.h"
 
 namespace longctx::plan {
@@ -287,6 +288,25 @@ KernelRates probe_kernels(ThreadPool& pool, const PlanArch& arch, const std::vec
     };
     r.layer_overhead_s = layer_ops(1, 1000);
     r.prefill_row_overhead_s = layer_ops(o.prompt_rows, 1000) / o.prompt_rows;
+  }
+
+  // Quest's page ranking, as kv::QuestReadFilter runs it on the forward's thread for each narrowed (layer, kv-head):
+  // a deep head's page summaries bounded for the kv-head's query heads, then the pages to read chosen. The bound's
+  // cost does not depend on the summaries' values.
+  {
+    const int32_t d = arch.head_dim, group = std::max(1, arch.n_head / std::max(1, arch.n_head_kv));
+    constexpr int32_t kPages = 512, kRead = 64, kCalls = 20;
+    const std::vector<float> summary = random_floats(static_cast<size_t>(kPages) * 2 * d, 11);
+    const std::vector<float> q = random_floats(static_cast<size_t>(group) * d, 13);
+    KvHeadView head;
+    head.pages.assign(kPages, nullptr);
+    head.key_summary = summary.data();
+    std::vector<int32_t> chosen;
+    std::vector<float> bounds;
+    const double t = best_of(o.n_reps, [&] {
+      for (int i = 0; i < kCalls; ++i) kv::quest_select_pages(head, q.data(), group, d, d, kRead, chosen, bounds);
+    });
+    r.quest_rank_s = t / kCalls / (static_cast<double>(kPages - 1) * group);
   }
   return r;
 }
