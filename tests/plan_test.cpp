@@ -325,6 +325,36 @@ TEST(PlanKernelRates, JsonRoundTripAndErrors) {
   EXPECT_THROW(plan::kernel_rates_from_json(j), Error);
 }
 
+// A golden file's model: its arch from the real GGUF and the device of the probes taken beside its bench cases.
+struct GoldenModel {
+  std::unique_ptr<Model> model;
+  plan::PlanArch arch;
+  plan::DeviceSpec device;
+};
+void load_golden_model(const json& m, GoldenModel* out) {
+  const std::string path = test::model_dir() + "/" + m["file"].get<std::string>();
+  LONGCTX_REQUIRE_MODEL(path);
+  out->model = Model::load(path);
+  out->arch = plan::plan_arch_from_model(*out->model, m["file"]);
+  out->device = plan::measured_cpu(plan::kernel_rates_from_json(m["probes"]), 0);
+}
+
+// What the plan predicts for one bench case: tg, the mean over its steps (step i reads the cache after the fill and
+// i + 1 generated tokens, its own included); pp, the prompt on top of the cache the depth left under the policy.
+double predicted_tokens_per_s(const plan::PlanArch& a, const plan::DeviceSpec& d, const kv::KvPolicy& policy,
+                              const json& c) {
+  const int64_t depth = c["depth"];
+  if (c["test"].get<std::string>().rfind("tg", 0) == 0) {
+    const int64_t n_gen = c["n_gen"];
+    double seconds = 0;
+    for (int64_t i = 0; i < n_gen; ++i)
+      seconds += plan::decode_cost(a, d, plan::kv_footprint(a, policy, depth, i + 1), 1, policy.wants_decode_scores()).seconds;
+    return static_cast<double>(n_gen) / seconds;
+  }
+  const plan::KvFootprint before = plan::kv_footprint(a, policy, depth, 0);
+  return c["n_prompt"].get<double>() / plan::prefill_cost(a, d, c["n_prompt"].get<int64_t>(), before.slots).seconds;
+}
+
 // `longctx bench` on a CPU beside the plan's probes of the same kernels in the same run
 // (scripts/plan_golden_cpu.py, tests/golden/plan/cpu_measured.json): the plan predicts every case from those
 // probes and the real GGUF's tensors. Decode (tg, the mean over its steps) and prefill (pp) within 15% of the
@@ -334,25 +364,17 @@ TEST(PlanValidation, CpuAgainstBench) {
   const json g = load_golden("cpu_measured.json");
   ASSERT_TRUE(g.contains("models") && !g["models"].empty());
   for (const json& m : g["models"]) {
-    const std::string path = test::model_dir() + "/" + m["file"].get<std::string>();
-    LONGCTX_REQUIRE_MODEL(path);
-    const auto model = Model::load(path);
-    const plan::PlanArch a = plan::plan_arch_from_model(*model, m["file"]);
-    const plan::DeviceSpec d = plan::measured_cpu(plan::kernel_rates_from_json(m["probes"]), 0);
+    GoldenModel gm;
+    ASSERT_NO_FATAL_FAILURE(load_golden_model(m, &gm));
+    const plan::PlanArch& a = gm.arch;
     for (const json& c : m["cases"]) {
       SCOPED_TRACE(m["file"].get<std::string>() + " " + c["kv_spec"].get<std::string>() + " " +
                    c["test"].get<std::string>() + " @ " + std::to_string(c["depth"].get<int64_t>()));
       auto policy = kv::make_kv_policy(c["kv_spec"], a.n_layer, a.n_head_kv);
       const int64_t depth = c["depth"];
+      const double predicted = predicted_tokens_per_s(a, gm.device, *policy, c);
       if (c["test"].get<std::string>().rfind("tg", 0) == 0) {
         const int64_t n_gen = c["n_gen"];
-        // Step i reads the cache after the fill and i + 1 generated tokens (its own included).
-        double seconds = 0;
-        for (int64_t i = 0; i < n_gen; ++i) {
-          const plan::KvFootprint fp = plan::kv_footprint(a, *policy, depth, i + 1);
-          seconds += plan::decode_cost(a, d, fp, 1, policy->wants_decode_scores()).seconds;
-        }
-        const double predicted = static_cast<double>(n_gen) / seconds;
         EXPECT_LE(std::abs(rel_err(predicted, c["tokens_per_s"])), 0.15) << "predicted " << predicted << " tok/s";
         // bench counts the mean of its first and last steps' reads.
         const double read = 0.5 * static_cast<double>(plan::kv_footprint(a, *policy, depth, 1).read_bytes +
@@ -367,9 +389,6 @@ TEST(PlanValidation, CpuAgainstBench) {
           EXPECT_LE(read, 64.0 * a.n_layer * a.n_head_kv * a.head_dim * 4) << "an empty cache reads at most a page";
         EXPECT_LE(std::abs(rel_err(static_cast<double>(a.weight_bytes_per_token()), c["weight_bytes_per_token"])), 0.02);
       } else {
-        const plan::KvFootprint before = plan::kv_footprint(a, *policy, depth, 0);
-        const plan::PrefillCost pc = plan::prefill_cost(a, d, c["n_prompt"].get<int64_t>(), before.slots);
-        const double predicted = c["n_prompt"].get<double>() / pc.seconds;
         // Known gap: three prompts under a policy that works at the prompt's end (kivi2 @ 0, snapkv+kivi2 on Gemma
         // @ 4096 and 16384) are over-predicted by up to 23%. Not by the policy's work: perf puts scoring, selection,
         // compaction and packing under 1% of samples (BENCHMARKS.md, "Quest's ranking, and plan on a second CPU"),
@@ -393,30 +412,15 @@ TEST(PlanValidation, CpuAgainstBench) {
 TEST(PlanValidation, QuestOverFullOnASecondMachine) {
   const json g = load_golden("cpu_measured_epyc.json");
   for (const json& m : g["models"]) {
-    const std::string path = test::model_dir() + "/" + m["file"].get<std::string>();
-    LONGCTX_REQUIRE_MODEL(path);
-    const auto model = Model::load(path);
-    const plan::PlanArch a = plan::plan_arch_from_model(*model, m["file"]);
-    const plan::DeviceSpec d = plan::measured_cpu(plan::kernel_rates_from_json(m["probes"]), 0);
-    ASSERT_GT(d.kernels.quest_rank_s, 0.0);
+    GoldenModel gm;
+    ASSERT_NO_FATAL_FAILURE(load_golden_model(m, &gm));
+    ASSERT_GT(gm.device.kernels.quest_rank_s, 0.0);
     // (test, depth) -> predicted and measured tokens/s of each policy.
     std::map<std::pair<std::string, int64_t>, std::map<std::string, std::pair<double, double>>> by_case;
     for (const json& c : m["cases"]) {
-      auto policy = kv::make_kv_policy(c["kv_spec"], a.n_layer, a.n_head_kv);
-      const int64_t depth = c["depth"];
-      double predicted = 0;
-      if (c["test"].get<std::string>().rfind("tg", 0) == 0) {
-        const int64_t n_gen = c["n_gen"];
-        double seconds = 0;
-        for (int64_t i = 0; i < n_gen; ++i)
-          seconds += plan::decode_cost(a, d, plan::kv_footprint(a, *policy, depth, i + 1), 1,
-                                       policy->wants_decode_scores()).seconds;
-        predicted = static_cast<double>(n_gen) / seconds;
-      } else {
-        const plan::KvFootprint before = plan::kv_footprint(a, *policy, depth, 0);
-        predicted = c["n_prompt"].get<double>() / plan::prefill_cost(a, d, c["n_prompt"].get<int64_t>(), before.slots).seconds;
-      }
-      by_case[{c["test"], depth}][c["kv_spec"]] = {predicted, c["tokens_per_s"].get<double>()};
+      auto policy = kv::make_kv_policy(c["kv_spec"], gm.arch.n_layer, gm.arch.n_head_kv);
+      by_case[{c["test"], c["depth"]}][c["kv_spec"]] = {predicted_tokens_per_s(gm.arch, gm.device, *policy, c),
+                                                         c["tokens_per_s"].get<double>()};
     }
     for (const auto& [key, policies] : by_case) {
       ASSERT_TRUE(policies.count("full")) << key.first << " @ " << key.second;
