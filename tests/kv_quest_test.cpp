@@ -78,7 +78,8 @@ TEST(Quest, BoundIsAnUpperBoundOfEveryRow) {
 }
 
 // A store of F32 pages with summaries; q heads of one kv-head; quest_select_pages against the paper's rule written
-// as a plain loop in double: bound per query head, max over heads, the newest page plus the best n_read - 1 others.
+// as a plain loop in double: bound per query head, max over heads, the n_recent newest pages plus the best
+// n_read - n_recent others.
 TEST(Quest, SelectionEqualsAPlainLoop) {
   std::mt19937 rng(5);
   const int32_t d = 32, T = 8, n_head_kv = 2, group = 3;
@@ -99,17 +100,18 @@ TEST(Quest, SelectionEqualsAPlainLoop) {
     const int32_t P = hv.n_pages();
     ASSERT_EQ(P, 26);
     const int32_t n_read = 1 + trial % 30;
+    const int32_t n_recent = std::min(n_read, 1 + trial % 4);  // the newest pages read whatever their bounds
     const std::vector<float> q = random_vec(rng, static_cast<size_t>(group) * d);
     std::vector<int32_t> got;
     std::vector<float> scratch;
-    kv::quest_select_pages(hv, q.data(), group, d, d, n_read, got, scratch);
+    kv::quest_select_pages(hv, q.data(), group, d, d, n_read, got, scratch, n_recent);
 
     std::vector<int32_t> want;
     if (P <= n_read) {
       for (int32_t p = 0; p < P; ++p) want.push_back(p);
     } else {
       std::vector<std::pair<double, int32_t>> ranked;  // (-score, page): ascending = best first, older on ties
-      for (int32_t p = 0; p + 1 < P; ++p) {
+      for (int32_t p = 0; p + n_recent < P; ++p) {
         std::vector<float> rows(static_cast<size_t>(hv.page_rows(p)) * d);
         seq.read_keys(0, g, hv.slot0[static_cast<size_t>(p)], hv.page_rows(p), rows.data());
         const std::vector<float> s = min_max(rows.data(), hv.page_rows(p), d);
@@ -125,8 +127,8 @@ TEST(Quest, SelectionEqualsAPlainLoop) {
         ranked.emplace_back(-score, p);
       }
       std::sort(ranked.begin(), ranked.end());
-      for (int32_t i = 0; i + 1 < n_read; ++i) want.push_back(ranked[static_cast<size_t>(i)].second);
-      want.push_back(P - 1);
+      for (int32_t i = 0; i + n_recent < n_read; ++i) want.push_back(ranked[static_cast<size_t>(i)].second);
+      for (int32_t p = P - n_recent; p < P; ++p) want.push_back(p);
       std::sort(want.begin(), want.end());
     }
     EXPECT_EQ(got, want) << "trial " << trial << ", " << n_read << " pages";
@@ -311,6 +313,7 @@ TEST(Quest, SpecComposesAndRejectsBadInput) {
   throws_with("streaming:budget=256+quest:budget=128", "in-cache");
   throws_with("quest:budget=64,pages=3", "pages");
   throws_with("quest:budget=64,page=48", "page");
+  throws_with("quest:budget=64,recent=128", "recent");
 }
 
 }  // namespace

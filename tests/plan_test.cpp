@@ -438,7 +438,7 @@ TEST(PlanValidation, QuestOverFullOnASecondMachine) {
 
 // Wraps the engine's read filter and counts what each narrowed view leaves the attention to read: the rows of its
 // pages at their page's bytes per row (the decode kernel's unit, as bench counts the dense read), and the key
-// summaries Quest ranked (quest_select_pages reads the summary of every page but the newest of a head it narrows).
+// summaries Quest ranked (quest_select_pages reads the summary of every page but the recent ones of a head it narrows).
 class CountingReadFilter final : public KvReadFilter {
  public:
   CountingReadFilter(kv::QuestReadFilter& quest, const kv::KvPagePool& pool) : quest_(quest), pool_(pool) {}
@@ -446,7 +446,7 @@ class CountingReadFilter final : public KvReadFilter {
     std::vector<int32_t> pages_before;
     for (const KvHeadView& h : view.heads) pages_before.push_back(h.n_pages());
     quest_.narrow(layer, q, q_pos, n_tok, view);
-    const int32_t n_read = std::max(1, quest_.budget() / view.page_tokens);
+    const int32_t n_read = quest_.read_pages(view.page_tokens), n_recent = quest_.recent_pages(view.page_tokens);
     for (size_t g = 0; g < view.heads.size(); ++g) {
       const KvHeadView& h = view.heads[g];
       for (int32_t p = 0; p < h.n_pages(); ++p)
@@ -455,7 +455,7 @@ class CountingReadFilter final : public KvReadFilter {
       const bool narrowed = layer >= quest_.dense_layers() && pages_before[g] > n_read;
       if (narrowed) {
         EXPECT_EQ(h.n_pages(), n_read) << "layer " << layer;
-        summary_bytes += int64_t{pages_before[g] - 1} * 2 * view.head_dim * static_cast<int64_t>(sizeof(float));
+        summary_bytes += int64_t{pages_before[g] - n_recent} * 2 * view.head_dim * static_cast<int64_t>(sizeof(float));
       }
       dense_pages += pages_before[g];
     }
@@ -488,6 +488,7 @@ TEST(PlanQuest, ReadPerStepIsWhatTheReadFilterReads) {
       {"quest:budget=128,dense_layers=1,page=16", 1000, 8, 0.02},  // 63 pages, 8 read on layer 1
       {"quest:budget=256,dense_layers=0", 1500, 8, 0.02},          // pages of 64: 24, 4 read on both layers
       {"quest:budget=512,dense_layers=0,page=32", 600, 4, 0.02},   // 19 pages of 32, 16 read
+      {"quest:budget=256,dense_layers=0,page=16,recent=64", 1000, 8, 0.02},  // 4 of the 16 read always the newest
       // Packed pages beside the f16 ones of KIVI's residual window and the newest page.
       {"quest:budget=128,dense_layers=0,page=16+kivi:bits=4", 1200, 8, 0.05},
       {"quest:budget=256,dense_layers=0,page=16+kivi:bits=2", 2000, 32, 0.05},

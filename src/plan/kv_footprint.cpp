@@ -52,7 +52,8 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
   if (page_tokens <= 0) fail("internal: pages of {} tokens", page_tokens);
   const kv::QuestReadFilter* quest = quest_filter(policy);
   // Quest reads this many pages of a head that holds more (QuestReadFilter::narrow).
-  const int64_t quest_pages = quest != nullptr ? std::max(1, quest->budget() / page_tokens) : 0;
+  const int64_t quest_pages = quest != nullptr ? quest->read_pages(page_tokens) : 0;
+  const int64_t quest_recent = quest != nullptr ? quest->recent_pages(page_tokens) : 0;
   const int64_t summary_page_bytes =
       policy.wants_key_summaries() ? 2 * int64_t{arch.head_dim} * static_cast<int64_t>(sizeof(float)) : 0;
   const KvFormat open = policy.page_format(), sealed = policy.sealed_format();
@@ -92,14 +93,15 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
         continue;
       }
       // Quest: the newest page always (open, unless every page is sealed), and n_read - 1 of the n_pages - 1 full
-      // ones before it, whose bytes (sealed and open alike) count at their mean; the bounds of those n_pages - 1.
+      // ones before it (recent= of them always), whose bytes (sealed and open alike) count at their mean; the
+      // bounds of all but the n_recent newest.
       const int64_t newest_rows = held - (n_pages - 1) * page_tokens;
       const int64_t newest = newest_rows * ((n_sealed == n_pages ? sealed_bytes : open_bytes) / page_tokens);
       const double share = static_cast<double>(quest_pages - 1) / static_cast<double>(n_pages - 1);
       const int64_t sealed_before = n_sealed == n_pages ? read_sealed - newest : read_sealed;
       const auto rest_sealed = static_cast<int64_t>(share * static_cast<double>(sealed_before));
       const auto rest = static_cast<int64_t>(share * static_cast<double>(read_all - newest));
-      const int64_t summaries = (n_pages - 1) * summary_page_bytes;
+      const int64_t summaries = (n_pages - quest_recent) * summary_page_bytes;
       f.read_bytes_sealed += rest_sealed + (n_sealed == n_pages ? newest : 0);
       f.read_bytes_summaries += summaries;
       f.read_bytes += newest + rest + summaries;

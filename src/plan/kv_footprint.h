@@ -57,8 +57,9 @@ struct KvFootprint {
 // Under Quest (quest:budget=B,dense_layers=D,page=P; kv/quest.h) a decode step reads, on every layer >= D and
 // kv-head holding more than n_read = max(1, B / P) pages, the newest page (at its own format) and n_read - 1 of
 // the others, which are full, at their mean bytes (the query's bounds pick them; this is the expectation when the
-// pick is indifferent to their format), plus the key summary of every page but the newest, 2 x head_dim f32 each,
-// which quest_select_pages ranks; other heads and the first D layers read everything.
+// pick is indifferent to their format), plus the key summary of every page but the newest (with recent=R, but the
+// max(1, ceil(R / P)) newest), 2 x head_dim f32 each, which quest_select_pages ranks; other heads and the first D
+// layers read everything.
 KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64_t n_prompt, int64_t n_generated = 0,
                          int32_t page_tokens = 0);
 
