@@ -124,7 +124,8 @@ void SpecDraftView::select(const kv::KvSequence& kv, const kv::KvScores* scores,
 
 void SpecDraftView::refresh(const kv::KvSequence& kv, int32_t next_pos) {
   kv_ = &kv;
-  if (ranker_ != nullptr && ranker_->evicts_during_decode() && next_pos - tail_from_ >= kv.geometry().page_tokens) select(kv, nullptr, next_pos);
+  if (ranker_ != nullptr && ranker_->evicts_during_decode() && next_pos - tail_from_ >= kv.geometry().page_tokens)
+    select(kv, nullptr, next_pos);
 }
 
 std::vector<int32_t> SpecDraftView::pages(const kv::KvSequence& kv, int32_t layer, int32_t kv_head) const {

@@ -67,10 +67,7 @@ SelfSpec parse_self_spec(const std::string& spec, const std::string& extra_key) 
   return sp;
 }
 
-bool is_read_draft(const std::string& spec) {
-  const KvComponent* c = find_kv_component(spec.substr(0, spec.find_first_of(":+")));
-  return c != nullptr && c->kind == KvComponentKind::ReadPolicy && c->name == "quest";
-}
+bool is_read_draft(const std::string& spec) { return spec.substr(0, spec.find_first_of(":+")) == "quest"; }
 
 std::string verifier_spec_for_draft(const std::string& verifier_spec, const std::string& draft_spec) {
   return is_read_draft(draft_spec) ? verifier_spec + "+" + draft_spec : verifier_spec;

@@ -394,11 +394,12 @@ std::vector<std::string> policy_assumptions(const kv::KvPolicy& policy) {
     const int32_t page = policy.page_tokens() > 0 ? policy.page_tokens() : kPlanPageTokens;
     a.push_back(fmt::format(
         "Quest: memory as the rest of the policy leaves it plus the key summaries (2 x head_dim f32 a page); a decode "
-        "step reads, on layers >= {} and heads of more than {} pages of {}, the newest page and {} others at the "
-        "pages' mean bytes (recent= of them always) plus the summaries of the others (at the f16 KV rate), and ranks those "
-        "pages for each query head (on a CPU at the probed rate per page and head, in decode's other ops; not counted "
-        "on a datasheet device); the other layers and heads read everything",
-        quest->dense_layers(), std::max(1, quest->budget() / page), page, std::max(1, quest->budget() / page) - 1));
+        "step reads, on layers >= {} and heads of more than {} pages of {}, the newest {} pages always and {} others "
+        "at the pages' mean bytes, plus the summaries of the others (at the f16 KV rate), and ranks those pages for "
+        "each query head (on a CPU at the probed rate per page and head, in decode's other ops; not counted on a "
+        "datasheet device); the other layers and heads read everything",
+        quest->dense_layers(), quest->read_pages(page), page, quest->recent_pages(page),
+        quest->read_pages(page) - quest->recent_pages(page)));
   }
   const kv::KvReconstruction rec = policy.reconstruction();
   if (rec.chunk > 0)
