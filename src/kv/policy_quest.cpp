@@ -5,10 +5,11 @@
 //
 // Pages are the store's, 64 tokens unless page=16 or 32 asks the store for smaller ones (the paper uses 16: a
 // smaller page's min/max bound is tighter, at four times the summaries): a budget of B tokens reads B / page pages
-// per (layer, kv-head), the newest (still filling) page always among them. GQA: the query heads of a kv-head share its pages,
-// ranked by the largest of their bounds, not the sum: a page one head needs (a retrieval head finding a needle)
-// must not be outvoted by heads that spread their attention elsewhere, and the max is still an upper bound of the
-// score any of the heads could give the page. The first layers stay dense, as in the paper (their attention is
+// per (layer, kv-head), the newest (still filling) page always among them (with recent=N, the pages of the
+// newest N tokens: continuing text leans on them whatever their bounds). GQA: the query heads of a kv-head share
+// its pages, ranked by the largest of their bounds, not the sum: a page one head needs (a retrieval head finding a
+// needle) must not be outvoted by heads that spread their attention elsewhere, and the max is still an upper bound
+// of the score any of the heads could give the page. The first layers stay dense, as in the paper (their attention is
 // spread, and the bound ranks poorly there).
 #include "kv/quest.h"
 
