@@ -173,11 +173,13 @@ void BatchingEngine::worker_loop() {
     for (Item& it : arrived) scheduler_.add(to_request(std::move(it)));
     waiting_ = scheduler_.n_waiting();
     scheduler_.step();
-    waiting_ = scheduler_.n_waiting();
-    running_ = scheduler_.n_running();
+    // The page counts are stored before the request counts: a reader that sees this step's running count (a test
+    // waiting for 0) then reads this step's pages, not the last step's.
     const Scheduler::KvPageCounts pages = scheduler_.kv_pages();
     kv_pages_in_use_ = pages.in_use;
     kv_pages_cached_ = pages.cached;
+    waiting_ = scheduler_.n_waiting();
+    running_ = scheduler_.n_running();
     if (metrics_)
       for (int32_t n : scheduler_.decode_batch_sizes()) metrics_->decode_batch_size.observe(n);
     scheduler_.decode_batch_sizes().clear();
