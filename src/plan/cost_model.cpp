@@ -341,9 +341,11 @@ std::vector<std::string> plan_assumptions(const DeviceSpec& dev, const std::opti
                             k.attention_call_s * 1e6, tfs(k.attention_flops)));
     a.push_back(fmt::format("other ops (norms, RoPE, KV append, activation): {:.1f} us a layer per decoded token, "
                             "{:.2f} us a layer per prompt token; {:.1f} us per matmul call (4 a layer and the head); "
-                            "Quest's ranking {:.1f} ns per page and query head",
+                            "{}",
                             k.layer_overhead_s * 1e6, k.prefill_row_overhead_s * 1e6, k.matmul_call_s * 1e6,
-                            k.quest_rank_s * 1e9));
+                            k.quest_rank_s > 0
+                                ? fmt::format("Quest's ranking {:.1f} ns per page and query head", k.quest_rank_s * 1e9)
+                                : std::string("Quest's ranking not probed in these rates: not counted")));
   } else {
     const RooflineFractions& f = dev.fractions;
     a.push_back(fmt::format("decode: weights at {:.0f}% and KV at {:.0f}% of {} (bandwidth-bound)", 100 * f.weights,
