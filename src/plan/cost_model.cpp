@@ -111,13 +111,13 @@ double kv_read_s(const DeviceSpec& dev, const KvFootprint& kv) {
 }
 
 // Quest's ranking in one decode step of one sequence: every page whose summary the step reads (all of a narrowed
-// head's but the newest), bounded for each query head of its kv-head, at the probed rate. Not counted on a datasheet
+// head's but its recent ones), bounded for each query head of its kv-head, at the probed rate. Not counted on a datasheet
 // device (no probe).
 double quest_rank_seconds(const PlanArch& arch, const DeviceSpec& dev, const KvFootprint& kv) {
   if (!probed(dev) || kv.read_bytes_summaries == 0) return 0;
   const int64_t summary_bytes = 2 * int64_t{arch.head_dim} * static_cast<int64_t>(sizeof(float));
-  const int32_t group = std::max(1, arch.n_head / std::max(1, arch.n_head_kv));
-  return static_cast<double>(kv.read_bytes_summaries / summary_bytes) * group * dev.kernels.quest_rank_s;
+  return static_cast<double>(kv.read_bytes_summaries / summary_bytes) * arch.heads_per_kv_head() *
+         dev.kernels.quest_rank_s;
 }
 
 }  // namespace
@@ -171,7 +171,7 @@ PrefillCost prefill_cost(const PlanArch& arch, const DeviceSpec& dev, int64_t n_
     c.matmul_flops += arch.head.flops_per_row;
     c.matmul_s += static_cast<double>(arch.head.bytes) / weight_rate(dev, arch.head.type);
   }
-  const int32_t group = arch.n_head / std::max(1, arch.n_head_kv);
+  const int32_t group = arch.heads_per_kv_head();
   for (int32_t il = 0; il < arch.n_layer; ++il)
     for (int32_t g = 0; g < arch.n_head_kv; ++g) {
       const size_t i = static_cast<size_t>(il) * arch.n_head_kv + g;

@@ -2,6 +2,7 @@
 // decoded token reads and the FLOPs one prompt token does. Built from a loaded GGUF (its tensors as stored) or from
 // a named shape and a weight format (for models that are not on this machine).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -46,6 +47,8 @@ struct PlanArch {
   int64_t weight_bytes_per_token() const;
   // FLOPs of one prompt token through the layer matrices (the head runs only for the rows whose logits are asked).
   double layer_flops_per_token() const;
+  // Query heads that share one kv-head (GQA's group), at least 1.
+  int32_t heads_per_kv_head() const { return n_head_kv > 0 ? std::max(1, n_head / n_head_kv) : 1; }
 };
 
 // From a loaded model: the tensors' own formats and sizes.

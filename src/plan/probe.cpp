@@ -294,7 +294,7 @@ KernelRates probe_kernels(ThreadPool& pool, const PlanArch& arch, const std::vec
   // a deep head's page summaries bounded for the kv-head's query heads, then the pages to read chosen. The bound's
   // cost does not depend on the summaries' values.
   {
-    const int32_t d = arch.head_dim, group = std::max(1, arch.n_head / std::max(1, arch.n_head_kv));
+    const int32_t d = arch.head_dim, group = arch.heads_per_kv_head();
     constexpr int32_t kPages = 512, kRead = 64, kCalls = 20;
     const std::vector<float> summary = random_floats(static_cast<size_t>(kPages) * 2 * d, 11);
     const std::vector<float> q = random_floats(static_cast<size_t>(group) * d, 13);
