@@ -193,30 +193,32 @@ void ShadowKvReadFilter::after_prefill(KvSequence& seq, const KvScores& scores) 
   // the costly part, as many layers at once as the host pool has threads (a layer reads only its own heads and
   // writes only its own Layer), the store giving each batch's tokens back before the next starts: only a batch's
   // layers are ever held both in the pool and in the shadow.
-  std::vector<int32_t> shadowed;
+  std::vector<std::pair<int32_t, int32_t>> shadowed;  // (layer, tokens it shadows)
   for (int32_t l = 0; l < geo.n_layer; ++l) {
     const int32_t n_shadow = shadow_length(seq, l);
     if (n_shadow == 0) continue;
     const KvQueryStats::Layer& ql = scores.queries.layers[static_cast<size_t>(l)];
     if (ql.n_rot < 2 || ql.n_rot > geo.head_dim) fail("internal: shadowkv got no RoPE for layer {}", l);
     rope_table(ql.rope_base, ql.n_rot, n_shadow);
-    shadowed.push_back(l);
+    shadowed.emplace_back(l, n_shadow);
   }
   const size_t batch = host_pool() != nullptr ? static_cast<size_t>(std::max(1, host_pool()->n_threads())) : 1;
   for (size_t first = 0; first < shadowed.size(); first += batch) {
     const size_t n = std::min(batch, shadowed.size() - first);
-    auto build = [&](int64_t i) { shadow_layer(seq, shadowed[first + static_cast<size_t>(i)], scores); };
+    auto build = [&](int64_t i) {
+      const auto [l, n_shadow] = shadowed[first + static_cast<size_t>(i)];
+      shadow_layer(seq, l, n_shadow, scores);
+    };
     if (host_pool() != nullptr) {
       host_pool()->run(static_cast<int64_t>(n), build);
     } else {
       build(0);
     }
     for (size_t i = first; i < first + n; ++i) {
-      const int32_t l = shadowed[i];
-      const Layer& L = layers_[static_cast<size_t>(l)];
+      const auto [l, n_shadow] = shadowed[i];
       // The store keeps the rest: the last tokens of the prompt.
-      std::vector<int32_t> keep(static_cast<size_t>(seq.head(l, 0).n_tokens() - L.n_shadow));
-      std::iota(keep.begin(), keep.end(), L.n_shadow);
+      std::vector<int32_t> keep(static_cast<size_t>(seq.head(l, 0).n_tokens() - n_shadow));
+      std::iota(keep.begin(), keep.end(), n_shadow);
       for (int32_t g = 0; g < geo.n_head_kv; ++g) seq.keep_slots(l, g, keep);
     }
   }
@@ -236,14 +238,13 @@ int32_t ShadowKvReadFilter::shadow_length(const KvSequence& seq, int32_t l) cons
   return n_chunks * o_.chunk;
 }
 
-void ShadowKvReadFilter::shadow_layer(const KvSequence& seq, int32_t l, const KvScores& scores) {
+void ShadowKvReadFilter::shadow_layer(const KvSequence& seq, int32_t l, int32_t n_shadow, const KvScores& scores) {
   const KvGeometry& geo = seq.geometry();
-  const int32_t H = geo.n_head_kv, d = geo.head_dim, C = o_.chunk, W = H * d;
-  const int32_t n_chunks = shadow_length(seq, l) / C;
+  const int32_t H = geo.n_head_kv, d = geo.head_dim, C = o_.chunk, W = H * d, n_chunks = n_shadow / C;
   const KvQueryStats::Layer& ql = scores.queries.layers[static_cast<size_t>(l)];
 
   Layer& L = layers_[static_cast<size_t>(l)];
-  L.n_shadow = n_chunks * C;
+  L.n_shadow = n_shadow;
   L.rank = rank_for(H, d);
   L.rope_base = ql.rope_base;
   L.n_rot = ql.n_rot;

@@ -98,8 +98,8 @@ class ShadowKvReadFilter final : public KvReadFilter {
   // The prompt tokens layer l would shadow (whole chunks, the recent ones left out); 0: none (a sliding-window
   // layer, heads holding different tokens, or too short a prompt to gain).
   int32_t shadow_length(const KvSequence& seq, int32_t l) const;
-  // Layer l's shadow from the store's copy (which it leaves as it is).
-  void shadow_layer(const KvSequence& seq, int32_t l, const KvScores& scores);
+  // Layer l's shadow of its first n_shadow tokens (shadow_length) from the store's copy (which it leaves as it is).
+  void shadow_layer(const KvSequence& seq, int32_t l, int32_t n_shadow, const KvScores& scores);
   // The chunks (ascending) head g of layer L reads for the chunk's queries: the exact ones, and per query the
   // best budget's worth of the others by their landmarks' attention (max over the query heads of g).
   void select_chunks(const Layer& L, int32_t g, const float* q, int32_t n_tok, int32_t n_head, int32_t d);
