@@ -202,7 +202,9 @@ class Backend {
   virtual void attention(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
                          const KvLayerView& kv, float* out) = 0;
   // The probabilities rows t >= first_row paid to each slot, summed (or max'ed) over those rows and the query heads
-  // of each kv-head into scores: host (n_head_kv, stride), accumulated into.
+  // of each kv-head into scores: host (n_head_kv, stride), accumulated into by the time finish_scores() returns (a
+  // device copies them back in stream order rather than waiting for each layer; the host must not touch scores
+  // before).
   virtual void attention_scores(const AttentionParams& p, const float* q, const int32_t* q_pos, int32_t n,
                                 int32_t first_row, const KvLayerView& kv, float* scores, int32_t stride,
                                 ScoreReduce reduce) = 0;
@@ -213,6 +215,8 @@ class Backend {
     attention(p, q, q_pos, n, kv, out);
     attention_scores(p, q, q_pos, n, 0, kv, scores, stride, ScoreReduce::Sum);
   }
+  // Waits for the scores of every attention_scores call since the last and adds them into their host arrays.
+  virtual void finish_scores() {}
 
  protected:
   virtual float* allocate_floats(size_t n) = 0;

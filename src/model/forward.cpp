@@ -302,7 +302,17 @@ void Forward::run(std::span<const ForwardSegment> segments, const std::vector<in
     be.add_in_place(x, out, n * E);
   }
 
+  output_logits(logit_rows, n, logits);
+  be.finish_scores();  // the policies read the scores once this returns
+}
+
+void Forward::output_logits(const std::vector<int32_t>& logit_rows, int32_t n, float* logits) {
   // Output head, only for the rows asked for (usually the last of each sequence).
+  Backend& be = backend_;
+  const ModelConfig& c = model_.config();
+  const int64_t E = c.n_embd;
+  float* x = x_.get();
+  float* xn = xn_.get();
   const int32_t n_out = static_cast<int32_t>(logit_rows.size());
   if (n_out == 0) return;
   for (int32_t i = 0; i < n_out; ++i) {

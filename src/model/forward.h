@@ -118,6 +118,8 @@ class Forward {
  private:
   Forward(const Model& model, std::unique_ptr<Backend> owned, ThreadPool* host_pool, int32_t n_batch);
   void matmul(const Weight& w, const float* x, int32_t n, float* y);  // y (n, w.n_out) = x (n, w.n_in) W^T
+  // The output head over the stacked rows logit_rows (of n) into logits (host).
+  void output_logits(const std::vector<int32_t>& logit_rows, int32_t n, float* logits);
   // q_ (n rows) as host memory: q_ itself on a host backend, else a copy.
   const float* q_on_host(int32_t n);
   std::vector<int32_t> tokens_, positions_;  // the segments' rows stacked (host)

@@ -622,13 +622,21 @@ TEST(CudaBackendOps, AttentionScores) {
       const int32_t stride = L.max_tokens + 5;
       const int32_t first_row = std::max(0, c.n_q - 8);
       const std::vector<float> init = random_vec(static_cast<size_t>(c.n_head_kv) * stride, 0.0f, 0.5f, rng);
-      std::vector<float> ref = init, got = init;
+      std::vector<float> ref = init, got = init, twice = init;
       cpu::attention_scores_reference(cp, q.data(), qp.data(), c.n_q, first_row, L.cpu_view, ref.data(), stride,
                                       reduce == ScoreReduce::Max ? cpu::ScoreReduce::Max : cpu::ScoreReduce::Sum);
+      std::vector<float> ref_twice = ref;
+      cpu::attention_scores_reference(cp, q.data(), qp.data(), c.n_q, first_row, L.cpu_view, ref_twice.data(), stride,
+                                      reduce == ScoreReduce::Max ? cpu::ScoreReduce::Max : cpu::ScoreReduce::Sum);
       Backend::Floats dq = upload(q);
+      // Three calls before one finish_scores (as a forward's layers issue them): each lands in its own array.
       gpu().attention_scores(p, dq.get(), qp.data(), c.n_q, first_row, L.dev_view, got.data(), stride, reduce);
-      expect_close(got, ref, 1e-5, 0,
-                   std::string("scores ") + (reduce == ScoreReduce::Max ? "max " : "sum ") + c.name);
+      gpu().attention_scores(p, dq.get(), qp.data(), c.n_q, first_row, L.dev_view, twice.data(), stride, reduce);
+      gpu().attention_scores(p, dq.get(), qp.data(), c.n_q, first_row, L.dev_view, twice.data(), stride, reduce);
+      gpu().finish_scores();
+      const std::string what = std::string("scores ") + (reduce == ScoreReduce::Max ? "max " : "sum ") + c.name;
+      expect_close(got, ref, 1e-5, 0, what);
+      expect_close(twice, ref_twice, 1e-5, 0, what + " (added twice)");
       EXPECT_NE(got, init) << "the scores moved";
     }
 }

@@ -54,6 +54,23 @@ Status copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
   return cuda_status(cudaMemcpy(host_dst, device_src, bytes, cudaMemcpyDeviceToHost), "copy to host");
 }
 
+Status host_alloc_pinned(void** host_ptr, size_t bytes) {
+  const cudaError_t e = cudaMallocHost(host_ptr, bytes);
+  if (e != cudaSuccess) {
+    *host_ptr = nullptr;
+    cudaGetLastError();
+    return Status::error("pinned host allocation of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(e));
+  }
+  return Status::success();
+}
+
+Status host_free_pinned(void* host_ptr) { return cuda_status(cudaFreeHost(host_ptr), "cudaFreeHost"); }
+
+Status copy_to_host_async(void* pinned_host_dst, const void* device_src, size_t bytes) {
+  return cuda_status(cudaMemcpyAsync(pinned_host_dst, device_src, bytes, cudaMemcpyDeviceToHost, nullptr),
+                     "copy to host (async)");
+}
+
 Status copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
   return cuda_status(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, nullptr),
                      "copy on device");

@@ -43,6 +43,11 @@ Status copy_to_device(void* device_dst, const void* host_src, size_t bytes);
 // once, so host_src may be reused when this returns, and the host runs ahead of the GPU.
 Status copy_to_device_async(void* device_dst, const void* host_src, size_t bytes);
 Status copy_to_host(void* host_dst, const void* device_src, size_t bytes);
+// Page-locked host memory, and a copy into it in the default stream's order that does not wait (the host reads
+// host_dst only after device_synchronize).
+Status host_alloc_pinned(void** host_ptr, size_t bytes);
+Status host_free_pinned(void* host_ptr);
+Status copy_to_host_async(void* pinned_host_dst, const void* device_src, size_t bytes);
 Status copy_on_device(void* device_dst, const void* device_src, size_t bytes);  // in the default stream's order
 Status device_fill_bytes(void* device_ptr, uint8_t value, size_t bytes);  // 0xff poisons f16/bf16 with NaN
 Status device_synchronize();

@@ -10,6 +10,7 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/kv_page_codec.h"
@@ -31,6 +32,10 @@ void check(const cuda::Status& s) {
 // frees the old block with cudaFree, which waits for the device).
 class Scratch {
  public:
+  Scratch() = default;
+  Scratch(Scratch&& o) noexcept : p_(std::exchange(o.p_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
   ~Scratch() {
     if (p_) cuda::device_free(p_);
   }
@@ -45,6 +50,34 @@ class Scratch {
     }
     return p_;
   }
+
+ private:
+  void* p_ = nullptr;
+  size_t cap_ = 0;
+};
+
+// Page-locked host memory that grows like Scratch (device-to-host copies into it need not wait).
+class PinnedScratch {
+ public:
+  PinnedScratch() = default;
+  PinnedScratch(PinnedScratch&& o) noexcept : p_(std::exchange(o.p_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
+  PinnedScratch(const PinnedScratch&) = delete;
+  PinnedScratch& operator=(const PinnedScratch&) = delete;
+  ~PinnedScratch() {
+    if (p_) cuda::host_free_pinned(p_);
+  }
+  void* get(size_t bytes) {
+    if (bytes > cap_) {
+      const size_t want = std::max(bytes, cap_ * 2);
+      if (p_) check(cuda::host_free_pinned(p_));
+      p_ = nullptr;
+      cap_ = 0;
+      check(cuda::host_alloc_pinned(&p_, want));
+      cap_ = want;
+    }
+    return p_;
+  }
+  const void* data() const { return p_; }
 
  private:
   void* p_ = nullptr;
@@ -326,37 +359,53 @@ class CudaBackend final : public Backend {
     const size_t o_qpos = up.add(q_pos, static_cast<size_t>(n));
     const LayerOffsets lo = pack_layer(p, kv, q_pos, n, up);
     uint8_t* base = up.send(upload_);
-    // On the device, rows as long as the longest head: a decode step's stride is the whole context, and these bytes
-    // come back to the host every layer.
+    // On the device, rows as long as the longest head: a decode step's stride is the whole context. Each call has
+    // its own device rows and page-locked host rows, copied back in stream order and added in finish_scores, so a
+    // step's layers run without the host waiting for each one.
     int32_t dev_stride = 1, max_pages = 0;
+    PendingScores pending{scores, stride, 1, reduce == ScoreReduce::Max, {}};
     for (const KvHeadView& h : kv.heads) {
       dev_stride = std::max(dev_stride, h.n_tokens);
       max_pages = std::max(max_pages, h.n_pages());
+      pending.n_tokens.push_back(h.n_tokens);
     }
-    const size_t n_scores = static_cast<size_t>(p.n_head_kv) * static_cast<size_t>(dev_stride);
-    auto* dev = static_cast<float*>(scores_.get(n_scores * sizeof(float)));
-    const bool max = reduce == ScoreReduce::Max;
+    pending.dev_stride = dev_stride;
+    const size_t i = pending_.size();
+    if (scores_dev_.size() <= i) {
+      scores_dev_.resize(i + 1);
+      scores_host_.resize(i + 1);
+    }
+    const size_t bytes = static_cast<size_t>(p.n_head_kv) * static_cast<size_t>(dev_stride) * sizeof(float);
+    auto* dev = static_cast<float*>(scores_dev_[i].get(bytes));
     // Max: 0xffffffff is a negative int (below every probability's bits) and a NaN: untouched slots are told apart.
-    check(cuda::device_fill_bytes(dev, max ? 0xff : 0x00, n_scores * sizeof(float)));
+    check(cuda::device_fill_bytes(dev, pending.max ? 0xff : 0x00, bytes));
     const size_t ws = cuda::paged_attention_scores_workspace_bytes(n - first_row, p.n_head, max_pages);
     check(cuda::paged_attention_scores(params(p), q, reinterpret_cast<const int32_t*>(base + o_qpos), n, first_row,
-                                       layer_at(lo, kv, base), max_pages, dev, dev_stride, max,
+                                       layer_at(lo, kv, base), max_pages, dev, dev_stride, pending.max,
                                        ws > 0 ? attention_parts_.get(ws) : nullptr));
-    host_scores_.resize(n_scores);
-    check(cuda::copy_to_host(host_scores_.data(), dev, n_scores * sizeof(float)));
-    for (int32_t h = 0; h < p.n_head_kv; ++h) {
-      const size_t dev_row = static_cast<size_t>(h) * static_cast<size_t>(dev_stride);
-      const size_t row = static_cast<size_t>(h) * static_cast<size_t>(stride);
-      for (int32_t j = 0; j < kv.heads[static_cast<size_t>(h)].n_tokens; ++j) {
-        const float s = host_scores_[dev_row + static_cast<size_t>(j)];
-        float& a = scores[row + static_cast<size_t>(j)];
-        if (!max) {
-          a += s;
-        } else if (!std::isnan(s)) {
-          a = std::max(a, s);
+    check(cuda::copy_to_host_async(scores_host_[i].get(bytes), dev, bytes));
+    pending_.push_back(std::move(pending));
+  }
+
+  void finish_scores() override {
+    if (pending_.empty()) return;
+    check(cuda::device_synchronize());
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      const PendingScores& ps = pending_[i];
+      const auto* got = static_cast<const float*>(scores_host_[i].data());
+      for (size_t h = 0; h < ps.n_tokens.size(); ++h) {
+        const float* src = got + h * static_cast<size_t>(ps.dev_stride);
+        float* dst = ps.host + h * static_cast<size_t>(ps.stride);
+        for (int32_t j = 0; j < ps.n_tokens[h]; ++j) {
+          if (!ps.max) {
+            dst[j] += src[j];
+          } else if (!std::isnan(src[j])) {
+            dst[j] = std::max(dst[j], src[j]);
+          }
         }
       }
     }
+    pending_.clear();
   }
 
  protected:
@@ -553,8 +602,18 @@ class CudaBackend final : public Backend {
   };
   std::unordered_map<const float*, DeviceVector> vectors_;
   std::map<std::tuple<int32_t, int32_t, int32_t>, int32_t> gemm_shapes_;
-  Scratch upload_, x_bf16_, w_bf16_, scores_, attention_parts_, dense_k_, dense_v_, dense_q_;
-  std::vector<float> host_scores_;
+  Scratch upload_, x_bf16_, w_bf16_, attention_parts_, dense_k_, dense_v_, dense_q_;
+  // attention_scores calls not yet added into their host arrays (finish_scores), and each call's buffers.
+  struct PendingScores {
+    float* host;  // the caller's (n_head_kv, stride)
+    int32_t stride;
+    int32_t dev_stride;
+    bool max;
+    std::vector<int32_t> n_tokens;  // per kv-head
+  };
+  std::vector<PendingScores> pending_;
+  std::vector<Scratch> scores_dev_;
+  std::vector<PinnedScratch> scores_host_;
 };
 
 }  // namespace
