@@ -229,6 +229,65 @@ void check_policies(const std::string& path) {
   }
 }
 
+// The server's batching on the GPU: decode steps of several sequences stacked in one forward (the backend's
+// batch_invariant_rows() at a time) give each sequence exactly the logits it gets alone in a session of its own,
+// under the policies that run on the device, scores for H2O and Quest's read filter included. Tolerance: none.
+TEST(CudaSession, StackedDecodeStepsGiveWhatEachGivesAlone) {
+  const auto model = Model::synthetic("tiny:5");
+  const ModelConfig& c = model->config();
+  const std::vector<std::string> specs = {"full", "snapkv:budget=96,window=16+kivi:bits=4", "h2o:budget=80",
+                                          "quest:budget=64,dense_layers=0", "kivi:bits=2,residual=32"};
+  const int32_t steps = 12;
+  auto toks = [&](int32_t n, int32_t salt) {
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) t[static_cast<size_t>(i)] = (i * 37 + salt * 101 + 3) % c.n_vocab;
+    return t;
+  };
+  SessionOptions so;
+  so.device = Device::Cuda;
+  so.n_ctx = 512;
+  so.n_batch = 64;
+  so.n_seq_max = static_cast<int32_t>(specs.size());
+  // Prompt lengths differ so that the stacked sequences sit at different positions and cache lengths.
+  auto prompt = [&](size_t i) { return toks(150 + 40 * static_cast<int32_t>(i), static_cast<int32_t>(i)); };
+  auto fed = [&](size_t i) { return toks(steps, 50 + static_cast<int32_t>(i)); };
+  const size_t V = static_cast<size_t>(c.n_vocab);
+  std::vector<std::vector<float>> alone;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EngineSession s(*model, pool(), so);
+    const SequenceId id = s.add_sequence(specs[i]);
+    PrefillOptions po;
+    std::vector<float> out, logits(V);
+    s.prefill(id, prompt(i), po, out);
+    for (int32_t t : fed(i)) {
+      const SequenceStep st{id, t};
+      s.step({&st, 1}, logits.data());
+      out.insert(out.end(), logits.begin(), logits.end());
+    }
+    alone.push_back(out);
+  }
+  EngineSession s(*model, pool(), so);
+  ASSERT_GE(make_cuda_backend(pool())->batch_invariant_rows(), static_cast<int32_t>(specs.size()))
+      << "one forward for all";
+  std::vector<SequenceId> ids;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    ids.push_back(s.add_sequence(specs[i]));
+    std::vector<float> unused;
+    s.prefill(ids.back(), prompt(i), PrefillOptions{}, unused);
+  }
+  std::vector<std::vector<float>> got(specs.size());
+  std::vector<float> logits(V * specs.size());
+  for (int32_t t = 0; t < steps; ++t) {
+    std::vector<SequenceStep> st;
+    for (size_t i = 0; i < specs.size(); ++i) st.push_back({ids[i], fed(i)[static_cast<size_t>(t)]});
+    s.step(st, logits.data());
+    for (size_t i = 0; i < specs.size(); ++i)
+      got[i].insert(got[i].end(), logits.begin() + i * V, logits.begin() + (i + 1) * V);
+  }
+  for (size_t i = 0; i < specs.size(); ++i) EXPECT_EQ(got[i], alone[i]) << specs[i] << ": stacked differs from alone";
+  EXPECT_LE(s.sequence(ids[2]).n_tokens_max(), 80) << "h2o evicted as it decoded";
+}
+
 TEST(CudaSession, PoliciesOnSmolLM2MatchTheCpu) { check_policies(find_model("smollm2-4l-v8k.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf")); }
 
 TEST(CudaSession, PoliciesOnGemma3MatchTheCpu) { check_policies(find_model("gemma3-6l-v8k.gguf", "gemma-3-270m-q4_k_m.gguf")); }

@@ -189,6 +189,10 @@ class CudaBackend final : public Backend {
   }
 
   const char* name() const override { return "cuda"; }
+  // Up to kMatmulF32MaxRows rows, matmul gives each row the bits it gets alone: the quantized GEMV runs once per row,
+  // matmul_f32 keeps each row's own sum in the same order whatever the row count, and every other op is row-wise or
+  // (attention) per sequence. The weights are then read once per row, not once per forward.
+  int32_t batch_invariant_rows() const override { return cuda::kMatmulF32MaxRows; }
 
   CopyBandwidth copy_bandwidth() override {
     // Device to device, 2 x 1 GiB.
