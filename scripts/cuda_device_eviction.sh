@@ -4,7 +4,8 @@
 # on the real model; and with PROFILE=1 an nsys summary of one TOVA run (where a step's time goes). SmolLM2 only, so
 # the whole thing takes two calls: its two parts (cuda_device_real.sh's p0 and p1), the tools xz-packed beside p1.
 #
-#   scripts/cuda_device_eviction.sh --stage OLD_BINARY   (here: .devcarry/mini/tools.tar.xz from build/cuda, ~4 MB)
+#   scripts/cuda_device_eviction.sh --stage OLD_BINARY   (here: .devcarry/mini/tools.tar.xz from build/cuda, ~6 MB;
+#     cuda_quant_gemv_test and cuda_quant_bench go along for the calls that run them by hand)
 #   run command="scripts/cuda_device_real.sh add .devcarry/real/p0" carry=[".devcarry/real/p0"]
 #   run command="scripts/cuda_device_real.sh add .devcarry/real/p1 && scripts/cuda_device_eviction.sh"
 #       carry=[".devcarry/real/p1", ".devcarry/mini"]
@@ -14,7 +15,8 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 if [ "${1:-}" = "--stage" ]; then
   S="$(mktemp -d)" && mkdir -p "$S/bin" "$S/lib" "$repo/.devcarry/mini"
   cp "$repo/build/cuda/longctx" "$repo/build/cuda/tests/cuda/cuda_backend_ops_test" \
-    "$repo/build/cuda/tests/cuda/cuda_forward_test" "$S/bin/"
+    "$repo/build/cuda/tests/cuda/cuda_forward_test" "$repo/build/cuda/tests/cuda/cuda_quant_gemv_test" \
+    "$repo/build/cuda/tests/cuda/cuda_quant_bench" "$S/bin/"
   cp "$2" "$S/bin/longctx_old"
   strip "$S"/bin/*
   for l in libhwy.so.1 libfmt.so.9 libcpp-httplib.so.0.11 libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1; do

@@ -7,7 +7,9 @@
 //          decode step (gemv.cu) on the same bytes; weight bytes over the median time of CUDA-graph replays,
 //          rotating over enough copies of the matrix (>= 256 MB) that none is served from L2;
 //   dequant: dequantize_bf16 of a whole 14336 x 4096 matrix, bytes read plus written over time.
-// Usage: quant_bench [out.jsonl]   (a table on stdout, printed last)
+//   rows:  (with the argument `rows`, alone) quant_gemv over 2, 4 and 8 rows of x in one call against one call a
+//          row, on three of the shapes in Q8_0, Q4_K and BF16 (MB: the weight bytes read, once or once a row).
+// Usage: quant_bench [out.jsonl] [rows]   (a table on stdout, printed last)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -114,6 +116,36 @@ void bench_gemv(cudaStream_t st, GgmlType t, int n_out, int n_in, std::mt19937_6
   }
 }
 
+// Several rows of x (the server's stacked decode steps): one call for all rows (the weights read once) against one
+// call per row, the time per call and the weight bytes over it.
+void bench_rows(cudaStream_t st, GgmlType t, int n_out, int n_in, int n_rows, std::mt19937_64& rng, const void* x,
+                float* y) {
+  Weights w(t, n_out, n_in, rng);
+  const int n_copies = static_cast<int>(w.copies.size());
+  const int steps = steps_for(w.bytes, n_copies);
+  lc::QuantGemvArgs a;
+  a.type = t, a.n_out = n_out, a.n_in = n_in, a.x_bf16 = x, a.y = y, a.w = w.copies[0], a.n_rows = n_rows;
+  CS(lc::quant_gemv(a, st));
+  CK(cudaStreamSynchronize(st));
+  const double us = time_graph(st, steps, 20, [&](int i) {
+    a.w = w.copies[i % n_copies];
+    CS(lc::quant_gemv(a, st));
+  });
+  const std::string shape = shape_name(n_out, n_in) + " x" + std::to_string(n_rows);
+  add_row("rows", shape, qr::name(t), w.bytes, us);
+  const double us_each = time_graph(st, steps, 20, [&](int i) {
+    lc::QuantGemvArgs one = a;
+    one.w = w.copies[i % n_copies];
+    one.n_rows = 1;
+    for (int r = 0; r < n_rows; ++r) {
+      one.x_bf16 = static_cast<const uint16_t*>(x) + static_cast<size_t>(r) * n_in;
+      one.y = y + static_cast<size_t>(r) * n_out;
+      CS(lc::quant_gemv(one, st));
+    }
+  });
+  add_row("row-each", shape, qr::name(t), w.bytes * n_rows, us_each);
+}
+
 void bench_dequant(cudaStream_t st, GgmlType t, int n_out, int n_in, std::mt19937_64& rng) {
   Weights w(t, n_out, n_in, rng);
   void* out = nullptr;
@@ -154,25 +186,33 @@ int main(int argc, char** argv) {
   if (g_json) std::fprintf(g_json, "{\"bench\":\"ceilings\",\"copy_tb_s\":%.4f,\"read_tb_s\":%.4f}\n", g_copy / 1e12, g_read / 1e12);
 
   std::mt19937_64 rng(7);
-  const int kMaxIn = 14336;
+  const bool rows_only = argc > 2 && std::string(argv[2]) == "rows";
+  const int kMaxIn = 14336, kRows = 8;
   void* x = nullptr;
   float* y = nullptr;
-  CS(lc::device_alloc(&x, kMaxIn * 2));
-  CS(lc::device_alloc(reinterpret_cast<void**>(&y), 128256 * 4));
+  CS(lc::device_alloc(&x, kRows * kMaxIn * 2));
+  CS(lc::device_alloc(reinterpret_cast<void**>(&y), kRows * 128256 * 4));
   {
-    std::vector<uint16_t> hx(kMaxIn);
+    std::vector<uint16_t> hx(kRows * kMaxIn);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     for (auto& v : hx) v = qr::bf16_bits(u(rng));
     CS(lc::copy_to_device(x, hx.data(), hx.size() * 2));
   }
 
   const std::pair<int, int> shapes[] = {{4096, 4096}, {1024, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
-  for (const auto& [n_out, n_in] : shapes)
+  if (rows_only) {
+    for (const auto& [n_out, n_in] : {shapes[0], shapes[2], shapes[3]})
+      for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::BF16})
+        for (int n_rows : {2, 4, 8}) bench_rows(st, t, n_out, n_in, n_rows, rng, x, y);
+  }
+  for (const auto& [n_out, n_in] : rows_only ? std::vector<std::pair<int, int>>{} : std::vector(std::begin(shapes), std::end(shapes)))
     for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::BF16})
       bench_gemv(st, t, n_out, n_in, rng, x, y, t == GgmlType::BF16);
-  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_K, GgmlType::F16, GgmlType::F32})
-    bench_gemv(st, t, 14336, 4096, rng, x, y, false);
-  for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) bench_dequant(st, t, 14336, 4096, rng);
+  if (!rows_only) {
+    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_K, GgmlType::F16, GgmlType::F32})
+      bench_gemv(st, t, 14336, 4096, rng, x, y, false);
+    for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K}) bench_dequant(st, t, 14336, 4096, rng);
+  }
 
   std::printf("\nquant GEMV, batch 1, x bf16, y f32 (copy %.3f TB/s, read-only %.3f TB/s in this run)\n",
               g_copy / 1e12, g_read / 1e12);

@@ -7,11 +7,14 @@
 //     Reference: the dequantized row times x in double. Tolerance: |y - ref| <= 5e-5 * sum |w x| per row (the kernel
 //     is W x up to f32 accumulation: exact codes, exact x, exact products; weights rounded to bf16 would miss by
 //     ~4e-3). Plus x = 0 giving y = 0 exactly, and the refusals.
+//   quant_gemv over many rows of x (2-11, each drawn a different way): bit for bit the one-row calls.
 //   dequantize_bf16: every format, row ranges at offsets, a padded output stride, checked exactly against the
 //     reference rounded to bf16, the padding untouched.
 // Exit code 77 (CTest's skip) when no GPU is present.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <tuple>
 #include <random>
 #include <string>
 #include <vector>
@@ -136,6 +139,57 @@ void test_gemv(std::mt19937_64& rng) {
                                 std::to_string(worst.err) + " (tolerance 5e-5)");
   }
 
+  // Many rows of x in one call (the server's stacked decode steps): each row's y is the same bits as the one-row
+  // call on that row alone, rows of very different magnitude side by side (each its own f16 scaling), n_in up to
+  // 14336 (fewer rows a launch fit in shared memory there) and more rows than one launch takes (11 > 8).
+  for (GgmlType t : kFormats) {
+    int n_cases = 0, n_ok = 0;
+    for (const auto& [n_rows, n_in, n_out] :
+         {std::tuple{2, k_quant(t) ? 256 : 576, 130}, std::tuple{3, 4096, 1003}, std::tuple{8, 2048, 19},
+          std::tuple{11, 14336, 130}}) {
+      ++n_cases;
+      const std::vector<uint8_t> w = qr::random_rows(t, n_out, n_in, rng);
+      std::vector<uint16_t> x;
+      for (int r = 0; r < n_rows; ++r) {
+        const std::vector<uint16_t> xr = random_x(n_in, static_cast<XKind>(r % 4), rng);
+        x.insert(x.end(), xr.begin(), xr.end());
+      }
+      DevBuf d_w(w.size()), d_x(x.size() * 2), d_y((static_cast<size_t>(n_rows) * n_out + 64) * 4),
+          d_one(static_cast<size_t>(n_rows) * n_out * 4);
+      d_w.upload(w);
+      d_x.upload(x);
+      d_y.poison();
+      lc::QuantGemvArgs a;
+      a.type = t, a.w = d_w.p, a.n_out = n_out, a.n_in = n_in, a.x_bf16 = d_x.p, a.y = d_y.as<float>();
+      a.n_rows = n_rows;
+      CHECK_OK(lc::quant_gemv(a));
+      for (int r = 0; r < n_rows; ++r) {
+        lc::QuantGemvArgs one = a;
+        one.n_rows = 1;
+        one.x_bf16 = d_x.as<uint16_t>() + static_cast<size_t>(r) * n_in;
+        one.y = d_one.as<float>() + static_cast<size_t>(r) * n_out;
+        CHECK_OK(lc::quant_gemv(one));
+      }
+      const std::vector<float> y = d_y.download<float>(static_cast<size_t>(n_rows) * n_out + 64);
+      const std::vector<float> y1 = d_one.download<float>(static_cast<size_t>(n_rows) * n_out);
+      int n_diff = 0;
+      for (size_t i = 0; i < y1.size(); ++i) n_diff += std::memcmp(&y[i], &y1[i], 4) != 0;
+      uint32_t tail_bits = 0xffffffffu;
+      for (size_t i = y1.size(); i < y.size(); ++i) {
+        uint32_t b;
+        std::memcpy(&b, &y[i], 4);
+        tail_bits &= b;
+      }
+      if (n_diff == 0 && tail_bits == 0xffffffffu) ++n_ok;
+      else
+        std::printf("FAIL %s rows %d x %d x %d: %d values differ from one row at a time, tail %s\n", qr::name(t),
+                    n_rows, n_out, n_in, n_diff, tail_bits == 0xffffffffu ? "untouched" : "WRITTEN");
+    }
+    report(n_ok == n_cases, std::string("quant_gemv ") + qr::name(t) + " over many rows of x: " +
+                                std::to_string(n_ok) + "/" + std::to_string(n_cases) +
+                                " cases bit for bit the one-row products");
+  }
+
   // x = 0: y exactly 0 (no scaling of a zero maximum).
   {
     const int n_out = 40, n_in = 512;
@@ -167,6 +221,8 @@ void test_gemv(std::mt19937_64& rng) {
     report(!lc::quant_gemv(a).ok(), "quant_gemv refuses a negative max_blocks");
     a.max_blocks = 0, a.n_in = lc::quant_gemv_max_in() + 32;
     report(!lc::quant_gemv(a).ok(), "quant_gemv refuses n_in past its maximum");
+    a.n_in = 512, a.n_rows = 0;
+    report(!lc::quant_gemv(a).ok(), "quant_gemv refuses zero rows of x");
   }
 }
 

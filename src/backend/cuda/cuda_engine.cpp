@@ -189,9 +189,9 @@ class CudaBackend final : public Backend {
   }
 
   const char* name() const override { return "cuda"; }
-  // Up to kMatmulF32MaxRows rows, matmul gives each row the bits it gets alone: the quantized GEMV runs once per row,
-  // matmul_f32 keeps each row's own sum in the same order whatever the row count, and every other op is row-wise or
-  // (attention) per sequence. The weights are then read once per row, not once per forward.
+  // Up to kMatmulF32MaxRows rows, matmul gives each row the bits it gets alone: the quantized GEMV forms each row's
+  // sums in the same order whatever the row count (quant.h), so does matmul_f32, and every other op is row-wise or
+  // (attention) per sequence.
   int32_t batch_invariant_rows() const override { return cuda::kMatmulF32MaxRows; }
 
   CopyBandwidth copy_bandwidth() override {
@@ -284,17 +284,15 @@ class CudaBackend final : public Backend {
       float* y = outs[i].y;
       if (n <= cuda::kMatmulF32MaxRows) {
         if (cuda::quant_supported(W.type) && k <= cuda::quant_gemv_max_in()) {
-          const auto* xr = static_cast<const uint16_t*>(x_bf16());
-          for (int32_t r = 0; r < n; ++r) {
-            cuda::QuantGemvArgs a;
-            a.type = W.type;
-            a.w = w;
-            a.n_out = n_out;
-            a.n_in = k;
-            a.x_bf16 = xr + static_cast<size_t>(r) * static_cast<size_t>(k);
-            a.y = y + static_cast<size_t>(r) * static_cast<size_t>(n_out);
-            check(cuda::quant_gemv(a));
-          }
+          cuda::QuantGemvArgs a;
+          a.type = W.type;
+          a.w = w;
+          a.n_out = n_out;
+          a.n_in = k;
+          a.x_bf16 = x_bf16();
+          a.y = y;
+          a.n_rows = n;
+          check(cuda::quant_gemv(a));
         } else {
           check(cuda::matmul_f32(W.type, w, n_out, k, x, n, y));
         }

@@ -30,8 +30,11 @@ struct QuantGemvArgs {
   GgmlType type = GgmlType::BF16;
   const void* w = nullptr;       // (n_out, row bytes) the tensor's bytes as in the file
   int32_t n_out = 0, n_in = 0;
-  const void* x_bf16 = nullptr;  // (n_in) bf16
-  float* y = nullptr;            // (n_out) f32, written (not accumulated)
+  const void* x_bf16 = nullptr;  // (n_rows, n_in) bf16
+  float* y = nullptr;            // (n_rows, n_out) f32, written (not accumulated)
+  // Rows of x: each row's y is the same bits as when it is the only one (the weights are read once per up to 8
+  // rows; F32 weights once per row).
+  int32_t n_rows = 1;
   // At most this many blocks (0: one wave of resident blocks, which walk the 16-row tiles between them). Tests set
   // it low so that each block walks many tiles.
   int32_t max_blocks = 0;

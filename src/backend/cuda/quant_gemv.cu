@@ -46,6 +46,7 @@ constexpr int kTileRows = 16;      // rows per tile: the mma's M
 #endif
 constexpr int kStages = LONGCTX_QGEMV_STAGES;  // cp.async ring depth, 2 or 3 (BENCHMARKS.md compares them)
 constexpr int kMaxIn = 32768;      // x in shared memory as f16: 64 KB
+constexpr int kMaxRowsPerLaunch = 8;  // rows of x one launch multiplies (QuantGemvArgs::n_rows may be more)
 
 // How x is laid out in shared memory so that a lane reads its k-slots' values with one load (the A fragment of
 // a lane holds values (v0, v2) and (v1, v3) of each 4 it decodes, which is what the nibble and byte tricks give).
@@ -130,8 +131,9 @@ struct Params {
   const uint8_t* w_end;   // w + n_out * row_bytes
   int64_t row_bytes;
   int32_t n_out, n_in;
-  const uint16_t* x;      // (n_in) bf16
-  float* y;               // (n_out)
+  const uint16_t* x;      // (n_rows, n_in) bf16
+  float* y;               // (n_rows, n_out)
+  int32_t n_rows;         // rows of x, at most the instance's R
   int32_t n_tiles;        // ceil(n_out / 16)
   int32_t n_units;        // units per row
   int32_t n_steps;        // stages per tile: ceil(n_units / kWarps)
@@ -462,15 +464,31 @@ __device__ __forceinline__ int x_run_slot(int i) {
   }
 }
 
+// Shared memory of an instance for n_rows rows of x: the ring, then per row x, its group sums (F::kMin), the warps'
+// sums of a tile, the max |x| reduction and the output scale.
 template <GgmlType T>
+size_t smem_bytes(int32_t n_in_pad, int32_t n_rows) {
+  using F = Fmt<T>;
+  const size_t per_row = static_cast<size_t>(n_in_pad) * 2 + (F::kMin ? n_in_pad / 32 * 4 : 0) +
+                         (kWarps * kTileRows + kWarps + 1) * 4;
+  return Geom<T>::kRingBytes + static_cast<size_t>(n_rows) * per_row;
+}
+
+// R: the most rows of x an instance multiplies (the weights read once for all of them). Each row's sums are formed
+// in the same order whatever R and n_rows are, so a row's y is the same bits as when it is multiplied alone (the
+// server's batch invariance rests on this). The decoding is repeated per row; only the memory traffic is shared.
+template <GgmlType T, int R>
 __global__ void __launch_bounds__(kWarps * 32) quant_gemv_kernel(const Params p) {
   using F = Fmt<T>;
   using G = Geom<T>;
   extern __shared__ __align__(128) uint8_t smem[];
-  uint16_t* xs = reinterpret_cast<uint16_t*>(smem + G::kRingBytes);  // (n_in_pad) f16 (bf16 for BF16 weights)
-  float* xsum = reinterpret_cast<float*>(xs + p.n_in_pad);           // (n_in_pad / 32) when F::kMin
-  float* red = xsum + (F::kMin ? p.n_in_pad / 32 : 0);               // (kWarps, 16) the warps' sums
-  float* misc = red + kWarps * kTileRows;                            // (kWarps) the block's max |x| reduction
+  const int n_rows = p.n_rows;
+  const int xsum_row = F::kMin ? p.n_in_pad / 32 : 0;
+  uint16_t* xs = reinterpret_cast<uint16_t*>(smem + G::kRingBytes);  // (n_rows, n_in_pad) f16 (bf16 for BF16)
+  float* xsum = reinterpret_cast<float*>(xs + n_rows * p.n_in_pad);  // (n_rows, xsum_row) when F::kMin
+  float* red = xsum + n_rows * xsum_row;                             // (n_rows, kWarps, 16) the warps' sums
+  float* misc = red + n_rows * kWarps * kTileRows;                   // (n_rows, kWarps) max |x| reductions
+  float* y_scales = misc + n_rows * kWarps;                          // (n_rows)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // The block walks tiles blockIdx.x, + gridDim.x, ...; item i is stage i % n_steps of its (i / n_steps)-th tile.
@@ -521,74 +539,83 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemv_kernel(const Params p)
 
   // x into shared memory: bf16, or f16 scaled by 2^e so that max |x| lands in [2^13, 2^14) (exact: bf16's 8
   // significant bits fit f16's 11, and values far below the maximum keep an absolute error under 2^-24 of it).
-  const uint4* x4 = reinterpret_cast<const uint4*>(p.x);
+  // One row of x at a time (a barrier between: the max |x| reduction).
   const int n8 = p.n_in / 8;
-  float x_scale = 1.0f, y_scale = 1.0f;
-  if constexpr (!F::kBf16) {
-    uint32_t mx = 0;  // max of |x| as bf16 bits (ordered as the values for finite ones; inf and NaN above)
-    for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-      const uint4 v = x4[i];
+  for (int r = 0; r < n_rows; ++r) {
+    const uint4* x4 = reinterpret_cast<const uint4*>(p.x + static_cast<int64_t>(r) * p.n_in);
+    uint16_t* xr = xs + r * p.n_in_pad;
+    float* xsumr = xsum + r * xsum_row;
+    float x_scale = 1.0f, y_scale = 1.0f;
+    if constexpr (!F::kBf16) {
+      uint32_t mx = 0;  // max of |x| as bf16 bits (ordered as the values for finite ones; inf and NaN above)
+      for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+        const uint4 v = x4[i];
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) mx = max(mx, max(w[k] & 0x7fffu, (w[k] >> 16) & 0x7fffu));
+      }
+      for (int o = 16; o > 0; o >>= 1) mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      if (lane == 0) misc[r * kWarps + warp] = __uint_as_float(mx);
+      __syncthreads();
+      mx = 0;
+      for (int i = 0; i < kWarps; ++i) mx = max(mx, __float_as_uint(misc[r * kWarps + i]));
+      const int e_max = static_cast<int>(mx >> 7);  // the biased exponent of max |x|
+      if (mx != 0 && e_max < 255) {
+        const int sh = min(126, max(-126, 140 - e_max));  // 2^(e_max - 127 + sh) = 2^13
+        x_scale = __uint_as_float(static_cast<uint32_t>(127 + sh) << 23);
+        y_scale = __uint_as_float(static_cast<uint32_t>(127 - sh) << 23);
+      }
+    }
+    // Every thread runs the same number of rounds (the group sums below shuffle); a group of 4 threads is all in or out.
+    for (int i0 = 0; i0 < n8; i0 += blockDim.x) {
+      const int i = i0 + threadIdx.x;
+      const bool in = i < n8;
+      const uint4 v = in ? x4[i] : make_uint4(0, 0, 0, 0);
       const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+      uint32_t h[4];
+      float sum = 0.0f;
 #pragma unroll
-      for (int k = 0; k < 4; ++k) mx = max(mx, max(w[k] & 0x7fffu, (w[k] >> 16) & 0x7fffu));
-    }
-    for (int o = 16; o > 0; o >>= 1) mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if (lane == 0) misc[warp] = __uint_as_float(mx);
-    __syncthreads();
-    mx = 0;
-    for (int i = 0; i < kWarps; ++i) mx = max(mx, __float_as_uint(misc[i]));
-    const int e_max = static_cast<int>(mx >> 7);  // the biased exponent of max |x|
-    if (mx != 0 && e_max < 255) {
-      const int sh = min(126, max(-126, 140 - e_max));  // 2^(e_max - 127 + sh) = 2^13
-      x_scale = __uint_as_float(static_cast<uint32_t>(127 + sh) << 23);
-      y_scale = __uint_as_float(static_cast<uint32_t>(127 - sh) << 23);
-    }
-  }
-  // Every thread runs the same number of rounds (the group sums below shuffle); a group of 4 threads is all in or out.
-  for (int i0 = 0; i0 < n8; i0 += blockDim.x) {
-    const int i = i0 + threadIdx.x;
-    const bool in = i < n8;
-    const uint4 v = in ? x4[i] : make_uint4(0, 0, 0, 0);
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-    uint32_t h[4];
-    float sum = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if constexpr (F::kBf16) {
-        h[k] = w[k];
+      for (int k = 0; k < 4; ++k) {
+        if constexpr (F::kBf16) {
+          h[k] = w[k];
+        } else {
+          const __half lo = __float2half_rn(__uint_as_float(w[k] << 16) * x_scale);
+          const __half hi = __float2half_rn(__uint_as_float(w[k] & 0xffff0000u) * x_scale);
+          sum += __half2float(lo) + __half2float(hi);
+          h[k] = static_cast<uint32_t>(__half_as_ushort(lo)) | static_cast<uint32_t>(__half_as_ushort(hi)) << 16;
+        }
+      }
+      // 8 values (h[0].lo = v0 ... h[3].hi = v7) to their slots: two runs of 4, each stored as (v0, v2, v1, v3).
+      if constexpr (F::kX == XLayout::Natural) {
+        if (in) *reinterpret_cast<uint4*>(xr + 8 * i) = make_uint4(h[0], h[1], h[2], h[3]);
       } else {
-        const __half lo = __float2half_rn(__uint_as_float(w[k] << 16) * x_scale);
-        const __half hi = __float2half_rn(__uint_as_float(w[k] & 0xffff0000u) * x_scale);
-        sum += __half2float(lo) + __half2float(hi);
-        h[k] = static_cast<uint32_t>(__half_as_ushort(lo)) | static_cast<uint32_t>(__half_as_ushort(hi)) << 16;
-      }
-    }
-    // 8 values (h[0].lo = v0 ... h[3].hi = v7) to their slots: two runs of 4, each stored as (v0, v2, v1, v3).
-    if constexpr (F::kX == XLayout::Natural) {
-      if (in) *reinterpret_cast<uint4*>(xs + 8 * i) = make_uint4(h[0], h[1], h[2], h[3]);
-    } else {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const uint32_t a = h[2 * r], b = h[2 * r + 1];  // (v0, v1), (v2, v3)
-        if (in)
-          *reinterpret_cast<uint2*>(xs + x_run_slot<F::kX>(8 * i + 4 * r)) =
-              make_uint2(__byte_perm(a, b, 0x5410), __byte_perm(a, b, 0x7632));
+        for (int h2 = 0; h2 < 2; ++h2) {
+          const uint32_t a = h[2 * h2], b = h[2 * h2 + 1];  // (v0, v1), (v2, v3)
+          if (in)
+            *reinterpret_cast<uint2*>(xr + x_run_slot<F::kX>(8 * i + 4 * h2)) =
+                make_uint2(__byte_perm(a, b, 0x5410), __byte_perm(a, b, 0x7632));
+        }
+      }
+      if constexpr (F::kMin) {  // a 32-value group is 4 consecutive i, i.e. 4 consecutive threads
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (in && i % 4 == 0) xsumr[i / 4] = sum;
       }
     }
-    if constexpr (F::kMin) {  // a 32-value group is 4 consecutive i, i.e. 4 consecutive threads
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      if (in && i % 4 == 0) xsum[i / 4] = sum;
-    }
+    // The padding past n_in (a row's last, partial window) is read by lanes whose group is not there: zeros, so that
+    // masked products and zero scales stay zero.
+    for (int i = p.n_in + threadIdx.x; i < p.n_in_pad; i += blockDim.x) xr[i] = 0;
+    if constexpr (F::kMin)
+      for (int i = p.n_in / 32 + threadIdx.x; i < p.n_in_pad / 32; i += blockDim.x) xsumr[i] = 0.0f;
+    if (threadIdx.x == 0) y_scales[r] = y_scale;
   }
-  // The padding past n_in (a row's last, partial window) is read by lanes whose group is not there: zeros, so that
-  // masked products and zero scales stay zero.
-  for (int i = p.n_in + threadIdx.x; i < p.n_in_pad; i += blockDim.x) xs[i] = 0;
-  if constexpr (F::kMin)
-    for (int i = p.n_in / 32 + threadIdx.x; i < p.n_in_pad / 32; i += blockDim.x) xsum[i] = 0.0f;
   __syncthreads();
 
-  float acc_g = 0.0f, acc_g8 = 0.0f;  // rows row0 + g, row0 + g + 8: this lane's groups (2t, 2t + 1) only
+  // Per row of x: rows row0 + g, row0 + g + 8 of W, this lane's groups (2t, 2t + 1) only.
+  float acc_g[R], acc_g8[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc_g[r] = acc_g8[r] = 0.0f;
   const uintptr_t base = reinterpret_cast<uintptr_t>(p.w);
   int stage = 0;
   for (int i = 0; i < n_items; ++i) {
@@ -607,46 +634,57 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemv_kernel(const Params p)
       for (int win = 0; win < F::kWindowsPerUnit; ++win) {
         const int x0 = u * G::kUnitValues + win * G::kWindowValues;  // the window's first input
         const int n_groups = min(8, (p.n_in - x0) / F::kGroup);
-        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if constexpr (F::kGroup == 32) {
-          const uint4 v = *reinterpret_cast<const uint4*>(xs + x0 + 32 * g + 8 * t);
-          const uint32_t xb[4] = {v.x, v.y, v.z, v.w};
-          Body<T>::run(pg, pg8, win, g, t, n_groups, xb, c);
-        } else {
-          const uint2 v = *reinterpret_cast<const uint2*>(xs + x0 + 16 * g + 4 * t);
-          const uint32_t xb[2] = {v.x, v.y};
-          Body<T>::run(pg, pg8, win, g, t, n_groups, xb, c);
-        }
         float sg[2], mg[2], sg8[2], mg8[2];
         lane_scales<T>(pg, win, t, n_groups, sg, mg);
         lane_scales<T>(pg8, win, t, n_groups, sg8, mg8);
-        acc_g = fmaf(sg[0], c[0], fmaf(sg[1], c[1], acc_g));
-        acc_g8 = fmaf(sg8[0], c[2], fmaf(sg8[1], c[3], acc_g8));
-        if constexpr (F::kMin) {
-          const float2 xm = *reinterpret_cast<const float2*>(xsum + x0 / 32 + 2 * t);
-          acc_g = fmaf(mg[0], xm.x, fmaf(mg[1], xm.y, acc_g));
-          acc_g8 = fmaf(mg8[0], xm.x, fmaf(mg8[1], xm.y, acc_g8));
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (r >= n_rows) break;
+          const uint16_t* xr = xs + r * p.n_in_pad;
+          float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          if constexpr (F::kGroup == 32) {
+            const uint4 v = *reinterpret_cast<const uint4*>(xr + x0 + 32 * g + 8 * t);
+            const uint32_t xb[4] = {v.x, v.y, v.z, v.w};
+            Body<T>::run(pg, pg8, win, g, t, n_groups, xb, c);
+          } else {
+            const uint2 v = *reinterpret_cast<const uint2*>(xr + x0 + 16 * g + 4 * t);
+            const uint32_t xb[2] = {v.x, v.y};
+            Body<T>::run(pg, pg8, win, g, t, n_groups, xb, c);
+          }
+          acc_g[r] = fmaf(sg[0], c[0], fmaf(sg[1], c[1], acc_g[r]));
+          acc_g8[r] = fmaf(sg8[0], c[2], fmaf(sg8[1], c[3], acc_g8[r]));
+          if constexpr (F::kMin) {
+            const float2 xm = *reinterpret_cast<const float2*>(xsum + r * xsum_row + x0 / 32 + 2 * t);
+            acc_g[r] = fmaf(mg[0], xm.x, fmaf(mg[1], xm.y, acc_g[r]));
+            acc_g8[r] = fmaf(mg8[0], xm.x, fmaf(mg8[1], xm.y, acc_g8[r]));
+          }
         }
       }
     }
     if (step == p.n_steps - 1) {
       // The tile is done. A row's sum is spread over its 4 lanes t (2 groups of each window each), then over the
       // 8 warps (a unit each per stage).
-      acc_g += __shfl_xor_sync(0xffffffffu, acc_g, 1);
-      acc_g += __shfl_xor_sync(0xffffffffu, acc_g, 2);
-      acc_g8 += __shfl_xor_sync(0xffffffffu, acc_g8, 1);
-      acc_g8 += __shfl_xor_sync(0xffffffffu, acc_g8, 2);
-      if (t == 0) {
-        red[warp * kTileRows + g] = acc_g;
-        red[warp * kTileRows + g + 8] = acc_g8;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (r >= n_rows) break;
+        float a = acc_g[r], a8 = acc_g8[r];
+        a += __shfl_xor_sync(0xffffffffu, a, 1);
+        a += __shfl_xor_sync(0xffffffffu, a, 2);
+        a8 += __shfl_xor_sync(0xffffffffu, a8, 1);
+        a8 += __shfl_xor_sync(0xffffffffu, a8, 2);
+        if (t == 0) {
+          red[(r * kWarps + warp) * kTileRows + g] = a;
+          red[(r * kWarps + warp) * kTileRows + g + 8] = a8;
+        }
+        acc_g[r] = acc_g8[r] = 0.0f;
       }
-      acc_g = acc_g8 = 0.0f;
       __syncthreads();
-      if (threadIdx.x < kTileRows && row0 + static_cast<int>(threadIdx.x) < p.n_out) {
+      const int r = threadIdx.x / kTileRows, row = threadIdx.x % kTileRows;  // 256 threads: up to 16 rows of x
+      if (r < n_rows && row0 + row < p.n_out) {
         float sum = 0.0f;
 #pragma unroll
-        for (int k = 0; k < kWarps; ++k) sum += red[k * kTileRows + threadIdx.x];
-        p.y[row0 + threadIdx.x] = sum * y_scale;
+        for (int k = 0; k < kWarps; ++k) sum += red[(r * kWarps + k) * kTileRows + row];
+        p.y[static_cast<int64_t>(r) * p.n_out + row0 + row] = sum * y_scales[r];
       }
     }
     __syncthreads();  // every warp is done with the stage (and red is read) before the stage is refilled
@@ -687,15 +725,14 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_f32_kernel(const float* w, i
   }
 }
 
-template <GgmlType T>
-Status launch(const QuantGemvArgs& a, int64_t row_bytes, cudaStream_t stream) {
-  using F = Fmt<T>;
+// One launch of the R-row instance for rows [r0, r0 + n) of x.
+template <GgmlType T, int R>
+Status launch_rows(const QuantGemvArgs& a, int64_t row_bytes, int32_t r0, int32_t n, cudaStream_t stream) {
   using G = Geom<T>;
   const int32_t n_units = (a.n_in + G::kUnitValues - 1) / G::kUnitValues;
   const int32_t n_in_pad = n_units * G::kUnitValues;
-  const size_t smem = G::kRingBytes + static_cast<size_t>(n_in_pad) * 2 + (F::kMin ? n_in_pad / 32 * 4 : 0) +
-                      (kWarps * kTileRows + kWarps) * 4;
-  auto kernel = quant_gemv_kernel<T>;
+  const size_t smem = smem_bytes<T>(n_in_pad, n);
+  auto kernel = quant_gemv_kernel<T, R>;
   static int smem_set = 0;  // the instance's dynamic shared-memory limit, raised once to the largest asked
   if (static_cast<int>(smem) > smem_set) {
     LONGCTX_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -717,14 +754,36 @@ Status launch(const QuantGemvArgs& a, int64_t row_bytes, cudaStream_t stream) {
   p.w_end = p.w + row_bytes * a.n_out;
   p.n_out = a.n_out;
   p.n_in = a.n_in;
-  p.x = static_cast<const uint16_t*>(a.x_bf16);
-  p.y = a.y;
+  p.x = static_cast<const uint16_t*>(a.x_bf16) + static_cast<int64_t>(r0) * a.n_in;
+  p.y = a.y + static_cast<int64_t>(r0) * a.n_out;
+  p.n_rows = n;
   p.n_tiles = n_tiles;
   p.n_units = n_units;
   p.n_steps = (n_units + kWarps - 1) / kWarps;
   p.n_in_pad = n_in_pad;
   return cuda_status(launch_pdl(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), smem, stream, p),
                      "quant_gemv launch");
+}
+
+// The rows of x in launches of as many as shared memory holds (at most kMaxRowsPerLaunch): one row alone through the
+// one-row instance, more through the many-row one.
+template <GgmlType T>
+Status launch(const QuantGemvArgs& a, int64_t row_bytes, cudaStream_t stream) {
+  if (a.n_rows == 1) return launch_rows<T, 1>(a, row_bytes, 0, 1, stream);
+  using G = Geom<T>;
+  const int32_t n_in_pad = (a.n_in + G::kUnitValues - 1) / G::kUnitValues * G::kUnitValues;
+  int dev = 0, optin = 0;
+  LONGCTX_CUDA_TRY(cudaGetDevice(&dev));
+  LONGCTX_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  int32_t fit = kMaxRowsPerLaunch;
+  while (fit > 1 && smem_bytes<T>(n_in_pad, fit) > static_cast<size_t>(optin)) --fit;
+  for (int32_t r0 = 0; r0 < a.n_rows; r0 += fit) {
+    const int32_t n = std::min(fit, a.n_rows - r0);
+    const Status s = n == 1 ? launch_rows<T, 1>(a, row_bytes, r0, 1, stream)
+                            : launch_rows<T, kMaxRowsPerLaunch>(a, row_bytes, r0, n, stream);
+    if (!s.ok()) return s;
+  }
+  return Status::success();
 }
 
 Status launch_f32(const QuantGemvArgs& a, cudaStream_t stream) {
@@ -783,6 +842,7 @@ Status quant_gemv(const QuantGemvArgs& a, void* stream) {
     return Status::error("quant_gemv: n_in (" + std::to_string(a.n_in) + ") must be a positive multiple of " +
                          std::to_string(block_values) + " for this format, at most " + std::to_string(kMaxIn));
   if (a.max_blocks < 0) return Status::error("quant_gemv: max_blocks must be 0 (one wave) or positive");
+  if (a.n_rows < 1) return Status::error("quant_gemv: n_rows must be positive");
   if (!a.w || !a.x_bf16 || !a.y) return Status::error("quant_gemv: null pointer");
   if ((reinterpret_cast<uintptr_t>(a.w) | reinterpret_cast<uintptr_t>(a.x_bf16)) % 16 != 0)
     return Status::error("quant_gemv: W and x must be 16-byte aligned");
@@ -797,7 +857,15 @@ Status quant_gemv(const QuantGemvArgs& a, void* stream) {
     case GgmlType::Q6_K: return launch<GgmlType::Q6_K>(a, row_bytes, st);
     case GgmlType::F16: return launch<GgmlType::F16>(a, row_bytes, st);
     case GgmlType::BF16: return launch<GgmlType::BF16>(a, row_bytes, st);
-    case GgmlType::F32: return launch_f32(a, st);
+    case GgmlType::F32:
+      for (int32_t r = 0; r < a.n_rows; ++r) {  // a row a launch
+        QuantGemvArgs one = a;
+        one.x_bf16 = static_cast<const uint16_t*>(a.x_bf16) + static_cast<int64_t>(r) * a.n_in;
+        one.y = a.y + static_cast<int64_t>(r) * a.n_out;
+        one.n_rows = 1;
+        if (Status s = launch_f32(one, st); !s.ok()) return s;
+      }
+      return Status::success();
     default: return Status::error("quant_gemv: unsupported format");
   }
 }
