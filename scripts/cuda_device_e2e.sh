@@ -53,14 +53,14 @@ if [ -z "${E2E_CHECK_ONLY:-}" ]; then  # E2E_CHECK_ONLY=1: the checks alone, no 
   bench_rc=${PIPESTATUS[0]}
 fi
 if [ -n "${E2E_SWEEP:-}" ]; then  # variants of the fused GEMV (docs/cuda-backend-notes.md): no programmatic dependent launch; 8 loads in flight
-  LONGCTX_PDL=0 "$B/e2e_bench" "$OUT/e2e_nopdl.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_nopdl.txt"
-  LONGCTX_GEMV_UNROLL=8 "$B/e2e_bench" "$OUT/e2e_unroll8.jsonl" "$@" 2>&1 | tee "$OUT/e2e_bench_unroll8.txt"
+  "$B/e2e_bench" "$OUT/e2e_nopdl.jsonl" --pdl=0 "$@" 2>&1 | tee "$OUT/e2e_bench_nopdl.txt"
+  "$B/e2e_bench" "$OUT/e2e_unroll8.jsonl" --gemv-unroll=8 "$@" 2>&1 | tee "$OUT/e2e_bench_unroll8.txt"
 fi
-if [ -n "${E2E_AB:-}" ]; then  # A/B of settings, alternated 3 times, each a process of its own: E2E_AB="base X=1 Y=2"
+if [ -n "${E2E_AB:-}" ]; then  # A/B of settings, alternated 3 times, each a process of its own: E2E_AB="base --pdl=0 --gemv-unroll=8" (e2e_bench's settings)
   for rep in 1 2 3; do
     for v in $E2E_AB; do
       if [ "$v" = base ]; then env E2E_QUICK=1 "$B/e2e_bench" /dev/null "$@" >"$B/ab_$v.$rep.txt" 2>&1
-      else env E2E_QUICK=1 "$v" "$B/e2e_bench" /dev/null "$@" >"$B/ab_$v.$rep.txt" 2>&1; fi
+      else env E2E_QUICK=1 "$B/e2e_bench" /dev/null "$v" "$@" >"$B/ab_$v.$rep.txt" 2>&1; fi
     done
   done
 fi

@@ -78,9 +78,24 @@ int main(int argc, char** argv) {
     int ratio;
     lc::KvPacking packing;
   };
-  std::vector<Case> contexts = {{4096, 1, lc::KvPacking::None}, {32768, 1, lc::KvPacking::None}};
-  if (argc > 2) contexts.clear();
+  // Settings for A/B runs (LlamaDecodeOptions): --pdl=0, --gemv-unroll=4|8, --decode-merge=kernel.
+  std::vector<Case> contexts;
+  lc::LlamaDecodeOptions ab;
   for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--", 0) == 0) {
+      if (arg == "--pdl=0") {
+        ab.pdl = false;
+      } else if (arg.rfind("--gemv-unroll=", 0) == 0) {
+        ab.gemv_unroll = std::atoi(arg.c_str() + 14);
+      } else if (arg == "--decode-merge=kernel") {
+        ab.decode_merge = lc::DecodeMerge::Kernel;
+      } else {
+        std::fprintf(stderr, "unknown setting '%s' (--pdl=0, --gemv-unroll=4|8, --decode-merge=kernel)\n", argv[i]);
+        return 2;
+      }
+      continue;
+    }
     Case c{std::atol(argv[i]), 1, lc::KvPacking::None};
     if (const char* r = std::strchr(argv[i], ':')) {
       c.ratio = std::atoi(r + 1);
@@ -95,6 +110,7 @@ int main(int argc, char** argv) {
     }
     contexts.push_back(c);
   }
+  if (contexts.empty()) contexts = {{4096, 1, lc::KvPacking::None}, {32768, 1, lc::KvPacking::None}};
   lc::DeviceInfo info;
   if (lc::Status s = lc::device_query(&info); !s.ok()) {
     std::printf("SKIP: %s\n", s.message().c_str());
@@ -136,7 +152,7 @@ int main(int argc, char** argv) {
     const long ctx = cs.ctx;
     const bool compressed = cs.packing != lc::KvPacking::None;
     const int32_t kept = static_cast<int32_t>(ctx / cs.ratio);
-    lc::LlamaDecodeOptions opt;
+    lc::LlamaDecodeOptions opt = ab;
     opt.max_context = (compressed ? kept : static_cast<int32_t>(ctx)) + (n_reps + 2) * n_inner + 16;
     opt.kv_packing = cs.packing;
     opt.tune_gemms = gemms.empty();  // the products' tuning is reported once
@@ -149,7 +165,7 @@ int main(int argc, char** argv) {
                         : dec->fill_kv_synthetic(static_cast<int32_t>(ctx));
     };
     // E2E_QUICK=1: the default path's decode alone (no prefill, no other variants, no tuning): for A/B runs of
-    // builds or LONGCTX_* settings, one process each (scripts/cuda_device_e2e.sh, E2E_AB).
+    // builds or settings, one process each (scripts/cuda_device_e2e.sh, E2E_AB).
     static const bool quick = std::getenv("E2E_QUICK") != nullptr;
     if (quick) opt.tune_gemms = false;
     // The prompt through prefill() (the first call registers its GEMM shapes, the next two are timed), up to the

@@ -1,6 +1,8 @@
 // Device discovery and memory: thin wrappers that report every failure as a Status.
 #include "backend/cuda/cuda_backend.h"
 
+#include <atomic>
+
 #include "backend/cuda/backend_ops.h"
 #include "backend/cuda/cuda_check.cuh"
 
@@ -79,6 +81,12 @@ Status copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
 Status device_fill_bytes(void* device_ptr, uint8_t value, size_t bytes) {
   return cuda_status(cudaMemset(device_ptr, value, bytes), "cudaMemset");
 }
+
+namespace {
+std::atomic<bool> g_programmatic_launch{true};
+}  // namespace
+void set_programmatic_launch(bool on) { g_programmatic_launch.store(on, std::memory_order_relaxed); }
+bool programmatic_launch() { return g_programmatic_launch.load(std::memory_order_relaxed); }
 
 Status device_synchronize() { return cuda_status(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 

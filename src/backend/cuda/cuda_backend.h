@@ -51,6 +51,10 @@ Status copy_to_host_async(void* pinned_host_dst, const void* device_src, size_t 
 Status copy_on_device(void* device_dst, const void* device_src, size_t bytes);  // in the default stream's order
 Status device_fill_bytes(void* device_ptr, uint8_t value, size_t bytes);  // 0xff poisons f16/bf16 with NaN
 Status device_synchronize();
+// Whether kernels launch with programmatic dependent launch (pdl.cuh; on unless set off, for A/B timings). A
+// setting of the whole process.
+void set_programmatic_launch(bool on);
+bool programmatic_launch();
 // The device's copy bandwidth: device-to-device copies of `bytes` (read + write counted), best of n_reps after one
 // warm-up, in bytes per second. Allocates 2 x bytes for the call.
 Status device_copy_bandwidth(size_t bytes, int32_t n_reps, double* bytes_per_s);

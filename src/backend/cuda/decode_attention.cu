@@ -785,11 +785,7 @@ Status decode_attention_plan(const DecodeAttentionParams& p, const PagedKvView& 
   n_splits = (n_tiles + split_tiles - 1) / split_tiles;
   plan->n_splits = n_splits;
   plan->split_tokens = split_tiles * kTile;
-  static const bool merge_kernel = [] {  // LONGCTX_DECODE_MERGE=kernel: the second kernel by default (A/B timings)
-    const char* e = std::getenv("LONGCTX_DECODE_MERGE");
-    return e && std::string(e) == "kernel";
-  }();
-  plan->merge = merge_kernel ? DecodeMerge::Kernel : DecodeMerge::InKernel;
+  plan->merge = DecodeMerge::InKernel;  // a caller may set Kernel after planning (A/B timings)
   plan->counter_bytes = n_splits > 1 ? counter_bytes_for(n_heads) : 0;  // the counters first
   plan->workspace_bytes = n_splits > 1 ? plan->counter_bytes + static_cast<size_t>(kv.n_seq) * p.n_head * n_splits *
                                                                    (kv.head_dim * sizeof(float) + sizeof(float2))

@@ -254,14 +254,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs a) {
 // The instance for one product. A warp's time is about its row pairs times its rounds of loads per row pair (each
 // round a full memory latency), so the busiest warp's count, ceil(units / warps) * ceil(chunks / (32 * kUnroll)),
 // is what the choice minimizes; 8 loads in flight halve the rounds but, at ~116 registers against 76, leave 2 blocks
-// a multiprocessor instead of 3. A tie keeps 4 (its spare warps hide more of the ramp). LONGCTX_GEMV_UNROLL=4 or 8
-// forces one instance for every product (docs/cuda-backend-notes.md has the measurements).
+// a multiprocessor instead of 3. A tie keeps 4 (its spare warps hide more of the ramp). GemvArgs::unroll = 4 or 8
+// forces one instance (docs/cuda-backend-notes.md has the measurements).
 int pick_unroll(int32_t n_units, int32_t n_chunks, int32_t warps4, int32_t warps8) {
-  static const int forced = [] {
-    const char* e = std::getenv("LONGCTX_GEMV_UNROLL");
-    return e ? std::atoi(e) : 0;
-  }();
-  if (forced == 4 || forced == 8) return forced;
   auto busiest = [&](int32_t warps, int32_t unroll) {
     return static_cast<int64_t>((n_units + warps - 1) / warps) * ((n_chunks + 32 * unroll - 1) / (32 * unroll));
   };
@@ -301,8 +296,10 @@ Status gemv(const GemvArgs& a, void* stream) {
   LONGCTX_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
   LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm4, gemv_kernel<4>, kWarps * 32, 0));
   LONGCTX_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm8, gemv_kernel<8>, kWarps * 32, 0));
-  const int unroll =
-      pick_unroll(n_units, n_chunks, n_sm * std::max(per_sm4, 1) * kWarps, n_sm * std::max(per_sm8, 1) * kWarps);
+  if (a.unroll != 0 && a.unroll != 4 && a.unroll != 8) return Status::error("gemv: unroll must be 0, 4 or 8");
+  const int unroll = a.unroll != 0 ? a.unroll
+                                   : pick_unroll(n_units, n_chunks, n_sm * std::max(per_sm4, 1) * kWarps,
+                                                 n_sm * std::max(per_sm8, 1) * kWarps);
   auto kernel = unroll == 4 ? gemv_kernel<4> : gemv_kernel<8>;
   const int per_sm = unroll == 4 ? per_sm4 : per_sm8;
   const int32_t blocks = std::max(1, std::min((n_units + kWarps - 1) / kWarps, n_sm * std::max(per_sm, 1)));

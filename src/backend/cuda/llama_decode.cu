@@ -153,6 +153,7 @@ struct LlamaDecoder::Impl {
     const LayerWeights* w = il >= 0 ? &layers[static_cast<size_t>(il)] : nullptr;
     GemvArgs a;
     a.eps = m.rms_eps;
+    a.unroll = opt.gemv_unroll;
     switch (p) {
       case Product::Qkv:
         a.w = weights.at(w->wqkv);
@@ -406,6 +407,8 @@ Status LlamaDecoder::create(const ModelShape& shape, uint64_t seed, const LlamaD
   I.attn_params.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.head_dim)));
   I.attn_params.window = 0;
   if (Status s = decode_attention_plan(I.attn_params, I.views[0], opt.max_context, &I.plan); !s.ok()) return s;
+  I.plan.merge = opt.decode_merge;
+  set_programmatic_launch(opt.pdl);
 
   // Activations.
   I.x = I.act.reserve(E * 4);

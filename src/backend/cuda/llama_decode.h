@@ -42,6 +42,12 @@ struct LlamaDecodeOptions {
   // Packed pages the store may hold beside its bf16 ones (KIVI, as decode_attention reads them), for caches that
   // a KV policy compressed; None: bf16 pages only.
   KvPacking kv_packing = KvPacking::None;
+  // A/B settings of the step's kernels (docs/cuda-backend-notes.md has the measurements): the split attention's
+  // merge in a second kernel instead of the last block of each head; the fused GEMV's loads in flight (0: chosen
+  // per product, else 4 or 8); programmatic dependent launch (off: set_programmatic_launch(false), for the process).
+  DecodeMerge decode_merge = DecodeMerge::InKernel;
+  int32_t gemv_unroll = 0;
+  bool pdl = true;
 };
 
 // Where the bytes of one token's forward go, for the roofline.

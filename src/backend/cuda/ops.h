@@ -93,6 +93,7 @@ struct GemvArgs {
   float* y = nullptr;
   void* h = nullptr;
   GemvRopeAppend rope;
+  int32_t unroll = 0;  // loads in flight per lane: 0 chosen per product (gemv.cu), or 4 or 8 (A/B timings)
 };
 Status gemv(const GemvArgs& a, void* stream = nullptr);
 

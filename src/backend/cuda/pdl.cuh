@@ -8,11 +8,11 @@
 // lets the next kernel launch; it only lets its blocks start, they still wait. Both are no-ops for a kernel launched
 // without the attribute, so the same kernels serve ordinary launches.
 //
-// LONGCTX_PDL=0 in the environment launches everything the ordinary way (for A/B timings).
+// set_programmatic_launch(false) (cuda_backend.h; LlamaDecodeOptions::pdl) launches everything the ordinary way,
+// for A/B timings: a setting of the process, since every op launches through here.
 #pragma once
 #include <cuda_runtime.h>
 
-#include <cstdlib>
 
 namespace longctx::cuda {
 
@@ -27,13 +27,7 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-inline bool pdl_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("LONGCTX_PDL");
-    return !(e && std::atoi(e) == 0);
-  }();
-  return on;
-}
+bool programmatic_launch();  // cuda_backend.cu
 
 // kernel<<<grid, block, smem, stream>>>(args...), allowed to start while the previous kernel in the stream drains.
 template <typename... Params, typename... Args>
@@ -48,7 +42,7 @@ cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = &attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cfg.numAttrs = programmatic_launch() ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
 }
 
