@@ -89,7 +89,8 @@ def main():
         k0 = rounds[0]["probes"]
         probes = {"threads": k0["threads"]}
         for key in ("copy_bandwidth", "matmul_call_s", "attention_call_s", "attention_flops", "layer_overhead_s",
-                    "prefill_row_overhead_s", "quest_rank_s"):
+                    "prefill_row_overhead_s", "quest_rank_s", "attention_page_s", "prefill_attention_page_s",
+                    "view_page_s"):
             vals = [rd["probes"][key] for rd in rounds]
             probes[key] = med(vals)
             probes[key + "_range"] = [min(vals), max(vals)]

@@ -276,6 +276,11 @@ class CountingPageMemory : public KvPageMemory {
     rows += n_keep;
     host_kv_memory().compact(f, T, d, page, keep, n_keep);
   }
+  void copy_rows(KvFormat f, int32_t T, int32_t d, const uint8_t* src, int32_t src_row0, int32_t n, uint8_t* dst,
+                 int32_t dst_row0) override {
+    rows += n;
+    host_kv_memory().copy_rows(f, T, d, src, src_row0, n, dst, dst_row0);
+  }
   void copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) override { host_kv_memory().copy_page(dst, src, bytes); }
 };
 

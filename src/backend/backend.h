@@ -145,6 +145,10 @@ class KvPageMemory {
   // scales they were encoded with).
   virtual void compact(KvFormat f, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
                        int32_t n_keep) = 0;
+  // Rows [src_row0, src_row0 + n) of page src to rows [dst_row0, dst_row0 + n) of another page dst, both F32 or
+  // both F16 (the store's packing of its open pages), in the memory's own order (no round trip through the host).
+  virtual void copy_rows(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* src, int32_t src_row0,
+                         int32_t n, uint8_t* dst, int32_t dst_row0) = 0;
   // Copies a page's bytes to another page of the same format (a shared page made private before it is written).
   virtual void copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) = 0;
 };

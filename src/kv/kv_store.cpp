@@ -400,7 +400,6 @@ void KvSequence::seal_full_pages() {
 
 void KvSequence::pack_open_pages(KvHeadCache& h, size_t first) {
   const int32_t T = geo_.page_tokens, d = geo_.head_dim;
-  std::vector<float> k(static_cast<size_t>(T) * d), v(k.size());
   std::vector<int32_t> n_written(h.pages.size(), 0), keep;
   // The write cursor (page w, row wr) never passes the read cursor (page r, row i), so no row is overwritten
   // before it is read; a run that stays in its own page moves down within it.
@@ -426,11 +425,9 @@ void KvSequence::pack_open_pages(KvHeadCache& h, size_t first) {
       }
       const int32_t n = std::min(T - wr, n_rows - i);
       const KvPage& src = h.pages[r];
-      const uint8_t* s = pool_.page_data(src);
-      mem_.read_keys_host(src.format, T, d, s, i, n, k.data());
-      mem_.read_values_host(src.format, T, d, s, i, n, v.data());
       own_page(h, w);
-      mem_.write_page_rows_host(h.pages[w].format, T, d, k.data(), v.data(), wr, n, pool_.page_data(h.pages[w]));
+      if (h.pages[w].format != src.format) fail("internal: packing open pages of two formats");
+      mem_.copy_rows(src.format, T, d, pool_.page_data(src), i, n, pool_.page_data(h.pages[w]), wr);
       wr += n;
       i += n;
       n_written[w] = wr;

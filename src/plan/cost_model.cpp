@@ -144,20 +144,23 @@ DecodeCost decode_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFoot
   c.weights_s = std::max(stream_s, flops_s);
   // The policy's score pass (H2O, TOVA) reads the keys once more: half the bytes.
   const double kv_passes = scores_pass ? 1.5 : 1.0;
-  c.kv_s = B * kv_passes * kv_read_s(dev, kv);
+  c.kv_s = B * kv_passes * (kv_read_s(dev, kv) + static_cast<double>(kv.n_pages_read) * dev.kernels.attention_page_s);
   // Per layer: four matmul calls (q/k/v together, o, gate/up together, down), the attention call(s) and the
   // serial ops; the head is one more call.
   if (probed(dev))
     c.other_s = B * arch.n_layer *
                     (dev.kernels.layer_overhead_s + dev.kernels.attention_call_s * kv_passes) +
-                (4.0 * arch.n_layer + 1) * dev.kernels.matmul_call_s + B * quest_rank_seconds(arch, dev, kv);
+                (4.0 * arch.n_layer + 1) * dev.kernels.matmul_call_s + B * quest_rank_seconds(arch, dev, kv) +
+                B * static_cast<double>(kv.n_pages_open + kv.n_pages_sealed + kv.n_pages_narrowed) *
+                    dev.kernels.view_page_s;
   c.seconds = c.weights_s + c.kv_s + c.other_s;
   c.bytes = arch.weight_bytes_per_token() + static_cast<int64_t>(B) * kv.read_bytes;
   return c;
 }
 
 PrefillCost prefill_cost(const PlanArch& arch, const DeviceSpec& dev, int64_t n_new, const std::vector<int64_t>& cached,
-                         bool logits) {
+                         bool logits, int32_t page_tokens) {
+  if (page_tokens < 1) fail("internal: pages of {} tokens", page_tokens);
   PrefillCost c;
   if (n_new <= 0) return c;
   c.n_rows = n_new;
@@ -172,14 +175,16 @@ PrefillCost prefill_cost(const PlanArch& arch, const DeviceSpec& dev, int64_t n_
     c.matmul_s += static_cast<double>(arch.head.bytes) / weight_rate(dev, arch.head.type);
   }
   const int32_t group = arch.heads_per_kv_head();
+  double page_visits = 0;  // (prompt token, kv-head, page): each token's keys in whole pages, half a page more
   for (int32_t il = 0; il < arch.n_layer; ++il)
     for (int32_t g = 0; g < arch.n_head_kv; ++g) {
       const size_t i = static_cast<size_t>(il) * arch.n_head_kv + g;
       const int64_t before = i < cached.size() ? cached[i] : 0;
-      c.attention_flops += 4.0 * arch.head_dim * group *
-                           visible_keys(n_new, before, arch.local(il) ? arch.sliding_window : 0);
+      const double keys = visible_keys(n_new, before, arch.local(il) ? arch.sliding_window : 0);
+      c.attention_flops += 4.0 * arch.head_dim * group * keys;
+      page_visits += keys / page_tokens + 0.5 * n;
     }
-  c.attention_s = c.attention_flops / attention_rate(dev);
+  c.attention_s = c.attention_flops / attention_rate(dev) + page_visits * dev.kernels.prefill_attention_page_s;
   if (probed(dev)) c.other_s = n * arch.n_layer * dev.kernels.prefill_row_overhead_s;
   c.seconds = c.matmul_s + c.attention_s + c.other_s;
   return c;
@@ -303,7 +308,7 @@ PlanRow plan_row(const PlanArch& arch, const DeviceSpec& dev, const kv::KvPolicy
   r.n_seq = o.concurrency > 0 ? o.concurrency : std::max<int64_t>(1, r.n_fit);
   r.memory_needed = arch.weight_bytes + pool_slack + r.n_seq * per_seq;
   r.fits = r.memory_needed <= r.memory_bytes;
-  r.prefill = prefill_cost(arch, dev, n_ctx);
+  r.prefill = prefill_cost(arch, dev, n_ctx, {}, true, page_tokens);
   if (rec.chunk > 0) {
     const int32_t n_first = o.reconstruction_first_tokens >= 0 ? o.reconstruction_first_tokens
                                                                : estimate_text_tokens(rec.first_instruction);
@@ -339,6 +344,13 @@ std::vector<std::string> plan_assumptions(const DeviceSpec& dev, const std::opti
     for (const auto& [f, r] : k.attention_read_bytes_per_s) kvr += fmt::format("{}{} {}", kvr.empty() ? "" : ", ", kv_format_name(f), gbs(r));
     a.push_back(fmt::format("decode attention reads KV at {} plus {:.1f} us a layer; prefill attention at {}", kvr,
                             k.attention_call_s * 1e6, tfs(k.attention_flops)));
+    a.push_back(k.attention_page_s > 0 || k.prefill_attention_page_s > 0
+                    ? fmt::format("a KV page (one kv-head's) costs the attention {:.0f} ns a decode step and {:.1f} ns a "
+                                  "prompt token beyond its bytes and FLOPs, and {:.0f} ns a decode step to enter in "
+                                  "the step's views (again where a read filter keeps it)",
+                                  k.attention_page_s * 1e9, k.prefill_attention_page_s * 1e9, k.view_page_s * 1e9)
+                    : "no probe of a KV page's own cost: not counted (pages smaller than 64 tokens cost more than "
+                      "predicted)");
     a.push_back(fmt::format("other ops (norms, RoPE, KV append, activation): {:.1f} us a layer per decoded token, "
                             "{:.2f} us a layer per prompt token; {:.1f} us per matmul call (4 a layer and the head); "
                             "{}",

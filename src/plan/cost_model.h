@@ -59,9 +59,10 @@ DecodeCost decode_cost(const PlanArch& arch, const DeviceSpec& dev, const KvFoot
 
 // Prefill of n_new prompt tokens on top of a cache whose (layer, kv-head) i already holds cached[i] tokens at
 // the positions before them (empty: nothing cached), logits of the last row only (as bench's pp and a run's
-// prompt) or of none (logits false: KVzip's reconstruction asks for none).
+// prompt) or of none (logits false: KVzip's reconstruction asks for none); the cache in pages of page_tokens.
 PrefillCost prefill_cost(const PlanArch& arch, const DeviceSpec& dev, int64_t n_new,
-                         const std::vector<int64_t>& cached = {}, bool logits = true);
+                         const std::vector<int64_t>& cached = {}, bool logits = true,
+                         int32_t page_tokens = kPlanPageTokens);
 
 // KVzip's reconstruction pass (kv::KvReconstruction, run by EngineSession::reconstruct) after a prompt of n_prompt
 // tokens: per chunk of rec.chunk prompt tokens, one forward (no logits) of the instruction (n_first tokens before

@@ -36,6 +36,14 @@ struct KernelRates {
   // Quest's page ranking (kv::quest_select_pages, on the forward's thread): one page's key summary bounded for one
   // query head, the choice of the pages to read included. 0: not probed (older probe files), not counted.
   double quest_rank_s = 0;
+  // The attention's cost of a page beyond its bytes or FLOPs (one page of one kv-head): visited by a decode step's
+  // query, and by one prompt token's query in prefill (the rates above are net of it). A cache of 16-token pages
+  // (Quest's page=16) visits 4x the pages of 64. 0: not probed (older probe files), not counted.
+  double attention_page_s = 0;
+  double prefill_attention_page_s = 0;
+  // A page entered in the views a decode step builds (every held page of every layer, and again each page a read
+  // filter keeps), on the forward's thread. 0: not probed, not counted.
+  double view_page_s = 0;
   bool empty() const { return copy_bandwidth == 0; }
 };
 

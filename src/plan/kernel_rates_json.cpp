@@ -48,7 +48,10 @@ nlohmann::json kernel_rates_to_json(const KernelRates& k) {
           {"attention_flops", k.attention_flops},
           {"layer_overhead_s", k.layer_overhead_s},
           {"prefill_row_overhead_s", k.prefill_row_overhead_s},
-          {"quest_rank_s", k.quest_rank_s}};
+          {"quest_rank_s", k.quest_rank_s},
+          {"attention_page_s", k.attention_page_s},
+          {"prefill_attention_page_s", k.prefill_attention_page_s},
+          {"view_page_s", k.view_page_s}};
 }
 
 KernelRates kernel_rates_from_json(const nlohmann::json& j) {
@@ -63,6 +66,9 @@ KernelRates kernel_rates_from_json(const nlohmann::json& j) {
   k.prefill_row_overhead_s = number(j, "prefill_row_overhead_s");
   // Probes recorded before Quest's ranking was probed lack it: the ranking is then not counted.
   k.quest_rank_s = j.contains("quest_rank_s") ? number(j, "quest_rank_s") : 0.0;
+  k.attention_page_s = j.contains("attention_page_s") ? number(j, "attention_page_s") : 0.0;
+  k.prefill_attention_page_s = j.contains("prefill_attention_page_s") ? number(j, "prefill_attention_page_s") : 0.0;
+  k.view_page_s = j.contains("view_page_s") ? number(j, "view_page_s") : 0.0;
   // Keys ending in _range are the spread the golden script records beside each median.
   const auto skip = [](const std::string& key) { return key.size() > 6 && key.compare(key.size() - 6, 6, "_range") == 0; };
   for (const auto& [name, r] : object(j, "gemv_bytes_per_s").items())

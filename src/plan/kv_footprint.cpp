@@ -62,6 +62,7 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
   const int64_t n_recent = std::max<int64_t>(0, policy.n_recent_full_precision());
   KvFootprint f;
   f.n_ctx = n_ctx;
+  f.page_tokens = page_tokens;
   f.slots.resize(static_cast<size_t>(arch.n_layer) * arch.n_head_kv);
   for (int32_t il = 0; il < arch.n_layer; ++il)
     for (int32_t g = 0; g < arch.n_head_kv; ++g) {
@@ -90,6 +91,7 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
         f.read_bytes_sealed += read_sealed;
         f.read_bytes += read_all;
         f.n_slots_read += held;
+        f.n_pages_read += n_pages;
         continue;
       }
       // Quest: the newest page always (open, unless every page is sealed), and n_read - 1 of the n_pages - 1 full
@@ -106,6 +108,8 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
       f.read_bytes_summaries += summaries;
       f.read_bytes += newest + rest + summaries;
       f.n_slots_read += newest_rows + (quest_pages - 1) * page_tokens;
+      f.n_pages_read += quest_pages;
+      f.n_pages_narrowed += quest_pages;
     }
   f.metadata_bytes += static_cast<int64_t>(f.slots.size() * sizeof(kv::KvHeadCache));
   return f;
@@ -153,6 +157,8 @@ KvFootprint spec_draft_footprint(const PlanArch& arch, const kv::KvPolicy& verif
     rows += per_head * arch.n_head_kv;
   }
   f.n_slots_read = static_cast<int64_t>(rows);
+  f.page_tokens = T;
+  f.n_pages_read = static_cast<int64_t>(std::ceil(rows / T));
   f.read_bytes = static_cast<int64_t>(rows * static_cast<double>(slot_bytes));
   f.read_bytes_dense = f.read_bytes;
   return f;

@@ -45,6 +45,9 @@ struct KvFootprint {
   int64_t read_bytes_dense = 0; // the same step without the read policy (== read_bytes when there is none)
   int64_t read_bytes_summaries = 0;  // the part of read_bytes in key summaries (Quest's ranking)
   int64_t n_slots_read = 0;     // tokens read by the step, summed over (layer, kv-head)
+  int64_t n_pages_read = 0;     // pages the step visits, summed over (layer, kv-head)
+  int64_t n_pages_narrowed = 0; // of those, the pages a read filter (Quest) picked out of a head's
+  int32_t page_tokens = 0;      // the pages' size
   std::vector<int64_t> slots;   // (n_layer, n_head_kv) tokens each head holds
 
   int64_t bytes() const { return payload_bytes + metadata_bytes + summary_bytes; }

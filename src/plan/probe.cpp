@@ -85,12 +85,14 @@ struct ProbeCache {
   std::vector<cpu::KvLayerView> views;  // (n_layer)
   int64_t bytes = 0;                    // as the decode kernel reads them
 
-  ProbeCache(const PlanArch& arch, int32_t n_layer, int32_t depth, KvFormat f) {
+  int64_t pages = 0;                    // summed over layers and kv-heads
+
+  ProbeCache(const PlanArch& arch, int32_t n_layer, int32_t depth, KvFormat f, int32_t page_tokens = kPlanPageTokens) {
     kv::KvGeometry geo;
     geo.n_layer = n_layer;
     geo.n_head_kv = arch.n_head_kv;
     geo.head_dim = arch.head_dim;
-    geo.page_tokens = kPlanPageTokens;
+    geo.page_tokens = page_tokens;
     geo.format = kv_format_is_packed(f) ? KvFormat::F16 : f;
     geo.sealed_format = f;
     pool = std::make_unique<kv::KvPagePool>(geo.page_tokens, geo.head_dim, std::numeric_limits<size_t>::max() / 4);
@@ -107,10 +109,12 @@ struct ProbeCache {
     seq->seal_full_pages();
     for (int32_t il = 0; il < n_layer; ++il) {
       views.push_back(seq->layer_view(il));
-      for (const cpu::KvHeadView& h : views.back().heads)
+      for (const cpu::KvHeadView& h : views.back().heads) {
+        pages += h.n_pages();
         for (size_t p = 0; p < h.pages.size(); ++p)
-          bytes += static_cast<int64_t>(std::min<int32_t>(kPlanPageTokens, h.n_tokens - static_cast<int32_t>(p) * kPlanPageTokens)) *
-                   static_cast<int64_t>(pool->page_bytes(h.formats[p]) / kPlanPageTokens);
+          bytes += static_cast<int64_t>(std::min<int32_t>(page_tokens, h.n_tokens - static_cast<int32_t>(p) * page_tokens)) *
+                   static_cast<int64_t>(pool->page_bytes(h.formats[p]) / page_tokens);
+      }
     }
   }
 };
@@ -216,39 +220,80 @@ KernelRates probe_kernels(ThreadPool& pool, const PlanArch& arch, const std::vec
                       }) / kCalls;
   }
 
-  // Decode attention: two depths give the bytes' rate and the fixed cost of a call. All layers of the model (up to
-  // 1 GiB of KV), each after its share of the weights, so the working set is a decode step's at that depth.
+  // Decode attention: two depths give the bytes' rate and the fixed cost of a call, and the deep one again in pages
+  // of 16 tokens the cost of a page (the same bytes in 4x the pages). All layers of the model (up to 1 GiB of KV),
+  // each after its share of the weights, so the working set is a decode step's at that depth.
   constexpr int32_t kShallow = 256, kDeep = 4096;
   const int64_t deep_layer_bytes = int64_t{kDeep} * arch.n_head_kv * kv_plan_page_bytes(KvFormat::F16, kPlanPageTokens, arch.head_dim) / kPlanPageTokens;
   const int32_t n_layer_probe = static_cast<int32_t>(std::clamp<int64_t>((int64_t{1} << 30) / std::max<int64_t>(1, deep_layer_bytes), 1, arch.n_layer));
   std::vector<KvFormat> formats = kv_formats;
   if (std::find(formats.begin(), formats.end(), KvFormat::F16) == formats.end()) formats.push_back(KvFormat::F16);
   WeightStream stream(arch, n_layer_probe);
+  constexpr int32_t kSmallPage = 16;
+  {
+    const ProbeCache deep(arch, n_layer_probe, kDeep, KvFormat::F16),
+        small(arch, n_layer_probe, kDeep, KvFormat::F16, kSmallPage);
+    const double td = time_decode_attention(pool, arch, deep, stream, kDeep, o.n_reps);
+    const double t16 = time_decode_attention(pool, arch, small, stream, kDeep, o.n_reps);
+    r.attention_page_s = std::max(0.0, (t16 - td) / (static_cast<double>(small.pages - deep.pages) / n_layer_probe));
+    // The views the forward hands the attention, built every step: each layer's pages (KvSequence::layer_view), and
+    // a read filter's pages of them (keep_pages: here a quarter of each head's).
+    std::vector<int32_t> kept, positions;
+    int64_t n_built = 0;
+    const double tv = best_of(o.n_reps, [&] {
+      n_built = 0;
+      for (int32_t il = 0; il < n_layer_probe; ++il) {
+        const KvLayerView v = small.seq->layer_view(il);
+        for (const KvHeadView& h : v.heads) {
+          kept.clear();
+          for (int32_t p = 0; p < h.n_pages(); p += 4) kept.push_back(p);
+          const KvHeadView narrowed = keep_pages(h, kept, positions);
+          n_built += h.n_pages() + narrowed.n_pages();
+        }
+      }
+    });
+    r.view_page_s = tv / static_cast<double>(std::max<int64_t>(1, n_built));
+  }
   for (KvFormat f : formats) {
     const ProbeCache shallow(arch, n_layer_probe, kShallow, f), deep(arch, n_layer_probe, kDeep, f);
-    const double ts = time_decode_attention(pool, arch, shallow, stream, kShallow, o.n_reps);
-    const double td = time_decode_attention(pool, arch, deep, stream, kDeep, o.n_reps);
+    // Net of the pages' cost.
+    const double ts = time_decode_attention(pool, arch, shallow, stream, kShallow, o.n_reps) -
+                      r.attention_page_s * static_cast<double>(shallow.pages) / n_layer_probe;
+    const double td = time_decode_attention(pool, arch, deep, stream, kDeep, o.n_reps) -
+                      r.attention_page_s * static_cast<double>(deep.pages) / n_layer_probe;
     const double bytes_s = static_cast<double>(shallow.bytes) / n_layer_probe;
     const double bytes_d = static_cast<double>(deep.bytes) / n_layer_probe;
-    const double rate = td > ts ? (bytes_d - bytes_s) / (td - ts) : bytes_d / td;
+    const double rate = td > ts ? (bytes_d - bytes_s) / (td - ts) : bytes_d / std::max(td, 1e-9);
     r.attention_read_bytes_per_s[f] = rate;
     if (f == KvFormat::F16) r.attention_call_s = std::max(0.0, ts - bytes_s / rate);
   }
 
-  // Prefill attention: a prompt chunk over a cache of a few thousand keys, f16 pages.
+  // Prefill attention: a prompt chunk over a cache of a few thousand keys, f16 pages of 64 and of 16 tokens (the
+  // same FLOPs, 4x the pages): the FLOP rate net of the pages, and a page's cost per prompt token.
   {
     constexpr int32_t kDepth = 2048;
     const int32_t n = o.prompt_rows, n_layer_pf = std::min(arch.n_layer, 4);
-    const ProbeCache cache(arch, n_layer_pf, kDepth + n, KvFormat::F16);
     cpu::AttentionParams ap{arch.n_head, arch.n_head_kv, arch.head_dim, 1.0f / std::sqrt(float(arch.head_dim)), 0};
     const std::vector<float> q = random_floats(static_cast<size_t>(n) * arch.n_head * arch.head_dim, 5);
     std::vector<float> out(q.size());
     std::vector<int32_t> pos(static_cast<size_t>(n));
     for (int32_t i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = kDepth + i;
-    const double t = best_of(std::max(1, o.n_reps / 2), [&] {
-      for (const cpu::KvLayerView& v : cache.views) cpu::attention(pool, ap, q.data(), pos.data(), n, v, out.data());
-    });
+    // (prompt token, kv-head, page) visits over the probed layers: each token's keys in whole pages.
+    auto visits = [&](int32_t page_tokens) {
+      double v = 0;
+      for (int32_t i = 0; i < n; ++i) v += (kDepth + i + page_tokens) / page_tokens;
+      return v * arch.n_head_kv * n_layer_pf;
+    };
+    auto time_at = [&](int32_t page_tokens) {
+      const ProbeCache cache(arch, n_layer_pf, kDepth + n, KvFormat::F16, page_tokens);
+      return best_of(std::max(1, o.n_reps / 2), [&] {
+        for (const cpu::KvLayerView& v : cache.views) cpu::attention(pool, ap, q.data(), pos.data(), n, v, out.data());
+      });
+    };
+    const double t64 = time_at(kPlanPageTokens), t16 = time_at(kSmallPage);
+    r.prefill_attention_page_s = std::max(0.0, (t16 - t64) / (visits(kSmallPage) - visits(kPlanPageTokens)));
     const double visible = static_cast<double>(n) * kDepth + 0.5 * n * (n + 1.0);
+    const double t = std::max(t64 - r.prefill_attention_page_s * visits(kPlanPageTokens), 0.5 * t64);
     r.attention_flops = 4.0 * arch.n_head * arch.head_dim * visible * n_layer_pf / t;
   }
 

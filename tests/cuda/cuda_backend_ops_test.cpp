@@ -400,6 +400,12 @@ TEST(CudaBackendOps, KvMemoryWriteRowsReadsCompact) {
       std::memcpy(host.data() + 2 * pb, host.data(), pb);
       gpu().to_host(got.data(), slab, got.size());
       EXPECT_TRUE(got == host) << "copy_page bytes " << what;
+
+      // Rows moved between pages (the store packing its open pages).
+      mem.copy_rows(f, T, D, slab, 5, 11, slab + pb, 17);
+      cpu::kv_page_copy_rows(f, T, D, host.data(), 5, 11, host.data() + pb, 17);
+      gpu().to_host(got.data(), slab, got.size());
+      EXPECT_TRUE(got == host) << "copy_rows bytes " << what;
       mem.unmap(slab, pb * n_pages);
     }
 }

@@ -57,6 +57,11 @@ void HostKvPageMemory::compact(KvFormat f, int32_t page_tokens, int32_t head_dim
   kv_page_compact(f, page_tokens, head_dim, page, keep, n_keep);
 }
 
+void HostKvPageMemory::copy_rows(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* src,
+                                 int32_t src_row0, int32_t n, uint8_t* dst, int32_t dst_row0) {
+  kv_page_copy_rows(f, page_tokens, head_dim, src, src_row0, n, dst, dst_row0);
+}
+
 void HostKvPageMemory::copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 
 int32_t CpuBackend::batch_invariant_rows() const { return static_cast<int32_t>(cpu::kMatmulRowInvariantTok); }

@@ -29,6 +29,8 @@ class HostKvPageMemory : public KvPageMemory {
                         int32_t n, float* out) override;
   void compact(KvFormat f, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
                int32_t n_keep) override;
+  void copy_rows(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* src, int32_t src_row0, int32_t n,
+                 uint8_t* dst, int32_t dst_row0) override;
   void copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) override;
 };
 

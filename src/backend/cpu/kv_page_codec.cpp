@@ -182,6 +182,20 @@ void kv_page_read_values(KvFormat f, int32_t T, int32_t d, const uint8_t* page, 
 }
 
 
+void kv_page_copy_rows(KvFormat f, int32_t T, int32_t d, const uint8_t* src, int32_t src_row0, int32_t n,
+                       uint8_t* dst, int32_t dst_row0) {
+  if (kv_format_is_packed(f)) fail("internal: rows of {} pages are not copied between pages", kv_format_name(f));
+  if (n < 0 || src_row0 < 0 || dst_row0 < 0 || src_row0 + n > T || dst_row0 + n > T || src == dst)
+    fail("internal: copying rows [{}, +{}) to [{}, +{}) of pages of {}", src_row0, n, dst_row0, n, T);
+  const size_t e = f == KvFormat::F32 ? 4 : 2;
+  const size_t vals = static_cast<size_t>(d) * T * e;  // keys: (head_dim, page_tokens); values: (page_tokens, head_dim)
+  for (int32_t c = 0; c < d; ++c)
+    std::memcpy(dst + (static_cast<size_t>(c) * T + dst_row0) * e, src + (static_cast<size_t>(c) * T + src_row0) * e,
+                n * e);
+  std::memcpy(dst + vals + static_cast<size_t>(dst_row0) * d * e, src + vals + static_cast<size_t>(src_row0) * d * e,
+              static_cast<size_t>(n) * d * e);
+}
+
 void kv_page_compact(KvFormat f, int32_t T, int32_t d, uint8_t* page, const int32_t* keep, int32_t n_keep) {
   for (int32_t i = 0; i < n_keep; ++i)
     if (keep[i] < i || keep[i] >= T || (i > 0 && keep[i] <= keep[i - 1]))

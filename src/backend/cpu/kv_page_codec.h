@@ -45,6 +45,11 @@ void kv_page_read_values(KvFormat f, int32_t page_tokens, int32_t head_dim, cons
 void kv_page_read_keys_t(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* page, int32_t n,
                          float* out);
 
+// Rows [src_row0, src_row0 + n) of an F32 or F16 page to rows [dst_row0, dst_row0 + n) of another page of the same
+// format, bytes as they are.
+void kv_page_copy_rows(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* src, int32_t src_row0,
+                       int32_t n, uint8_t* dst, int32_t dst_row0);
+
 // Moves rows keep[0..n_keep) (ascending) of a page to rows [0, n_keep), in order. Packed pages move codes and each
 // token's value scales; the per-channel key scales stay those the page was encoded with, so eviction inside a
 // packed page never quantizes a kept value again.

@@ -94,6 +94,10 @@ Status paged_attention_scores(const PagedAttentionParams& p, const float* q, con
 // from n_keep on unchanged, byte for byte what cpu::kv_page_compact leaves. One launch, nothing uploaded; pages of at
 // most kCompactMaxRows tokens. (kv_rows_write.cu)
 constexpr int32_t kCompactMaxRows = 1024;
+// Rows [src_row0, src_row0 + n) of an F32 or F16 page to rows [dst_row0, + n) of another, byte for byte what
+// cpu::kv_page_copy_rows does. One launch. (kv_rows_write.cu)
+Status kv_page_copy_rows(bool f16, int32_t page_tokens, int32_t head_dim, const uint8_t* src, int32_t src_row0,
+                         int32_t n, uint8_t* dst, int32_t dst_row0, void* stream = nullptr);
 Status kv_page_compact(bool f16, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
                        int32_t n_keep, void* stream = nullptr);
 

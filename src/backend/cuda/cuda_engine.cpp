@@ -155,6 +155,11 @@ class CudaKvMemory final : public KvPageMemory {
                         int32_t n, float* out) override {
     cpu::kv_page_read_values(f, page_tokens, head_dim, fetch(f, page_tokens, head_dim, page).data(), row0, n, out);
   }
+  void copy_rows(KvFormat f, int32_t page_tokens, int32_t head_dim, const uint8_t* src, int32_t src_row0, int32_t n,
+                 uint8_t* dst, int32_t dst_row0) override {
+    if (kv_format_is_packed(f)) fail("CUDA backend: rows of {} pages are not copied between pages", kv_format_name(f));
+    check(cuda::kv_page_copy_rows(f == KvFormat::F16, page_tokens, head_dim, src, src_row0, n, dst, dst_row0));
+  }
   void copy_page(uint8_t* dst, const uint8_t* src, size_t bytes) override {
     check(cuda::copy_on_device(dst, src, bytes));
   }

@@ -60,6 +60,36 @@ __global__ void kv_page_compact_kernel(int32_t T, int32_t D, E* page, KeptRows k
 
 }  // namespace
 
+namespace {
+// One block a page: keys channel-major (a channel's n elements are contiguous in both pages), values row-major.
+template <typename E>
+__global__ void kv_page_copy_rows_kernel(int32_t T, int32_t D, const E* src, int32_t s0, int32_t n, E* dst, int32_t d0) {
+  for (int32_t i = threadIdx.x; i < n * D; i += blockDim.x) {
+    const int32_t c = i / n, r = i % n;  // keys: channel c, row r
+    dst[static_cast<int64_t>(c) * T + d0 + r] = src[static_cast<int64_t>(c) * T + s0 + r];
+    const int64_t v = static_cast<int64_t>(T) * D;  // values: row r's element i % D, rows in order
+    dst[v + static_cast<int64_t>(d0) * D + i] = src[v + static_cast<int64_t>(s0) * D + i];
+  }
+}
+}  // namespace
+
+Status kv_page_copy_rows(bool f16, int32_t page_tokens, int32_t head_dim, const uint8_t* src, int32_t src_row0,
+                         int32_t n, uint8_t* dst, int32_t dst_row0, void* stream) {
+  if (page_tokens < 1 || head_dim < 1 || n < 0 || src_row0 < 0 || dst_row0 < 0 || src_row0 + n > page_tokens ||
+      dst_row0 + n > page_tokens)
+    return Status::error("kv_page_copy_rows: rows outside the page");
+  if (n == 0) return Status::success();
+  if (!src || !dst || src == dst) return Status::error("kv_page_copy_rows: null or the same page");
+  const auto st = static_cast<cudaStream_t>(stream);
+  if (f16)
+    kv_page_copy_rows_kernel<<<1, 256, 0, st>>>(page_tokens, head_dim, reinterpret_cast<const __half*>(src), src_row0,
+                                                n, reinterpret_cast<__half*>(dst), dst_row0);
+  else
+    kv_page_copy_rows_kernel<<<1, 256, 0, st>>>(page_tokens, head_dim, reinterpret_cast<const float*>(src), src_row0,
+                                                n, reinterpret_cast<float*>(dst), dst_row0);
+  return cuda_status(cudaGetLastError(), "kv_page_copy_rows launch");
+}
+
 Status kv_page_compact(bool f16, int32_t page_tokens, int32_t head_dim, uint8_t* page, const int32_t* keep,
                        int32_t n_keep, void* stream) {
   if (page_tokens < 1 || head_dim < 1 || n_keep < 0 || n_keep > page_tokens)
