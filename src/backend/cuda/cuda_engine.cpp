@@ -28,51 +28,26 @@ void check(const cuda::Status& s) {
   if (!s.ok()) fail("CUDA backend: {}", s.message());
 }
 
-// Device memory that grows when asked for more and is kept between calls (the stream orders its uses; a reallocation
-// frees the old block with cudaFree, which waits for the device).
-class Scratch {
+// Memory that grows when asked for more and is kept between calls, from an allocator pair: device memory (Scratch:
+// the stream orders its uses; a reallocation frees the old block with cudaFree, which waits for the device), or
+// page-locked host memory (PinnedScratch: device-to-host copies into it need not wait).
+template <cuda::Status (*Alloc)(void**, size_t), cuda::Status (*Free)(void*)>
+class Growing {
  public:
-  Scratch() = default;
-  Scratch(Scratch&& o) noexcept : p_(std::exchange(o.p_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() {
-    if (p_) cuda::device_free(p_);
+  Growing() = default;
+  Growing(Growing&& o) noexcept : p_(std::exchange(o.p_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
+  Growing(const Growing&) = delete;
+  Growing& operator=(const Growing&) = delete;
+  ~Growing() {
+    if (p_) Free(p_);
   }
   void* get(size_t bytes) {
     if (bytes > cap_) {
       const size_t want = std::max(bytes, cap_ * 2);  // doubling: a growing prompt reallocates a few times only
-      if (p_) check(cuda::device_free(p_));
+      if (p_) check(Free(p_));
       p_ = nullptr;
       cap_ = 0;
-      check(cuda::device_alloc(&p_, want));
-      cap_ = want;
-    }
-    return p_;
-  }
-
- private:
-  void* p_ = nullptr;
-  size_t cap_ = 0;
-};
-
-// Page-locked host memory that grows like Scratch (device-to-host copies into it need not wait).
-class PinnedScratch {
- public:
-  PinnedScratch() = default;
-  PinnedScratch(PinnedScratch&& o) noexcept : p_(std::exchange(o.p_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
-  PinnedScratch(const PinnedScratch&) = delete;
-  PinnedScratch& operator=(const PinnedScratch&) = delete;
-  ~PinnedScratch() {
-    if (p_) cuda::host_free_pinned(p_);
-  }
-  void* get(size_t bytes) {
-    if (bytes > cap_) {
-      const size_t want = std::max(bytes, cap_ * 2);
-      if (p_) check(cuda::host_free_pinned(p_));
-      p_ = nullptr;
-      cap_ = 0;
-      check(cuda::host_alloc_pinned(&p_, want));
+      check(Alloc(&p_, want));
       cap_ = want;
     }
     return p_;
@@ -83,6 +58,8 @@ class PinnedScratch {
   void* p_ = nullptr;
   size_t cap_ = 0;
 };
+using Scratch = Growing<cuda::device_alloc, cuda::device_free>;
+using PinnedScratch = Growing<cuda::host_alloc_pinned, cuda::host_free_pinned>;
 
 // Host arrays packed into one upload (8-byte aligned each): one copy a call instead of one an array, queued behind
 // the ops before it (the device buffer is reused only in stream order), so the host does not wait for the GPU.
