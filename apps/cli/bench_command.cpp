@@ -157,18 +157,14 @@ int64_t kv_bytes_read(const kv::KvSequence& seq, const kv::KvPagePool& pool, con
 namespace {
 int64_t quest_bytes_read(const kv::QuestReadFilter& quest, const kv::KvSequence& seq, int64_t dense_bytes) {
   // The rows its pages held, as a fraction of what a dense step reads (formats mixed alike in both), plus the key
-  // summaries of every page it ranked: on layers past the dense ones, heads of more pages than it reads, all pages
-  // but the newest it always reads (quest_select_pages; an f32 min and max per channel).
+  // summaries of every page it ranked on the layers past the dense ones (an f32 min and max per channel).
   if (quest.rows_held() == 0) return dense_bytes;
   const kv::KvGeometry& geo = seq.geometry();
-  const int32_t n_read = quest.read_pages(geo.page_tokens), n_recent = quest.recent_pages(geo.page_tokens);
   int64_t summaries = 0;
   for (int32_t il = quest.dense_layers(); il < geo.n_layer; ++il)
-    for (int32_t g = 0; g < geo.n_head_kv; ++g) {
-      const auto n_pages = static_cast<int64_t>(seq.head(il, g).pages.size());
-      if (n_pages > n_read)
-        summaries += (n_pages - n_recent) * 2 * geo.head_dim * static_cast<int64_t>(sizeof(float));
-    }
+    for (int32_t g = 0; g < geo.n_head_kv; ++g)
+      summaries += quest.ranked_pages(static_cast<int64_t>(seq.head(il, g).pages.size()), geo.page_tokens) * 2 *
+                   geo.head_dim * static_cast<int64_t>(sizeof(float));
   return static_cast<int64_t>(static_cast<double>(dense_bytes) * static_cast<double>(quest.rows_read()) /
                               static_cast<double>(quest.rows_held())) + summaries;
 }

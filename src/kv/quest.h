@@ -40,6 +40,11 @@ class QuestReadFilter final : public KvReadFilter {
     return std::clamp((recent_ + page_tokens - 1) / page_tokens, 1, read_pages(page_tokens));
   }
   int32_t read_pages(int32_t page_tokens) const { return std::max(1, budget_ / page_tokens); }
+  // Pages whose summary a narrowed head of n_pages ranks (quest_select_pages): none when it reads them all, else
+  // all but the recent ones.
+  int64_t ranked_pages(int64_t n_pages, int32_t page_tokens) const {
+    return n_pages > read_pages(page_tokens) ? n_pages - recent_pages(page_tokens) : 0;
+  }
   // Rows attention read against rows the views held, summed over every narrow() call since the last reset: the
   // fraction of the cache a step reads.
   int64_t rows_read() const { return rows_read_; }

@@ -53,7 +53,6 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
   const kv::QuestReadFilter* quest = quest_filter(policy);
   // Quest reads this many pages of a head that holds more (QuestReadFilter::narrow).
   const int64_t quest_pages = quest != nullptr ? quest->read_pages(page_tokens) : 0;
-  const int64_t quest_recent = quest != nullptr ? quest->recent_pages(page_tokens) : 0;
   const int64_t summary_page_bytes =
       policy.wants_key_summaries() ? 2 * int64_t{arch.head_dim} * static_cast<int64_t>(sizeof(float)) : 0;
   const KvFormat open = policy.page_format(), sealed = policy.sealed_format();
@@ -103,7 +102,7 @@ KvFootprint kv_footprint(const PlanArch& arch, const kv::KvPolicy& policy, int64
       const int64_t sealed_before = n_sealed == n_pages ? read_sealed - newest : read_sealed;
       const auto rest_sealed = static_cast<int64_t>(share * static_cast<double>(sealed_before));
       const auto rest = static_cast<int64_t>(share * static_cast<double>(read_all - newest));
-      const int64_t summaries = (n_pages - quest_recent) * summary_page_bytes;
+      const int64_t summaries = quest->ranked_pages(n_pages, page_tokens) * summary_page_bytes;
       f.read_bytes_sealed += rest_sealed + (n_sealed == n_pages ? newest : 0);
       f.read_bytes_summaries += summaries;
       f.read_bytes += newest + rest + summaries;

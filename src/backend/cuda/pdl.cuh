@@ -13,6 +13,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "backend/cuda/cuda_backend.h"  // programmatic_launch
+
 
 namespace longctx::cuda {
 
@@ -27,7 +29,6 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-bool programmatic_launch();  // cuda_backend.cu
 
 // kernel<<<grid, block, smem, stream>>>(args...), allowed to start while the previous kernel in the stream drains.
 template <typename... Params, typename... Args>
